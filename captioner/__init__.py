@@ -1,0 +1,1 @@
+"""tubelet captioning: VLM wrapper, prompts, caption QA, prompt upsampling."""

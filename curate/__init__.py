@@ -1,0 +1,3 @@
+"""tubelet curation stages: probe, decode, split, score, filter."""
+
+__version__ = "0.1.0"

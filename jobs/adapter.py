@@ -1,0 +1,118 @@
+"""The one generic Ray adapter: stages stay plain Python; this file maps them onto Ray Data.
+
+A stage is `Stage(cfg)` (cheap, picklable), `stage.load()` (weights, once per actor) and
+`stage(batch: pyarrow.Table) -> pyarrow.Table`. CPU-only pure steps run as Ray Data tasks;
+model stages run in an actor pool (`concurrency`, `num_gpus` per actor).
+
+Reference: NVIDIA NeMo Curator `backends/ray_data/adapter.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+# Ray must be importable only from jobs/.
+import ray
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Stage(Protocol):
+    def load(self) -> None: ...
+
+    def __call__(self, batch: pa.Table) -> pa.Table: ...
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How one stage runs on the cluster."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    concurrency: int = 1  # actors in the pool (model stages) or max parallel tasks (0 = Ray decides)
+    batch_size: int | None = None
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
+    """Connect to `address` / RAY_ADDRESS / a `ray job submit` driver, or start a local instance.
+
+    important: the local instance binds to 127.0.0.1 and its dashboard is off unless asked for;
+    workers get this checkout on PYTHONPATH so `python -m jobs.x` works without installing.
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=not quiet,
+            configure_logging=True,
+            logging_level="ERROR" if quiet else "INFO",
+        )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.verbose_stats_logs = False
+
+
+def _pythonpath() -> str:
+    parts = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+class _StageActor:
+    """Ray Data callable class around a stage: constructed once per actor, loads once."""
+
+    def __init__(self, stage_cls: type, cfg: Any):
+        self.stage = stage_cls(cfg)
+        self.stage.load()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+def map_stage(ds: ray.data.Dataset, stage_cls: type, cfg: Any, res: Resources) -> ray.data.Dataset:
+    """Run a model stage in an actor pool of `res.concurrency` actors."""
+    return ds.map_batches(
+        _StageActor,
+        fn_constructor_kwargs={"stage_cls": stage_cls, "cfg": cfg},
+        batch_format="pyarrow",
+        batch_size=res.batch_size,
+        concurrency=max(1, res.concurrency),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus or None,
+        zero_copy_batch=True,
+    )
+
+
+def map_task(
+    ds: ray.data.Dataset, fn: Callable[[pa.Table], pa.Table], res: Resources
+) -> ray.data.Dataset:
+    """Run a pure CPU step as Ray Data tasks."""
+    kwargs: dict[str, Any] = {}
+    if res.concurrency:
+        kwargs["concurrency"] = res.concurrency
+    return ds.map_batches(
+        fn, batch_format="pyarrow", batch_size=res.batch_size, num_cpus=res.num_cpus, **kwargs
+    )
+
+
+def table_dataset(table: pa.Table, rows_per_block: int = 1) -> ray.data.Dataset:
+    """A Dataset from an in-memory table, split so each block holds `rows_per_block` rows."""
+    blocks = [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
+    if not blocks:
+        return ray.data.from_arrow(table)
+    return ray.data.from_arrow(blocks)

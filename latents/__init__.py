@@ -1,0 +1,1 @@
+"""tubelet latents: VAE wrapper, encoding stage, shards, dataset."""

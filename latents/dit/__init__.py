@@ -1,0 +1,1 @@
+"""The bundled lightweight DiT trainer (imports only `latents` and torch)."""

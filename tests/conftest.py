@@ -1,0 +1,42 @@
+"""Shared fixtures: the real test videos, generated videos, tiny scratch dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _videos_dir() -> Path:
+    env = os.environ.get("TUBELET_TEST_VIDEOS")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "videos"
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> Path:
+    """The real test videos (../shared/data/videos or $TUBELET_TEST_VIDEOS).
+
+    Skips where absent; under CI (CI=true) their absence is a failure.
+    """
+    d = _videos_dir()
+    if not (d / "shot_boundaries.json").is_file():
+        msg = (f"real test videos not found at {d} (need shot_boundaries.json there); "
+               "set TUBELET_TEST_VIDEOS to their folder")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ground_truth(real_videos: Path) -> dict:
+    gt = json.loads((real_videos / "shot_boundaries.json").read_text())
+    return {k: v for k, v in gt.items() if not k.startswith("_")}
