@@ -24,7 +24,7 @@ from curate.detect import Detector, Transitions
 from curate.detect_content import ContentConfig, ContentDetector
 from curate.errors import OnError, StageError, UsageError, check_choice, one_line
 from curate.ids import clip_id, error_clip_id
-from curate.probe import error_row, finish_probe, probe
+from curate.probe import finish_probe, probe
 from curate.storage import config_hash
 
 DetectorName = Literal["content", "transnetv2", "hybrid"]
@@ -96,7 +96,8 @@ def clip_spans(tr: Transitions, cfg: SplitConfig) -> tuple[list[Span], int]:
     cut_set = set(tr.cuts)
     # shots: runs of allowed frames, broken at hard cuts
     shots: list[tuple[int, int, str]] = []
-    start = None
+    start: int | None = None
+    before = "start"
     for i in range(n + 1):
         boundary = i == n or not allowed[i] or (i in cut_set and start is not None)
         if start is not None and boundary:
@@ -254,10 +255,3 @@ class SplitStage:
             _, clips = split_video(uri, self.cfg, self.detector)
             rows.extend(clips)
         return S.table_from_rows(rows)
-
-
-def video_error(uri: str, reason: str) -> dict[str, Any]:
-    """A videos-table row for an input that could not even be hashed (kept for the funnel)."""
-    from curate.ids import video_id_of_missing
-
-    return error_row(uri, video_id_of_missing(uri), "probe", reason)
