@@ -56,7 +56,7 @@ class _Series:
     diff: np.ndarray  # (N,) mean |f_i - f_{i-1}| over YUV; diff[0] = 0
     diff2: np.ndarray  # (N,) mean |f_i - f_{i-2}|; used to reject one-frame flashes
     luma: np.ndarray  # (N,) mean Y
-    thumbs: np.ndarray  # (N, 18, 32) float32 luma
+    thumbs: np.ndarray  # (N, 18, 32) uint8 luma
 
 
 def gather(frames: Iterator[SmallFrame]) -> _Series:
@@ -82,7 +82,7 @@ def gather(frames: Iterator[SmallFrame]) -> _Series:
         np.asarray(diff, np.float32),
         np.asarray(diff2, np.float32),
         np.asarray(luma, np.float32),
-        np.stack(thumbs).astype(np.float32) if n else np.zeros((0, THUMB[1], THUMB[0]), np.float32),
+        np.stack(thumbs) if n else np.zeros((0, THUMB[1], THUMB[0]), np.uint8),
     )
 
 
@@ -169,23 +169,27 @@ def find_black_and_fades(s: _Series, cfg: ContentConfig) -> list[tuple[int, int,
 def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tuple[int, int]]:
     """Windows [a, b] whose inner frames are convex blends of frames a and b."""
     n = len(s.thumbs)
-    flat = s.thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576)
+    flat = s.thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576) uint8
     hits: list[tuple[int, int]] = []
     cut_set = set(cuts)
     for w in cfg.dissolve_windows:
         if n <= w:
             continue
         a = np.arange(0, n - w, 2)
-        b = a + w
-        ends = np.abs(flat[b] - flat[a]).mean(axis=1)  # (M,)
+        # end-frame differences in chunks, so an hour of video never needs a big float copy
+        ends = np.concatenate([
+            np.abs(flat[a[k : k + 4096] + w].astype(np.int16) - flat[a[k : k + 4096]]).mean(axis=1)
+            for k in range(0, len(a), 4096)
+        ])  # (M,)
         for j in np.nonzero(ends >= cfg.dissolve_min_change)[0]:
-            ai, bi = int(a[j]), int(b[j])
+            ai, bi = int(a[j]), int(a[j]) + w
             if any(c in cut_set for c in range(ai + 1, bi + 1)):
                 continue  # a hard cut inside explains the change
-            fa, fb = flat[ai], flat[bi]
+            win = flat[ai : bi + 1].astype(np.float32)  # (w+1, 576)
+            fa, fb = win[0], win[-1]
             delta = fb - fa
             denom = float(delta @ delta) + 1e-6
-            inner = flat[ai + 1 : bi]  # (w-1, 576)
+            inner = win[1:-1]  # (w-1, 576)
             alpha = np.clip((inner - fa) @ delta / denom, 0.0, 1.0)  # (w-1,) least-squares mix
             resid = np.abs(inner - (fa + alpha[:, None] * delta)).mean(axis=1)
             mono = np.all(np.diff(alpha) >= -0.05)

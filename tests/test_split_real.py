@@ -87,7 +87,7 @@ def test_camera_tilt_is_not_a_cut(real_videos):
 def test_vfr_spans_use_timestamps(real_videos):
     video, rows, _ = _split(real_videos, "goldeneye-vfr-drop3.mp4")
     assert video[S.IS_VFR]
-    second = [r for r in rows if r[S.START_FRAME] == 60][0]
+    second = next(r for r in rows if r[S.START_FRAME] == 60)
     assert second[S.START_PTS] == pytest.approx(3.754, abs=0.002)
     assert second[S.END_PTS] == pytest.approx(8.759, abs=0.002)
     assert second[S.FPS] == pytest.approx(80 / (8.759 - 3.754), rel=0.01)  # ~16 fps, not the nominal 23.976
