@@ -204,13 +204,22 @@ class _Guarded:
 def split_video(path: str | Path, cfg: SplitConfig, detector: Detector | None = None) -> tuple[dict, list[dict]]:
     """Probe and split one video. Returns (videos-table row, clip rows); never raises under
     on_error="record": failures become a status=error video row and one error clip row."""
+    video, rows, _ = split_video_detailed(path, cfg, detector)
+    return video, rows
+
+
+def split_video_detailed(
+    path: str | Path, cfg: SplitConfig, detector: Detector | None = None
+) -> tuple[dict, list[dict], Transitions | None]:
+    """`split_video`, also returning the detector's raw output (None when it did not run)."""
+    tr: Transitions | None = None
     cfg_hash = config_hash(cfg)
     video = probe(path)
     video[S.CONFIG_HASH] = cfg_hash
     if video[S.STATUS] != S.STATUS_OK:
         if cfg.on_error == "raise":
             raise StageError("probe", video[S.ERROR])
-        return video, [error_clip_row(video, "probe", video[S.ERROR], cfg_hash)]
+        return video, [error_clip_row(video, "probe", video[S.ERROR], cfg_hash)], None
     detector = detector or make_detector(cfg)
     try:
         stream = _Guarded(iter_small_yuv(path, target_area=detector.target_area, size=detector.frame_size))
@@ -231,10 +240,10 @@ def split_video(path: str | Path, cfg: SplitConfig, detector: Detector | None = 
             raise
         reason = one_line(e)
         video.update({S.STATUS: S.STATUS_ERROR, S.FAILED_STAGE: "split", S.ERROR: reason, S.NUM_CLIPS: 0})
-        return video, [error_clip_row(video, "split", reason, cfg_hash)]
+        return video, [error_clip_row(video, "split", reason, cfg_hash)], tr
     rows = clip_rows(video, tr, spans, detector.name, cfg_hash)
     video[S.NUM_CLIPS] = len(rows)
-    return video, rows
+    return video, rows, tr
 
 
 class SplitStage:
