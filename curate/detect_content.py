@@ -194,10 +194,13 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
             resid = np.abs(inner - (fa + alpha[:, None] * delta)).mean(axis=1)
             mono = np.all(np.diff(alpha) >= -0.05)
             if mono and resid.max() <= cfg.dissolve_max_residual * ends[j] and alpha[-1] - alpha[0] > 0.5:
-                # tighten to the frames that actually change
-                moving = np.nonzero((alpha > 0.02) & (alpha < 0.98))[0]
-                if len(moving):
-                    hits.append((ai + 1 + int(moving[0]), ai + 1 + int(moving[-1])))
+                # tighten to the frames where the mix actually moves: a slowly drifting shot
+                # next to the dissolve also nudges alpha, but by far less per frame
+                step = np.diff(np.concatenate([[0.0], alpha, [1.0]]))  # (w,) per-frame alpha change
+                busy = np.nonzero(step >= max(0.3 * float(step.max()), 1e-3))[0]
+                if len(busy):
+                    # step k is the change from frame ai+k to ai+k+1
+                    hits.append((ai + int(busy[0]) + 1, ai + int(busy[-1])))
     return _merge([(x, y) for x, y in hits])
 
 
