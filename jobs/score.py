@@ -44,6 +44,7 @@ from curate.schema import (
     STATUS_OK,
     TUBELET_VERSION,
     columns_of,
+    conform,
     set_columns,
     validate,
 )
@@ -58,6 +59,7 @@ from curate.storage import (
 )
 
 STAGE = "score"
+DECODE_CPUS = 1.0  # per decode task
 PRESETS = {"smoke": score.SMOKE, "default": score.DEFAULT}
 SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]
 
@@ -88,7 +90,8 @@ def _part_key(clip_ids: Sequence[str]) -> str:
 def load_done_scores(scores_dir: Path, root: Path, cfg: score.ScoreConfig) -> pa.Table:
     """Score rows of finished parts (marker present, same scoring config), newest per clip."""
     h = scoring_hash(cfg)
-    parts = [p for p in sorted(scores_dir.glob("part-*.parquet")) if is_done(root, STAGE, p.stem, h)]
+    parts = sorted(scores_dir.glob("part-*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))  # oldest first
+    parts = [p for p in parts if is_done(root, STAGE, p.stem.removeprefix("part-"), h)]
     if not parts:
         return pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
     return pa.concat_tables([pq.read_table(p, columns=SCORE_PART_COLUMNS) for p in parts])
@@ -127,11 +130,17 @@ def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> 
     cfg = job.score
     if cfg.smoke:
         score.build_smoke_clip(cfg.clip_model)  # once on the driver, so the actors don't race
+    # important: Ray Data fuses a task step into the next actor step when their remote args
+    # are equal; the decode tasks then run inside the model actors, serialised behind the
+    # model. A CPU-only actor asking for the same CPUs is nudged so the steps stay separate.
+    actor_cpus = job.actor_cpus
+    if job.num_gpus == 0 and actor_cpus == DECODE_CPUS:
+        actor_cpus = DECODE_CPUS - 0.01
     ds = table_dataset(pending, rows_per_block=job.cpu_batch)
     ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=cfg),
-                  Resources(num_cpus=1, concurrency=0, batch_size=job.cpu_batch))
+                  Resources(num_cpus=DECODE_CPUS, concurrency=0, batch_size=job.cpu_batch))
     ds = map_stage(ds, score.ClipScoreStage, cfg,
-                   Resources(num_cpus=job.actor_cpus, num_gpus=job.num_gpus,
+                   Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
                              concurrency=job.concurrency, batch_size=job.batch_size))
     h = scoring_hash(cfg)
     written = 0
@@ -147,8 +156,11 @@ def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> 
 def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
     """Fill the score group (and score errors) of every clip row from its clip_id's score row."""
     index: dict[str, int] = {}
+    has_emb = done.column(CLIP_EMBEDDING).is_valid().to_pylist()
     for i, cid in enumerate(done.column(CLIP_ID).to_pylist()):
-        index[cid] = i  # later parts win
+        # a clip re-scored after a filter change: the newer row (with an embedding) wins
+        if cid not in index or has_emb[i] or not has_emb[index[cid]]:
+            index[cid] = i
     ids = clips.column(CLIP_ID).to_pylist()
     take = pa.array([index.get(c) for c in ids], pa.int64())
     picked = done.take(take)  # null rows where a clip has no score row
@@ -187,7 +199,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     root = out.parent
     scores_dir = out / "_scores"
     check_writable(out)
-    clips = read_parts(job.input, CLIP_SCHEMA)
+    clips = conform(read_parts(job.input), CLIP_SCHEMA)  # raises UsageError when there are no parts
     done = load_done_scores(scores_dir, root, job.score)
     pending = needs_scoring(clips, done, job.score)
     print(f"score: {clips.num_rows} clips in, {pending.num_rows} to score, model: {score.model_label(job.score)}")
