@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -125,3 +126,14 @@ def test_bad_clip_becomes_an_error_row_and_the_batch_goes_on(real_videos, smoke_
     assert out.column(FAILED_STAGE)[0].as_py() == "score" and out.column(SHARPNESS)[1].as_py() > 0
     with pytest.raises(StageError, match="cannot open"):
         prepare_batch(table_from_rows([bad]), smoke_cfg)
+
+
+def test_bench_reports_decode_once_ratio(tmp_path, capsys):
+    from jobs import bench_score
+
+    out = tmp_path / "bench.json"
+    args = ["--videos", "1", "--seconds", "2", "--clip-seconds", "1", "--size", "160x96", "--repeats", "1", "--json", str(out)]
+    assert bench_score.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["decoder_opens_per_clip"] == {"stage": 1.0, "baseline": 4.0}
+    assert report["speedup_vs_decode_per_scorer"] > 0 and "clips/s" in capsys.readouterr().out
