@@ -137,3 +137,16 @@ def test_bench_reports_decode_once_ratio(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["decoder_opens_per_clip"] == {"stage": 1.0, "baseline": 4.0}
     assert report["speedup_vs_decode_per_scorer"] > 0 and "clips/s" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_vit_l_14_random_init_runs_on_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from jobs import bench_score
+
+    out = tmp_path / "bench.json"
+    assert bench_score.main(["--model", "vit-l-14", "--videos", "1", "--seconds", "4", "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"].startswith("cuda") and report["model_images_per_s_per_gpu"] > 0
