@@ -199,16 +199,45 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu") ->
     try:
         net, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
     except (RuntimeError, OSError, ValueError) as e:
-        raise UsageError(
-            f"CLIP weights {model}/{pretrained} must be available offline, got: {str(e).splitlines()[0]}; "
-            f"on a connected machine run `python -c \"import open_clip; open_clip.create_model_and_transforms("
-            f"'{model}', pretrained='{pretrained}')\"` (fills the HF cache; set HF_HOME to share it), "
-            "or pass a local directory, or use --preset smoke"
-        ) from e
+        raise UsageError(_missing_clip(model, pretrained, e)) from e
     pre = dict(open_clip.get_model_preprocess_cfg(net))
     size = pre.get("size", 224)
     pre["size"] = size[0] if isinstance(size, tuple | list) else int(size)
     return net.eval(), pre
+
+
+def check_weights(cfg: ScoreConfig) -> None:
+    """Fail fast (on the driver, before any actor starts) when real weights are not available.
+
+    Resolves the head and the CLIP checkpoint file without building the model.
+    """
+    if cfg.smoke:
+        return
+    _resolve_head(cfg.aesthetic_head or cfg.clip_model)
+    d = Path(cfg.clip_model).expanduser()
+    if d.is_dir() or cfg.clip_model.startswith("hf-hub:") or cfg.clip_pretrained is None:
+        return  # a directory is checked by load_clip; hub ids and random init need no file here
+    if Path(cfg.clip_pretrained).expanduser().is_file():
+        return
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(cfg.clip_model, cfg.clip_pretrained)
+    if not pcfg:
+        raise UsageError(f"clip_pretrained must be an open_clip tag of {cfg.clip_model} or a weights file, got "
+                         f"{cfg.clip_pretrained!r}; see open_clip.list_pretrained()")
+    try:
+        open_clip.download_pretrained(pcfg)  # a cache hit returns the path; offline + missing raises
+    except Exception as e:
+        raise UsageError(_missing_clip(cfg.clip_model, cfg.clip_pretrained, e)) from e
+
+
+def _missing_clip(model: str, pretrained: str | None, e: BaseException) -> str:
+    return (
+        f"CLIP weights {model}/{pretrained} must be available offline, got: {str(e).splitlines()[0]}; "
+        f"on a connected machine run `python -c \"import open_clip; open_clip.create_model_and_transforms("
+        f"'{model}', pretrained='{pretrained}')\"` (fills the HF cache; set HF_HOME to share it), "
+        "or pass a local directory, or use --preset smoke"
+    )
 
 
 SMOKE_CLIP_CFG = {

@@ -195,6 +195,7 @@ def format_funnel(report: dict[str, Any]) -> str:
 
 def main(job: ScoreJob) -> dict[str, Any]:
     filters.check_config(job.score.filters)
+    score.check_weights(job.score)
     out = Path(job.output)
     root = out.parent
     scores_dir = out / "_scores"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,9 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path):
     assert r.returncode == 2 and "--batch-size must be >= 1, got 0" in r.stderr
     r = subprocess.run([*base, "--preset", "smoke"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no Parquet parts" in r.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUBELET_WEIGHTS": str(tmp_path)}
+    r = subprocess.run([*base, "--preset", "default"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "sac+logos+ava1-l14-linearMSE.pth" in r.stderr and "wget" in r.stderr
+    (tmp_path / "sac+logos+ava1-l14-linearMSE.pth").write_bytes(b"")  # the head is found; CLIP is not
+    r = subprocess.run([*base, "--preset", "default"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "CLIP weights ViT-L-14/openai must be available offline" in r.stderr
