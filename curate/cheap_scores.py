@@ -31,7 +31,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 class CheapConfig:
     motion_short_side: int = 64  # flow is computed at this short side: fast, and size-independent
     black_level: float = 0.06  # a frame is near-black when its mean luma (0..1) is below this
-    static_motion: float = 0.01  # motion (short sides / s) below this flags a static clip
+    static_motion: float = 0.005  # motion (short sides / s) below this flags a static clip (stills: ~0.002)
 
 
 def luma(frames: np.ndarray) -> np.ndarray:
