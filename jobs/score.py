@@ -221,6 +221,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     report = funnel_report(funnel, table, job.score)
     write_json_atomic(report, out / "funnel.json")
     print(format_funnel(report))
+    print(f"funnel: {out / 'funnel.json'}")
     return report
 
 
