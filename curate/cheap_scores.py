@@ -70,19 +70,26 @@ def sharpness(frames: np.ndarray) -> float:
     return float(np.mean([cv2.Laplacian(f, cv2.CV_32F, ksize=3).var() for f in y]))
 
 
-def motion(frames: np.ndarray, pts: np.ndarray, short_side: int = 64, max_gap_s: float = 0.25) -> float:
-    """Mean optical-flow magnitude between adjacent sampled frames, in short sides per second.
+def motion(
+    frames: np.ndarray,
+    pts: np.ndarray,
+    short_side: int = 64,
+    max_gap_s: float = 0.25,
+    indices: np.ndarray | None = None,
+) -> float:
+    """Mean optical-flow magnitude between adjacent decoded frames, in short sides per second.
 
-    Pairs are consecutive entries of `frames` (sorted by `pts`) at most `max_gap_s` apart, so
-    the flow is measured between (near-)adjacent decoded frames and not across a whole clip.
-    Returns 0.0 when there is no such pair.
+    With `indices` (decoded-frame numbers of `frames`), a pair is two entries whose numbers
+    differ by exactly one, at any frame rate; without them, consecutive entries at most
+    `max_gap_s` apart. So flow is never measured across a whole clip. 0.0 when no pair.
     """
     small = luma(resize_short_side(frames, short_side)).astype(np.uint8)  # (T, h, w)
     side = float(min(small.shape[1:3]))
     rates = []
     for i in range(len(small) - 1):
         dt = float(pts[i + 1] - pts[i])
-        if not 0 < dt <= max_gap_s:
+        adjacent = indices[i + 1] - indices[i] == 1 if indices is not None else dt <= max_gap_s
+        if not (adjacent and dt > 0):
             continue
         flow = cv2.calcOpticalFlowFarneback(small[i], small[i + 1], None, 0.5, 2, 9, 3, 5, 1.1, 0)
         mag = np.sqrt((flow**2).sum(axis=-1))  # (h, w, 2) -> (h, w)
@@ -101,17 +108,16 @@ def pair_offsets(num_frames_in_span: int, n_pairs: int, margin: float = 0.1) -> 
 
 
 def cheap_scores(
-    frames: np.ndarray, pts: np.ndarray, cfg: CheapConfig, sharp_frames: np.ndarray | None = None
+    frames: np.ndarray, pts: np.ndarray, cfg: CheapConfig, indices: np.ndarray | None = None
 ) -> dict[str, float | bool]:
-    """All cheap scores of one clip from its decoded frames (sorted by pts).
+    """All cheap scores of one clip from its decoded frames (sorted by pts; `indices`: their frame numbers).
 
-    `sharp_frames` (default: `frames`) are the frames sharpness is measured on; the score
-    stage passes them at its fixed analysis short side.
+    important: sharpness depends on resolution; the score stage passes frames at a fixed short side.
     """
-    m = motion(frames, pts, short_side=cfg.motion_short_side)
+    m = motion(frames, pts, short_side=cfg.motion_short_side, indices=indices)
     return {
         MOTION: m,
-        SHARPNESS: sharpness(frames if sharp_frames is None else sharp_frames),
+        SHARPNESS: sharpness(frames),
         BRIGHTNESS: brightness(frames),
         BLACK_FRACTION: black_fraction(frames, cfg.black_level),
         IS_STATIC: m < cfg.static_motion,

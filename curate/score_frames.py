@@ -85,7 +85,7 @@ def decode_and_score(row: dict[str, Any], cfg: ScoreConfig) -> tuple[dict[str, A
     short = max(cfg.analysis_short_side, cfg.image_size)
     size = analysis_size(int(row[WIDTH]), int(row[HEIGHT]), short)
     cf = decode_clip(row[SOURCE_URI], row[START_PTS], row[END_PTS], offsets=all_off, size=size)
-    scores = cheap_scores(cf.frames, cf.pts, cfg.cheap)
+    scores = cheap_scores(cf.frames, cf.pts, cfg.cheap, indices=cf.indices)
     pick = np.isin(cf.indices, clip_off)
     return scores, center_crop_square(cf.frames[pick], cfg.image_size)
 

@@ -91,7 +91,7 @@ def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreC
             span = (r[SOURCE_URI], r[START_PTS], r[END_PTS])
             crops.append(center_crop_square(decode_clip(*span, offsets=clip_off, size=size).frames, cfg.image_size))
             m = decode_clip(*span, offsets=pairs, size=size)
-            cs.motion(m.frames, m.pts, cfg.cheap.motion_short_side)
+            cs.motion(m.frames, m.pts, cfg.cheap.motion_short_side, indices=m.indices)
             cs.sharpness(decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames)
             f = decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames
             cs.brightness(f), cs.black_fraction(f, cfg.cheap.black_level)

@@ -107,3 +107,14 @@ def test_testvideo_black_segments_flagged_and_dropped(real_videos, ground_truth)
     assert decided.column(KEPT).to_pylist() == [False] * len(black) + [True] * len(photos)
     assert all(r.startswith("black_fraction <= 0.5: black_fraction=1") for r in decided.column(DROP_REASON).to_pylist()[:4])
     assert isinstance(decided, pa.Table)
+
+
+def test_motion_pairs_adjacent_frames_at_low_fps_and_never_across_the_clip():
+    frames, _ = _pan(0.1, 160, 90, fps=2, n=4)  # a 2 fps timelapse: frames 0.5 s apart
+    pts = np.arange(4) / 2.0
+    assert cs.motion(frames, pts, indices=np.arange(4)) == pytest.approx(0.1, rel=0.3)
+    assert cs.motion(frames, pts) == 0.0  # without indices, 0.5 s gaps are not pairs
+    # two adjacent pairs far apart: only the pairs count, not the jump between them
+    far = np.stack([frames[0], frames[1], frames[3], frames[3]])
+    assert cs.motion(far, np.array([0, 0.5, 10, 10.5]), indices=np.array([0, 1, 20, 21])) == pytest.approx(
+        cs.motion(frames[:2], pts[:2], indices=np.arange(2)) / 2, rel=0.1)
