@@ -102,15 +102,34 @@ def test_sigkill_then_resume_gives_the_same_clips(reference, inputs, tmp_path):
     assert len(ids) == len(set(ids))
 
 
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
 def test_ray_job_submit_on_loopback(inputs, tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = _env()
     port = "8299"
-    start = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6399", "--num-cpus", "2",
-             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", port,
-             "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    # important: a `--block` head in its own process group, killed as a group afterwards, so
+    # the test stops only this cluster (`ray stop` would kill every Ray on the machine).
+    log = (tmp_path / "head.log").open("w")  # open as long as the head process runs
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "6399",
+         "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", port, "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        _wait_http(f"http://127.0.0.1:{port}/api/version", 120)  # loopback only
         out = tmp_path / "out"
         submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO),
                   "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out"]}),
@@ -123,4 +142,10 @@ def test_ray_job_submit_on_loopback(inputs, tmp_path):
         assert pq.read_table(next((out / "videos").glob("*.parquet"))).num_rows == 1
         assert json.loads((out / "summary" / "split.json").read_text())["videos"] == 11
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
