@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = json.loads((path.parent / FUNNEL_FILE).read_text())["counts"]
-    print(f"report: {path}  ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    print(f"report: {path}  ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'no stage output found'})")
     return 0
 
 

@@ -187,5 +187,12 @@ def test_report_after_split_only_says_what_has_not_run(tmp_path, capsys):
     assert len(gifs) == 2 and all((index.parent / u).is_file() for u in gifs)
     assert _count(page, "key", "videos_error") == 1 and "broken.mp4" in page  # the bad input, by reason
 
+    # a later stage's output alone: counted, and its smoke flag alone puts the warning first
+    write_json_atomic({"format": "x", "smoke": True, "counts": {"rows": 3, "shards": 1}, "shards": []},
+                      out / "latents" / "_manifest.json")
+    page = report.write_report(out, max_previews=2).read_text()
+    assert RANDOM_MODELS_WARNING in page.splitlines()[0]
+    assert _count(page, "key", "encoded") == 3 and _count(page, "key", "shards") == 1
+
     assert report.main(["--output", str(tmp_path / "nope")]) == 2
     assert "--output must be an existing run folder" in capsys.readouterr().err
