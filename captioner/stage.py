@@ -174,10 +174,13 @@ class CaptionStage:
         t0 = time.perf_counter()
         if self._last_end is not None:
             self.stats["wait_s"] += t0 - self._last_end
+        else:
+            self.stats["first_start"] = time.time()  # wall clock: comparable across actors
         out = self._caption(table)
         self._last_end = time.perf_counter()
         self.stats["busy_s"] += self._last_end - t0
         self.stats["calls"] += 1
+        self.stats["last_end"] = time.time()
         return out
 
     def dump_stats(self, path: str | Path) -> None:

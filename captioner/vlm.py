@@ -113,7 +113,8 @@ class VLM:
 
                 # frames are already sampled: tell the processor their real rate, not to resample
                 kwargs["video_metadata"] = [
-                    VideoMetadata(total_num_frames=len(r.frames), fps=r.fps or 2.0) for r in requests
+                    VideoMetadata(total_num_frames=len(r.frames), fps=r.fps or 2.0, frames_indices=list(range(len(r.frames))))
+                    for r in requests
                 ]
                 kwargs["do_sample_frames"] = False
                 kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' per-frame pixel cap
@@ -275,6 +276,39 @@ def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context
     return VLM(model, processor, model_id, family, max_context)
 
 
+def build_random_vlm_7b(device: str = "cuda", max_pixels: int = 448 * 448) -> VLM:
+    """A Qwen2.5-VL-7B-sized model with random weights (no download), bf16, for throughput benchmarks.
+
+    Architecture sizes follow Qwen/Qwen2.5-VL-7B-Instruct's config.json; the tokenizer is the
+    smoke one (ids stay below its size), so only speed is meaningful, never the text.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = _smoke_tokenizer()
+    ids = {s: tok.convert_tokens_to_ids(s) for s in _SPECIALS}
+    _, processor = _smoke_qwen(tok, ids, {}, max_pixels=max_pixels, build_model=False)
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                         rope_parameters=rope, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):  # initialise in place: no 30 GB fp32 copy on the host
+            model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    finally:
+        torch.set_default_dtype(prev)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return VLM(model, processor, "random-init:Qwen2.5-VL-7B-size", "qwen2_5_vl", 32768)
+
+
 # --- smoke models (tiny, random, offline) --------------------------------------------------
 
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -342,17 +376,20 @@ def build_smoke_vlm(directory: str | Path, family: Family = "qwen2_5_vl", seed: 
     return directory
 
 
-def _smoke_qwen(tok: Any, ids: dict[str, int], text: dict[str, Any]) -> tuple[Any, Any]:
+def _smoke_qwen(tok: Any, ids: dict[str, int], text: dict[str, Any], max_pixels: int = 28 * 28 * 16,
+                build_model: bool = True) -> tuple[Any, Any]:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    px = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
+    px = {"min_pixels": 28 * 28 * 4, "max_pixels": max_pixels}
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(**px, fps=2),
         chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>")
         .replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"))
+    if not build_model:
+        return None, processor
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
     cfg = Qwen2_5_VLConfig(
         text_config={**text, "rope_parameters": rope},

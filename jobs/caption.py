@@ -116,13 +116,19 @@ def _reconcile(out: Path, cfg_hash: str) -> int:
 
 
 def _model_wait(out: Path) -> dict[str, float]:
+    """Model-side timing summed over actors; `steady_s` spans first batch start to last batch end."""
     busy = wait = 0.0
-    calls = 0
+    calls = clips = 0
+    starts, ends = [], []
     for f in (out / STATS_DIR).glob("actor-*.json"):
         s = json.loads(f.read_text())
-        busy, wait, calls = busy + s["busy_s"], wait + s["wait_s"], calls + s["calls"]
+        busy, wait, calls, clips = busy + s["busy_s"], wait + s["wait_s"], calls + s["calls"], clips + s["clips"]
+        starts.append(s["first_start"])
+        ends.append(s["last_end"])
     share = wait / (busy + wait) if busy + wait > 0 else 0.0
-    return {"model_busy_s": busy, "model_wait_s": wait, "model_wait_share": share, "model_calls": calls}
+    steady = max(ends) - min(starts) if starts else 0.0
+    return {"model_busy_s": busy, "model_wait_s": wait, "model_wait_share": share, "model_calls": calls,
+            "steady_s": steady, "steady_clips_per_s": clips / steady if steady > 0 else 0.0}
 
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
