@@ -92,6 +92,7 @@ class VLM:
         gen_cfg = model.generation_config
         eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
+        self._token_cache: dict[tuple, int] = {}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
 
     @property
@@ -121,8 +122,18 @@ class VLM:
         return self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
 
     def prompt_tokens(self, request: Request) -> int:
-        """Exact prompt length (text + visual tokens) the processor produces for one request."""
-        return int(self._inputs([request])["input_ids"].shape[1])
+        """Exact prompt length (text + visual tokens) the processor produces for one request.
+
+        The length depends only on the messages, the frames' shape and their rate, so it is
+        measured once per such key on blank frames: fitting costs nothing per clip after that.
+        """
+        shape = None if request.frames is None else tuple(request.frames.shape)
+        key = (json.dumps(request.messages, sort_keys=True), shape, round(request.fps or 0.0, 3))
+        if key not in self._token_cache:
+            blank = None if shape is None else np.zeros(shape, np.uint8)
+            n = self._inputs([Request(request.messages, blank, request.fps)])["input_ids"].shape[1]
+            self._token_cache[key] = int(n)
+        return self._token_cache[key]
 
     def fit_frames(self, request: Request, max_new_tokens: int) -> tuple[Request, int]:
         """Subsample frames uniformly until prompt + max_new_tokens fit the context.

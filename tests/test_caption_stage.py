@@ -158,3 +158,25 @@ def test_decoded_frames_are_uniform_and_bounded(tmp_path):
     frames, fps = decode_row(rows[0], SMOKE)
     assert frames.shape == (8, 96, 160, 3) and frames.dtype == np.uint8  # max_side=160 keeps 160x96
     assert fps == pytest.approx(8 / 4.0)
+
+
+def test_decode_errors_from_the_cpu_tasks_become_error_rows(tmp_path):
+    _, rows = make_clips(tmp_path, [(0, 24), (24, 48)])
+    rows[0][S.SOURCE_URI] = str(tmp_path / "gone.mp4")
+    table = attach_frames(S.table_from_rows(rows), SMOKE)
+    st = _stub_stage()
+    out = st(table).to_pylist()
+    assert out[0][S.STATUS] == S.STATUS_ERROR and "cannot open" in out[0][S.ERROR]
+    assert out[1][S.STATUS] == S.STATUS_OK and out[1][S.CAPTION]
+
+
+@pytest.mark.gpu
+def test_stage_runs_in_bf16_on_gpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    _, rows = make_clips(tmp_path, [(0, 24), (24, 30)])
+    st = CaptionStage(replace(SMOKE, device="auto", on_error="raise"))
+    st.load()
+    assert st.vlm.device.type == "cuda" and st.vlm.model.dtype == torch.bfloat16
+    out = st(S.table_from_rows(rows)).to_pylist()
+    assert all(r[S.CAPTION] for r in out)
