@@ -7,8 +7,9 @@ Two families of transformers image-text-to-text models that take several video f
   llava-hf/llava-onevision-qwen2-7b-ov-hf.
 
 One loader, `load_vlm(source)`, takes a hub id (resolved from the local HF cache when
-offline), a local directory, or `smoke:<family>`: a tiny random model built offline by
-`build_smoke_vlm` into a cache folder and then loaded from it like any other directory.
+offline), a local directory, or `smoke:<kind>` (qwen2_5_vl | qwen3_vl | llava_onevision): a
+tiny random model built offline by `build_smoke_vlm` into a cache folder ($TUBELET_CACHE,
+default ~/.cache/tubelet) and then loaded from it like any other directory.
 bf16 on GPU, fp32 on CPU. Prompts use the processor's chat template, so real checkpoints
 and smoke models go through the same code path. Batched generation pads on the left.
 
@@ -34,6 +35,8 @@ from curate.errors import StageError, UsageError
 
 Family = Literal["qwen2_5_vl", "llava_onevision"]
 FAMILIES: tuple[Family, ...] = ("qwen2_5_vl", "llava_onevision")
+SmokeKind = Literal["qwen2_5_vl", "qwen3_vl", "llava_onevision"]  # architectures build_smoke_vlm can make
+SMOKE_KINDS: tuple[SmokeKind, ...] = ("qwen2_5_vl", "qwen3_vl", "llava_onevision")
 # model_type in config.json -> family; families share processor and chat-template behaviour.
 _MODEL_TYPES: dict[str, Family] = {
     "qwen2_5_vl": "qwen2_5_vl",
@@ -103,7 +106,10 @@ class VLM:
     def _inputs(self, requests: list[Request]) -> Any:
         texts = [self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
                  for r in requests]
-        videos = [r.frames for r in requests if r.frames is not None]
+        step = _FRAME_MULTIPLE[self.family]
+        # Qwen packs frames in pairs (Qwen3-VL refuses a single frame): repeat the last frame to fill a pair
+        videos = [r.frames if len(r.frames) >= step else np.concatenate([r.frames] + [r.frames[-1:]] * (step - len(r.frames)))
+                  for r in requests if r.frames is not None]
         if videos and len(videos) != len(requests):
             raise ValueError("a batch must be all video requests or all text requests")
         kwargs: dict[str, Any] = {}
@@ -218,7 +224,7 @@ def _dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
 
 
-def smoke_dir(family: Family) -> Path:
+def smoke_dir(family: SmokeKind) -> Path:
     base = Path(os.environ.get("TUBELET_CACHE", Path.home() / ".cache" / "tubelet"))
     return base / "smoke" / f"vlm-{family}-v{_SMOKE_VERSION}"
 
@@ -228,8 +234,8 @@ def resolve_source(source: str) -> str:
     if not source.startswith(SMOKE_PREFIX):
         return source
     family = source[len(SMOKE_PREFIX):] or "qwen2_5_vl"
-    if family not in FAMILIES:
-        raise UsageError(f"smoke model family must be one of {list(FAMILIES)}, got {family!r}; "
+    if family not in SMOKE_KINDS:
+        raise UsageError(f"smoke model family must be one of {list(SMOKE_KINDS)}, got {family!r}; "
                          f"use e.g. 'smoke:qwen2_5_vl'")
     d = smoke_dir(family)  # type: ignore[arg-type]
     if not (d / SMOKE_MARKER).is_file():
@@ -360,7 +366,7 @@ def _smoke_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tk, additional_special_tokens=_SPECIALS[1:], **special)
 
 
-def build_smoke_vlm(directory: str | Path, family: Family = "qwen2_5_vl", seed: int = 0) -> Path:
+def build_smoke_vlm(directory: str | Path, family: SmokeKind = "qwen2_5_vl", seed: int = 0) -> Path:
     """Build a tiny random VLM of `family` offline and save it (model, processor, marker) to `directory`.
 
     Its captions are random bytes: for plumbing only, and its model id says so.
@@ -374,10 +380,12 @@ def build_smoke_vlm(directory: str | Path, family: Family = "qwen2_5_vl", seed: 
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     if family == "qwen2_5_vl":
         model, processor = _smoke_qwen(tok, ids, text)
+    elif family == "qwen3_vl":
+        model, processor = _smoke_qwen3(tok, ids, text)
     elif family == "llava_onevision":
         model, processor = _smoke_llava_ov(tok, ids, text)
     else:
-        raise UsageError(f"family must be one of {list(FAMILIES)}, got {family!r}")
+        raise UsageError(f"family must be one of {list(SMOKE_KINDS)}, got {family!r}")
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     directory.mkdir(parents=True, exist_ok=True)
@@ -410,6 +418,27 @@ def _smoke_qwen(tok: Any, ids: dict[str, int], text: dict[str, Any], max_pixels:
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     return Qwen2_5_VLForConditionalGeneration(cfg).eval(), processor
+
+
+def _smoke_qwen3(tok: Any, ids: dict[str, int], text: dict[str, Any]) -> tuple[Any, Any]:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 16),
+        video_processor=Qwen3VLVideoProcessor(size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}),
+        tokenizer=tok, chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>")
+        .replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"))
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    cfg = Qwen3VLConfig(
+        text_config={**text, "head_dim": 16, "rope_parameters": rope},
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    return Qwen3VLForConditionalGeneration(cfg).eval(), processor
 
 
 def _smoke_llava_ov(tok: Any, ids: dict[str, int], text: dict[str, Any]) -> tuple[Any, Any]:

@@ -144,13 +144,14 @@ def test_context_overflow_reduces_frames_then_errors(tmp_path, smoke_stage):
     assert all(r[S.STATUS] == S.STATUS_ERROR and "context overflow" in r[S.ERROR] for r in out)
 
 
-def test_second_family_llava_onevision_captions(tmp_path):
-    _, rows = make_clips(tmp_path, [(0, 24), (24, 30), (48, 72)])
-    cfg = replace(SMOKE, model="smoke:llava_onevision", on_error="raise")
+@pytest.mark.parametrize("kind", ["llava_onevision", "qwen3_vl"])
+def test_other_families_caption_mixed_frame_counts(tmp_path, kind):
+    _, rows = make_clips(tmp_path, [(0, 24), (24, 30), (48, 72), (30, 31)])  # 8, 6, 8 and 1 frame(s)
+    cfg = replace(SMOKE, model=f"smoke:{kind}", on_error="raise")
     st = CaptionStage(cfg)
     out = st(S.table_from_rows(rows)).to_pylist()
     assert all(r[S.CAPTION] for r in out)
-    assert {r[S.CAPTION_MODEL] for r in out} == {"smoke-random:llava_onevision"}
+    assert {r[S.CAPTION_MODEL] for r in out} == {f"smoke-random:{kind}"}
 
 
 def test_decoded_frames_are_uniform_and_bounded(tmp_path):
