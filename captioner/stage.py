@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,7 +147,6 @@ def attach_frames(table: pa.Table, cfg: CaptionConfig) -> pa.Table:
 class _Item:
     row: int
     request: Request
-    frames_in: int
     qa: dict[str, Any] = field(default_factory=dict)
     result: QAResult | None = None
     short: str | None = None
@@ -183,13 +181,9 @@ class CaptionStage:
         self.stats["last_end"] = time.time()
         return out
 
-    def dump_stats(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.stats))
-
     # --- steps -----------------------------------------------------------------------------
-    def _frames(self, table: pa.Table, row: int, rows: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
-        r = rows[row]
+    def _frames(self, r: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """Frames decoded ahead by `attach_frames` (Ray plan), else decoded here."""
         if FRAMES in r or FRAMES_ERROR in r:
             if r.get(FRAMES_ERROR):
                 raise StageError(STAGE, r[FRAMES_ERROR])
@@ -213,11 +207,12 @@ class CaptionStage:
         errors: dict[int, str] = {}
         items: list[_Item] = []
         messages = prompts.dense_messages(cfg.prompt_version)
+        max_new = max(cfg.sampling.max_new_tokens, cfg.retry_sampling.max_new_tokens)
         for i in todo:
             try:
-                frames, fps = self._frames(table, i, rows)
-                req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), cfg.sampling.max_new_tokens)
-                item = _Item(i, req, len(frames))
+                frames, fps = self._frames(rows[i])
+                req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), max_new)
+                item = _Item(i, req)
                 item.qa["frames"] = len(req.frames)
                 if dropped:
                     item.qa["frames_reduced_from"] = len(frames)  # context too small for all frames

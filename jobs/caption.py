@@ -165,6 +165,14 @@ def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, 
     for f in stats_dir.glob("actor-*.json"):
         f.unlink()
     init_ray(cfg.address, cfg.num_cpus)
+    if cfg.num_gpus > 0:
+        import ray
+
+        # important: an actor asking for a GPU the cluster lacks waits forever instead of failing
+        have = ray.cluster_resources().get("GPU", 0.0)
+        if have < cfg.num_gpus:
+            raise UsageError(f"--num-gpus {cfg.num_gpus:g} per actor needs GPUs in the Ray cluster, got {have:g}; "
+                             "run on a GPU node, or pass --num-gpus 0 (the model then runs on CPU, slowly)")
     bs = cfg.caption.batch_size
     ds = table_dataset(todo, rows_per_block=bs)
     ds = map_task(ds, functools.partial(attach_frames, cfg=cfg.caption),
