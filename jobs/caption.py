@@ -158,6 +158,22 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     return summary
 
 
+def _check_resources(cfg: CaptionJobConfig) -> None:
+    """important: actors asking for more than the cluster has wait forever instead of failing."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 0.0)
+    if cfg.num_gpus > 0 and gpus < cfg.num_gpus * cfg.concurrency:
+        raise UsageError(f"--num-gpus {cfg.num_gpus:g} x --concurrency {cfg.concurrency} needs that many GPUs in the "
+                         f"Ray cluster, got {gpus:g}; run on GPU nodes, lower --concurrency, or pass --num-gpus 0 "
+                         "(the model then runs on CPU, slowly)")
+    need = cfg.actor_cpus * cfg.concurrency + cfg.decode_cpus
+    if need > cpus:
+        raise UsageError(f"{cfg.concurrency} model actor(s) x {cfg.actor_cpus:g} CPU + {cfg.decode_cpus:g} CPU for "
+                         f"decode tasks need {need:g} CPUs, the Ray cluster has {cpus:g}; lower --concurrency")
+
+
 def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, Any]:
     from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
 
@@ -165,14 +181,7 @@ def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, 
     for f in stats_dir.glob("actor-*.json"):
         f.unlink()
     init_ray(cfg.address, cfg.num_cpus)
-    if cfg.num_gpus > 0:
-        import ray
-
-        # important: an actor asking for a GPU the cluster lacks waits forever instead of failing
-        have = ray.cluster_resources().get("GPU", 0.0)
-        if have < cfg.num_gpus:
-            raise UsageError(f"--num-gpus {cfg.num_gpus:g} per actor needs GPUs in the Ray cluster, got {have:g}; "
-                             "run on a GPU node, or pass --num-gpus 0 (the model then runs on CPU, slowly)")
+    _check_resources(cfg)
     bs = cfg.caption.batch_size
     ds = table_dataset(todo, rows_per_block=bs)
     ds = map_task(ds, functools.partial(attach_frames, cfg=cfg.caption),
