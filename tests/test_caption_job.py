@@ -9,6 +9,7 @@ import pytest
 
 from captioner.stage import SMOKE
 from curate import schema as S
+from curate.errors import UsageError
 from curate.storage import config_hash, is_done, read_parts, write_parquet_atomic
 from jobs import caption as job
 from tests.caption_helpers import make_clips
@@ -75,3 +76,8 @@ def test_job_captions_kept_clips_and_resumes(tmp_path, local_ray):
     s2 = job.main(cfg)  # resume: nothing left to do, no Ray plan runs
     assert s2["skipped_done"] == len(kept) and s2["captioned"] == 0
     assert read_parts(tmp_path / "captions", S.CLIP_SCHEMA).num_rows == len(kept)
+    # more actors (or GPUs) than the 2-CPU cluster has: a clear error, not a hang
+    with pytest.raises(UsageError, match="lower --concurrency"):
+        job.main(replace(cfg, output=str(tmp_path / "c2"), concurrency=3))
+    with pytest.raises(UsageError, match="GPUs in the Ray cluster, got 0"):
+        job.main(replace(cfg, output=str(tmp_path / "c3"), num_gpus=1))
