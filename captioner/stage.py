@@ -97,6 +97,12 @@ SMOKE = CaptionConfig(
 )
 
 
+def caption_hash(cfg: CaptionConfig) -> str:
+    """Hash of what decides the captions; batch size, device and error policy are left out so
+    that rerunning with other resources resumes instead of starting over."""
+    return config_hash(replace(cfg, batch_size=0, device="", on_error="record"))
+
+
 def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
     """Frames a clip will be sampled with (before any context reduction): used to group batches."""
     return len(sample_uniform(end_frame - start_frame, cfg.num_frames, cfg.frame_margin))
@@ -158,7 +164,7 @@ class CaptionStage:
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
         self.vlm: Any = None  # a captioner.vlm.VLM (tests may put a stub with the same methods here)
-        self.hash = config_hash(cfg)
+        self.hash = caption_hash(cfg)
         prompts.get(cfg.prompt_version)  # fail fast on an unknown version
         # model-side timing: busy (inside __call__) and waiting (between calls, for frames)
         self.stats = {"calls": 0, "clips": 0, "busy_s": 0.0, "wait_s": 0.0}

@@ -33,7 +33,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from captioner.stage import DEFAULT, SMOKE, STAGE, CaptionConfig, CaptionStage, attach_frames, planned_frames
+from captioner.stage import (
+    DEFAULT,
+    SMOKE,
+    STAGE,
+    CaptionConfig,
+    CaptionStage,
+    attach_frames,
+    caption_hash,
+    planned_frames,
+)
 from curate.errors import UsageError
 from curate.schema import (
     CLIP_ID,
@@ -49,7 +58,6 @@ from curate.schema import (
 )
 from curate.storage import (
     check_writable,
-    config_hash,
     is_done,
     mark_done,
     read_parts,
@@ -136,7 +144,7 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     check_writable(out)
     table = read_parts(cfg.input, CLIP_SCHEMA)
-    h = config_hash(cfg.caption)
+    h = caption_hash(cfg.caption)
     removed = _reconcile(out, h)
     kept_mask = pc.and_(pc.fill_null(table.column(KEPT), False), pc.equal(pc.fill_null(table.column(STATUS),
                                                                                          STATUS_OK), STATUS_OK))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from captioner.stage import SMOKE
+from captioner.stage import SMOKE, caption_hash
 from curate import schema as S
 from curate.errors import UsageError
-from curate.storage import config_hash, is_done, read_parts, write_parquet_atomic
+from curate.storage import is_done, read_parts, write_parquet_atomic
 from jobs import caption as job
 from tests.caption_helpers import make_clips
 
@@ -72,8 +72,8 @@ def test_job_captions_kept_clips_and_resumes(tmp_path, local_ray):
     out = read_parts(tmp_path / "captions", S.CLIP_SCHEMA)
     S.validate(out, "caption")
     assert sorted(out.column(S.CLIP_ID).to_pylist()) == sorted(kept)  # only kept clips, each once
-    assert set(out.column(S.CONFIG_HASH).to_pylist()) == {config_hash(cap)}
-    s2 = job.main(cfg)  # resume: nothing left to do, no Ray plan runs
+    assert set(out.column(S.CONFIG_HASH).to_pylist()) == {caption_hash(cap)}
+    s2 = job.main(replace(cfg, caption=replace(cap, batch_size=3)))  # resume: nothing to do, no Ray plan runs
     assert s2["skipped_done"] == len(kept) and s2["captioned"] == 0
     assert read_parts(tmp_path / "captions", S.CLIP_SCHEMA).num_rows == len(kept)
     # more actors (or GPUs) than the 2-CPU cluster has: a clear error, not a hang

@@ -94,3 +94,13 @@ def test_failed_upsampling_keeps_the_user_prompt():
     assert len(set(up.vlm.seeds)) == 2  # the retry used another seed
     with pytest.raises(UsageError):
         up(["   "])
+
+
+def test_only_vlm_py_imports_the_model_library():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [*root.glob("captioner/*.py"), *root.glob("jobs/*caption*.py")]
+    users = {f.name for f in files if re.search(r"^\s*(from|import) transformers\b", f.read_text(), re.M)}
+    assert users == {"vlm.py"}
