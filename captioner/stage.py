@@ -83,7 +83,9 @@ class CaptionConfig:
     on_error: OnError = "record"
 
 
-# The default preset: Qwen2.5-VL-7B-Instruct (Apache-2.0), ~16 GB in bf16, one GPU per actor.
+# The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
+# actor). Fetch once with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` at a
+# local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
 DEFAULT = CaptionConfig()
 # Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
 # real QA bounds, so QA only rejects empty output and loops here; rows say `smoke-random`.
