@@ -54,7 +54,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet)
     else:
+        # important: address="local" always starts a fresh instance; a bare ray.init() would
+        # join whatever `ray start` cluster /tmp/ray/ray_current_cluster names, even a dead one.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
