@@ -52,17 +52,11 @@ def test_parts_of_another_config_are_removed_and_crash_window_is_marked(tmp_path
 
 @pytest.fixture
 def local_ray(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))  # inherited by workers
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # job.main starts a fresh local instance
+    yield
     import ray
 
-    from jobs.adapter import _pythonpath
-
-    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))  # inherited by workers
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    # important: address="local" always starts a fresh instance; without it ray.init() joins the
-    # cluster named in /tmp/ray/ray_current_cluster, which another `ray start` may have left dead
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": "1"}})
-    yield
     ray.shutdown()
 
 
