@@ -52,7 +52,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet)
+        # A cluster (or `ray job submit`) brings its own runtime env (working_dir, env vars);
+        # adding ours would conflict with the job's, which Ray refuses to merge.
+        ray.init(address=address, log_to_driver=not quiet)
     else:
         # important: address="local" always starts a fresh instance; a bare ray.init() would
         # join whatever `ray start` cluster /tmp/ray/ray_current_cluster names, even a dead one.
