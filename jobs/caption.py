@@ -34,8 +34,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from captioner.stage import (
-    DEFAULT,
-    SMOKE,
     STAGE,
     CaptionConfig,
     CaptionStage,
@@ -64,8 +62,9 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from jobs import presets
 
-PRESETS: dict[str, CaptionConfig] = {"smoke": SMOKE, "default": DEFAULT}
+PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 STATS_DIR = Path("_stats") / STAGE
 
 

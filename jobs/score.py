@@ -57,10 +57,11 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from jobs import presets
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
-PRESETS = {"smoke": score.SMOKE, "default": score.DEFAULT}
+PRESETS = {name: preset.score for name, preset in presets.PRESETS.items()}
 SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]
 
 
