@@ -129,6 +129,6 @@ if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     try:
         main(config_from_args(args), args.shards, args.out, workers=args.workers, gpu=False if args.cpu else None)
-    except UsageError as e:
+    except (UsageError, ValueError) as e:  # bad argument or config: rule, value seen, fix
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -7,6 +7,8 @@ of the init. Reference: Meng et al. 2022, "SDEdit".
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from latents.dit import diffusion as D
@@ -58,7 +60,7 @@ def sample(
     if objective == "rflow":
         times = D.rf_times(steps, start=strength)
         x = eps if init is None else D.rf_noise(init.to(device), eps, torch.tensor(strength, device=device))
-        for t, t_next in zip(times[:-1], times[1:]):
+        for t, t_next in itertools.pairwise(times):
             v = predict(model, x, t * D.DDPM_STEPS, text, text_mask, cfg_scale)
             x = D.rf_step(x, v, t, t_next)
         return x
@@ -67,7 +69,7 @@ def sample(
         start = min(D.DDPM_STEPS - 1, round(strength * D.DDPM_STEPS))
         ts = D.ddim_timesteps(steps, start=start)
         x = eps if init is None else D.ddpm_noise(init.to(device), eps, torch.tensor(ab[start], device=device))
-        for t, t_next in zip(ts[:-1], ts[1:]):
+        for t, t_next in itertools.pairwise(ts):
             e = predict(model, x, float(t), text, text_mask, cfg_scale)
             x = D.ddim_step(x, e, ab[t], 1.0 if t_next < 0 else ab[t_next])
         return x

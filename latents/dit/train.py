@@ -203,15 +203,23 @@ def _global_positions(rank: int, world: int, n: int) -> list[int]:
     return [rank + world * j for j in range(n)]
 
 
+# Settings a resumed run may change without changing what it computes (the LR schedule does
+# not depend on the total step count, so extending `steps` continues the same run).
+RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every")
+
+
 def _check_config(out: Path, config: dict, rank: int) -> None:
     path = out / "config.json"
+    new = json.loads(json.dumps(config))  # tuples -> lists, as stored
     if path.is_file():
         old = json.loads(path.read_text())
-        if old["model"] != config["model"] or old["train"] != json.loads(json.dumps(config["train"])):
-            raise ValueError(f"run dir {out} holds a run with a different config; resume needs the same "
-                             f"config, or pass a new --out")
-    elif rank == 0:
-        write_json(path, config)
+        strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
+        if old["model"] != new["model"] or strip(old["train"]) != strip(new["train"]):
+            diff = sorted(k for k in new["train"] if old["train"].get(k) != new["train"][k])
+            raise ValueError(f"run dir {out} holds a run with a different config (differs in: "
+                             f"{', '.join(diff) or 'model'}); resume needs the same config, or pass a new --out")
+    if rank == 0:
+        write_json(path, new)
 
 
 class _LossLog:
