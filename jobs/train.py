@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,14 @@ from curate.errors import UsageError
 from latents.dit.train import DEFAULT, SMOKE, TrainConfig, train
 
 TRAIN_PRESETS = {"smoke": SMOKE, "default": DEFAULT}
+
+
+MANIFEST_NAMES = ("_manifest.json", "manifest.json")  # latents.shards writes the first
+
+
+def _manifest_path(shards: str) -> Path | None:
+    found = [Path(shards) / n for n in MANIFEST_NAMES if (Path(shards) / n).is_file()]
+    return found[0] if found else None
 
 
 def open_dataset(shards: str) -> Sequence[dict]:
@@ -35,19 +44,21 @@ def open_dataset(shards: str) -> Sequence[dict]:
         from latents.dit.synthetic import synthetic_samples
 
         return synthetic_samples(int(shards.split(":", 1)[1]), shapes=[(2, 4, 4), (1, 4, 6), (3, 2, 4)])
-    root = Path(shards)
-    if not (root / "manifest.json").is_file():
-        raise UsageError(f"--shards must be a latents folder with manifest.json (written by jobs.encode): "
-                         f"got {root}; run the encode stage first or pass its OUT/latents")
+    if _manifest_path(shards) is None:
+        raise UsageError(f"--shards must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
+                         f"jobs.encode): got {shards}; run the encode stage first or pass its OUT/latents")
     from latents.dataset import LatentDataset
 
-    return list(LatentDataset(str(root), batch_size=None, shuffle=False, rank=0, world_size=1))
+    return list(LatentDataset(shards, batch_size=None, shuffle=False, rank=0, world_size=1))
 
 
-def data_facts(shards: str) -> dict:
-    """What the sampler needs from the data: the manifest (VAE, text encoder, normalisation)."""
-    manifest = Path(shards) / "manifest.json"
-    return {"shards": shards, "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None}
+def data_facts(shards: str, data: Sequence[dict]) -> dict:
+    """What the sampler needs from the data: the manifest (VAE, text encoder, normalisation) and
+    the training latent shapes (JSON keys) with their counts."""
+    path = _manifest_path(shards) if not shards.startswith("synthetic:") else None
+    shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
+    return {"shards": shards, "manifest": json.loads(path.read_text()) if path else None,
+            "latent_shapes": dict(sorted(shapes.items()))}
 
 
 def _worker_loop(config: dict) -> None:
@@ -57,8 +68,9 @@ def _worker_loop(config: dict) -> None:
 
     torch.set_num_threads(config["threads"])
     cfg = TrainConfig(**{**config["cfg"], "patch": tuple(config["cfg"]["patch"])})
-    train(cfg, open_dataset(config["shards"]), config["out"], device=ray.train.torch.get_device(),
-          stop_after=config["stop_after"], extra_config=data_facts(config["shards"]))
+    data = open_dataset(config["shards"])
+    train(cfg, data, config["out"], device=ray.train.torch.get_device(), stop_after=config["stop_after"],
+          extra_config=data_facts(config["shards"], data))
 
 
 def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_gpu: bool,
@@ -95,8 +107,9 @@ def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: 
 
         gpu = torch.cuda.is_available()
     if workers == 1:
-        summary = train(cfg, open_dataset(shards), out, device="cuda" if gpu else "cpu", stop_after=stop_after,
-                        extra_config=data_facts(shards))
+        data = open_dataset(shards)
+        summary = train(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
+                        extra_config=data_facts(shards, data))
     else:
         run_distributed(cfg, shards, out, workers, gpu, stop_after)
         summary = {"run": str(out), "workers": workers}
