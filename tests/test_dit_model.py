@@ -119,3 +119,23 @@ def test_objectives_invert_with_oracle_predictions():
     mask = torch.ones(1000, 4, dtype=torch.bool)
     kept = D.drop_captions(mask, 0.25, torch.Generator().manual_seed(0)).any(-1).float().mean()
     assert 0.7 < float(kept) < 0.8
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_packed_forward_and_train_step(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from latents.dit.synthetic import synthetic_samples
+    from latents.dit.train import TrainConfig, train
+
+    model = _random_model().cuda()
+    lat, txt, msk = _samples([(2, 4, 4), (1, 6, 4), (3, 2, 2)], [3, 6, 0])
+    packed = pack(lat, txt, msk, model.cfg.patch, max_tokens=24).to("cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = unpack(packed, model(packed, torch.tensor([10.0, 500.0, 990.0], device="cuda")), model.cfg.patch)
+    cpu = _random_model().eval()
+    with torch.no_grad():
+        ref = cpu.forward_latents([lat[0]], torch.tensor([10.0]), txt[0][None], msk[0][None])[0]
+    assert (out[0].float().cpu() - ref).abs().max() < 0.1  # bf16 tolerance
+    summary = train(TrainConfig(steps=5, batch_size=4, ckpt_every=5), synthetic_samples(8), tmp_path, device="cuda")
+    assert summary["step"] == 5 and summary["loss"] == summary["loss"]  # finite, not NaN

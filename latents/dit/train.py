@@ -181,11 +181,11 @@ def train(
         opt.step()
         update_ema(ema, model, cfg.ema_decay)
         step += 1
-        loss_val = loss.detach()
-        if world > 1:
-            dist.all_reduce(loss_val)
-            loss_val /= world
-        last = float(loss_val)
+        stats = torch.stack([loss.detach().float(), torch.tensor(float(info["tokens"]), device=device)])
+        if world > 1:  # logged loss: mean over workers; tokens: total over workers
+            dist.all_reduce(stats)
+            stats[0] /= world
+        last, info["tokens"] = float(stats[0]), int(stats[1])
         if log is not None and (step % cfg.log_every == 0 or step == end):
             log.write(step, last, lr_at(cfg, step - 1), float(gnorm), info, time.perf_counter() - t0)
         if step % cfg.ckpt_every == 0 or step == end:
