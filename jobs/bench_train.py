@@ -5,7 +5,7 @@
 Same process, same clips, same model, same batches: the baseline runs the VAE encoder on the
 batch's pixels in every step (as facebookresearch/DiT's train.py does); the precomputed run
 trains on the latents encoded once beforehand (what jobs.train does with the shards). Reports
-steps/s of both and their ratio, the one-off encoding cost, and the token efficiency of
+median steps/s of both (their steps interleaved) and their ratio, the one-off encoding cost, and the token efficiency of
 Patch n' Pack against padding every sample to the longest, on mixed bucket shapes.
 Text embeddings are precomputed in both runs (they are not what is measured).
 `ltx-full-random` is the full-size LTX-Video VAE architecture with random weights (same
@@ -67,31 +67,46 @@ def pixel_clips(n: int, fhw: tuple[int, int, int]) -> list[torch.Tensor]:
     return clips
 
 
-def timed_steps(cfg: TrainConfig, data: list[dict], steps: int, encoder=None, pixels=None) -> float:
-    """steps/s of `steps` optimizer steps (after one warm-up step); encoder != None: encode in-step."""
-    from latents.dit.model import DiT
+class Trainer:
+    """One model + optimizer; `step(k)` runs optimizer step k, encoding in-step when given an encoder."""
 
-    torch.manual_seed(0)
-    mcfg = cfg.model_config(data[0]["latent"].shape[0], data[0]["text_embedding"].shape[-1])
-    model = DiT(mcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    t0 = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            t0 = time.perf_counter()
-        idx = batch_positions(cfg.seed, step, cfg.batch_size, len(data))
-        batch = [data[i] for i in idx]
-        if encoder is not None:  # the baseline: pixels -> VAE -> latents inside the step
-            z = encoder.encode(torch.stack([pixels[i] for i in idx]))  # (B, 3, F, H, W) -> (B, C, T, h, w)
+    def __init__(self, cfg: TrainConfig, data: list[dict], encoder=None, pixels=None):
+        from latents.dit.model import DiT
+
+        torch.manual_seed(0)  # same initial weights in both runs
+        self.cfg, self.data, self.encoder, self.pixels = cfg, data, encoder, pixels
+        self.model = DiT(cfg.model_config(data[0]["latent"].shape[0], data[0]["text_embedding"].shape[-1]))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
+
+    def step(self, step: int) -> float:
+        """Seconds taken by optimizer step `step`."""
+        t0 = time.perf_counter()
+        idx = batch_positions(self.cfg.seed, step, self.cfg.batch_size, len(self.data))
+        batch = [self.data[i] for i in idx]
+        if self.encoder is not None:  # the baseline: pixels -> VAE -> latents inside the step
+            z = self.encoder.encode(torch.stack([self.pixels[i] for i in idx]))  # (B, 3, F, H, W) -> (B, C, T, h, w)
             batch = [{**s, "latent": z[k]} for k, s in enumerate(batch)]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        loss, _ = batch_loss(model, batch, list(range(len(batch))), cfg, step, torch.device("cpu"))
-        opt.zero_grad(set_to_none=True)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.cfg, step)
+        loss, _ = batch_loss(self.model, batch, list(range(len(batch))), self.cfg, step, torch.device("cpu"))
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-    return steps / (time.perf_counter() - t0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def compare(cfg: TrainConfig, data: list[dict], steps: int, encoder, pixels) -> tuple[float, float]:
+    """Median steps/s of (VAE in-step, precomputed). Steps alternate between the two runs so a
+    change of machine load hits both alike; step 0 of each is a warm-up and not counted."""
+    base, pre = Trainer(cfg, data, encoder, pixels), Trainer(cfg, data)
+    tb, tp = [], []
+    for k in range(steps + 1):
+        b, p = base.step(k), pre.step(k)
+        if k:
+            tb.append(b)
+            tp.append(p)
+    return 1 / float(np.median(tb)), 1 / float(np.median(tp))
 
 
 def packing_efficiency(patch: tuple[int, int, int], max_tokens: int, n: int = 256, seed: int = 0) -> dict:
@@ -127,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     text = synthetic_samples(a.clips, shapes=[shape[1:]], channels=shape[0], seed=0)
     data = [{**s, "latent": z} for s, z in zip(text, latents)]
     cfg = TrainConfig(model=a.model, patch=patch, batch_size=a.batch_size, max_tokens=None, warmup=1)
-    base = timed_steps(cfg, data, a.steps, encoder=encoder, pixels=pixels)
-    pre = timed_steps(cfg, data, a.steps)
+    base, pre = compare(cfg, data, a.steps, encoder, pixels)
     result = {
         "bench": "train", "vae": a.vae, "pixel_clip_fhw": list(fhw), "latent_shape": list(shape),
         "model": a.model, "batch_size": a.batch_size, "steps": a.steps, "threads": torch.get_num_threads(),

@@ -112,7 +112,10 @@ def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: 
                         extra_config=data_facts(shards, data))
     else:
         run_distributed(cfg, shards, out, workers, gpu, stop_after)
-        summary = {"run": str(out), "workers": workers}
+        rows = (out / "loss.csv").read_text().strip().splitlines()
+        last = rows[-1].split(",") if len(rows) > 1 else [None, None]
+        summary = {"step": int(last[0]) if last[0] else 0, "loss": float(last[1]) if last[1] else None,
+                   "run": str(out), "workers": workers}
     print(f"[train] done: {summary}; log {out / 'loss.csv'}, curve {out / 'loss.png'}", flush=True)
     return summary
 
