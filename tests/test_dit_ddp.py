@@ -28,6 +28,13 @@ def _losses(run: Path) -> list[float]:
 def test_two_ddp_workers_follow_the_single_worker_curve(tmp_path):
     import ray
 
+    from jobs.adapter import _pythonpath
+
+    # important: a fresh local instance; a bare ray.init() would join any cluster that another
+    # process started on this machine with `ray start`, whose CPUs may all be taken.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": "1"}},
+             log_to_driver=False, configure_logging=True, logging_level="ERROR")
     cfg = dataclasses.replace(TRAIN_PRESETS["smoke"], steps=8, batch_size=4, max_tokens=32, log_every=1,
                               ckpt_every=100, caption_dropout=0.5, lr=1e-3, warmup=2)
     try:
