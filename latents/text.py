@@ -46,7 +46,7 @@ class TextConfig:
 
 
 TEXT_DEFAULT = TextConfig(dtype="bfloat16")
-TEXT_SMOKE = TextConfig(source=str(SMOKE_CACHE / "text-umt5"), max_length=32, smoke=True)
+TEXT_SMOKE = TextConfig(source=str(SMOKE_CACHE / "text-umt5"), max_length=64, smoke=True)
 
 
 @dataclass(frozen=True)
@@ -148,12 +148,13 @@ def build_smoke_text_encoder(directory: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {c: i for i, c in enumerate(["<pad>", "</s>", "<unk>", *alphabet])}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    pad, eos, unk = "<pad>", "</s>", "<unk>"
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=unk))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     # like T5's tokenizer: every caption ends with </s>, so even an empty one has a real token
     tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=pad, eos_token=eos, unk_token=unk)
     cfg = UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     model = UMT5EncoderModel(cfg).eval()
