@@ -57,9 +57,11 @@ class LatentDataset(IterableDataset):
     per (rank, worker): every row exactly once, each reader touches only the row groups of its span.
 
     Resume: `state_dict()` counts the items (samples or batches) this dataset object yielded
-    (exact with `num_workers=0`). With DataLoader workers, the trainer passes the number of
-    items its rank consumed: `load_state_dict({"epoch": e, "consumed": n, "seed": s})`; DataLoader
-    hands out worker outputs round-robin, so worker w skips the items k < n with k % workers == w.
+    (exact with `num_workers=0`). With DataLoader workers, the trainer counts the items its rank
+    consumed and restores with `load_state_dict({"epoch": e, "consumed": n, "seed": s})`; the
+    DataLoader (default in_order=True, same num_workers) then continues the same stream exactly,
+    as long as the workers' item counts differ by at most one (the plan balances rows to +-1;
+    bucket batching can leave a few extra partial batches at the very end of an epoch).
     """
 
     def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
@@ -168,8 +170,12 @@ class LatentDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        # important: a restarted DataLoader asks worker 0 first, but the next item in the saved
+        # stream belongs to worker (consumed % nw); so new worker w plays the part of old worker
+        # (w + consumed) % nw, and skips the items that worker already yielded.
+        wid = (wid + self._consumed) % nw
         items = self.plan(self.epoch, self.rank * nw + wid, self.world_size * nw)
-        skip = max(0, math.ceil((self._consumed - wid) / nw)) if self._consumed > wid else 0
+        skip = math.ceil((self._consumed - wid) / nw) if self._consumed > wid else 0
         items = items[skip:]
         need: dict[int, list[int]] = {}
         for it in items:

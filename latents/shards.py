@@ -227,6 +227,7 @@ class ShardWriter:
         entry["sha256"] = _sha256(self._tmp)
         entry["metrics"] = {k: {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
                             for k, v in self._metrics.items() if v}
+        os.chmod(self._tmp, 0o644)  # mkstemp makes 0600; shards are read by other users' jobs
         os.replace(self._tmp, self.root / entry["file"])
         self.shards.append(entry)
         self._writer, self._tmp = None, None
