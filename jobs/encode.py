@@ -69,7 +69,7 @@ def plan_work(table: pa.Table, out: Path, cfg_hash: str) -> tuple[pa.Table, int]
     for p in _done_parts(out, cfg_hash):
         done.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
     ids = table.column(S.CLIP_ID).to_pylist()
-    keep = pa.array([i not in done for i in ids])
+    keep = pa.array([i not in done for i in ids], type=pa.bool_())
     todo = table.filter(keep)
     # stable order so a rerun forms the same batches
     todo = todo.take(pc.sort_indices(todo, [(S.CLIP_ID, "ascending")]))
@@ -118,6 +118,9 @@ def main(cfg: EncodeJobConfig) -> dict:
     check_range("batch_size", cfg.batch_size, 1, fix="pass --batch-size >= 1")
     check_range("concurrency", cfg.concurrency, 1, fix="pass --concurrency >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --num-gpus >= 0")
+    if not Path(cfg.input).is_dir() or not any(Path(cfg.input).glob("*.parquet")):
+        raise UsageError(f"--input must be a folder of captioned Parquet parts, got {cfg.input!r} with no "
+                         "Parquet parts; run the caption stage first or pass OUT/captions")
     table = read_parts(cfg.input, S.CLIP_SCHEMA)
     out = Path(cfg.output)
     check_writable(out)

@@ -220,6 +220,7 @@ def test_resume_from_a_saved_position(many):
 
 
 def test_pandas_and_datasets_readers_agree(many):
+    # (the Ray reader is checked against these in test_latents_encode's job test)
     import datasets
     import pandas as pd
 
@@ -231,17 +232,3 @@ def test_pandas_and_datasets_readers_agree(many):
     i = hf[S.CLIP_ID].index(df[S.CLIP_ID].iloc[0])
     assert hf[i][S.LATENT] == df[S.LATENT].iloc[0] and list(hf[i][S.LATENT_SHAPE]) == list(df[S.LATENT_SHAPE].iloc[0])
 
-
-@pytest.mark.ray
-def test_ray_reader_agrees(many):
-    import pandas as pd
-    import ray
-
-    from jobs.adapter import init_ray
-
-    init_ray()  # a local instance, or the cluster RAY_ADDRESS names
-    rds = ray.data.read_parquet(str(many)).to_pandas()
-    df = pd.read_parquet(many)
-    assert sorted(rds[S.CLIP_ID]) == sorted(df[S.CLIP_ID])
-    a = rds.set_index(S.CLIP_ID).loc[df[S.CLIP_ID].iloc[5], S.LATENT]
-    assert a == df[S.LATENT].iloc[5]
