@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,12 +35,18 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate import schema as S
-from latents.shards import ShardError, binary_column_to_float32, read_manifest, verify_shards
-from latents.text import pad_embedding
+from latents.shards import (
+    ShardError,
+    binary_column_stacked,
+    binary_column_to_float32,
+    read_manifest,
+    verify_shards,
+)
 
 _COLUMNS = [S.CLIP_ID, S.CAPTION, S.LATENT, S.LATENT_SHAPE, S.LATENT_DTYPE, S.TEXT_EMBEDDING,
             S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE]
 Verify = Literal["checksum", "size", "none"]
+PadText = Literal["max_length", "longest"]
 Item = list[tuple[int, int]]  # (unit index, row within the unit's row group)
 
 
@@ -66,7 +73,7 @@ class LatentDataset(IterableDataset):
 
     def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
-                 verify: Verify = "size"):
+                 verify: Verify = "size", pad_text: PadText = "max_length", prefetch: int = 2):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         if verify != "none":
@@ -80,6 +87,8 @@ class LatentDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={self.rank}, world_size={self.world_size}")
         self.drop_last = drop_last
+        self.pad_text = pad_text
+        self.prefetch = max(0, prefetch)
         self.text_length = int(self.manifest["text_encoder"]["max_length"])
         # one unit = one row group = one latent shape
         self.units: list[tuple[str, int, int, tuple[int, ...]]] = []
@@ -141,7 +150,8 @@ class LatentDataset(IterableDataset):
         self._consumed = int(state["consumed"])
 
     # --- reading ------------------------------------------------------------------------------
-    def _load_unit(self, u: int, rows: list[int]) -> dict[int, dict[str, Any]]:
+    def _load_unit(self, u: int, rows: list[int]) -> _Unit:
+        """Rows `rows` (in the order they will be consumed) of unit `u`, decoded into whole arrays."""
         file, g, _, shape = self.units[u]
         path = self.root / file
         try:
@@ -150,22 +160,25 @@ class LatentDataset(IterableDataset):
         except (OSError, pa.ArrowException) as e:
             raise ShardError(f"shard {path} row group {g} is unreadable ({e}); it is corrupt or truncated, "
                              "re-run the encode job") from e
-        t = t.take(pa.array(rows))
+        t = t.take(pa.array(rows))  # consumption order: a batch is then usually a contiguous slice
         where = f"{path} row group {g}"
-        lat = binary_column_to_float32(t.column(S.LATENT), t.column(S.LATENT_SHAPE).to_pylist(),
-                                       t.column(S.LATENT_DTYPE).to_pylist(), f"{where} latent")
+        # (N, C, T, H, W) float32 in one allocation and one pass (numpy: see binary_column_to_float32)
+        lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(),
+                                    t.column(S.LATENT_DTYPE).to_pylist(), f"{where} latent")
         txt = binary_column_to_float32(t.column(S.TEXT_EMBEDDING), t.column(S.TEXT_EMBEDDING_SHAPE).to_pylist(),
                                        t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(), f"{where} text_embedding")
-        ids, caps = t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist()
-        out = {}
-        for k, r in enumerate(rows):
-            if tuple(lat[k].shape) != shape:
-                raise ShardError(f"{where}: row {r} has latent shape {list(lat[k].shape)}, the manifest says "
-                                 f"{list(shape)}; re-run the encode job")
-            emb, mask = pad_embedding(txt[k], self.text_length)
-            out[r] = {"clip_id": ids[k], "caption": caps[k], "latent": lat[k], "text_embedding": emb,
-                      "text_mask": mask}
-        return out
+        length = self.text_length
+        if self.pad_text == "longest":  # the row group's longest caption: far fewer zeros to write and move
+            length = min(length, max((e.shape[0] for e in txt), default=1))
+        dim = txt[0].shape[1] if txt else 0
+        emb = np.zeros((len(rows), length, dim), np.float32)  # (N, L, D), zero past each caption's tokens
+        mask = np.zeros((len(rows), length), np.bool_)
+        for k, e in enumerate(txt):
+            n = min(e.shape[0], length)
+            emb[k, :n] = e[:n]
+            mask[k, :n] = True
+        return _Unit(t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist(), torch.from_numpy(lat),
+                     torch.from_numpy(emb), torch.from_numpy(mask), {r: k for k, r in enumerate(rows)})
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -177,24 +190,68 @@ class LatentDataset(IterableDataset):
         items = self.plan(self.epoch, self.rank * nw + wid, self.world_size * nw)
         skip = math.ceil((self._consumed - wid) / nw) if self._consumed > wid else 0
         items = items[skip:]
-        need: dict[int, list[int]] = {}
+        need: dict[int, list[int]] = {}  # unit -> its rows this reader needs, in consumption order
         for it in items:
             for u, r in it:
                 need.setdefault(u, []).append(r)
         remaining = {u: len(rs) for u, rs in need.items()}
-        cache: dict[int, dict[int, dict[str, Any]]] = {}
-        for it in items:
-            samples = []
-            for u, r in it:
-                if u not in cache:
-                    # load every row of this unit this reader still needs, once
-                    cache[u] = self._load_unit(u, sorted(need[u]))
-                samples.append(cache[u].pop(r))
-                remaining[u] -= 1
-                if remaining[u] == 0:
-                    del cache[u]
-            self._consumed += 1
-            yield samples[0] if self.batch_size is None else collate(samples)
+        order = list(need)  # units in the order they are first needed
+        # Row groups are read and decoded `prefetch` ahead in a thread (pyarrow and numpy release
+        # the GIL), so reading overlaps with the consumer: the training step, or the next decode.
+        pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
+        pending: dict[int, Future] = {}
+        cache: dict[int, _Unit] = {}
+        first_needed = 0
+        try:
+            for it in items:
+                for u, _ in it:
+                    if u in cache:
+                        continue
+                    if pool is None:
+                        cache[u] = self._load_unit(u, need[u])
+                    else:
+                        for v in order[first_needed : first_needed + 1 + self.prefetch]:
+                            if v not in pending and v not in cache:
+                                pending[v] = pool.submit(self._load_unit, v, need[v])
+                        cache[u] = pending.pop(u).result()
+                    first_needed += 1
+                if self.batch_size is None:
+                    ((u, r),) = it
+                    out = cache[u].sample(r)
+                elif len({u for u, _ in it}) == 1:
+                    out = cache[it[0][0]].batch([r for _, r in it])
+                else:
+                    out = collate([cache[u].sample(r) for u, r in it])
+                for u, _ in it:
+                    remaining[u] -= 1
+                    if remaining[u] == 0:
+                        del cache[u]
+                self._consumed += 1
+                yield out
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Unit:
+    """One row group's rows as whole tensors; samples and contiguous batches are views."""
+
+    def __init__(self, ids: list[str], caps: list[str], lat: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor,
+                 pos: dict[int, int]):
+        self.ids, self.caps, self.lat, self.emb, self.mask, self.pos = ids, caps, lat, emb, mask, pos
+
+    def sample(self, r: int) -> dict[str, Any]:
+        k = self.pos[r]
+        return {"clip_id": self.ids[k], "caption": self.caps[k], "latent": self.lat[k],
+                "text_embedding": self.emb[k], "text_mask": self.mask[k]}
+
+    def batch(self, rows: list[int]) -> dict[str, Any]:
+        ks = [self.pos[r] for r in rows]
+        if ks == list(range(ks[0], ks[0] + len(ks))):
+            sl = slice(ks[0], ks[0] + len(ks))  # the usual case: a view, no copy
+            return {"clip_id": self.ids[sl], "caption": self.caps[sl], "latent": self.lat[sl],
+                    "text_embedding": self.emb[sl], "text_mask": self.mask[sl]}
+        return collate([self.sample(r) for r in rows])
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,7 +259,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "clip_id": [s["clip_id"] for s in samples],
         "caption": [s["caption"] for s in samples],
-        "latent": torch.stack([s["latent"] for s in samples]),
-        "text_embedding": torch.stack([s["text_embedding"] for s in samples]),
-        "text_mask": torch.stack([s["text_mask"] for s in samples]),
+        # np.stack, not torch.stack: see latents.shards.binary_column_to_float32 on allocation cost
+        "latent": torch.from_numpy(np.stack([s["latent"].numpy() for s in samples])),
+        "text_embedding": torch.from_numpy(np.stack([s["text_embedding"].numpy() for s in samples])),
+        "text_mask": torch.from_numpy(np.stack([s["text_mask"].numpy() for s in samples])),
     }
