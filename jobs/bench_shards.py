@@ -51,7 +51,8 @@ def make_shards(root: Path, rows: int, latent_shapes: list[tuple[int, ...]], tex
     return w.manifest()
 
 
-def bench_read(root: Path, batch_size: int | None, repeats: int, pad_text: str = "max_length") -> dict:
+def bench_read(root: Path, batch_size: int | None, repeats: int, pad_text: str = "max_length",
+               latent_dtype: str = "float32") -> dict:
     files = sorted(root.glob("shard-*.parquet"))
     nbytes = sum(f.stat().st_size for f in files)
     base, ds_t = [], []
@@ -63,14 +64,15 @@ def bench_read(root: Path, batch_size: int | None, repeats: int, pad_text: str =
         t = time.perf_counter()
         n_samples = 0
         for item in LatentDataset(root, batch_size=batch_size, shuffle=True, seed=0, verify="size",
-                                  pad_text=pad_text):
+                                  pad_text=pad_text, latent_dtype=latent_dtype):
             n_samples += len(item["clip_id"]) if batch_size else 1
         ds_t.append(time.perf_counter() - t)
     b, d = float(np.median(base)), float(np.median(ds_t))
     return {"files": len(files), "mb": round(nbytes / 1e6, 1), "rows": n_rows,
             "read_table_mb_s": round(nbytes / 1e6 / b, 1), "read_table_rows_s": round(n_rows / b, 1),
             "dataset_mb_s": round(nbytes / 1e6 / d, 1), "dataset_samples_s": round(n_samples / d, 1),
-            "ratio": round(b / d, 3), "batch_size": batch_size, "pad_text": pad_text}
+            "ratio": round(b / d, 3), "batch_size": batch_size, "pad_text": pad_text,
+            "latent_dtype": latent_dtype}
 
 
 def bench_encode_smoke(tmp: Path, clips: int) -> dict:
@@ -138,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         result["read_batches"] = bench_read(tmp / "latents", args.batch_size, args.repeats)
         result["read_samples"] = bench_read(tmp / "latents", None, args.repeats)
         result["read_batches_pad_longest"] = bench_read(tmp / "latents", args.batch_size, args.repeats, "longest")
+        result["read_batches_longest_stored"] = bench_read(tmp / "latents", args.batch_size, args.repeats, "longest",
+                                                           "stored")
         if args.smoke_clips:
             result["encode_smoke"] = bench_encode_smoke(tmp, args.smoke_clips)
         if args.ltx_clips:
             result["encode_ltx_full_cpu"] = bench_encode_ltx_full(args.ltx_clips, 17, 256)
-    for name in ("read_batches", "read_samples", "read_batches_pad_longest"):
+    for name in ("read_batches", "read_samples", "read_batches_pad_longest", "read_batches_longest_stored"):
         r = result[name]
-        print(f"{name} (text padded to {r['pad_text']}): LatentDataset {r['dataset_mb_s']} MB/s {r['dataset_samples_s']} samples/s vs "
+        print(f"{name} (text padded to {r['pad_text']}, latents {r['latent_dtype']}): LatentDataset {r['dataset_mb_s']} MB/s {r['dataset_samples_s']} samples/s vs "
               f"pyarrow read_table {r['read_table_mb_s']} MB/s -> ratio {r['ratio']} (target >= 0.8)")
     if "encode_smoke" in result:
         print(f"encode smoke (decode+bucket+tiny Wan VAE+tiny text): {result['encode_smoke']['clips_s']} clips/s")

@@ -1,4 +1,4 @@
-"""Torch IterableDataset over latent shards (latents/shard-*.parquet + manifest.json).
+"""Torch IterableDataset over latent shards (latents/shard-*.parquet + _manifest.json).
 
 CONTRACT (shared with latents/dit, the trainer):
 
@@ -9,6 +9,10 @@ CONTRACT (shared with latents/dit, the trainer):
              latents mean/std and scaling factor recorded in the manifest (see latents/vae.py),
    "text_embedding": torch.Tensor [L, D] float32 (zero past the caption's tokens),
    "text_mask": torch.BoolTensor [L]}   with L = manifest text_encoder.max_length.
+  Options (defaults keep the above): `pad_text="longest"` pads to the longest caption of the
+  row group instead (L varies between batches; far less to move); `latent_dtype="stored"`
+  yields latents in their stored dtype (e.g. bf16; upcast on the GPU).
+  Samples of one row group share memory: treat them as read-only (or .clone()).
 - `batch_size=None`: variable-size samples (for packing, NaViT style).
   `batch_size=B`: bucket-homogeneous batches (all samples share one latent shape), stacked:
   "latent" [B, C, T, H, W], "text_embedding" [B, L, D], "text_mask" [B, L],
@@ -47,6 +51,7 @@ _COLUMNS = [S.CLIP_ID, S.CAPTION, S.LATENT, S.LATENT_SHAPE, S.LATENT_DTYPE, S.TE
             S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE]
 Verify = Literal["checksum", "size", "none"]
 PadText = Literal["max_length", "longest"]
+LatentOut = Literal["float32", "stored"]
 Item = list[tuple[int, int]]  # (unit index, row within the unit's row group)
 
 
@@ -73,7 +78,8 @@ class LatentDataset(IterableDataset):
 
     def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
-                 verify: Verify = "size", pad_text: PadText = "max_length", prefetch: int = 2):
+                 verify: Verify = "size", pad_text: PadText = "max_length", prefetch: int = 2,
+                 latent_dtype: LatentOut = "float32"):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         if verify != "none":
@@ -88,6 +94,7 @@ class LatentDataset(IterableDataset):
             raise ValueError(f"rank must be in [0, world_size), got rank={self.rank}, world_size={self.world_size}")
         self.drop_last = drop_last
         self.pad_text = pad_text
+        self.latent_dtype = latent_dtype
         self.prefetch = max(0, prefetch)
         self.text_length = int(self.manifest["text_encoder"]["max_length"])
         # one unit = one row group = one latent shape
@@ -163,8 +170,12 @@ class LatentDataset(IterableDataset):
         t = t.take(pa.array(rows))  # consumption order: a batch is then usually a contiguous slice
         where = f"{path} row group {g}"
         # (N, C, T, H, W) float32 in one allocation and one pass (numpy: see binary_column_to_float32)
-        lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(),
-                                    t.column(S.LATENT_DTYPE).to_pylist(), f"{where} latent")
+        dtypes = t.column(S.LATENT_DTYPE).to_pylist()
+        lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(), dtypes,
+                                    f"{where} latent", as_float32=self.latent_dtype == "float32")
+        lat_t = torch.from_numpy(lat)
+        if dtypes and dtypes[0] == "bfloat16" and self.latent_dtype == "stored":
+            lat_t = lat_t.view(torch.bfloat16)  # uint16 bit patterns -> bf16, no copy
         txt = binary_column_to_float32(t.column(S.TEXT_EMBEDDING), t.column(S.TEXT_EMBEDDING_SHAPE).to_pylist(),
                                        t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(), f"{where} text_embedding")
         length = self.text_length
@@ -177,7 +188,7 @@ class LatentDataset(IterableDataset):
             n = min(e.shape[0], length)
             emb[k, :n] = e[:n]
             mask[k, :n] = True
-        return _Unit(t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist(), torch.from_numpy(lat),
+        return _Unit(t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist(), lat_t,
                      torch.from_numpy(emb), torch.from_numpy(mask), {r: k for k, r in enumerate(rows)})
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -260,7 +271,13 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "clip_id": [s["clip_id"] for s in samples],
         "caption": [s["caption"] for s in samples],
         # np.stack, not torch.stack: see latents.shards.binary_column_to_float32 on allocation cost
-        "latent": torch.from_numpy(np.stack([s["latent"].numpy() for s in samples])),
+        "latent": _stack([s["latent"] for s in samples]),
         "text_embedding": torch.from_numpy(np.stack([s["text_embedding"].numpy() for s in samples])),
         "text_mask": torch.from_numpy(np.stack([s["text_mask"].numpy() for s in samples])),
     }
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    if ts[0].dtype == torch.bfloat16:  # numpy has no bf16: stack the bit patterns
+        return torch.from_numpy(np.stack([t.view(torch.int16).numpy() for t in ts])).view(torch.bfloat16)
+    return torch.from_numpy(np.stack([t.numpy() for t in ts]))

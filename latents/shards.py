@@ -337,10 +337,15 @@ def shard_files(root: str | Path, manifest: dict[str, Any] | None = None) -> lis
     return [Path(root) / s["file"] for s in manifest["shards"]]
 
 
+_RAW_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as uint16 bits
+
+
 def binary_column_stacked(
-    arr: pa.Array, shape: tuple[int, ...], shapes: list[list[int] | None], dtypes: list[str | None], where: str
+    arr: pa.Array, shape: tuple[int, ...], shapes: list[list[int] | None], dtypes: list[str | None], where: str,
+    as_float32: bool = True,
 ) -> np.ndarray:
-    """A binary column whose rows all hold `shape` -> one float32 array (N, *shape), in one pass.
+    """A binary column whose rows all hold `shape` -> one array (N, *shape), in one pass: float32,
+    or (as_float32=False) the stored values as they are (bfloat16 as its uint16 bit patterns).
 
     Same checks as `binary_column_to_float32` (nulls, shapes, byte counts raise ShardError).
     """
@@ -364,4 +369,6 @@ def binary_column_stacked(
         i = int(np.flatnonzero(sizes != per)[0]) if per else 0
         _check_len(int(sizes[i]), list(shape), str(dtype), f"{where} row {i}")
     data = np.frombuffer(data_buf, np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    if not as_float32:
+        return data.view(_RAW_NP[str(dtype)]).reshape(len(arr), *shape).copy()
     return to_float32(data, str(dtype)).reshape(len(arr), *shape)

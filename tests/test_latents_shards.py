@@ -232,3 +232,34 @@ def test_pandas_and_datasets_readers_agree(many):
     i = hf[S.CLIP_ID].index(df[S.CLIP_ID].iloc[0])
     assert hf[i][S.LATENT] == df[S.LATENT].iloc[0] and list(hf[i][S.LATENT_SHAPE]) == list(df[S.LATENT_SHAPE].iloc[0])
 
+
+
+def test_options_change_layout_not_content(many):
+    ref = {}
+    for b in LatentDataset(many, batch_size=4, seed=3, prefetch=0):
+        for k, cid in enumerate(b["clip_id"]):
+            ref[cid] = (b["latent"][k], b["text_embedding"][k], b["text_mask"][k])
+    n = 0
+    for b in LatentDataset(many, batch_size=4, seed=3, pad_text="longest", latent_dtype="stored", prefetch=3):
+        assert b["latent"].dtype == torch.float16  # the smoke preset stores fp16
+        L = b["text_mask"].shape[1]
+        assert LatentDataset(many).text_length > L or b["text_mask"].all(dim=1).any()
+        for k, cid in enumerate(b["clip_id"]):
+            lat, emb, mask = ref[cid]
+            assert torch.equal(b["latent"][k].float(), lat)
+            assert torch.equal(b["text_embedding"][k], emb[:L]) and torch.equal(b["text_mask"][k], mask[:L])
+            n += 1
+    assert n == 60
+
+
+def test_bf16_shards_read_exactly_as_float32_or_stored(tmp_path):
+    from jobs.bench_shards import make_shards
+
+    make_shards(tmp_path, rows=70, latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)], text_tokens=4, text_dim=8,
+                rows_per_shard=40)
+    f32 = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1)}
+    stored = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1, latent_dtype="stored")}
+    assert len(f32) == 70 and all(v.dtype == torch.bfloat16 for v in stored.values())
+    assert all(torch.equal(stored[k].float(), f32[k]) for k in f32)
+    batches = list(LatentDataset(tmp_path, batch_size=16, latent_dtype="stored", seed=1))
+    assert sum(b["latent"].shape[0] for b in batches) == 70
