@@ -78,7 +78,10 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys):
     write_parquet_atomic(table.slice(0, 4), tmp_path / "captions" / "part-a.parquet")
     write_parquet_atomic(table.slice(4), tmp_path / "captions" / "part-b.parquet")
     out = tmp_path / "latents"
-    args = ["--input", str(tmp_path / "captions"), "--output", str(out), "--batch-size", "2", "--preset", "smoke"]
+    # "local": a fresh local instance, never a `ray start` cluster another process left on this machine
+    address = [] if ray.is_initialized() else ["--address", "local"]
+    args = ["--input", str(tmp_path / "captions"), "--output", str(out), "--batch-size", "2", "--preset", "smoke",
+            *address]
     assert cli(args) == 0
     first = capsys.readouterr().out
     assert "6 encoded now" in first and "SMOKE" in first

@@ -98,8 +98,8 @@ def test_flipped_byte_fails_the_checksum_and_never_reads_as_zeros(tmp_path, enco
         verify_shards(tmp_path, checksum=True)
     with pytest.raises(ShardError, match="sha256"):
         LatentDataset(tmp_path, verify="checksum")
-    # even without the file checksum, Parquet page checksums stop the read
-    ds = LatentDataset(tmp_path, verify="none", shuffle=False)
+    # without the up-front file checksum, Parquet page checksums stop the read
+    ds = LatentDataset(tmp_path, verify="size", shuffle=False)
     with pytest.raises(ShardError, match="corrupt"):
         list(ds)
 
