@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +29,15 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.errors import UsageError, check_range
-from curate.storage import check_writable, config_hash, is_done, mark_done, read_parts, write_parquet_atomic
+from curate.storage import (
+    check_writable,
+    config_hash,
+    is_done,
+    mark_done,
+    read_parts,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from latents.encode import DEFAULT, LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import MANIFEST_NAME, ShardWriter
@@ -90,8 +98,11 @@ def _vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
         kw = {"subfolder": enc.text.model_subfolder} if enc.text.model_subfolder else {}
         c = AutoConfig.from_pretrained(enc.text.source, revision=enc.text.revision, **kw)
         text_info = {"text_encoder_id": enc.text.source, "revision": enc.text.revision,
-                     "max_length": enc.text.max_length, "dim": int(c.d_model), "smoke": False}
-    return vae.info.to_dict(), text_info
+                     "max_length": enc.text.max_length, "dim": int(c.d_model), "smoke": False,
+                     "config": asdict(enc.text)}
+    vae_info = vae.info.to_dict()
+    vae_info["config"] = asdict(enc.vae)  # the preset's own loader config (the driver used CPU, no tiling)
+    return vae_info, text_info
 
 
 def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
@@ -149,8 +160,8 @@ def main(cfg: EncodeJobConfig) -> dict:
     counts = {"input_rows": table.num_rows, "eligible": eligible.num_rows,
               "errors": int(sum(errors.values()))}
     manifest = write_shards(cfg, counts)
-    psnr = [v for s in manifest["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR, {}).get("values", [])]
-    return {
+    psnr = [v for s in manifest["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
+    summary = {
         "input_rows": table.num_rows, "eligible": eligible.num_rows, "encoded_this_run": new_rows,
         "skipped_already_done": skipped, "shard_rows": manifest["counts"]["rows"],
         "shards": manifest["counts"]["shards"], "errors": counts["errors"],
@@ -158,7 +169,10 @@ def main(cfg: EncodeJobConfig) -> dict:
         "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
         "vae": manifest["vae"]["vae_id"], "smoke": manifest["smoke"],
         "manifest": str(out / MANIFEST_NAME), "wall_seconds": round(time.perf_counter() - t0, 2),
+        "config_hash": cfg_hash,
     }
+    write_json_atomic(summary, out.parent / "summary" / "encode.json")  # next to OUT/summary/split.json
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,7 +230,7 @@ class ShardWriter:
         entry = dict(self._cur)
         entry["bytes"] = self._tmp.stat().st_size
         entry["sha256"] = _sha256(self._tmp)
-        entry["metrics"] = {k: {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
+        entry["metrics"] = {k.lstrip("_"): {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
                             for k, v in self._metrics.items() if v}
         os.chmod(self._tmp, 0o644)  # mkstemp makes 0600; shards are read by other users' jobs
         os.replace(self._tmp, self.root / entry["file"])

@@ -10,7 +10,9 @@ CONTRACT (shared with latents/dit, the DiT sampler):
 - `TextEncoder.encode_trimmed(list[str]) -> list[Tensor [L_i, D] float32]`: what the shards
   store per clip (only the L_i real tokens, with their shape); the dataset pads them back
   to `[L, D]` + mask, so stored and live embeddings agree.
-- `TextEncoder.info` (`TextInfo`: id, max_length, dim; recorded in the shard manifest).
+- `TextEncoder.info` (`TextInfo`: id, max_length, dim, loader config; recorded in the shard
+  manifest): `load_text_encoder(text_config_from_manifest(read_manifest(root)))` gives the
+  encoder whose embeddings the shards hold.
 
 Default: the UMT5-XXL encoder of Wan 2.1 (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`, subfolders
 `text_encoder` + `tokenizer`, D = 4096, L = 512). Smoke: a 2-layer UMT5 with D = 32 and a
@@ -22,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,18 @@ class TextInfo:
     max_length: int
     dim: int
     smoke: bool
+    config: dict[str, Any] | None = None  # the TextConfig that loads this encoder again (JSON form)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def text_config_from_manifest(manifest: dict[str, Any], **overrides: Any) -> TextConfig:
+    """The TextConfig recorded in a latent shard manifest (`manifest["text_encoder"]["config"]`)."""
+    cfg = manifest.get("text_encoder", {}).get("config")
+    if not cfg:
+        raise UsageError("the shard manifest records no text encoder config; re-encode with this tubelet")
+    return replace(TextConfig(**cfg), **overrides)
 
 
 class TextEncoder:
@@ -133,7 +144,7 @@ def load_text_encoder(cfg: TextConfig) -> TextEncoder:
     model = model.to(device).eval()
     tid = f"smoke-random-umt5-{model.config.d_model}d" if cfg.smoke else cfg.source
     info = TextInfo(text_encoder_id=tid, revision=cfg.revision, max_length=cfg.max_length,
-                    dim=int(model.config.d_model), smoke=cfg.smoke)
+                    dim=int(model.config.d_model), smoke=cfg.smoke, config=asdict(cfg))
     return TextEncoder(model, tokenizer, info, device, cfg.batch_size)
 
 

@@ -13,7 +13,9 @@ CONTRACT (shared with latents/dit, the DiT sampler and trainer):
   float32 in [-1, 1] (clamped).
 - `VideoVAE.info` (`VAEInfo`, JSON-able via `to_dict()`, recorded in latents/manifest.json):
   vae id/revision/kind, latent channels, spatial/temporal compression, frame rule,
-  latents mean/std and scaling factor.
+  latents mean/std and scaling factor, and `config` (the VAEConfig that loads it again):
+  a sampler gets the VAE of a shard folder with
+  `load_vae(vae_config_from_manifest(read_manifest(root), device="cuda"))`.
 
 Default: Wan 2.1 VAE (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`, subfolder `vae`; 16 channels,
 8x space, 4x time, frames 4k+1). Also LTX-Video (`Lightricks/LTX-Video`, subfolder `vae`;
@@ -28,7 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,9 +80,16 @@ class VAEInfo:
     latents_std: list[float]
     scaling_factor: float
     smoke: bool
+    config: dict[str, Any] | None = None  # the VAEConfig that loads this VAE again (JSON form)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def vae_config(self) -> VAEConfig:
+        """The config that loads this VAE again (e.g. the DiT sampler, from a shard manifest)."""
+        if not self.config:
+            raise UsageError(f"VAE info of {self.vae_id!r} records no loader config; re-encode with this tubelet")
+        return VAEConfig(**self.config)
 
     def valid_frames(self, n: int) -> int:
         """Largest frame count <= n that the VAE accepts (k*m + 1); 0 when n < 1."""
@@ -91,6 +100,14 @@ class VAEInfo:
         """[C, T, h, w] of the latent of a (frames, height, width) clip."""
         k, s = self.temporal_compression, self.spatial_compression
         return (self.latent_channels, (frames - 1) // k + 1, height // s, width // s)
+
+
+def vae_config_from_manifest(manifest: dict[str, Any], **overrides: Any) -> VAEConfig:
+    """The VAEConfig recorded in a latent shard manifest (`manifest["vae"]["config"]`), e.g. device="cuda"."""
+    cfg = manifest.get("vae", {}).get("config")
+    if not cfg:
+        raise UsageError("the shard manifest records no VAE loader config (vae.config); re-encode with this tubelet")
+    return replace(VAEConfig(**cfg), **overrides)
 
 
 def _model_class(kind: VaeKind) -> type:
@@ -217,6 +234,7 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
         latents_std=std,
         scaling_factor=factor,
         smoke=cfg.smoke,
+        config=asdict(cfg),
     )
     return VideoVAE(model, info, device, getattr(torch, cfg.dtype))
 

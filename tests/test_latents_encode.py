@@ -101,4 +101,5 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys):
     lat = df.set_index(S.CLIP_ID).loc[cid, S.LATENT]
     assert rds.set_index(S.CLIP_ID).loc[cid, S.LATENT] == lat == hf[hf[S.CLIP_ID].index(cid)][S.LATENT]
     assert json.loads((out / "_manifest.json").read_text())["vae"]["frame_rule"] == "4k+1"
+    assert json.loads((tmp_path / "summary" / "encode.json").read_text())["shard_rows"] == 6
     assert isinstance(table, pa.Table)

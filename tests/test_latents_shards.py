@@ -35,6 +35,7 @@ def encoded(tmp_path_factory) -> tuple[pa.Table, dict]:
     out = stage(prepare_batch(captioned_rows(d), SMOKE))
     S.validate(out.select(S.CLIP_SCHEMA.names), upto="encode")
     ok = out.filter(pa.array(eligible_mask(out)))
+    assert ok.num_rows == 6, out.column(S.ERROR).to_pylist()
     meta = manifest_meta(SMOKE, stage.vae.info.to_dict(), stage.text.info.to_dict())
     return ok, meta
 
@@ -78,7 +79,7 @@ def test_manifest_records_how_to_read_the_latents(tmp_path, encoded):
     assert vae["vae_id"].startswith("smoke") and m["smoke"] is True
     assert m["text_encoder"]["max_length"] == SMOKE.text.max_length
     assert len(m["buckets"]) == 3 and sum(m["counts"]["by_latent_shape"].values()) == 6
-    psnr = [v for s in m["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR, {}).get("values", [])]
+    psnr = [v for s in m["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     assert psnr and all(np.isfinite(psnr))
     verify_shards(tmp_path, checksum=True)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
@@ -263,3 +264,22 @@ def test_bf16_shards_read_exactly_as_float32_or_stored(tmp_path):
     assert all(torch.equal(stored[k].float(), f32[k]) for k in f32)
     batches = list(LatentDataset(tmp_path, batch_size=16, latent_dtype="stored", seed=1))
     assert sum(b["latent"].shape[0] for b in batches) == 70
+
+
+def test_a_sampler_gets_the_vae_and_text_encoder_back_from_the_manifest(tmp_path, encoded):
+    from latents.text import load_text_encoder, text_config_from_manifest
+    from latents.vae import load_vae, vae_config_from_manifest
+
+    table, meta = encoded
+    _write(tmp_path, table, meta)
+    m = read_manifest(tmp_path)
+    vae = load_vae(vae_config_from_manifest(m, device="cpu"))
+    assert vae.info.latents_std == m["vae"]["latents_std"]
+    batch = next(iter(LatentDataset(tmp_path, batch_size=2, shuffle=False)))
+    pixels = vae.decode(batch["latent"])  # (B, 3, F, H, W) in [-1, 1]
+    _, t, h, w = batch["latent"].shape[1:]
+    assert pixels.shape == (len(batch["clip_id"]), 3, (t - 1) * 4 + 1, h * 8, w * 8)
+    te = load_text_encoder(text_config_from_manifest(m, device="cpu"))
+    emb, mask = te.encode(batch["caption"])
+    assert torch.allclose(emb, batch["text_embedding"], atol=1e-2)  # stored fp16, same encoder
+    assert torch.equal(mask, batch["text_mask"])
