@@ -13,6 +13,7 @@ import torch
 from curate import schema as S
 from curate.decode import DECODE_STATS
 from curate.storage import write_parquet_atomic
+from latents.buckets import Bucket, nearest_bucket
 from latents.encode import PIXELS, ROUNDTRIP_PSNR, SMOKE_LTX, EncodeStage, prepare_batch, psnr
 from latents.shards import read_manifest, verify_shards
 from tests.latents_helpers import captioned_rows
@@ -103,3 +104,21 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys):
     assert json.loads((out / "_manifest.json").read_text())["vae"]["frame_rule"] == "4k+1"
     assert json.loads((tmp_path / "summary" / "encode.json").read_text())["shard_rows"] == 6
     assert isinstance(table, pa.Table)
+
+
+@pytest.mark.parametrize(("name", "portrait"), [("issue-134-rotate.mp4", True), ("issue-195-aspect-ratio.mp4", False)])
+def test_real_rotated_and_anamorphic_videos_keep_their_display_aspect(real_videos, tmp_path, name, portrait):
+    from curate.probe import probe
+
+    info = probe(real_videos / name)
+    w, h = info[S.WIDTH], info[S.HEIGHT]  # display size: rotation and SAR applied
+    row = {S.CLIP_ID: "real", S.VIDEO_ID: "v", S.SOURCE_URI: str(real_videos / name), S.START_FRAME: 0,
+           S.END_FRAME: 48, S.START_PTS: 0.0, S.END_PTS: 2.0, S.FPS: 24.0, S.WIDTH: w, S.HEIGHT: h, S.KEPT: True,
+           S.CAPTION: "a real clip", S.STATUS: S.STATUS_OK}
+    out = EncodeStage(SMOKE_LTX)(S.table_from_rows([row])).to_pylist()[0]
+    assert out[S.STATUS] == S.STATUS_OK, out[S.ERROR]
+    ph, pw = out[S.PIXEL_HEIGHT], out[S.PIXEL_WIDTH]
+    assert (ph > pw) == portrait and (h > w) == portrait
+    assert Bucket(pw, ph) == nearest_bucket(w, h, SMOKE_LTX.buckets)
+    _, _, lh, lw = out[S.LATENT_SHAPE]
+    assert (lh, lw) == (ph // 32, pw // 32)
