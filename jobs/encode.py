@@ -40,7 +40,7 @@ from curate.storage import (
 )
 from latents.encode import DEFAULT, LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
-from latents.shards import MANIFEST_NAME, ShardWriter
+from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, verify_shards
 
 PRESETS: dict[str, EncodeConfig] = {"smoke": SMOKE, "smoke-ltx": SMOKE_LTX, "default": DEFAULT, "ltx": LTX}
 PARTS = "_parts"
@@ -109,13 +109,25 @@ def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
     """All finished parts of this config -> shards + manifest (old set replaced atomically)."""
     out = Path(cfg.output)
     cfg_hash = config_hash(cfg.encode)
+    parts = _done_parts(out, cfg_hash)
+    # names + mtimes: a re-encoded part (same clips, new file) also rebuilds the shards
+    stamp = "\n".join(f"{p.name} {p.stat().st_mtime_ns}" for p in parts)
+    layout = {"parts": hashlib.blake2b(stamp.encode(), digest_size=8).hexdigest(),
+              "max_rows": cfg.max_rows_per_shard, "max_bytes": cfg.max_shard_bytes, "row_group_rows": cfg.row_group_rows}
+    try:
+        current = verify_shards(out, checksum=False)
+        if current.get("encode", {}).get("config_hash") == cfg_hash and current.get("layout") == layout:
+            return current  # nothing new since the last run: keep the shards as they are
+    except ShardError:
+        pass
     vae_info, text_info = _vae_and_text_info(cfg.encode)
     meta = manifest_meta(cfg.encode, vae_info, text_info)
     meta["counts"] = counts
+    meta["layout"] = layout
     with ShardWriter(out, meta, max_rows=cfg.max_rows_per_shard, max_bytes=cfg.max_shard_bytes,
                      row_group_rows=cfg.row_group_rows, metric_columns=(ROUNDTRIP_PSNR,),
                      run_id=cfg_hash[:8] + "-" + hashlib.blake2b(str(time.time()).encode(), digest_size=2).hexdigest()) as w:
-        for p in _done_parts(out, cfg_hash):
+        for p in parts:
             t = pq.read_table(p)
             ok = pc.and_(pc.equal(t.column(S.STATUS), S.STATUS_OK), pc.is_valid(t.column(S.LATENT)))
             w.write(t.filter(ok))

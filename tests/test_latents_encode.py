@@ -88,10 +88,17 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys):
     assert "6 encoded now" in first and "SMOKE" in first
     m = verify_shards(out, checksum=True)
     assert m["counts"]["rows"] == 6 and m["counts"]["eligible"] == 6 and m["counts"]["errors"] == 0
-    # a rerun with the same config encodes nothing and rebuilds the same rows
+    # a rerun with the same config encodes nothing and leaves the shards as they are
     assert cli(args) == 0
     assert "0 encoded now, 6 already done" in capsys.readouterr().out
-    assert read_manifest(out)["counts"]["rows"] == 6
+    assert read_manifest(out) == m
+    # a lost part marker re-encodes just that part, then the shard set is rebuilt
+    marker = next((out / "_done" / "encode").iterdir())
+    marker.unlink()
+    assert cli(args) == 0
+    assert "2 encoded now, 4 already done" in capsys.readouterr().out
+    m2 = verify_shards(out, checksum=True)
+    assert m2["counts"]["rows"] == 6 and m2["shards"][0]["file"] != m["shards"][0]["file"]
     # the three readers agree
     df = pd.read_parquet(out)
     rds = ray.data.read_parquet(str(out)).to_pandas()
