@@ -55,6 +55,7 @@ class VAEConfig:
     dtype: TorchDtype = "float32"
     device: str = "auto"  # auto = cuda if available
     tiling: bool = True  # spatial (and for LTX temporal) tiles keep memory bounded at high resolution
+    tile_px: int | None = None  # tile side in pixels (overlap 1/4); None: diffusers' default (Wan 256, LTX 512)
     slicing: bool = True  # one clip of a batch at a time through the VAE
     smoke: bool = False  # tiny random model: build it at `source` if missing
 
@@ -217,7 +218,16 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
     device = _resolve_device(cfg.device)
     model = model.to(device).eval()
     if cfg.tiling:
-        model.enable_tiling()
+        if cfg.tile_px:
+            # important: tile and stride must be multiples of the spatial compression, else the
+            # diffusers tiled encoders return latents of the wrong size (seen with LTX, 64/48 px)
+            s = int(getattr(model, "spatial_compression_ratio", 8))
+            tile = max(2 * s, cfg.tile_px // s * s)
+            stride = max(s, tile * 3 // 4 // s * s)
+            model.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
+                                tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+        else:
+            model.enable_tiling()
     if cfg.slicing:
         model.enable_slicing()
     c, s, t, mean, std, factor = _vae_constants(cfg.kind, model)
