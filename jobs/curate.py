@@ -40,7 +40,15 @@ import pyarrow.parquet as pq
 from curate import filters
 from curate import schema as S
 from curate.errors import UsageError, check_range
-from curate.storage import check_writable, config_hash, is_done, mark_done, read_parts, write_json_atomic, write_parquet_atomic
+from curate.storage import (
+    check_writable,
+    config_hash,
+    is_done,
+    mark_done,
+    read_parts,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from jobs.inputs import list_inputs
 from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset
 

@@ -38,11 +38,14 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from latents.encode import DEFAULT, LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
+from jobs import presets
+from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, verify_shards
 
-PRESETS: dict[str, EncodeConfig] = {"smoke": SMOKE, "smoke-ltx": SMOKE_LTX, "default": DEFAULT, "ltx": LTX}
+# the two named presets plus the LTX-Video variants (fast on CPU)
+PRESETS: dict[str, EncodeConfig] = {**{name: p.encode for name, p in presets.PRESETS.items()},
+                                     "smoke-ltx": SMOKE_LTX, "ltx": LTX}
 PARTS = "_parts"
 
 

@@ -13,6 +13,8 @@ from captioner import stage as caption_stage
 from captioner import upsample
 from curate import score
 from curate.split import SplitConfig
+from latents import encode
+from latents.dit import train
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Preset:
     score: score.ScoreConfig
     caption: caption_stage.CaptionConfig
     upsample: upsample.UpsampleConfig
+    encode: encode.EncodeConfig
+    train: train.TrainConfig
 
 
 SMOKE = Preset(
@@ -32,6 +36,8 @@ SMOKE = Preset(
     score=score.SMOKE,
     caption=caption_stage.SMOKE,
     upsample=upsample.SMOKE,
+    encode=encode.SMOKE,
+    train=train.SMOKE,
 )
 
 DEFAULT = Preset(
@@ -41,6 +47,8 @@ DEFAULT = Preset(
     score=score.DEFAULT,
     caption=caption_stage.DEFAULT,
     upsample=upsample.DEFAULT,
+    encode=encode.DEFAULT,
+    train=train.DEFAULT,
 )
 
 PRESETS: dict[str, Preset] = {"smoke": SMOKE, "default": DEFAULT}

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from curate.errors import UsageError
-from latents.dit.train import DEFAULT, SMOKE, TrainConfig, train
+from jobs import presets
+from latents.dit.train import TrainConfig, train
 
-TRAIN_PRESETS = {"smoke": SMOKE, "default": DEFAULT}
+TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
 
 
 MANIFEST_NAMES = ("_manifest.json", "manifest.json")  # latents.shards writes the first
