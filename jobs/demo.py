@@ -43,16 +43,32 @@ def make_samples(directory: Path, size: tuple[int, int] = (320, 180), fps: int =
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="demo-out")
+    p.add_argument("--train-steps", type=int, default=20)
     args = p.parse_args(argv)
     out = Path(args.output)
     inputs = make_samples(out / "input")
     print(f"demo: generated {len(inputs)} sample videos in {out / 'input'}")
-    from jobs.split import SplitJobConfig, print_summary
-    from jobs.split import main as split_main
 
-    summary = split_main(SplitJobConfig(input=str(out / "input"), output=str(out / "run")))
-    print_summary(summary)
-    print(f"demo: clips -> {out / 'run' / 'clips'}  (pandas.read_parquet('{out / 'run' / 'clips'}'))")
+    from dataclasses import replace
+
+    from jobs import curate, sample, train
+    from jobs.presets import RANDOM_MODELS_WARNING, SMOKE
+
+    run = out / "run"
+    summary = curate.main(curate.CurateConfig(input=str(out / "input"), output=str(run), preset="smoke"))
+    print(f"demo: curated {summary['videos']} videos -> {summary['clips']} clips, {summary['kept']} kept, "
+          f"{summary['encoded']} encoded into {summary['shards']} shard(s)")
+    train_dir = out / "dit"
+    train.main(replace(SMOKE.train, steps=args.train_steps), str(run / "latents"), train_dir, workers=1, gpu=False)
+    mp4 = out / "sample.mp4"
+    sample.main(sample.SampleJob(run=str(train_dir), prompt="a red ball rolls across a wooden table",
+                                 out=str(mp4)))
+    print()
+    print(RANDOM_MODELS_WARNING)
+    print(f"demo: report   -> {summary['report']}")
+    print(f"demo: shards   -> {run / 'latents'}  (pandas.read_parquet('{run / 'latents'}'))")
+    print(f"demo: DiT run  -> {train_dir}  (loss.csv, loss.png, checkpoints/)")
+    print(f"demo: sample   -> {mp4}")
     return 0
 
 
