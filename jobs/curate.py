@@ -216,7 +216,7 @@ def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -
     write_parquet_atomic(scored, out / "scored" / "part-00000.parquet")
     write_json_atomic({"clips_in": scored.num_rows, "steps": funnel, "kept": len(kept_ids),
                        "dropped": scored.num_rows - len(kept_ids), "smoke": preset.random_models,
-                       "config_hash": config_hash(preset.score)}, out / "scored" / "funnel.json")
+                       "config_hash": config_hash(preset.score)}, out / "scored" / "_funnel.json")
     final_kept = pa.array([c in kept_ids for c in table.column(S.CLIP_ID).to_pylist()], pa.bool_())
     cap = table.filter(pc.and_(final_kept, pc.is_valid(table.column(S.CAPTION))))
     for old in (out / "captions").glob("part-*.parquet"):

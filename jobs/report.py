@@ -5,7 +5,7 @@ says which) and writes OUT/report/index.html plus its pictures under OUT/report/
 
   OUT/videos/*.parquet        videos in, videos with errors by reason
   OUT/clips/*.parquet         clips after split
-  OUT/scored/*.parquet        scores, kept / drop_reason (+ OUT/scored/funnel.json: the filter
+  OUT/scored/*.parquet        scores, kept / drop_reason (+ OUT/scored/_funnel.json: the filter
                               cascade, its rule names give the thresholds drawn on the histograms)
   OUT/captions/*.parquet      captions of kept clips
   OUT/latents/_manifest.json  (or manifest.json) rows and shards encoded
@@ -103,7 +103,7 @@ def load_outputs(out: Path) -> RunOutputs:
     r.videos = _load_parts(out / "videos", S.VIDEO_SCHEMA, S.VIDEO_SCHEMA.names, r.problems)
     r.clips = _load_parts(out / "clips", S.CLIP_SCHEMA, _CLIP_COLUMNS, r.problems)
     r.scored = _load_parts(out / "scored", S.CLIP_SCHEMA, _CLIP_COLUMNS, r.problems)
-    r.funnel = _load_json(out / "scored" / "funnel.json", r.problems)
+    r.funnel = _load_json(out / "scored" / "_funnel.json", r.problems)
     r.captions = _load_parts(out / "captions", S.CLIP_SCHEMA, _CLIP_COLUMNS, r.problems)
     for name in MANIFEST_NAMES:
         r.manifest = r.manifest or _load_json(out / "latents" / name, r.problems)

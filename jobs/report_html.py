@@ -97,7 +97,7 @@ def funnel_section(r: RunOutputs, funnel: Mapping[str, Any]) -> list[str]:
     if steps:
         body = "".join(f"<tr><td>{e(s.get('step'))}</td><td class='n'>{e(s.get('in'))}</td>"
                        f"<td class='n'>{e(s.get('dropped'))}</td><td class='n'>{e(s.get('out'))}</td></tr>" for s in steps)
-        out += ["<h3>Filter cascade (OUT/scored/funnel.json, in the order rules ran)</h3>",
+        out += ["<h3>Filter cascade (OUT/scored/_funnel.json, in the order rules ran)</h3>",
                 f"<table><tr><th>step</th><th>in</th><th>dropped</th><th>out</th></tr>{body}</table>"]
         if (r.funnel or {}).get("model"):
             out.append(f"<p>score model: {e(r.funnel['model'])}</p>")

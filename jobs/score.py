@@ -5,7 +5,7 @@ Ray Data plan (streaming):
             ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
             ─▶ driver: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
 then, on the driver over the whole run: exact/near dedup, percentile rules, decisions ->
-OUT/scored/part-*.parquet (every clip, kept or not, with reasons) + OUT/scored/funnel.json.
+OUT/scored/part-*.parquet (every clip, kept or not, with reasons) + OUT/scored/_funnel.json.
 
 Resumable: a score part's marker (OUT/_done/score/<key>) carries the hash of the scoring
 config (filters excluded), so a rerun skips scored clips and a changed filter only re-runs
@@ -220,9 +220,9 @@ def main(job: ScoreJob) -> dict[str, Any]:
         if int(stale.stem.split("-")[1]) >= n_parts:
             stale.unlink()
     report = funnel_report(funnel, table, job.score)
-    write_json_atomic(report, out / "funnel.json")
+    write_json_atomic(report, out / "_funnel.json")
     print(format_funnel(report))
-    print(f"funnel: {out / 'funnel.json'}")
+    print(f"funnel: {out / '_funnel.json'}")
     return report
 
 

@@ -15,6 +15,7 @@ import pytest
 from curate import schema as S
 from curate.storage import read_parts
 from tests.media import bad_inputs, two_shot_video
+from tests.raycluster import ray_head, submit
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.ray
@@ -102,50 +103,13 @@ def test_sigkill_then_resume_gives_the_same_clips(reference, inputs, tmp_path):
     assert len(ids) == len(set(ids))
 
 
-def _wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 def test_ray_job_submit_on_loopback(inputs, tmp_path):
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = _env()
-    port = "8299"
-    # important: a `--block` head in its own process group, killed as a group afterwards, so
-    # the test stops only this cluster (`ray stop` would kill every Ray on the machine).
-    log = (tmp_path / "head.log").open("w")  # open as long as the head process runs
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "6399",
-         "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", port, "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/api/version", 120)  # loopback only
+    with ray_head(tmp_path / "head.log") as address:
         out = tmp_path / "out"
-        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO),
-                  "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out"]}),
-                  "--", sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out)]
-        r = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-        assert "succeeded" in r.stdout.lower()
-        clips = read_parts(out / "clips", S.CLIP_SCHEMA)
-        S.validate(clips, upto="split")
-        assert pq.read_table(next((out / "videos").glob("*.parquet"))).num_rows == 1
-        assert json.loads((out / "summary" / "split.json").read_text())["videos"] == 11
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()
+        r = submit(address, ["-m", "jobs.split", "--input", str(inputs), "--output", str(out)], timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "succeeded" in r.stdout.lower()
+    clips = read_parts(out / "clips", S.CLIP_SCHEMA)
+    S.validate(clips, upto="split")
+    assert pq.read_table(next((out / "videos").glob("*.parquet"))).num_rows == 1
+    assert json.loads((out / "summary" / "split.json").read_text())["videos"] == 11

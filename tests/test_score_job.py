@@ -50,7 +50,7 @@ def test_score_job_funnel_and_resume(real_videos, tmp_path, capsys):
     assert reasons[0].startswith("black_fraction <= 0.5") and reasons[1].startswith("is_static <= 0")
     assert table.column(CLIP_EMBEDDING)[0].as_py() is None  # cheap-dropped: never embedded
     assert all(table.column(AESTHETIC)[i].as_py() is not None for i in (2, 3, 4))
-    funnel = json.loads((out / "scored" / "funnel.json").read_text())
+    funnel = json.loads((out / "scored" / "_funnel.json").read_text())
     assert funnel["smoke"] and [s["step"] for s in funnel["steps"]][:3] == ["status", "exact_duplicate", "black_fraction <= 0.5"]
     assert "SMOKE" in capsys.readouterr().out
     assert (out / "_done" / "score").is_dir()

@@ -1,0 +1,65 @@
+"""A private Ray head on 127.0.0.1 for `ray job submit` tests, stopped as a process group
+(`ray stop` would kill every Ray instance on the machine)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def ray_env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # loopback only
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def ray_head(log: Path, port: int = 8299, gcs_port: int = 6399) -> Iterator[str]:
+    """Yields the dashboard address of a head started with `ray start --head --block`."""
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+             "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(port), "--disable-usage-stats"],
+            env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/api/version", 120)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait()
+
+
+def submit(address: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    import json
+
+    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out", "*.mp4"]}),
+           "--", sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ray_env(), timeout=timeout)
