@@ -235,10 +235,10 @@ def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -
 
 
 def _manifest_meta(preset: Preset) -> dict:
-    from jobs.encode import _vae_and_text_info
+    from jobs.encode import vae_and_text_info
     from latents.encode import manifest_meta
 
-    vae_info, text_info = _vae_and_text_info(preset.encode)
+    vae_info, text_info = vae_and_text_info(preset.encode)
     meta = manifest_meta(preset.encode, vae_info, text_info)
     meta["preset"] = preset.name
     meta["smoke"] = preset.random_models

@@ -87,7 +87,7 @@ def plan_work(table: pa.Table, out: Path, cfg_hash: str) -> tuple[pa.Table, int]
     return todo, len(ids) - todo.num_rows
 
 
-def _vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
+def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
     """Constants for the manifest, from the models themselves (CPU; the text encoder's config only)."""
     from latents.text import load_text_encoder
     from latents.vae import load_vae
@@ -123,7 +123,7 @@ def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
             return current  # nothing new since the last run: keep the shards as they are
     except ShardError:
         pass
-    vae_info, text_info = _vae_and_text_info(cfg.encode)
+    vae_info, text_info = vae_and_text_info(cfg.encode)
     meta = manifest_meta(cfg.encode, vae_info, text_info)
     meta["counts"] = counts
     meta["layout"] = layout
