@@ -59,14 +59,15 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _ramp(luma: np.ndarray, start: int, step: int, cfg: SpanConfig) -> int:
-    """Walk from `start` in direction `step` while luma rises away from the black end.
+    """Walk from `start` away from black (direction `step`) over the frames of a fade.
 
-    Returns the last frame of the ramp (== start - step when there is none).
+    A fade frame differs from the frame before it in time: darker for a fade-out (step -1),
+    brighter for a fade-in (step +1). Returns the ramp's far end (start - step when none).
     """
     last, i, stalled = start - step, start, 0
-    while 0 <= i < len(luma) and 0 <= i - step < len(luma):
-        # going away from black, each frame is brighter than the one nearer to black
-        if luma[i] - luma[i - step] >= cfg.fade_min_step:
+    while 0 < i < len(luma):
+        change = luma[i - 1] - luma[i] if step < 0 else luma[i] - luma[i - 1]
+        if change >= cfg.fade_min_step:
             last, stalled = i, 0
         else:
             stalled += 1
