@@ -90,8 +90,10 @@ def load_transnet(source: str = PACKAGE, device: str = "auto") -> torch.nn.Modul
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     dev = resolve_device(device)
-    model = _model_class()(device=str(dev))  # builds on cpu, then moves to dev
+    with torch.random.fork_rng(devices=[]):  # the layers' random init must not move the caller's RNG
+        model = _model_class()(device="cpu")
     model.load_state_dict(state)
+    model.device = dev  # the package's own predict_* helpers read it
     return model.eval().to(dev)
 
 
@@ -101,12 +103,9 @@ def build_smoke_transnet(directory: str | Path, seed: int = 0) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         model = _model_class()(device="cpu")
-    finally:
-        torch.random.set_rng_state(gen_state)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / SMOKE_WEIGHTS))
     return directory
 

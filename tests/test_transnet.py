@@ -197,3 +197,25 @@ def test_batching_does_not_change_scores(decoded: dict, full_runs: dict) -> None
     windows = list(range(num_windows(len(yuv))))
     single, _ = scorer.score(yuv, windows[::-1])  # any order, one window per forward
     np.testing.assert_allclose(single, full_runs["goldeneye-vfr-drop3.mp4"][1], atol=1e-4)
+
+
+def test_bench_detectors_times_and_scores(tmp_path: Path) -> None:
+    from curate.detect import Transitions
+    from curate.synth import Segment, make_video
+    from jobs.bench_detect import bench_detectors, format_rows
+
+    video = make_video(tmp_path / "two.mp4", [Segment("shot", 12, 1), Segment("shot", 12, 2)], width=96, height=54)
+
+    class Oracle:  # says a cut at 12, one frame late on purpose
+        name, frame_size, target_area = "late", FRAME_SIZE, 0
+
+        def detect(self, frames):
+            n = sum(1 for _ in frames)
+            return Transitions(n, np.zeros(n), cuts=[13], frame_score=np.zeros(n, np.float32))
+
+    gt = {"two.mp4": {"cuts": video.cuts, "gradual": [], "black_frames": []}}
+    rows = bench_detectors([video.path], [Oracle()], gt, repeats=2)
+    assert [r["detector"] for r in rows] == ["decode (48, 27)", "late"]
+    assert rows[1]["frames"] == 24 and rows[1]["f1_exact"] == 0.0 and rows[1]["f1_pm2"] == 1.0
+    assert rows[1]["seconds"] > rows[0]["seconds"] > 0
+    assert "late" in format_rows(rows)
