@@ -4,7 +4,8 @@ Most frames of most videos are plainly inside a shot. A cheap pass over the same
 frames proposes where a transition may be:
 - a frame difference that stands out from its neighbourhood (adaptive ratio, as
   PySceneDetect's AdaptiveDetector, at a low threshold so that every hard cut is proposed);
-- a sustained rise of the difference over its long-term level (dissolves, fast fades).
+- a sustained rise of the difference over its long-term level (dissolves, fast fades), or
+  of the colour-histogram change across +-10 frames (dissolves between moving shots).
 Black segments and fades to/from black come from luma for every frame, as in `transnetv2`.
 TransNetV2 then scores only the 50-frame windows that hold a candidate, plus every
 `sparse_every`-th window of the rest as a safety net, and windows next to a transition that
@@ -45,6 +46,9 @@ class HybridConfig:
     sustained_ratio: float = 3.0  # candidate when that average >= ratio * long-term median + sustained_min
     sustained_min: float = 0.5
     baseline_frames: int = 101  # frames of the long-term median
+    hist_gap: int = 10  # colour histograms of frames i - gap and i + gap are compared ...
+    hist_ratio: float = 2.0  # ... candidate when their distance >= ratio * long-term median + hist_min
+    hist_min: float = 0.15  # (distance: share of pixels that change bin, 0..1)
     sparse_every: int = 16  # also score one window in this many (0: none)
 
 
@@ -61,6 +65,22 @@ def frame_diff(yuv: np.ndarray) -> np.ndarray:
     return d
 
 
+def hist_change(yuv: np.ndarray, gap: int) -> np.ndarray:
+    """(N,) share of pixels whose colour bin differs between frames i - gap and i + gap.
+
+    Colour histograms barely move with camera or object motion but change across a
+    dissolve, which frame differences of moving footage hide.
+    """
+    n = len(yuv)
+    q = yuv.reshape(n, -1, 3) >> np.array([5, 6, 6], np.uint8)  # (N, h*w, 3): 8 x 4 x 4 bins
+    codes = q[..., 0].astype(np.int64) * 16 + q[..., 1] * 4 + q[..., 2]  # (N, h*w)
+    hist = np.bincount((codes + 128 * np.arange(n)[:, None]).ravel(), minlength=128 * n).reshape(n, 128)
+    hist = hist / hist.sum(axis=1, keepdims=True)
+    i = np.arange(n)
+    a, b = np.clip(i - gap, 0, n - 1), np.clip(i + gap, 0, n - 1)
+    return 0.5 * np.abs(hist[b] - hist[a]).sum(axis=1)
+
+
 def _window_mean(x: np.ndarray, half: int) -> np.ndarray:
     """Mean of x over [i - half, i + half] (clipped at the ends)."""
     c = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
@@ -74,8 +94,11 @@ def _window_median(x: np.ndarray, half: int) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)  # (N, 2h+1) -> (N,)
 
 
-def candidates(d: np.ndarray, cfg: HybridConfig) -> np.ndarray:
-    """Frames where a transition may start (sorted, unique)."""
+def candidates(d: np.ndarray, cfg: HybridConfig, hist: np.ndarray | None = None) -> np.ndarray:
+    """Frames where a transition may start (sorted, unique).
+
+    `d`: (N,) `frame_diff`; `hist`: (N,) `hist_change` (optional).
+    """
     n, w = len(d), cfg.neighbourhood
     if n < 2:
         return np.zeros(0, np.int64)
@@ -93,6 +116,8 @@ def candidates(d: np.ndarray, cfg: HybridConfig) -> np.ndarray:
     sustained = smooth >= cfg.sustained_ratio * level + cfg.sustained_min
     # TransNetV2 peaks at the middle of a gradual transition; windows over the rest of its
     # span are added by `spill_over` once the model has seen it
+    if hist is not None:
+        sustained |= hist >= cfg.hist_ratio * _window_median(hist, cfg.baseline_frames // 2) + cfg.hist_min
     mids = [(a + b) // 2 for a, b in runs(sustained)]
     cand = np.unique(np.concatenate([np.flatnonzero(sharp[1:]) + 1, np.asarray(mids, np.int64)]))
     return cand[(cand > 0) & (cand < n)]
@@ -145,7 +170,7 @@ class HybridDetector:
         self.frames_seen += n
         spans = self.cfg.transnet.spans
         luma = LumaStats.of(yuv, spans)
-        cand = candidates(frame_diff(yuv), self.cfg)
+        cand = candidates(frame_diff(yuv), self.cfg, hist_change(yuv, self.cfg.hist_gap))
         single = np.zeros(n, np.float32)
         many = np.zeros(n, np.float32)
         done: set[int] = set()

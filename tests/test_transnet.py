@@ -219,3 +219,23 @@ def test_bench_detectors_times_and_scores(tmp_path: Path) -> None:
     assert rows[1]["frames"] == 24 and rows[1]["f1_exact"] == 0.0 and rows[1]["f1_pm2"] == 1.0
     assert rows[1]["seconds"] > rows[0]["seconds"] > 0
     assert "late" in format_rows(rows)
+
+
+def test_dissolve_between_moving_shots(tmp_path: Path) -> None:
+    """Generated: moving shots, a dissolve (frame differences hide it), a cut, a fade through black."""
+    from curate.synth import Segment, make_video
+
+    segs = [Segment("shot", 60, 1), Segment("dissolve", 20), Segment("shot", 60, 2), Segment("shot", 50, 3),
+            Segment("fade_out", 15), Segment("black", 10), Segment("fade_in", 15), Segment("shot", 60, 4)]
+    video = make_video(tmp_path / "syn.mp4", segs, width=192, height=108)
+    frames = [f for _, f in iter_small_yuv(video.path, size=FRAME_SIZE)]
+    yuv, pts = np.stack([f.yuv for f in frames]), np.array([f.pts for f in frames])
+    gt = {"cuts": video.cuts, "black_frames": video.black,
+          "gradual": [{"type": t, "range": [a, b]} for t, a, b in video.gradual]}
+    hybrid = HybridDetector(HybridConfig(transnet=CFG))
+    for det in (TransNetDetector(CFG), hybrid):
+        tr = det.detect_array(yuv, pts)
+        assert tr.cuts == video.cuts == [140]
+        assert not _uncovered(tr, gt), det.name
+        assert any(k == "dissolve" and a <= 60 and b >= 79 for a, b, k in tr.excluded), tr.excluded
+    assert hybrid.scorer.windows_run < num_windows(len(yuv))
