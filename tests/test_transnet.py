@@ -239,3 +239,15 @@ def test_dissolve_between_moving_shots(tmp_path: Path) -> None:
         assert not _uncovered(tr, gt), det.name
         assert any(k == "dissolve" and a <= 60 and b >= 79 for a, b, k in tr.excluded), tr.excluded
     assert hybrid.scorer.windows_run < num_windows(len(yuv))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_matches_cpu(decoded: dict) -> None:
+    yuv, pts = decoded["friends-video-clip.mp4"]
+    cpu = TransNetDetector(TransNetConfig(device="cpu")).detect_array(yuv, pts)
+    gpu_det = TransNetDetector(TransNetConfig(device="cuda"))
+    gpu = gpu_det.detect_array(yuv, pts)
+    assert next(gpu_det.scorer.model.parameters()).is_cuda
+    assert (gpu.cuts, gpu.excluded) == (cpu.cuts, cpu.excluded)
+    np.testing.assert_allclose(gpu.frame_score, cpu.frame_score, atol=1e-3)
