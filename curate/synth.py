@@ -19,6 +19,7 @@ class Segment:
     kind: str  # "shot" | "black" | "fade_in" | "fade_out" | "dissolve"
     frames: int
     pattern: int = 0  # which moving pattern a shot shows
+    speed: float = 1.0  # motion speed of the pattern (0 = still)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class SynthVideo:
     black: list[tuple[int, int]] = field(default_factory=list)  # inclusive
 
 
-def pattern_frame(pattern: int, t: int, width: int, height: int) -> np.ndarray:
+def pattern_frame(pattern: int, t: float, width: int, height: int) -> np.ndarray:
     """(H, W, 3) uint8 frame `t` of moving pattern `pattern` (deterministic)."""
     rng = np.random.default_rng(1000 + pattern)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -89,21 +90,23 @@ def make_video(
     # pattern of the shot adjacent to each gradual segment
     for i, seg in enumerate(segments):
         start = len(frames)
-        prev_pat = next((s.pattern for s in reversed(segments[:i]) if s.kind == "shot"), 0)
-        next_pat = next((s.pattern for s in segments[i + 1 :] if s.kind == "shot"), 0)
+        prev_shot = next((s for s in reversed(segments[:i]) if s.kind == "shot"), Segment("shot", 0))
+        next_shot = next((s for s in segments[i + 1 :] if s.kind == "shot"), Segment("shot", 0))
+        prev_pat, next_pat = prev_shot.pattern, next_shot.pattern
         for j in range(seg.frames):
             t = start + j
             a = (j + 1) / (seg.frames + 1)  # strictly between 0 and 1
+            tp, tn = t * prev_shot.speed, t * next_shot.speed  # pattern time of the neighbouring shots
             if seg.kind == "shot":
-                frames.append(pattern_frame(seg.pattern, t, width, height))
+                frames.append(pattern_frame(seg.pattern, t * seg.speed, width, height))
             elif seg.kind == "black":
                 frames.append(black)
             elif seg.kind == "fade_in":
-                frames.append((pattern_frame(next_pat, t, width, height) * a).astype(np.uint8))
+                frames.append((pattern_frame(next_pat, tn, width, height) * a).astype(np.uint8))
             elif seg.kind == "fade_out":
-                frames.append((pattern_frame(prev_pat, t, width, height) * (1 - a)).astype(np.uint8))
+                frames.append((pattern_frame(prev_pat, tp, width, height) * (1 - a)).astype(np.uint8))
             elif seg.kind == "dissolve":
-                mix = pattern_frame(prev_pat, t, width, height) * (1 - a) + pattern_frame(next_pat, t, width, height) * a
+                mix = pattern_frame(prev_pat, tp, width, height) * (1 - a) + pattern_frame(next_pat, tn, width, height) * a
                 frames.append(mix.astype(np.uint8))
             else:
                 raise ValueError(f"unknown segment kind {seg.kind!r}")

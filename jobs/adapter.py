@@ -52,9 +52,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet)
+        # A cluster (or `ray job submit`) brings its own runtime env (working_dir, env vars);
+        # adding ours would conflict with the job's, which Ray refuses to merge.
+        ray.init(address=address, log_to_driver=not quiet)
     else:
+        # important: address="local" always starts a fresh instance; a bare ray.init() would
+        # join whatever `ray start` cluster /tmp/ray/ray_current_cluster names, even a dead one.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

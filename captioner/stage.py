@@ -1,0 +1,310 @@
+"""CaptionStage: dense + short captions for kept clips (fills the `caption` column group).
+
+Per batch of clips: frames (already decoded by a CPU task, or decoded here) -> fit to the
+model context -> batched generation grouped by frame count -> QA -> one retry with
+different sampling for failures -> short caption from the dense one (text path) -> rows.
+Results are keyed by row index from start to end, so batching, sorting and retries can
+never attach a caption to another clip.
+
+Dropped clips (`kept` false) and rows already in error pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from captioner import prompts
+from captioner.qa import QAConfig, QAResult, check_caption, check_short, first_sentence
+from captioner.vlm import Generation, Request, Sampling, load_vlm
+from curate import __version__
+from curate.decode import decode_clip, sample_uniform
+from curate.errors import OnError, StageError, one_line
+from curate.schema import (
+    CAPTION,
+    CAPTION_MODEL,
+    CAPTION_QA,
+    CAPTION_SHORT,
+    CONFIG_HASH,
+    END_FRAME,
+    END_PTS,
+    ERROR,
+    FAILED_STAGE,
+    KEPT,
+    PROMPT_VERSION,
+    SOURCE_URI,
+    START_FRAME,
+    START_PTS,
+    STATUS,
+    STATUS_ERROR,
+    STATUS_OK,
+    TUBELET_VERSION,
+    conform,
+    set_columns,
+)
+from curate.storage import config_hash
+
+STAGE = "caption"
+
+# Transport columns: sampled frames travel from the CPU decode tasks to the model actors in
+# these (small frames, uint8). They are not part of CLIP_SCHEMA and are dropped on output.
+FRAMES = "_caption_frames"  # binary: (T, H, W, 3) uint8 RGB, C order
+FRAMES_SHAPE = "_caption_frames_shape"  # list<int32> [T, H, W, 3]
+FRAMES_FPS = "_caption_frames_fps"  # f64: rate of the sampled frames
+FRAMES_ERROR = "_caption_frames_error"  # str: why decoding failed (then FRAMES is null)
+
+
+# Greedy with a mild repetition penalty first; a QA failure is retried with sampling, which
+# breaks the loops and refusals greedy decoding falls into.
+_GREEDY = Sampling(max_new_tokens=320, repetition_penalty=1.05)
+_RETRY = Sampling(max_new_tokens=320, do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=1)
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # hub id, local folder, or smoke:<family>
+    prompt_version: str = prompts.LATEST
+    num_frames: int = 16  # uniform over the clip (fewer if the clip is shorter or the context small)
+    max_side: int = 448  # decode size of the longer side (the processor may shrink further)
+    frame_margin: float = 0.02  # share of the span skipped at each end (fades, cut leftovers)
+    max_context: int | None = 32768  # cap on prompt + new tokens (None: the model's own limit)
+    batch_size: int = 8  # clips per generate call
+    sampling: Sampling = _GREEDY  # first attempt
+    retry_sampling: Sampling = _RETRY  # second attempt, for clips whose caption failed QA
+    short_max_new_tokens: int = 64
+    qa: QAConfig = field(default_factory=QAConfig)
+    device: str = "auto"
+    dtype: str = "auto"
+    on_error: OnError = "record"
+
+
+# The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
+# actor). Fetch once with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` at a
+# local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
+DEFAULT = CaptionConfig()
+# Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
+# real QA bounds, so QA only rejects empty output and loops here; rows say `smoke-random`.
+SMOKE = CaptionConfig(
+    model="smoke:qwen2_5_vl", num_frames=8, max_side=160, max_context=4096, batch_size=4,
+    sampling=Sampling(max_new_tokens=24), retry_sampling=Sampling(max_new_tokens=24, do_sample=True, seed=1),
+    short_max_new_tokens=12,
+    qa=QAConfig(min_words=1, max_words=1000, short_min_words=1, short_max_words=1000, trim_truncated=True,
+                require_finished=False),
+    device="cpu",
+)
+
+
+def caption_hash(cfg: CaptionConfig) -> str:
+    """Hash of what decides the captions; batch size, device and error policy are left out so
+    that rerunning with other resources resumes instead of starting over."""
+    return config_hash(replace(cfg, batch_size=0, device="", on_error="record"))
+
+
+def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
+    """Frames a clip will be sampled with (before any context reduction): used to group batches."""
+    return len(sample_uniform(end_frame - start_frame, cfg.num_frames, cfg.frame_margin))
+
+
+def _path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def decode_row(row: dict[str, Any], cfg: CaptionConfig) -> tuple[np.ndarray, float]:
+    """Uniformly sampled frames of one clip: ((T, H, W, 3) uint8, sampled fps)."""
+    span = int(row[END_FRAME]) - int(row[START_FRAME])
+    offsets = sample_uniform(span, cfg.num_frames, cfg.frame_margin)
+    clip = decode_clip(_path(row[SOURCE_URI]), row[START_PTS], row[END_PTS], offsets=offsets, max_side=cfg.max_side)
+    duration = max(1e-3, float(row[END_PTS]) - float(row[START_PTS]))
+    return clip.frames, len(clip.frames) / duration
+
+
+def _todo(table: pa.Table) -> list[int]:
+    kept = table.column(KEPT).to_pylist()
+    status = table.column(STATUS).to_pylist()
+    return [i for i, (k, s) in enumerate(zip(kept, status)) if k and s in (None, STATUS_OK)]
+
+
+def attach_frames(table: pa.Table, cfg: CaptionConfig) -> pa.Table:
+    """CPU side (a Ray task ahead of the model actors): decode kept clips into transport columns."""
+    n = table.num_rows
+    blobs: list[bytes | None] = [None] * n
+    shapes: list[list[int] | None] = [None] * n
+    fps: list[float | None] = [None] * n
+    errors: list[str | None] = [None] * n
+    rows = table.to_pylist()
+    for i in _todo(table):
+        try:
+            frames, rate = decode_row(rows[i], cfg)
+            blobs[i], shapes[i], fps[i] = frames.tobytes(), list(frames.shape), rate
+        except Exception as e:  # a bad clip is data: recorded by the model actor
+            errors[i] = one_line(e)
+    for name, col, typ in ((FRAMES, blobs, pa.binary()), (FRAMES_SHAPE, shapes, pa.list_(pa.int32())),
+                           (FRAMES_FPS, fps, pa.float64()), (FRAMES_ERROR, errors, pa.string())):
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, pa.array(col, type=typ))
+    return table
+
+
+@dataclass
+class _Item:
+    row: int
+    request: Request
+    qa: dict[str, Any] = field(default_factory=dict)
+    result: QAResult | None = None
+    short: str | None = None
+
+
+class CaptionStage:
+    """`CaptionStage(cfg)`, `.load()` once per actor, then `stage(table) -> table`."""
+
+    def __init__(self, cfg: CaptionConfig):
+        self.cfg = cfg
+        self.vlm: Any = None  # a captioner.vlm.VLM (tests may put a stub with the same methods here)
+        self.hash = caption_hash(cfg)
+        prompts.get(cfg.prompt_version)  # fail fast on an unknown version
+        # model-side timing: busy (inside __call__) and waiting (between calls, for frames)
+        self.stats = {"calls": 0, "clips": 0, "busy_s": 0.0, "wait_s": 0.0}
+        self._last_end: float | None = None
+
+    def load(self) -> None:
+        if self.vlm is None:
+            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        if self._last_end is not None:
+            self.stats["wait_s"] += t0 - self._last_end
+        else:
+            self.stats["first_start"] = time.time()  # wall clock: comparable across actors
+        out = self._caption(table)
+        self._last_end = time.perf_counter()
+        self.stats["busy_s"] += self._last_end - t0
+        self.stats["calls"] += 1
+        self.stats["last_end"] = time.time()
+        return out
+
+    # --- steps -----------------------------------------------------------------------------
+    def _frames(self, r: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """Frames decoded ahead by `attach_frames` (Ray plan), else decoded here."""
+        if FRAMES in r or FRAMES_ERROR in r:
+            if r.get(FRAMES_ERROR):
+                raise StageError(STAGE, r[FRAMES_ERROR])
+            if r.get(FRAMES) is not None:
+                shape = tuple(r[FRAMES_SHAPE])
+                return np.frombuffer(r[FRAMES], np.uint8).reshape(shape), float(r[FRAMES_FPS])  # bytes -> (T,H,W,3)
+        return decode_row(r, self.cfg)
+
+    def _fail(self, errors: dict[int, str], row: int, exc: BaseException) -> None:
+        if self.cfg.on_error == "raise":
+            raise exc
+        errors[row] = one_line(exc)
+
+    def _caption(self, table: pa.Table) -> pa.Table:
+        if self.vlm is None:
+            self.load()
+        cfg = self.cfg
+        rows = table.to_pylist()
+        todo = _todo(table)
+        self.stats["clips"] += len(todo)
+        errors: dict[int, str] = {}
+        items: list[_Item] = []
+        messages = prompts.dense_messages(cfg.prompt_version)
+        max_new = max(cfg.sampling.max_new_tokens, cfg.retry_sampling.max_new_tokens)
+        for i in todo:
+            try:
+                frames, fps = self._frames(rows[i])
+                req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), max_new)
+                item = _Item(i, req)
+                item.qa["frames"] = len(req.frames)
+                if dropped:
+                    item.qa["frames_reduced_from"] = len(frames)  # context too small for all frames
+                items.append(item)
+            except Exception as e:
+                self._fail(errors, i, e)
+        # similar frame counts share a batch: less padding, and equal counts for families that stack
+        items.sort(key=lambda it: (len(it.request.frames), it.row))
+        failed = self._dense(items, cfg.sampling, errors)
+        retry = [it for it in failed if it.row not in errors]
+        for it in retry:
+            it.qa["retried"] = it.result.reason if it.result else None
+        for it in self._dense(retry, cfg.retry_sampling, errors):
+            if it.row not in errors:
+                self._fail(errors, it.row, StageError(STAGE, f"caption QA failed twice: {it.result.reason}"))
+        good = [it for it in items if it.row not in errors and it.result is not None and it.result.ok]
+        self._short(good, errors)
+        return self._write(table, good, errors)
+
+    def _generate(self, batch: list[_Item], requests: list[Request], sampling: Sampling,
+                  errors: dict[int, str]) -> list[Generation | None]:
+        """Generate for a batch; if the batch call fails, isolate the culprit one request at a time."""
+        try:
+            gens = self.vlm.generate(requests, sampling)
+            if len(gens) != len(requests):
+                raise StageError(STAGE, f"model returned {len(gens)} outputs for {len(requests)} inputs")
+            return gens
+        except Exception as e:
+            if len(requests) == 1:
+                self._fail(errors, batch[0].row, e)
+                return [None]
+            if self.cfg.on_error == "raise":
+                raise
+            return [self._generate([it], [r], sampling, errors)[0] for it, r in zip(batch, requests)]
+
+    def _dense(self, items: list[_Item], sampling: Sampling, errors: dict[int, str]) -> list[_Item]:
+        """Dense captions + QA for items, in batches; returns the items that failed QA."""
+        failed = []
+        for b in range(0, len(items), self.cfg.batch_size):
+            batch = items[b : b + self.cfg.batch_size]
+            gens = self._generate(batch, [it.request for it in batch], sampling, errors)
+            for it, g in zip(batch, gens):
+                if g is None:
+                    continue
+                it.result = check_caption(g.text, g.finished, self.cfg.qa)
+                if not it.result.ok:
+                    failed.append(it)
+        return failed
+
+    def _short(self, items: list[_Item], errors: dict[int, str]) -> None:
+        """One-sentence captions from the dense ones (text path, no frames: cheap)."""
+        cfg = self.cfg
+        sampling = replace(cfg.sampling, max_new_tokens=cfg.short_max_new_tokens)
+        for b in range(0, len(items), cfg.batch_size):
+            batch = items[b : b + cfg.batch_size]
+            reqs = [Request(prompts.short_messages(cfg.prompt_version, it.result.text)) for it in batch]
+            gens = self._generate(batch, reqs, sampling, errors)
+            for it, g in zip(batch, gens):
+                res = check_short(g.text, g.finished, cfg.qa) if g is not None else None
+                if res is not None and res.ok:
+                    it.short = res.text
+                    if res.fixes:
+                        it.qa["short_fixes"] = list(res.fixes)
+                else:
+                    # a bad short caption is not worth losing the clip: use the dense one's first sentence
+                    it.short = first_sentence(it.result.text, cfg.qa.short_max_words)
+                    it.qa["short_from_dense"] = res.reason if res is not None else "generation failed"
+                errors.pop(it.row, None)  # a failed short generation is recovered above
+
+    def _write(self, table: pa.Table, good: list[_Item], errors: dict[int, str]) -> pa.Table:
+        base = conform(table)  # drops transport columns
+        cols = {name: base.column(name).to_pylist() for name in
+                (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION, CAPTION_QA, STATUS, ERROR, FAILED_STAGE,
+                 CONFIG_HASH, TUBELET_VERSION)}
+        model_id = getattr(self.vlm, "model_id", "unknown")
+        for it in good:
+            qa = {"fixes": list(it.result.fixes), **it.qa}
+            for name, v in ((CAPTION, it.result.text), (CAPTION_SHORT, it.short), (CAPTION_MODEL, model_id),
+                            (PROMPT_VERSION, self.cfg.prompt_version), (STATUS, STATUS_OK),
+                            (CAPTION_QA, json.dumps(qa, sort_keys=True))):
+                cols[name][it.row] = v
+        for row, reason in errors.items():
+            cols[STATUS][row], cols[ERROR][row], cols[FAILED_STAGE][row] = STATUS_ERROR, reason, STAGE
+            cols[CAPTION_MODEL][row], cols[PROMPT_VERSION][row] = model_id, self.cfg.prompt_version
+        for row in [it.row for it in good] + list(errors):
+            cols[CONFIG_HASH][row], cols[TUBELET_VERSION][row] = self.hash, __version__
+        return set_columns(base, cols)

@@ -1,0 +1,360 @@
+"""Model scores of a clip: open_clip image embeddings and the LAION aesthetic score.
+
+A few frames per clip (default 3: near start, middle, near end, inside a margin that
+avoids trimmed edges) arrive already decoded, resized and centre-cropped to the model's
+input size by the CPU step (curate/score_frames.py), so only small arrays reach the
+model actors. Per clip we store the unit-norm mean of the frames' unit-norm embeddings
+(`clip_embedding`, float16) and the mean of the per-frame aesthetic scores.
+
+The aesthetic head is the LAION "improved aesthetic predictor": a 5-layer linear MLP on
+L2-normalised CLIP ViT-L/14 image embeddings, trained on SAC+LOGOS+AVA ratings (about 1-10).
+Reference: github.com/christophschuhmann/improved-aesthetic-predictor.
+
+Weights (the `default` preset; nothing downloads at test time):
+- CLIP: open_clip `ViT-L-14` / `openai`. On a connected machine run once
+  `python -c "import open_clip; open_clip.create_model_and_transforms('ViT-L-14', pretrained='openai')"`
+  (or `huggingface-cli download timm/vit_large_patch14_clip_224.openai`); it lands in the HF cache.
+- Head: `sac+logos+ava1-l14-linearMSE.pth`, from
+  https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth
+  saved into $TUBELET_WEIGHTS or ~/.cache/tubelet/weights (or pass its path).
+The `smoke` preset uses a tiny random CLIP and head (`build_smoke_clip`) saved to a directory
+and read by the same loader; its scores are meaningless and every output says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curate import filters
+from curate.cheap_scores import CheapConfig
+from curate.errors import OnError, UsageError
+from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
+from curate.score_frames import FRAMES, FRAMES_SHAPE
+
+HEAD_FILE = "aesthetic_head.safetensors"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+DEFAULT_HEAD = "sac+logos+ava1-l14-linearMSE.pth"
+SMOKE_CLIP_DIR = "~/.cache/tubelet/smoke-clip-v1"
+
+# Images embedded in this process; tests use it to prove cheap-dropped clips never reach the model.
+MODEL_STATS: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    # open_clip architecture ("ViT-L-14"), "hf-hub:org/repo", or a local directory holding
+    # open_clip_config.json + weights (what build_smoke_clip writes).
+    clip_model: str = "ViT-L-14"
+    # pretrained tag ("openai") or a weights file; ignored for hf-hub: and directories.
+    clip_pretrained: str | None = "openai"
+    # head weights: a file, a directory holding aesthetic_head.safetensors, a bare file name
+    # looked up in $TUBELET_WEIGHTS and ~/.cache/tubelet/weights, or "hf-hub:org/repo/file".
+    # None: the head saved beside the CLIP weights (smoke directories).
+    aesthetic_head: str | None = DEFAULT_HEAD
+    image_size: int = 224  # model input side; the CPU step crops frames to this
+    clip_frames: int = 3  # frames per clip for CLIP / aesthetic
+    motion_pairs: int = 4  # adjacent-frame pairs per clip for motion
+    frame_margin: float = 0.1  # share of the span skipped at each end when sampling
+    analysis_short_side: int = 224  # decode size (short side) of every sampled frame; sharpness scale
+    cheap: CheapConfig = field(default_factory=CheapConfig)
+    filters: filters.FilterConfig = field(default_factory=lambda: filters.DEFAULT)
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast on GPU
+    smoke: bool = False  # random weights: scores are meaningless
+    on_error: OnError = "record"
+
+
+DEFAULT = ScoreConfig(precision="fp16")
+SMOKE = ScoreConfig(
+    clip_model=SMOKE_CLIP_DIR,
+    clip_pretrained=None,
+    aesthetic_head=None,
+    image_size=64,
+    analysis_short_side=128,
+    filters=filters.SMOKE,
+    device="cpu",
+    precision="fp32",
+    smoke=True,
+)
+
+
+def model_label(cfg: ScoreConfig) -> str:
+    """What produced the scores, for logs and the funnel; smoke is labelled as random."""
+    if cfg.smoke:
+        return "smoke: tiny random CLIP + random aesthetic head (scores are meaningless)"
+    return f"open_clip {cfg.clip_model}/{cfg.clip_pretrained} + aesthetic {cfg.aesthetic_head}"
+
+
+# --- the aesthetic head ------------------------------------------------------------------
+
+
+def make_head(dims: tuple[int, ...]) -> Any:
+    """The improved-aesthetic-predictor MLP: Linear layers at `layers` indices 0, 2, 4, 6, 7.
+
+    `dims` = (in, h1, h2, h3, h4, 1); the real head is (768, 1024, 128, 64, 16, 1). No
+    activations, as in the published model; the dropouts only keep the state-dict keys.
+    """
+    from torch import nn
+
+    class AestheticHead(nn.Module):
+        def __init__(self, d: tuple[int, ...]):
+            super().__init__()
+            self.layers = nn.Sequential(
+                nn.Linear(d[0], d[1]), nn.Dropout(0.2), nn.Linear(d[1], d[2]), nn.Dropout(0.2),
+                nn.Linear(d[2], d[3]), nn.Dropout(0.1), nn.Linear(d[3], d[4]), nn.Linear(d[4], d[5]),
+            )
+
+        def forward(self, x: Any) -> Any:
+            return self.layers(x)
+
+    return AestheticHead(dims)
+
+
+def _weights_dirs() -> list[Path]:
+    dirs = [Path(os.environ["TUBELET_WEIGHTS"])] if os.environ.get("TUBELET_WEIGHTS") else []
+    return [*dirs, Path("~/.cache/tubelet/weights").expanduser()]
+
+
+def _resolve_head(source: str) -> Path:
+    p = Path(source).expanduser()
+    if p.is_dir() and (p / HEAD_FILE).is_file():
+        return p / HEAD_FILE
+    if p.is_file():
+        return p
+    if source.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        repo, _, name = source[len("hf-hub:") :].rpartition("/")
+        try:
+            return Path(hf_hub_download(repo, name))
+        except Exception as e:  # offline, missing, gated: all mean "not here"
+            raise UsageError(_missing_head(source, f"hub download failed: {e}")) from e
+    for d in _weights_dirs():
+        if (d / p.name).is_file():
+            return d / p.name
+    raise UsageError(_missing_head(source, "not found"))
+
+
+def _missing_head(source: str, why: str) -> str:
+    return (
+        f"aesthetic head weights {source!r} must be available locally ({why}); get them with "
+        f"`mkdir -p ~/.cache/tubelet/weights && wget -P ~/.cache/tubelet/weights "
+        f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{DEFAULT_HEAD}` "
+        "(or set TUBELET_WEIGHTS, or pass --aesthetic-head PATH), or use --preset smoke"
+    )
+
+
+def load_aesthetic_head(source: str) -> Any:
+    """Load the head from a file/dir/cache name/hub id; layer sizes come from the weights."""
+    import torch
+
+    path = _resolve_head(source)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if k.startswith("layers.")}
+    idx = (0, 2, 4, 6, 7)
+    try:
+        dims = (state["layers.0.weight"].shape[1], *(state[f"layers.{i}.weight"].shape[0] for i in idx))
+    except KeyError as e:
+        raise UsageError(f"aesthetic head {str(path)!r} must hold layers.{{0,2,4,6,7}} weights "
+                         f"(improved-aesthetic-predictor layout), missing {e}; pass the right file") from e
+    head = make_head(dims)
+    head.load_state_dict(state)
+    return head.eval()
+
+
+# --- CLIP --------------------------------------------------------------------------------
+
+
+def load_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """An open_clip model from an architecture + tag/file, "hf-hub:org/repo", or a local dir.
+
+    Returns (model in eval mode, preprocess cfg with size/mean/std). Raises UsageError
+    naming the weights and how to get them when they are not available offline.
+    """
+    import open_clip
+
+    d = Path(model).expanduser()
+    if d.is_dir():
+        if not (d / OPEN_CLIP_CONFIG).is_file():
+            raise UsageError(f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
+                             "found neither; build one with curate.score.build_smoke_clip(dir)")
+        name, pretrained = f"local-dir:{d}", None
+    else:
+        name = model
+    try:
+        net, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise UsageError(_missing_clip(model, pretrained, e)) from e
+    pre = dict(open_clip.get_model_preprocess_cfg(net))
+    size = pre.get("size", 224)
+    pre["size"] = size[0] if isinstance(size, tuple | list) else int(size)
+    return net.eval(), pre
+
+
+def check_weights(cfg: ScoreConfig) -> None:
+    """Fail fast (on the driver, before any actor starts) when real weights are not available.
+
+    Resolves the head and the CLIP checkpoint file without building the model.
+    """
+    if cfg.smoke:
+        return
+    _resolve_head(cfg.aesthetic_head or cfg.clip_model)
+    d = Path(cfg.clip_model).expanduser()
+    if d.is_dir() or cfg.clip_model.startswith("hf-hub:") or cfg.clip_pretrained is None:
+        return  # a directory is checked by load_clip; hub ids and random init need no file here
+    if Path(cfg.clip_pretrained).expanduser().is_file():
+        return
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(cfg.clip_model, cfg.clip_pretrained)
+    if not pcfg:
+        raise UsageError(f"clip_pretrained must be an open_clip tag of {cfg.clip_model} or a weights file, got "
+                         f"{cfg.clip_pretrained!r}; see open_clip.list_pretrained()")
+    try:
+        open_clip.download_pretrained(pcfg)  # a cache hit returns the path; offline + missing raises
+    except Exception as e:
+        raise UsageError(_missing_clip(cfg.clip_model, cfg.clip_pretrained, e)) from e
+
+
+def _missing_clip(model: str, pretrained: str | None, e: BaseException) -> str:
+    return (
+        f"CLIP weights {model}/{pretrained} must be available offline, got: {str(e).splitlines()[0]}; "
+        f"on a connected machine run `python -c \"import open_clip; open_clip.create_model_and_transforms("
+        f"'{model}', pretrained='{pretrained}')\"` (fills the HF cache; set HF_HOME to share it), "
+        "or pass a local directory, or use --preset smoke"
+    )
+
+
+SMOKE_CLIP_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def build_smoke_clip(directory: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random open_clip model + aesthetic head to `directory` (atomic, offline).
+
+    The result loads with `load_clip(directory)` and `load_aesthetic_head(directory)`, the
+    same loaders real weights use. Deterministic for a seed.
+    """
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(directory).expanduser()
+    if (out / OPEN_CLIP_CONFIG).is_file() and (out / HEAD_FILE).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        torch.manual_seed(seed)
+        cfg_file = tmp / "smoke-tiny-clip.json"
+        cfg_file.write_text(json.dumps(SMOKE_CLIP_CFG))
+        open_clip.add_model_config(cfg_file)
+        net = open_clip.create_model("smoke-tiny-clip", pretrained=None)
+        cfg_file.unlink()
+        (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(
+            {"model_cfg": SMOKE_CLIP_CFG, "preprocess_cfg": {}, "tubelet": "smoke: random weights"}))
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+        head = make_head((SMOKE_CLIP_CFG["embed_dim"], 32, 16, 8, 4, 1))
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process built it first (or `out` exists and is not empty)
+            if not (out / OPEN_CLIP_CONFIG).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --- the stage -----------------------------------------------------------------------------
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class ClipScoreStage:
+    """Actor-pool stage: frames column in -> `clip_embedding` + `aesthetic` out (frames dropped).
+
+    Rows without frames (cheap-filtered or failed clips) pass through untouched: they never
+    reach the model.
+    """
+
+    def __init__(self, cfg: ScoreConfig):
+        self.cfg = cfg
+        self.model: Any = None
+        self.head: Any = None
+
+    def load(self) -> None:
+        import torch
+
+        cfg = self.cfg
+        if cfg.smoke:
+            build_smoke_clip(cfg.clip_model)  # no-op when present; actors on any node can build it
+        self.device = _device(cfg.device)
+        self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device)
+        if self.pre["size"] != cfg.image_size:
+            raise UsageError(f"image_size must match the CLIP input size {self.pre['size']}, "
+                             f"got {cfg.image_size}; set image_size={self.pre['size']}")
+        self.head = load_aesthetic_head(cfg.aesthetic_head or cfg.clip_model).to(self.device)
+        self.mean = torch.tensor(self.pre.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device)
+        self.std = torch.tensor(self.pre.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device)
+
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8 -> unit-norm embeddings (N, D) float32 and aesthetic scores (N,)."""
+        import torch
+
+        if self.model is None:
+            self.load()
+        MODEL_STATS["images"] += len(images)
+        x = torch.from_numpy(images).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, S, S, 3) -> (N, 3, S, S)
+        x = (x - self.mean[:, None, None]) / self.std[:, None, None]
+        use_amp = self.device.startswith("cuda") and self.cfg.precision != "fp32"
+        dtype = torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=use_amp):
+            emb = self.model.encode_image(x).float()
+            emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            score = self.head(emb).float().squeeze(-1)
+        return emb.cpu().numpy(), score.cpu().numpy()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        frames = batch.column(FRAMES).to_pylist() if FRAMES in batch.column_names else [None] * batch.num_rows
+        shapes = batch.column(FRAMES_SHAPE).to_pylist() if FRAMES_SHAPE in batch.column_names else frames
+        have = [i for i, f in enumerate(frames) if f is not None]
+        emb_col: list[list[float] | None] = [None] * batch.num_rows
+        aes_col: list[float | None] = [None] * batch.num_rows
+        if have:
+            arrays = [np.frombuffer(frames[i], np.uint8).reshape(shapes[i]) for i in have]  # (T, S, S, 3) each
+            counts = [len(a) for a in arrays]
+            emb, aes = self.embed(np.concatenate(arrays))  # (sum T, D), (sum T,)
+            start = 0
+            for i, n in zip(have, counts):
+                e = emb[start : start + n].mean(axis=0)  # (T, D) -> (D,)
+                emb_col[i] = (e / max(float(np.linalg.norm(e)), 1e-12)).astype(np.float16).tolist()
+                aes_col[i] = float(aes[start : start + n].mean())
+                start += n
+        out = conform(batch, CLIP_SCHEMA)  # drops the frames columns
+        return set_columns(out, {CLIP_EMBEDDING: emb_col, AESTHETIC: aes_col})

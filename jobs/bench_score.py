@@ -1,0 +1,174 @@
+"""Benchmark of the score stage: `python -m jobs.bench score [--clips N] [--model smoke|vit-l-14]`.
+
+Measures, in one process and on the same clips:
+- stage: each clip decoded once (curate/score_frames.py) -> cheap scores -> CLIP + aesthetic;
+- baseline: the same scores, but every scorer decodes the clip itself (CLIP frames, motion
+  pairs, sharpness frames, brightness/black frames: 4 decodes per clip).
+Reports clips/s of both and their ratio (the decode-once gain). With `--model vit-l-14` on
+a CUDA machine it also measures images/s per GPU of a real-size, random-initialised open_clip
+ViT-L/14 (+ a random 768-d aesthetic head): throughput only, no weights needed.
+No Ray: the numbers are the stage's own work, not scheduling overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curate import cheap_scores as cs
+from curate import score
+from curate.decode import DECODE_STATS, decode_clip
+from curate.filters import FilterConfig
+from curate.ids import clip_id as make_clip_id
+from curate.ids import video_id_of_file
+from curate.schema import (
+    CLIP_ID,
+    END_FRAME,
+    END_PTS,
+    FPS,
+    HEIGHT,
+    SHOT_INDEX,
+    SOURCE_URI,
+    SPLIT_METHOD,
+    START_FRAME,
+    START_PTS,
+    STATUS,
+    STATUS_OK,
+    TRANSITION_BEFORE,
+    VIDEO_ID,
+    WIDTH,
+    table_from_rows,
+)
+from curate.score_frames import analysis_size, center_crop_square, prepare_batch, sample_offsets
+from curate.synth import Segment, make_video
+
+
+def synth_clips(directory: Path, videos: int, seconds: int, clip_s: int, size: tuple[int, int], fps: int) -> pa.Table:
+    """Synthetic videos cut into fixed windows: clip rows with exact frame/pts spans (CFR)."""
+    rows = []
+    for v in range(videos):
+        n = seconds * fps
+        path = make_video(directory / f"bench-{v}.mp4", [Segment("shot", n, pattern=v)], fps, *size).path
+        vid = video_id_of_file(path)
+        step = clip_s * fps
+        for k, a in enumerate(range(0, n - step + 1, step)):
+            b = a + step
+            rows.append({CLIP_ID: make_clip_id(vid, a, b), VIDEO_ID: vid, SOURCE_URI: str(path),
+                         START_FRAME: a, END_FRAME: b, START_PTS: a / fps, END_PTS: b / fps, FPS: float(fps),
+                         WIDTH: size[0], HEIGHT: size[1], SHOT_INDEX: k, SPLIT_METHOD: "window",
+                         TRANSITION_BEFORE: "window", STATUS: STATUS_OK})
+    return table_from_rows(rows)
+
+
+def run_stage(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreConfig, batch: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, clips.num_rows, batch):
+        stage(prepare_batch(clips.slice(i, batch), cfg))
+    return time.perf_counter() - t0
+
+
+def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreConfig, batch: int) -> float:
+    """Every scorer decodes for itself; same frames, sizes and model work as the stage."""
+    t0 = time.perf_counter()
+    rows = clips.to_pylist()
+    for i in range(0, len(rows), batch):
+        crops = []
+        for r in rows[i : i + batch]:
+            n = r[END_FRAME] - r[START_FRAME]
+            clip_off, _ = sample_offsets(n, cfg)
+            pairs = cs.pair_offsets(n, cfg.motion_pairs, cfg.frame_margin)
+            size = analysis_size(r[WIDTH], r[HEIGHT], max(cfg.analysis_short_side, cfg.image_size))
+            span = (r[SOURCE_URI], r[START_PTS], r[END_PTS])
+            crops.append(center_crop_square(decode_clip(*span, offsets=clip_off, size=size).frames, cfg.image_size))
+            m = decode_clip(*span, offsets=pairs, size=size)
+            cs.motion(m.frames, m.pts, cfg.cheap.motion_short_side, indices=m.indices)
+            cs.sharpness(decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames)
+            f = decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames
+            cs.brightness(f), cs.black_fraction(f, cfg.cheap.black_level)
+        stage.embed(np.concatenate(crops))
+    return time.perf_counter() - t0
+
+
+def vit_l_config(tmp: Path) -> score.ScoreConfig:
+    """Real-size ViT-L/14, random init (no weights), and a random 768-d aesthetic head."""
+    from safetensors.torch import save_file
+
+    head = score.make_head((768, 1024, 128, 64, 16, 1))
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "random-head.safetensors"))
+    return dataclasses.replace(score.DEFAULT, clip_pretrained=None, aesthetic_head=str(tmp / "random-head.safetensors"),
+                               device="cuda", precision="fp16", filters=FilterConfig(near_dup_cosine=None))
+
+
+def images_per_second(stage: score.ClipScoreStage, size: int, batch: int, iters: int) -> float:
+    import torch
+
+    imgs = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+    stage.embed(imgs)  # warm-up (cudnn autotune, allocator)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        stage.embed(imgs)
+    torch.cuda.synchronize()
+    return batch * iters / (time.perf_counter() - t0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.bench score", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=["smoke", "vit-l-14"], default="smoke")
+    p.add_argument("--videos", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=8, help="length of each synthetic video")
+    p.add_argument("--clip-seconds", type=int, default=2)
+    p.add_argument("--size", default="640x360", help="synthetic video size WxH")
+    p.add_argument("--batch", type=int, default=8, help="clips per batch")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs of each path (the best is kept)")
+    p.add_argument("--json", help="also write the report here")
+    a = p.parse_args(argv)
+    w, h = (int(x) for x in a.size.split("x"))
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp_s:
+        tmp = Path(tmp_s)
+        if a.model == "smoke":
+            cfg = dataclasses.replace(score.SMOKE, clip_model=str(score.build_smoke_clip(tmp / "smoke")))
+        else:
+            cfg = vit_l_config(tmp)
+        stage = score.ClipScoreStage(cfg)
+        stage.load()
+        t0 = time.perf_counter()
+        clips = synth_clips(tmp, a.videos, a.seconds, a.clip_seconds, (w, h), fps=24)
+        print(f"made {clips.num_rows} clips ({a.videos} videos {w}x{h}) in {time.perf_counter() - t0:.1f}s")
+        run_stage(clips.slice(0, 2), stage, cfg, a.batch)  # warm-up: imports, model first call
+        DECODE_STATS.clear()
+        t_stage = min(run_stage(clips, stage, cfg, a.batch) for _ in range(a.repeats))
+        opens_stage = DECODE_STATS["opens"] / a.repeats
+        DECODE_STATS.clear()
+        t_base = min(run_baseline(clips, stage, cfg, a.batch) for _ in range(a.repeats))
+        opens_base = DECODE_STATS["opens"] / a.repeats
+        report: dict[str, Any] = {
+            "model": score.model_label(cfg) if a.model == "smoke" else "open_clip ViT-L-14, RANDOM init (throughput only)",
+            "device": stage.device, "clips": clips.num_rows, "video_size": f"{w}x{h}",
+            "stage_clips_per_s": clips.num_rows / t_stage, "baseline_clips_per_s": clips.num_rows / t_base,
+            "speedup_vs_decode_per_scorer": t_base / t_stage,
+            "decoder_opens_per_clip": {"stage": opens_stage / clips.num_rows, "baseline": opens_base / clips.num_rows},
+            "cpu_threads": os.cpu_count(),
+        }
+        if stage.device.startswith("cuda"):
+            report["model_images_per_s_per_gpu"] = images_per_second(stage, cfg.image_size, 64, 10)
+    print(json.dumps(report, indent=2))
+    print(f"score stage: {report['stage_clips_per_s']:.2f} clips/s, baseline {report['baseline_clips_per_s']:.2f} "
+          f"clips/s -> {report['speedup_vs_decode_per_scorer']:.2f}x (target >= 2x)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

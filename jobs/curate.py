@@ -1,0 +1,310 @@
+"""`python -m jobs.curate --input VIDEOS --output OUT --preset smoke|default`: every stage, one stream.
+
+One Ray Data streaming plan, no barrier between stages:
+
+  inputs ─▶ probe+split tasks ─▶ score CPU tasks (decode once, cheap scores, cheap gate)
+     ─▶ CLIP actors ─▶ streaming filter ─▶ caption decode tasks ─▶ VLM actors
+     ─▶ encode decode tasks ─▶ VAE actors ─▶ driver: staging parts + latent shards
+
+Each stage has its own resources (CPU tasks, actor pools, GPUs per actor); Ray Data's
+backpressure bounds memory, and the first shards appear while videos are still being split.
+
+Rules that need the whole run (exact and near duplicates across videos, percentile
+thresholds) cannot be decided on a stream: the stream applies the absolute rules, and a
+final pass applies the full cascade to every scored clip, then rewrites the shards without
+the clips it drops (their captions and latents were computed in vain: the price of
+streaming; run the stage-by-stage jobs to spend nothing on them).
+
+Outputs are those of the stage-by-stage jobs (OUT/videos, clips, scored, captions, latents,
+report). Resume: every batch reaching the driver is written as an atomic staging part
+(OUT/_stream) with its marker; a rerun skips clips already staged and rebuilds the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate import filters
+from curate import schema as S
+from curate.errors import UsageError, check_range
+from curate.storage import (
+    check_writable,
+    config_hash,
+    is_done,
+    mark_done,
+    read_parts,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from jobs.inputs import list_inputs
+from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset
+
+STAGE = "curate"
+STREAM = "_stream"
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    input: str
+    output: str
+    preset: str = "smoke"
+    address: str | None = None
+    score_actors: int = 1
+    caption_actors: int = 1
+    encode_actors: int = 1
+    score_gpus: float = 0.0  # per actor
+    caption_gpus: float = 0.0
+    encode_gpus: float = 0.0
+    actor_cpus: float = 0.25  # CPU-only actors ask for a share, so decode tasks keep the cores
+    task_cpus: float = 0.5
+    batch_size: int = 4  # clips per actor call
+    max_rows_per_shard: int = 2048
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UsageError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for name in ("score_actors", "caption_actors", "encode_actors", "batch_size"):
+            check_range(name, getattr(self, name), 1, fix=f"pass --{name.replace('_', '-')} >= 1")
+
+
+def stream_filters(cfg: filters.FilterConfig) -> filters.FilterConfig:
+    """The part of the cascade a stream can decide batch by batch: absolute thresholds."""
+    return filters.FilterConfig(rules=tuple(r for r in cfg.rules if r.threshold is not None),
+                                exact_dedup=False, near_dup_cosine=None)
+
+
+def _stream_filter(batch: pa.Table, cfg: filters.FilterConfig) -> pa.Table:
+    table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
+    table, _ = filters.apply_cascade(table, cfg)
+    return table
+
+
+def _split_task(batch: pa.Table, preset: Preset, out: str, staged: frozenset[str]) -> pa.Table:
+    """Probe + split one video (or reuse its finished split), minus clips already staged."""
+    from jobs.split import process_one  # the same parts and markers as jobs.split
+
+    rows: list[pa.Table] = []
+    for uri in batch.column(S.SOURCE_URI).to_pylist():
+        info = process_one(uri, preset.split, out)
+        part = Path(out) / "clips" / f"part-{info['video_id']}.parquet"
+        clips = S.conform(pq.read_table(part), S.CLIP_SCHEMA)
+        keep = pa.array([c not in staged for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
+        rows.append(clips.filter(keep))
+    return pa.concat_tables(rows) if rows else S.empty_table()
+
+
+def _part_key(ids: list[str]) -> str:
+    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
+
+
+def staged_clip_ids(out: Path, h: str) -> frozenset[str]:
+    ids: set[str] = set()
+    for p in sorted((out / STREAM).glob("part-*.parquet")):
+        if is_done(out, STAGE, p.stem.removeprefix("part-"), h):
+            ids.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+    return frozenset(ids)
+
+
+def _staged(out: Path, h: str) -> pa.Table:
+    parts = [p for p in sorted((out / STREAM).glob("part-*.parquet"))
+             if is_done(out, STAGE, p.stem.removeprefix("part-"), h)]
+    if not parts:
+        return S.empty_table()
+    t = pa.concat_tables([S.conform(pq.read_table(p).select(
+        [c for c in pq.read_schema(p).names if c in S.CLIP_SCHEMA.names])) for p in parts])
+    # a clip staged twice (a retried batch after a crash between part and marker): keep the first
+    first: dict[str, int] = {}
+    for i, c in enumerate(t.column(S.CLIP_ID).to_pylist()):
+        first.setdefault(c, i)
+    return t.take(pa.array(sorted(first.values()), pa.int64()))
+
+
+def _stage_timings(stats: str) -> dict[str, float]:
+    """Wall seconds per operator from Ray Data's execution stats text."""
+    import re
+
+    out: dict[str, float] = {}
+    for name, secs in re.findall(r"Operator \d+ ([^:]+): .*? executed in ([\d.]+)s", stats):
+        out[name.strip()] = float(secs)
+    return out
+
+
+def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str, meta: dict) -> dict[str, Any]:
+    """The streaming plan; returns counts and timings."""
+    import ray
+
+    from captioner.stage import CaptionStage, attach_frames
+    from curate import score, score_frames
+    from jobs.adapter import Resources, init_ray, map_stage, map_task
+    from latents.encode import ROUNDTRIP_PSNR, EncodeStage
+    from latents.encode import prepare_batch as encode_prepare
+    from latents.shards import ShardWriter
+
+    init_ray(cfg.address)
+    if preset.score.smoke:
+        score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
+    staged = staged_clip_ids(out, h)
+    task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
+
+    def actors(n: int, gpus: float, cpus: float) -> Resources:
+        # important: an actor step asking for the same CPUs as the task before it gets fused
+        # into it by Ray Data; different CPU asks keep decoding out of the model actors.
+        return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size)
+
+    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
+    ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), staged=staged),
+                        batch_format="pyarrow", batch_size=1, num_cpus=1)
+    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=preset.score), task)
+    ds = map_stage(ds, score.ClipScoreStage, preset.score, actors(cfg.score_actors, cfg.score_gpus, cfg.actor_cpus))
+    ds = map_task(ds, functools.partial(_stream_filter, cfg=stream_filters(preset.score.filters)),
+                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
+    ds = map_stage(ds, CaptionStage, preset.caption,
+                   actors(cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01))
+    ds = map_task(ds, functools.partial(encode_prepare, cfg=preset.encode), task)
+    ds = map_stage(ds, EncodeStage, preset.encode, actors(cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
+
+    t0 = time.perf_counter()
+    first_shard_at = None
+    rows = 0
+    with ShardWriter(out / "latents", meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
+                     metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-s") as writer:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            if batch.num_rows == 0:
+                continue
+            ids = batch.column(S.CLIP_ID).to_pylist()
+            key = _part_key(ids)
+            write_parquet_atomic(batch, out / STREAM / f"part-{key}.parquet")
+            mark_done(out, STAGE, key, h, clips=len(ids))  # important: marker after the part
+            ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
+            writer.write(batch.filter(ok))
+            rows += batch.num_rows
+            if first_shard_at is None and writer.shards:
+                first_shard_at = time.perf_counter() - t0
+    stats = ds.stats() if hasattr(ds, "stats") else ""
+    return {"rows_streamed": rows, "stream_seconds": round(time.perf_counter() - t0, 2),
+            "first_shard_seconds": first_shard_at, "stage_seconds": _stage_timings(stats)}
+
+
+def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -> dict[str, Any]:
+    """Whole-run decisions over every staged clip, then the stage outputs and exact shards."""
+    from latents.encode import ROUNDTRIP_PSNR
+    from latents.shards import ShardWriter
+
+    table = _staged(out, h)
+    clips = read_parts(out / "clips", S.CLIP_SCHEMA)
+    # clips whose video failed (error rows from split) are staged too: they flow through every stage
+    scored = table.drop_columns([c for c in S.columns_of(S.CAPTION_GROUP) + S.columns_of(S.LATENT_GROUP)])
+    scored, funnel = filters.apply_cascade(S.conform(scored), preset.score.filters)
+    kept_ids = {c for c, k in zip(scored.column(S.CLIP_ID).to_pylist(), scored.column(S.KEPT).to_pylist()) if k}
+    for old in (out / "scored").glob("part-*.parquet"):
+        old.unlink()
+    write_parquet_atomic(scored, out / "scored" / "part-00000.parquet")
+    write_json_atomic({"clips_in": scored.num_rows, "steps": funnel, "kept": len(kept_ids),
+                       "dropped": scored.num_rows - len(kept_ids), "smoke": preset.random_models,
+                       "config_hash": config_hash(preset.score)}, out / "scored" / "funnel.json")
+    final_kept = pa.array([c in kept_ids for c in table.column(S.CLIP_ID).to_pylist()], pa.bool_())
+    cap = table.filter(pc.and_(final_kept, pc.is_valid(table.column(S.CAPTION))))
+    for old in (out / "captions").glob("part-*.parquet"):
+        old.unlink()
+    write_parquet_atomic(S.conform(cap.drop_columns(S.columns_of(S.LATENT_GROUP))),
+                         out / "captions" / "part-00000.parquet")
+    enc = table.filter(pc.and_(final_kept, pc.and_(pc.equal(table.column(S.STATUS), S.STATUS_OK),
+                                                   pc.is_valid(table.column(S.LATENT)))))
+    # rewrite the shards from the staging parts: exact after run-level drops and after a resume
+    with ShardWriter(out / "latents", meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
+                     metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-f") as writer:
+        writer.write(enc)
+    manifest = writer.manifest()
+    return {"clips": clips.num_rows, "scored": scored.num_rows, "kept": len(kept_ids),
+            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"]}
+
+
+def _manifest_meta(preset: Preset) -> dict:
+    from jobs.encode import _vae_and_text_info
+    from latents.encode import manifest_meta
+
+    vae_info, text_info = _vae_and_text_info(preset.encode)
+    meta = manifest_meta(preset.encode, vae_info, text_info)
+    meta["preset"] = preset.name
+    meta["smoke"] = preset.random_models
+    return meta
+
+
+def main(cfg: CurateConfig) -> dict[str, Any]:
+    preset = PRESETS[cfg.preset]
+    if preset.random_models:
+        print(RANDOM_MODELS_WARNING)
+    inputs = list_inputs(cfg.input)
+    out = Path(cfg.output)
+    check_writable(out)
+    filters.check_config(preset.score.filters)
+    from curate import score
+
+    score.check_weights(preset.score)
+    h = config_hash({"preset": dataclasses.asdict(preset)})
+    meta = _manifest_meta(preset)
+    t0 = time.perf_counter()
+    stream = run_stream(cfg, preset, inputs, out, h, meta)
+    summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
+               **stream, **finalize(cfg, preset, out, h, meta)}
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(summary, out / "summary" / "curate.json")
+    if cfg.report:
+        from jobs.report import write_report
+
+        summary["report"] = str(write_report(out, run_config={"curate": dataclasses.asdict(cfg),
+                                                              "preset": dataclasses.asdict(preset)},
+                                             stage_timings=stream["stage_seconds"], preset_name=preset.name,
+                                             random_models=preset.random_models))
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.curate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="directory, glob, list file or one video")
+    p.add_argument("--output", required=True, help="output root OUT")
+    p.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
+    p.add_argument("--address", default=None)
+    for stage in ("score", "caption", "encode"):
+        p.add_argument(f"--{stage}-actors", type=int, default=1, help=f"{stage} model actors")
+        p.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
+    p.add_argument("--actor-cpus", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--no-report", action="store_true")
+    return p
+
+
+def cli(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        summary = main(CurateConfig(
+            input=a.input, output=a.output, preset=a.preset, address=a.address,
+            score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
+            score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
+            actor_cpus=a.actor_cpus, batch_size=a.batch_size, report=not a.no_report))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "stage_seconds"}, indent=1))
+    if summary["random_models"]:
+        print(RANDOM_MODELS_WARNING)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

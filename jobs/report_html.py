@@ -1,0 +1,219 @@
+"""The HTML of the run report (jobs/report.py gathers the data): one static page, no script.
+
+Every string that comes from data goes through `e()` (html.escape, quotes included), so a
+caption or a file name can never inject markup. Links are relative to OUT/report/.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from curate import schema as S
+
+if TYPE_CHECKING:
+    from jobs.report import RunOutputs
+
+RANDOM_MODELS_WARNING = "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."
+
+# (stage, key in compute_funnel()["counts"], label), in flow order
+FUNNEL_ROWS = (
+    ("split", "videos_in", "videos in"),
+    ("split", "videos_error", "videos with errors"),
+    ("split", "clips_split", "clips after split"),
+    ("score", "clips_scored", "clips scored (status ok)"),
+    ("score", "clips_error", "clip rows with status=error"),
+    ("filter", "dropped", "clips dropped"),
+    ("filter", "kept", "clips kept"),
+    ("caption", "captioned", "clips captioned"),
+    ("caption", "caption_error", "caption errors"),
+    ("encode", "encoded", "clips in latent shards"),
+    ("encode", "shards", "latent shards"),
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2em 2em;color:#222;max-width:1400px}
+.banner{background:#c0392b;color:#fff;font-weight:bold;padding:.7em 1em;font-size:1.1em;border-radius:4px}
+.note{background:#fff6d9;border:1px solid #e6c96b;padding:.5em .8em;border-radius:4px;margin:.6em 0}
+table{border-collapse:collapse;margin:.4em 0 1em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.92em;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.na{color:#999;font-style:italic}
+.hists img{margin:.3em;border:1px solid #eee}
+.grid{display:flex;flex-wrap:wrap;gap:.8em}
+.card{width:220px;border:1px solid #ccc;border-radius:4px;padding:.4em;font-size:.82em;background:#fafafa}
+.card.kept{border-top:4px solid #2f8f46}.card.dropped{border-top:4px solid #999}
+.card img{display:block;max-width:100%;margin:0 auto .3em}
+.card table{margin:.2em 0;width:100%}.card td,.card th{font-size:.95em;padding:.1em .3em}
+.src{font-family:monospace;word-break:break-all}
+.reason{color:#a33;margin:.2em 0}.caption{margin:.3em 0;white-space:pre-wrap}
+.nopreview{height:60px;display:flex;align-items:center;justify-content:center;background:#eee;color:#777}
+pre{background:#f4f4f4;padding:.8em;overflow:auto;font-size:.85em}
+"""
+
+
+def e(value: Any) -> str:
+    """HTML-escape anything from data (quotes too: values also land in attributes)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _counts_table(title: str, counts: Mapping[str, int], attr: str, empty: str) -> list[str]:
+    if not counts:
+        return [f"<h3>{e(title)}</h3>", f"<p class='na'>{e(empty)}</p>"]
+    rows = "".join(f'<tr><td>{e(k)}</td><td class="n" data-{attr}="{e(k)}">{n}</td></tr>' for k, n in counts.items())
+    return [f"<h3>{e(title)}</h3>", f"<table><tr><th>reason</th><th>count</th></tr>{rows}</table>"]
+
+
+def funnel_section(r: RunOutputs, funnel: Mapping[str, Any]) -> list[str]:
+    counts = funnel["counts"]
+    rows = []
+    for stage, key, label in FUNNEL_ROWS:
+        cell = (f'<td class="n" data-key="{key}">{counts[key]}</td>' if key in counts
+                else f'<td class="na" data-key="{key}">not run</td>')
+        rows.append(f"<tr><td>{stage}</td><td>{e(label)}</td>{cell}</tr>")
+    out = ["<h2>Funnel</h2>", f"<table><tr><th>stage</th><th>what</th><th>count</th></tr>{''.join(rows)}</table>"]
+    out += _counts_table("Videos with errors, by reason", funnel["video_errors"], "video-error", "none")
+    out += _counts_table("Clips dropped, by reason (first rule failed)", funnel["drops"], "drop",
+                         "no filter decisions yet" if r.scored is None else "none dropped")
+    if funnel["clip_errors"]:
+        out += _counts_table("Clip rows with status=error, by reason", funnel["clip_errors"], "clip-error", "none")
+    steps = (r.funnel or {}).get("steps", [])
+    if steps:
+        body = "".join(f"<tr><td>{e(s.get('step'))}</td><td class='n'>{e(s.get('in'))}</td>"
+                       f"<td class='n'>{e(s.get('dropped'))}</td><td class='n'>{e(s.get('out'))}</td></tr>" for s in steps)
+        out += ["<h3>Filter cascade (OUT/scored/funnel.json, in the order rules ran)</h3>",
+                f"<table><tr><th>step</th><th>in</th><th>dropped</th><th>out</th></tr>{body}</table>"]
+        if (r.funnel or {}).get("model"):
+            out.append(f"<p>score model: {e(r.funnel['model'])}</p>")
+    return out
+
+
+def _card(x: Mapping[str, Any], group: str, preview: str | None, caption: Mapping[str, Any] | None,
+          score_columns: Sequence[str], media_dir: str) -> str:
+    if preview and not preview.startswith("error:"):
+        img = f'<img src="{e(media_dir)}/{e(preview)}" alt="preview of clip {e(x[S.CLIP_ID])}">'
+    else:
+        why = preview or (f"{x[S.FAILED_STAGE]}: {x[S.ERROR]}" if x[S.STATUS] == S.STATUS_ERROR else "no span")
+        img = f'<div class="nopreview" title="{e(why)}">no preview</div>'
+    span = ""
+    if x[S.START_PTS] is not None and x[S.END_PTS] is not None:
+        span = f" · {x[S.START_PTS]:.2f}–{x[S.END_PTS]:.2f} s"
+    parts = [f'<div class="card {group}" data-clip="{e(x[S.CLIP_ID])}">', img,
+             f'<div class="src" title="{e(x[S.SOURCE_URI])}">{e(Path(str(x[S.SOURCE_URI])).name)}{e(span)}</div>']
+    if x[S.STATUS] == S.STATUS_ERROR:
+        parts.append(f'<div class="reason">error ({e(x[S.FAILED_STAGE])}): {e(x[S.ERROR])}</div>')
+    if x.get(S.DROP_REASON):
+        parts.append(f'<div class="reason">{e(x[S.DROP_REASON])}</div>')
+    scores = "".join(f"<tr><th>{e(c)}</th><td>{e(_fmt(x.get(c)))}</td></tr>" for c in score_columns
+                     if x.get(c) is not None)
+    if scores:
+        parts.append(f"<table>{scores}</table>")
+    if caption is not None:
+        if caption[S.STATUS] == S.STATUS_ERROR:
+            parts.append(f'<div class="reason">caption error: {e(caption[S.ERROR])}</div>')
+        else:
+            parts.append(f'<div class="caption"><b>{e(caption[S.CAPTION_SHORT])}</b>\n{e(caption[S.CAPTION])}</div>'
+                         f"<div class='na'>{e(caption[S.CAPTION_MODEL])}</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def clips_section(title: str, group: str, rows: Sequence[Mapping[str, Any]], total: int, previews: Mapping[str, str],
+                  captions: Mapping[str, Mapping[str, Any]], score_columns: Sequence[str], media_dir: str) -> list[str]:
+    head = f"<h2>{e(title)} <small>({len(rows)} shown of {total})</small></h2>"
+    if not rows:
+        return [head, "<p class='na'>none</p>"]
+    cards = [_card(x, group, previews.get(x[S.CLIP_ID]), captions.get(x[S.CLIP_ID]), score_columns, media_dir)
+             for x in rows]
+    return [head, f'<div class="grid">{"".join(cards)}</div>']
+
+
+def run_section(run: Mapping[str, Any]) -> list[str]:
+    out = ["<h2>Run</h2>"]
+    timings = run.get("stage_timings") or {}
+    if timings:
+        total = sum(float(v) for v in timings.values()) or 1.0
+        body = "".join(f"<tr><td>{e(k)}</td><td class='n'>{float(v):.2f}</td><td class='n'>{100 * float(v) / total:.0f}%</td></tr>"
+                       for k, v in timings.items())
+        out += ["<h3>Time per stage (seconds)</h3>", f"<table><tr><th>stage</th><th>s</th><th>share</th></tr>{body}"
+                f"<tr><th>sum</th><th class='n'>{sum(float(v) for v in timings.values()):.2f}</th><th></th></tr></table>"]
+    else:
+        out.append("<p class='na'>no stage timings recorded</p>")
+    cfg = run.get("run_config")
+    out.append("<h3>Run config</h3>")
+    out.append(f"<pre>{e(json.dumps(cfg, indent=2, sort_keys=True, default=str))}</pre>" if cfg is not None
+               else "<p class='na'>no run config recorded</p>")
+    return out
+
+
+def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, hists: Sequence[str],
+           kept: Sequence[Mapping[str, Any]], dropped: Sequence[Mapping[str, Any]], previews: Mapping[str, str],
+           captions: Mapping[str, Mapping[str, Any]], score_columns: Sequence[str], media_dir: str) -> str:
+    random = bool(run.get("random_models"))
+    title = f"tubelet report: {r.out.name}" + (" (SMOKE, random models)" if random else "")
+    # important: with random models the warning is the file's first line and the page's first line
+    lines = [f"<!-- {RANDOM_MODELS_WARNING} -->"] if random else []
+    lines += ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+              f"<style>{CSS}</style></head><body>"]
+    if random:
+        lines.append(f'<div class="banner" id="random-models">{e(RANDOM_MODELS_WARNING)}</div>')
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines.append(f"<h1>{e(title)}</h1><p>output <span class='src'>{e(r.out)}</span> · preset "
+                 f"<b>{e(run.get('preset_name') or 'unknown')}</b> · built {stamp}</p>")
+    stages = r.stages()
+    missing = [s for s, ran in stages.items() if not ran]
+    if missing:
+        lines.append(f"<div class='note' id='not-run'>Stages not run yet (no output found): {e(', '.join(missing))}</div>")
+    for p in r.problems:
+        lines.append(f"<div class='note'>{e(p)}</div>")
+    lines += funnel_section(r, funnel)
+    lines.append("<h2>Scores</h2>")
+    if hists:
+        lines.append("<p>Stacked: kept (green) and dropped (grey) clips; red lines are filter thresholds "
+                     "and percentile cutoffs.</p><div class='hists'>")
+        lines += [f'<img src="{e(media_dir)}/{e(h)}" alt="{e(h)}">' for h in hists]
+        lines.append("</div>")
+    else:
+        lines.append("<p class='na'>no scores yet</p>")
+    table = r.scored if r.scored is not None else r.clips
+    counts = funnel["counts"]
+    if r.scored is not None:
+        lines += clips_section("Kept clips", "kept", kept, counts["kept"], previews, captions, score_columns, media_dir)
+        lines += clips_section("Dropped clips", "dropped", dropped, counts["dropped"], previews, captions,
+                               score_columns, media_dir)
+    elif table is not None:
+        lines += clips_section("Clips (not scored yet)", "kept", kept, table.num_rows, previews, captions,
+                               score_columns, media_dir)
+    lines += run_section(run)
+    lines.append("</body></html>")
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading by others too
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

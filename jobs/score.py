@@ -1,0 +1,265 @@
+"""Score and filter clips: `python -m jobs.score --input OUT/clips --output OUT/scored`.
+
+Ray Data plan (streaming):
+  clips table ─▶ CPU tasks: decode each clip once, cheap scores, CLIP frames (small arrays)
+            ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
+            ─▶ driver: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
+then, on the driver over the whole run: exact/near dedup, percentile rules, decisions ->
+OUT/scored/part-*.parquet (every clip, kept or not, with reasons) + OUT/scored/funnel.json.
+
+Resumable: a score part's marker (OUT/_done/score/<key>) carries the hash of the scoring
+config (filters excluded), so a rerun skips scored clips and a changed filter only re-runs
+the cheap driver step. Works with a local Ray or under `ray job submit` (RAY_ADDRESS set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import curate
+from curate import filters, score, score_frames
+from curate.errors import UsageError
+from curate.schema import (
+    CLIP_EMBEDDING,
+    CLIP_ID,
+    CLIP_SCHEMA,
+    CONFIG_HASH,
+    ERROR,
+    FAILED_STAGE,
+    KEPT,
+    SCORE,
+    STATUS,
+    STATUS_OK,
+    TUBELET_VERSION,
+    columns_of,
+    conform,
+    set_columns,
+    validate,
+)
+from curate.storage import (
+    check_writable,
+    config_hash,
+    is_done,
+    mark_done,
+    read_parts,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from jobs import presets
+
+STAGE = "score"
+DECODE_CPUS = 1.0  # per decode task
+PRESETS = {name: preset.score for name, preset in presets.PRESETS.items()}
+SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    input: str
+    output: str
+    score: score.ScoreConfig
+    concurrency: int = 1  # model actors
+    num_gpus: float = 0.0  # per model actor
+    batch_size: int = 16  # clips per model batch
+    cpu_batch: int = 4  # clips per CPU task
+    actor_cpus: float = 1.0
+    address: str | None = None
+    part_rows: int = 50_000  # rows per output part
+
+
+def scoring_hash(cfg: score.ScoreConfig) -> str:
+    """What the score parts depend on: everything but the filters (re-applied on every run)."""
+    return config_hash(dataclasses.replace(cfg, filters=filters.FilterConfig()))
+
+
+def _part_key(clip_ids: Sequence[str]) -> str:
+    return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
+
+
+def load_done_scores(scores_dir: Path, root: Path, cfg: score.ScoreConfig) -> pa.Table:
+    """Score rows of finished parts (marker present, same scoring config), newest per clip."""
+    h = scoring_hash(cfg)
+    parts = sorted(scores_dir.glob("part-*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))  # oldest first
+    parts = [p for p in parts if is_done(root, STAGE, p.stem.removeprefix("part-"), h)]
+    if not parts:
+        return pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
+    return pa.concat_tables([pq.read_table(p, columns=SCORE_PART_COLUMNS) for p in parts])
+
+
+def needs_scoring(clips: pa.Table, done: pa.Table, cfg: score.ScoreConfig) -> pa.Table:
+    """ok clips, once per clip_id, without a usable score row under the current gate."""
+    finished = set()
+    rows = done.select([CLIP_ID, CLIP_EMBEDDING, STATUS, *filters.CHEAP_COLUMNS]).to_pylist()
+    for r in rows:
+        gated = filters.cheap_gate(cfg.filters, r) is not None
+        if r[STATUS] != STATUS_OK or r[CLIP_EMBEDDING] is not None or gated:
+            finished.add(r[CLIP_ID])
+    ids = clips.column(CLIP_ID).to_pylist()
+    ok = clips.column(STATUS).to_pylist()
+    seen: set[str] = set()
+    keep = []
+    for i, (cid, st) in enumerate(zip(ids, ok)):
+        if st == STATUS_OK and cid not in finished and cid not in seen:
+            keep.append(i)
+            seen.add(cid)
+    return clips.take(pa.array(keep, pa.int64()))
+
+
+def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> int:
+    """Stream pending clips through CPU tasks and the model pool; write score parts as they come."""
+    import ray
+
+    from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
+
+    init_ray(address=job.address)
+    total = ray.cluster_resources().get("CPU", 0)
+    if job.num_gpus == 0 and job.concurrency * job.actor_cpus >= total:
+        raise UsageError(f"--concurrency x --actor-cpus must leave CPUs for the decode tasks: "
+                         f"{job.concurrency} x {job.actor_cpus} >= {total:g} CPUs; lower --concurrency or --actor-cpus")
+    cfg = job.score
+    if cfg.smoke:
+        score.build_smoke_clip(cfg.clip_model)  # once on the driver, so the actors don't race
+    # important: Ray Data fuses a task step into the next actor step when their remote args
+    # are equal; the decode tasks then run inside the model actors, serialised behind the
+    # model. A CPU-only actor asking for the same CPUs is nudged so the steps stay separate.
+    actor_cpus = job.actor_cpus
+    if job.num_gpus == 0 and actor_cpus == DECODE_CPUS:
+        actor_cpus = DECODE_CPUS - 0.01
+    ds = table_dataset(pending, rows_per_block=job.cpu_batch)
+    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=cfg),
+                  Resources(num_cpus=DECODE_CPUS, concurrency=0, batch_size=job.cpu_batch))
+    ds = map_stage(ds, score.ClipScoreStage, cfg,
+                   Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
+                             concurrency=job.concurrency, batch_size=job.batch_size))
+    h = scoring_hash(cfg)
+    written = 0
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        part = batch.select(SCORE_PART_COLUMNS)
+        key = _part_key(part.column(CLIP_ID).to_pylist())
+        write_parquet_atomic(part, scores_dir / f"part-{key}.parquet")
+        mark_done(root, STAGE, key, h, rows=part.num_rows)
+        written += part.num_rows
+    return written
+
+
+def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
+    """Fill the score group (and score errors) of every clip row from its clip_id's score row."""
+    index: dict[str, int] = {}
+    has_emb = done.column(CLIP_EMBEDDING).is_valid().to_pylist()
+    for i, cid in enumerate(done.column(CLIP_ID).to_pylist()):
+        # a clip re-scored after a filter change: the newer row (with an embedding) wins
+        if cid not in index or has_emb[i] or not has_emb[index[cid]]:
+            index[cid] = i
+    ids = clips.column(CLIP_ID).to_pylist()
+    take = pa.array([index.get(c) for c in ids], pa.int64())
+    picked = done.take(take)  # null rows where a clip has no score row
+    has = pc.is_valid(take)
+    values: dict[str, Any] = {c: picked.column(c) for c in columns_of(SCORE)}
+    for c in (STATUS, ERROR, FAILED_STAGE):
+        values[c] = pc.if_else(has, picked.column(c), clips.column(c))
+    return set_columns(clips, values)
+
+
+def funnel_report(funnel: list[dict[str, Any]], table: pa.Table, cfg: score.ScoreConfig) -> dict[str, Any]:
+    kept = int(pc.sum(table.column(KEPT).cast(pa.int64())).as_py() or 0)
+    return {
+        "clips_in": table.num_rows,
+        "steps": funnel,
+        "kept": kept,
+        "dropped": table.num_rows - kept,
+        "model": score.model_label(cfg),
+        "smoke": cfg.smoke,
+        "config_hash": config_hash(cfg),
+    }
+
+
+def format_funnel(report: dict[str, Any]) -> str:
+    lines = [f"{'step':<36}{'in':>8}{'dropped':>9}{'out':>8}"]
+    for s in report["steps"]:
+        lines.append(f"{s['step'][:35]:<36}{s['in']:>8}{s['dropped']:>9}{s['out']:>8}")
+    lines.append(f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
+                 + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else ""))
+    return "\n".join(lines)
+
+
+def main(job: ScoreJob) -> dict[str, Any]:
+    filters.check_config(job.score.filters)
+    score.check_weights(job.score)
+    out = Path(job.output)
+    root = out.parent
+    scores_dir = out / "_scores"
+    check_writable(out)
+    clips = conform(read_parts(job.input), CLIP_SCHEMA)  # raises UsageError when there are no parts
+    done = load_done_scores(scores_dir, root, job.score)
+    pending = needs_scoring(clips, done, job.score)
+    print(f"score: {clips.num_rows} clips in, {pending.num_rows} to score, model: {score.model_label(job.score)}")
+    if pending.num_rows:
+        run_plan(job, pending, scores_dir, root)
+        done = load_done_scores(scores_dir, root, job.score)
+    table = merge_scores(clips, done)
+    table = set_columns(table, {CONFIG_HASH: [config_hash(job.score)] * table.num_rows,
+                                TUBELET_VERSION: [curate.__version__] * table.num_rows})
+    table, funnel = filters.apply_cascade(table, job.score.filters)
+    validate(table, upto="filter")
+    n_parts = max(1, -(-table.num_rows // job.part_rows))
+    for k in range(n_parts):
+        write_parquet_atomic(table.slice(k * job.part_rows, job.part_rows), out / f"part-{k:05d}.parquet")
+    for stale in out.glob("part-*.parquet"):  # a previous run with more parts
+        if int(stale.stem.split("-")[1]) >= n_parts:
+            stale.unlink()
+    report = funnel_report(funnel, table, job.score)
+    write_json_atomic(report, out / "funnel.json")
+    print(format_funnel(report))
+    print(f"funnel: {out / 'funnel.json'}")
+    return report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ScoreJob:
+    p = argparse.ArgumentParser(prog="python -m jobs.score", description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True, help="clips directory (OUT/clips)")
+    p.add_argument("--output", required=True, help="scored directory (OUT/scored)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--concurrency", type=int, default=1, help="model actors")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
+    p.add_argument("--cpu-batch", type=int, default=4, help="clips per decode task")
+    p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per model actor")
+    p.add_argument("--clip-model", help="open_clip architecture, hf-hub:org/repo, or local directory")
+    p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file")
+    p.add_argument("--aesthetic-head", help="aesthetic head weights: file, directory or cache name")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local instance)")
+    a = p.parse_args(argv)
+    for name in ("concurrency", "batch_size", "cpu_batch"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}; pass a positive integer")
+    if a.num_gpus < 0 or a.actor_cpus <= 0:
+        p.error(f"--num-gpus must be >= 0 and --actor-cpus > 0, got {a.num_gpus}, {a.actor_cpus}")
+    cfg = PRESETS[a.preset]
+    overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
+                                   "aesthetic_head": a.aesthetic_head, "device": a.device}.items() if v}
+    if a.num_gpus > 0 and not a.device:
+        overrides["device"] = "cuda"
+    return ScoreJob(input=a.input, output=a.output, score=dataclasses.replace(cfg, **overrides),
+                    concurrency=a.concurrency, num_gpus=a.num_gpus, batch_size=a.batch_size,
+                    cpu_batch=a.cpu_batch, actor_cpus=a.actor_cpus, address=a.address)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,172 @@
+"""`python -m jobs.split --input DIR|GLOB|LISTFILE --output OUT`: probe + split as a Ray Data plan.
+
+Writes OUT/videos/part-<source key>.parquet (one row per input, unreadable ones included),
+OUT/clips/part-<video_id>.parquet (the clip records, or one error row) and the
+completion marker OUT/_done/split/<video_id>. A rerun skips inputs whose content is done
+under the same config, so a killed run resumes without duplicates or gaps.
+
+Locally, a Ray instance is started on 127.0.0.1; with RAY_ADDRESS (or under
+`ray job submit`) the same command runs on the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from curate import schema as S
+from curate.errors import UsageError
+from curate.ids import video_id_of_file, video_id_of_missing
+from curate.split import DETECTORS, SplitConfig, split_video
+from curate.storage import (
+    check_writable,
+    config_hash,
+    is_done,
+    mark_done,
+    read_parts,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from jobs.inputs import list_inputs
+
+STAGE = "split"
+SUMMARY_SCHEMA = pa.schema(
+    [("source_uri", pa.string()), ("video_id", pa.string()), ("status", pa.string()), ("failed_stage", pa.string()),
+     ("error", pa.string()), ("num_clips", pa.int64()), ("skipped", pa.bool_()), ("seconds", pa.float64())]
+)
+
+
+@dataclass(frozen=True)
+class SplitJobConfig:
+    input: str
+    output: str
+    split: SplitConfig = field(default_factory=SplitConfig)
+    address: str | None = None
+    num_cpus: float = 1.0  # per video task
+    concurrency: int = 0  # max parallel video tasks (0: as many as CPUs allow)
+
+
+def source_key(uri: str) -> str:
+    return hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()
+
+
+def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
+    """Split one input and write its parts atomically; the unit of work and of resume."""
+    t0 = time.perf_counter()
+    cfg_hash = config_hash(cfg)
+    out_p = Path(out)
+    video_part = out_p / "videos" / f"part-{source_key(uri)}.parquet"
+    try:
+        vid = video_id_of_file(uri)
+    except OSError:
+        vid = video_id_of_missing(uri)
+    if is_done(out, STAGE, vid, cfg_hash) and video_part.exists():
+        return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
+                "seconds": time.perf_counter() - t0}
+    video, clips = split_video(uri, cfg)
+    write_parquet_atomic(S.table_from_rows(clips), out_p / "clips" / f"part-{video[S.VIDEO_ID]}.parquet")
+    write_parquet_atomic(S.table_from_rows([video], S.VIDEO_SCHEMA), video_part)
+    # important: the marker goes last; a kill before it just redoes this video.
+    mark_done(out, STAGE, video[S.VIDEO_ID], cfg_hash, source_uri=uri, num_clips=video.get(S.NUM_CLIPS))
+    return {"source_uri": uri, "video_id": video[S.VIDEO_ID], "status": video[S.STATUS],
+            "failed_stage": video.get(S.FAILED_STAGE), "error": video.get(S.ERROR),
+            "num_clips": sum(1 for c in clips if c[S.STATUS] == S.STATUS_OK), "skipped": False,
+            "seconds": time.perf_counter() - t0}
+
+
+def _task(cfg: SplitConfig, out: str):
+    def run(batch: pa.Table) -> pa.Table:
+        rows = [process_one(uri, cfg, out) for uri in batch.column(S.SOURCE_URI).to_pylist()]
+        return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+
+    return run
+
+
+def summarize(rows: list[dict], out: str, wall: float) -> dict:
+    clips = read_parts(Path(out) / "clips", S.CLIP_SCHEMA)
+    ok = clips.filter(pa.compute.equal(clips.column(S.STATUS), S.STATUS_OK))
+    errors = Counter(f"{r['failed_stage']}: {r['error']}" for r in rows if r["status"] == S.STATUS_ERROR)
+    return {
+        "videos": len(rows),
+        "videos_ok": sum(r["status"] == S.STATUS_OK for r in rows),
+        "videos_skipped_already_done": sum(bool(r["skipped"]) for r in rows),
+        "videos_error": sum(r["status"] == S.STATUS_ERROR for r in rows),
+        "clips_total_in_output": ok.num_rows,
+        "clips_this_run": sum(r["num_clips"] or 0 for r in rows),
+        "clip_seconds_total": float(pa.compute.sum(pa.compute.subtract(ok.column(S.END_PTS), ok.column(S.START_PTS))).as_py() or 0.0),
+        "errors_by_reason": dict(errors.most_common()),
+        "wall_seconds": round(wall, 2),
+    }
+
+
+def main(cfg: SplitJobConfig) -> dict:
+    import ray
+
+    from jobs.adapter import init_ray
+
+    inputs = list_inputs(cfg.input)
+    check_writable(cfg.output)
+    t0 = time.perf_counter()
+    init_ray(cfg.address)
+    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in inputs], override_num_blocks=max(1, len(inputs)))
+    kwargs = {"concurrency": cfg.concurrency} if cfg.concurrency else {}
+    ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
+                        num_cpus=cfg.num_cpus, **kwargs)
+    rows: list[dict] = []
+    for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
+        rows.extend(batch.to_pylist())
+    summary = summarize(rows, cfg.output, time.perf_counter() - t0)
+    summary["config"] = asdict(cfg.split)
+    summary["config_hash"] = config_hash(cfg.split)
+    write_json_atomic(summary, Path(cfg.output) / "summary" / "split.json")
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print(f"split: {summary['videos']} videos ({summary['videos_ok']} ok, {summary['videos_error']} error, "
+          f"{summary['videos_skipped_already_done']} already done) -> {summary['clips_total_in_output']} clips "
+          f"({summary['clip_seconds_total']:.1f} s) in {summary['wall_seconds']:.1f} s")
+    for reason, n in summary["errors_by_reason"].items():
+        print(f"  error x{n}: {reason}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.split", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="directory, glob, list file (.txt) or one video")
+    p.add_argument("--output", required=True, help="output root OUT (videos/, clips/, _done/)")
+    p.add_argument("--detector", default="content", choices=DETECTORS)
+    p.add_argument("--min-seconds", type=float, default=2.0)
+    p.add_argument("--max-seconds", type=float, default=20.0)
+    p.add_argument("--trim-seconds", type=float, default=0.0)
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per video task")
+    p.add_argument("--concurrency", type=int, default=0, help="max parallel video tasks (0: Ray decides)")
+    return p
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        split = SplitConfig(detector=args.detector, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                            trim_seconds=args.trim_seconds)
+        cfg = SplitJobConfig(input=args.input, output=args.output, split=split, address=args.address,
+                             num_cpus=args.num_cpus, concurrency=args.concurrency)
+        summary = main(cfg)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    print(json.dumps({"summary": str(Path(cfg.output) / "summary" / "split.json")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

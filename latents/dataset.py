@@ -1,0 +1,286 @@
+"""Torch IterableDataset over latent shards (latents/shard-*.parquet + _manifest.json).
+
+CONTRACT (shared with latents/dit, the trainer):
+
+- `LatentDataset(root, batch_size=None | int, shuffle=True, seed=0, rank=None, world_size=None, ...)`.
+- Each sample is a dict:
+  {"clip_id": str, "caption": str,
+   "latent": torch.Tensor [C, T, H, W] float32, ALREADY NORMALISED with the VAE's
+             latents mean/std and scaling factor recorded in the manifest (see latents/vae.py),
+   "text_embedding": torch.Tensor [L, D] float32 (zero past the caption's tokens),
+   "text_mask": torch.BoolTensor [L]}   with L = manifest text_encoder.max_length.
+  Options (defaults keep the above): `pad_text="longest"` pads to the longest caption of the
+  row group instead (L varies between batches; far less to move); `latent_dtype="stored"`
+  yields latents in their stored dtype (e.g. bf16; upcast on the GPU).
+  Samples of one row group share memory: treat them as read-only (or .clone()).
+- `batch_size=None`: variable-size samples (for packing, NaViT style).
+  `batch_size=B`: bucket-homogeneous batches (all samples share one latent shape), stacked:
+  "latent" [B, C, T, H, W], "text_embedding" [B, L, D], "text_mask" [B, L],
+  "clip_id"/"caption" lists of str. Use with `DataLoader(ds, batch_size=None)`.
+- Rows are split by rank (DDP; from torch.distributed when not given) and DataLoader worker;
+  every row is read exactly once per epoch over all ranks and workers. `set_epoch(e)` reshuffles
+  deterministically from (seed, epoch).
+- Resumable: `state_dict()` / `load_state_dict(state)` save and restore (epoch, items consumed);
+  see the class docstring for DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from curate import schema as S
+from latents.shards import (
+    ShardError,
+    binary_column_stacked,
+    binary_column_to_float32,
+    read_manifest,
+    verify_shards,
+)
+
+_COLUMNS = [S.CLIP_ID, S.CAPTION, S.LATENT, S.LATENT_SHAPE, S.LATENT_DTYPE, S.TEXT_EMBEDDING,
+            S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE]
+Verify = Literal["checksum", "size", "none"]
+PadText = Literal["max_length", "longest"]
+LatentOut = Literal["float32", "stored"]
+Item = list[tuple[int, int]]  # (unit index, row within the unit's row group)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class LatentDataset(IterableDataset):
+    """See the module docstring for the sample contract.
+
+    Splitting: the epoch's row order (row groups in a seeded random order, rows shuffled inside
+    each) is cut into `world_size * num_workers` contiguous spans of equal size (+-1 row), one
+    per (rank, worker): every row exactly once, each reader touches only the row groups of its span.
+
+    Resume: `state_dict()` counts the items (samples or batches) this dataset object yielded
+    (exact with `num_workers=0`). With DataLoader workers, the trainer counts the items its rank
+    consumed and restores with `load_state_dict({"epoch": e, "consumed": n, "seed": s})`; the
+    DataLoader (default in_order=True, same num_workers) then continues the same stream exactly,
+    as long as the workers' item counts differ by at most one (the plan balances rows to +-1;
+    bucket batching can leave a few extra partial batches at the very end of an epoch).
+    """
+
+    def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
+                 verify: Verify = "size", pad_text: PadText = "max_length", prefetch: int = 2,
+                 latent_dtype: LatentOut = "float32"):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        # "checksum": sha256 of every shard file up front; "size": sizes + footers up front, and
+        # Parquet page CRCs as pages are read (a flipped byte raises); "none": no checks at all
+        self.verify = verify
+        if verify != "none":
+            verify_shards(self.root, self.manifest, checksum=verify == "checksum")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        dr, dw = _dist_rank_world()
+        self.rank = dr if rank is None else rank
+        self.world_size = dw if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={self.rank}, world_size={self.world_size}")
+        self.drop_last = drop_last
+        self.pad_text = pad_text
+        self.latent_dtype = latent_dtype
+        self.prefetch = max(0, prefetch)
+        self.text_length = int(self.manifest["text_encoder"]["max_length"])
+        # one unit = one row group = one latent shape
+        self.units: list[tuple[str, int, int, tuple[int, ...]]] = []
+        for s in self.manifest["shards"]:
+            for g, rg in enumerate(s["row_groups"]):
+                self.units.append((s["file"], g, int(rg["rows"]), tuple(rg["latent_shape"])))
+        self.epoch = 0
+        self._consumed = 0
+
+    # --- plan (metadata only) -----------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._consumed = 0
+
+    def __len__(self) -> int:
+        """Rows in the whole dataset (all ranks)."""
+        return sum(u[2] for u in self.units)
+
+    def plan(self, epoch: int, reader: int, readers: int) -> list[Item]:
+        """The items (one row each, or bucket batches) reader `reader` of `readers` yields in `epoch`."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.units)) if self.shuffle else np.arange(len(self.units))
+        total = sum(u[2] for u in self.units)
+        lo, hi = reader * total // readers, (reader + 1) * total // readers
+        rows: list[tuple[int, int]] = []
+        pos = 0
+        for u in order:
+            n = self.units[u][2]
+            a, b = max(lo, pos), min(hi, pos + n)
+            if a < b:
+                local = np.arange(a - pos, b - pos)
+                if self.shuffle:
+                    local = rng.permutation(local)
+                rows.extend((int(u), int(r)) for r in local)
+            pos += n
+        if self.batch_size is None:
+            return [[r] for r in rows]
+        items: list[Item] = []
+        pending: dict[tuple[int, ...], Item] = {}
+        for r in rows:
+            buf = pending.setdefault(self.units[r[0]][3], [])
+            buf.append(r)
+            if len(buf) == self.batch_size:
+                items.append(list(buf))
+                buf.clear()
+        if not self.drop_last:
+            items.extend(b for b in pending.values() if b)
+        return items
+
+    # --- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self._consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this dataset has seed {self.seed}; "
+                             "build the dataset with the same seed to resume")
+        self.epoch = int(state["epoch"])
+        self._consumed = int(state["consumed"])
+
+    # --- reading ------------------------------------------------------------------------------
+    def _load_unit(self, u: int, rows: list[int]) -> _Unit:
+        """Rows `rows` (in the order they will be consumed) of unit `u`, decoded into whole arrays."""
+        file, g, _, shape = self.units[u]
+        path = self.root / file
+        try:
+            pf = pq.ParquetFile(path, page_checksum_verification=self.verify != "none")
+            t = pf.read_row_group(g, columns=_COLUMNS)
+        except (OSError, pa.ArrowException) as e:
+            raise ShardError(f"shard {path} row group {g} is unreadable ({e}); it is corrupt or truncated, "
+                             "re-run the encode job") from e
+        t = t.take(pa.array(rows))  # consumption order: a batch is then usually a contiguous slice
+        where = f"{path} row group {g}"
+        # (N, C, T, H, W) float32 in one allocation and one pass (numpy: see binary_column_to_float32)
+        dtypes = t.column(S.LATENT_DTYPE).to_pylist()
+        lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(), dtypes,
+                                    f"{where} latent", as_float32=self.latent_dtype == "float32")
+        lat_t = torch.from_numpy(lat)
+        if dtypes and dtypes[0] == "bfloat16" and self.latent_dtype == "stored":
+            lat_t = lat_t.view(torch.bfloat16)  # uint16 bit patterns -> bf16, no copy
+        txt = binary_column_to_float32(t.column(S.TEXT_EMBEDDING), t.column(S.TEXT_EMBEDDING_SHAPE).to_pylist(),
+                                       t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(), f"{where} text_embedding")
+        length = self.text_length
+        if self.pad_text == "longest":  # the row group's longest caption: far fewer zeros to write and move
+            length = min(length, max((e.shape[0] for e in txt), default=1))
+        dim = txt[0].shape[1] if txt else 0
+        emb = np.zeros((len(rows), length, dim), np.float32)  # (N, L, D), zero past each caption's tokens
+        mask = np.zeros((len(rows), length), np.bool_)
+        for k, e in enumerate(txt):
+            n = min(e.shape[0], length)
+            emb[k, :n] = e[:n]
+            mask[k, :n] = True
+        return _Unit(t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist(), lat_t,
+                     torch.from_numpy(emb), torch.from_numpy(mask), {r: k for k, r in enumerate(rows)})
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        # important: a restarted DataLoader asks worker 0 first, but the next item in the saved
+        # stream belongs to worker (consumed % nw); so new worker w plays the part of old worker
+        # (w + consumed) % nw, and skips the items that worker already yielded.
+        wid = (wid + self._consumed) % nw
+        items = self.plan(self.epoch, self.rank * nw + wid, self.world_size * nw)
+        skip = math.ceil((self._consumed - wid) / nw) if self._consumed > wid else 0
+        items = items[skip:]
+        need: dict[int, list[int]] = {}  # unit -> its rows this reader needs, in consumption order
+        for it in items:
+            for u, r in it:
+                need.setdefault(u, []).append(r)
+        remaining = {u: len(rs) for u, rs in need.items()}
+        order = list(need)  # units in the order they are first needed
+        # Row groups are read and decoded `prefetch` ahead in a thread (pyarrow and numpy release
+        # the GIL), so reading overlaps with the consumer: the training step, or the next decode.
+        pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
+        pending: dict[int, Future] = {}
+        cache: dict[int, _Unit] = {}
+        first_needed = 0
+        try:
+            for it in items:
+                for u, _ in it:
+                    if u in cache:
+                        continue
+                    if pool is None:
+                        cache[u] = self._load_unit(u, need[u])
+                    else:
+                        for v in order[first_needed : first_needed + 1 + self.prefetch]:
+                            if v not in pending and v not in cache:
+                                pending[v] = pool.submit(self._load_unit, v, need[v])
+                        cache[u] = pending.pop(u).result()
+                    first_needed += 1
+                if self.batch_size is None:
+                    ((u, r),) = it
+                    out = cache[u].sample(r)
+                elif len({u for u, _ in it}) == 1:
+                    out = cache[it[0][0]].batch([r for _, r in it])
+                else:
+                    out = collate([cache[u].sample(r) for u, r in it])
+                for u, _ in it:
+                    remaining[u] -= 1
+                    if remaining[u] == 0:
+                        del cache[u]
+                self._consumed += 1
+                yield out
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Unit:
+    """One row group's rows as whole tensors; samples and contiguous batches are views."""
+
+    def __init__(self, ids: list[str], caps: list[str], lat: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor,
+                 pos: dict[int, int]):
+        self.ids, self.caps, self.lat, self.emb, self.mask, self.pos = ids, caps, lat, emb, mask, pos
+
+    def sample(self, r: int) -> dict[str, Any]:
+        k = self.pos[r]
+        return {"clip_id": self.ids[k], "caption": self.caps[k], "latent": self.lat[k],
+                "text_embedding": self.emb[k], "text_mask": self.mask[k]}
+
+    def batch(self, rows: list[int]) -> dict[str, Any]:
+        ks = [self.pos[r] for r in rows]
+        if ks == list(range(ks[0], ks[0] + len(ks))):
+            sl = slice(ks[0], ks[0] + len(ks))  # the usual case: a view, no copy
+            return {"clip_id": self.ids[sl], "caption": self.caps[sl], "latent": self.lat[sl],
+                    "text_embedding": self.emb[sl], "text_mask": self.mask[sl]}
+        return collate([self.sample(r) for r in rows])
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack same-shape samples: latent [B, C, T, H, W], text_embedding [B, L, D], text_mask [B, L]."""
+    return {
+        "clip_id": [s["clip_id"] for s in samples],
+        "caption": [s["caption"] for s in samples],
+        # np.stack, not torch.stack: see latents.shards.binary_column_to_float32 on allocation cost
+        "latent": _stack([s["latent"] for s in samples]),
+        "text_embedding": torch.from_numpy(np.stack([s["text_embedding"].numpy() for s in samples])),
+        "text_mask": torch.from_numpy(np.stack([s["text_mask"].numpy() for s in samples])),
+    }
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
+    if ts[0].dtype == torch.bfloat16:  # numpy has no bf16: stack the bit patterns
+        return torch.from_numpy(np.stack([t.view(torch.int16).numpy() for t in ts])).view(torch.bfloat16)
+    return torch.from_numpy(np.stack([t.numpy() for t in ts]))

@@ -1,0 +1,222 @@
+"""A DiT over spacetime latent tubelets, text-conditioned, for packed variable-size batches.
+
+Per block: adaLN-Zero modulated self-attention (3D RoPE, block-diagonal over packed samples),
+cross-attention to the sample's own text tokens (keys/values from text, as in LDM/PixArt-α),
+adaLN-Zero modulated MLP. The conditioning vector is timestep embedding + pooled text.
+A final adaLN layer maps tokens back to tubelet values (unpatchified by `packing.unpack`).
+
+References: Peebles & Xie 2023, "Scalable Diffusion Models with Transformers" (facebookresearch/DiT
+models.py: adaLN-Zero, TimestepEmbedder, FinalLayer); Rombach et al. 2022 (LDM cross-attention);
+Su et al. 2021 (RoPE), factorised per axis as in Lumina/Open-Sora for (t, y, x).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latents.dit.packing import Packed, pack, unpack
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    in_channels: int = 4  # latent channels C
+    text_dim: int = 16  # text embedding width D
+    patch: tuple[int, int, int] = (1, 2, 2)  # tubelet (p_t, p_h, p_w)
+    hidden: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    rope_theta: float = 10000.0
+    pooled_text: bool = True  # add pooled text to the adaLN conditioning
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise ValueError(
+                f"hidden must split into heads of even width: hidden={self.hidden}, heads={self.heads}; "
+                f"choose hidden = heads * an even number"
+            )
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.patch[0] * self.patch[1] * self.patch[2]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiTConfig:
+        return cls(**{**d, "patch": tuple(d["patch"])})
+
+    def sized(self, in_channels: int, text_dim: int) -> DiTConfig:
+        """The same architecture for a given latent channel count and text width."""
+        return DiTConfig.from_dict({**self.to_dict(), "in_channels": in_channels, "text_dim": text_dim})
+
+
+# Named sizes (DiT-S/B/L widths and depths); in_channels/text_dim are set from the data via `sized`.
+PRESETS: dict[str, DiTConfig] = {
+    "tiny": DiTConfig(hidden=64, depth=2, heads=4),
+    "S": DiTConfig(hidden=384, depth=12, heads=6),
+    "B": DiTConfig(hidden=768, depth=12, heads=12),
+    "L": DiTConfig(hidden=1024, depth=24, heads=16),
+}
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Split a head's width over (t, y, x); each part even. y and x get 3/8 each, t the rest."""
+    hw = 2 * ((head_dim * 3 // 8) // 2)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_angles(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer positions (R, N, 3) -> cos, sin (R, 1, N, head_dim/2) for factorised 3D RoPE."""
+    parts = []
+    for axis, d in enumerate(rope_axes(head_dim)):
+        freqs = 1.0 / theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d)
+        parts.append(pos[..., axis, None].float() * freqs)  # (R, N, d/2)
+    ang = torch.cat(parts, dim=-1).unsqueeze(1)  # (R, N, hd/2) -> (R, 1, N, hd/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (R, h, N, hd) by the angles."""
+    x1, x2 = x[..., 0::2].float(), x[..., 1::2].float()
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (R, h, N, hd/2, 2)
+    return out.flatten(-2).to(x.dtype)  # (R, h, N, hd/2, 2) -> (R, h, N, hd)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of float timesteps (S,) in [0, 1000) -> (S, dim) (as in DiT)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self (with RoPE) or cross (keys/values from `ctx`), with a boolean mask."""
+
+    def __init__(self, dim: int, heads: int, ctx_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(ctx_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hd = dim // heads
+        # qk-norm keeps attention logits bounded under bf16 (as in SD3 / Lumina).
+        self.q_norm, self.k_norm = nn.RMSNorm(hd, eps=1e-6), nn.RMSNorm(hd, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        r, n, d = x.shape
+        h = self.heads
+        q = self.q(x).view(r, n, h, d // h).transpose(1, 2)  # (R, N, D) -> (R, h, N, hd)
+        k, v = self.kv(ctx).view(r, ctx.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)  # -> 2 x (R, h, M, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(r, n, d))  # (R, h, N, hd) -> (R, N, D)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.hidden
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(d, cfg.heads)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.cross = Attention(d, cfg.heads, ctx_dim=cfg.text_dim)
+        self.norm3 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, self_mask: torch.Tensor | None,
+                cross_mask: torch.Tensor, has_text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # per token (R, N, D) each
+        h = modulate(self.norm1(x), sh1, sc1)
+        x = x + g1 * self.attn(h, h, self_mask, rope)
+        # a token whose sample has no text (dropped caption) gets no cross-attention update.
+        x = x + self.cross(self.norm2(x), text, cross_mask) * has_text
+        return x + g2 * self.mlp(modulate(self.norm3(x), sh2, sc2))
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        self.x_embed = nn.Linear(cfg.patch_dim, d)  # tubelet embedding (a linear map of p_t*p_h*p_w*C values)
+        self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_pool = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.final = nn.Linear(d, cfg.patch_dim)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity, and the output starts at zero.
+        for blk in self.blocks:
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+            nn.init.zeros_(blk.cross.proj.weight)  # cross-attention also starts as a no-op
+        for layer in (self.final_ada[-1], self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, packed: Packed, t: torch.Tensor) -> torch.Tensor:
+        """Packed tokens and per-sample timesteps t (S,) in [0, 1000) -> per-token prediction (R, N, patch_dim)."""
+        s = packed.num_samples
+        c = self.t_embed(timestep_embedding(t, 256).to(self.x_embed.weight.dtype))  # (S, D)
+        valid = packed.text_seg >= 0  # (R, M)
+        owner = packed.text_seg.clamp(min=0)
+        counts = torch.zeros(s, device=t.device).index_add_(0, owner[valid], torch.ones_like(owner[valid], dtype=torch.float))
+        if self.cfg.pooled_text:
+            sums = torch.zeros(s, packed.text.shape[-1], device=t.device, dtype=packed.text.dtype)
+            sums.index_add_(0, owner[valid], packed.text[valid])
+            c = c + self.text_pool(sums / counts.clamp(min=1)[:, None]) * (counts > 0)[:, None]
+        c_tok = packed.gather_rows(c)  # (S, D) -> (R, N, D)
+        seg = packed.seg
+        # block-diagonal self-attention mask; padding attends to padding (never NaN, discarded).
+        self_mask = None
+        if packed.num_samples != seg.shape[0] or bool((seg < 0).any()):
+            self_mask = (seg[:, :, None] == seg[:, None, :]).unsqueeze(1)  # (R, N, N) -> (R, 1, N, N)
+        cross = (seg[:, :, None] == packed.text_seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, N, M)
+        has_text = cross.any(-1, keepdim=True)  # (R, N, 1)
+        # important: a query row with no allowed key makes SDPA return NaN; open it and zero the result.
+        cross = (cross | ~has_text).unsqueeze(1)  # (R, N, M) -> (R, 1, N, M)
+        has_text = has_text.to(c.dtype)
+        rope = rope_angles(packed.pos, self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta)
+        x = self.x_embed(packed.tokens)
+        text = packed.text.to(x.dtype)
+        for blk in self.blocks:
+            x = blk(x, c_tok, text, self_mask, cross, has_text, rope)
+        shift, scale = self.final_ada(c_tok).chunk(2, dim=-1)
+        return self.final(modulate(self.final_norm(x), shift, scale))
+
+    def forward_latents(self, latents: list[torch.Tensor] | torch.Tensor, t: torch.Tensor,
+                        text: torch.Tensor, text_mask: torch.Tensor, max_tokens: int | None = None) -> list[torch.Tensor]:
+        """Convenience: latents [C, T, H, W] each, t (S,), text (S, L, D), mask (S, L) -> predictions like latents."""
+        p = self.cfg.patch
+        packed = pack(list(latents), list(text), list(text_mask), p, max_tokens)
+        return unpack(packed, self(packed, t), p)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,374 @@
+"""Latent training shards: a rolling Parquet writer, the manifest, and a checking reader.
+
+Layout (OUT/latents/):
+  shard-<run>-00000.parquet ...   full CLIP_SCHEMA; every row group holds ONE latent shape
+  _manifest.json                  schema version, VAE + text encoder ids and constants, buckets,
+                                  counts, per-shard sha256 / bytes / rows / row groups, round-trip PSNR
+important: the manifest's name starts with "_" because pyarrow (pandas.read_parquet, Ray,
+`datasets`) reads every other file of a directory as Parquet; `_`-prefixed files are skipped.
+
+Latents and text embeddings are raw little-endian bytes plus shape and dtype columns, so
+fp16/bf16/fp32 round-trip exactly and any reader (pandas, Ray, `datasets`) can open them.
+Patterns: webdataset `ShardWriter` (rolls over by count and size), video2dataset
+`data_writer.py` (per-shard stats), nanoGPT `prepare.py` (an artifact says how to read it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from curate import schema as S
+from curate.storage import write_json_atomic
+
+MANIFEST_NAME = "_manifest.json"
+MANIFEST_FORMAT = "tubelet.latent-shards/1"
+SHARD_PREFIX = "shard-"
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+class ShardError(RuntimeError):
+    """A shard or its manifest is missing, corrupt, truncated or inconsistent."""
+
+
+# --- bytes <-> tensor ----------------------------------------------------------------------
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, dt in DTYPES.items():
+        if dt == dtype:
+            return name
+    raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
+
+
+def tensor_to_bytes(t: torch.Tensor) -> tuple[bytes, list[int], str]:
+    """A tensor -> (raw bytes, shape, dtype name); exact for float32/float16/bfloat16."""
+    name = dtype_name(t.dtype)
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes(), [int(s) for s in t.shape], name
+
+
+def _check_len(nbytes: int, shape: list[int], dtype: str, where: str) -> None:
+    if dtype not in _ITEMSIZE:
+        raise ShardError(f"{where}: dtype must be one of {list(_ITEMSIZE)}, got {dtype!r}")
+    want = math.prod(shape) * _ITEMSIZE[dtype]
+    if nbytes != want:
+        raise ShardError(f"{where}: {nbytes} bytes do not match shape {shape} of {dtype} ({want} bytes): "
+                         "the shard is corrupt or truncated; re-run the encode job")
+
+
+def bytes_to_tensor(buf: bytes | memoryview, shape: list[int], dtype: str, where: str = "tensor") -> torch.Tensor:
+    """Raw bytes -> tensor of exactly that dtype and shape (a copy; raises ShardError on a size mismatch)."""
+    _check_len(len(buf), list(shape), dtype, where)
+    return torch.frombuffer(bytearray(buf), dtype=DTYPES[dtype]).reshape(list(shape))
+
+
+def to_float32(buf: np.ndarray, dtype: str) -> np.ndarray:
+    """A uint8 view of raw bytes -> float32 array (one pass; bf16 widened by shifting into the high half)."""
+    if dtype == "float32":
+        return buf.view(np.float32).copy()
+    if dtype == "float16":
+        return buf.view(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        wide = buf.view(np.uint16).astype(np.uint32)
+        wide <<= 16  # in place: bf16 is the high half of a float32
+        return wide.view(np.float32)
+    raise ShardError(f"dtype must be one of {list(_ITEMSIZE)}, got {dtype!r}")
+
+
+def binary_column_to_float32(
+    arr: pa.Array, shapes: list[list[int] | None], dtypes: list[str | None], where: str
+) -> list[np.ndarray]:
+    """A Parquet binary column -> float32 numpy arrays, reading the Arrow buffer without per-row bytes objects.
+
+    Raises ShardError on a null or wrongly sized value: a reader never invents zeros.
+    important: returns numpy (wrap with torch.from_numpy, zero-copy): numpy's large allocations
+    use huge pages, while fresh torch CPU tensors page-fault every 4 KiB, which on the VMs we
+    measured made allocating output tensors cost more than reading the Parquet file.
+    """
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if arr.null_count:
+        first = arr.is_null().to_pylist().index(True)
+        raise ShardError(f"{where}: row {first} has no value; the shard is incomplete, re-run the encode job")
+    _, offsets_buf, data_buf = arr.buffers()
+    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    out = []
+    for i, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+        if shape is None or dtype is None:
+            raise ShardError(f"{where}: row {i} has no shape/dtype; the shard is incomplete, re-run the encode job")
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        _check_len(b - a, shape, dtype, f"{where} row {i}")
+        out.append(to_float32(data[a:b], dtype).reshape(shape))
+    return out
+
+
+# --- writer ---------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shape_key(shape: Any) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+ShardCallback = Callable[[pa.Table], dict[str, Any]]
+
+
+class ShardWriter:
+    """Context manager writing CLIP_SCHEMA rows into shards: one latent shape per row group,
+    a new shard after `max_rows` rows or `max_bytes` bytes, atomic shard files, and the
+    manifest written last (so old shards + old manifest stay valid until the new set is complete).
+
+    `write(table)` accepts the schema's columns plus extra per-row metric columns named in
+    `metric_columns` (e.g. round-trip PSNR); those are summarised per shard in the manifest
+    and not stored in the shard.
+    """
+
+    def __init__(self, root: str | Path, meta: dict[str, Any], *, schema: pa.Schema = S.CLIP_SCHEMA,
+                 max_rows: int = 10_000, max_bytes: int = 1 << 30, row_group_rows: int = 256,
+                 metric_columns: tuple[str, ...] = (), run_id: str | None = None):
+        if max_rows < 1 or max_bytes < 1 or row_group_rows < 1:
+            raise ValueError(f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}")
+        self.root = Path(root)
+        self.meta = meta
+        self.schema = schema
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.row_group_rows = min(row_group_rows, max_rows)
+        self.metric_columns = metric_columns
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self._buffers: dict[str, list[pa.Table]] = {}
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._cur: dict[str, Any] = {}
+        self._metrics: dict[str, list[float]] = {}
+        self.shards: list[dict[str, Any]] = []
+        self._closed = False
+
+    def __enter__(self) -> ShardWriter:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        shapes = table.column(S.LATENT_SHAPE).to_pylist()
+        if any(s is None for s in shapes) or table.column(S.LATENT).null_count:
+            raise ShardError("every row written to a shard must have a latent and latent_shape; "
+                             "filter to encoded (status ok) rows first")
+        keys = np.array([_shape_key(s) for s in shapes])
+        for key in dict.fromkeys(keys.tolist()):
+            idx = np.flatnonzero(keys == key)
+            buf = self._buffers.setdefault(key, [])
+            buf.append(table.take(pa.array(idx)))
+            while sum(t.num_rows for t in buf) >= self.row_group_rows:
+                whole = pa.concat_tables(buf)
+                self._write_group(whole.slice(0, self.row_group_rows))
+                rest = whole.slice(self.row_group_rows)
+                buf[:] = [rest] if rest.num_rows else []
+
+    def _write_group(self, group: pa.Table) -> None:
+        n = group.num_rows
+        if self._writer is not None and (self._cur["rows"] + n > self.max_rows or self._cur["bytes"] >= self.max_bytes):
+            self._finish_shard()
+        if self._writer is None:
+            self._open_shard()
+        for name in self.metric_columns:
+            if name in group.column_names:
+                self._metrics.setdefault(name, []).extend(
+                    float(v) for v in group.column(name).to_pylist() if v is not None)
+        data = group.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(data, row_group_size=n)
+        shape = group.column(S.LATENT_SHAPE)[0].as_py()
+        self._cur["rows"] += n
+        self._cur["bytes"] += data.nbytes
+        self._cur["row_groups"].append({"rows": n, "latent_shape": shape})
+
+    def _open_shard(self) -> None:
+        name = f"{SHARD_PREFIX}{self.run_id}-{len(self.shards):05d}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        # raw tensor bytes do not compress; everything else does
+        compression = {n: ("none" if n in (S.LATENT, S.TEXT_EMBEDDING) else "zstd") for n in self.schema.names}
+        self._writer = pq.ParquetWriter(tmp, self.schema, compression=compression, write_page_checksum=True)
+        self._cur = {"file": name, "rows": 0, "bytes": 0, "row_groups": []}
+        self._metrics = {}
+
+    def _finish_shard(self) -> None:
+        assert self._writer is not None and self._tmp is not None
+        self._writer.close()
+        with open(self._tmp, "rb") as f:
+            os.fsync(f.fileno())
+        entry = dict(self._cur)
+        entry["bytes"] = self._tmp.stat().st_size
+        entry["sha256"] = _sha256(self._tmp)
+        entry["metrics"] = {k.lstrip("_"): {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
+                            for k, v in self._metrics.items() if v}
+        os.chmod(self._tmp, 0o644)  # mkstemp makes 0600; shards are read by other users' jobs
+        os.replace(self._tmp, self.root / entry["file"])
+        self.shards.append(entry)
+        self._writer, self._tmp = None, None
+
+    def close(self) -> dict[str, Any]:
+        """Flush partial row groups, finalize the last shard, write the manifest, drop stale shards."""
+        if self._closed:
+            return self.manifest()
+        for key in list(self._buffers):
+            buf = self._buffers.pop(key)
+            if buf:
+                self._write_group(pa.concat_tables(buf))
+        if self._writer is not None:
+            self._finish_shard()
+        manifest = self.manifest()
+        write_json_atomic(manifest, self.root / MANIFEST_NAME)
+        keep = {s["file"] for s in self.shards}
+        for old in self.root.glob(f"{SHARD_PREFIX}*.parquet"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+        self._closed = True
+        return manifest
+
+    def abort(self) -> None:
+        """Leave the previous manifest and its shards as they were; remove this run's files."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        for s in self.shards:
+            (self.root / s["file"]).unlink(missing_ok=True)
+        self._closed = True
+
+    def manifest(self) -> dict[str, Any]:
+        by_shape: dict[str, int] = {}
+        for s in self.shards:
+            for g in s["row_groups"]:
+                k = _shape_key(g["latent_shape"])
+                by_shape[k] = by_shape.get(k, 0) + g["rows"]
+        return {
+            "format": MANIFEST_FORMAT,
+            "schema_version": S.SCHEMA_VERSION,
+            "columns": self.schema.names,
+            **self.meta,
+            "counts": {"rows": sum(s["rows"] for s in self.shards), "shards": len(self.shards),
+                       "by_latent_shape": by_shape, **self.meta.get("counts", {})},
+            "shards": self.shards,
+        }
+
+
+# --- reader ---------------------------------------------------------------------------------
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(root) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ShardError(f"no {MANIFEST_NAME} in {root}: not a finished latent shard folder; "
+                         "run `python -m jobs.encode` to completion first") from e
+    except ValueError as e:
+        raise ShardError(f"{path} is not valid JSON ({e}); re-run `python -m jobs.encode`") from e
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{path}: format must be {MANIFEST_FORMAT!r}, got {manifest.get('format')!r}")
+    major = str(manifest.get("schema_version", "")).split(".")[0]
+    if major != S.SCHEMA_VERSION.split(".")[0]:
+        raise ShardError(f"{path}: schema version {manifest.get('schema_version')!r} is not readable by this "
+                         f"tubelet (schema {S.SCHEMA_VERSION}); re-encode or use a matching tubelet")
+    return manifest
+
+
+def verify_shards(root: str | Path, manifest: dict[str, Any] | None = None, checksum: bool = True) -> dict[str, Any]:
+    """Check every shard of the manifest: present, same size, sha256 (if `checksum`), Parquet footer rows."""
+    root = Path(root)
+    manifest = manifest or read_manifest(root)
+    for s in manifest["shards"]:
+        path = root / s["file"]
+        if not path.is_file():
+            raise ShardError(f"shard {path} listed in the manifest is missing; re-run the encode job")
+        size = path.stat().st_size
+        if size != s["bytes"]:
+            raise ShardError(f"shard {path} has {size} bytes, the manifest says {s['bytes']}: truncated or "
+                             "replaced; re-run the encode job")
+        if checksum:
+            digest = _sha256(path)
+            if digest != s["sha256"]:
+                raise ShardError(f"shard {path} failed its sha256 checksum (manifest {s['sha256'][:16]}..., "
+                                 f"file {digest[:16]}...): the file is corrupt; re-run the encode job")
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ShardError(f"shard {path} is not readable Parquet ({e}); re-run the encode job") from e
+        if rows != s["rows"]:
+            raise ShardError(f"shard {path} has {rows} rows, the manifest says {s['rows']}; re-run the encode job")
+    return manifest
+
+
+def shard_files(root: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
+    manifest = manifest or read_manifest(root)
+    return [Path(root) / s["file"] for s in manifest["shards"]]
+
+
+_RAW_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as uint16 bits
+
+
+def binary_column_stacked(
+    arr: pa.Array, shape: tuple[int, ...], shapes: list[list[int] | None], dtypes: list[str | None], where: str,
+    as_float32: bool = True,
+) -> np.ndarray:
+    """A binary column whose rows all hold `shape` -> one array (N, *shape), in one pass: float32,
+    or (as_float32=False) the stored values as they are (bfloat16 as its uint16 bit patterns).
+
+    Same checks as `binary_column_to_float32` (nulls, shapes, byte counts raise ShardError).
+    """
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if len(set(dtypes)) > 1 or any(list(s or []) != list(shape) for s in shapes):
+        bad = next(i for i, s in enumerate(shapes) if list(s or []) != list(shape)) if shapes else 0
+        raise ShardError(f"{where}: row {bad} has shape {shapes[bad]}/dtype {dtypes[bad]}, the manifest says "
+                         f"{list(shape)} for every row of this row group; re-run the encode job")
+    if not len(arr):
+        return np.zeros((0, *shape), np.float32)
+    if arr.null_count:
+        first = arr.is_null().to_pylist().index(True)
+        raise ShardError(f"{where}: row {first} has no value; the shard is incomplete, re-run the encode job")
+    _, offsets_buf, data_buf = arr.buffers()
+    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
+    dtype = dtypes[0]
+    per = math.prod(shape) * _ITEMSIZE.get(str(dtype), 0)
+    sizes = np.diff(offsets)
+    if not per or np.any(sizes != per):
+        i = int(np.flatnonzero(sizes != per)[0]) if per else 0
+        _check_len(int(sizes[i]), list(shape), str(dtype), f"{where} row {i}")
+    data = np.frombuffer(data_buf, np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    if not as_float32:
+        return data.view(_RAW_NP[str(dtype)]).reshape(len(arr), *shape).copy()
+    return to_float32(data, str(dtype)).reshape(len(arr), *shape)

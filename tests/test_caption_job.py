@@ -1,0 +1,83 @@
+"""jobs.caption: CLI validation, stale-part handling, and one real Ray run with resume."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from captioner.stage import SMOKE, caption_hash
+from curate import schema as S
+from curate.errors import UsageError
+from curate.storage import is_done, read_parts, write_parquet_atomic
+from jobs import caption as job
+from tests.caption_helpers import make_clips
+
+
+def _scored(tmp: Path, n: int = 6) -> tuple[Path, list[dict]]:
+    spans = [((i * 7) % 80, (i * 7) % 80 + 3 + (i * 5) % 14) for i in range(n)]
+    _, rows = make_clips(tmp / "media", spans, [i % 3 != 2 for i in range(n)])
+    t = S.table_from_rows(rows)
+    write_parquet_atomic(t.slice(0, n // 2), tmp / "scored" / "part-0.parquet")
+    write_parquet_atomic(t.slice(n // 2), tmp / "scored" / "part-1.parquet")
+    return tmp / "scored", rows
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--num-gpus", "-1"], "--num-gpus must be >= 0"),
+    (["--concurrency", "0"], "--concurrency must be >= 1"),
+])
+def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
+    scored, _ = _scored(tmp_path, 2)
+    rc = job.cli(["--input", str(scored), "--output", str(tmp_path / "out"), "--preset", "smoke", *args])
+    assert rc == 2 and msg in capsys.readouterr().err
+
+
+def test_missing_input_is_a_usage_error(tmp_path, capsys):
+    assert job.cli(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
+    assert "run the score stage first" in capsys.readouterr().err
+
+
+def test_parts_of_another_config_are_removed_and_crash_window_is_marked(tmp_path):
+    out = tmp_path / "captions"
+    rows = [{S.CLIP_ID: "a", S.CONFIG_HASH: "old"}, {S.CLIP_ID: "b", S.CONFIG_HASH: "new"}]
+    write_parquet_atomic(S.table_from_rows(rows[:1]), out / "part-old.parquet")
+    write_parquet_atomic(S.table_from_rows(rows[1:]), out / "part-new.parquet")  # written, marker missing
+    assert job._reconcile(out, "new") == 1
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-new.parquet"]
+    assert is_done(out, "caption", "b", "new")
+
+
+@pytest.fixture
+def local_ray(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))  # inherited by workers
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # job.main starts a fresh local instance
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_job_captions_kept_clips_and_resumes(tmp_path, local_ray):
+    scored, rows = _scored(tmp_path)
+    cap = replace(SMOKE, batch_size=2)
+    cfg = job.CaptionJobConfig(input=str(scored), output=str(tmp_path / "captions"), caption=cap, num_cpus=2)
+    s1 = job.main(cfg)
+    kept = [r[S.CLIP_ID] for r in rows if r[S.KEPT]]
+    assert s1["captioned"] + s1["errors"] == len(kept) and s1["errors"] == 0
+    assert s1["model_calls"] >= 2 and 0.0 <= s1["model_wait_share"] < 1.0
+    out = read_parts(tmp_path / "captions", S.CLIP_SCHEMA)
+    S.validate(out, "caption")
+    assert sorted(out.column(S.CLIP_ID).to_pylist()) == sorted(kept)  # only kept clips, each once
+    assert set(out.column(S.CONFIG_HASH).to_pylist()) == {caption_hash(cap)}
+    s2 = job.main(replace(cfg, caption=replace(cap, batch_size=3)))  # resume: nothing to do, no Ray plan runs
+    assert s2["skipped_done"] == len(kept) and s2["captioned"] == 0
+    assert read_parts(tmp_path / "captions", S.CLIP_SCHEMA).num_rows == len(kept)
+    # more actors (or GPUs) than the 2-CPU cluster has: a clear error, not a hang
+    with pytest.raises(UsageError, match="lower --concurrency"):
+        job.main(replace(cfg, output=str(tmp_path / "c2"), concurrency=3))
+    with pytest.raises(UsageError, match="GPUs in the Ray cluster, got 0"):
+        job.main(replace(cfg, output=str(tmp_path / "c3"), num_gpus=1))

@@ -1,0 +1,151 @@
+"""The jobs.split Ray plan: local run, resume after SIGKILL, and `ray job submit` on 127.0.0.1."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curate import schema as S
+from curate.storage import read_parts
+from tests.media import bad_inputs, two_shot_video
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.ray
+
+
+def _env():
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _clip_set(out: Path) -> list[tuple]:
+    t = read_parts(out / "clips", S.CLIP_SCHEMA)
+    return sorted(zip(t.column(S.CLIP_ID).to_pylist(), t.column(S.SOURCE_URI).to_pylist(),
+                      t.column(S.START_FRAME).to_pylist(), t.column(S.END_FRAME).to_pylist()))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("in") / "input dir ü"
+    for i in range(6):
+        two_shot_video(d / f"v{i}.mp4", seconds=2.5 + 0.25 * i)
+    bad = bad_inputs(d / "bad", d / "v0.mp4")
+    bad["missing"].unlink(missing_ok=True)
+    return d
+
+
+def _run(inputs, out, **kw):
+    return subprocess.run([sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out)],
+                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    r = _run(inputs, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_local_run_writes_the_contract(reference, inputs):
+    out, stdout = reference
+    clips = read_parts(out / "clips", S.CLIP_SCHEMA)
+    S.validate(clips, upto="split")
+    videos = read_parts(out / "videos", S.VIDEO_SCHEMA)
+    assert videos.num_rows == 11  # one row per input, bad ones included
+    status = dict(zip(videos.column(S.SOURCE_URI).to_pylist(), videos.column(S.STATUS).to_pylist()))
+    assert sum(s == S.STATUS_ERROR for s in status.values()) == 5
+    ok = clips.filter(clips.column(S.STATUS).to_numpy(zero_copy_only=False) == S.STATUS_OK)
+    assert ok.num_rows == 12  # 6 videos x 2 shots
+    summary = json.loads((out / "summary" / "split.json").read_text())
+    assert summary["videos_error"] == 5 and summary["clips_total_in_output"] == 12
+    assert "5 error" in stdout
+    assert not list(out.rglob(".*.tmp"))  # no temporary files left behind
+
+
+def test_rerun_skips_everything(reference, inputs, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    before = {p: p.stat().st_mtime_ns for p in (out / "clips").glob("*.parquet")}
+    r = _run(inputs, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "summary" / "split.json").read_text())["videos_skipped_already_done"] == 11
+    assert {p: p.stat().st_mtime_ns for p in (out / "clips").glob("*.parquet")} == before
+
+
+def test_sigkill_then_resume_gives_the_same_clips(reference, inputs, tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out),
+                          "--concurrency", "1"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and len(list((out / "_done" / "split").glob("*"))) < 3:
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        p.wait()
+    done = len(list((out / "_done" / "split").glob("*")))
+    assert 0 < done < 11, "the kill must land mid-run"
+    r = _run(inputs, out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _clip_set(out) == _clip_set(reference[0])
+    ids = [c[0] for c in _clip_set(out)]
+    assert len(ids) == len(set(ids))
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def test_ray_job_submit_on_loopback(inputs, tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = _env()
+    port = "8299"
+    # important: a `--block` head in its own process group, killed as a group afterwards, so
+    # the test stops only this cluster (`ray stop` would kill every Ray on the machine).
+    log = (tmp_path / "head.log").open("w")  # open as long as the head process runs
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", "6399",
+         "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", port, "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/version", 120)  # loopback only
+        out = tmp_path / "out"
+        submit = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{port}", "--working-dir", str(REPO),
+                  "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out"]}),
+                  "--", sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out)]
+        r = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert "succeeded" in r.stdout.lower()
+        clips = read_parts(out / "clips", S.CLIP_SCHEMA)
+        S.validate(clips, upto="split")
+        assert pq.read_table(next((out / "videos").glob("*.parquet"))).num_rows == 1
+        assert json.loads((out / "summary" / "split.json").read_text())["videos"] == 11
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()

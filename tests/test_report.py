@@ -1,0 +1,198 @@
+"""The run report: funnel numbers equal the tables, links resolve, previews animate, data is escaped.
+
+OUT is built without Ray: jobs.split.process_one (the split job's unit of work) on two generated
+videos and one bad file, then deterministic scores through the real filter cascade and
+jobs.score.funnel_report (what the score job writes), then a captions part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from curate import score
+from curate.filters import FilterConfig, Rule, apply_cascade
+from curate.schema import (
+    AESTHETIC,
+    BLACK_FRACTION,
+    BRIGHTNESS,
+    CAPTION,
+    CAPTION_MODEL,
+    CAPTION_SHORT,
+    CLIP_SCHEMA,
+    DROP_REASON,
+    IS_STATIC,
+    KEPT,
+    MOTION,
+    PROMPT_VERSION,
+    SHARPNESS,
+    STATUS,
+    STATUS_ERROR,
+    STATUS_OK,
+    VIDEO_SCHEMA,
+    set_columns,
+)
+from curate.split import SplitConfig
+from curate.storage import read_parts, write_json_atomic, write_parquet_atomic
+from curate.synth import Segment, make_video
+from jobs import report
+from jobs.report_html import RANDOM_MODELS_WARNING
+from jobs.score import funnel_report
+from jobs.split import process_one
+
+EVIL = "<script>alert('x')</script> a red & blue ball"
+FILTERS = FilterConfig(rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(SHARPNESS, ">=", 100.0),
+                              Rule(AESTHETIC, ">=", share=0.7)), near_dup_cosine=None)
+
+
+def _split_out(tmp_path: Path) -> Path:
+    """OUT with videos/ and clips/ written by the split job's per-video function (no Ray)."""
+    src = tmp_path / "in"
+    make_video(src / "cuts.mp4", [Segment("shot", 36, 0), Segment("shot", 36, 1), Segment("shot", 36, 3)],
+               fps=24, width=160, height=96)
+    make_video(src / "still_then_fast.mp4", [Segment("shot", 36, 2, speed=0.0), Segment("shot", 36, 3, speed=3.0)],
+               fps=24, width=160, height=96)
+    (src / "broken.mp4").write_text("not a video\n")
+    out = tmp_path / "out"
+    cfg = SplitConfig(min_seconds=0.5, max_seconds=1.0)  # 1.5 s shots -> two windows each
+    for name in ("cuts.mp4", "still_then_fast.mp4", "broken.mp4"):
+        process_one(str(src / name), cfg, str(out))
+    return out
+
+
+def _score_out(out: Path) -> pa.Table:
+    """OUT/scored + funnel.json as the score job writes them, with deterministic scores."""
+    clips = read_parts(out / "clips", CLIP_SCHEMA)
+    n = clips.num_rows
+    ok = [s == STATUS_OK for s in clips.column(STATUS).to_pylist()]
+    scores = {
+        MOTION: [0.3 * i if o else None for i, o in enumerate(ok)],
+        SHARPNESS: [60.0 + 25.0 * i if o else None for i, o in enumerate(ok)],
+        BRIGHTNESS: [100.0 + i if o else None for i, o in enumerate(ok)],
+        BLACK_FRACTION: [0.9 if i == 1 else 0.0 if o else None for i, o in enumerate(ok)],
+        AESTHETIC: [float((i * 7) % 5) if o else None for i, o in enumerate(ok)],
+        IS_STATIC: [i % 4 == 0 if o else None for i, o in enumerate(ok)],
+    }
+    table, steps = apply_cascade(set_columns(clips, scores), FILTERS)
+    write_parquet_atomic(table, out / "scored" / "part-00000.parquet")
+    cfg = dataclasses.replace(score.SMOKE, filters=FILTERS)
+    write_json_atomic(funnel_report(steps, table, cfg), out / "scored" / "funnel.json")
+    assert n >= 8 and sum(table.column(KEPT).to_pylist()) >= 2  # the fixture exercises both groups
+    return table
+
+
+def _caption_out(out: Path, scored: pa.Table) -> pa.Table:
+    kept = scored.filter(pa.array([bool(k) for k in scored.column(KEPT).to_pylist()]))
+    n = kept.num_rows
+    caps = set_columns(kept, {CAPTION: [EVIL] + [f"caption {i}" for i in range(1, n)],
+                              CAPTION_SHORT: ["short"] * n, CAPTION_MODEL: ["smoke:qwen2_5_vl"] * n,
+                              PROMPT_VERSION: ["v1"] * n})
+    write_parquet_atomic(caps, out / "captions" / "part-abc.parquet")
+    return caps
+
+
+def _links(page: str) -> list[str]:
+    return re.findall(r'(?:src|href)="([^"]*)"', page)
+
+
+def _count(page: str, attr: str, key: str) -> int:
+    m = re.search(rf'data-{attr}="{re.escape(html.escape(key, quote=True))}">(\d+)<', page)
+    assert m, f"no data-{attr}={key!r} cell in the page"
+    return int(m[1])
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, pa.Table, pa.Table]:
+    out = _split_out(tmp_path_factory.mktemp("report"))
+    scored = _score_out(out)
+    return out, scored, _caption_out(out, scored)
+
+
+def test_report_of_a_smoke_run(full_run):
+    out, scored, caps = full_run
+    index = report.write_report(out, run_config={"preset": "smoke", "note": "<b>bold</b>"},
+                                stage_timings={"split": 1.5, "score": 2.25}, preset_name="smoke", random_models=True)
+    page = index.read_text()
+    assert index == out / "report" / "index.html"
+    assert RANDOM_MODELS_WARNING in page.splitlines()[0]
+    body = page.split("<body>", 1)[1]
+    assert body.lstrip().startswith('<div class="banner" id="random-models">')
+
+    # every picture or link is relative and exists on disk (the page opens from disk)
+    links = _links(page)
+    assert links and all(not re.match(r"^(/|[a-z]+:)", u) for u in links)
+    assert all((index.parent / u).is_file() for u in links), [u for u in links if not (index.parent / u).is_file()]
+
+    # previews: one animated GIF per ok clip shown (the still clip too), histograms as PNG
+    gifs = [index.parent / u for u in links if u.endswith(".gif")]
+    ok = [r for r in scored.to_pylist() if r[STATUS] == STATUS_OK]
+    assert len(gifs) == len(ok)  # all fit under the cap of 24 per group
+    for g in gifs:
+        with Image.open(g) as im:
+            assert im.format == "GIF" and im.n_frames > 1
+    pngs = {Path(u).name for u in links if u.endswith(".png")}
+    assert pngs == {f"hist-{c}.png" for c in (AESTHETIC, MOTION, SHARPNESS, BRIGHTNESS, BLACK_FRACTION, IS_STATIC)}
+
+    # the funnel equals the tables
+    videos = read_parts(out / "videos", VIDEO_SCHEMA)
+    clips = read_parts(out / "clips", CLIP_SCHEMA)
+    kept = [bool(k) for k in scored.column(KEPT).to_pylist()]
+    assert _count(page, "key", "videos_in") == videos.num_rows == 3
+    assert _count(page, "key", "videos_error") == videos.column(STATUS).to_pylist().count(STATUS_ERROR) == 1
+    assert _count(page, "key", "clips_split") == clips.column(STATUS).to_pylist().count(STATUS_OK)
+    assert _count(page, "key", "kept") == sum(kept)
+    assert _count(page, "key", "dropped") == len(kept) - sum(kept)
+    assert _count(page, "key", "captioned") == caps.num_rows
+    drops = Counter(report.reason_key(d) for d, k in zip(scored.column(DROP_REASON).to_pylist(), kept) if not k)
+    assert {"black_fraction <= 0.5", "sharpness >= 100"} <= set(drops) and any("cutoff" in d for d in drops)
+    for reason, n in drops.items():
+        assert _count(page, "drop", reason) == n
+    assert 'data-key="encoded">not run<' in page
+    assert re.search(r"id='not-run'>[^<]*encode", page) and "caption," not in page.split("id='not-run'>")[1][:80]
+
+    # data is escaped: the only markup is ours
+    assert "<script" not in page and "<b>bold</b>" not in page
+    assert html.escape(EVIL, quote=True) in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and ">2.25<" in page  # run config and timings shown
+
+    # thresholds drawn: the absolute rules from funnel.json, the percentile cutoff from drop reasons
+    lines = report.thresholds_of(report.load_outputs(out), {MOTION: 0.5})
+    assert [ln.value for ln in lines[SHARPNESS]] == [100.0] and [ln.value for ln in lines[MOTION]] == [0.5]
+    assert len(lines[AESTHETIC]) == 1 and "cutoff" in lines[AESTHETIC][0].label
+
+    # the CLI rebuilds the same page from OUT alone (config and timings kept in report/run.json)
+    first_gif = gifs[0].stat().st_mtime_ns
+    assert report.main(["--output", str(out)]) == 0
+    again = index.read_text()
+    assert RANDOM_MODELS_WARNING in again.splitlines()[0] and "&lt;b&gt;bold&lt;/b&gt;" in again
+    assert gifs[0].stat().st_mtime_ns == first_gif  # previews are reused, not decoded again
+
+
+def test_report_after_split_only_says_what_has_not_run(tmp_path, capsys):
+    out = _split_out(tmp_path)
+    index = report.write_report(out, max_previews=2)
+    page = index.read_text()
+    assert page.splitlines()[0] == "<!DOCTYPE html>" and RANDOM_MODELS_WARNING not in page
+    assert re.search(r"id='not-run'>[^<]*score \+ filter, caption, encode", page)
+    assert 'data-key="kept">not run<' in page and _count(page, "key", "videos_in") == 3
+    assert "hist-" not in page
+    gifs = [u for u in _links(page) if u.endswith(".gif")]
+    assert len(gifs) == 2 and all((index.parent / u).is_file() for u in gifs)
+    assert _count(page, "key", "videos_error") == 1 and "broken.mp4" in page  # the bad input, by reason
+
+    # a later stage's output alone: counted, and its smoke flag alone puts the warning first
+    write_json_atomic({"format": "x", "smoke": True, "counts": {"rows": 3, "shards": 1}, "shards": []},
+                      out / "latents" / "_manifest.json")
+    page = report.write_report(out, max_previews=2).read_text()
+    assert RANDOM_MODELS_WARNING in page.splitlines()[0]
+    assert _count(page, "key", "encoded") == 3 and _count(page, "key", "shards") == 1
+
+    assert report.main(["--output", str(tmp_path / "nope")]) == 2
+    assert "--output must be an existing run folder" in capsys.readouterr().err
