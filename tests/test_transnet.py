@@ -8,6 +8,7 @@ on real runs).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,21 @@ def test_gpu_matches_cpu(decoded: dict) -> None:
     assert next(gpu_det.scorer.model.parameters()).is_cuda
     assert (gpu.cuts, gpu.excluded) == (cpu.cuts, cpu.excluded)
     np.testing.assert_allclose(gpu.frame_score, cpu.frame_score, atol=1e-3)
+
+
+@pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
+def test_split_clips_avoid_transitions_and_cover_single_shots(detector: str, full_runs: dict, hybrid_runs: dict,
+                                                               ground_truth: dict) -> None:
+    """Through split's clip policy (curate.split.clip_spans), on the detectors' outputs."""
+    from curate.shot_metrics import clips_crossing_cuts, clips_touching
+    from curate.split import SplitConfig, clip_spans
+
+    cfg = SplitConfig(detector=detector)
+    for name, tr in _results(detector, full_runs, hybrid_runs).items():
+        gt = ground_truth[name]
+        spans = [(s.start, s.end) for s in clip_spans(tr, cfg)[0]]
+        assert not clips_touching(spans, forbidden_frames(gt)), name
+        assert not clips_crossing_cuts(spans, gt["cuts"]), name
+        if not gt["cuts"] and not forbidden_frames(gt) and tr.pts[-1] >= cfg.min_seconds:
+            assert spans[0][0] == 0 and spans[-1][1] == gt["frames"], (name, spans)
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), (name, spans)
