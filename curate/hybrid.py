@@ -17,7 +17,7 @@ only differ where TransNetV2 would fire on a frame no candidate or sample reache
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -151,9 +151,9 @@ class HybridDetector:
     frame_size: tuple[int, int] | None = FRAME_SIZE
     target_area = FRAME_SIZE[0] * FRAME_SIZE[1]
 
-    def __init__(self, cfg: HybridConfig = DEFAULT) -> None:
-        self.cfg = cfg
-        self.scorer = TransNetScorer(cfg.transnet)  # the model loads on first use (once per actor)
+    def __init__(self, cfg: HybridConfig = DEFAULT, *, device: str | None = None) -> None:
+        self.cfg = cfg if device is None else replace(cfg, transnet=replace(cfg.transnet, device=device))
+        self.scorer = TransNetScorer(self.cfg.transnet)  # the model loads on first use (once per actor)
         self.frames_seen = 0  # with scorer.windows_run: the share of frames the model saw
 
     def load(self) -> None:

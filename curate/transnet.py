@@ -13,7 +13,7 @@ does. We score windows in batches (`TransNetConfig.batch_size`), on the GPU when
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -185,9 +185,9 @@ class TransNetDetector:
     frame_size: tuple[int, int] | None = FRAME_SIZE
     target_area = FRAME_SIZE[0] * FRAME_SIZE[1]
 
-    def __init__(self, cfg: TransNetConfig = DEFAULT) -> None:
-        self.cfg = cfg
-        self.scorer = TransNetScorer(cfg)  # the model loads on first use (once per actor)
+    def __init__(self, cfg: TransNetConfig = DEFAULT, *, device: str | None = None) -> None:
+        self.cfg = cfg if device is None else replace(cfg, device=device)
+        self.scorer = TransNetScorer(self.cfg)  # the model loads on first use (once per actor)
 
     def load(self) -> None:
         self.scorer.load()
