@@ -62,4 +62,11 @@ def submit(address: str, args: list[str], timeout: float = 600) -> subprocess.Co
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out", "*.mp4"]}),
            "--", sys.executable, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=ray_env(), timeout=timeout)
+    # important: the dashboard answers before the head's job agent has registered; a submit in
+    # that window fails with "No available agent to submit job" and is safe to retry.
+    deadline = time.time() + 90
+    while True:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=ray_env(), timeout=timeout)
+        if r.returncode == 0 or "No available agent" not in r.stdout + r.stderr or time.time() > deadline:
+            return r
+        time.sleep(2)
