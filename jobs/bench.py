@@ -13,6 +13,7 @@ BENCHES = {
     "shards": "jobs.bench_shards",
     "train": "jobs.bench_train",
     "curate": "jobs.bench_curate",
+    "detect": "jobs.bench_detect",
 }
 
 
