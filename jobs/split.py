@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import schema as S
 from curate.errors import UsageError
@@ -92,7 +93,7 @@ def _task(cfg: SplitConfig, out: str):
 
 def summarize(rows: list[dict], out: str, wall: float) -> dict:
     clips = read_parts(Path(out) / "clips", S.CLIP_SCHEMA)
-    ok = clips.filter(pa.compute.equal(clips.column(S.STATUS), S.STATUS_OK))
+    ok = clips.filter(pc.equal(clips.column(S.STATUS), S.STATUS_OK))
     errors = Counter(f"{r['failed_stage']}: {r['error']}" for r in rows if r["status"] == S.STATUS_ERROR)
     return {
         "videos": len(rows),
@@ -101,7 +102,7 @@ def summarize(rows: list[dict], out: str, wall: float) -> dict:
         "videos_error": sum(r["status"] == S.STATUS_ERROR for r in rows),
         "clips_total_in_output": ok.num_rows,
         "clips_this_run": sum(r["num_clips"] or 0 for r in rows),
-        "clip_seconds_total": float(pa.compute.sum(pa.compute.subtract(ok.column(S.END_PTS), ok.column(S.START_PTS))).as_py() or 0.0),
+        "clip_seconds_total": float(pc.sum(pc.subtract(ok.column(S.END_PTS), ok.column(S.START_PTS))).as_py() or 0.0),
         "errors_by_reason": dict(errors.most_common()),
         "wall_seconds": round(wall, 2),
     }

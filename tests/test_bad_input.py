@@ -72,3 +72,22 @@ def test_bad_arguments_exit_2_with_the_rule(tmp_path, args, needle):
     r = subprocess.run([sys.executable, "-m", "jobs.split", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert needle in r.stderr and "got" in r.stderr
+
+
+def test_unwritable_output_fails_fast(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    two_shot_video(tmp_path / "in" / "a.mp4")
+    for job in ("jobs.split", "jobs.curate"):
+        r = subprocess.run([sys.executable, "-m", job, "--input", str(tmp_path / "in"), "--output",
+                            str(blocker / "out")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (job, r.stderr[-2000:])
+        assert "must be writable" in r.stderr and "pass a writable --output" in r.stderr
+
+
+def test_full_disk_fails_fast(tmp_path):
+    from curate.errors import UsageError
+    from curate.storage import check_writable
+
+    with pytest.raises(UsageError, match="MiB free"):
+        check_writable(tmp_path, min_free_bytes=1 << 62)

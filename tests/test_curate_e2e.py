@@ -4,6 +4,7 @@ one sampled video; every output is checked against the schema and the manifest. 
 actor killed mid-run: Ray restarts it and every clip still comes out exactly once."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -125,3 +126,32 @@ def test_model_actor_killed_mid_run(inputs, submitted, tmp_path):
     a = pd.read_parquet(out / "scored").set_index("clip_id").kept.sort_index()
     b = pd.read_parquet(submitted[0] / "scored").set_index("clip_id").kept.sort_index()
     assert a.equals(b)
+
+
+def test_whole_run_killed_then_resumed(inputs, submitted, tmp_path):
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(inputs), "--output", str(out),
+                          "--preset", "smoke", "--batch-size", "1", "--no-report"],
+                         env=ray_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and p.poll() is None and _stream_parts(out) < 2:
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        p.wait()
+    staged_before = _stream_parts(out)
+    assert staged_before >= 2 and not (out / "summary" / "curate.json").exists(), "the kill must land mid-run"
+    r = subprocess.run([sys.executable, "-m", "jobs.curate", "--input", str(inputs), "--output", str(out),
+                        "--preset", "smoke", "--no-report"], env=ray_env(), cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((out / "summary" / "curate.json").read_text())
+    ref = json.loads((submitted[0] / "summary" / "curate.json").read_text())
+    assert summary["rows_streamed"] < ref["rows_streamed"]  # the staged clips were not redone
+    for key in ("clips", "scored", "kept", "captioned", "encoded"):
+        assert summary[key] == ref[key], key
+    a = pd.read_parquet(out / "latents").clip_id.sort_values().tolist()
+    b = pd.read_parquet(submitted[0] / "latents").clip_id.sort_values().tolist()
+    assert a == b and len(a) == len(set(a))
