@@ -44,15 +44,17 @@ def _fraction(x: Any) -> float | None:
     return float(x) if x is not None and x.denominator else None
 
 
-def probe(path: str | Path, count_frames: bool = False) -> dict[str, Any]:
-    """One row of the videos table; unreadable inputs give a status=error row (never raise)."""
+def probe(path: str | Path, count_frames: bool = False, video_id: str | None = None) -> dict[str, Any]:
+    """One row of the videos table; unreadable inputs give a status=error row (never raise).
+
+    `video_id`: the file's content id when the caller already hashed it (saves reading it twice)."""
     uri = str(path)
     try:
         size = os.stat(path).st_size
     except OSError as e:
         return error_row(uri, video_id_of_missing(uri), "probe", f"cannot read file: {e.strerror}")
     try:
-        vid = video_id_of_file(path)
+        vid = video_id or video_id_of_file(path)
     except OSError as e:
         return error_row(uri, video_id_of_missing(uri), "probe", f"cannot read file: {e.strerror}", **{S.SIZE_BYTES: size})
     if size == 0:

@@ -201,20 +201,23 @@ class _Guarded:
             self.error = e.reason
 
 
-def split_video(path: str | Path, cfg: SplitConfig, detector: Detector | None = None) -> tuple[dict, list[dict]]:
+def split_video(
+    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None
+) -> tuple[dict, list[dict]]:
     """Probe and split one video. Returns (videos-table row, clip rows); never raises under
-    on_error="record": failures become a status=error video row and one error clip row."""
-    video, rows, _ = split_video_detailed(path, cfg, detector)
+    on_error="record": failures become a status=error video row and one error clip row.
+    `video_id`: the content id when the caller already hashed the file."""
+    video, rows, _ = split_video_detailed(path, cfg, detector, video_id)
     return video, rows
 
 
 def split_video_detailed(
-    path: str | Path, cfg: SplitConfig, detector: Detector | None = None
+    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None
 ) -> tuple[dict, list[dict], Transitions | None]:
     """`split_video`, also returning the detector's raw output (None when it did not run)."""
     tr: Transitions | None = None
     cfg_hash = config_hash(cfg)
-    video = probe(path)
+    video = probe(path, video_id=video_id)
     video[S.CONFIG_HASH] = cfg_hash
     if video[S.STATUS] != S.STATUS_OK:
         if cfg.on_error == "raise":

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from curate import schema as S
 from curate.errors import UsageError
-from curate.ids import video_id_of_file, video_id_of_missing
+from curate.ids import video_id_of_file
 from curate.split import DETECTORS, SplitConfig, split_video
 from curate.storage import (
     check_writable,
@@ -66,13 +66,13 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
     out_p = Path(out)
     video_part = out_p / "videos" / f"part-{source_key(uri)}.parquet"
     try:
-        vid = video_id_of_file(uri)
+        vid: str | None = video_id_of_file(uri)
     except OSError:
-        vid = video_id_of_missing(uri)
-    if is_done(out, STAGE, vid, cfg_hash) and video_part.exists():
+        vid = None
+    if vid is not None and is_done(out, STAGE, vid, cfg_hash) and video_part.exists():
         return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
                 "seconds": time.perf_counter() - t0}
-    video, clips = split_video(uri, cfg)
+    video, clips = split_video(uri, cfg, video_id=vid)  # the file is hashed once
     write_parquet_atomic(S.table_from_rows(clips), out_p / "clips" / f"part-{video[S.VIDEO_ID]}.parquet")
     write_parquet_atomic(S.table_from_rows([video], S.VIDEO_SCHEMA), video_part)
     # important: the marker goes last; a kill before it just redoes this video.
