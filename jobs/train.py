@@ -50,7 +50,10 @@ def open_dataset(shards: str) -> Sequence[dict]:
                          f"jobs.encode): got {shards}; run the encode stage first or pass its OUT/latents")
     from latents.dataset import LatentDataset
 
-    return list(LatentDataset(shards, batch_size=None, shuffle=False, rank=0, world_size=1))
+    # stored dtype (bf16/fp16) and text padded to the longest caption of each row group: half
+    # the memory of float32; the trainer widens each sample where it computes
+    return list(LatentDataset(shards, batch_size=None, shuffle=False, rank=0, world_size=1,
+                              latent_dtype="stored", pad_text="longest"))
 
 
 def data_facts(shards: str, data: Sequence[dict]) -> dict:

@@ -11,7 +11,8 @@ CONTRACT (shared with latents/dit, the trainer):
    "text_mask": torch.BoolTensor [L]}   with L = manifest text_encoder.max_length.
   Options (defaults keep the above): `pad_text="longest"` pads to the longest caption of the
   row group instead (L varies between batches; far less to move); `latent_dtype="stored"`
-  yields latents in their stored dtype (e.g. bf16; upcast on the GPU).
+  yields latents and text embeddings in their stored dtype (e.g. bf16; upcast on the GPU:
+  half the bytes to move, and the widening costs the host nothing).
   Samples of one row group share memory: treat them as read-only (or .clone()).
 - `batch_size=None`: variable-size samples (for packing, NaViT style).
   `batch_size=B`: bucket-homogeneous batches (all samples share one latent shape), stacked:
@@ -41,14 +42,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 from curate import schema as S
 from latents.shards import (
     ShardError,
+    binary_column_padded,
     binary_column_stacked,
-    binary_column_to_float32,
     read_manifest,
+    value_digest,
     verify_shards,
 )
 
-_COLUMNS = [S.CLIP_ID, S.CAPTION, S.LATENT, S.LATENT_SHAPE, S.LATENT_DTYPE, S.TEXT_EMBEDDING,
-            S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE]
+_BIG = [S.LATENT, S.TEXT_EMBEDDING]
+_SMALL = [S.CLIP_ID, S.CAPTION, S.LATENT_SHAPE, S.LATENT_DTYPE, S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE]
+_COLUMNS = _BIG + _SMALL
 Verify = Literal["checksum", "size", "none"]
 PadText = Literal["max_length", "longest"]
 LatentOut = Literal["float32", "stored"]
@@ -79,11 +82,13 @@ class LatentDataset(IterableDataset):
     def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
                  verify: Verify = "size", pad_text: PadText = "max_length", prefetch: int = 2,
-                 latent_dtype: LatentOut = "float32"):
+                 latent_dtype: LatentOut = "float32", threads: int = 2):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         # "checksum": sha256 of every shard file up front; "size": sizes + footers up front, and
-        # Parquet page CRCs as pages are read (a flipped byte raises); "none": no checks at all
+        # each row group checked the first time this object reads it (xxh3 digests of the latent
+        # and text columns from the manifest, Parquet page CRCs for the rest): a flipped byte
+        # raises; "none": no checks. Either way a bad shard raises, it never reads as zeros.
         self.verify = verify
         if verify != "none":
             verify_shards(self.root, self.manifest, checksum=verify == "checksum")
@@ -99,14 +104,21 @@ class LatentDataset(IterableDataset):
         self.pad_text = pad_text
         self.latent_dtype = latent_dtype
         self.prefetch = max(0, prefetch)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (row groups decoded at once), got {threads}")
+        self.threads = threads
         self.text_length = int(self.manifest["text_encoder"]["max_length"])
         # one unit = one row group = one latent shape
         self.units: list[tuple[str, int, int, tuple[int, ...]]] = []
+        self.digests: list[dict[str, str] | None] = []  # per unit; None: shards written before digests
         for s in self.manifest["shards"]:
             for g, rg in enumerate(s["row_groups"]):
                 self.units.append((s["file"], g, int(rg["rows"]), tuple(rg["latent_shape"])))
+                self.digests.append(rg.get("digests"))
         self.epoch = 0
         self._consumed = 0
+        self._verified: set[int] = set()  # units checked by this object: later epochs skip the checks
+        self._footers: dict[Path, pq.FileMetaData] = {}
 
     # --- plan (metadata only) -----------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -160,39 +172,69 @@ class LatentDataset(IterableDataset):
         self._consumed = int(state["consumed"])
 
     # --- reading ------------------------------------------------------------------------------
-    def _load_unit(self, u: int, rows: list[int]) -> _Unit:
-        """Rows `rows` (in the order they will be consumed) of unit `u`, decoded into whole arrays."""
-        file, g, _, shape = self.units[u]
-        path = self.root / file
+    def _read(self, path: Path, g: int, columns: list[str], page_crc: bool) -> pa.Table:
         try:
-            pf = pq.ParquetFile(path, page_checksum_verification=self.verify != "none")
-            t = pf.read_row_group(g, columns=_COLUMNS)
+            meta = self._footers.get(path)  # parse each footer once (46 columns of CLIP_SCHEMA)
+            # memory_map: pages are decoded straight from the page cache, one copy fewer
+            pf = pq.ParquetFile(path, page_checksum_verification=page_crc, memory_map=True, metadata=meta)
+            self._footers[path] = pf.metadata
+            # use_threads=False: row groups are already decoded `threads` at a time
+            return pf.read_row_group(g, columns=columns, use_threads=False)
         except (OSError, pa.ArrowException) as e:
             raise ShardError(f"shard {path} row group {g} is unreadable ({e}); it is corrupt or truncated, "
                              "re-run the encode job") from e
-        t = t.take(pa.array(rows))  # consumption order: a batch is then usually a contiguous slice
-        where = f"{path} row group {g}"
-        # (N, C, T, H, W) float32 in one allocation and one pass (numpy: see binary_column_to_float32)
+
+    def _read_checked(self, u: int) -> pa.Table:
+        """Unit `u`'s columns; checked the first time this dataset reads it (see `verify`)."""
+        file, g, _, _ = self.units[u]
+        path = self.root / file
+        digests = self.digests[u]
+        if self.verify == "none" or u in self._verified:
+            return self._read(path, g, _COLUMNS, page_crc=False)
+        if not digests:  # shards written before digests: Parquet page CRCs on every column
+            t = self._read(path, g, _COLUMNS, page_crc=True)
+        else:
+            # small columns keep Parquet's page CRCs; the two big ones are checked against the
+            # manifest's xxh3 digests instead (same protection, a fraction of the cost)
+            small = self._read(path, g, _SMALL, page_crc=True)
+            t = self._read(path, g, _BIG, page_crc=False)
+            for name, want in digests.items():
+                got = value_digest(t.column(name))
+                if got != want:
+                    raise ShardError(f"{path} row group {g}: column {name} failed its checksum (manifest {want}, "
+                                     f"read {got}): the shard is corrupt; re-run the encode job")
+            for name in _SMALL:
+                t = t.append_column(small.schema.field(name), small.column(name))
+        self._verified.add(u)
+        return t
+
+    def _load_unit(self, u: int, rows: list[int]) -> _Unit:
+        """Rows `rows` (in the order they will be consumed) of unit `u`, decoded into whole arrays."""
+        file, g, _, shape = self.units[u]
+        where = f"{self.root / file} row group {g}"
+        t = self._read_checked(u)
+        idx = np.asarray(rows, np.int64)  # consumption order: a batch is then usually a contiguous slice
+        stored = self.latent_dtype == "stored"
+        # (N, C, T, H, W) in one allocation and one pass that gathers and widens (see binary_column_stacked)
         dtypes = t.column(S.LATENT_DTYPE).to_pylist()
         lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(), dtypes,
-                                    f"{where} latent", as_float32=self.latent_dtype == "float32")
+                                    f"{where} latent", as_float32=not stored, rows=idx)
         lat_t = torch.from_numpy(lat)
-        if dtypes and dtypes[0] == "bfloat16" and self.latent_dtype == "stored":
+        if lat.dtype == np.uint16:
             lat_t = lat_t.view(torch.bfloat16)  # uint16 bit patterns -> bf16, no copy
-        txt = binary_column_to_float32(t.column(S.TEXT_EMBEDDING), t.column(S.TEXT_EMBEDDING_SHAPE).to_pylist(),
-                                       t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(), f"{where} text_embedding")
+        t_shapes = t.column(S.TEXT_EMBEDDING_SHAPE).to_pylist()
         length = self.text_length
-        if self.pad_text == "longest":  # the row group's longest caption: far fewer zeros to write and move
-            length = min(length, max((e.shape[0] for e in txt), default=1))
-        dim = txt[0].shape[1] if txt else 0
-        emb = np.zeros((len(rows), length, dim), np.float32)  # (N, L, D), zero past each caption's tokens
-        mask = np.zeros((len(rows), length), np.bool_)
-        for k, e in enumerate(txt):
-            n = min(e.shape[0], length)
-            emb[k, :n] = e[:n]
-            mask[k, :n] = True
-        return _Unit(t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist(), lat_t,
-                     torch.from_numpy(emb), torch.from_numpy(mask), {r: k for k, r in enumerate(rows)})
+        if self.pad_text == "longest":  # the unit's longest caption: far fewer zeros to write and move
+            length = min(length, max((int(t_shapes[r][0]) for r in rows if t_shapes[r]), default=1))
+        emb, mask = binary_column_padded(t.column(S.TEXT_EMBEDDING), t_shapes,
+                                         t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(), f"{where} text_embedding",
+                                         idx, length, as_float32=not stored)  # (N, L, D), (N, L)
+        emb_t = torch.from_numpy(emb)
+        if emb.dtype == np.uint16:
+            emb_t = emb_t.view(torch.bfloat16)
+        ids, caps = t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist()
+        return _Unit([ids[r] for r in rows], [caps[r] for r in rows], lat_t, emb_t, torch.from_numpy(mask),
+                     {r: k for k, r in enumerate(rows)})
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -210,9 +252,10 @@ class LatentDataset(IterableDataset):
                 need.setdefault(u, []).append(r)
         remaining = {u: len(rs) for u, rs in need.items()}
         order = list(need)  # units in the order they are first needed
-        # Row groups are read and decoded `prefetch` ahead in a thread (pyarrow and numpy release
-        # the GIL), so reading overlaps with the consumer: the training step, or the next decode.
-        pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
+        # Row groups are read and decoded `prefetch` ahead in up to `threads` threads (pyarrow and
+        # numpy release the GIL), so reading overlaps with the consumer (the training step) and
+        # with itself, as pyarrow.parquet.read_table decodes columns on all cores.
+        pool = ThreadPoolExecutor(max_workers=min(self.threads, self.prefetch)) if self.prefetch else None
         pending: dict[int, Future] = {}
         cache: dict[int, _Unit] = {}
         first_needed = 0
@@ -275,7 +318,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "caption": [s["caption"] for s in samples],
         # np.stack, not torch.stack: see latents.shards.binary_column_to_float32 on allocation cost
         "latent": _stack([s["latent"] for s in samples]),
-        "text_embedding": torch.from_numpy(np.stack([s["text_embedding"].numpy() for s in samples])),
+        "text_embedding": _stack([s["text_embedding"] for s in samples]),
         "text_mask": torch.from_numpy(np.stack([s["text_mask"].numpy() for s in samples])),
     }
 

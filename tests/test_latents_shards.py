@@ -85,24 +85,48 @@ def test_manifest_records_how_to_read_the_latents(tmp_path, encoded):
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
-def test_flipped_byte_fails_the_checksum_and_never_reads_as_zeros(tmp_path, encoded):
-    table, meta = encoded
-    m = _write(tmp_path, table, meta)
-    shard = tmp_path / m["shards"][0]["file"]
+def _flip_inside(shard: Path, value: bytes) -> None:
     data = bytearray(shard.read_bytes())
-    latent = table.column(S.LATENT)[0].as_py()
-    at = data.find(latent[:64]) + 32  # inside the first stored latent
+    at = data.find(value[:64]) + 32  # inside the stored value
     assert at > 32
     data[at] ^= 0x01
     shard.write_bytes(bytes(data))
+
+
+def test_flipped_byte_fails_the_checksum_and_never_reads_as_zeros(tmp_path, encoded):
+    table, meta = encoded
+    m = _write(tmp_path, table, meta)
+    assert all(g["digests"][S.LATENT].startswith("xxh3_64:") for s in m["shards"] for g in s["row_groups"])
+    clean = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path)}
+    _flip_inside(tmp_path / m["shards"][0]["file"], table.column(S.LATENT)[0].as_py())
     with pytest.raises(ShardError, match="sha256"):
         verify_shards(tmp_path, checksum=True)
     with pytest.raises(ShardError, match="sha256"):
         LatentDataset(tmp_path, verify="checksum")
-    # without the up-front file checksum, Parquet page checksums stop the read
+    # without the up-front file checksum, the row group's digest stops the read
     ds = LatentDataset(tmp_path, verify="size", shuffle=False)
-    with pytest.raises(ShardError, match="corrupt"):
+    with pytest.raises(ShardError, match=r"latent failed its checksum.*corrupt"):
         list(ds)
+    # with no checks at all the flipped value comes through: the checks above are what catch it
+    read = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, verify="none")}
+    assert sum(not torch.equal(read[k], clean[k]) for k in clean) == 1
+
+
+@pytest.mark.parametrize("column", [S.LATENT, S.TEXT_EMBEDDING])
+@pytest.mark.parametrize("digests", [True, False])
+def test_a_flipped_byte_in_either_big_column_raises(tmp_path, encoded, column, digests):
+    """With the manifest's row-group digests, or without them (manifests written before
+    digests existed): then Parquet page CRCs catch it."""
+    table, meta = encoded
+    m = _write(tmp_path, table, meta)
+    if not digests:
+        for s in m["shards"]:
+            for g in s["row_groups"]:
+                del g["digests"]
+        (tmp_path / MANIFEST_NAME).write_text(json.dumps(m))
+    _flip_inside(tmp_path / m["shards"][0]["file"], table.column(column)[0].as_py())
+    with pytest.raises(ShardError, match=f"{column} failed its checksum" if digests else "corrupt"):
+        list(LatentDataset(tmp_path, verify="size"))
 
 
 def test_truncated_shard_and_missing_manifest_are_clear_errors(tmp_path, encoded):
