@@ -316,7 +316,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "clip_id": [s["clip_id"] for s in samples],
         "caption": [s["caption"] for s in samples],
-        # np.stack, not torch.stack: see latents.shards.binary_column_to_float32 on allocation cost
+        # np.stack, not torch.stack: see latents.shards.binary_column_stacked on allocation cost
         "latent": _stack([s["latent"] for s in samples]),
         "text_embedding": _stack([s["text_embedding"] for s in samples]),
         "text_mask": torch.from_numpy(np.stack([s["text_mask"].numpy() for s in samples])),

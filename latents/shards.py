@@ -78,47 +78,6 @@ def bytes_to_tensor(buf: bytes | memoryview, shape: list[int], dtype: str, where
     return torch.frombuffer(bytearray(buf), dtype=DTYPES[dtype]).reshape(list(shape))
 
 
-def to_float32(buf: np.ndarray, dtype: str) -> np.ndarray:
-    """A uint8 view of raw bytes -> float32 array (one pass; bf16 widened by shifting into the high half)."""
-    if dtype == "float32":
-        return buf.view(np.float32).copy()
-    if dtype == "float16":
-        return buf.view(np.float16).astype(np.float32)
-    if dtype == "bfloat16":
-        wide = buf.view(np.uint16).astype(np.uint32)
-        wide <<= 16  # in place: bf16 is the high half of a float32
-        return wide.view(np.float32)
-    raise ShardError(f"dtype must be one of {list(_ITEMSIZE)}, got {dtype!r}")
-
-
-def binary_column_to_float32(
-    arr: pa.Array, shapes: list[list[int] | None], dtypes: list[str | None], where: str
-) -> list[np.ndarray]:
-    """A Parquet binary column -> float32 numpy arrays, reading the Arrow buffer without per-row bytes objects.
-
-    Raises ShardError on a null or wrongly sized value: a reader never invents zeros.
-    important: returns numpy (wrap with torch.from_numpy, zero-copy): numpy's large allocations
-    use huge pages, while fresh torch CPU tensors page-fault every 4 KiB, which on the VMs we
-    measured made allocating output tensors cost more than reading the Parquet file.
-    """
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if arr.null_count:
-        first = arr.is_null().to_pylist().index(True)
-        raise ShardError(f"{where}: row {first} has no value; the shard is incomplete, re-run the encode job")
-    _, offsets_buf, data_buf = arr.buffers()
-    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    out = []
-    for i, (shape, dtype) in enumerate(zip(shapes, dtypes)):
-        if shape is None or dtype is None:
-            raise ShardError(f"{where}: row {i} has no shape/dtype; the shard is incomplete, re-run the encode job")
-        a, b = int(offsets[i]), int(offsets[i + 1])
-        _check_len(b - a, shape, dtype, f"{where} row {i}")
-        out.append(to_float32(data[a:b], dtype).reshape(shape))
-    return out
-
-
 # --- row-group digests ----------------------------------------------------------------------
 
 DIGEST = "xxh3_64"
@@ -378,8 +337,11 @@ def binary_column_stacked(
     or (as_float32=False) the stored values as they are (bfloat16 as its uint16 bit patterns).
 
     `rows`: which rows, in which order (default: all, in storage order); the gather and the
-    widening to float32 happen in the same pass. Same checks as `binary_column_to_float32`
-    (nulls, shapes, byte counts raise ShardError).
+    widening to float32 happen in the same pass. A null, a wrong shape or byte count raises
+    ShardError: a reader never invents zeros.
+    important: returns numpy (wrap with torch.from_numpy, zero-copy): numpy's large allocations
+    use huge pages, while fresh torch CPU tensors page-fault every 4 KiB, which on the VMs we
+    measured made allocating output tensors cost more than reading the Parquet file.
     """
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if len(set(dtypes)) > 1 or any(list(s or []) != list(shape) for s in shapes):
