@@ -31,7 +31,10 @@ def test_two_ddp_workers_follow_the_single_worker_curve(tmp_path):
     from jobs.adapter import _pythonpath
 
     # important: a fresh local instance; a bare ray.init() would join any cluster that another
-    # process started on this machine with `ray start`, whose CPUs may all be taken.
+    # process started on this machine with `ray start`, whose CPUs may all be taken. An instance
+    # an earlier test left running in this process has the wrong runtime_env: replace it.
+    if ray.is_initialized():
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": "1"}},
              log_to_driver=False, configure_logging=True, logging_level="ERROR")
