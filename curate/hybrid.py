@@ -10,13 +10,17 @@ Black segments and fades to/from black come from luma for every frame, as in `tr
 
 Unambiguous hard cuts need no model. A candidate is accepted as a cut at that frame (the
 first frame of the new shot) when all of these hold (thresholds in `HybridConfig`, `cut_*`):
-its frame difference is large and at least `cut_ratio` times its +-`neighbourhood` mean; the
-frames around it are calm (no neighbour within 3 frames comes near it, so not a short
-dissolve or a two-frame flicker); the colour histogram changes most at that frame (steady on
-both sides, not a gradual change); the `cut_flash_frames` frames after it do not return to the
-look before it, nor those before it to the look after it (not a flash, nor a flash's end); and no black or luma-fade frame is near (cuts to/from black
-and fades go to the model and the luma rules). Sustained-change runs that a confident cut
-explains on its own (they lie within the cut's reach) are no candidates of their own.
+- its frame difference is large and at least `cut_ratio` times its +-`neighbourhood` mean;
+- the `cut_calm_frames` frames on each side are calm (none comes near it): not a short
+  dissolve or a two-frame flicker;
+- the colour histogram changes most at that frame and is steady on both sides: not a
+  gradual change;
+- the `cut_flash_frames` frames after it do not return to the look before it, nor those
+  before it to the look after it: not a flash, nor a flash's end;
+- no black or luma-fade frame within `cut_black_gap` frames: cuts to/from black and fades
+  go to the model and the luma rules.
+Sustained-change runs that a confident cut explains on its own (they lie within the cut's
+reach) are no candidates of their own.
 The `frame_score` of a cut accepted this way is not a model probability: it is
 `1 - 0.5 * cut_ratio / spike_ratio`, 0.5 at the acceptance threshold and approaching 1 as the
 spike grows (a cut always scores >= 0.5, as with TransNetV2's 0.5 cut threshold).
@@ -66,8 +70,8 @@ class HybridConfig:
     hist_ratio: float = 2.0  # ... candidate when their distance >= ratio * long-term median + hist_min
     hist_min: float = 0.15  # (distance: share of pixels that change bin, 0..1)
     sparse_every: int = 16  # also score one window in this many (0: none)
-    # confident hard cuts, accepted without the model (margins on the 16 real videos in the
-    # README: true cuts accepted reach ratios >= 7.7, every non-cut candidate stays <= 2.6)
+    # confident hard cuts, accepted without the model. Margins on the 16 real videos: the true
+    # cuts accepted have spike ratios 7.7-33, every non-cut candidate <= 2.5 (module docstring)
     cheap_cuts: bool = True  # False: every candidate goes to the model (the previous behaviour)
     cut_ratio: float = 5.0  # diff >= ratio * (mean diff of the +-neighbourhood, spike left out, + diff_floor)
     cut_min_diff: float = 10.0  # ... and diff >= this: a large change, not noise on static footage
