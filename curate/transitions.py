@@ -16,6 +16,7 @@ ends or starts at a black frame.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,13 +157,29 @@ def merge_excluded(n: int, ranges: list[tuple[int, int, TransitionKind]]) -> lis
 
 
 def build_transitions(
-    pts: np.ndarray, single: np.ndarray, many: np.ndarray, luma: LumaStats, cfg: SpanConfig
+    pts: np.ndarray,
+    single: np.ndarray,
+    many: np.ndarray,
+    luma: LumaStats,
+    cfg: SpanConfig,
+    known_cuts: Mapping[int, float] | None = None,
 ) -> Transitions:
-    """Everything a detector returns, from the model heads (zeros where not evaluated) and luma."""
+    """Everything a detector returns, from the model heads (zeros where not evaluated) and luma.
+
+    `known_cuts`: hard cuts found without the model (first frame of the new shot -> its
+    score in [0, 1], kept as `frame_score` there; the caller documents what that score is).
+    They join the model's cuts as they are: the caller passes only cuts whose frames the
+    model did not score.
+    """
     n = len(pts)
     cuts, spans = model_transitions(single, many, luma, cfg)
+    known = {int(c): float(v) for c, v in (known_cuts or {}).items() if 0 < c < n}
+    if known:
+        cuts = sorted(set(cuts) | set(known))
     excluded = merge_excluded(n, spans + luma_fades(luma, cfg))
     # frame_score[i]: probability that a new shot starts at frame i (`single` marks frame i - 1)
     score = np.zeros(n, np.float32)
     score[1:] = single[:-1]
+    for c, v in known.items():
+        score[c] = max(score[c], v)
     return Transitions(num_frames=n, pts=np.asarray(pts, np.float64), cuts=cuts, excluded=excluded, frame_score=score)

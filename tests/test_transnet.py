@@ -139,23 +139,31 @@ def test_hybrid_scores_a_fraction_of_windows(decoded: dict, hybrid_runs: dict) -
     total = sum(num_windows(len(yuv)) for yuv, _ in decoded.values())
     used = sum(w for _, w in hybrid_runs.values())
     print(f"hybrid: {used}/{total} model windows")
-    assert used < 0.5 * total
+    # most windows of this transition-dense data hold a cut: the clear ones skip the model
+    assert used < 0.3 * total
     # a static camera gets only the sparse safety-net windows
     assert hybrid_runs["traffic_camera.mp4"][1] <= 1
 
 
 def test_hybrid_real_run_equals_transnetv2(decoded: dict, full_runs: dict) -> None:
-    """End to end (model included): same transitions and, where scored, the same scores."""
+    """End to end (model included): same transitions and, where the model scored, the same scores.
+
+    Cuts accepted without the model keep their spike-ratio score (>= 0.5, not a probability).
+    """
+    names = ("friends-video-clip.mp4", "issue-195-aspect-ratio.mp4")
     det = HybridDetector(HybridConfig(transnet=TransNetConfig(batch_size=3)))
-    for name in ("friends-video-clip.mp4", "goldeneye-vfr-drop3.mp4"):
+    compared = 0
+    for name in names:
         tr = det.detect_array(*decoded[name])
         full = full_runs[name][0]
         assert (tr.cuts, tr.excluded) == (full.cuts, full.excluded)
+        assert (tr.frame_score[tr.cuts] >= 0.5).all()
         scored = tr.frame_score > 0
-        assert scored.any()
+        scored[tr.cuts] = False
+        compared += int(scored.sum())
         np.testing.assert_allclose(tr.frame_score[scored], full.frame_score[scored], atol=1e-4)
-    assert det.scorer.windows_run < sum(num_windows(len(decoded[n][0])) for n in
-                                        ("friends-video-clip.mp4", "goldeneye-vfr-drop3.mp4"))
+    assert compared > 0 and det.cheap_cuts > 0
+    assert 0 < det.scorer.windows_run < sum(num_windows(len(decoded[n][0])) for n in names)
 
 
 def test_candidates_propose_every_true_cut(decoded: dict, ground_truth: dict) -> None:
