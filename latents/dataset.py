@@ -5,14 +5,16 @@ CONTRACT (shared with latents/dit, the trainer):
 - `LatentDataset(root, batch_size=None | int, shuffle=True, seed=0, rank=None, world_size=None, ...)`.
 - Each sample is a dict:
   {"clip_id": str, "caption": str,
-   "latent": torch.Tensor [C, T, H, W] float32, ALREADY NORMALISED with the VAE's
-             latents mean/std and scaling factor recorded in the manifest (see latents/vae.py),
-   "text_embedding": torch.Tensor [L, D] float32 (zero past the caption's tokens),
-   "text_mask": torch.BoolTensor [L]}   with L = manifest text_encoder.max_length.
-  Options (defaults keep the above): `pad_text="longest"` pads to the longest caption of the
-  row group instead (L varies between batches; far less to move); `latent_dtype="stored"`
-  yields latents and text embeddings in their stored dtype (e.g. bf16; upcast on the GPU:
-  half the bytes to move, and the widening costs the host nothing).
+   "latent": torch.Tensor [C, T, H, W] in its stored dtype (bf16/fp16/fp32: manifest and
+             `latent_dtype` column), ALREADY NORMALISED with the VAE's latents mean/std and
+             scaling factor recorded in the manifest (see latents/vae.py),
+   "text_embedding": torch.Tensor [L, D] in its stored dtype (zero past the caption's tokens),
+   "text_mask": torch.BoolTensor [L]}   with L = the longest caption of the sample's row group
+                                        (<= manifest text_encoder.max_length).
+  Widen with `.float()` where you compute (on the GPU it is free): the host then moves half the
+  bytes. Options: `latent_dtype="float32"` widens latents and text embeddings on the host;
+  `pad_text="max_length"` pads every caption to the text encoder's max_length (a fixed L, e.g.
+  for compiled models).
   Samples of one row group share memory: treat them as read-only (or .clone()).
 - `batch_size=None`: variable-size samples (for packing, NaViT style).
   `batch_size=B`: bucket-homogeneous batches (all samples share one latent shape), stacked:
@@ -81,8 +83,8 @@ class LatentDataset(IterableDataset):
 
     def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
-                 verify: Verify = "size", pad_text: PadText = "max_length", prefetch: int = 2,
-                 latent_dtype: LatentOut = "float32", threads: int = 2):
+                 verify: Verify = "size", pad_text: PadText = "longest", prefetch: int = 2,
+                 latent_dtype: LatentOut = "stored", threads: int = 2):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         # "checksum": sha256 of every shard file up front; "size": sizes + footers up front, and

@@ -15,6 +15,7 @@ from curate import schema as S
 from latents.dataset import LatentDataset
 from latents.encode import ROUNDTRIP_PSNR, SMOKE, EncodeStage, eligible_mask, manifest_meta, prepare_batch
 from latents.shards import (
+    DTYPES,
     MANIFEST_NAME,
     ShardError,
     ShardWriter,
@@ -157,20 +158,27 @@ def test_rewrite_replaces_old_shards_only_after_the_new_manifest(tmp_path, encod
 def test_samples_follow_the_contract(tmp_path, encoded):
     table, meta = encoded
     _write(tmp_path, table, meta)
-    ds = LatentDataset(tmp_path, shuffle=False)
-    samples = list(ds)
-    assert len(samples) == 6
     by_id = {r[S.CLIP_ID]: r for r in table.to_pylist()}
-    for s in samples:
-        row = by_id[s["clip_id"]]
-        assert s["caption"] == row[S.CAPTION]
-        assert s["latent"].dtype == torch.float32 and list(s["latent"].shape) == row[S.LATENT_SHAPE]
-        stored = bytes_to_tensor(row[S.LATENT], row[S.LATENT_SHAPE], row[S.LATENT_DTYPE])
-        assert torch.equal(s["latent"], stored.float())
-        L = meta["text_encoder"]["max_length"]
-        assert s["text_embedding"].shape == (L, meta["text_encoder"]["dim"]) and s["text_mask"].shape == (L,)
-        n = row[S.TEXT_EMBEDDING_SHAPE][0]
-        assert s["text_mask"].sum() == n and s["text_embedding"][n:].abs().sum() == 0
+    longest: dict[str, int] = {}  # per latent shape = per row group here
+    for r in by_id.values():
+        key = str(r[S.LATENT_SHAPE])
+        longest[key] = max(longest.get(key, 0), r[S.TEXT_EMBEDDING_SHAPE][0])
+    assert max(longest.values()) < meta["text_encoder"]["max_length"]  # so the two paddings differ
+    for kw in ({}, {"latent_dtype": "float32", "pad_text": "max_length"}):
+        samples = list(LatentDataset(tmp_path, shuffle=False, **kw))
+        assert len(samples) == 6
+        for s in samples:
+            row = by_id[s["clip_id"]]
+            assert s["caption"] == row[S.CAPTION]
+            stored = bytes_to_tensor(row[S.LATENT], row[S.LATENT_SHAPE], row[S.LATENT_DTYPE])
+            want = stored.float() if kw else stored  # default: the stored dtype, as written
+            assert s["latent"].dtype == want.dtype and torch.equal(s["latent"], want)
+            # default: padded to the longest caption of the row group
+            L = meta["text_encoder"]["max_length"] if kw else longest[str(row[S.LATENT_SHAPE])]
+            assert s["text_embedding"].shape == (L, meta["text_encoder"]["dim"]) and s["text_mask"].shape == (L,)
+            assert s["text_embedding"].dtype == (torch.float32 if kw else DTYPES[row[S.TEXT_EMBEDDING_DTYPE]])
+            n = row[S.TEXT_EMBEDDING_SHAPE][0]
+            assert s["text_mask"].sum() == n and s["text_embedding"][n:].abs().sum() == 0
 
 
 def _ids(ds_or_loader) -> list[str]:
@@ -261,11 +269,11 @@ def test_pandas_and_datasets_readers_agree(many):
 
 def test_options_change_layout_not_content(many):
     ref = {}
-    for b in LatentDataset(many, batch_size=4, seed=3, prefetch=0):
+    for b in LatentDataset(many, batch_size=4, seed=3, prefetch=0, pad_text="max_length", latent_dtype="float32"):
         for k, cid in enumerate(b["clip_id"]):
             ref[cid] = (b["latent"][k], b["text_embedding"][k], b["text_mask"][k])
     n = 0
-    for b in LatentDataset(many, batch_size=4, seed=3, pad_text="longest", latent_dtype="stored", prefetch=3):
+    for b in LatentDataset(many, batch_size=4, seed=3, prefetch=3):  # defaults: longest, stored
         assert b["latent"].dtype == torch.float16  # the smoke preset stores fp16
         L = b["text_mask"].shape[1]
         assert LatentDataset(many).text_length > L or b["text_mask"].all(dim=1).any()
@@ -282,11 +290,11 @@ def test_bf16_shards_read_exactly_as_float32_or_stored(tmp_path):
 
     make_shards(tmp_path, rows=70, latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)], text_tokens=4, text_dim=8,
                 rows_per_shard=40)
-    f32 = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1)}
-    stored = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1, latent_dtype="stored")}
+    f32 = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1, latent_dtype="float32")}
+    stored = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1)}
     assert len(f32) == 70 and all(v.dtype == torch.bfloat16 for v in stored.values())
     assert all(torch.equal(stored[k].float(), f32[k]) for k in f32)
-    batches = list(LatentDataset(tmp_path, batch_size=16, latent_dtype="stored", seed=1))
+    batches = list(LatentDataset(tmp_path, batch_size=16, seed=1))
     assert sum(b["latent"].shape[0] for b in batches) == 70
 
 
@@ -299,7 +307,8 @@ def test_a_sampler_gets_the_vae_and_text_encoder_back_from_the_manifest(tmp_path
     m = read_manifest(tmp_path)
     vae = load_vae(vae_config_from_manifest(m, device="cpu"))
     assert vae.info.latents_std == m["vae"]["latents_std"]
-    batch = next(iter(LatentDataset(tmp_path, batch_size=2, shuffle=False)))
+    batch = next(iter(LatentDataset(tmp_path, batch_size=2, shuffle=False, latent_dtype="float32",
+                                    pad_text="max_length")))
     pixels = vae.decode(batch["latent"])  # (B, 3, F, H, W) in [-1, 1]
     _, t, h, w = batch["latent"].shape[1:]
     assert pixels.shape == (len(batch["clip_id"]), 3, (t - 1) * 4 + 1, h * 8, w * 8)
