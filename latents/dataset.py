@@ -177,8 +177,9 @@ class LatentDataset(IterableDataset):
     def _read(self, path: Path, g: int, columns: list[str], page_crc: bool) -> pa.Table:
         try:
             meta = self._footers.get(path)  # parse each footer once (46 columns of CLIP_SCHEMA)
-            # memory_map: pages are decoded straight from the page cache, one copy fewer
-            pf = pq.ParquetFile(path, page_checksum_verification=page_crc, memory_map=True, metadata=meta)
+            # no memory_map: it measured no faster here, and a shard truncated while mapped
+            # would kill the process (SIGBUS) instead of raising ShardError
+            pf = pq.ParquetFile(path, page_checksum_verification=page_crc, metadata=meta)
             self._footers[path] = pf.metadata
             # use_threads=False: row groups are already decoded `threads` at a time
             return pf.read_row_group(g, columns=columns, use_threads=False)
@@ -217,10 +218,12 @@ class LatentDataset(IterableDataset):
         t = self._read_checked(u)
         idx = np.asarray(rows, np.int64)  # consumption order: a batch is then usually a contiguous slice
         stored = self.latent_dtype == "stored"
-        # (N, C, T, H, W) in one allocation and one pass that gathers and widens (see binary_column_stacked)
+        # float32: (n, C, T, H, W) in consumption order, gathered and widened in one pass;
+        # stored: (N, C, T, H, W) views of the reader's buffer in storage order, no copy at all
+        # (a shuffled batch is gathered when it is stacked; a single sample never is)
         dtypes = t.column(S.LATENT_DTYPE).to_pylist()
         lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(), dtypes,
-                                    f"{where} latent", as_float32=not stored, rows=idx)
+                                    f"{where} latent", as_float32=not stored, rows=None if stored else idx)
         lat_t = torch.from_numpy(lat)
         if lat.dtype == np.uint16:
             lat_t = lat_t.view(torch.bfloat16)  # uint16 bit patterns -> bf16, no copy
@@ -236,7 +239,7 @@ class LatentDataset(IterableDataset):
             emb_t = emb_t.view(torch.bfloat16)
         ids, caps = t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist()
         return _Unit([ids[r] for r in rows], [caps[r] for r in rows], lat_t, emb_t, torch.from_numpy(mask),
-                     {r: k for k, r in enumerate(rows)})
+                     {r: k for k, r in enumerate(rows)}, lat_by_row=stored)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -293,24 +296,36 @@ class LatentDataset(IterableDataset):
 
 
 class _Unit:
-    """One row group's rows as whole tensors; samples and contiguous batches are views."""
+    """One row group's rows as whole tensors; samples and contiguous batches are views.
+
+    Text rows (and ids, captions) are in consumption order: row r is at `pos[r]`. Latents are
+    too, unless `lat_by_row`: then they are the row group's stored values in storage order
+    (row r at r, a view of the Parquet reader's buffer: nothing copied for samples).
+    """
 
     def __init__(self, ids: list[str], caps: list[str], lat: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor,
-                 pos: dict[int, int]):
+                 pos: dict[int, int], lat_by_row: bool = False):
         self.ids, self.caps, self.lat, self.emb, self.mask, self.pos = ids, caps, lat, emb, mask, pos
+        self.lat_by_row = lat_by_row
 
     def sample(self, r: int) -> dict[str, Any]:
         k = self.pos[r]
-        return {"clip_id": self.ids[k], "caption": self.caps[k], "latent": self.lat[k],
+        return {"clip_id": self.ids[k], "caption": self.caps[k], "latent": self.lat[r if self.lat_by_row else k],
                 "text_embedding": self.emb[k], "text_mask": self.mask[k]}
 
     def batch(self, rows: list[int]) -> dict[str, Any]:
         ks = [self.pos[r] for r in rows]
-        if ks == list(range(ks[0], ks[0] + len(ks))):
-            sl = slice(ks[0], ks[0] + len(ks))  # the usual case: a view, no copy
-            return {"clip_id": self.ids[sl], "caption": self.caps[sl], "latent": self.lat[sl],
-                    "text_embedding": self.emb[sl], "text_mask": self.mask[sl]}
-        return collate([self.sample(r) for r in rows])
+        if ks != list(range(ks[0], ks[0] + len(ks))):
+            return collate([self.sample(r) for r in rows])
+        sl = slice(ks[0], ks[0] + len(ks))  # the usual case: views, no copy
+        if not self.lat_by_row:
+            lat = self.lat[sl]
+        elif rows == list(range(rows[0], rows[0] + len(rows))):
+            lat = self.lat[rows[0] : rows[0] + len(rows)]  # unshuffled: storage order is batch order
+        else:
+            lat = _stack([self.lat[r] for r in rows])  # (B, C, T, H, W): the one copy of a shuffled batch
+        return {"clip_id": self.ids[sl], "caption": self.caps[sl], "latent": lat,
+                "text_embedding": self.emb[sl], "text_mask": self.mask[sl]}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

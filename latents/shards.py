@@ -336,8 +336,9 @@ def binary_column_stacked(
     """A binary column whose rows all hold `shape` -> one array (n, *shape), in one pass: float32,
     or (as_float32=False) the stored values as they are (bfloat16 as its uint16 bit patterns).
 
-    `rows`: which rows, in which order (default: all, in storage order); the gather and the
-    widening to float32 happen in the same pass. A null, a wrong shape or byte count raises
+    `rows`: which rows, in which order; the gather and the widening to float32 happen in the
+    same pass. Stored values with `rows=None` are a view of the Arrow buffer (no copy; it keeps
+    the buffer alive). A null, a wrong shape or byte count raises
     ShardError: a reader never invents zeros.
     important: returns numpy (wrap with torch.from_numpy, zero-copy): numpy's large allocations
     use huge pages, while fresh torch CPU tensors page-fault every 4 KiB, which on the VMs we
@@ -366,6 +367,8 @@ def binary_column_stacked(
     data = np.frombuffer(data_buf, np.uint8)[int(offsets[0]) : int(offsets[-1])]
     src = data.view(_RAW_NP[dtype]).reshape(len(arr), -1)  # (N, prod(shape)) stored values
     if not as_float32:
+        if rows is None:
+            return src.reshape(len(arr), *shape)
         return np.take(src, idx, axis=0).reshape(len(idx), *shape)
     out = np.empty((len(idx), src.shape[1]), np.float32)
     for k, r in enumerate(idx):  # row by row: source and result rows stay in cache

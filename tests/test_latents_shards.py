@@ -296,6 +296,16 @@ def test_bf16_shards_read_exactly_as_float32_or_stored(tmp_path):
     assert all(torch.equal(stored[k].float(), f32[k]) for k in f32)
     batches = list(LatentDataset(tmp_path, batch_size=16, seed=1))
     assert sum(b["latent"].shape[0] for b in batches) == 70
+    # shuffled stored samples are views of their row group's buffer in storage (= write) order:
+    # no sample was copied into consumption order
+    groups: dict[int, list[tuple[int, str]]] = {}
+    for smp in LatentDataset(tmp_path, seed=3):
+        lat = smp["latent"]
+        offset = lat.data_ptr() - lat.untyped_storage().data_ptr()
+        groups.setdefault(lat.untyped_storage().data_ptr(), []).append((offset, smp["clip_id"]))
+    for rows in groups.values():
+        assert [cid for _, cid in sorted(rows)] == sorted(cid for _, cid in rows)
+    assert sum(len(r) for r in groups.values()) == 70 and len(groups) > 1
 
 
 def test_a_sampler_gets_the_vae_and_text_encoder_back_from_the_manifest(tmp_path, encoded):
