@@ -218,12 +218,14 @@ class LatentDataset(IterableDataset):
         t = self._read_checked(u)
         idx = np.asarray(rows, np.int64)  # consumption order: a batch is then usually a contiguous slice
         stored = self.latent_dtype == "stored"
-        # float32: (n, C, T, H, W) in consumption order, gathered and widened in one pass;
-        # stored: (N, C, T, H, W) views of the reader's buffer in storage order, no copy at all
-        # (a shuffled batch is gathered when it is stacked; a single sample never is)
+        # (n, C, T, H, W) in consumption order, gathered (and widened to float32) in one pass here,
+        # in the loader threads, so that batches are slices; or, for stored values that need no
+        # gather (single samples, or rows in storage order), (N, C, T, H, W) views of the
+        # reader's buffer in storage order: nothing copied at all
+        by_row = stored and (self.batch_size is None or rows == sorted(rows))
         dtypes = t.column(S.LATENT_DTYPE).to_pylist()
         lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(), dtypes,
-                                    f"{where} latent", as_float32=not stored, rows=None if stored else idx)
+                                    f"{where} latent", as_float32=not stored, rows=None if by_row else idx)
         lat_t = torch.from_numpy(lat)
         if lat.dtype == np.uint16:
             lat_t = lat_t.view(torch.bfloat16)  # uint16 bit patterns -> bf16, no copy
@@ -239,7 +241,7 @@ class LatentDataset(IterableDataset):
             emb_t = emb_t.view(torch.bfloat16)
         ids, caps = t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist()
         return _Unit([ids[r] for r in rows], [caps[r] for r in rows], lat_t, emb_t, torch.from_numpy(mask),
-                     {r: k for k, r in enumerate(rows)}, lat_by_row=stored)
+                     {r: k for k, r in enumerate(rows)}, lat_by_row=by_row)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
