@@ -28,7 +28,8 @@ from curate.hybrid import (
 )
 from curate.synth import pattern_frame, write_video
 from curate.transitions import LumaStats, luma_fades
-from curate.transnet import FRAME_SIZE, STEP, TransNetConfig, TransNetDetector, TransNetScorer
+from curate.transnet import FRAME_SIZE, STEP, TransNetConfig, TransNetDetector
+from tests.test_transnet import RecordingScorer, ReplayScorer
 
 W, H = 96, 54
 # [first, end) frame ranges; the dissolve changes frames DISSOLVE[0] .. DISSOLVE[1] (the new shot's first)
@@ -53,28 +54,6 @@ def _frame(t: int) -> np.ndarray:
     if t < BLACK[1]:
         return np.zeros((H, W, 3), np.uint8)
     return pattern_frame(0, t, W, H)
-
-
-class Recording(TransNetScorer):
-    def score(self, yuv: np.ndarray, windows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        self.last = super().score(yuv, windows)
-        return self.last
-
-
-class Replay:
-    """Answers windows from a full run's outputs; remembers which windows were asked for."""
-
-    def __init__(self, single: np.ndarray, many: np.ndarray) -> None:
-        self.single, self.many, self.windows_run, self.asked = single, many, 0, set()
-
-    def score(self, yuv: np.ndarray, windows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        s, m = np.zeros_like(self.single), np.zeros_like(self.many)
-        for k in windows:
-            sl = slice(k * STEP, (k + 1) * STEP)
-            s[sl], m[sl] = self.single[sl], self.many[sl]
-        self.windows_run += len(windows)
-        self.asked |= set(windows)
-        return s, m
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +88,12 @@ def test_only_the_clean_cut_is_confident(video: tuple[np.ndarray, np.ndarray]) -
 def test_clean_cut_skips_the_model_the_rest_reach_it(video: tuple[np.ndarray, np.ndarray]) -> None:
     yuv, pts = video
     full_det = TransNetDetector(CFG.transnet)
-    full_det.scorer = Recording(CFG.transnet)
+    full_det.scorer = RecordingScorer(CFG.transnet)
     full = full_det.detect_array(yuv, pts)
     runs = {}
     for cheap in (True, False):
         det = HybridDetector(replace(CFG, cheap_cuts=cheap))
-        det.scorer = Replay(*full_det.scorer.last)
+        det.scorer = ReplayScorer(*full_det.scorer.last)
         runs[cheap] = (det.detect_array(yuv, pts), det)
     tr, det = runs[True]
     assert det.cheap_cuts == 1

@@ -42,10 +42,10 @@ class RecordingScorer(TransNetScorer):
 
 
 class ReplayScorer:
-    """Answers the hybrid's windows from a full run's outputs; counts the windows asked for."""
+    """Answers the hybrid's windows from a full run's outputs; counts and remembers the windows asked for."""
 
     def __init__(self, single: np.ndarray, many: np.ndarray) -> None:
-        self.single, self.many, self.windows_run = single, many, 0
+        self.single, self.many, self.windows_run, self.asked = single, many, 0, set()
 
     def score(self, yuv: np.ndarray, windows: list[int]) -> tuple[np.ndarray, np.ndarray]:
         s, m = np.zeros_like(self.single), np.zeros_like(self.many)
@@ -53,6 +53,7 @@ class ReplayScorer:
             sl = slice(k * STEP, (k + 1) * STEP)
             s[sl], m[sl] = self.single[sl], self.many[sl]
         self.windows_run += len(windows)
+        self.asked |= set(windows)
         return s, m
 
 
