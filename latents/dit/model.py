@@ -1,6 +1,6 @@
 """A DiT over spacetime latent tubelets, text-conditioned, for packed variable-size batches.
 
-Per block: adaLN-Zero modulated self-attention (3D RoPE, block-diagonal over packed samples),
+Per block: adaLN-Zero modulated self-attention (3D RoPE, per packed sample: `attention.py`),
 cross-attention to the sample's own text tokens (keys/values from text, as in LDM/PixArt-α),
 adaLN-Zero modulated MLP. The conditioning vector is timestep embedding + pooled text.
 A final adaLN layer maps tokens back to tubelet values (unpatchified by `packing.unpack`).
@@ -16,9 +16,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from latents.dit.attention import Backend, DocAttention
 from latents.dit.packing import Packed, pack, unpack
 
 
@@ -102,7 +102,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head attention; self (with RoPE) or cross (keys/values from `ctx`), with a boolean mask."""
+    """Multi-head attention; self (with RoPE) or cross (keys/values from `ctx`), per packed sample."""
 
     def __init__(self, dim: int, heads: int, ctx_dim: int | None = None):
         super().__init__()
@@ -114,7 +114,7 @@ class Attention(nn.Module):
         # qk-norm keeps attention logits bounded under bf16 (as in SD3 / Lumina).
         self.q_norm, self.k_norm = nn.RMSNorm(hd, eps=1e-6), nn.RMSNorm(hd, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, attend: DocAttention,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         r, n, d = x.shape
         h = self.heads
@@ -123,7 +123,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(r, n, d))  # (R, h, N, hd) -> (R, N, D)
 
 
@@ -140,17 +140,20 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, self_mask: torch.Tensor | None,
-                cross_mask: torch.Tensor, has_text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, self_attend: DocAttention,
+                cross_attend: DocAttention, has_text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # per token (R, N, D) each
         h = modulate(self.norm1(x), sh1, sc1)
-        x = x + g1 * self.attn(h, h, self_mask, rope)
+        x = x + g1 * self.attn(h, h, self_attend, rope)
         # a token whose sample has no text (dropped caption) gets no cross-attention update.
-        x = x + self.cross(self.norm2(x), text, cross_mask) * has_text
+        x = x + self.cross(self.norm2(x), text, cross_attend) * has_text
         return x + g2 * self.mlp(modulate(self.norm3(x), sh2, sc2))
 
 
 class DiT(nn.Module):
+    # How attention is split per packed sample (attention.py); not part of the weights or config.
+    attention: Backend = "varlen"
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
@@ -193,20 +196,16 @@ class DiT(nn.Module):
             c = c + self.text_pool(sums / counts.clamp(min=1)[:, None]) * (counts > 0)[:, None]
         c_tok = packed.gather_rows(c)  # (S, D) -> (R, N, D)
         seg = packed.seg
-        # block-diagonal self-attention mask; padding attends to padding (never NaN, discarded).
-        self_mask = None
-        if packed.num_samples != seg.shape[0] or bool((seg < 0).any()):
-            self_mask = (seg[:, :, None] == seg[:, None, :]).unsqueeze(1)  # (R, N, N) -> (R, 1, N, N)
-        cross = (seg[:, :, None] == packed.text_seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, N, M)
-        has_text = cross.any(-1, keepdim=True)  # (R, N, 1)
-        # important: a query row with no allowed key makes SDPA return NaN; open it and zero the result.
-        cross = (cross | ~has_text).unsqueeze(1)  # (R, N, M) -> (R, 1, N, M)
-        has_text = has_text.to(c.dtype)
+        # attention never crosses samples: self over the sample's tokens, cross over its own text
+        self_attend = DocAttention(self.attention, packed.places, packed.places, seg, seg)
+        cross_attend = DocAttention(self.attention, packed.places, packed.text_places, seg, packed.text_seg)
+        # important: a token of a sample without text (or padding) takes no cross-attention update.
+        has_text = (packed.gather_rows(counts > 0) & (seg >= 0)).unsqueeze(-1).to(c.dtype)  # (R, N) -> (R, N, 1)
         rope = rope_angles(packed.pos, self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta)
         x = self.x_embed(packed.tokens)
         text = packed.text.to(x.dtype)
         for blk in self.blocks:
-            x = blk(x, c_tok, text, self_mask, cross, has_text, rope)
+            x = blk(x, c_tok, text, self_attend, cross_attend, has_text, rope)
         shift, scale = self.final_ada(c_tok).chunk(2, dim=-1)
         return self.final(modulate(self.final_norm(x), shift, scale))
 

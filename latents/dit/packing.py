@@ -71,6 +71,7 @@ class Packed:
     text_seg: torch.Tensor  # (R, M) long, sample index or -1
     places: list[tuple[int, int, int]]  # per sample: (row, start, length)
     shapes: list[tuple[int, int, int, int]]  # per sample latent [C, T, H, W]
+    text_places: list[tuple[int, int, int]]  # per sample: (row, start, length) of its valid text tokens
 
     @property
     def num_samples(self) -> int:
@@ -84,7 +85,7 @@ class Packed:
     def to(self, device: torch.device | str) -> Packed:
         return Packed(
             self.tokens.to(device), self.pos.to(device), self.seg.to(device), self.text.to(device),
-            self.text_seg.to(device), self.places, self.shapes,
+            self.text_seg.to(device), self.places, self.shapes, self.text_places,
         )
 
     def gather_rows(self, values: torch.Tensor) -> torch.Tensor:
@@ -140,6 +141,7 @@ def pack(
     text = torch.zeros(len(rows), m, dt, device=device, dtype=texts[0].dtype)
     text_seg = torch.full((len(rows), m), -1, device=device, dtype=torch.long)
     places: list[tuple[int, int, int]] = [(0, 0, 0)] * len(latents)
+    text_places: list[tuple[int, int, int]] = [(0, 0, 0)] * len(latents)
     for r, row in enumerate(rows):
         at, at_text = 0, 0
         for i in sorted(row):  # sorted: a sample's place does not depend on packing order quirks
@@ -151,8 +153,9 @@ def pack(
             j = valid_text[i].shape[0]
             text[r, at_text : at_text + j] = valid_text[i]
             text_seg[r, at_text : at_text + j] = i
+            text_places[i] = (r, at_text, j)
             at_text += j
-    return Packed(tokens, pos, seg, text, text_seg, places, [tuple(x.shape) for x in latents])
+    return Packed(tokens, pos, seg, text, text_seg, places, [tuple(x.shape) for x in latents], text_places)
 
 
 def unpack(packed: Packed, tokens: torch.Tensor, patch: Patch) -> list[torch.Tensor]:
