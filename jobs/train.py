@@ -20,7 +20,7 @@ from pathlib import Path
 
 from curate.errors import UsageError
 from jobs import presets
-from latents.dit.train import TrainConfig, train
+from latents.dit.train import TrainConfig, longest_sample, train
 
 TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
 
@@ -65,6 +65,40 @@ def data_facts(shards: str, data: Sequence[dict]) -> dict:
             "latent_shapes": dict(sorted(shapes.items()))}
 
 
+def latent_shapes(shards: str) -> list[tuple[int, ...]]:
+    """Every latent shape [C, T, H, W] in the shards, from the manifest alone (no shard is read)."""
+    if shards.startswith("synthetic:"):
+        return sorted({tuple(d["latent"].shape) for d in open_dataset(shards)})
+    path = _manifest_path(shards)
+    if path is None:
+        open_dataset(shards)  # raises the usage error for a folder without a manifest
+    by_shape = json.loads(path.read_text()).get("counts", {}).get("by_latent_shape", {})
+    return sorted(tuple(int(x) for x in key.split("x")) for key, rows in by_shape.items() if rows)
+
+
+def resolve_budget(cfg: TrainConfig, shapes: list[tuple[int, ...]], user_set: bool) -> TrainConfig:
+    """The packed row length for these shards: a row must hold the longest sample.
+
+    A budget the user passed (--max-tokens) that is too small is an error naming both numbers;
+    a preset's budget that is too small is raised to the longest sample's token count.
+    """
+    if cfg.max_tokens is None:
+        return cfg
+    if not shapes:
+        raise UsageError("the shards' manifest lists no latent shapes (no rows); run jobs.encode on kept, "
+                         "captioned clips first")
+    n, shape = longest_sample(shapes, cfg.patch)
+    if cfg.max_tokens >= n:
+        return cfg
+    if user_set:
+        raise UsageError(f"--max-tokens must be at least the longest sample's token count: got {cfg.max_tokens}, "
+                         f"longest sample {n} tokens (latent {list(shape)}, patch {list(cfg.patch)}); pass "
+                         f"--max-tokens {n} or more, or leave it unset to derive it from the shards")
+    print(f"[train] token budget: the longest sample is {n} tokens (latent {list(shape)}, patch "
+          f"{list(cfg.patch)}) > the preset's max_tokens {cfg.max_tokens}; packing rows of {n} tokens", flush=True)
+    return dataclasses.replace(cfg, max_tokens=n)
+
+
 def _worker_loop(config: dict) -> None:
     """One Ray Train worker: the process group is already up; train() wraps the model in DDP."""
     import ray.train.torch
@@ -99,13 +133,16 @@ def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_
 
 
 def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: bool | None = None,
-         stop_after: int | None = None) -> dict:
+         stop_after: int | None = None, max_tokens_set: bool = False) -> dict:
+    """`max_tokens_set`: cfg.max_tokens was chosen by the caller (a too-small budget is an error)
+    rather than taken from a preset (a too-small budget is raised to fit the shards)."""
     out = Path(out)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1: got {workers}")
     if cfg.batch_size % workers:
         raise UsageError(f"--batch-size must be a multiple of --workers: got {cfg.batch_size} and {workers}; "
                          f"use e.g. --batch-size {workers * max(1, cfg.batch_size // workers)}")
+    cfg = resolve_budget(cfg, latent_shapes(shards), max_tokens_set)  # before Ray or any data load
     if gpu is None:
         import torch
 
@@ -148,7 +185,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     try:
-        main(config_from_args(args), args.shards, args.out, workers=args.workers, gpu=False if args.cpu else None)
+        main(config_from_args(args), args.shards, args.out, workers=args.workers, gpu=False if args.cpu else None,
+             max_tokens_set=args.max_tokens is not None)
     except (UsageError, ValueError) as e:  # bad argument or config: rule, value seen, fix
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

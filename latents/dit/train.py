@@ -28,7 +28,7 @@ from torch import nn
 from latents.dit import diffusion as D
 from latents.dit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json
 from latents.dit.model import PRESETS, DiT, DiTConfig, count_params
-from latents.dit.packing import pack, patchify
+from latents.dit.packing import num_tokens, pack, patchify
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class TrainConfig:
     objective: D.Objective = "rflow"
     steps: int = 1000
     batch_size: int = 8  # global samples per step (split across workers)
-    max_tokens: int | None = 1024  # packed row length; None pads each sample to the longest
+    max_tokens: int | None = 1024  # packed row length (>= the longest sample); None pads each sample to the longest
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup: int = 100
@@ -58,8 +58,29 @@ class TrainConfig:
 
 
 SMOKE = TrainConfig(model="tiny", steps=20, batch_size=4, max_tokens=256, warmup=5, log_every=5, ckpt_every=10)
-DEFAULT = TrainConfig(model="B", steps=100_000, batch_size=64, max_tokens=4096, lr=1e-4, warmup=1000,
+# max_tokens: a 2 s clip of the default encode preset is 12,720 tokens, an 81-frame one 33,390;
+# jobs.train raises an unset budget to the longest sample of the shards' manifest at start-up.
+DEFAULT = TrainConfig(model="B", steps=100_000, batch_size=64, max_tokens=16_384, lr=1e-4, warmup=1000,
                       ckpt_every=5000, ema_decay=0.9999)
+
+
+def longest_sample(shapes: Sequence[Sequence[int]], patch: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
+    """(token count, latent shape [C, T, H, W]) of the sample with the most tokens."""
+    if not shapes:
+        raise ValueError("no latent shapes to size the token budget from: the dataset is empty; check --shards")
+    best = max((num_tokens(tuple(s), patch), tuple(int(x) for x in s)) for s in shapes)
+    return best
+
+
+def check_budget(cfg: TrainConfig, shapes: Sequence[Sequence[int]]) -> None:
+    """A packed row must hold the longest sample; say both numbers and the fix before any step runs."""
+    if cfg.max_tokens is None:
+        return
+    n, shape = longest_sample(shapes, cfg.patch)
+    if cfg.max_tokens < n:
+        raise ValueError(f"max_tokens must be at least the longest training sample's token count: max_tokens="
+                         f"{cfg.max_tokens}, longest sample {n} tokens (latent {list(shape)}, patch "
+                         f"{list(cfg.patch)}); pass --max-tokens {n} or more, or leave it unset to derive it")
 
 
 def batch_positions(seed: int, step: int, batch_size: int, n: int) -> list[int]:
@@ -145,6 +166,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     first = data[0]
     mcfg = cfg.model_config(first["latent"].shape[0], first["text_embedding"].shape[-1])
+    check_budget(cfg, sorted({tuple(d["latent"].shape) for d in data}))
     config = {"model": mcfg.to_dict(), "train": asdict(cfg), "num_samples": len(data), **(extra_config or {})}
     _check_config(out, config, rank)
 
