@@ -54,6 +54,34 @@ def test_memorisation_loss_falls_and_each_caption_recalls_its_clip(memorised):
     assert cos.diagonal().min() > 0.8
 
 
+def test_memorised_model_uses_the_timestep(memorised):
+    """Recall alone can pass without the timestep (the caption picks the clip); the rectified-flow
+    velocity v = (x_t - x0) / t cannot: at one noisy input the prediction must change with t, and
+    feeding each sample another sample's t must cost loss."""
+    from latents.dit import diffusion as D
+
+    data, _, model, _ = memorised
+    g = torch.Generator().manual_seed(5)
+    k = 8  # noise draws per clip
+    x0 = torch.stack([d["latent"] for d in data]).repeat_interleave(k, 0)  # (3k, C, T, H, W)
+    text = torch.stack([d["text_embedding"] for d in data]).repeat_interleave(k, 0)
+    mask = torch.stack([d["text_mask"] for d in data]).repeat_interleave(k, 0)
+    eps = torch.randn(x0.shape, generator=g)
+    u = torch.linspace(0.05, 0.95, x0.shape[0])[torch.randperm(x0.shape[0], generator=g)]
+    x_t, target, t = D.training_inputs("rflow", x0, eps, u)
+
+    def predict(times: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack(model.forward_latents(list(x_t), times, text, mask))
+
+    same = predict(torch.full_like(t, 100.0)) - predict(torch.full_like(t, 900.0))
+    rel = float(same.norm() / target.norm())
+    assert rel > 0.2, f"prediction at t=100 vs t=900 on the same input differs by only {rel:.3f} (relative)"
+    loss = float((predict(t) - target).pow(2).mean())
+    shuffled = float((predict((t + 500.0) % 1000.0) - target).pow(2).mean())  # every t moved by 0.5
+    assert shuffled > 2 * loss, f"loss {loss:.3f} with its own t vs {shuffled:.3f} with shuffled t"
+
+
 def test_sdedit_strength_trades_init_for_prompt(memorised, monkeypatch):
     data, _, model, _ = memorised
     init = data[0]["latent"][None]
@@ -115,3 +143,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
             assert torch.equal(ta[k], tb[k]), f"{name}:{k} differs after resume"
     assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")
     assert len(_losses(tmp_path / "cut")) == 12
+
+
+def test_ema_warmup_forgets_the_initial_model(tmp_path):
+    from latents.dit.train import ema_decay_at, update_ema
+
+    cfg = TrainConfig(ema_decay=0.999)
+    # the init's share of the EMA after n steps: the product of the decays
+    ema, model = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(ema.weight)  # "the init" (adaLN-Zero: a zero-output model)
+    torch.nn.init.ones_(model.weight)  # every trained model since
+    for step in range(2000):
+        update_ema(ema, model, ema_decay_at(cfg, step))
+    init_share = 1 - float(ema.weight)
+    assert init_share < 1e-6, f"{init_share:.3g} of the EMA is still the init (0.999^2000 = 0.135 without warm-up)"
+    assert ema_decay_at(cfg, 100_000) == 0.999  # capped at ema_decay
+    # wired into train(): after 10 steps at 0.9999 the EMA's output layer is near the model's, not ~0
+    train(TrainConfig(model="tiny", steps=10, batch_size=2, max_tokens=None, ema_decay=0.9999, ckpt_every=10,
+                      log_every=10), synthetic_samples(4), tmp_path, device="cpu")
+    ckpt = latest_checkpoint(tmp_path)
+    w_model, w_ema = load_file(ckpt / "model.safetensors")["final.weight"], load_file(ckpt / "ema.safetensors")["final.weight"]
+    assert float(w_model.norm()) > 0 and float(w_ema.norm()) > 0.3 * float(w_model.norm())
