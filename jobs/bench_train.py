@@ -8,6 +8,12 @@ trains on the latents encoded once beforehand (what jobs.train does with the sha
 median steps/s of both (their steps interleaved) and their ratio, the one-off encoding cost, and the token efficiency of
 Patch n' Pack against padding every sample to the longest, on mixed bucket shapes.
 Text embeddings are precomputed in both runs (they are not what is measured).
+
+Attention work (`attention` in the output): one per-step batch of the default preset
+(batch_size samples of the default encode's latent shapes: each bucket, frame counts uniform
+over the frame rule's 5..81) as self-attention FLOPs (4 * q * k * width per layer) when padded
+to the longest, packed with a dense row mask (the old way), and packed per sample (varlen);
+and the measured time of the same three on CPU at a reduced width and spatial size.
 `ltx-full-random` is the full-size LTX-Video VAE architecture with random weights (same
 compute as the real one, no download).
 """
@@ -15,7 +21,9 @@ compute as the real one, no download).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +128,93 @@ def packing_efficiency(patch: tuple[int, int, int], max_tokens: int, n: int = 25
             "packed_efficiency": round(packed.efficiency, 4), "padded_efficiency": round(padding_efficiency(lengths), 4)}
 
 
+def default_batch_shapes(batch: int, seed: int = 0, shrink: int = 1) -> list[tuple[int, int, int, int]]:
+    """A per-step batch of default-preset latents [C, T, H, W]: bucket and frame count uniform at random.
+    `shrink` divides the latent height and width (kept even, for the 2x2 patch) for CPU timing."""
+    from latents.encode import DEFAULT as ENC
+
+    rng = np.random.default_rng(seed)
+    k = ENC.frame_k
+    frames = [f for f in range(ENC.min_frames, ENC.max_frames + 1) if (f - 1) % k == 0]
+    buckets = ENC.buckets
+    out = []
+    for _ in range(batch):
+        b, f = buckets[rng.integers(len(buckets))], frames[rng.integers(len(frames))]
+        h, w = b.height // 8, b.width // 8  # Wan 2.1 VAE: 8x spatial, 4x temporal, 16 channels
+        out.append((16, (f - 1) // k + 1, max(2, h // shrink // 2 * 2), max(2, w // shrink // 2 * 2)))
+    return out
+
+
+def attention_flops(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], max_tokens: int,
+                    width: int) -> dict:
+    """Self-attention FLOPs of one layer for the batch: padded, packed + dense row mask, packed per sample."""
+    from latents.dit.packing import plan_rows
+
+    lengths = [num_tokens(s, patch) for s in shapes]
+    rows = plan_rows(lengths, max_tokens)
+    row_len = max(sum(lengths[i] for i in r) for r in rows)  # pack() cuts every row to the longest row
+    f = 4.0 * width  # QK^T and PV: 2 x (multiply + add) per (query, key, channel)
+    padded = f * len(lengths) * max(lengths) ** 2
+    dense = f * len(rows) * row_len**2
+    varlen = f * sum(n * n for n in lengths)
+    return {"samples": len(lengths), "rows": len(rows), "row_tokens": row_len, "longest_sample": max(lengths),
+            "real_tokens": sum(lengths), "gflop_padded": round(padded / 1e9, 2),
+            "gflop_packed_dense_mask": round(dense / 1e9, 2), "gflop_packed_per_sample": round(varlen / 1e9, 2),
+            "ratio_packed_per_sample_to_padded": round(varlen / padded, 4),
+            "ratio_packed_dense_mask_to_padded": round(dense / padded, 4)}
+
+
+def time_attention(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], max_tokens: int, width: int,
+                   heads: int, reps: int) -> dict:
+    """Median seconds of one self-attention layer (forward) on the batch: padded (dense, padding keys
+    masked), packed with the dense row mask, packed per sample. Runs interleaved, in this process."""
+    from latents.dit.attention import DocAttention
+
+    g = torch.Generator().manual_seed(0)
+    lat = [torch.randn(1, *s[1:], generator=g) for s in shapes]  # only the token layout matters here
+    txt, msk = [torch.zeros(1, 1)] * len(shapes), [torch.ones(1, dtype=torch.bool)] * len(shapes)
+    runs = {}
+    for name, budget, backend in (("padded", None, "dense"), ("packed_dense_mask", max_tokens, "dense"),
+                                  ("packed_per_sample", max_tokens, "varlen")):
+        p = pack(lat, txt, msk, patch, budget)
+        r, n = p.seg.shape
+        qkv = torch.randn(3, r, heads, n, width // heads, generator=g)  # (3, R, h, N, hd)
+        runs[name] = (DocAttention(backend, p.places, p.places, p.seg, p.seg), qkv)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        for k in range(reps + 1):
+            for name, (attend, qkv) in runs.items():
+                t0 = time.perf_counter()
+                attend(*qkv)
+                if k:  # the first round is a warm-up
+                    times[name].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"width": width, "heads": heads, "reps": reps, **{f"s_{k}": round(v, 4) for k, v in med.items()},
+            "time_ratio_packed_per_sample_to_padded": round(med["packed_per_sample"] / med["padded"], 4),
+            "time_ratio_packed_dense_mask_to_padded": round(med["packed_dense_mask"] / med["padded"], 4)}
+
+
+def attention_work(batch: int, shrink: int, width: int, heads: int, reps: int, seed: int = 0) -> dict:
+    """Packed vs padded attention at the default preset's per-step batch: FLOPs at full size, and FLOPs
+    and measured CPU time at 1/shrink latent height and width (same frame counts)."""
+    from jobs.train import resolve_budget
+    from latents.dit.train import DEFAULT
+
+    full = default_batch_shapes(batch, seed)
+    with contextlib.redirect_stdout(sys.stderr):  # its note would break the JSON on stdout
+        cfg = resolve_budget(DEFAULT, full, user_set=False)  # jobs.train's rule: rows hold the longest sample
+    small = default_batch_shapes(batch, seed, shrink)
+    # the same row budget relative to the longest sample, at the reduced size
+    longest = max(num_tokens(s, DEFAULT.patch) for s in full)
+    small_budget = max(num_tokens(s, DEFAULT.patch) for s in small) * cfg.max_tokens // longest
+    hidden = DEFAULT.model_config(16, 16).hidden
+    return {"batch_size": batch, "max_tokens": cfg.max_tokens, "model_width": hidden,
+            "full_size": attention_flops(full, DEFAULT.patch, cfg.max_tokens, hidden),
+            f"cpu_1_over_{shrink}_hw": {"max_tokens": small_budget,
+                                        **attention_flops(small, DEFAULT.patch, small_budget, width),
+                                        **time_attention(small, DEFAULT.patch, small_budget, width, heads, reps)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench train", description=__doc__.split("\n")[0])
     p.add_argument("--vae", choices=["smoke", "smoke-ltx", "ltx-full-random"], default="smoke")
@@ -129,9 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", choices=["tiny", "S", "B", "L"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default="bench-out")
+    p.add_argument("--attention-only", action="store_true", help="only the packed-vs-padded attention work")
+    p.add_argument("--attention-batch", type=int, default=None, help="samples per step (default: the default preset's)")
+    p.add_argument("--attention-shrink", type=int, default=6, help="divide latent H and W by this for CPU timing")
+    p.add_argument("--attention-width", type=int, default=64, help="attention width for CPU timing (heads of 16)")
+    p.add_argument("--attention-reps", type=int, default=3)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    from latents.dit.train import DEFAULT
+
+    attention = attention_work(a.attention_batch or DEFAULT.batch_size, a.attention_shrink, a.attention_width,
+                               a.attention_width // 16, a.attention_reps)
+    if a.attention_only:
+        print(json.dumps({"bench": "train", "attention": attention}, indent=2))
+        return 0
     encoder, fhw = load_encoder(a.vae)
     pixels = pixel_clips(a.clips, fhw)
     t0 = time.perf_counter()
@@ -150,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": round(pre / base, 2), "one_off_encode_s_per_clip": round(encode_s / a.clips, 3),
         # row length = a few times the longest sample: with 4096 (1.2x the longest) big samples leave gaps
         "packing": [packing_efficiency((1, 2, 2), max_tokens=m) for m in (4096, 8192)],
+        "attention": attention,
         "note": "random-weight models: speeds are meaningful, losses are not",
     }
     out = Path(a.out)

@@ -68,3 +68,16 @@ def test_cli_too_small_max_tokens_exits_2_naming_both_numbers(tmp_path):
                        text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2, r.stderr
     assert "got 4096, longest sample 33390 tokens" in r.stderr and "--max-tokens 33390" in r.stderr
+
+
+def test_bench_attention_work_counts():
+    from jobs.bench_train import attention_flops, default_batch_shapes
+
+    # tokens 8, 4, 4 (patch 1x2x2) in rows of 8: padded 3 x 8^2, dense rows 2 x 8^2, per sample 64+16+16
+    work = attention_flops([(1, 2, 4, 4), (1, 1, 4, 4), (1, 4, 2, 2)], (1, 2, 2), 8, width=1)
+    assert (work["gflop_padded"], work["gflop_packed_dense_mask"], work["gflop_packed_per_sample"]) == (0.0, 0.0, 0.0)
+    assert work["ratio_packed_per_sample_to_padded"] == round(96 / 192, 4)
+    assert work["ratio_packed_dense_mask_to_padded"] == round(128 / 192, 4)
+    shapes = default_batch_shapes(64)
+    assert len(shapes) == 64 and max(num_tokens(s, (1, 2, 2)) for s in shapes) <= 33390
+    assert {s[0] for s in shapes} == {16}
