@@ -184,3 +184,13 @@ def test_gpu_bf16_packed_forward_and_train_step(tmp_path):
     assert (out[0].float().cpu() - ref).abs().max() < 0.1  # bf16 tolerance
     summary = train(TrainConfig(steps=5, batch_size=4, ckpt_every=5), synthetic_samples(8), tmp_path, device="cuda")
     assert summary["step"] == 5 and summary["loss"] == summary["loss"]  # finite, not NaN
+
+
+def test_every_parameter_gets_a_gradient_when_all_captions_are_dropped():
+    """DDP all-reduces every parameter's gradient: a batch without text must still give one (zero)."""
+    model = _random_model(3).train()
+    lat, txt, msk = _samples([(2, 4, 4), (1, 2, 4)], [0, 0])
+    out = model.forward_latents(lat, torch.tensor([10.0, 700.0]), txt, msk, max_tokens=64)
+    sum(o.sum() for o in out).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"

@@ -10,8 +10,8 @@ would do more attention work than padding. Here attention runs per sample:
   there are few distinct lengths, so a step makes few calls and the work is sum_i k_i^2.
 - `flex`: FlexAttention with a document block mask (Dong et al. 2024, "Flex Attention"; the
   "document masking" example of pytorch-labs/attention-gym): blocks of 128 x 128 that are
-  fully masked are skipped. Compiled on CUDA; eager elsewhere (eager materialises the scores,
-  for checking only).
+  fully masked are skipped. Compiled on CUDA; eager elsewhere (eager materialises the scores
+  and has no backward on CPU: for checking only). Opt in with `DiT.attention = "flex"`.
 - `dense`: the boolean (R, N, N) mask; the fallback and the reference in tests.
 
 Every backend gives the same result for real tokens; padding tokens' outputs are undefined
@@ -79,12 +79,18 @@ class DocAttention:
         qf = q.transpose(1, 2).reshape(r * n, h, hd)  # (R, h, N, hd) -> (R*N, h, hd)
         kf = k.transpose(1, 2).reshape(-1, h, hd)  # (R, h, M, hd) -> (R*M, h, hd)
         vf = v.transpose(1, 2).reshape(-1, h, hd)
-        out = qf.new_zeros(qf.shape)
+        out = None
         for g in self.groups:
             qg = qf[g.q_index].transpose(1, 2)  # (G, k, h, hd) -> (G, h, k, hd)
             kg, vg = kf[g.kv_index].transpose(1, 2), vf[g.kv_index].transpose(1, 2)  # (G, h, L, hd)
             og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.kv_mask)
+            if out is None:  # SDPA's dtype (autocast may lower it)
+                out = og.new_zeros((r * n, h, hd))
             out = out.index_copy(0, g.q_index.flatten(), og.transpose(1, 2).reshape(-1, h, hd))  # (G*k, h, hd)
+        if out is None:  # no sample has keys (e.g. every caption of the batch dropped)
+            # important: keep q/k/v in the graph (zero gradient), as the dense mask does; DDP needs
+            # every worker to produce a gradient for every parameter, or its all-reduce breaks.
+            out = qf * 0 + (kf.sum() + vf.sum()) * 0
         return out.view(r, n, h, hd).transpose(1, 2)  # (R*N, h, hd) -> (R, h, N, hd)
 
 
