@@ -194,3 +194,26 @@ def test_every_parameter_gets_a_gradient_when_all_captions_are_dropped():
     sum(o.sum() for o in out).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient for {missing}"
+
+
+def test_size_conditioning_reaches_each_packed_sample_by_its_own_grid():
+    import dataclasses
+
+    torch.manual_seed(4)
+    model = DiT(dataclasses.replace(PRESETS["tiny"].sized(4, 16), size_cond=True))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    model.eval()
+    lat, txt, msk = _samples([(2, 4, 4), (1, 2, 6), (3, 2, 2)], [3, 4, 2])
+    t = torch.tensor([100.0, 400.0, 800.0])
+    with torch.no_grad():
+        packed = model.forward_latents(lat, t, txt, msk, max_tokens=64)
+        alone = [model.forward_latents([lat[i]], t[i:i + 1], txt[i][None], msk[i][None])[0] for i in range(3)]
+        model.size_embed[-1].weight.zero_()
+        model.size_embed[-1].bias.zero_()
+        no_size = model.forward_latents([lat[0]], t[:1], txt[0][None], msk[0][None])[0]
+    for i in range(3):
+        assert (packed[i] - alone[i]).abs().max() < 1e-5  # each sample gets its own size
+    assert (alone[0] - no_size).abs().max() > 1e-2  # and the size changes the output
+    grids = model.size_features([(4, 2, 4, 4), (4, 2, 4, 8)], torch.device("cpu"))
+    assert (grids[0] - grids[1]).abs().max() > 0.1  # a crop and a whole clip are told apart

@@ -33,6 +33,10 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
     pooled_text: bool = True  # add pooled text to the adaLN conditioning
+    # micro-conditioning on the sample's size: its tubelet grid (frames, height, width), i.e. duration
+    # and resolution, added to the adaLN conditioning (as PixArt-α's size / Open-Sora's hw + frames
+    # embedders). RoPE is relative, so without it the model cannot tell a crop from a whole clip.
+    size_cond: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
@@ -161,6 +165,8 @@ class DiT(nn.Module):
         self.x_embed = nn.Linear(cfg.patch_dim, d)  # tubelet embedding (a linear map of p_t*p_h*p_w*C values)
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.text_pool = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.SiLU(), nn.Linear(d, d))
+        if cfg.size_cond:
+            self.size_embed = nn.Sequential(nn.Linear(3 * 256, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
@@ -182,11 +188,15 @@ class DiT(nn.Module):
         for layer in (self.final_ada[-1], self.final):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.cfg.size_cond:  # starts as a no-op: training decides how much the size matters
+            nn.init.zeros_(self.size_embed[-1].weight)
 
     def forward(self, packed: Packed, t: torch.Tensor) -> torch.Tensor:
         """Packed tokens and per-sample timesteps t (S,) in [0, 1000) -> per-token prediction (R, N, patch_dim)."""
         s = packed.num_samples
         c = self.t_embed(timestep_embedding(t, 256).to(self.x_embed.weight.dtype))  # (S, D)
+        if self.cfg.size_cond:
+            c = c + self.size_embed(self.size_features(packed.shapes, t.device))
         valid = packed.text_seg >= 0  # (R, M)
         owner = packed.text_seg.clamp(min=0)
         counts = torch.zeros(s, device=t.device).index_add_(0, owner[valid], torch.ones_like(owner[valid], dtype=torch.float))
@@ -208,6 +218,14 @@ class DiT(nn.Module):
             x = blk(x, c_tok, text, self_attend, cross_attend, has_text, rope)
         shift, scale = self.final_ada(c_tok).chunk(2, dim=-1)
         return self.final(modulate(self.final_norm(x), shift, scale))
+
+    def size_features(self, shapes: list[tuple[int, int, int, int]], device: torch.device) -> torch.Tensor:
+        """Per sample latent [C, T, H, W] -> sinusoidal embeddings of its tubelet grid (gt, gh, gw): (S, 768)."""
+        p = self.cfg.patch
+        grid = torch.tensor([[s[1] // p[0], s[2] // p[1], s[3] // p[2]] for s in shapes], device=device)  # (S, 3)
+        # (S, 3) -> 3 x (S, 256) -> (S, 768); max_period 1000: grids are at most a few hundred wide
+        return torch.cat([timestep_embedding(grid[:, i], 256, 1000.0) for i in range(3)], dim=-1).to(
+            self.x_embed.weight.dtype)
 
     def forward_latents(self, latents: list[torch.Tensor] | torch.Tensor, t: torch.Tensor,
                         text: torch.Tensor, text_mask: torch.Tensor, max_tokens: int | None = None) -> list[torch.Tensor]:
