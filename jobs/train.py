@@ -5,6 +5,8 @@
 --workers 1 trains in this process (no Ray). --workers N > 1 runs Ray Train's TorchTrainer
 (DDP; gloo on CPU, NCCL on GPU) on a local Ray instance, or on the cluster when RAY_ADDRESS is
 set (as under `ray job submit`). Rerunning the same command resumes from RUN's last checkpoint.
+Before anything starts, the packed-row token budget is checked against the longest sample
+in the shards' manifest (`resolve_budget`).
 """
 
 from __future__ import annotations

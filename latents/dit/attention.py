@@ -67,7 +67,9 @@ class DocAttention:
             def document(b, h, q, kv):
                 return q_seg[b, q] == kv_seg[b, kv]
 
-            self.block_mask = create_block_mask(document, q_seg.shape[0], None, self.n, self.m, device=device)
+            # _compile on CUDA: the eager builder evaluates the mask at every (q, kv) pair of every row
+            self.block_mask = create_block_mask(document, q_seg.shape[0], None, self.n, self.m, device=device,
+                                                _compile=device.type == "cuda")
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (R, h, N, hd), k / v (R, h, M, hd) -> (R, h, N, hd)."""
