@@ -3,9 +3,8 @@
 Dense optical flow (OpenCV DIS) between the adjacent frame pairs the score stage already
 decodes, at `width` pixels wide. For each pair a similarity motion model
     dx = a*x - b*y + tx,   dy = b*x + a*y + ty     (x, y centred on the frame)
-is fitted to a grid of flow vectors by least squares, twice, the second time without the
-vectors it explains worst (moving subjects, flat areas), so the model describes the
-camera, not the content. Per second and per frame size (so clips of any size and frame
+is fitted to a grid of flow vectors robustly (RANSAC, then least squares on the inliers),
+so moving subjects do not pull it: the model describes the camera, not the content. Per second and per frame size (so clips of any size and frame
 rate compare), with s = the frame's short side:
 - pan/tilt speed: (tx, ty) / s / dt;
 - zoom speed: a (relative scale change) times the half-diagonal / s / dt, i.e. how fast
@@ -74,30 +73,31 @@ def to_gray(frames: np.ndarray, width: int) -> np.ndarray:
 
 
 def fit_similarity(flow: np.ndarray, step: int = 4, border: float = 0.05) -> tuple[np.ndarray, float, float]:
-    """Robust LS fit of (a, b, tx, ty) to a (h, w, 2) flow field -> (params, inlier residual, all residual).
+    """Robust fit of (a, b, tx, ty) to a (h, w, 2) flow field -> (params, inlier residual, all residual).
 
-    Residuals are mean vector lengths in pixels. Two passes: all grid vectors, then the 70%
-    with the smallest residual under the first fit.
+    RANSAC over a grid of flow vectors (OpenCV's 4-DoF similarity estimator, threshold a
+    quarter pixel or 10% of the median flow), so a moving subject does not pull the camera
+    model; then a least-squares refit on the inliers. Residuals are mean vector lengths in px.
     """
     h, w = flow.shape[:2]
     by, bx = int(border * h), int(border * w)
     ys, xs = np.mgrid[by : h - by : step, bx : w - bx : step]
-    f = flow[ys, xs].reshape(-1, 2)  # (gh, gw, 2) -> (N, 2)
+    f = flow[ys, xs].reshape(-1, 2).astype(np.float64)  # (gh, gw, 2) -> (N, 2)
     x = xs.reshape(-1).astype(np.float64) - (w - 1) / 2
     y = ys.reshape(-1).astype(np.float64) - (h - 1) / 2
+    p = np.stack([x, y], 1)
+    thr = max(0.25, 0.1 * float(np.median(np.hypot(f[:, 0], f[:, 1]))))
+    _, inl = cv2.estimateAffinePartial2D(p.astype(np.float32), (p + f).astype(np.float32), method=cv2.RANSAC,
+                                         ransacReprojThreshold=thr, maxIters=500, confidence=0.995)
+    keep = inl.reshape(-1).astype(bool) if inl is not None and inl.sum() >= 8 else np.ones(len(x), bool)
     one, zero = np.ones_like(x), np.zeros_like(x)
     # rows: dx = a*x - b*y + tx ; dy = b*x + a*y + ty  -> (2N, 4) design over (a, b, tx, ty)
     design = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
-    target = np.concatenate([f[:, 0], f[:, 1]]).astype(np.float64)
-    n = len(x)
-    keep = np.ones(n, bool)
-    params = np.zeros(4)
-    for _ in range(2):
-        rows = np.concatenate([keep, keep])
-        params, *_ = np.linalg.lstsq(design[rows], target[rows], rcond=None)
-        res = (design @ params - target).reshape(2, n)  # (2N,) -> (2, N)
-        err = np.hypot(res[0], res[1])
-        keep = err <= np.quantile(err, 0.7)
+    target = np.concatenate([f[:, 0], f[:, 1]])
+    rows = np.concatenate([keep, keep])
+    params, *_ = np.linalg.lstsq(design[rows], target[rows], rcond=None)
+    res = (design @ params - target).reshape(2, -1)  # (2N,) -> (2, N)
+    err = np.hypot(res[0], res[1])
     return params, float(err[keep].mean()), float(err.mean())
 
 
