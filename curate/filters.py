@@ -103,11 +103,12 @@ class FilterConfig:
 
 
 # Starting points for real data (scores measured at analysis_short_side=224): drop mostly-black
-# clips, static clips (stills, slides) and blurry ones; NSFW detections above 0.5 (NudeNet's
-# own detection threshold is 0.2-0.25; 0.5 keeps false positives on skin rare); text covering
+# clips, static clips (stills, slides) and blurry ones; NSFW above 0.6 (NudeNet reports parts
+# from 0.2; on ordinary footage, single frames of a cartoon or a dark scene reach 0.4-0.5 for
+# an exposed class, so 0.6 keeps such false positives rare); text covering
 # more than 5% of the frame (one subtitle line of 720p video covers 2-4%; slides, title
 # cards and screen recordings 10% and more); aesthetic >= 4.5 then keep the top 80%.
-NSFW_MAX = 0.5
+NSFW_MAX = 0.6
 TEXT_AREA_MAX = 0.05
 DEFAULT = FilterConfig(
     rules=(

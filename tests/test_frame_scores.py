@@ -188,8 +188,8 @@ def test_nsfw_rule_drops_and_ocr_never_runs_after_it(tmp_path, monkeypatch):
     cascade = FilterConfig(rules=(Rule(NSFW, "<=", filters.NSFW_MAX),), exact_dedup=False, near_dup_cosine=None)
     decided, _ = apply_cascade(score_frames_conform(out), cascade)
     assert decided.column(KEPT).to_pylist() == [False]
-    assert decided.column(DROP_REASON).to_pylist() == ["nsfw <= 0.5: nsfw=0.93"]
-    assert filters.cpu_gate(SMOKE.filters, r) == "nsfw <= 0.5: nsfw=0.93"
+    assert decided.column(DROP_REASON).to_pylist() == ["nsfw <= 0.6: nsfw=0.93"]
+    assert filters.cpu_gate(SMOKE.filters, r) == "nsfw <= 0.6: nsfw=0.93"
 
 
 def score_frames_conform(table):
