@@ -186,14 +186,14 @@ def gate(cfg: FilterConfig, scores: Mapping[str, Any], columns: Sequence[str]) -
 def cpu_gate(cfg: FilterConfig, scores: Mapping[str, Any]) -> str | None:
     """The first absolute cheap or frame-model rule the CPU step's scores fail, in cascade order.
 
-    A frame-model column that was never computed (its scorer skipped because an earlier rule
-    failed) does not count: the earlier rule is reported.
+    A scorer whose columns are all missing (disabled) is skipped; one skipped because an
+    earlier rule failed is never reached, as that rule is reported first.
     """
     why = cheap_gate(cfg, scores)
     if why is None:
         for _, cols in FRAME_SCORERS:
             if all(scores.get(c) is None for c in cols):
-                break
+                continue
             why = gate(cfg, scores, cols)
             if why is not None:
                 break
