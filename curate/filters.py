@@ -54,8 +54,9 @@ from curate.schema import (
 )
 
 CHEAP_COLUMNS = (MOTION, SHARPNESS, BRIGHTNESS, BLACK_FRACTION, IS_STATIC)
-# Scorers of the CPU step after the cheap gate, in cost order (measured by `python -m jobs.bench
-# score`: flow ~10 ms, NSFW ~40 ms, OCR ~100+ ms per clip on one core), with the columns each fills.
+# Scorers of the CPU step after the cheap gate, in cost order (`python -m jobs.bench score
+# --real-videos DIR`: flow ~44 ms, NSFW ~340 ms, OCR ~580 ms per real clip on one shared core,
+# against ~570 ms to decode it), with the columns each fills.
 FRAME_SCORERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("flow", (FLOW_MAGNITUDE,)),
     ("nsfw", (NSFW,)),
