@@ -13,7 +13,12 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[models,dev]"
+	$(BIN)/python -m pip install -q -e ".[models,filters,dev]"
+	# important: rapidocr-onnxruntime requires the GUI opencv-python, which overwrites the cv2 of
+	# opencv-python-headless and needs libGL at import; put the headless build's files back.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps \
+		"opencv-python-headless==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))')"
+	$(BIN)/python -c "import cv2, onnxruntime, rapidocr_onnxruntime, nudenet"
 	touch $(STAMP)
 
 demo: venv

@@ -10,6 +10,11 @@ training and generation see the same distribution of text.
 Every captioned row records `prompt_version`; change a prompt only by adding a new
 version (old rows stay interpretable, and the config hash changes so the stage re-runs).
 
+dense-v2 grounds the caption in what the score stage measured: the camera-motion class
+with a speed word (from optical flow) and the recognised on-screen text (OCR) are given as
+hints after the instructions ("camera: slow pan left"; "on-screen text: "SALE""). Caption QA
+then flags a caption that contradicts them (captioner/qa.py, `check_grounding`).
+
 Reference: Betker et al., "Improving Image Generation with Better Captions" (DALL·E 3, 2023);
 OpenAI, "Video generation models as world simulators" (Sora, 2024).
 """
@@ -32,6 +37,7 @@ class PromptSet:
     short: str  # text only; `{caption}` is the dense caption
     upsample_system: str
     upsample: str  # text only; `{prompt}` is the user's short prompt
+    hints: str = ""  # appended to `dense` when the clip has measured facts; `{facts}`: one per line
 
 
 _SYSTEM_V1 = (
@@ -75,10 +81,41 @@ _UPSAMPLE_SYSTEM_V1 = (
 
 _UPSAMPLE_V1 = "Prompt: '{prompt}'. Caption:"
 
+_HINTS_V2 = (
+    "\nMeasured facts about this clip, from optical flow and OCR (reliable; describe the camera "
+    "accordingly and quote the on-screen text exactly; do not mention the measurements themselves):\n{facts}"
+)
+
 PROMPTS: dict[str, PromptSet] = {
     "dense-v1": PromptSet("dense-v1", _SYSTEM_V1, _DENSE_V1, _SHORT_V1, _UPSAMPLE_SYSTEM_V1, _UPSAMPLE_V1),
+    "dense-v2": PromptSet("dense-v2", _SYSTEM_V1, _DENSE_V1, _SHORT_V1, _UPSAMPLE_SYSTEM_V1, _UPSAMPLE_V1,
+                          hints=_HINTS_V2),
 }
-LATEST = "dense-v1"
+LATEST = "dense-v2"
+
+# camera_motion class -> words for the hint
+_CAMERA_WORDS = {
+    "static": "static (no camera movement)", "pan_left": "pan left", "pan_right": "pan right",
+    "tilt_up": "tilt up", "tilt_down": "tilt down", "zoom_in": "zoom in", "zoom_out": "zoom out",
+    "complex": "moving (handheld or combined movement)",
+}
+SLOW_BELOW = 0.15  # flow_magnitude (short sides / s) below this: "slow"
+FAST_ABOVE = 0.6  # above this: "fast"
+
+
+def facts(camera_motion: str | None, flow_magnitude: float | None, ocr_text: list[str] | None,
+          max_text: int = 4) -> list[str]:
+    """The measured facts of a clip as hint lines ("camera: slow pan left", 'on-screen text: "SALE"')."""
+    out = []
+    if camera_motion in _CAMERA_WORDS:
+        speed = ""
+        if camera_motion not in ("static", "complex") and flow_magnitude is not None:
+            speed = "slow " if flow_magnitude < SLOW_BELOW else "fast " if flow_magnitude > FAST_ABOVE else ""
+        out.append(f"camera: {speed}{_CAMERA_WORDS[camera_motion]}")
+    texts = [t for t in (ocr_text or []) if t.strip()][:max_text]
+    if texts:
+        out.append("on-screen text: " + "; ".join(f'"{t}"' for t in texts))
+    return out
 
 
 def get(version: str) -> PromptSet:
@@ -92,12 +129,16 @@ def _text(t: str) -> list[dict[str, str]]:
     return [{"type": "text", "text": t}]
 
 
-def dense_messages(version: str) -> list[Message]:
-    """Chat messages for the dense caption; the video goes where the {"type": "video"} part is."""
+def dense_messages(version: str, hints: list[str] | None = None) -> list[Message]:
+    """Chat messages for the dense caption; the video goes where the {"type": "video"} part is.
+
+    `hints`: measured facts (`facts()`); used by versions with a hints template, else ignored.
+    """
     p = get(version)
+    text = p.dense + (p.hints.format(facts="\n".join(f"- {h}" for h in hints)) if hints and p.hints else "")
     return [
         {"role": "system", "content": _text(p.system)},
-        {"role": "user", "content": [{"type": "video"}, *_text(p.dense)]},
+        {"role": "user", "content": [{"type": "video"}, *_text(text)]},
     ]
 
 

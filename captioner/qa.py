@@ -185,3 +185,43 @@ def first_sentence(text: str, max_words: int) -> str:
     s = text[: m.end()] if m else text
     w = s.split()
     return s.strip() if len(w) <= max_words else " ".join(w[:max_words]).rstrip(",;:") + "."
+
+
+# --- grounding: the caption against the measured facts (camera motion, OCR) ----------------
+_SAYS_STATIC = re.compile(
+    r"\b(?:static|stationary|fixed|locked[- ]off|unmoving|motionless)\s+(?:[a-z-]+\s+){0,2}(?:camera|shot|frame|view|angle)\b"
+    r"|\b(?:still|steady)\s+(?:camera|shot|frame)\b"
+    r"|\bcamera\s+(?:is\s+|remains\s+|stays\s+|holds\s+)?(?:static|stationary|still|fixed|motionless|locked)\b"
+    r"|\b(?:no|without(?: any)?)\s+camera\s+(?:movement|motion)\b",
+    re.IGNORECASE,
+)
+_SAYS_MOVING = re.compile(r"\b(?:pan(?:s|ning|ned)?|tilt(?:s|ing|ed)?|zoom(?:s|ing|ed)?|dolly|tracking shot|"
+                          r"camera (?:moves|follows|tracks|sweeps|glides))\b", re.IGNORECASE)
+_MOVING_CLASSES = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out")
+
+
+def _alnum(s: str) -> str:
+    return "".join(ch for ch in s.lower() if ch.isalnum())
+
+
+def check_grounding(caption: str, camera_motion: str | None, ocr_text: list[str] | None,
+                    min_text_chars: int = 3) -> list[str]:
+    """Flags where a caption contradicts the measured facts (empty when it agrees or there are none).
+
+    - camera: says static while the flow measured a pan/tilt/zoom, or describes a pan/tilt/zoom
+      while the camera measured static;
+    - text: OCR read on-screen text (strings of at least `min_text_chars` letters/digits) and
+      the caption quotes none of it (compared on letters and digits only, so spacing and
+      punctuation differences between OCR and the caption do not count).
+    """
+    flags = []
+    if camera_motion in _MOVING_CLASSES and _SAYS_STATIC.search(caption):
+        flags.append(f"camera: caption says static, measured {camera_motion}")
+    elif camera_motion == "static" and not _SAYS_STATIC.search(caption):
+        m = _SAYS_MOVING.search(caption)
+        if m:
+            flags.append(f"camera: caption says {m.group(0).lower()!r}, measured static")
+    texts = [t for t in (ocr_text or []) if len(_alnum(t)) >= min_text_chars]
+    if texts and not any(_alnum(t) in _alnum(caption) for t in texts):
+        flags.append(f"text: caption omits the on-screen text {texts[0]!r}")
+    return flags

@@ -3,6 +3,9 @@
 Per batch of clips: frames (already decoded by a CPU task, or decoded here) -> fit to the
 model context -> batched generation grouped by frame count -> QA -> one retry with
 different sampling for failures -> short caption from the dense one (text path) -> rows.
+The prompt carries the clip's measured facts (camera motion, on-screen text) as hints
+(prompt dense-v2); QA records where a caption contradicts them (`caption_qa["grounding"]`),
+and the score stage's CLIP gives each caption a `caption_clip_score` (captioner/clip_score.py).
 Results are keyed by row index from start to end, so batching, sorting and retries can
 never attach a caption to another clip.
 
@@ -20,22 +23,29 @@ import numpy as np
 import pyarrow as pa
 
 from captioner import prompts
-from captioner.qa import QAConfig, QAResult, check_caption, check_short, first_sentence
+from captioner.clip_score import CaptionClipScorer
+from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short, first_sentence
 from captioner.vlm import Generation, Request, Sampling, load_vlm
 from curate import __version__
+from curate import score as clip_score_cfg
 from curate.decode import decode_clip, sample_uniform
 from curate.errors import OnError, StageError, one_line
 from curate.schema import (
+    CAMERA_MOTION,
     CAPTION,
+    CAPTION_CLIP_SCORE,
     CAPTION_MODEL,
     CAPTION_QA,
     CAPTION_SHORT,
+    CLIP_EMBEDDING,
     CONFIG_HASH,
     END_FRAME,
     END_PTS,
     ERROR,
     FAILED_STAGE,
+    FLOW_MAGNITUDE,
     KEPT,
+    OCR_TEXT,
     PROMPT_VERSION,
     SOURCE_URI,
     START_FRAME,
@@ -81,12 +91,18 @@ class CaptionConfig:
     device: str = "auto"
     dtype: str = "auto"
     on_error: OnError = "record"
+    grounding: bool = True  # QA flags captions contradicting camera_motion / ocr_text
+    # caption_clip_score: the score stage's open_clip model (same loader); None: not computed
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    clip_smoke: bool = False  # clip_model is the smoke preset's tiny random CLIP (built when missing)
 
 
 # The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
 # actor). Fetch once with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` at a
 # local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
-DEFAULT = CaptionConfig()
+DEFAULT = CaptionConfig(clip_model=clip_score_cfg.DEFAULT.clip_model,
+                        clip_pretrained=clip_score_cfg.DEFAULT.clip_pretrained)
 # Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
 # real QA bounds, so QA only rejects empty output and loops here; rows say `smoke-random`.
 SMOKE = CaptionConfig(
@@ -96,6 +112,7 @@ SMOKE = CaptionConfig(
     qa=QAConfig(min_words=1, max_words=1000, short_min_words=1, short_max_words=1000, trim_truncated=True,
                 require_finished=False),
     device="cpu",
+    clip_model=clip_score_cfg.SMOKE.clip_model, clip_pretrained=None, clip_smoke=True,
 )
 
 
@@ -166,6 +183,8 @@ class CaptionStage:
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
         self.vlm: Any = None  # a captioner.vlm.VLM (tests may put a stub with the same methods here)
+        self.clip: CaptionClipScorer | None = (CaptionClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device,
+                                                                 cfg.clip_smoke) if cfg.clip_model else None)
         self.hash = caption_hash(cfg)
         prompts.get(cfg.prompt_version)  # fail fast on an unknown version
         # model-side timing: busy (inside __call__) and waiting (between calls, for frames)
@@ -175,6 +194,8 @@ class CaptionStage:
     def load(self) -> None:
         if self.vlm is None:
             self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context)
+        if self.clip is not None and self.clip.model is None:
+            self.clip.load()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
@@ -214,11 +235,12 @@ class CaptionStage:
         self.stats["clips"] += len(todo)
         errors: dict[int, str] = {}
         items: list[_Item] = []
-        messages = prompts.dense_messages(cfg.prompt_version)
         max_new = max(cfg.sampling.max_new_tokens, cfg.retry_sampling.max_new_tokens)
         for i in todo:
             try:
                 frames, fps = self._frames(rows[i])
+                hints = prompts.facts(rows[i].get(CAMERA_MOTION), rows[i].get(FLOW_MAGNITUDE), rows[i].get(OCR_TEXT))
+                messages = prompts.dense_messages(cfg.prompt_version, hints)
                 req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), max_new)
                 item = _Item(i, req)
                 item.qa["frames"] = len(req.frames)
@@ -237,8 +259,24 @@ class CaptionStage:
             if it.row not in errors:
                 self._fail(errors, it.row, StageError(STAGE, f"caption QA failed twice: {it.result.reason}"))
         good = [it for it in items if it.row not in errors and it.result is not None and it.result.ok]
+        if cfg.grounding:
+            for it in good:
+                r = rows[it.row]
+                flags = check_grounding(it.result.text, r.get(CAMERA_MOTION), r.get(OCR_TEXT))
+                if flags:
+                    it.qa["grounding"] = flags
         self._short(good, errors)
-        return self._write(table, good, errors)
+        clip_scores = self._clip_scores(good, rows)
+        return self._write(table, good, errors, clip_scores)
+
+    def _clip_scores(self, good: list[_Item], rows: list[dict[str, Any]]) -> dict[int, float | None]:
+        """caption_clip_score of each good row (None without a CLIP model or an image embedding)."""
+        if self.clip is None or not good:
+            return {}
+        if self.clip.model is None:
+            self.clip.load()
+        vals = self.clip.scores([it.result.text for it in good], [rows[it.row].get(CLIP_EMBEDDING) for it in good])
+        return {it.row: v for it, v in zip(good, vals)}
 
     def _generate(self, batch: list[_Item], requests: list[Request], sampling: Sampling,
                   errors: dict[int, str]) -> list[Generation | None]:
@@ -290,17 +328,19 @@ class CaptionStage:
                     it.qa["short_from_dense"] = res.reason if res is not None else "generation failed"
                 errors.pop(it.row, None)  # a failed short generation is recovered above
 
-    def _write(self, table: pa.Table, good: list[_Item], errors: dict[int, str]) -> pa.Table:
+    def _write(self, table: pa.Table, good: list[_Item], errors: dict[int, str],
+               clip_scores: dict[int, float | None]) -> pa.Table:
         base = conform(table)  # drops transport columns
         cols = {name: base.column(name).to_pylist() for name in
-                (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION, CAPTION_QA, STATUS, ERROR, FAILED_STAGE,
-                 CONFIG_HASH, TUBELET_VERSION)}
+                (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION, CAPTION_QA, CAPTION_CLIP_SCORE, STATUS, ERROR,
+                 FAILED_STAGE, CONFIG_HASH, TUBELET_VERSION)}
         model_id = getattr(self.vlm, "model_id", "unknown")
         for it in good:
             qa = {"fixes": list(it.result.fixes), **it.qa}
             for name, v in ((CAPTION, it.result.text), (CAPTION_SHORT, it.short), (CAPTION_MODEL, model_id),
                             (PROMPT_VERSION, self.cfg.prompt_version), (STATUS, STATUS_OK),
-                            (CAPTION_QA, json.dumps(qa, sort_keys=True))):
+                            (CAPTION_QA, json.dumps(qa, sort_keys=True)),
+                            (CAPTION_CLIP_SCORE, clip_scores.get(it.row))):
                 cols[name][it.row] = v
         for row, reason in errors.items():
             cols[STATUS][row], cols[ERROR][row], cols[FAILED_STAGE][row] = STATUS_ERROR, reason, STAGE

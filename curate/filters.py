@@ -6,9 +6,12 @@ the best `share` of the clips that reached the rule (percentile of the run: "kee
 by a model:
 
   0. status=error rows (never decoded), then exact duplicates (metadata only);
-  1. cheap absolute rules: checked per clip in the CPU step, before the model (`cheap_gate`);
-  2. cheap percentile rules (need the whole run; applied on the driver);
-  3. model absolute rules, then near-duplicates (clip_embedding cosine), then model
+  1. cheap absolute rules: checked per clip in the CPU step, before anything else (`cheap_gate`);
+  2. frame-model absolute rules (optical flow, OCR text area, NSFW: small ONNX models and
+     OpenCV on the same decoded frames, in the CPU step), each scorer run only on clips
+     that passed every rule before it, cheapest scorer first (`FRAME_SCORERS`, `cpu_gate`);
+  3. cheap then frame-model percentile rules (need the whole run; applied on the driver);
+  4. model absolute rules, then near-duplicates (clip_embedding cosine), then model
      percentile rules, so a percentile is taken over unique clips.
 
 Every clip keeps its row: `kept`, and for a dropped clip a `drop_reason` naming the first
@@ -36,17 +39,30 @@ from curate.schema import (
     DROP_REASON,
     DUPLICATE_OF,
     FAILED_STAGE,
+    FLOW_MAGNITUDE,
     IS_STATIC,
     KEPT,
     MOTION,
+    NSFW,
     SHARPNESS,
     SOURCE_URI,
     STATUS,
     STATUS_OK,
+    TEXT_AREA,
+    TEXT_BOXES,
     set_columns,
 )
 
 CHEAP_COLUMNS = (MOTION, SHARPNESS, BRIGHTNESS, BLACK_FRACTION, IS_STATIC)
+# Scorers of the CPU step after the cheap gate, in cost order (`python -m jobs.bench score
+# --real-videos DIR`: flow ~44 ms, NSFW ~340 ms, OCR ~580 ms per real clip on one shared core,
+# against ~570 ms to decode it), with the columns each fills.
+FRAME_SCORERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("flow", (FLOW_MAGNITUDE,)),
+    ("nsfw", (NSFW,)),
+    ("ocr", (TEXT_AREA, TEXT_BOXES)),
+)
+FRAME_COLUMNS = tuple(c for _, cols in FRAME_SCORERS for c in cols)
 MODEL_COLUMNS = (AESTHETIC,)
 EXACT_DUP = "exact_duplicate"
 NEAR_DUP = "near_duplicate"
@@ -74,6 +90,11 @@ class Rule:
     def cheap(self) -> bool:
         return self.column in CHEAP_COLUMNS
 
+    @property
+    def frame(self) -> bool:
+        """Decided in the CPU step by a frame model (flow, NSFW, OCR), before CLIP."""
+        return self.column in FRAME_COLUMNS
+
 
 @dataclass(frozen=True)
 class FilterConfig:
@@ -83,27 +104,37 @@ class FilterConfig:
 
 
 # Starting points for real data (scores measured at analysis_short_side=224): drop mostly-black
-# clips, static clips (stills, slides) and blurry ones; aesthetic >= 4.5 then keep the top 80%.
+# clips, static clips (stills, slides) and blurry ones; NSFW above 0.6 (NudeNet reports parts
+# from 0.2; on ordinary footage, single frames of a cartoon or a dark scene reach 0.4-0.5 for
+# an exposed class, so 0.6 keeps such false positives rare); text covering
+# more than 5% of the frame (one subtitle line of 720p video covers 2-4%; slides, title
+# cards and screen recordings 10% and more); aesthetic >= 4.5 then keep the top 80%.
+NSFW_MAX = 0.6
+TEXT_AREA_MAX = 0.05
 DEFAULT = FilterConfig(
     rules=(
         Rule(BLACK_FRACTION, "<=", 0.2),
         Rule(IS_STATIC, "<=", 0.0),
         Rule(SHARPNESS, ">=", 100.0),
+        Rule(NSFW, "<=", NSFW_MAX),
+        Rule(TEXT_AREA, "<=", TEXT_AREA_MAX),
         Rule(AESTHETIC, ">=", 4.5),
         Rule(AESTHETIC, ">=", share=0.8),
     ),
     near_dup_cosine=0.95,
 )
-# Smoke: the same cascade shape; the aesthetic rule exercises the percentile path on random scores.
+# Smoke: the same cascade shape; OCR and NSFW are real (real weights in every preset), the
+# aesthetic rule exercises the percentile path on random scores.
 SMOKE = FilterConfig(
-    rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(IS_STATIC, "<=", 0.0), Rule(AESTHETIC, ">=", share=0.7)),
+    rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(IS_STATIC, "<=", 0.0), Rule(NSFW, "<=", NSFW_MAX),
+           Rule(TEXT_AREA, "<=", TEXT_AREA_MAX), Rule(AESTHETIC, ">=", share=0.7)),
     near_dup_cosine=0.999,  # a random tiny CLIP maps every frame close together
 )
 
 
 def check_config(cfg: FilterConfig) -> None:
     """Fail fast on a rule that can't work, naming the rule, the value seen and the fix."""
-    known = CHEAP_COLUMNS + MODEL_COLUMNS
+    known = CHEAP_COLUMNS + FRAME_COLUMNS + MODEL_COLUMNS
     for r in cfg.rules:
         if r.column not in known:
             raise UsageError(f"filter column must be one of {list(known)}, got {r.column!r}; use a score column")
@@ -145,6 +176,31 @@ def cheap_gate(cfg: FilterConfig, scores: Mapping[str, Any]) -> str | None:
     return None
 
 
+def gate(cfg: FilterConfig, scores: Mapping[str, Any], columns: Sequence[str]) -> str | None:
+    """The first absolute rule on one of `columns` that the scores fail (its drop reason), or None."""
+    for r in cfg.rules:
+        if r.column in columns and r.threshold is not None and not passes(r, scores.get(r.column)):
+            return reason(r, scores.get(r.column))
+    return None
+
+
+def cpu_gate(cfg: FilterConfig, scores: Mapping[str, Any]) -> str | None:
+    """The first absolute cheap or frame-model rule the CPU step's scores fail, in cascade order.
+
+    A scorer whose columns are all missing (disabled) is skipped; one skipped because an
+    earlier rule failed is never reached, as that rule is reported first.
+    """
+    why = cheap_gate(cfg, scores)
+    if why is None:
+        for _, cols in FRAME_SCORERS:
+            if all(scores.get(c) is None for c in cols):
+                continue
+            why = gate(cfg, scores, cols)
+            if why is not None:
+                break
+    return why
+
+
 def keep_share(values: Sequence[Any], ids: Sequence[str], share: float, top: bool) -> tuple[np.ndarray, float | None]:
     """Mask keeping ceil(share * n) of the values (highest if `top`), ties by lower id; and the cutoff value.
 
@@ -161,13 +217,17 @@ def keep_share(values: Sequence[Any], ids: Sequence[str], share: float, top: boo
 
 
 def _steps(cfg: FilterConfig) -> list[tuple[str, Rule | None]]:
+    order = {c: i for i, c in enumerate(FRAME_COLUMNS)}  # frame rules in scorer cost order
     cheap_abs = [r for r in cfg.rules if r.cheap and r.threshold is not None]
     cheap_pct = [r for r in cfg.rules if r.cheap and r.share is not None]
-    model_abs = [r for r in cfg.rules if not r.cheap and r.threshold is not None]
-    model_pct = [r for r in cfg.rules if not r.cheap and r.share is not None]
+    frame_abs = sorted((r for r in cfg.rules if r.frame and r.threshold is not None), key=lambda r: order[r.column])
+    frame_pct = [r for r in cfg.rules if r.frame and r.share is not None]
+    model = [r for r in cfg.rules if not (r.cheap or r.frame)]
+    model_abs = [r for r in model if r.threshold is not None]
+    model_pct = [r for r in model if r.share is not None]
     steps: list[tuple[str, Rule | None]] = [("status", None)]
     steps += [(EXACT_DUP, None)] if cfg.exact_dedup else []
-    steps += [(r.name, r) for r in cheap_abs + cheap_pct + model_abs]
+    steps += [(r.name, r) for r in cheap_abs + frame_abs + cheap_pct + frame_pct + model_abs]
     steps += [(NEAR_DUP, None)] if cfg.near_dup_cosine is not None else []
     steps += [(r.name, r) for r in model_pct]
     return steps

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: text/flow/camera/NSFW scores, caption_clip_score
 
 # --- identity (split) ------------------------------------------------------------------
 CLIP_ID = "clip_id"
@@ -42,6 +42,12 @@ SHARPNESS = "sharpness"
 BRIGHTNESS = "brightness"
 BLACK_FRACTION = "black_fraction"
 IS_STATIC = "is_static"
+TEXT_AREA = "text_area"  # share of the frame covered by OCR text boxes, max over the OCR frames
+TEXT_BOXES = "text_boxes"  # OCR text boxes in the frame with the most, i32
+OCR_TEXT = "ocr_text"  # recognised strings, deduplicated and capped, list<str>
+FLOW_MAGNITUDE = "flow_magnitude"  # mean dense optical flow, short sides per second
+CAMERA_MOTION = "camera_motion"  # static | pan_left | pan_right | tilt_up | tilt_down | zoom_in | zoom_out | complex
+NSFW = "nsfw"  # highest exposed-body-part detector confidence over the frames, 0..1
 DUPLICATE_OF = "duplicate_of"
 
 # --- decision ---------------------------------------------------------------------------
@@ -54,6 +60,7 @@ CAPTION_SHORT = "caption_short"
 CAPTION_MODEL = "caption_model"
 PROMPT_VERSION = "prompt_version"
 CAPTION_QA = "caption_qa"
+CAPTION_CLIP_SCORE = "caption_clip_score"  # cosine of the caption's CLIP text embedding and clip_embedding
 
 # --- latent -----------------------------------------------------------------------------
 LATENT = "latent"
@@ -137,6 +144,12 @@ SCORE = ColumnGroup(
         _f(BRIGHTNESS, pa.float32()),
         _f(BLACK_FRACTION, pa.float32()),
         _f(IS_STATIC, pa.bool_()),
+        _f(TEXT_AREA, pa.float32()),
+        _f(TEXT_BOXES, pa.int32()),
+        _f(OCR_TEXT, pa.list_(pa.string())),
+        _f(FLOW_MAGNITUDE, pa.float32()),
+        _f(CAMERA_MOTION, pa.string()),
+        _f(NSFW, pa.float32()),
         _f(DUPLICATE_OF, pa.string()),
     ),
     (MOTION, SHARPNESS, BRIGHTNESS),
@@ -156,6 +169,7 @@ CAPTION_GROUP = ColumnGroup(
         _f(CAPTION_MODEL, pa.string()),
         _f(PROMPT_VERSION, pa.string()),
         _f(CAPTION_QA, pa.string()),
+        _f(CAPTION_CLIP_SCORE, pa.float32()),
     ),
     (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION),
 )

@@ -38,6 +38,9 @@ import pyarrow as pa
 from curate import filters
 from curate.cheap_scores import CheapConfig
 from curate.errors import OnError, UsageError
+from curate.flow import FlowConfig
+from curate.nsfw import NsfwConfig
+from curate.ocr import OcrConfig
 from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
 from curate.score_frames import FRAMES, FRAMES_SHAPE
 
@@ -67,6 +70,10 @@ class ScoreConfig:
     frame_margin: float = 0.1  # share of the span skipped at each end when sampling
     analysis_short_side: int = 224  # decode size (short side) of every sampled frame; sharpness scale
     cheap: CheapConfig = field(default_factory=CheapConfig)
+    # frame models of the CPU step (real weights in every preset: they are small and run on CPU)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    nsfw: NsfwConfig = field(default_factory=NsfwConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)
     filters: filters.FilterConfig = field(default_factory=lambda: filters.DEFAULT)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast on GPU
@@ -211,6 +218,12 @@ def check_weights(cfg: ScoreConfig) -> None:
 
     Resolves the head and the CLIP checkpoint file without building the model.
     """
+    from curate import nsfw, ocr
+
+    if cfg.ocr.enabled:
+        ocr.models_dir()
+    if cfg.nsfw.enabled:
+        nsfw.model_path()
     if cfg.smoke:
         return
     _resolve_head(cfg.aesthetic_head or cfg.clip_model)

@@ -3,8 +3,11 @@
 Measures, in one process and on the same clips:
 - stage: each clip decoded once (curate/score_frames.py) -> cheap scores -> CLIP + aesthetic;
 - baseline: the same scores, but every scorer decodes the clip itself (CLIP frames, motion
-  pairs, sharpness frames, brightness/black frames: 4 decodes per clip).
-Reports clips/s of both and their ratio (the decode-once gain). With `--model vit-l-14` on
+  pairs, sharpness frames, brightness/black frames, flow, NSFW, OCR: 7 decodes per clip).
+Reports clips/s of both and their ratio (the decode-once gain), and the cost per clip of
+each frame model of the CPU step (optical flow + camera motion, NSFW, OCR; real weights) as
+a ratio to the decode of that clip, timed on the same clips in the same run
+(`--real-videos DIR` times them on clips split from real videos instead). With `--model vit-l-14` on
 a CUDA machine it also measures images/s per GPU of a real-size, random-initialised open_clip
 ViT-L/14 (+ a random 768-d aesthetic head): throughput only, no weights needed.
 No Ray: the numbers are the stage's own work, not scheduling overhead.
@@ -26,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import cheap_scores as cs
-from curate import score
+from curate import flow, nsfw, ocr, score
 from curate.decode import DECODE_STATS, decode_clip
 from curate.filters import FilterConfig
 from curate.ids import clip_id as make_clip_id
@@ -49,7 +52,13 @@ from curate.schema import (
     WIDTH,
     table_from_rows,
 )
-from curate.score_frames import analysis_size, center_crop_square, prepare_batch, sample_offsets
+from curate.score_frames import (
+    analysis_size,
+    center_crop_square,
+    decode_frames,
+    prepare_batch,
+    sample_offsets,
+)
 from curate.synth import Segment, make_video
 
 
@@ -95,8 +104,53 @@ def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreC
             cs.sharpness(decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames)
             f = decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames
             cs.brightness(f), cs.black_fraction(f, cfg.cheap.black_level)
+            # the frame models, each with its own decode (the stage runs them on its one decode)
+            fp = decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size)
+            flow.flow_scores(fp.frames, fp.pts, cfg.flow, indices=fp.indices)
+            nsfw.detector(cfg.nsfw).scores(decode_clip(*span, offsets=clip_off, size=size).frames)
+            ocr.reader(cfg.ocr).scores(decode_clip(*span, offsets=clip_off, size=size).frames)
         stage.embed(np.concatenate(crops))
     return time.perf_counter() - t0
+
+
+def scorer_costs(clips: pa.Table, cfg: score.ScoreConfig, repeats: int) -> dict[str, Any]:
+    """Milliseconds per clip of the decode and of each CPU-step scorer, on the same frames (best of
+    `repeats` per clip), and each scorer's cost as a ratio to the decode."""
+    fl, det, rd = cfg.flow, nsfw.detector(cfg.nsfw), ocr.reader(cfg.ocr)
+    steps = {
+        "cheap": lambda cf, pick: cs.cheap_scores(cf.frames, cf.pts, cfg.cheap, indices=cf.indices),
+        "flow": lambda cf, pick: flow.flow_scores(cf.frames, cf.pts, fl, indices=cf.indices),
+        "nsfw": lambda cf, pick: det.scores(cf.frames[pick]),
+        "ocr": lambda cf, pick: rd.scores(cf.frames[pick]),
+    }
+    totals = dict.fromkeys(["decode", *steps], 0.0)
+    for row in clips.to_pylist():
+        best = dict.fromkeys(totals, float("inf"))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            cf, pick = decode_frames(row, cfg)
+            best["decode"] = min(best["decode"], time.perf_counter() - t0)
+            for name, fn in steps.items():
+                t0 = time.perf_counter()
+                fn(cf, pick)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        for k in totals:
+            totals[k] += best[k]
+    ms = {k: 1000 * v / clips.num_rows for k, v in totals.items()}
+    return {"ms_per_clip": ms, "ratio_to_decode": {k: ms[k] / ms["decode"] for k in steps},
+            "frames_per_clip": {"flow_pairs": cfg.motion_pairs, "ocr_nsfw": cfg.clip_frames},
+            "analysis_short_side": max(cfg.analysis_short_side, cfg.image_size), "onnx_threads": cfg.ocr.threads}
+
+
+def real_clips(directory: Path, limit: int) -> pa.Table:
+    """Clips of the real videos in `directory`, split with the default detector (ok rows only)."""
+    from curate.split import SplitConfig, split_video
+
+    rows = []
+    for p in sorted(directory.iterdir()):
+        if p.suffix.lower() in (".mp4", ".mkv", ".webm", ".mov"):
+            rows += [r for r in split_video(p, SplitConfig())[1] if r[STATUS] == STATUS_OK]
+    return table_from_rows(rows[:limit])
 
 
 def vit_l_config(tmp: Path) -> score.ScoreConfig:
@@ -131,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", default="640x360", help="synthetic video size WxH")
     p.add_argument("--batch", type=int, default=8, help="clips per batch")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path (the best is kept)")
+    p.add_argument("--real-videos", help="time the frame models on clips split from the videos in this folder")
+    p.add_argument("--cost-clips", type=int, default=24, help="clips timed for the per-scorer costs")
     p.add_argument("--json", help="also write the report here")
     a = p.parse_args(argv)
     w, h = (int(x) for x in a.size.split("x"))
@@ -160,11 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "decoder_opens_per_clip": {"stage": opens_stage / clips.num_rows, "baseline": opens_base / clips.num_rows},
             "cpu_threads": os.cpu_count(),
         }
+        cost_clips = real_clips(Path(a.real_videos), a.cost_clips) if a.real_videos else clips
+        cost_cfg = dataclasses.replace(score.DEFAULT, filters=FilterConfig(near_dup_cosine=None))
+        report["frame_model_costs"] = {"clips": cost_clips.num_rows,
+                                       "source": a.real_videos or f"synthetic {w}x{h}",
+                                       **scorer_costs(cost_clips, cost_cfg, a.repeats)}
         if stage.device.startswith("cuda"):
             report["model_images_per_s_per_gpu"] = images_per_second(stage, cfg.image_size, 64, 10)
     print(json.dumps(report, indent=2))
     print(f"score stage: {report['stage_clips_per_s']:.2f} clips/s, baseline {report['baseline_clips_per_s']:.2f} "
           f"clips/s -> {report['speedup_vs_decode_per_scorer']:.2f}x (target >= 2x)")
+    fc = report["frame_model_costs"]
+    print(f"per clip ({fc['clips']} clips, {fc['source']}): decode {fc['ms_per_clip']['decode']:.1f} ms; "
+          + ", ".join(f"{k} {fc['ms_per_clip'][k]:.1f} ms ({fc['ratio_to_decode'][k]:.2f}x decode)"
+                      for k in fc["ratio_to_decode"]))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -233,6 +233,33 @@ def make_previews(rows: Sequence[dict], media: Path, workers: int) -> dict[str, 
         return dict(pool.map(one, todo))
 
 
+def camera_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """camera_motion class -> {"kept": n, "dropped": n} over scored clips (status ok, class measured)."""
+    from curate.flow import CAMERA_CLASSES
+
+    rows = table.select([S.STATUS, S.KEPT, S.CAMERA_MOTION]).to_pylist()
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if r[S.STATUS] == S.STATUS_OK and r[S.CAMERA_MOTION]:
+            c = out.setdefault(r[S.CAMERA_MOTION], {"kept": 0, "dropped": 0})
+            c["kept" if r[S.KEPT] else "dropped"] += 1
+    order = {c: i for i, c in enumerate(CAMERA_CLASSES)}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def caption_histogram(captions: pa.Table | None, media: Path) -> list[str]:
+    """Histogram of caption_clip_score over captioned clips (all kept), if any has one."""
+    if captions is None:
+        return []
+    ok = captions.filter(pc.equal(captions.column(S.STATUS), S.STATUS_OK))
+    values = [float(v) for v in ok.column(S.CAPTION_CLIP_SCORE).to_pylist() if v is not None]
+    if not values:
+        return []
+    name = f"hist-{S.CAPTION_CLIP_SCORE}.png"
+    score_histogram(S.CAPTION_CLIP_SCORE, values, [], [], media / name)
+    return [name]
+
+
 def make_histograms(table: pa.Table, lines: Mapping[str, list[Line]], media: Path) -> list[str]:
     """One PNG per score column that has any value; returns the file names in column order.
 
@@ -282,9 +309,11 @@ def write_report(
     write_json_atomic(run, report / RUN_FILE)
 
     funnel = compute_funnel(r)
+    funnel["camera_motion"] = camera_counts(r.scored) if r.scored is not None else {}
     write_json_atomic(funnel, report / FUNNEL_FILE)
     table = r.scored if r.scored is not None else r.clips
     hists = make_histograms(r.scored, thresholds_of(r, thresholds), media) if r.scored is not None else []
+    hists += caption_histogram(r.captions, media)
     kept, dropped = pick_clips(table, max_previews, max_previews) if table is not None else ([], [])
     previews = make_previews(kept + dropped, media, workers)
     used = set(hists) | {v for v in previews.values() if not v.startswith("error:")}

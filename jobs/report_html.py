@@ -122,6 +122,10 @@ def _card(x: Mapping[str, Any], group: str, preview: str | None, caption: Mappin
         parts.append(f'<div class="reason">{e(x[S.DROP_REASON])}</div>')
     scores = "".join(f"<tr><th>{e(c)}</th><td>{e(_fmt(x.get(c)))}</td></tr>" for c in score_columns
                      if x.get(c) is not None)
+    if x.get(S.CAMERA_MOTION):
+        scores += f"<tr><th>{e(S.CAMERA_MOTION)}</th><td>{e(x[S.CAMERA_MOTION])}</td></tr>"
+    if x.get(S.OCR_TEXT):
+        scores += f"<tr><th>{e(S.OCR_TEXT)}</th><td>{e('; '.join(x[S.OCR_TEXT]))}</td></tr>"
     if scores:
         parts.append(f"<table>{scores}</table>")
     if caption is not None:
@@ -130,8 +134,31 @@ def _card(x: Mapping[str, Any], group: str, preview: str | None, caption: Mappin
         else:
             parts.append(f'<div class="caption"><b>{e(caption[S.CAPTION_SHORT])}</b>\n{e(caption[S.CAPTION])}</div>'
                          f"<div class='na'>{e(caption[S.CAPTION_MODEL])}</div>")
+            if caption.get(S.CAPTION_CLIP_SCORE) is not None:
+                parts.append(f"<div>{e(S.CAPTION_CLIP_SCORE)}: {e(_fmt(caption[S.CAPTION_CLIP_SCORE]))}</div>")
+            flags = _grounding_flags(caption.get(S.CAPTION_QA))
+            if flags:
+                parts.append(f'<div class="reason">caption QA: {e("; ".join(flags))}</div>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def _grounding_flags(caption_qa: str | None) -> list[str]:
+    """The grounding flags recorded in a caption_qa JSON string (none when absent or unreadable)."""
+    try:
+        return list(json.loads(caption_qa or "{}").get("grounding", []))
+    except (ValueError, AttributeError):
+        return []
+
+
+def camera_section(camera: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Counts of the camera-motion classes (optical flow), kept and dropped."""
+    if not camera:
+        return []
+    body = "".join(f'<tr><td>{e(c)}</td><td class="n" data-camera-kept="{e(c)}">{n["kept"]}</td>'
+                   f'<td class="n" data-camera-dropped="{e(c)}">{n["dropped"]}</td></tr>' for c, n in camera.items())
+    return ["<h3>Camera motion (optical flow), clips per class</h3>",
+            f"<table><tr><th>camera_motion</th><th>kept</th><th>dropped</th></tr>{body}</table>"]
 
 
 def clips_section(title: str, group: str, rows: Sequence[Mapping[str, Any]], total: int, previews: Mapping[str, str],
@@ -191,6 +218,7 @@ def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, 
         lines.append("</div>")
     else:
         lines.append("<p class='na'>no scores yet</p>")
+    lines += camera_section(funnel.get("camera_motion") or {})
     table = r.scored if r.scored is not None else r.clips
     counts = funnel["counts"]
     if r.scored is not None:

@@ -101,9 +101,9 @@ def load_done_scores(scores_dir: Path, root: Path, cfg: score.ScoreConfig) -> pa
 def needs_scoring(clips: pa.Table, done: pa.Table, cfg: score.ScoreConfig) -> pa.Table:
     """ok clips, once per clip_id, without a usable score row under the current gate."""
     finished = set()
-    rows = done.select([CLIP_ID, CLIP_EMBEDDING, STATUS, *filters.CHEAP_COLUMNS]).to_pylist()
+    rows = done.select([CLIP_ID, CLIP_EMBEDDING, STATUS, *filters.CHEAP_COLUMNS, *filters.FRAME_COLUMNS]).to_pylist()
     for r in rows:
-        gated = filters.cheap_gate(cfg.filters, r) is not None
+        gated = filters.cpu_gate(cfg.filters, r) is not None
         if r[STATUS] != STATUS_OK or r[CLIP_EMBEDDING] is not None or gated:
             finished.add(r[CLIP_ID])
     ids = clips.column(CLIP_ID).to_pylist()

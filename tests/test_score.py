@@ -137,8 +137,11 @@ def test_bench_reports_decode_once_ratio(tmp_path, capsys):
     args = ["--videos", "1", "--seconds", "2", "--clip-seconds", "1", "--size", "160x96", "--repeats", "1", "--json", str(out)]
     assert bench_score.main(args) == 0
     report = json.loads(out.read_text())
-    assert report["decoder_opens_per_clip"] == {"stage": 1.0, "baseline": 4.0}
+    assert report["decoder_opens_per_clip"] == {"stage": 1.0, "baseline": 7.0}  # 4 cheap + flow, NSFW, OCR
     assert report["speedup_vs_decode_per_scorer"] > 0 and "clips/s" in capsys.readouterr().out
+    costs = report["frame_model_costs"]
+    assert set(costs["ratio_to_decode"]) == {"cheap", "flow", "nsfw", "ocr"}
+    assert all(v > 0 for v in costs["ms_per_clip"].values())
 
 
 @pytest.mark.gpu
