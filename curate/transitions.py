@@ -130,11 +130,11 @@ def model_transitions(
     return [c for c in cuts if 0 < c < n], spans
 
 
-_PRIORITY: dict[str, int] = {"dissolve": 1, "fade_in": 2, "fade_out": 2, "black": 3}
+_PRIORITY: dict[str, int] = {"dissolve": 1, "wipe": 1, "fade_in": 2, "fade_out": 2, "black": 3}
 
 
 def merge_excluded(n: int, ranges: list[tuple[int, int, TransitionKind]]) -> list[tuple[int, int, TransitionKind]]:
-    """Sorted, non-overlapping ranges; black wins over fades, fades over dissolves.
+    """Sorted, non-overlapping ranges; black wins over fades, fades over dissolves and wipes.
 
     A model span that overlaps a luma fade takes the fade's kind, so one fade is one range.
     """
@@ -147,7 +147,7 @@ def merge_excluded(n: int, ranges: list[tuple[int, int, TransitionKind]]) -> lis
     label = np.zeros(n, np.int8)
     names: dict[int, TransitionKind] = {}
     for a, b, kind in sorted(fixed, key=lambda r: _PRIORITY[r[2]]):
-        code = {"dissolve": 1, "fade_in": 2, "fade_out": 3, "black": 4}[kind]
+        code = {"dissolve": 1, "fade_in": 2, "fade_out": 3, "black": 4, "wipe": 5}[kind]
         names[code] = kind
         label[max(0, a) : min(n, b + 1)] = code
     out: list[tuple[int, int, TransitionKind]] = []
