@@ -39,7 +39,7 @@ class WipeConfig:
     windows: tuple[int, ...] = (8, 14, 22, 30)  # end-frame distances tried (frames)
     min_change: float = 12.0  # end frames differ at least this much (mean |luma|, 0-255)
     stand_out: float = 1.5  # end-frame change / the same change in the windows before and after, at least
-    cut_explains: float = 0.25  # a hard cut explains the window when its two sides are this close to the ends
+    sharp_cut: float = 3.0  # a found cut whose change is this many times its neighbours' is a hard cut
     transitional: float = 0.2  # an inner frame this far from both ends (share of the end change) is mid-transition
     fit_ratio: float = 0.6  # best composite error / best of (frame a, frame b, blend), at most
     edge_ratio: float = 0.9  # the sweep's first/last frames: composite error / nearer end frame's, at most
@@ -175,8 +175,10 @@ def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tu
     fa, fb = thumbs[a].astype(np.float32).ravel(), thumbs[b].astype(np.float32).ravel()
     inner = thumbs[a + 1 : b].reshape(b - a - 1, -1).astype(np.float32)  # (F, 18, 32) -> (F, 576)
     mid = fit_frames(inner[len(inner) // 2 : len(inner) // 2 + 1], fa, fb, cfg)[0]
-    if mid.transitional and not mid.explained:
-        return None  # mid-window frame is mid-change and no composite: not a spatial transition
+    if not mid.explained:
+        # the window's middle frame is not mid-sweep: either no spatial transition, or one off
+        # centre, which a window nearer to it (they are tried every 2 frames) centres
+        return None
     fits = list(enumerate(fit_frames(inner, fa, fb, cfg), start=a + 1))
     trans = [(i, f) for i, f in fits if f.transitional]
     good = [(i, f) for i, f in trans if f.explained]
@@ -231,9 +233,14 @@ def find_wipes(
     if n < 3:
         return []
     flat = thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576)
-    cut_set = sorted(cuts)
+    step = np.zeros(n, np.float32)
+    step[1:] = np.abs(flat[1:].astype(np.int16) - flat[:-1]).mean(axis=1)  # (N,) frame-to-frame change
+    # a hard cut is one isolated step; inside a sweep every frame changes about as much
+    sharp = [c for c in cuts if 0 < c < n and step[c] >= cfg.sharp_cut * (max(step[c - 1], step[min(c + 1, n - 1)]) + 1)]
     found: list[tuple[int, int, str]] = []
     taken = np.zeros(n, bool) if skip is None else skip.copy()
+    for c in sharp:
+        taken[c] = True  # no window holds a hard cut
     for w in cfg.windows:
         if n <= w:
             continue
@@ -244,16 +251,15 @@ def find_wipes(
         ])  # (M,)
         # the same change over the windows just before and just after: each inside one shot
         before, after = np.full(len(ends), np.nan), np.full(len(ends), np.nan)
-        before[w:], after[: len(ends) - w] = ends[: len(ends) - w], ends[w:]
+        if w < len(ends):
+            before[w:], after[: len(ends) - w] = ends[: len(ends) - w], ends[w:]
         base = np.fmax(before, after)  # (M,) nan only where neither window exists
-        cand = np.flatnonzero((ends >= cfg.min_change) & ~(ends < cfg.stand_out * base))
-        last_tested = -10
-        for j in cand:
-            ai, bi = int(a[j]), int(a[j]) + w
-            if ai - last_tested < 2 or taken[ai : bi + 1].any():
-                continue
-            last_tested = ai
-            if _cut_explains(flat, ai, bi, cut_set, ends[j], cfg):
+        cand = (ends >= cfg.min_change) & ~(ends < cfg.stand_out * base)
+        # one window per run of candidates, the middle one: it centres the change
+        for r0, r1 in _runs(cand):
+            ai = (r0 + r1) // 2
+            bi = ai + w
+            if taken[ai + 1 : bi].any():
                 continue
             hit = window_transition(thumbs, ai, bi, cfg)
             if hit is not None:
@@ -263,12 +269,8 @@ def find_wipes(
     return sorted(found)
 
 
-def _cut_explains(flat: np.ndarray, a: int, b: int, cuts: list[int], change: float, cfg: WipeConfig) -> bool:
-    """A hard cut c in (a, b] whose sides look like the window's ends: the change is that cut."""
-    for c in cuts:
-        if a < c <= b:
-            before = np.abs(flat[c - 1].astype(np.int16) - flat[a]).mean()
-            after = np.abs(flat[c].astype(np.int16) - flat[b]).mean()
-            if max(before, after) <= cfg.cut_explains * change:
-                return True
-    return False
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive [first, last] ranges of consecutive True values."""
+    m = np.concatenate([[False], mask, [False]])
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [(int(x), int(y) - 1) for x, y in zip(edges[::2], edges[1::2])]
