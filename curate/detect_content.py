@@ -257,7 +257,7 @@ class ContentDetector:
         for a, b, _ in excluded:
             black_or_fade[a : b + 1] = True
         for a, b in find_dissolves(s, cfg, cuts):
-            if black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
+            if b >= a and black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
                 excluded.append((max(0, a - cfg.margin), min(n - 1, b + cfg.margin), "dissolve"))
         if cfg.wipes is not None:
             skip = np.zeros(n, bool)

@@ -163,6 +163,7 @@ def build_transitions(
     luma: LumaStats,
     cfg: SpanConfig,
     known_cuts: Mapping[int, float] | None = None,
+    extra_spans: list[tuple[int, int, TransitionKind]] | None = None,
 ) -> Transitions:
     """Everything a detector returns, from the model heads (zeros where not evaluated) and luma.
 
@@ -170,13 +171,17 @@ def build_transitions(
     score in [0, 1], kept as `frame_score` there; the caller documents what that score is).
     They join the model's cuts as they are: the caller passes only cuts whose frames the
     model did not score.
+    `extra_spans`: gradual transitions found without the model (wipes): left out of clips, and
+    a model cut inside one is its middle, not a hard cut.
     """
     n = len(pts)
     cuts, spans = model_transitions(single, many, luma, cfg)
     known = {int(c): float(v) for c, v in (known_cuts or {}).items() if 0 < c < n}
     if known:
         cuts = sorted(set(cuts) | set(known))
-    excluded = merge_excluded(n, spans + luma_fades(luma, cfg))
+    extra = list(extra_spans or [])
+    cuts = [c for c in cuts if not any(a < c <= b for a, b, _ in extra)]
+    excluded = merge_excluded(n, spans + luma_fades(luma, cfg) + extra)
     # frame_score[i]: probability that a new shot starts at frame i (`single` marks frame i - 1)
     score = np.zeros(n, np.float32)
     score[1:] = single[:-1]

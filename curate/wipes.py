@@ -38,6 +38,8 @@ THUMB = (32, 18)  # (w, h) luma thumbnails, as the content detector's dissolve t
 class WipeConfig:
     windows: tuple[int, ...] = (8, 14, 22, 30)  # end-frame distances tried (frames)
     min_change: float = 12.0  # end frames differ at least this much (mean |luma|, 0-255)
+    cell_change: float = 8.0  # a cell (1/48 of the frame) whose mean luma moves this much changed ...
+    changed_share: float = 0.7  # ... and this share of cells must change between the window's ends
     stand_out: float = 1.5  # end-frame change / the same change in the windows before and after, at least
     sharp_cut: float = 3.0  # a found cut whose change is this many times its neighbours' is a hard cut
     transitional: float = 0.2  # an inner frame this far from both ends (share of the end change) is mid-transition
@@ -172,6 +174,9 @@ def fit_frames(frames: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: WipeConfig
 
 def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tuple[int, int, str] | None:
     """The span [first, last] and direction of a spatial transition between frames a and b, if any."""
+    cells = np.abs(thumbs[b].astype(np.float32) - thumbs[a]).reshape(6, 3, 8, 4).mean(axis=(1, 3))  # (18, 32) -> (6, 8)
+    if (cells >= cfg.cell_change).mean() < cfg.changed_share:
+        return None  # part of the frame stays: an object crossing or a local change, not a new shot
     fa, fb = thumbs[a].astype(np.float32).ravel(), thumbs[b].astype(np.float32).ravel()
     inner = thumbs[a + 1 : b].reshape(b - a - 1, -1).astype(np.float32)  # (F, 18, 32) -> (F, 576)
     mid = fit_frames(inner[len(inner) // 2 : len(inner) // 2 + 1], fa, fb, cfg)[0]
