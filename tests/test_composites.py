@@ -99,7 +99,7 @@ def test_transnetv2_and_hybrid_on_composites(composite: Composite) -> None:
 
 def _pan(img: np.ndarray, frames: int, travel: float) -> np.ndarray:
     """(frames, h, w/2) luma crops of `img` sliding right by `travel` of the crop width in total."""
-    h, w = img.shape
+    w = img.shape[1]
     cw = w // 2
     xs = np.linspace(0, travel * cw, frames).round().astype(int)
     return np.stack([img[:, x : x + cw] for x in xs])
@@ -115,7 +115,7 @@ def test_pans_objects_and_flashes_are_no_wipes(composite: Composite) -> None:
     pan = np.concatenate([still, _pan(wide, 12, 0.6), np.repeat(_pan(wide, 12, 0.6)[-1:], 20, axis=0)])
     other = frames[shots[5][0] + 5].yuv[..., 0]
     crossing = np.repeat(frames[shots[7][0] + 5].yuv[None, ..., 0], 40, axis=0).copy()
-    h, w = crossing.shape[1:]
+    w = crossing.shape[2]
     bw = w // 3
     for t in range(10, 30):  # an object a third of the frame wide (its look moves with it) crosses in 20 frames
         x = int((t - 10) / 20 * (w + bw)) - bw
