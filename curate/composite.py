@@ -99,6 +99,13 @@ def source_shots(gt: dict, min_frames: int) -> list[tuple[str, int, int]]:
     return out
 
 
+def same_scene(gt: dict) -> dict[str, str]:
+    """file -> the file whose footage it shows: itself, or the file its ground-truth notes name
+    (e.g. a re-encoded copy of another file)."""
+    names = [k for k in gt if not k.startswith("_")]
+    return {k: next((o for o in names if o != k and o in str(gt[k].get("notes", ""))), k) for k in names}
+
+
 def _decode_plan(videos: Path, wanted: list[tuple[str, int, int]]) -> dict[tuple[str, int], np.ndarray]:
     """(file, first, count) -> (count, h, w, 3) uint8 RGB frames at SIZE; each file decoded once."""
     out: dict[tuple[str, int], np.ndarray] = {}
@@ -192,6 +199,7 @@ def make_composite(
     gt = json.loads((videos / "shot_boundaries.json").read_text())
     longest = max(s.frames for s in steps)
     pool = source_shots(gt, shot_frames[0] + 2 * longest)
+    scene = same_scene(gt)
     order = [pool[i] for i in rng.permutation(len(pool))]
     comp = Composite(Path(path), FPS, np.zeros(0, np.int64))
     flash_shots = set(rng.choice(len(steps) + 1, size=min(flashes, len(steps) + 1), replace=False).tolist())
@@ -220,8 +228,8 @@ def make_composite(
             for _ in range(len(order)):
                 name, first, end = order[src_i % len(order)]
                 src_i += 1
-                if end - first < room:
-                    continue
+                if end - first < room or (plan and scene[name] == scene[plan[-1][0]]):
+                    continue  # too short, or the same scene as the shot before (no visible change)
                 starts = first + rng.integers(0, end - first - room + 1, size=1 if nxt.kind != "jump" else 4)
                 start = next((int(x) for x in starts if nxt.kind != "jump" or _jump_change(
                     videos, name, int(x) + need - 1, int(x) + need + FPS) >= JUMP_CHANGE), -1)

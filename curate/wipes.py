@@ -193,9 +193,6 @@ def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tu
     main = int(np.argmax(dirs))
     if dirs[main] < cfg.same_direction * len(good):
         return None
-    prog = np.asarray([f.progress for _, f in good])
-    if prog.max() - prog.min() < cfg.min_progress_span or np.any(np.diff(prog) < -cfg.progress_slack):
-        return None
     # frames before the sweep look like a, after it like b
     first, last = trans[0][0], trans[-1][0]
     if any(f.progress > 0.5 for i, f in fits if i < first) or any(f.progress < 0.5 for i, f in fits if i > last):
@@ -206,6 +203,9 @@ def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tu
         first -= 1
     while last + 1 in by_frame and by_frame[last + 1].partial:
         last += 1
+    prog = np.asarray([by_frame[i].progress for i in range(first, last + 1) if by_frame[i].explained or by_frame[i].partial])
+    if prog.max() - prog.min() < cfg.min_progress_span or np.any(np.diff(prog) < -cfg.progress_slack):
+        return None
     return first, last, DIRECTIONS[main]
 
 
