@@ -87,6 +87,7 @@ class HybridConfig:
     wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin)
     flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
     # of the cut's change) is a flash, for the model's cuts as for the cheap ones
+    flash_span: int = 12  # model spans shorter than this whose sides look alike are flashes too
 
 
 SMOKE = HybridConfig(transnet=TransNetConfig(batch_size=4))
@@ -235,6 +236,16 @@ def is_flash(yuv: np.ndarray, c: int, keep: float) -> bool:
     return any(dist(i, j) < change for i, j in pairs)
 
 
+def no_shot_change(yuv: np.ndarray, a: int, b: int, keep: float) -> bool:
+    """Whether the frames just outside [a, b] look alike (closer than `keep` times the most any
+    inner frame departs from them): a flash or a passing disturbance, no transition between shots."""
+    if a < 1 or b + 1 >= len(yuv):
+        return False
+    before, after = yuv[a - 1].astype(np.int16), yuv[b + 1].astype(np.int16)
+    away = max(float(np.abs(yuv[i].astype(np.int16) - before).mean()) for i in range(a, b + 1))
+    return float(np.abs(after - before).mean()) < keep * away
+
+
 def cut_score(ratio: float, cfg: HybridConfig) -> float:
     """`frame_score` of a cut accepted without the model: 0.5 at `cut_ratio`, -> 1 as the spike grows."""
     return 1.0 - 0.5 * cfg.cut_ratio / max(ratio, cfg.cut_ratio)
@@ -330,4 +341,7 @@ class HybridDetector:
         self.cheap_cuts += len(known)
         tr = build_transitions(pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes)
         tr.cuts = [c for c in tr.cuts if c in known or not is_flash(yuv, c, cfg.flash_keep)]
+        # a short model span whose two sides look alike is a flash, not a transition: the shot goes on
+        tr.excluded = [(a, b, k) for a, b, k in tr.excluded if not (
+            k == "dissolve" and b - a < cfg.flash_span and no_shot_change(yuv, a, b, cfg.flash_keep))]
         return tr
