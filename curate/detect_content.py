@@ -11,7 +11,10 @@ measure better on the real test videos (see README, "Shot detection"):
   so long slow fades over moving content are found at their real extent;
 - dissolves are found with a linear-blend test (twin comparison, Zhang et al. 1993):
   a window whose middle frames are convex mixes of its end frames, while the end frames
-  differ as much as two shots do. Pans and zooms fail the blend test.
+  differ as much as two shots do. Pans and zooms fail the blend test;
+- spatial transitions (wipes, iris, slides, pushes) are fitted as composites of the frames
+  before and after them, on the same thumbnails (curate/wipes.py);
+- a change that returns to the previous look within two frames is a flash, not a cut.
 
 Everything streams: per frame we keep a few scalars and a 32x18 luma thumbnail
 (~600 bytes), so memory does not grow with resolution and stays ~60 MB for an hour.
