@@ -102,12 +102,18 @@ def judge_labels(
     shot = lab >= 0
     starts = {s for s, _ in spans}
     shot_starts = {int(i) for i in np.flatnonzero(shot) if i == 0 or lab[i - 1] != lab[i]}
+    merged: list[tuple[int, int]] = []  # touching ranges (a fade-in, then a model span after it) are one
+    for a, b in sorted(excluded):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
     split = 0
     for sid in range(int(lab.max()) + 1 if len(lab) else 0):
         idx = np.flatnonzero(lab == sid)
         first, last = int(idx[0]), int(idx[-1])
         inner_cut = any(first < c <= last for c in pred_cuts)
-        inner_range = any(first < a and b < last for a, b in excluded)
+        inner_range = any(first < a and b < last for a, b in merged)
         split += inner_cut or inner_range
     return LabelScore(
         clips=len(spans),
