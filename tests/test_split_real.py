@@ -63,7 +63,6 @@ def test_no_clip_touches_a_transition_or_crosses_a_cut(real_videos, ground_truth
     assert video[S.FRAME_COUNT] == gt["frames"]
 
 
-@pytest.mark.parametrize("name", NAMES)
 def _coverage_bound(gt: dict, pts, min_seconds: float) -> tuple[list[tuple[int, int]], int]:
     """Shots long enough for a clip (inclusive ranges from the ground truth) and how many of
     their frames the clip policy may lose: at an edge next to a gradual transition or black,
@@ -116,6 +115,7 @@ def test_clips_cover_the_shots(real_videos, ground_truth, name):
     assert got >= frames - loss, f"clips cover {got} of {frames} shot frames; at most {loss} may be lost"
 
 
+@pytest.mark.parametrize("name", NAMES)
 def test_hard_cuts_frame_exact(real_videos, ground_truth, name):
     _, _, tr = _split(real_videos, name)
     score = match_cuts(tr.cuts, ground_truth[name]["cuts"], tolerance=0)
