@@ -15,7 +15,7 @@ import numpy as np
 
 from curate.decode import SmallFrame
 
-TransitionKind = Literal["fade_in", "fade_out", "dissolve", "black"]
+TransitionKind = Literal["fade_in", "fade_out", "dissolve", "wipe", "black"]
 
 
 @dataclass

@@ -11,7 +11,10 @@ measure better on the real test videos (see README, "Shot detection"):
   so long slow fades over moving content are found at their real extent;
 - dissolves are found with a linear-blend test (twin comparison, Zhang et al. 1993):
   a window whose middle frames are convex mixes of its end frames, while the end frames
-  differ as much as two shots do. Pans and zooms fail the blend test.
+  differ as much as two shots do. Pans and zooms fail the blend test;
+- spatial transitions (wipes, iris, slides, pushes) are fitted as composites of the frames
+  before and after them, on the same thumbnails (curate/wipes.py);
+- a change that returns to the previous look within two frames is a flash, not a cut.
 
 Everything streams: per frame we keep a few scalars and a 32x18 luma thumbnail
 (~600 bytes), so memory does not grow with resolution and stays ~60 MB for an hour.
@@ -20,13 +23,14 @@ Everything streams: per frame we keep a few scalars and a 32x18 luma thumbnail
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from curate.decode import SmallFrame
 from curate.detect import TransitionKind, Transitions
+from curate.wipes import WipeConfig, find_wipes
 
 THUMB = (32, 18)  # (w, h) of the luma thumbnails used by the dissolve test
 
@@ -46,6 +50,7 @@ class ContentConfig:
     dissolve_min_change: float = 12.0  # end frames of a dissolve differ at least this much
     dissolve_max_residual: float = 0.22  # blend residual / end-frame difference, at most
     margin: int = 2  # frames added on each side of a gradual transition (safety)
+    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py); None: off
 
 
 @dataclass
@@ -54,7 +59,8 @@ class _Series:
 
     pts: np.ndarray
     diff: np.ndarray  # (N,) mean |f_i - f_{i-1}| over YUV; diff[0] = 0
-    diff2: np.ndarray  # (N,) mean |f_i - f_{i-2}|; used to reject one-frame flashes
+    diff2: np.ndarray  # (N,) mean |f_i - f_{i-2}|; used to reject flashes ...
+    diff3: np.ndarray  # (N,) mean |f_i - f_{i-3}|; ... of one or two frames
     luma: np.ndarray  # (N,) mean Y
     thumbs: np.ndarray  # (N, 18, 32) uint8 luma
 
@@ -63,24 +69,28 @@ def gather(frames: Iterator[SmallFrame]) -> _Series:
     pts: list[float] = []
     diff: list[float] = []
     diff2: list[float] = []
+    diff3: list[float] = []
     luma: list[float] = []
     thumbs: list[np.ndarray] = []
     prev: np.ndarray | None = None
     prev2: np.ndarray | None = None
+    prev3: np.ndarray | None = None
     for fr in frames:
         cur = fr.yuv.astype(np.int16)
         diff.append(float(np.abs(cur - prev).mean()) if prev is not None else 0.0)
         diff2.append(float(np.abs(cur - prev2).mean()) if prev2 is not None else 0.0)
+        diff3.append(float(np.abs(cur - prev3).mean()) if prev3 is not None else 0.0)
         y = fr.yuv[..., 0]
         luma.append(float(y.mean()))
         thumbs.append(cv2.resize(y, THUMB, interpolation=cv2.INTER_AREA))
         pts.append(fr.pts)
-        prev2, prev = prev, cur
+        prev3, prev2, prev = prev2, prev, cur
     n = len(pts)
     return _Series(
         np.asarray(pts, np.float64),
         np.asarray(diff, np.float32),
         np.asarray(diff2, np.float32),
+        np.asarray(diff3, np.float32),
         np.asarray(luma, np.float32),
         np.stack(thumbs) if n else np.zeros((0, THUMB[1], THUMB[0]), np.uint8),
     )
@@ -105,13 +115,23 @@ def find_cuts(s: _Series, cfg: ContentConfig) -> tuple[list[int], np.ndarray]:
     for i in range(1, n):
         if ratio[i] < cfg.cut_ratio or s.diff[i] < cfg.min_cut_diff:
             continue
-        # a flash: the next frame returns to what came before i
-        if i + 1 < n and s.diff[i + 1] >= cfg.min_cut_diff and s.diff2[i + 1] < 0.5 * s.diff[i]:
+        if is_flash(s, i):
             continue
         if cuts and i - cuts[-1] < 2:
             continue
         cuts.append(i)
     return cuts, score
+
+
+def is_flash(s: _Series, i: int, keep: float = 0.5) -> bool:
+    """Whether the change at frame i is a flash of one or two frames, or a flash's end: a
+    frame within two after i looks like frame i - 1 again, or frame i looks like one of the
+    two frames before i - 1 ("like": closer than `keep` times the change at i)."""
+    n, change = len(s.diff), keep * s.diff[i]
+    back = [(i + 1, s.diff2), (i + 2, s.diff3)]  # f_j vs f_{i-1}: diff2[i+1], diff3[i+2]
+    if any(j < n and d[j] < change for j, d in back):
+        return True
+    return (i >= 2 and s.diff2[i] < change) or (i >= 3 and s.diff3[i] < change)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -240,8 +260,14 @@ class ContentDetector:
         for a, b, _ in excluded:
             black_or_fade[a : b + 1] = True
         for a, b in find_dissolves(s, cfg, cuts):
-            if black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
+            if b >= a and black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
                 excluded.append((max(0, a - cfg.margin), min(n - 1, b + cfg.margin), "dissolve"))
+        if cfg.wipes is not None:
+            skip = np.zeros(n, bool)
+            for a, b, _ in excluded:
+                skip[a : b + 1] = True
+            for a, b, _ in find_wipes(s.thumbs, cuts, cfg.wipes, skip):
+                excluded.append((max(0, a - cfg.margin), min(n - 1, b + cfg.margin), "wipe"))
         for a, b, _ in excluded:
             score[a : b + 1] = np.maximum(score[a : b + 1], 0.5)
         # a "cut" inside a gradual transition is its first frame: not a hard cut

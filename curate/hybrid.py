@@ -53,6 +53,7 @@ from curate.transnet import (
     empty_transitions,
     num_windows,
 )
+from curate.wipes import WipeConfig, find_wipes, thumbnails
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,12 @@ class HybridConfig:
     # across the cut (old shot's last frame -> new shot's first) is at least each of their changes
     cut_flash_frames: int = 10  # over this many frames after (before) the cut the histogram must stay away
     cut_flash_keep: float = 0.5  # from the old (new) shot's by >= this share of the cut's change (no flash)
-    cut_black_gap: int = 3  # no black frame or luma fade within this many frames (cuts to/from black)
+    cut_black_gap: int = 3  # no black frame, luma fade or wipe within this many frames (cuts to/from black)
+    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py)
+    wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin)
+    flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
+    # of the cut's change) is a flash, for the model's cuts as for the cheap ones
+    flash_span: int = 12  # model spans shorter than this whose sides look alike are flashes too
 
 
 SMOKE = HybridConfig(transnet=TransNetConfig(batch_size=4))
@@ -217,6 +223,29 @@ def confident_cuts(
     return out
 
 
+def is_flash(yuv: np.ndarray, c: int, keep: float) -> bool:
+    """Whether the change at frame c is a flash of one or two frames, or a flash's end: frame
+    c - 1's look returns within two frames, or frame c's look was there two or three frames before."""
+    n = len(yuv)
+
+    def dist(i: int, j: int) -> float:
+        return float(np.abs(yuv[i].astype(np.int16) - yuv[j]).mean())
+
+    change = keep * dist(c, c - 1)
+    pairs = [(j, c - 1) for j in (c + 1, c + 2) if j < n] + [(c, j) for j in (c - 2, c - 3) if j >= 0]
+    return any(dist(i, j) < change for i, j in pairs)
+
+
+def no_shot_change(yuv: np.ndarray, a: int, b: int, keep: float) -> bool:
+    """Whether the frames just outside [a, b] look alike (closer than `keep` times the most any
+    inner frame departs from them): a flash or a passing disturbance, no transition between shots."""
+    if a < 1 or b + 1 >= len(yuv):
+        return False
+    before, after = yuv[a - 1].astype(np.int16), yuv[b + 1].astype(np.int16)
+    away = max(float(np.abs(yuv[i].astype(np.int16) - before).mean()) for i in range(a, b + 1))
+    return float(np.abs(after - before).mean()) < keep * away
+
+
 def cut_score(ratio: float, cfg: HybridConfig) -> float:
     """`frame_score` of a cut accepted without the model: 0.5 at `cut_ratio`, -> 1 as the spike grows."""
     return 1.0 - 0.5 * cfg.cut_ratio / max(ratio, cfg.cut_ratio)
@@ -279,12 +308,20 @@ class HybridDetector:
         luma = LumaStats.of(yuv, spans)
         d, hist = frame_diff(yuv), colour_histograms(yuv)
         sharp, sustained = proposals(d, cfg, hist_change(yuv, cfg.hist_gap, hist))
+        near_black = luma.black.copy()
+        for a, b, _ in luma_fades(luma, spans):
+            near_black[a : b + 1] = True
+        wipes = []
+        if cfg.wipes is not None:
+            m = cfg.wipe_margin
+            wipes = [(max(0, a - m), min(n - 1, b + m), "wipe") for a, b, _ in
+                     find_wipes(thumbnails(yuv[..., 0]), [int(c) for c in sharp], cfg.wipes, near_black)]
         sure: dict[int, float] = {}
         if cfg.cheap_cuts:
-            near_black = luma.black.copy()
-            for a, b, _ in luma_fades(luma, spans):
-                near_black[a : b + 1] = True
-            sure = confident_cuts(d, hist, near_black, sharp, cfg)
+            near = near_black.copy()
+            for a, b, _ in wipes:  # a wipe's frames are no clean cut: they go to the model
+                near[a : b + 1] = True
+            sure = confident_cuts(d, hist, near, sharp, cfg)
         cand = [int(c) for c in sharp if int(c) not in sure]
         cand += [(a + b) // 2 for a, b in sustained if not explained((a, b), sure, cfg)]
         single = np.zeros(n, np.float32)
@@ -302,4 +339,9 @@ class HybridDetector:
         # the model marks a cut at c on frame c - 1: where it scored that frame, its verdict stands
         known = {c: cut_score(r, cfg) for c, r in sure.items() if (c - 1) // STEP not in done}
         self.cheap_cuts += len(known)
-        return build_transitions(pts, single, many, luma, spans, known_cuts=known)
+        tr = build_transitions(pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes)
+        tr.cuts = [c for c in tr.cuts if c in known or not is_flash(yuv, c, cfg.flash_keep)]
+        # a short model span whose two sides look alike is a flash, not a transition: the shot goes on
+        tr.excluded = [(a, b, k) for a, b, k in tr.excluded if not (
+            k == "dissolve" and b - a < cfg.flash_span and no_shot_change(yuv, a, b, cfg.flash_keep))]
+        return tr

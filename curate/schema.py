@@ -30,7 +30,7 @@ HEIGHT = "height"
 # --- split ------------------------------------------------------------------------------
 SHOT_INDEX = "shot_index"
 SPLIT_METHOD = "split_method"
-TRANSITION_BEFORE = "transition_before"  # start | cut | fade_in | fade_out | dissolve | black | window
+TRANSITION_BEFORE = "transition_before"  # start | cut | fade_in | fade_out | dissolve | wipe | black | window
 BOUNDARY_SCORE_START = "boundary_score_start"  # detector's transition score at the clip's first boundary
 BOUNDARY_SCORE_END = "boundary_score_end"
 

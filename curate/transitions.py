@@ -130,11 +130,11 @@ def model_transitions(
     return [c for c in cuts if 0 < c < n], spans
 
 
-_PRIORITY: dict[str, int] = {"dissolve": 1, "fade_in": 2, "fade_out": 2, "black": 3}
+_PRIORITY: dict[str, int] = {"dissolve": 1, "wipe": 1, "fade_in": 2, "fade_out": 2, "black": 3}
 
 
 def merge_excluded(n: int, ranges: list[tuple[int, int, TransitionKind]]) -> list[tuple[int, int, TransitionKind]]:
-    """Sorted, non-overlapping ranges; black wins over fades, fades over dissolves.
+    """Sorted, non-overlapping ranges; black wins over fades, fades over dissolves and wipes.
 
     A model span that overlaps a luma fade takes the fade's kind, so one fade is one range.
     """
@@ -147,7 +147,7 @@ def merge_excluded(n: int, ranges: list[tuple[int, int, TransitionKind]]) -> lis
     label = np.zeros(n, np.int8)
     names: dict[int, TransitionKind] = {}
     for a, b, kind in sorted(fixed, key=lambda r: _PRIORITY[r[2]]):
-        code = {"dissolve": 1, "fade_in": 2, "fade_out": 3, "black": 4}[kind]
+        code = {"dissolve": 1, "fade_in": 2, "fade_out": 3, "black": 4, "wipe": 5}[kind]
         names[code] = kind
         label[max(0, a) : min(n, b + 1)] = code
     out: list[tuple[int, int, TransitionKind]] = []
@@ -163,6 +163,7 @@ def build_transitions(
     luma: LumaStats,
     cfg: SpanConfig,
     known_cuts: Mapping[int, float] | None = None,
+    extra_spans: list[tuple[int, int, TransitionKind]] | None = None,
 ) -> Transitions:
     """Everything a detector returns, from the model heads (zeros where not evaluated) and luma.
 
@@ -170,13 +171,17 @@ def build_transitions(
     score in [0, 1], kept as `frame_score` there; the caller documents what that score is).
     They join the model's cuts as they are: the caller passes only cuts whose frames the
     model did not score.
+    `extra_spans`: gradual transitions found without the model (wipes): left out of clips, and
+    a model cut inside one is its middle, not a hard cut.
     """
     n = len(pts)
     cuts, spans = model_transitions(single, many, luma, cfg)
     known = {int(c): float(v) for c, v in (known_cuts or {}).items() if 0 < c < n}
     if known:
         cuts = sorted(set(cuts) | set(known))
-    excluded = merge_excluded(n, spans + luma_fades(luma, cfg))
+    extra = list(extra_spans or [])
+    cuts = [c for c in cuts if not any(a < c <= b for a, b, _ in extra)]
+    excluded = merge_excluded(n, spans + luma_fades(luma, cfg) + extra)
     # frame_score[i]: probability that a new shot starts at frame i (`single` marks frame i - 1)
     score = np.zeros(n, np.float32)
     score[1:] = single[:-1]

@@ -1,6 +1,9 @@
 """Split accuracy on the real videos against shot_boundaries.json (DESIGN: frame-exact cuts,
 no clip touching a gradual transition or black segment, times from timestamps)."""
 
+import itertools
+
+import numpy as np
 import pytest
 
 from curate import schema as S
@@ -58,6 +61,58 @@ def test_no_clip_touches_a_transition_or_crosses_a_cut(real_videos, ground_truth
         if r[S.TRANSITION_BEFORE] == "cut":
             assert r[S.START_FRAME] in gt["cuts"]
     assert video[S.FRAME_COUNT] == gt["frames"]
+
+
+def _coverage_bound(gt: dict, pts, min_seconds: float) -> tuple[list[tuple[int, int]], int]:
+    """Shots long enough for a clip (inclusive ranges from the ground truth) and how many of
+    their frames the clip policy may lose: at an edge next to a gradual transition or black,
+    3 frames (a detector's safety margin) + 10% of that transition's length; none at a hard cut."""
+    n = gt["frames"]
+    ranges = forbidden_frames(gt)
+    bad = np.zeros(n, bool)
+    for a, b, _ in ranges:
+        bad[a : b + 1] = True
+    edges = sorted({0, n, *gt["cuts"]})
+    shots = []
+    for lo, hi in itertools.pairwise(edges):
+        idx = np.flatnonzero(~bad[lo:hi]) + lo
+        # runs of allowed frames between transitions
+        for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(idx) else []:
+            a, b = int(run[0]), int(run[-1])
+            end = pts[b + 1] if b + 1 < len(pts) else pts[b] + (pts[b] - pts[b - 1] if b else 0.04)
+            if end - pts[a] >= min_seconds:
+                shots.append((a, b))
+    loss = 0
+    for a, b in shots:
+        for edge in (a - 1, b + 1):
+            near = [(x, y) for x, y, _ in ranges if x <= edge <= y]
+            loss += sum(3 + int(0.1 * (y - x + 1)) for x, y in near)
+    return shots, loss
+
+
+# known: `content` takes the "Big Buck Bunny" title fading in and out over the last shot
+# (overlays, not shot changes, in the ground truth) for dissolves, leaving 114 frames out
+COVERAGE_XFAIL = {"big_buck_bunny_0_30.webm": "title fade-in/out over a shot excluded as dissolves"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=COVERAGE_XFAIL[n], strict=True)) if n in COVERAGE_XFAIL else n
+    for n in NAMES
+])
+def test_clips_cover_the_shots(real_videos, ground_truth, name):
+    """Leaving frames out is safe only up to a point: the clips must cover the shots that can
+    give a clip, but for a bounded loss at their gradual edges (bound from the ground truth)."""
+    _, rows, tr = _split(real_videos, name)
+    shots, loss = _coverage_bound(ground_truth[name], tr.pts, CFG.min_seconds)
+    if not shots:
+        pytest.skip(f"{name}: no shot of {CFG.min_seconds} s")
+    covered = np.zeros(tr.num_frames, bool)
+    for r in rows:
+        if r[S.STATUS] == S.STATUS_OK:
+            covered[r[S.START_FRAME] : r[S.END_FRAME]] = True
+    frames = sum(b - a + 1 for a, b in shots)
+    got = sum(int(covered[a : b + 1].sum()) for a, b in shots)
+    assert got >= frames - loss, f"clips cover {got} of {frames} shot frames; at most {loss} may be lost"
 
 
 @pytest.mark.parametrize("name", NAMES)
