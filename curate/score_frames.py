@@ -12,7 +12,7 @@ never sent to the model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,9 +39,7 @@ from curate.schema import (
     conform,
     set_columns,
 )
-
-if TYPE_CHECKING:
-    from curate.score import ScoreConfig
+from curate.score_config import ScoreConfig
 
 # Transient columns between the CPU step and the model actors; never written to disk.
 FRAMES = "_score_frames"  # bytes of a (T, S, S, 3) uint8 array

@@ -43,7 +43,7 @@ from curate.split import SplitConfig
 from curate.storage import read_parts, write_json_atomic, write_parquet_atomic
 from curate.synth import Segment, make_video
 from jobs import report
-from jobs.report_html import RANDOM_MODELS_WARNING
+from jobs.report.html import RANDOM_MODELS_WARNING
 from jobs.score import funnel_report
 from jobs.split import process_one
 

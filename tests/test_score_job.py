@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import score
+from curate.clip_rows import clip_rows
 from curate.filters import FilterConfig, Rule
 from curate.schema import (
     AESTHETIC,
@@ -25,7 +26,6 @@ from curate.schema import (
 )
 from curate.storage import read_parts, write_parquet_atomic
 from jobs import score as job_score
-from tests.clip_rows import clip_rows
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,6 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,9 @@ import pyarrow.parquet as pq
 from curate import schema as S
 from curate.errors import UsageError, one_line
 from curate.storage import write_json_atomic
-from jobs import report_html
-from jobs.report_media import Line, clip_preview, even_sample, preview_name, score_histogram
+from jobs.report import html as report_html
+from jobs.report.media import Line, clip_preview, even_sample, preview_name, score_histogram
+from jobs.report.outputs import RunOutputs
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
@@ -52,26 +52,6 @@ _SKIP = {S.CLIP_EMBEDDING, *S.columns_of(S.LATENT_GROUP)}
 _CLIP_COLUMNS = [n for n in S.CLIP_SCHEMA.names if n not in _SKIP]
 _ABS_RULE = re.compile(r"^(\w+) (>=|<=) (\S+)$")  # filters.Rule.name of an absolute rule
 _PCT_RULE = re.compile(r"^((\w+) (?:top|bottom) \d+%) \(cutoff ([^)]+)\)")  # a percentile drop reason
-
-
-@dataclass
-class RunOutputs:
-    """What the stages left under OUT; None where a stage has not written anything."""
-
-    out: Path
-    videos: pa.Table | None = None
-    clips: pa.Table | None = None
-    scored: pa.Table | None = None
-    funnel: dict[str, Any] | None = None
-    captions: pa.Table | None = None
-    manifest: dict[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def stages(self) -> dict[str, bool]:
-        """Stage -> whether its output exists."""
-        return {"split": self.videos is not None or self.clips is not None,
-                "score + filter": self.scored is not None, "caption": self.captions is not None,
-                "encode": self.manifest is not None}
 
 
 def _load_parts(directory: Path, schema: pa.Schema, columns: Sequence[str], problems: list[str]) -> pa.Table | None:
