@@ -26,8 +26,8 @@ def _scored(tmp: Path, n: int = 6) -> tuple[Path, list[dict]]:
 
 @pytest.mark.parametrize(("args", "msg"), [
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--num-gpus", "-1"], "--num-gpus must be >= 0"),
-    (["--concurrency", "0"], "--concurrency must be >= 1"),
+    (["--num-gpus", "-1"], "--gpus must be >= 0, got -1"),  # the old spelling still parses
+    (["--actors", "0"], "--actors must be >= 1, got 0"),
 ])
 def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
     scored, _ = _scored(tmp_path, 2)
@@ -37,7 +37,7 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
 
 def test_missing_input_is_a_usage_error(tmp_path, capsys):
     assert job.cli(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
-    assert "run the score stage first" in capsys.readouterr().err
+    assert "run jobs.score first" in capsys.readouterr().err
 
 
 def test_parts_of_another_config_are_removed_and_crash_window_is_marked(tmp_path):

@@ -78,6 +78,7 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path):
     assert r.returncode == 2 and "--batch-size must be >= 1, got 0" in r.stderr
     r = subprocess.run([*base, "--preset", "smoke"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no Parquet parts" in r.stderr
+    write_parquet_atomic(table_from_rows([]), tmp_path / "clips" / "part-00000.parquet")  # past the folder check
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUBELET_WEIGHTS": str(tmp_path)}
     r = subprocess.run([*base, "--preset", "default"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "sac+logos+ava1-l14-linearMSE.pth" in r.stderr and "wget" in r.stderr
