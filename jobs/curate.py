@@ -243,8 +243,10 @@ def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-f") as writer:
         writer.write(enc)
     manifest = writer.manifest()
+    psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     return {"clips": clips.num_rows, "scored": scored.num_rows, "kept": len(kept_ids),
-            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"]}
+            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"],
+            "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None}  # as jobs.encode's summary
 
 
 def _manifest_meta(preset: Preset) -> dict:

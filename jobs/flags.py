@@ -234,7 +234,7 @@ def check_cluster(need: Need) -> None:
 
 def quiet_logs(verbose: bool) -> None:
     """Quiet by default: progress bars and the job's summary; Ray's per-operator logs with --verbose."""
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR  # quiet: not even Ray's deprecation notices
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
 
