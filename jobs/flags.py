@@ -190,6 +190,7 @@ class Need:
     cpus: float = 0.0  # all actors together
     max_cpus_one: float = 0.0  # the largest single ask: it must fit on one machine
     what: str = "the job"
+    fix: str = "lower the --*actors, --*gpus or --cpus flags"
 
 
 def local_capacity() -> tuple[float, float]:
@@ -209,12 +210,10 @@ def check_need(need: Need, capacity: tuple[float, float], where: str) -> None:
     gpus, cpus = capacity
     if need.gpus > gpus:
         raise fail(f"{need.what} asks for {need.gpus:g} GPU(s) in all and {where} must have them",
-                   f"{gpus:g} GPU(s)", "lower the --*gpus / --*actors flags, pass --gpus 0 to run on CPU, "
-                   "or run on GPU nodes")
+                   f"{gpus:g} GPU(s)", f"{need.fix}, ask for 0 GPUs to run on CPU, or run on GPU nodes")
     if need.max_cpus_one > cpus or need.cpus > cpus:
-        ask = max(need.max_cpus_one, need.cpus)
-        raise fail(f"{need.what} asks for {ask:g} CPU(s) and {where} must have them", f"{cpus:g} CPU(s)",
-                   "lower --cpus or the --*actors flags")
+        ask = round(max(need.max_cpus_one, need.cpus), 2)
+        raise fail(f"{need.what} asks for {ask:g} CPU(s) and {where} must have them", f"{cpus:g} CPU(s)", need.fix)
 
 
 def check_local(need: Need, address: str | None) -> None:

@@ -47,8 +47,8 @@ def open_dataset(shards: str) -> Sequence[dict]:
 
         return synthetic_samples(int(shards.split(":", 1)[1]), shapes=[(2, 4, 4), (1, 4, 6), (3, 2, 4)])
     if _manifest_path(shards) is None:
-        raise UsageError(f"--shards must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
-                         f"jobs.encode): got {shards}; run the encode stage first or pass its OUT/latents")
+        raise UsageError(f"--input must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
+                         f"jobs.encode), got {shards}; run jobs.encode first or pass its OUT/latents")
     from latents.dataset import LatentDataset
 
     # stored dtype (bf16/fp16) and text padded to the longest caption of each row group: half
@@ -80,7 +80,8 @@ def _worker_loop(config: dict) -> None:
 
 def need_of(workers: int, use_gpu: bool) -> flags.Need:
     return flags.Need(gpus=float(workers) if use_gpu else 0.0, cpus=float(workers), max_cpus_one=1.0,
-                      what=f"train ({workers} worker(s), 1 CPU{' + 1 GPU' if use_gpu else ''} each)")
+                      what=f"train ({workers} worker(s), 1 CPU{' + 1 GPU' if use_gpu else ''} each)",
+                      fix="lower --workers")
 
 
 def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_gpu: bool,
