@@ -77,7 +77,7 @@ def test_job_captions_kept_clips_and_resumes(tmp_path, local_ray):
     assert s2["skipped_done"] == len(kept) and s2["captioned"] == 0
     assert read_parts(tmp_path / "captions", S.CLIP_SCHEMA).num_rows == len(kept)
     # more actors (or GPUs) than the 2-CPU cluster has: a clear error, not a hang
-    with pytest.raises(UsageError, match="lower --concurrency"):
+    with pytest.raises(UsageError, match=r"asks for 3.5 CPU\(s\) and the Ray cluster must have them, got 2"):
         job.main(replace(cfg, output=str(tmp_path / "c2"), concurrency=3))
-    with pytest.raises(UsageError, match="GPUs in the Ray cluster, got 0"):
+    with pytest.raises(UsageError, match=r"GPU\(s\) in all and the Ray cluster must have them, got 0 GPU"):
         job.main(replace(cfg, output=str(tmp_path / "c3"), num_gpus=1))

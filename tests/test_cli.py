@@ -226,3 +226,18 @@ def test_split_stores_absolute_source_uri_and_score_runs_from_elsewhere(tmp_path
     assert summary["videos_ok"] == 1
     # quiet by default: the job's lines, not Ray's per-operator logs
     assert len(r.stdout.splitlines()) <= 10, r.stdout
+
+
+def test_errors_by_reason_groups_without_file_names():
+    from collections import Counter
+
+    from curate.errors import error_key
+
+    reasons = ["InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '/data/a.mp4'",
+               "InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '/other/b c.mkv'",
+               "no decodable video frame (h264): clip.mov is truncated",
+               "no decodable video frame (h264): s3://bucket/x.mp4 is truncated",
+               "sharpness >= 100: sharpness=43.2"]
+    groups = Counter(map(error_key, reasons))
+    assert len(groups) == 3 and set(groups.values()) == {2, 1}
+    assert "sharpness >= 100: sharpness=43.2" in groups  # numbers are not file names
