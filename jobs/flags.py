@@ -193,10 +193,11 @@ class Need:
     fix: str = "lower the --*actors, --*gpus or --cpus flags"
 
 
-def local_capacity() -> tuple[float, float]:
-    """(GPUs, CPUs) of this machine, without starting Ray."""
+def local_capacity(count_gpus: bool = True) -> tuple[float, float]:
+    """(GPUs, CPUs) of this machine, without starting Ray (GPUs counted only when asked: torch
+    takes a second or two to import)."""
     gpus = 0
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+    if count_gpus and os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
         try:
             import torch
 
@@ -220,7 +221,7 @@ def check_local(need: Need, address: str | None) -> None:
     """Before Ray starts: a local run must fit this machine (a cluster is checked after connecting)."""
     if address or os.environ.get("RAY_ADDRESS"):
         return
-    check_need(need, local_capacity(), "this machine (no --address)")
+    check_need(need, local_capacity(count_gpus=need.gpus > 0), "this machine (no --address)")
 
 
 def check_cluster(need: Need) -> None:
