@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 OnError = Literal["record", "raise"]
@@ -29,6 +30,22 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
         text = f"{type(exc).__name__}: {text}"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# a quoted string holding a path separator, a bare absolute/relative path, a bare file name with an extension
+_QUOTED_PATH = re.compile(r"""(['"])[^'"\n]*[/\\][^'"\n]*\1""")
+_BARE_PATH = re.compile(r"(?<![\w:/])(?:[A-Za-z]:\\|\.{0,2}/)[^\s'\",;()]+")
+_FILE_NAME = re.compile(r"(?<![\w/])[\w.+-]+\.[A-Za-z][A-Za-z0-9]{1,4}\b(?!\()")
+_URI = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+")
+
+
+def error_key(reason: str | None) -> str:
+    """The reason of an error row without the file it happened to, so `errors_by_reason` groups:
+    "InvalidDataError: ... input: '/data/a.mp4'" and the same for b.mp4 -> one key with "<file>"."""
+    text = reason or ""
+    for pattern in (_URI, _QUOTED_PATH, _BARE_PATH, _FILE_NAME):
+        text = pattern.sub("<file>", text)
+    return text
 
 
 def check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:

@@ -15,7 +15,7 @@ rule gets no frames, so it is never sent to the model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,9 +44,7 @@ from curate.schema import (
     conform,
     set_columns,
 )
-
-if TYPE_CHECKING:
-    from curate.score import ScoreConfig
+from curate.score_config import ScoreConfig
 
 # Transient columns between the CPU step and the model actors; never written to disk.
 FRAMES = "_score_frames"  # bytes of a (T, S, S, 3) uint8 array

@@ -20,6 +20,8 @@ import pyarrow as pa
 # Ray must be importable only from jobs/.
 import ray
 
+from jobs.flags import Need, check_cluster, quiet_logs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,13 +41,17 @@ class Resources:
     batch_size: int | None = None
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
-    """Connect to `address` / RAY_ADDRESS / a `ray job submit` driver, or start a local instance.
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
+             need: Need | None = None) -> None:
+    """Connect to `address` / RAY_ADDRESS / a `ray job submit` driver, or start a local instance;
+    then fail at once (UsageError) when the cluster has fewer GPUs/CPUs than `need`.
 
     important: the local instance binds to 127.0.0.1 and its dashboard is off unless asked for;
     workers get this checkout on PYTHONPATH so `python -m jobs.x` works without installing.
     """
     if ray.is_initialized():
+        if need is not None:
+            check_cluster(need)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -71,6 +77,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.verbose_stats_logs = False
+    quiet_logs(not quiet)
+    if need is not None:
+        check_cluster(need)
 
 
 def _pythonpath() -> str:

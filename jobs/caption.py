@@ -41,7 +41,6 @@ from captioner.stage import (
     caption_hash,
     planned_frames,
 )
-from curate.errors import UsageError
 from curate.schema import (
     CLIP_ID,
     CLIP_SCHEMA,
@@ -62,7 +61,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from jobs import presets
+from jobs import flags, presets
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 STATS_DIR = Path("_stats") / STAGE
@@ -80,6 +79,7 @@ class CaptionJobConfig:
     decode_concurrency: int = 0  # 0: as many decode tasks as Ray schedules
     address: str | None = None
     num_cpus: int | None = None  # for a local Ray instance
+    verbose: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,20 +165,10 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     return summary
 
 
-def _check_resources(cfg: CaptionJobConfig) -> None:
+def need_of(cfg: CaptionJobConfig) -> flags.Need:
     """important: actors asking for more than the cluster has wait forever instead of failing."""
-    import ray
-
-    res = ray.cluster_resources()
-    gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 0.0)
-    if cfg.num_gpus > 0 and gpus < cfg.num_gpus * cfg.concurrency:
-        raise UsageError(f"--num-gpus {cfg.num_gpus:g} x --concurrency {cfg.concurrency} needs that many GPUs in the "
-                         f"Ray cluster, got {gpus:g}; run on GPU nodes, lower --concurrency, or pass --num-gpus 0 "
-                         "(the model then runs on CPU, slowly)")
-    need = cfg.actor_cpus * cfg.concurrency + cfg.decode_cpus
-    if need > cpus:
-        raise UsageError(f"{cfg.concurrency} model actor(s) x {cfg.actor_cpus:g} CPU + {cfg.decode_cpus:g} CPU for "
-                         f"decode tasks need {need:g} CPUs, the Ray cluster has {cpus:g}; lower --concurrency")
+    return flags.Need(gpus=cfg.num_gpus * cfg.concurrency, cpus=cfg.actor_cpus * cfg.concurrency + cfg.decode_cpus,
+                      max_cpus_one=cfg.actor_cpus, what=f"caption ({cfg.concurrency} actor(s) + decode tasks)")
 
 
 def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, Any]:
@@ -187,8 +177,7 @@ def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, 
     stats_dir = out / STATS_DIR
     for f in stats_dir.glob("actor-*.json"):
         f.unlink()
-    init_ray(cfg.address, cfg.num_cpus)
-    _check_resources(cfg)
+    init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
     bs = cfg.caption.batch_size
     ds = table_dataset(todo, rows_per_block=bs)
     ds = map_task(ds, functools.partial(attach_frames, cfg=cfg.caption),
@@ -212,52 +201,63 @@ def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, 
     return {"captioned": ok, "errors": err, "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
 
 
-def parse_args(argv: list[str] | None = None) -> CaptionJobConfig:
-    p = argparse.ArgumentParser(prog="python -m jobs.caption", description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True, help="folder of scored parts (OUT/scored)")
-    p.add_argument("--output", required=True, help="folder for caption parts (OUT/captions)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+def build_parser() -> argparse.ArgumentParser:
+    p = flags.JobParser("python -m jobs.caption", __doc__.split("\n")[0])
+    flags.add_io(p, "folder of scored parts (OUT/scored)", "folder for caption parts (OUT/captions)")
+    flags.add_preset(p, sorted(PRESETS))
     p.add_argument("--model", default=None, help="override the preset's VLM: hub id, local folder or smoke:<family>")
-    p.add_argument("--concurrency", type=int, default=1, help="model actors")
-    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 for default, 0 smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="clips per generate call")
-    p.add_argument("--num-frames", type=int, default=None)
-    p.add_argument("--decode-concurrency", type=int, default=0)
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local instance)")
-    a = p.parse_args(argv)
+    flags.add_resources(p, actors=1, gpus=0.0, cpus=1.0)
+    p.add_argument("--batch-size", type=int, default=None, help="clips per generate call (default: the preset's)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the preset's)")
+    p.add_argument("--decode-concurrency", type=int, default=0, help="max decode tasks (0: Ray decides)")
+    flags.add_device(p)
+    flags.add_ray(p)
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
+    """Every check that needs no Ray: flags, the input folder, this machine's GPUs and CPUs."""
+    for flag, v, lo in (("--batch-size", a.batch_size, 1), ("--num-frames", a.num_frames, 1),
+                        ("--actors", a.actors, 1), ("--decode-concurrency", a.decode_concurrency, 0)):
+        if v is not None:
+            flags.check_int(flag, v, lo)
+    flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
+    flags.check_float("--cpus", a.cpus, 0, strict=True)
+    flags.check_device(a.device, a.gpus)
+    flags.check_stage_folder("--input", a.input, "scored", "jobs.score")
     cap = PRESETS[a.preset]
     if a.model:
         cap = replace(cap, model=a.model)
-    for name, v, lo in (("--batch-size", a.batch_size, 1), ("--num-frames", a.num_frames, 1),
-                        ("--concurrency", a.concurrency, 1), ("--decode-concurrency", a.decode_concurrency, 0)):
-        if v is not None and v < lo:
-            raise UsageError(f"{name} must be >= {lo}, got {v}; pass a larger value")
-    if a.num_gpus is not None and a.num_gpus < 0:
-        raise UsageError(f"--num-gpus must be >= 0, got {a.num_gpus}; pass 0 for CPU or 1 per actor")
     if a.batch_size:
         cap = replace(cap, batch_size=a.batch_size)
     if a.num_frames:
         cap = replace(cap, num_frames=a.num_frames)
-    num_gpus = a.num_gpus if a.num_gpus is not None else (0.0 if a.preset == "smoke" else 1.0)
-    if not Path(a.input).is_dir():
-        raise UsageError(f"--input must be a folder of Parquet parts, got {a.input!r} (not a folder); "
-                         "run the score stage first or fix the path")
-    return CaptionJobConfig(input=a.input, output=a.output, caption=cap, concurrency=a.concurrency,
-                            num_gpus=num_gpus, decode_concurrency=a.decode_concurrency, address=a.address)
+    if a.device != "auto":
+        cap = replace(cap, device=a.device)
+    cfg = CaptionJobConfig(input=flags.canonical(a.input), output=flags.canonical(a.output), caption=cap,
+                           concurrency=a.actors, num_gpus=a.gpus, actor_cpus=a.cpus,
+                           decode_concurrency=a.decode_concurrency, address=a.address, verbose=a.verbose)
+    flags.check_local(need_of(cfg), cfg.address)
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> CaptionJobConfig:
+    return config_from_args(build_parser().parse_args(argv))
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        cfg = config_from_args(args)
         summary = main(cfg)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
-          f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
-          f"{summary['clips_per_s']:.2f} clips/s; model waited "
-          f"{100 * summary.get('model_wait_share', 0.0):.1f}% of its time for frames -> {cfg.output}")
-    return 0
+        print(f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
+              f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
+              f"{summary['clips_per_s']:.2f} clips/s; model waited "
+              f"{100 * summary.get('model_wait_share', 0.0):.1f}% of its time for frames -> {cfg.output}")
+        return 0
+
+    return flags.run_cli(body)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from jobs import flags
 from jobs.inputs import list_inputs
-from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset
+from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 
 STAGE = "curate"
 STREAM = "_stream"
@@ -73,6 +74,8 @@ class CurateConfig:
     batch_size: int = 4  # clips per actor call
     max_rows_per_shard: int = 2048
     report: bool = True
+    device: str = "auto"  # where every model runs (flags.check_device)
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -119,13 +122,23 @@ def staged_clip_ids(out: Path, h: str) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _with_psnr(part: pa.Table) -> pa.Table:
+    """A staged part in the clip schema plus its round-trip PSNR, the transient metric column the
+    shard writer summarises in the manifest (conform alone would drop it: `metrics: {}`)."""
+    from latents.encode import ROUNDTRIP_PSNR
+
+    t = S.conform(part.select([c for c in part.column_names if c in S.CLIP_SCHEMA.names]))
+    psnr = part.column(ROUNDTRIP_PSNR).cast(pa.float32()) if ROUNDTRIP_PSNR in part.column_names \
+        else pa.nulls(part.num_rows, pa.float32())
+    return t.append_column(ROUNDTRIP_PSNR, psnr)
+
+
 def _staged(out: Path, h: str) -> pa.Table:
     parts = [p for p in sorted((out / STREAM).glob("part-*.parquet"))
              if is_done(out, STAGE, p.stem.removeprefix("part-"), h)]
     if not parts:
-        return S.empty_table()
-    t = pa.concat_tables([S.conform(pq.read_table(p).select(
-        [c for c in pq.read_schema(p).names if c in S.CLIP_SCHEMA.names])) for p in parts])
+        return _with_psnr(S.empty_table())
+    t = pa.concat_tables([_with_psnr(pq.read_table(p)) for p in parts])
     # a clip staged twice (a retried batch after a crash between part and marker): keep the first
     first: dict[str, int] = {}
     for i, c in enumerate(t.column(S.CLIP_ID).to_pylist()):
@@ -154,7 +167,7 @@ def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h:
     from latents.encode import prepare_batch as encode_prepare
     from latents.shards import ShardWriter
 
-    init_ray(cfg.address)
+    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     if preset.score.smoke:
         score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
     staged = staged_clip_ids(out, h)
@@ -230,8 +243,10 @@ def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-f") as writer:
         writer.write(enc)
     manifest = writer.manifest()
+    psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     return {"clips": clips.num_rows, "scored": scored.num_rows, "kept": len(kept_ids),
-            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"]}
+            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"],
+            "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None}  # as jobs.encode's summary
 
 
 def _manifest_meta(preset: Preset) -> dict:
@@ -245,12 +260,21 @@ def _manifest_meta(preset: Preset) -> dict:
     return meta
 
 
+def need_of(cfg: CurateConfig) -> flags.Need:
+    """All three actor pools stream at once, beside the split and decode tasks."""
+    pools = [(cfg.score_actors, cfg.score_gpus), (cfg.caption_actors, cfg.caption_gpus),
+             (cfg.encode_actors, cfg.encode_gpus)]
+    return flags.Need(gpus=sum(n * g for n, g in pools),
+                      cpus=sum(n for n, _ in pools) * cfg.actor_cpus * 1.02 + cfg.task_cpus,
+                      max_cpus_one=max(cfg.actor_cpus * 1.02, 1.0), what="curate (3 actor pools + tasks)")
+
+
 def main(cfg: CurateConfig) -> dict[str, Any]:
-    preset = PRESETS[cfg.preset]
+    preset = with_device(PRESETS[cfg.preset], cfg.device)
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
-    inputs = list_inputs(cfg.input)
-    out = Path(cfg.output)
+    inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    out = Path(flags.canonical(cfg.output))
     check_writable(out)
     filters.check_config(preset.score.filters)
     from curate import score
@@ -275,31 +299,44 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.curate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="directory, glob, list file or one video")
-    p.add_argument("--output", required=True, help="output root OUT")
-    p.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
-    p.add_argument("--address", default=None)
-    for stage in ("score", "caption", "encode"):
-        p.add_argument(f"--{stage}-actors", type=int, default=1, help=f"{stage} model actors")
-        p.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
-    p.add_argument("--actor-cpus", type=float, default=0.25)
-    p.add_argument("--batch-size", type=int, default=4)
+    p = flags.JobParser("python -m jobs.curate", __doc__.split("\n\n")[0])
+    flags.add_io(p, "directory, glob, list file or one video", "output root OUT")
+    flags.add_preset(p, sorted(PRESETS))
+    # important: CPU-only actors ask for a quarter core each, so the decode tasks keep the cores
+    flags.add_resources(p, ("score", "caption", "encode"), actors=1, gpus=0.0, cpus=0.25,
+                        cpus_help="CPUs per actor (every stage)")
+    p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
     p.add_argument("--no-report", action="store_true")
+    flags.add_device(p)
+    flags.add_ray(p)
     return p
 
 
+def config_from_args(a: argparse.Namespace) -> CurateConfig:
+    """Every check that needs no Ray: flags, this machine's GPUs and CPUs."""
+    for s in ("score", "caption", "encode"):
+        flags.check_int(f"--{s}-actors", getattr(a, f"{s}_actors"), 1)
+        flags.check_float(f"--{s}-gpus", getattr(a, f"{s}_gpus"), 0, fix=f"pass --{s}-gpus 0 (CPU) or 1")
+    flags.check_int("--batch-size", a.batch_size, 1)
+    flags.check_float("--cpus", a.cpus, 0, strict=True, fix="pass --cpus 0.25")
+    gpus = (a.score_gpus, a.caption_gpus, a.encode_gpus)
+    flags.check_device(a.device, max(gpus) if a.device == "cpu" else min(gpus))
+    cfg = CurateConfig(
+        input=flags.canonical(a.input), output=flags.canonical(a.output), preset=a.preset, address=a.address,
+        score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
+        score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
+        actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose)
+    flags.check_local(need_of(cfg), cfg.address)
+    return cfg
+
+
 def cli(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        summary = main(CurateConfig(
-            input=a.input, output=a.output, preset=a.preset, address=a.address,
-            score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
-            score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
-            actor_cpus=a.actor_cpus, batch_size=a.batch_size, report=not a.no_report))
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return flags.run_cli(lambda: _run_cli(args))
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    summary = main(config_from_args(args))
     print(json.dumps({k: v for k, v in summary.items() if k != "stage_seconds"}, indent=1))
     if summary["random_models"]:
         print(RANDOM_MODELS_WARNING)

@@ -8,7 +8,6 @@ captions are meaningless, and every output says so.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -41,11 +40,16 @@ def make_samples(directory: Path, size: tuple[int, int] = (320, 180), fps: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="demo-out")
+    from jobs import flags
+
+    p = flags.JobParser("python -m jobs.demo", __doc__.split("\n\n")[0])
+    p.add_argument("--output", default="demo-out", help="where the samples and every output go")
     p.add_argument("--train-steps", type=int, default=20)
+    flags.add_verbose(p)
     args = p.parse_args(argv)
-    out = Path(args.output)
+    if args.train_steps < 1:
+        p.error(f"--train-steps must be >= 1, got {args.train_steps}; e.g. --train-steps 20")
+    out = Path(flags.canonical(args.output))
     inputs = make_samples(out / "input")
     print(f"demo: generated {len(inputs)} sample videos in {out / 'input'}")
 
@@ -55,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.presets import RANDOM_MODELS_WARNING, SMOKE
 
     run = out / "run"
-    summary = curate.main(curate.CurateConfig(input=str(out / "input"), output=str(run), preset="smoke"))
+    summary = curate.main(curate.CurateConfig(input=str(out / "input"), output=str(run), preset="smoke",
+                                              verbose=args.verbose))
     print(f"demo: curated {summary['videos']} videos -> {summary['clips']} clips, {summary['kept']} kept, "
-          f"{summary['encoded']} encoded into {summary['shards']} shard(s)")
+          f"{summary['encoded']} encoded into {summary['shards']} shard(s), "
+          f"round-trip PSNR {summary['roundtrip_psnr_mean']} dB")
     train_dir = out / "dit"
     train.main(replace(SMOKE.train, steps=args.train_steps), str(run / "latents"), train_dir, workers=1, gpu=False)
     mp4 = out / "sample.mp4"

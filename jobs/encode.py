@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.errors import UsageError, check_range
+from curate.errors import check_range, error_key
 from curate.storage import (
     check_writable,
     config_hash,
@@ -38,7 +38,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from jobs import presets
+from jobs import flags, presets
 from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, verify_shards
@@ -63,6 +63,7 @@ class EncodeJobConfig:
     max_rows_per_shard: int = 2048
     max_shard_bytes: int = 1 << 30
     row_group_rows: int = 64
+    verbose: bool = False
 
 
 def part_key(clip_ids: list[str]) -> str:
@@ -142,11 +143,9 @@ def main(cfg: EncodeJobConfig) -> dict:
     from latents.encode import EncodeStage, eligible_mask, prepare_batch
 
     check_range("batch_size", cfg.batch_size, 1, fix="pass --batch-size >= 1")
-    check_range("concurrency", cfg.concurrency, 1, fix="pass --concurrency >= 1")
-    check_range("num_gpus", cfg.num_gpus, 0, fix="pass --num-gpus >= 0")
-    if not Path(cfg.input).is_dir() or not any(Path(cfg.input).glob("*.parquet")):
-        raise UsageError(f"--input must be a folder of captioned Parquet parts, got {cfg.input!r} with no "
-                         "Parquet parts; run the caption stage first or pass OUT/captions")
+    check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
+    check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
+    flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
     table = read_parts(cfg.input, S.CLIP_SCHEMA)
     out = Path(cfg.output)
     check_writable(out)
@@ -156,7 +155,7 @@ def main(cfg: EncodeJobConfig) -> dict:
     todo, skipped = plan_work(eligible, out, cfg_hash)
     new_rows = 0
     if todo.num_rows:
-        init_ray(cfg.address)
+        init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
         ds = table_dataset(todo, rows_per_block=cfg.batch_size)
         ds = map_task(ds, partial(prepare_batch, cfg=cfg.encode),
                       Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
@@ -170,7 +169,8 @@ def main(cfg: EncodeJobConfig) -> dict:
             new_rows += batch.num_rows
     parts = _done_parts(out, cfg_hash)
     status = pa.concat_tables([pq.read_table(p, columns=[S.STATUS, S.ERROR]) for p in parts]) if parts else None
-    errors = Counter(status.filter(pc.equal(status.column(S.STATUS), S.STATUS_ERROR)).column(S.ERROR).to_pylist()) \
+    errors = Counter(map(error_key, status.filter(pc.equal(status.column(S.STATUS), S.STATUS_ERROR)).column(S.ERROR)
+                         .to_pylist())) \
         if status is not None else Counter()
     counts = {"input_rows": table.num_rows, "eligible": eligible.num_rows,
               "errors": int(sum(errors.values()))}
@@ -191,33 +191,52 @@ def main(cfg: EncodeJobConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.encode", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="captioned clips (OUT/captions)")
-    p.add_argument("--output", required=True, help="latent shard folder (OUT/latents)")
-    p.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--concurrency", type=int, default=1, help="VAE actors")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per VAE actor")
-    p.add_argument("--actor-cpus", type=float, default=0.5)
+    p = flags.JobParser("python -m jobs.encode", __doc__.split("\n\n")[0])
+    flags.add_io(p, "captioned clips (OUT/captions)", "latent shard folder (OUT/latents)")
+    flags.add_preset(p, sorted(PRESETS))
+    # important: CPU actors ask for half a core, so the CPU prepare tasks still get one on small machines
+    flags.add_resources(p, actors=1, gpus=0.0, cpus=0.5)
     p.add_argument("--batch-size", type=int, default=8, help="clips per actor call and per part")
     p.add_argument("--max-rows-per-shard", type=int, default=2048)
     p.add_argument("--max-shard-mb", type=int, default=1024)
+    flags.add_device(p)
+    flags.add_ray(p)
     return p
+
+
+def need_of(cfg: EncodeJobConfig) -> flags.Need:
+    return flags.Need(gpus=cfg.num_gpus * cfg.concurrency, cpus=cfg.actor_cpus * cfg.concurrency + 1,
+                      max_cpus_one=cfg.actor_cpus, what=f"encode ({cfg.concurrency} actor(s) + prepare tasks)")
+
+
+def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
+    """Every check that needs no Ray: flags, the input folder, this machine's GPUs and CPUs."""
+    for flag, v in (("--actors", args.actors), ("--batch-size", args.batch_size),
+                    ("--max-rows-per-shard", args.max_rows_per_shard), ("--max-shard-mb", args.max_shard_mb)):
+        flags.check_int(flag, v, 1)
+    flags.check_float("--gpus", args.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
+    flags.check_float("--cpus", args.cpus, 0, strict=True)
+    flags.check_device(args.device, args.gpus)
+    flags.check_stage_folder("--input", args.input, "captions", "jobs.caption")
+    enc = PRESETS[args.preset]
+    if args.device != "auto":
+        enc = replace(enc, vae=replace(enc.vae, device=args.device))
+    cfg = EncodeJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), encode=enc,
+                          address=args.address, concurrency=args.actors, num_gpus=args.gpus,
+                          actor_cpus=args.cpus, batch_size=args.batch_size,
+                          max_rows_per_shard=args.max_rows_per_shard, max_shard_bytes=args.max_shard_mb << 20,
+                          verbose=args.verbose)
+    flags.check_local(need_of(cfg), cfg.address)
+    return cfg
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_range("max_shard_mb", args.max_shard_mb, 1, fix="pass --max-shard-mb >= 1")
-        check_range("max_rows_per_shard", args.max_rows_per_shard, 1, fix="pass --max-rows-per-shard >= 1")
-        cfg = EncodeJobConfig(input=args.input, output=args.output, encode=PRESETS[args.preset],
-                              address=args.address, concurrency=args.concurrency, num_gpus=args.num_gpus,
-                              actor_cpus=args.actor_cpus, batch_size=args.batch_size,
-                              max_rows_per_shard=args.max_rows_per_shard, max_shard_bytes=args.max_shard_mb << 20)
-        summary = main(cfg)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return flags.run_cli(lambda: _run_cli(args))
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    summary = main(config_from_args(args))
     smoke = " (SMOKE: random models, latents meaningless)" if summary["smoke"] else ""
     print(f"encode: {summary['eligible']} eligible clips, {summary['encoded_this_run']} encoded now, "
           f"{summary['skipped_already_done']} already done, {summary['errors']} errors -> "

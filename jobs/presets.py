@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from captioner import stage as caption_stage
 from captioner import upsample
@@ -57,3 +57,12 @@ RANDOM_MODELS_WARNING = (
     "WARNING: preset 'smoke' uses tiny RANDOM models: its scores, captions, latents and samples "
     "are meaningless; it exists to test the plumbing."
 )
+
+
+def with_device(preset: Preset, device: str) -> Preset:
+    """The preset with every model stage on `device` ("auto" keeps each stage's own choice)."""
+    if device == "auto":
+        return preset
+    enc = replace(preset.encode, vae=replace(preset.encode.vae, device=device))
+    return replace(preset, score=replace(preset.score, device=device),
+                   caption=replace(preset.caption, device=device), encode=enc)

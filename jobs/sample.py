@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from curate.errors import UsageError
+from jobs import flags
 
 ENCODE_PRESETS = ("smoke", "smoke-ltx", "default", "ltx")
 
@@ -41,6 +42,7 @@ class SampleJob:
     fps: float | None = None
     preset: str | None = None  # VAE + text encoder preset; None = from the run's shard manifest
     ema: bool = True
+    device: str = "auto"  # auto: cuda when present
 
 
 def codec_configs(run_config: dict, preset: str | None):
@@ -79,7 +81,10 @@ def init_latents(path: str, vae, shape: tuple[int, int, int, int], fps: float) -
     _, t, h, w = shape
     frames = (t - 1) * info.temporal_compression + 1
     size = (w * info.spatial_compression, h * info.spatial_compression)
-    clip = decode_clip(path, 0.0, frames / fps + 1.0, times=np.arange(frames) / fps, size=size)
+    try:
+        clip = decode_clip(path, 0.0, frames / fps + 1.0, times=np.arange(frames) / fps, size=size)
+    except Exception as e:  # not a video, unreadable: a bad argument, not a crash
+        raise UsageError(f"--init-video must be a readable video, got {path} ({e}); pass another file") from e
     x = clip.frames
     if len(x) == 0:
         raise UsageError(f"--init-video must be a readable video with frames: got {path}")
@@ -101,7 +106,7 @@ def main(job: SampleJob) -> dict:
     from latents.dit.checkpoint import load_model
     from latents.dit.sample import sample
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = job.device if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, run_config = load_model(job.run, ema=job.ema, device=device)
     vae_cfg, text_cfg, fps = codec_configs(run_config, job.preset)
     caption, upsampled = job.prompt, False
@@ -144,33 +149,68 @@ def main(job: SampleJob) -> dict:
     return summary
 
 
-def parse_args(argv: list[str] | None) -> SampleJob:
-    p = argparse.ArgumentParser(prog="python -m jobs.sample", description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    p = flags.JobParser("python -m jobs.sample", __doc__.split("\n")[0])
+    flags.add_io(p, "training run folder (config.json, checkpoints/) written by jobs.train", "output .mp4",
+                 input_alias="--run")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--upsample", action="store_true", help="expand the prompt with the captioner first")
     p.add_argument("--init-video", help="SDEdit: start from this video's latents")
     p.add_argument("--strength", type=float, default=1.0, help="SDEdit noise level in (0, 1]")
-    for name in ("frames", "height", "width", "steps", "seed"):
-        p.add_argument(f"--{name}", type=int)
-    p.add_argument("--cfg-scale", type=float)
-    p.add_argument("--fps", type=float)
-    p.add_argument("--preset", choices=ENCODE_PRESETS)
+    for name in ("frames", "height", "width"):
+        p.add_argument(f"--{name}", type=int, help="pixels; with the other two, or none (the run's most common shape)")
+    p.add_argument("--steps", type=int, default=SampleJob.steps)
+    p.add_argument("--seed", type=int, default=SampleJob.seed)
+    p.add_argument("--cfg-scale", type=float, default=SampleJob.cfg_scale)
+    p.add_argument("--fps", type=float, help="(default: the run's data fps)")
+    p.add_argument("--preset", choices=ENCODE_PRESETS, help="VAE + text encoder (default: the run's shard manifest)")
     p.add_argument("--no-ema", action="store_true")
-    a = p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
+    flags.add_verbose(p)
+    return p
+
+
+def job_from_args(a: argparse.Namespace) -> SampleJob:
+    """Every check before a model is loaded: flags, the run, the init video, the output folder."""
     if not 0.0 < a.strength <= 1.0:
-        raise UsageError(f"--strength must be in (0, 1]: got {a.strength}; e.g. 0.6 keeps the init's layout")
-    if not Path(a.run, "config.json").is_file():
-        raise UsageError(f"--run must be a training run folder with config.json: got {a.run}; "
-                         f"train one with `python -m jobs.train --shards OUT/latents --out {a.run}`")
-    over = {k: v for k, v in vars(a).items() if v is not None and k in SampleJob.__dataclass_fields__}
-    return SampleJob(**over, ema=not a.no_ema)
+        raise flags.fail("--strength must be in (0, 1]", a.strength, "e.g. 0.6 keeps the init's layout")
+    for flag, v in (("--frames", a.frames), ("--height", a.height), ("--width", a.width)):
+        if v is not None:
+            flags.check_int(flag, v, 1, f"pass a positive {flag} or leave it out (the run's training shape)")
+    flags.check_int("--steps", a.steps, 1)
+    if a.fps is not None:
+        flags.check_float("--fps", a.fps, 0, strict=True, fix="pass e.g. --fps 24")
+    if not flags.DEVICE_RE.match(a.device):
+        raise flags.fail("--device must be auto, cpu, cuda or cuda:N", repr(a.device), "pass --device auto")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        raise flags.fail("--device cuda needs a CUDA GPU on this machine", "0 GPUs", "pass --device cpu")
+    run = flags.canonical(a.input)
+    if not Path(run, "config.json").is_file():
+        raise flags.fail("--input must be a training run folder with config.json", repr(a.input),
+                         f"train one with `python -m jobs.train --input OUT/latents --output {a.input}`")
+    init = None
+    if a.strength != 1.0 and a.init_video is None:
+        raise flags.fail("--strength needs --init-video (SDEdit)", a.strength, "drop --strength or add a video")
+    if a.init_video is not None:
+        init = flags.canonical(a.init_video)
+        if "://" not in init and not Path(init).is_file():
+            raise flags.fail("--init-video must be an existing video file", repr(a.init_video), "check the path")
+    out = flags.canonical(a.output)
+    flags.check_writable_file("--output", out)
+    return SampleJob(run=run, prompt=a.prompt, out=out, upsample=a.upsample, init_video=init,
+                     strength=a.strength, frames=a.frames, height=a.height, width=a.width, steps=a.steps,
+                     cfg_scale=a.cfg_scale, seed=a.seed, fps=a.fps, preset=a.preset, ema=not a.no_ema,
+                     device=a.device)
+
+
+def parse_args(argv: list[str] | None) -> SampleJob:
+    return job_from_args(build_parser().parse_args(argv))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return flags.run_cli(lambda: main(job_from_args(args)) and 0)
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args(sys.argv[1:]))
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 
 import curate
 from curate import filters, score, score_frames
-from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
@@ -57,7 +56,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from jobs import presets
+from jobs import flags, presets
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
@@ -77,6 +76,7 @@ class ScoreJob:
     actor_cpus: float = 1.0
     address: str | None = None
     part_rows: int = 50_000  # rows per output part
+    verbose: bool = False
 
 
 def scoring_hash(cfg: score.ScoreConfig) -> str:
@@ -119,15 +119,10 @@ def needs_scoring(clips: pa.Table, done: pa.Table, cfg: score.ScoreConfig) -> pa
 
 def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> int:
     """Stream pending clips through CPU tasks and the model pool; write score parts as they come."""
-    import ray
 
     from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
 
-    init_ray(address=job.address)
-    total = ray.cluster_resources().get("CPU", 0)
-    if job.num_gpus == 0 and job.concurrency * job.actor_cpus >= total:
-        raise UsageError(f"--concurrency x --actor-cpus must leave CPUs for the decode tasks: "
-                         f"{job.concurrency} x {job.actor_cpus} >= {total:g} CPUs; lower --concurrency or --actor-cpus")
+    init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
     cfg = job.score
     if cfg.smoke:
         score.build_smoke_clip(cfg.clip_model)  # once on the driver, so the actors don't race
@@ -226,40 +221,58 @@ def main(job: ScoreJob) -> dict[str, Any]:
     return report
 
 
-def parse_args(argv: Sequence[str] | None = None) -> ScoreJob:
-    p = argparse.ArgumentParser(prog="python -m jobs.score", description=__doc__.splitlines()[0])
-    p.add_argument("--input", required=True, help="clips directory (OUT/clips)")
-    p.add_argument("--output", required=True, help="scored directory (OUT/scored)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--concurrency", type=int, default=1, help="model actors")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor")
+def build_parser() -> argparse.ArgumentParser:
+    p = flags.JobParser("python -m jobs.score", __doc__.splitlines()[0])
+    flags.add_io(p, "clips directory (OUT/clips)", "scored directory (OUT/scored)")
+    flags.add_preset(p, sorted(PRESETS))
+    flags.add_resources(p, actors=1, gpus=0.0, cpus=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
     p.add_argument("--cpu-batch", type=int, default=4, help="clips per decode task")
-    p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per model actor")
     p.add_argument("--clip-model", help="open_clip architecture, hf-hub:org/repo, or local directory")
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file")
     p.add_argument("--aesthetic-head", help="aesthetic head weights: file, directory or cache name")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local instance)")
-    a = p.parse_args(argv)
-    for name in ("concurrency", "batch_size", "cpu_batch"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}; pass a positive integer")
-    if a.num_gpus < 0 or a.actor_cpus <= 0:
-        p.error(f"--num-gpus must be >= 0 and --actor-cpus > 0, got {a.num_gpus}, {a.actor_cpus}")
+    flags.add_device(p)
+    flags.add_ray(p)
+    return p
+
+
+def need_of(job: ScoreJob) -> flags.Need:
+    # the decode tasks need one CPU besides the actors, or the plan starves
+    return flags.Need(gpus=job.num_gpus * job.concurrency, cpus=job.actor_cpus * job.concurrency + DECODE_CPUS,
+                      max_cpus_one=job.actor_cpus, what=f"score ({job.concurrency} actor(s) + decode tasks)")
+
+
+def config_from_args(a: argparse.Namespace) -> ScoreJob:
+    """Every check that needs no Ray: flags, the input folder, this machine's GPUs and CPUs."""
+    for flag, v in (("--actors", a.actors), ("--batch-size", a.batch_size), ("--cpu-batch", a.cpu_batch)):
+        flags.check_int(flag, v, 1)
+    flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1")
+    flags.check_float("--cpus", a.cpus, 0, strict=True)
+    flags.check_device(a.device, a.gpus)
+    flags.check_stage_folder("--input", a.input, "clips", "jobs.split")
     cfg = PRESETS[a.preset]
     overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
-                                   "aesthetic_head": a.aesthetic_head, "device": a.device}.items() if v}
-    if a.num_gpus > 0 and not a.device:
+                                   "aesthetic_head": a.aesthetic_head}.items() if v}
+    if a.device != "auto":
+        overrides["device"] = a.device
+    elif a.gpus > 0:
         overrides["device"] = "cuda"
-    return ScoreJob(input=a.input, output=a.output, score=dataclasses.replace(cfg, **overrides),
-                    concurrency=a.concurrency, num_gpus=a.num_gpus, batch_size=a.batch_size,
-                    cpu_batch=a.cpu_batch, actor_cpus=a.actor_cpus, address=a.address)
+    job = ScoreJob(input=flags.canonical(a.input), output=flags.canonical(a.output),
+                   score=dataclasses.replace(cfg, **overrides), concurrency=a.actors, num_gpus=a.gpus,
+                   batch_size=a.batch_size, cpu_batch=a.cpu_batch, actor_cpus=a.cpus, address=a.address,
+                   verbose=a.verbose)
+    flags.check_local(need_of(job), job.address)
+    return job
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ScoreJob:
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return flags.run_cli(lambda: main(config_from_args(args)) and 0)
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

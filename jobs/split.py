@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import schema as S
-from curate.errors import UsageError
+from curate.errors import error_key
 from curate.ids import video_id_of_file
 from curate.split import DETECTORS, SplitConfig, split_video
 from curate.storage import (
@@ -36,6 +36,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from jobs import flags
 from jobs.inputs import list_inputs
 
 STAGE = "split"
@@ -53,6 +54,7 @@ class SplitJobConfig:
     address: str | None = None
     num_cpus: float = 1.0  # per video task
     concurrency: int = 0  # max parallel video tasks (0: as many as CPUs allow)
+    verbose: bool = False
 
 
 def source_key(uri: str) -> str:
@@ -94,7 +96,7 @@ def _task(cfg: SplitConfig, out: str):
 def summarize(rows: list[dict], out: str, wall: float) -> dict:
     clips = read_parts(Path(out) / "clips", S.CLIP_SCHEMA)
     ok = clips.filter(pc.equal(clips.column(S.STATUS), S.STATUS_OK))
-    errors = Counter(f"{r['failed_stage']}: {r['error']}" for r in rows if r["status"] == S.STATUS_ERROR)
+    errors = Counter(f"{r['failed_stage']}: {error_key(r['error'])}" for r in rows if r["status"] == S.STATUS_ERROR)
     return {
         "videos": len(rows),
         "videos_ok": sum(r["status"] == S.STATUS_OK for r in rows),
@@ -113,10 +115,10 @@ def main(cfg: SplitJobConfig) -> dict:
 
     from jobs.adapter import init_ray
 
-    inputs = list_inputs(cfg.input)
+    inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
     check_writable(cfg.output)
     t0 = time.perf_counter()
-    init_ray(cfg.address)
+    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in inputs], override_num_blocks=max(1, len(inputs)))
     kwargs = {"concurrency": cfg.concurrency} if cfg.concurrency else {}
     ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
@@ -140,33 +142,46 @@ def print_summary(summary: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.split", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="directory, glob, list file (.txt) or one video")
-    p.add_argument("--output", required=True, help="output root OUT (videos/, clips/, _done/)")
+    p = flags.JobParser("python -m jobs.split", __doc__.split("\n\n")[0])
+    flags.add_io(p, "directory, glob, list file (.txt) or one video", "output root OUT (videos/, clips/, _done/)")
     p.add_argument("--detector", default="content", choices=DETECTORS)
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--max-seconds", type=float, default=20.0)
     p.add_argument("--trim-seconds", type=float, default=0.0)
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per video task")
-    p.add_argument("--concurrency", type=int, default=0, help="max parallel video tasks (0: Ray decides)")
+    flags.add_resources(p, actors=0, gpus=None, cpus=1.0, actors_help="max parallel video tasks (0: Ray decides)",
+                      cpus_help="CPUs per video task")
+    flags.add_ray(p)
     return p
+
+
+def config_from_args(args: argparse.Namespace) -> SplitJobConfig:
+    """Every check that needs no Ray: flags, input paths, the output folder, this machine's CPUs."""
+    flags.check_int("--actors", args.actors, 0, "pass --actors 0 to let Ray decide")
+    flags.check_float("--cpus", args.cpus, 0, strict=True, fix="pass --cpus 1")
+    split = SplitConfig(detector=args.detector, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                        trim_seconds=args.trim_seconds)
+    cfg = SplitJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), split=split,
+                         address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose)
+    flags.check_local(need_of(cfg), cfg.address)
+    return cfg
+
+
+def need_of(cfg: SplitJobConfig) -> flags.Need:
+    # tasks beyond the free CPUs just queue; only one task larger than the machine never starts
+    return flags.Need(max_cpus_one=cfg.num_cpus, what="split")
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        split = SplitConfig(detector=args.detector, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
-                            trim_seconds=args.trim_seconds)
-        cfg = SplitJobConfig(input=args.input, output=args.output, split=split, address=args.address,
-                             num_cpus=args.num_cpus, concurrency=args.concurrency)
+
+    def body() -> int:
+        cfg = config_from_args(args)
         summary = main(cfg)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_summary(summary)
-    print(json.dumps({"summary": str(Path(cfg.output) / "summary" / "split.json")}))
-    return 0
+        print_summary(summary)
+        print(json.dumps({"summary": str(Path(cfg.output) / "summary" / "split.json")}))
+        return 0
+
+    return flags.run_cli(body)
 
 
 if __name__ == "__main__":

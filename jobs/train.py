@@ -1,6 +1,6 @@
 """Train the bundled DiT on latent shards: one process, or N DDP workers with Ray Train.
 
-    python -m jobs.train --shards OUT/latents --out RUN [--workers N] [--preset smoke|default]
+    python -m jobs.train --input OUT/latents --output RUN [--workers N] [--preset smoke|default]
 
 --workers 1 trains in this process (no Ray). --workers N > 1 runs Ray Train's TorchTrainer
 (DDP; gloo on CPU, NCCL on GPU) on a local Ray instance, or on the cluster when RAY_ADDRESS is
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from curate.errors import UsageError
-from jobs import presets
+from curate.storage import check_writable
+from jobs import flags, presets
 from latents.dit.train import TrainConfig, longest_sample, train
 
 TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
@@ -48,8 +49,8 @@ def open_dataset(shards: str) -> Sequence[dict]:
 
         return synthetic_samples(int(shards.split(":", 1)[1]), shapes=[(2, 4, 4), (1, 4, 6), (3, 2, 4)])
     if _manifest_path(shards) is None:
-        raise UsageError(f"--shards must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
-                         f"jobs.encode): got {shards}; run the encode stage first or pass its OUT/latents")
+        raise UsageError(f"--input must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
+                         f"jobs.encode), got {shards}; run jobs.encode first or pass its OUT/latents")
     from latents.dataset import LatentDataset
 
     # stored dtype (bf16/fp16) and text padded to the longest caption of each row group: half
@@ -113,14 +114,20 @@ def _worker_loop(config: dict) -> None:
           extra_config=data_facts(config["shards"], data))
 
 
+def need_of(workers: int, use_gpu: bool) -> flags.Need:
+    return flags.Need(gpus=float(workers) if use_gpu else 0.0, cpus=float(workers), max_cpus_one=1.0,
+                      what=f"train ({workers} worker(s), 1 CPU{' + 1 GPU' if use_gpu else ''} each)",
+                      fix="lower --workers")
+
+
 def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_gpu: bool,
-                    stop_after: int | None = None) -> None:
+                    stop_after: int | None = None, address: str | None = None, verbose: bool = False) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from jobs.adapter import init_ray
 
-    init_ray()
+    init_ray(address, quiet=not verbose, need=need_of(workers, use_gpu))
     threads = 1 if use_gpu else max(1, (os.cpu_count() or 1) // workers)
     trainer = TorchTrainer(
         _worker_loop,
@@ -135,10 +142,12 @@ def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_
 
 
 def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: bool | None = None,
-         stop_after: int | None = None, max_tokens_set: bool = False) -> dict:
+         stop_after: int | None = None, address: str | None = None, verbose: bool = False,
+         max_tokens_set: bool = False) -> dict:
     """`max_tokens_set`: cfg.max_tokens was chosen by the caller (a too-small budget is an error)
     rather than taken from a preset (a too-small budget is raised to fit the shards)."""
-    out = Path(out)
+    # important: Ray Train workers run in their own working directory; paths must be absolute
+    shards, out = flags.canonical(str(shards)), Path(flags.canonical(str(out)))
     if workers < 1:
         raise UsageError(f"--workers must be >= 1: got {workers}")
     if cfg.batch_size % workers:
@@ -149,12 +158,13 @@ def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: 
         import torch
 
         gpu = torch.cuda.is_available()
+    check_writable(out)  # before the data is read, not after training
     if workers == 1:
         data = open_dataset(shards)
         summary = train(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
                         extra_config=data_facts(shards, data))
     else:
-        run_distributed(cfg, shards, out, workers, gpu, stop_after)
+        run_distributed(cfg, shards, out, workers, gpu, stop_after, address, verbose)
         rows = (out / "loss.csv").read_text().strip().splitlines()
         last = rows[-1].split(",") if len(rows) > 1 else [None, None]
         summary = {"step": int(last[0]) if last[0] else 0, "loss": float(last[1]) if last[1] else None,
@@ -163,19 +173,26 @@ def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: 
     return summary
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n")[0])
-    p.add_argument("--shards", required=True, help="OUT/latents (manifest.json + shard-*.parquet) or synthetic:N")
-    p.add_argument("--out", required=True, help="run directory (config, checkpoints, loss.csv/png)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="smoke")
+def build_parser() -> argparse.ArgumentParser:
+    p = flags.JobParser("python -m jobs.train", __doc__.split("\n")[0])
+    flags.add_io(p, "OUT/latents (_manifest.json + shard-*.parquet) or synthetic:N",
+                 "run directory (config, checkpoints, loss.csv/png)", input_alias="--shards")
+    flags.add_preset(p, sorted(TRAIN_PRESETS))
+    p.add_argument("--workers", type=int, default=1, help="DDP workers (1: this process, no Ray); 1 CPU, "
+                   "and 1 GPU when training on GPU, each")
     p.add_argument("--model", choices=["tiny", "S", "B", "L"])
     p.add_argument("--objective", choices=["rflow", "ddpm"])
     for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", float),
                       ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", float)):
-        p.add_argument(f"--{name}", type=typ)
-    p.add_argument("--cpu", action="store_true", help="train on CPU even where a GPU is present")
-    return p.parse_args(argv)
+        p.add_argument(f"--{name}", type=typ, help="(default: the preset's)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
+    p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
+    flags.add_ray(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
@@ -184,11 +201,50 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(TRAIN_PRESETS[a.preset], **over)
 
 
+def use_gpu_of(a: argparse.Namespace) -> bool:
+    """--device against this machine (a cluster is checked after connecting)."""
+    if a.device not in ("auto", "cpu", "cuda"):
+        raise flags.fail("--device must be auto, cpu or cuda", repr(a.device), "pass --device auto")
+    local = not (a.address or os.environ.get("RAY_ADDRESS"))
+    gpus = flags.local_capacity()[0] if local or a.workers == 1 else None
+    if a.device == "cuda" and gpus == 0:
+        raise flags.fail("--device cuda needs a CUDA GPU on this machine", "0 GPUs", "pass --device cpu")
+    return a.device == "cuda" or (a.device == "auto" and bool(gpus))
+
+
+def check_args(a: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """Every check that needs no Ray: flags, folders, this machine's GPUs and CPUs."""
+    flags.check_int("--workers", a.workers, 1)
+    for flag, v, lo in (("--steps", a.steps, 1), ("--batch-size", a.batch_size, 1), ("--max-tokens", a.max_tokens, 1),
+                        ("--warmup", a.warmup, 0), ("--ckpt-every", a.ckpt_every, 1)):
+        if v is not None:
+            flags.check_int(flag, v, lo)
+    if a.lr is not None:
+        flags.check_float("--lr", a.lr, 0, strict=True, fix="pass e.g. --lr 1e-4")
+    a.input, a.output = flags.canonical(a.input), flags.canonical(a.output)
+    if not a.input.startswith("synthetic:") and _manifest_path(a.input) is None:
+        open_dataset(a.input)  # raises the UsageError that says what the folder lacks
+    flags.check_writable_file("--output", str(Path(a.output) / "config.json"))
+    gpu = use_gpu_of(a)
+    if a.workers > 1:
+        flags.check_local(need_of(a.workers, gpu), a.address)
+    return config_from_args(a), gpu
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        cfg, gpu = check_args(args)
+        try:
+            main(cfg, args.input, args.output, workers=args.workers, gpu=gpu, address=args.address,
+                 verbose=args.verbose, max_tokens_set=args.max_tokens is not None)
+        except ValueError as e:  # a config rule of the trainer (TrainConfig checks): rule, value seen, fix
+            raise UsageError(str(e)) from e
+        return 0
+
+    return flags.run_cli(body)
+
+
 if __name__ == "__main__":
-    args = parse_args(sys.argv[1:])
-    try:
-        main(config_from_args(args), args.shards, args.out, workers=args.workers, gpu=False if args.cpu else None,
-             max_tokens_set=args.max_tokens is not None)
-    except (UsageError, ValueError) as e:  # bad argument or config: rule, value seen, fix
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -26,8 +26,8 @@ def _scored(tmp: Path, n: int = 6) -> tuple[Path, list[dict]]:
 
 @pytest.mark.parametrize(("args", "msg"), [
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--num-gpus", "-1"], "--num-gpus must be >= 0"),
-    (["--concurrency", "0"], "--concurrency must be >= 1"),
+    (["--num-gpus", "-1"], "--gpus must be >= 0, got -1"),  # the old spelling still parses
+    (["--actors", "0"], "--actors must be >= 1, got 0"),
 ])
 def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
     scored, _ = _scored(tmp_path, 2)
@@ -37,7 +37,7 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
 
 def test_missing_input_is_a_usage_error(tmp_path, capsys):
     assert job.cli(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
-    assert "run the score stage first" in capsys.readouterr().err
+    assert "run jobs.score first" in capsys.readouterr().err
 
 
 def test_parts_of_another_config_are_removed_and_crash_window_is_marked(tmp_path):
@@ -77,7 +77,7 @@ def test_job_captions_kept_clips_and_resumes(tmp_path, local_ray):
     assert s2["skipped_done"] == len(kept) and s2["captioned"] == 0
     assert read_parts(tmp_path / "captions", S.CLIP_SCHEMA).num_rows == len(kept)
     # more actors (or GPUs) than the 2-CPU cluster has: a clear error, not a hang
-    with pytest.raises(UsageError, match="lower --concurrency"):
+    with pytest.raises(UsageError, match=r"asks for 3.5 CPU\(s\) and the Ray cluster must have them, got 2"):
         job.main(replace(cfg, output=str(tmp_path / "c2"), concurrency=3))
-    with pytest.raises(UsageError, match="GPUs in the Ray cluster, got 0"):
+    with pytest.raises(UsageError, match=r"GPU\(s\) in all and the Ray cluster must have them, got 0 GPU"):
         job.main(replace(cfg, output=str(tmp_path / "c3"), num_gpus=1))

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pytest
 
 from curate import cheap_scores as cs
+from curate.clip_rows import clip_rows, frame_pts
 from curate.decode import decode_clip
 from curate.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import BLACK_FRACTION, DROP_REASON, IS_STATIC, KEPT, MOTION, SHARPNESS, table_from_rows
 from curate.score import SMOKE
 from curate.score_frames import prepare_batch
-from tests.clip_rows import clip_rows, frame_pts
 
 CHEAP_ONLY = FilterConfig(rules=(Rule(BLACK_FRACTION, "<=", 0.5),), near_dup_cosine=None)
 

@@ -66,6 +66,8 @@ def test_curate_outputs_follow_the_contract(submitted):
     manifest = read_manifest(out / "latents")
     verify_shards(out / "latents", manifest)  # checksums and row counts
     assert manifest["smoke"] is True and manifest["schema_version"] == S.SCHEMA_VERSION
+    # the round-trip PSNR of the sampled clips survives the final rewrite of the shards (as in jobs.encode)
+    assert sum(sh["metrics"]["roundtrip_psnr"]["n"] for sh in manifest["shards"] if sh["metrics"]) >= 1
     shards = pd.read_parquet(out / "latents")
     assert len(shards) == manifest["counts"]["rows"] > 0
     assert set(shards.clip_id) <= kept and shards.caption.notna().all()

@@ -64,7 +64,7 @@ def test_bad_arguments_exit_2_with_the_rule(tmp_path, capsys):
     assert "no Parquet parts" in capsys.readouterr().err
     write_parquet_atomic(captioned_rows(tmp_path, sizes=((96, 96),), clips_per_video=1), tmp_path / "caps" / "p.parquet")
     assert cli(["--input", str(tmp_path / "caps"), "--output", str(tmp_path / "o"), "--batch-size", "0"]) == 2
-    assert "batch_size must be in" in capsys.readouterr().err
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.ray

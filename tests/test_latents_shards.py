@@ -286,7 +286,7 @@ def test_options_change_layout_not_content(many):
 
 
 def test_bf16_shards_read_exactly_as_float32_or_stored(tmp_path):
-    from jobs.bench_shards import make_shards
+    from jobs.bench.shards import make_shards
 
     make_shards(tmp_path, rows=70, latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)], text_tokens=4, text_dim=8,
                 rows_per_shard=40)

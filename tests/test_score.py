@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from curate import score
+from curate.clip_rows import clip_rows
 from curate.decode import DECODE_STATS
 from curate.errors import StageError
 from curate.filters import EXACT_DUP, FilterConfig, Rule, apply_cascade
@@ -31,7 +32,6 @@ from curate.schema import (
     validate,
 )
 from curate.score_frames import FRAMES, FRAMES_SHAPE, prepare_batch
-from tests.clip_rows import clip_rows
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_bad_clip_becomes_an_error_row_and_the_batch_goes_on(real_videos, smoke_
 
 
 def test_bench_reports_decode_once_ratio(tmp_path, capsys):
-    from jobs import bench_score
+    from jobs.bench import score as bench_score
 
     out = tmp_path / "bench.json"
     args = ["--videos", "1", "--seconds", "2", "--clip-seconds", "1", "--size", "160x96", "--repeats", "1", "--json", str(out)]
@@ -149,7 +149,7 @@ def test_vit_l_14_random_init_runs_on_gpu(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from jobs import bench_score
+    from jobs.bench import score as bench_score
 
     out = tmp_path / "bench.json"
     assert bench_score.main(["--model", "vit-l-14", "--videos", "1", "--seconds", "4", "--repeats", "1", "--json", str(out)]) == 0

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import score
+from curate.clip_rows import clip_rows
 from curate.filters import FilterConfig, Rule
 from curate.schema import (
     AESTHETIC,
@@ -25,7 +26,6 @@ from curate.schema import (
 )
 from curate.storage import read_parts, write_parquet_atomic
 from jobs import score as job_score
-from tests.clip_rows import clip_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,6 +78,7 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path):
     assert r.returncode == 2 and "--batch-size must be >= 1, got 0" in r.stderr
     r = subprocess.run([*base, "--preset", "smoke"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no Parquet parts" in r.stderr
+    write_parquet_atomic(table_from_rows([]), tmp_path / "clips" / "part-00000.parquet")  # past the folder check
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUBELET_WEIGHTS": str(tmp_path)}
     r = subprocess.run([*base, "--preset", "default"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "sac+logos+ava1-l14-linearMSE.pth" in r.stderr and "wget" in r.stderr

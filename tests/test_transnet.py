@@ -212,7 +212,7 @@ def test_batching_does_not_change_scores(decoded: dict, full_runs: dict) -> None
 def test_bench_detectors_times_and_scores(tmp_path: Path) -> None:
     from curate.detect import Transitions
     from curate.synth import Segment, make_video
-    from jobs.bench_detect import bench_detectors, format_rows
+    from jobs.bench.detect import bench_detectors, format_rows
 
     video = make_video(tmp_path / "two.mp4", [Segment("shot", 12, 1), Segment("shot", 12, 2)], width=96, height=54)
 

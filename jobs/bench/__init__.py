@@ -1,5 +1,6 @@
 """`python -m jobs.bench NAME [options]`: benchmarks, each a ratio against a baseline run in
-the same process (never a timed assert). NAME picks `jobs/bench_<name>.py`."""
+the same process (never a timed assert). NAME picks the module `jobs/bench/<name>.py`;
+adding a benchmark is one module with `main(argv) -> int` plus one line in BENCHES."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import importlib
 import sys
 
 BENCHES = {
-    "split": "jobs.bench_split",
-    "score": "jobs.bench_score",
-    "caption": "jobs.bench_caption",
-    "shards": "jobs.bench_shards",
-    "train": "jobs.bench_train",
-    "curate": "jobs.bench_curate",
-    "detect": "jobs.bench_detect",
+    "split": "jobs.bench.split",
+    "score": "jobs.bench.score",
+    "caption": "jobs.bench.caption",
+    "shards": "jobs.bench.shards",
+    "train": "jobs.bench.train",
+    "curate": "jobs.bench.curate",
+    "detect": "jobs.bench.detect",
 }
 
 
 def cli(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        print("\nbenchmarks:", ", ".join(BENCHES), "\n`python -m jobs.bench NAME --help` lists a benchmark's options")
+        return 0
     if not argv or argv[0] not in BENCHES:
         seen = argv[0] if argv else "nothing"
         print(f"error: the benchmark name must be one of {sorted(BENCHES)}, got {seen!r}; "
@@ -31,6 +36,3 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     return module.main(argv[1:])
 
-
-if __name__ == "__main__":
-    sys.exit(cli())

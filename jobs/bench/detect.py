@@ -1,6 +1,6 @@
 """Shot-boundary detector bench: frames/s per detector on the same files, and accuracy.
 
-    python -m jobs.bench_detect --videos ../shared/data/videos [--device cpu|cuda] [--threads 2] [--repeats 3]
+    python -m jobs.bench detect --videos ../shared/data/videos [--device cpu|cuda] [--threads 2] [--repeats 3]
 
 Each file is decoded once per frame size a detector asks for (timed: the decode floor); each
 detector then runs on the decoded frames (timed). End-to-end frames/s = frames / (decode +
@@ -137,7 +137,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jobs.bench_detect", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m jobs.bench detect", description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "videos")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

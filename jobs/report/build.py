@@ -18,14 +18,12 @@ the funnel numbers are also written to OUT/report/funnel.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +32,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.errors import UsageError, one_line
+from curate.errors import UsageError, error_key, one_line
 from curate.storage import write_json_atomic
-from jobs import report_html
-from jobs.report_media import Line, clip_preview, even_sample, preview_name, score_histogram
+from jobs import flags
+from jobs.report import html as report_html
+from jobs.report.media import Line, clip_preview, even_sample, preview_name, score_histogram
+from jobs.report.outputs import RunOutputs
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
@@ -52,26 +52,6 @@ _SKIP = {S.CLIP_EMBEDDING, *S.columns_of(S.LATENT_GROUP)}
 _CLIP_COLUMNS = [n for n in S.CLIP_SCHEMA.names if n not in _SKIP]
 _ABS_RULE = re.compile(r"^(\w+) (>=|<=) (\S+)$")  # filters.Rule.name of an absolute rule
 _PCT_RULE = re.compile(r"^((\w+) (?:top|bottom) \d+%) \(cutoff ([^)]+)\)")  # a percentile drop reason
-
-
-@dataclass
-class RunOutputs:
-    """What the stages left under OUT; None where a stage has not written anything."""
-
-    out: Path
-    videos: pa.Table | None = None
-    clips: pa.Table | None = None
-    scored: pa.Table | None = None
-    funnel: dict[str, Any] | None = None
-    captions: pa.Table | None = None
-    manifest: dict[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def stages(self) -> dict[str, bool]:
-        """Stage -> whether its output exists."""
-        return {"split": self.videos is not None or self.clips is not None,
-                "score + filter": self.scored is not None, "caption": self.captions is not None,
-                "encode": self.manifest is not None}
 
 
 def _load_parts(directory: Path, schema: pa.Schema, columns: Sequence[str], problems: list[str]) -> pa.Table | None:
@@ -117,7 +97,7 @@ def reason_key(drop_reason: str) -> str:
 
 def _error_reasons(table: pa.Table) -> dict[str, int]:
     rows = table.select([S.STATUS, S.FAILED_STAGE, S.ERROR]).to_pylist()
-    return dict(Counter(f"{r[S.FAILED_STAGE]}: {r[S.ERROR]}" for r in rows if r[S.STATUS] == S.STATUS_ERROR)
+    return dict(Counter(f"{r[S.FAILED_STAGE]}: {error_key(r[S.ERROR])}" for r in rows if r[S.STATUS] == S.STATUS_ERROR)
                 .most_common())
 
 
@@ -328,13 +308,13 @@ def write_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[0])
+    p = flags.JobParser("python -m jobs.report", __doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="the run's output root OUT (the report goes to OUT/report/)")
     p.add_argument("--random-models", action="store_true", help="say on the first line that models are random")
     p.add_argument("--max-previews", type=int, default=24, help="animated previews per group (kept / dropped)")
     a = p.parse_args(argv)
     try:
-        out = Path(a.output)
+        out = Path(flags.canonical(a.output))
         if not out.is_dir():
             raise UsageError(f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run")
         if a.max_previews < 0:
@@ -346,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = json.loads((path.parent / FUNNEL_FILE).read_text())["counts"]
     print(f"report: {path}  ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'no stage output found'})")
     return 0
+
+
+cli = main  # every job's entry point is also reachable as cli(argv)
 
 
 if __name__ == "__main__":

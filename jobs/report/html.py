@@ -1,4 +1,4 @@
-"""The HTML of the run report (jobs/report.py gathers the data): one static page, no script.
+"""The HTML of the run report (jobs/report/build.py gathers the data): one static page, no script.
 
 Every string that comes from data goes through `e()` (html.escape, quotes included), so a
 caption or a file name can never inject markup. Links are relative to OUT/report/.
@@ -13,12 +13,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from curate import schema as S
-
-if TYPE_CHECKING:
-    from jobs.report import RunOutputs
+from jobs.report.outputs import RunOutputs
 
 RANDOM_MODELS_WARNING = "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."
 

@@ -1,6 +1,6 @@
 """Pictures for the run report: score histograms (matplotlib PNG) and animated clip previews (GIF).
 
-Kept apart from jobs/report.py (which gathers the data and writes the HTML) so each file has one job.
+Kept apart from jobs/report/build.py (which gathers the data and writes the HTML) so each file has one job.
 Matplotlib is driven through `Figure` + the Agg canvas directly: no pyplot, no global backend
 switch, safe to call from any process or thread.
 """

@@ -30,25 +30,18 @@ import pyarrow as pa
 
 from curate import cheap_scores as cs
 from curate import flow, nsfw, ocr, score
+from curate.clip_rows import window_rows
 from curate.decode import DECODE_STATS, decode_clip
 from curate.filters import FilterConfig
-from curate.ids import clip_id as make_clip_id
-from curate.ids import video_id_of_file
 from curate.schema import (
-    CLIP_ID,
     END_FRAME,
     END_PTS,
-    FPS,
     HEIGHT,
-    SHOT_INDEX,
     SOURCE_URI,
-    SPLIT_METHOD,
     START_FRAME,
     START_PTS,
     STATUS,
     STATUS_OK,
-    TRANSITION_BEFORE,
-    VIDEO_ID,
     WIDTH,
     table_from_rows,
 )
@@ -68,14 +61,7 @@ def synth_clips(directory: Path, videos: int, seconds: int, clip_s: int, size: t
     for v in range(videos):
         n = seconds * fps
         path = make_video(directory / f"bench-{v}.mp4", [Segment("shot", n, pattern=v)], fps, *size).path
-        vid = video_id_of_file(path)
-        step = clip_s * fps
-        for k, a in enumerate(range(0, n - step + 1, step)):
-            b = a + step
-            rows.append({CLIP_ID: make_clip_id(vid, a, b), VIDEO_ID: vid, SOURCE_URI: str(path),
-                         START_FRAME: a, END_FRAME: b, START_PTS: a / fps, END_PTS: b / fps, FPS: float(fps),
-                         WIDTH: size[0], HEIGHT: size[1], SHOT_INDEX: k, SPLIT_METHOD: "window",
-                         TRANSITION_BEFORE: "window", STATUS: STATUS_OK})
+        rows += window_rows(path, n, fps, size, clip_s * fps)
     return table_from_rows(rows)
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.bench_split import DEFAULT_VIDEOS, ffmpeg_floor
+from jobs.bench.split import DEFAULT_VIDEOS, ffmpeg_floor
 from jobs.demo import make_samples
 
 REPO = Path(__file__).resolve().parent.parent

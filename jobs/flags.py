@@ -1,0 +1,248 @@
+"""The flags every job shares, their checks, and the one error format.
+
+Every job (split, score, caption, encode, curate, train, sample, report) builds its parser
+from these helpers, so the same thing has the same name and meaning everywhere:
+
+  --input / --output     where the job reads / writes; relative paths are resolved against the
+                         current directory up front (a URI such as s3://... is kept as given)
+  --preset               `smoke` (PRESET_DEFAULT) for every job: tiny random models, runs
+                         offline in seconds; real runs say `--preset default`
+  --actors / --gpus      model actors and GPUs per actor; a job with several model stages
+                         has --{stage}-actors / --{stage}-gpus instead
+  --cpus                 CPUs per actor (or per task, for split)
+  --device               where models run: auto | cpu | cuda | cuda:N
+  --address              Ray cluster (default: RAY_ADDRESS, else a local instance)
+  --verbose              Ray's own per-operator logs (quiet by default)
+
+Every bad argument exits 2 before Ray starts with one line, `error: <rule>, got <value>; <fix>`,
+and asking for more GPUs or CPUs than this machine (no --address) or the cluster has fails at
+once instead of waiting forever. Old spellings (--out, --concurrency, --num-gpus, --num-cpus,
+--actor-cpus, --cpu, --shards) still parse but are hidden from --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import UsageError
+
+PRESET_DEFAULT = "smoke"
+# old spellings of required flags: extra option strings of the same action (so they satisfy
+# `required`), left out of --help by HelpFormatter
+HIDDEN_SPELLINGS = frozenset({"--out", "--shards", "--run"})
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def fail(rule: str, value: Any, fix: str) -> UsageError:
+    """The one error format: `<rule>, got <value>; <fix>` (raise what this returns)."""
+    return UsageError(f"{rule}, got {value}; {fix}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show every option's default, also for options without a help text; hide old spellings."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [o for o in action.option_strings if o not in HIDDEN_SPELLINGS]
+        if shown == action.option_strings:
+            return super()._format_action_invocation(action)
+        return super()._format_action_invocation(argparse.Action(shown, action.dest, action.nargs,
+                                                                 metavar=action.metavar))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse with defaults in --help and a one-line `error: ...` (exit 2) instead of usage + error."""
+
+    def __init__(self, prog: str, description: str | None = None):
+        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message}; see `{self.prog} --help`\n")
+        sys.exit(2)
+
+
+def _alias(p: argparse.ArgumentParser, old: str, dest: str, **kw: Any) -> None:
+    """An old spelling that still parses but is not shown in --help."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
+def add_io(p: argparse.ArgumentParser, input_help: str, output_help: str, *, input_alias: str | None = None) -> None:
+    assert input_alias is None or input_alias in HIDDEN_SPELLINGS
+    p.add_argument("--input", *([input_alias] if input_alias else []), dest="input", required=True, help=input_help)
+    p.add_argument("--output", "--out", dest="output", required=True, help=output_help)
+
+
+def add_preset(p: argparse.ArgumentParser, choices: Sequence[str], default: str | None = PRESET_DEFAULT) -> None:
+    p.add_argument("--preset", choices=list(choices), default=default,
+                   help="smoke: tiny random models, offline; default: real pretrained weights")
+
+
+def add_resources(p: argparse.ArgumentParser, stages: Sequence[str] = (), *, actors: int = 1,
+                  gpus: float | None = 0.0, cpus: float = 1.0, actors_help: str = "model actors",
+                  cpus_help: str = "CPUs per actor") -> None:
+    """--actors/--gpus (or --{stage}-actors/--{stage}-gpus for each stage) and --cpus;
+    gpus=None: a CPU-only job (no --gpus flag)."""
+    if not stages:
+        p.add_argument("--actors", type=int, default=actors, help=actors_help)
+        _alias(p, "--concurrency", "actors", type=int)
+        if gpus is not None:
+            p.add_argument("--gpus", type=float, default=gpus, help="GPUs per actor")
+            _alias(p, "--num-gpus", "gpus", type=float)
+    for s in stages:
+        p.add_argument(f"--{s}-actors", type=int, default=actors, help=f"{s} model actors")
+        p.add_argument(f"--{s}-gpus", type=float, default=gpus, help=f"GPUs per {s} actor")
+    p.add_argument("--cpus", type=float, default=cpus, help=cpus_help)
+    for old in ("--num-cpus", "--actor-cpus"):
+        _alias(p, old, "cpus", type=float)
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "auto", cpu_alias: bool = False) -> None:
+    p.add_argument("--device", default=default, help="where models run: auto | cpu | cuda | cuda:N "
+                   "(auto: cuda when the job has GPUs)")
+    if cpu_alias:
+        p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
+
+
+def add_ray(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
+    add_verbose(p)
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show Ray's own per-operator logs")
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def canonical(path: str) -> str:
+    """A URI (scheme://...) as given; a local path made absolute against the current directory,
+    so what a job stores (source_uri, run folders) reads the same from any working directory."""
+    if "://" in path or path.startswith("synthetic:"):
+        return path
+    return os.path.abspath(os.path.expanduser(path))  # normalised: "a/../b" -> "/cwd/b"
+
+
+def check_int(flag: str, value: int, lo: int, fix: str | None = None) -> None:
+    if value < lo:
+        raise fail(f"{flag} must be >= {lo}", value, fix or f"pass {flag} {max(lo, 1)}")
+
+
+def check_float(flag: str, value: float, lo: float, *, strict: bool = False, fix: str | None = None) -> None:
+    if value < lo or (strict and value == lo):
+        rule = f"{flag} must be {'>' if strict else '>='} {lo:g}"
+        raise fail(rule, f"{value:g}", fix or f"pass {flag} {max(lo, 1):g}")
+
+
+def check_device(device: str, gpus: float) -> None:
+    """`device` against the GPUs the job's actors ask for (an actor without a GPU cannot use CUDA)."""
+    if not DEVICE_RE.match(device):
+        raise fail("--device must be auto, cpu, cuda or cuda:N", repr(device), "pass --device auto")
+    if device.startswith("cuda") and gpus <= 0:
+        raise fail("--device cuda needs GPUs given to the actors", "--gpus 0", "add --gpus 1 (or drop --device)")
+    if device == "cpu" and gpus > 0:
+        raise fail("--device cpu runs models without GPUs", f"--gpus {gpus:g}", "drop --gpus or --device cpu")
+
+
+def check_writable_file(flag: str, path: str) -> None:
+    """An output file's folder must exist (or be creatable) and be writable, before any work."""
+    parent = Path(path).parent
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise fail(f"{flag} must be in a writable folder", f"{path!r} ({probe} is not writable)",
+                   f"pass a {flag} under a folder you can write to")
+
+
+def check_stage_folder(flag: str, path: str, want: str, made_by: str) -> None:
+    """A stage's input folder must hold Parquet parts and be the folder that stage reads:
+    `encode --input OUT/scored` would silently encode nothing."""
+    p = Path(path)
+    if "://" in path:
+        return
+    if not p.is_dir() or not any(p.glob("*.parquet")):
+        raise fail(f"{flag} must be a folder of Parquet parts written by {made_by} (OUT/{want})",
+                   f"{path!r} (no Parquet parts)", f"run {made_by} first or pass OUT/{want}")
+    if p.name != want and (p.parent / want).is_dir():
+        raise fail(f"{flag} must be the {want} folder written by {made_by}", repr(path),
+                   f"pass {p.parent / want}")
+
+
+@dataclass(frozen=True)
+class Need:
+    """What the job's actors and tasks ask for at the same time."""
+
+    gpus: float = 0.0  # all actors together
+    cpus: float = 0.0  # all actors together
+    max_cpus_one: float = 0.0  # the largest single ask: it must fit on one machine
+    what: str = "the job"
+    fix: str = "lower the --*actors, --*gpus or --cpus flags"
+
+
+def local_capacity(count_gpus: bool = True) -> tuple[float, float]:
+    """(GPUs, CPUs) of this machine, without starting Ray (GPUs counted only when asked: torch
+    takes a second or two to import)."""
+    gpus = 0
+    if count_gpus and os.environ.get("CUDA_VISIBLE_DEVICES", None) != "":
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except ImportError:
+            gpus = 0
+    return float(gpus), float(os.cpu_count() or 1)
+
+
+def check_need(need: Need, capacity: tuple[float, float], where: str) -> None:
+    gpus, cpus = capacity
+    if need.gpus > gpus:
+        raise fail(f"{need.what} asks for {need.gpus:g} GPU(s) in all and {where} must have them",
+                   f"{gpus:g} GPU(s)", f"{need.fix}, ask for 0 GPUs to run on CPU, or run on GPU nodes")
+    if need.max_cpus_one > cpus or need.cpus > cpus:
+        ask = round(max(need.max_cpus_one, need.cpus), 2)
+        raise fail(f"{need.what} asks for {ask:g} CPU(s) and {where} must have them", f"{cpus:g} CPU(s)", need.fix)
+
+
+def check_local(need: Need, address: str | None) -> None:
+    """Before Ray starts: a local run must fit this machine (a cluster is checked after connecting)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    check_need(need, local_capacity(count_gpus=need.gpus > 0), "this machine (no --address)")
+
+
+def check_cluster(need: Need) -> None:
+    """Right after connecting: actors asking for more than the cluster has wait forever instead of failing."""
+    import ray
+
+    res = ray.cluster_resources()
+    check_need(need, (res.get("GPU", 0.0), res.get("CPU", 0.0)), "the Ray cluster")
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Quiet by default: progress bars and the job's summary; Ray's per-operator logs with --verbose."""
+    level = logging.INFO if verbose else logging.ERROR  # quiet: not even Ray's deprecation notices
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+
+
+def run_cli(fn: Callable[[], int | None]) -> int:
+    """Run a job's body; a UsageError (bad argument, found before or after parsing) exits 2 with one line."""
+    try:
+        return fn() or 0
+    except UsageError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
