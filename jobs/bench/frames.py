@@ -1,4 +1,4 @@
-"""`python -m jobs.frame_scores_table --input DIR`: the CPU step's frame-model scores per video.
+"""`python -m jobs.bench frames --input DIR`: the CPU step's frame-model scores per video.
 
 Splits every video in DIR with the default detector, runs the score stage's CPU step on
 every clip with no rules (so every scorer runs on every clip: flow + camera motion, NSFW,
@@ -72,7 +72,7 @@ def markdown(videos: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.frame_scores_table", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.bench frames", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="folder of videos")
     p.add_argument("--json", help="also write every clip's scores here")
     a = p.parse_args(argv)
