@@ -11,12 +11,15 @@ L2-normalised CLIP ViT-L/14 image embeddings, trained on SAC+LOGOS+AVA ratings (
 Reference: github.com/christophschuhmann/improved-aesthetic-predictor.
 
 Weights (the `default` preset; nothing downloads at test time):
-- CLIP: open_clip `ViT-L-14` / `openai`. On a connected machine run once
-  `python -c "import open_clip; open_clip.create_model_and_transforms('ViT-L-14', pretrained='openai')"`
-  (or `huggingface-cli download timm/vit_large_patch14_clip_224.openai`); it lands in the HF cache.
+- CLIP: open_clip `ViT-L-14` / `openai`: `hf download timm/vit_large_patch14_clip_224.openai`
+  (HF cache) or `... --local-dir WEIGHTS/timm/vit_large_patch14_clip_224.openai` (--weights-dir WEIGHTS).
+  important: the architecture follows the tag's pretrained config (open_clip.get_pretrained_cfg):
+  OpenAI's weights need QuickGELU, which plain `ViT-L-14` lacks (open_clip only warns), and the
+  tag's mean/std are the input normalisation. `clip_architecture` decides it for every load.
 - Head: `sac+logos+ava1-l14-linearMSE.pth`, from
   https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth
-  saved into $TUBELET_WEIGHTS or ~/.cache/tubelet/weights (or pass its path).
+  saved into --weights-dir, $TUBELET_WEIGHTS or ~/.cache/tubelet/weights (or pass its path).
+`python -m jobs.check --preset default` says what is missing and prints the lines that fetch it.
 The `smoke` preset uses a tiny random CLIP and head (`build_smoke_clip`) saved to a directory
 and read by the same loader; its scores are meaningless and every output says so.
 """
@@ -40,6 +43,7 @@ from curate.cheap_scores import CheapConfig
 from curate.errors import OnError, UsageError
 from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
 from curate.score_frames import FRAMES, FRAMES_SHAPE
+from curate.weights import Weights, expand, locate
 
 HEAD_FILE = "aesthetic_head.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -72,6 +76,8 @@ class ScoreConfig:
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast on GPU
     smoke: bool = False  # random weights: scores are meaningless
     on_error: OnError = "record"
+    # folder holding downloaded weights as <dir>/<hub repo id> (and the head file); None: HF cache only
+    weights_dir: str | None = None
 
 
 DEFAULT = ScoreConfig(precision="fp16")
@@ -120,12 +126,15 @@ def make_head(dims: tuple[int, ...]) -> Any:
     return AestheticHead(dims)
 
 
-def _weights_dirs() -> list[Path]:
-    dirs = [Path(os.environ["TUBELET_WEIGHTS"])] if os.environ.get("TUBELET_WEIGHTS") else []
+def _weights_dirs(weights_dir: str | None = None) -> list[Path]:
+    dirs = [Path(expand(d) or d) for d in (weights_dir, os.environ.get("TUBELET_WEIGHTS")) if d]
     return [*dirs, Path("~/.cache/tubelet/weights").expanduser()]
 
 
-def _resolve_head(source: str) -> Path:
+HEAD_URL = f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{DEFAULT_HEAD}"
+
+
+def _resolve_head(source: str, weights_dir: str | None = None) -> Path:
     p = Path(source).expanduser()
     if p.is_dir() and (p / HEAD_FILE).is_file():
         return p / HEAD_FILE
@@ -139,7 +148,7 @@ def _resolve_head(source: str) -> Path:
             return Path(hf_hub_download(repo, name))
         except Exception as e:  # offline, missing, gated: all mean "not here"
             raise UsageError(_missing_head(source, f"hub download failed: {e}")) from e
-    for d in _weights_dirs():
+    for d in _weights_dirs(weights_dir):
         if (d / p.name).is_file():
             return d / p.name
     raise UsageError(_missing_head(source, "not found"))
@@ -148,17 +157,16 @@ def _resolve_head(source: str) -> Path:
 def _missing_head(source: str, why: str) -> str:
     return (
         f"aesthetic head weights {source!r} must be available locally ({why}); get them with "
-        f"`mkdir -p ~/.cache/tubelet/weights && wget -P ~/.cache/tubelet/weights "
-        f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{DEFAULT_HEAD}` "
-        "(or set TUBELET_WEIGHTS, or pass --aesthetic-head PATH), or use --preset smoke"
+        f"`mkdir -p ~/.cache/tubelet/weights && curl -L -o ~/.cache/tubelet/weights/{DEFAULT_HEAD} {HEAD_URL}` "
+        "(or put the file in --weights-dir / $TUBELET_WEIGHTS, or pass --aesthetic-head PATH), or use --preset smoke"
     )
 
 
-def load_aesthetic_head(source: str) -> Any:
+def load_aesthetic_head(source: str, weights_dir: str | None = None) -> Any:
     """Load the head from a file/dir/cache name/hub id; layer sizes come from the weights."""
     import torch
 
-    path = _resolve_head(source)
+    path = _resolve_head(source, weights_dir)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -180,11 +188,22 @@ def load_aesthetic_head(source: str) -> Any:
 # --- CLIP --------------------------------------------------------------------------------
 
 
-def load_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """An open_clip model from an architecture + tag/file, "hf-hub:org/repo", or a local dir.
+@dataclass(frozen=True)
+class ClipArchitecture:
+    """How to build an open_clip model so that the weights of its tag fit it."""
 
-    Returns (model in eval mode, preprocess cfg with size/mean/std). Raises UsageError
-    naming the weights and how to get them when they are not available offline.
+    name: str  # open_clip model name ("ViT-L-14") or "local-dir:/path"
+    tag: str | None  # pretrained tag of `name` ("openai"), None for files / directories / random
+    quick_gelu: bool  # the tag's activation: OpenAI's weights were trained with QuickGELU
+    preprocess: dict[str, Any]  # mean/std/interpolation/resize_mode of the tag (empty: the model's own)
+    hub: tuple[str, str] | None  # (repo, file) of the tag's weights on the HF hub
+
+
+def clip_architecture(model: str, pretrained: str | None) -> ClipArchitecture:
+    """The architecture a (model, pretrained) pair asks for: the tag's pretrained config wins.
+
+    important: open_clip builds `ViT-L-14` with GELU even for the `openai` tag (QuickGELU-trained;
+    it only warns), which shifts every embedding; force_quick_gelu follows the tag here.
     """
     import open_clip
 
@@ -193,13 +212,84 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu") ->
         if not (d / OPEN_CLIP_CONFIG).is_file():
             raise UsageError(f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
                              "found neither; build one with curate.score.build_smoke_clip(dir)")
-        name, pretrained = f"local-dir:{d}", None
-    else:
-        name = model
+        return ClipArchitecture(f"local-dir:{d}", None, False, {}, None)
+    if model.startswith("hf-hub:") or not pretrained:
+        return ClipArchitecture(model, None, False, {}, None)
+    if model not in open_clip.list_models():
+        raise UsageError(f"clip_model must be an open_clip model name, hf-hub:org/repo or a directory, got "
+                         f"{model!r}; see open_clip.list_models()")
+    pcfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not pcfg:
+        if Path(expand(pretrained) or pretrained).is_file():
+            return ClipArchitecture(model, None, False, {}, None)  # a weights file: the model config decides
+        raise UsageError(f"clip_pretrained must be an open_clip tag of {model} or a weights file, got "
+                         f"{pretrained!r}; tags: {open_clip.list_pretrained_tags_by_model(model)}")
+    pre = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
+    # hf_hub is "org/name/" (default file name) or "org/name/file.bin"
+    repo, _, fname = pcfg.get("hf_hub", "").rpartition("/")
+    hub = (repo, fname or "open_clip_pytorch_model.bin") if repo else None
+    return ClipArchitecture(model, pretrained, bool(pcfg.get("quick_gelu", False)), pre, hub)
+
+
+def clip_weights(cfg: ScoreConfig) -> list[Weights]:
+    """The CLIP weights and aesthetic head a score config needs (none for smoke / local files)."""
+    if cfg.smoke:
+        return []
+    out = []
+    arch = clip_architecture(cfg.clip_model, cfg.clip_pretrained)
+    if arch.hub:
+        repo, fname = arch.hub
+        # open_clip prefers the safetensors twin of a .bin file when the repo has one
+        safe = fname.replace("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+        groups = ((safe,), (fname,)) if safe != fname else ((fname,),)
+        out.append(Weights(f"CLIP {cfg.clip_model}/{cfg.clip_pretrained}", repo, any_of=groups,
+                           include=(fname,)))
+    head = cfg.aesthetic_head
+    if head and not Path(expand(head) or head).exists() and not head.startswith("hf-hub:"):
+        out.append(Weights("aesthetic head", Path(head).name, files=(Path(head).name,), url=HEAD_URL))
+    return out
+
+
+def _clip_checkpoint(arch: ClipArchitecture, pretrained: str | None, weights_dir: str | None) -> str | None:
+    """A weights file for the architecture: a file path as given, the tag's file in the weights
+    folder or HF cache. None: random init / the directory's own weights."""
+    if arch.tag is None:
+        p = expand(pretrained) if pretrained else None
+        return p if p and Path(p).is_file() and not arch.name.startswith(("local-dir:", "hf-hub:")) else None
+    if arch.hub is None:
+        raise UsageError(f"CLIP tag {arch.name}/{arch.tag} has no hub weights open_clip can fetch; "
+                         "pass a weights file as clip_pretrained")
+    w = clip_weights(ScoreConfig(clip_model=arch.name, clip_pretrained=arch.tag, aesthetic_head=None))[0]
+    where = locate(w, weights_dir)
+    if where is None:
+        raise UsageError(_missing_clip(arch.name, arch.tag, FileNotFoundError("not in the HF cache"), w, weights_dir))
+    for group in w.any_of:
+        if (where / group[0]).is_file():
+            return str(where / group[0])
+    return None
+
+
+def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", weights_dir: str | None = None,
+              load_weights: bool = True) -> tuple[Any, dict[str, Any]]:
+    """An open_clip model from an architecture + tag/file, "hf-hub:org/repo", or a local dir.
+
+    The architecture (activation, preprocessing) follows the tag's pretrained config
+    (`clip_architecture`); `load_weights=False` builds that architecture with random weights
+    (tests, offline). Returns (model in eval mode, preprocess cfg with size/mean/std). Raises
+    UsageError naming the weights and how to get them when they are not available offline.
+    """
+    import open_clip
+
+    arch = clip_architecture(model, pretrained)
+    ckpt = _clip_checkpoint(arch, pretrained, weights_dir) if load_weights else None
+    kwargs: dict[str, Any] = {"force_quick_gelu": arch.quick_gelu, "device": device}
+    if arch.preprocess:
+        kwargs["force_preprocess_cfg"] = arch.preprocess
     try:
-        net, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        net = open_clip.create_model(arch.name, pretrained=ckpt if load_weights else None,
+                                     load_weights=load_weights, **kwargs)
     except (RuntimeError, OSError, ValueError) as e:
-        raise UsageError(_missing_clip(model, pretrained, e)) from e
+        raise UsageError(_missing_clip(model, pretrained, e, None, weights_dir)) from e
     pre = dict(open_clip.get_model_preprocess_cfg(net))
     size = pre.get("size", 224)
     pre["size"] = size[0] if isinstance(size, tuple | list) else int(size)
@@ -209,34 +299,26 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu") ->
 def check_weights(cfg: ScoreConfig) -> None:
     """Fail fast (on the driver, before any actor starts) when real weights are not available.
 
-    Resolves the head and the CLIP checkpoint file without building the model.
+    Checks files only (weights folder, HF cache), builds nothing; see curate/weights.py.
     """
+    from curate.weights import require
+
     if cfg.smoke:
         return
-    _resolve_head(cfg.aesthetic_head or cfg.clip_model)
-    d = Path(cfg.clip_model).expanduser()
-    if d.is_dir() or cfg.clip_model.startswith("hf-hub:") or cfg.clip_pretrained is None:
-        return  # a directory is checked by load_clip; hub ids and random init need no file here
-    if Path(cfg.clip_pretrained).expanduser().is_file():
-        return
-    import open_clip
-
-    pcfg = open_clip.get_pretrained_cfg(cfg.clip_model, cfg.clip_pretrained)
-    if not pcfg:
-        raise UsageError(f"clip_pretrained must be an open_clip tag of {cfg.clip_model} or a weights file, got "
-                         f"{cfg.clip_pretrained!r}; see open_clip.list_pretrained()")
-    try:
-        open_clip.download_pretrained(pcfg)  # a cache hit returns the path; offline + missing raises
-    except Exception as e:
-        raise UsageError(_missing_clip(cfg.clip_model, cfg.clip_pretrained, e)) from e
+    if cfg.aesthetic_head is None or Path(expand(cfg.aesthetic_head) or "").exists() \
+            or cfg.aesthetic_head.startswith("hf-hub:"):
+        _resolve_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir)
+    require(clip_weights(cfg), cfg.weights_dir)
 
 
-def _missing_clip(model: str, pretrained: str | None, e: BaseException) -> str:
+def _missing_clip(model: str, pretrained: str | None, e: BaseException, w: Weights | None,
+                  weights_dir: str | None) -> str:
+    fetch = f"`{w.download_line(weights_dir)}`" if w else (
+        f"`python -c \"import open_clip; open_clip.create_model_and_transforms('{model}', pretrained='{pretrained}')\"`")
     return (
         f"CLIP weights {model}/{pretrained} must be available offline, got: {str(e).splitlines()[0]}; "
-        f"on a connected machine run `python -c \"import open_clip; open_clip.create_model_and_transforms("
-        f"'{model}', pretrained='{pretrained}')\"` (fills the HF cache; set HF_HOME to share it), "
-        "or pass a local directory, or use --preset smoke"
+        f"on a connected machine run {fetch} (fills the HF cache; set HF_HOME to share it), "
+        "or pass a local directory with --weights-dir, or use --preset smoke"
     )
 
 
@@ -314,11 +396,11 @@ class ClipScoreStage:
         if cfg.smoke:
             build_smoke_clip(cfg.clip_model)  # no-op when present; actors on any node can build it
         self.device = _device(cfg.device)
-        self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device)
+        self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device, cfg.weights_dir)
         if self.pre["size"] != cfg.image_size:
             raise UsageError(f"image_size must match the CLIP input size {self.pre['size']}, "
                              f"got {cfg.image_size}; set image_size={self.pre['size']}")
-        self.head = load_aesthetic_head(cfg.aesthetic_head or cfg.clip_model).to(self.device)
+        self.head = load_aesthetic_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir).to(self.device)
         self.mean = torch.tensor(self.pre.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device)
         self.std = torch.tensor(self.pre.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device)
 
