@@ -81,11 +81,12 @@ class CaptionConfig:
     device: str = "auto"
     dtype: str = "auto"
     on_error: OnError = "record"
+    weights_dir: str | None = None  # folder with <dir>/<hub id> (hf download --local-dir); None: HF cache
 
 
 # The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
-# actor). Fetch once with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` at a
-# local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
+# actor). Fetch once with `hf download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` / --weights-dir
+# at a local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
 DEFAULT = CaptionConfig()
 # Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
 # real QA bounds, so QA only rejects empty output and loops here; rows say `smoke-random`.
@@ -102,7 +103,7 @@ SMOKE = CaptionConfig(
 def caption_hash(cfg: CaptionConfig) -> str:
     """Hash of what decides the captions; batch size, device and error policy are left out so
     that rerunning with other resources resumes instead of starting over."""
-    return config_hash(replace(cfg, batch_size=0, device="", on_error="record"))
+    return config_hash(replace(cfg, batch_size=0, device="", on_error="record", weights_dir=None))
 
 
 def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
@@ -174,7 +175,8 @@ class CaptionStage:
 
     def load(self) -> None:
         if self.vlm is None:
-            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context)
+            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
+                                self.cfg.weights_dir)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
