@@ -103,7 +103,7 @@ SMOKE = CaptionConfig(
 def caption_hash(cfg: CaptionConfig) -> str:
     """Hash of what decides the captions; batch size, device and error policy are left out so
     that rerunning with other resources resumes instead of starting over."""
-    return config_hash(replace(cfg, batch_size=0, device="", on_error="record", weights_dir=None))
+    return config_hash(replace(cfg, batch_size=0, device="", on_error="record"))
 
 
 def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:

@@ -62,7 +62,9 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import default_weights_dir, expand, require
 from jobs import presets
+from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 STATS_DIR = Path("_stats") / STAGE
@@ -159,6 +161,8 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
         todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
         todo = todo.sort_by([("_planned", "ascending"), (VIDEO_ID, "ascending"), (START_FRAME, "ascending")])
         todo = todo.drop_columns(["_planned"])
+        # important: here, on the driver, before Ray: missing weights must not surface as an actor traceback
+        require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
         summary.update(_run(cfg, todo, out, h))
     summary["wall_s"] = time.perf_counter() - t0
     summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
@@ -224,8 +228,10 @@ def parse_args(argv: list[str] | None = None) -> CaptionJobConfig:
     p.add_argument("--num-frames", type=int, default=None)
     p.add_argument("--decode-concurrency", type=int, default=0)
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local instance)")
+    p.add_argument("--weights-dir", default=default_weights_dir(),
+                   help="folder of downloaded weights, DIR/<hub repo id> (default: $TUBELET_WEIGHTS)")
     a = p.parse_args(argv)
-    cap = PRESETS[a.preset]
+    cap = replace(PRESETS[a.preset], weights_dir=expand(a.weights_dir))
     if a.model:
         cap = replace(cap, model=a.model)
     for name, v, lo in (("--batch-size", a.batch_size, 1), ("--num-frames", a.num_frames, 1),

@@ -49,6 +49,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import default_weights_dir, expand
 from jobs.inputs import list_inputs
 from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset
 
@@ -73,6 +74,7 @@ class CurateConfig:
     batch_size: int = 4  # clips per actor call
     max_rows_per_shard: int = 2048
     report: bool = True
+    weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -246,16 +248,19 @@ def _manifest_meta(preset: Preset) -> dict:
 
 
 def main(cfg: CurateConfig) -> dict[str, Any]:
-    preset = PRESETS[cfg.preset]
+    from latents.weights import stage_weights, with_weights_dir
+
+    preset = with_weights_dir(PRESETS[cfg.preset], cfg.weights_dir)
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     inputs = list_inputs(cfg.input)
     out = Path(cfg.output)
     check_writable(out)
     filters.check_config(preset.score.filters)
-    from curate import score
+    from curate.weights import require
 
-    score.check_weights(preset.score)
+    # every model of the run, on the driver before Ray: a missing one is this exit-2 message, not an actor traceback
+    require(stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir)
     h = config_hash({"preset": dataclasses.asdict(preset)})
     meta = _manifest_meta(preset)
     t0 = time.perf_counter()
@@ -286,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor-cpus", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--weights-dir", default=default_weights_dir(),
+                   help="folder of downloaded weights, DIR/<hub repo id> (default: $TUBELET_WEIGHTS)")
     return p
 
 
@@ -296,7 +303,8 @@ def cli(argv: list[str] | None = None) -> int:
             input=a.input, output=a.output, preset=a.preset, address=a.address,
             score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
             score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
-            actor_cpus=a.actor_cpus, batch_size=a.batch_size, report=not a.no_report))
+            actor_cpus=a.actor_cpus, batch_size=a.batch_size, report=not a.no_report,
+            weights_dir=expand(a.weights_dir)))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,10 +38,13 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import default_weights_dir, local_repo, require
 from jobs import presets
 from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, verify_shards
+from latents.text import text_weights
+from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
 PRESETS: dict[str, EncodeConfig] = {**{name: p.encode for name, p in presets.PRESETS.items()},
@@ -98,8 +101,15 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
     else:
         from transformers import AutoConfig
 
-        kw = {"subfolder": enc.text.model_subfolder} if enc.text.model_subfolder else {}
-        c = AutoConfig.from_pretrained(enc.text.source, revision=enc.text.revision, **kw)
+        source = local_repo(enc.text.source, enc.text.weights_dir)
+        sub = enc.text.model_subfolder
+        kw = {"subfolder": sub} if sub and not (Path(source).is_dir() and not (Path(source) / sub).is_dir()) else {}
+        try:
+            c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
+        except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's
+            require(text_weights(enc.text), enc.text.weights_dir)
+            raise UsageError(f"text encoder config of {enc.text.source!r} must be readable, got: "
+                             f"{str(e).splitlines()[0][:200]}; pass a complete folder with --weights-dir") from e
         text_info = {"text_encoder_id": enc.text.source, "revision": enc.text.revision,
                      "max_length": enc.text.max_length, "dim": int(c.d_model), "smoke": False,
                      "config": asdict(enc.text)}
@@ -147,6 +157,8 @@ def main(cfg: EncodeJobConfig) -> dict:
     if not Path(cfg.input).is_dir() or not any(Path(cfg.input).glob("*.parquet")):
         raise UsageError(f"--input must be a folder of captioned Parquet parts, got {cfg.input!r} with no "
                          "Parquet parts; run the caption stage first or pass OUT/captions")
+    # important: on the driver, before Ray: missing weights must not surface as an actor traceback
+    require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
     table = read_parts(cfg.input, S.CLIP_SCHEMA)
     out = Path(cfg.output)
     check_writable(out)
@@ -202,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="clips per actor call and per part")
     p.add_argument("--max-rows-per-shard", type=int, default=2048)
     p.add_argument("--max-shard-mb", type=int, default=1024)
+    p.add_argument("--weights-dir", default=default_weights_dir(),
+                   help="folder of downloaded weights, DIR/<hub repo id> (default: $TUBELET_WEIGHTS)")
     return p
 
 
@@ -210,7 +224,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         check_range("max_shard_mb", args.max_shard_mb, 1, fix="pass --max-shard-mb >= 1")
         check_range("max_rows_per_shard", args.max_rows_per_shard, 1, fix="pass --max-rows-per-shard >= 1")
-        cfg = EncodeJobConfig(input=args.input, output=args.output, encode=PRESETS[args.preset],
+        cfg = EncodeJobConfig(input=args.input, output=args.output,
+                              encode=with_weights_dir(PRESETS[args.preset], args.weights_dir),
                               address=args.address, concurrency=args.concurrency, num_gpus=args.num_gpus,
                               actor_cpus=args.actor_cpus, batch_size=args.batch_size,
                               max_rows_per_shard=args.max_rows_per_shard, max_shard_bytes=args.max_shard_mb << 20)

@@ -57,6 +57,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import default_weights_dir, expand
 from jobs import presets
 
 STAGE = "score"
@@ -240,6 +241,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ScoreJob:
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file")
     p.add_argument("--aesthetic-head", help="aesthetic head weights: file, directory or cache name")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--weights-dir", default=default_weights_dir(),
+                   help="folder of downloaded weights, DIR/<hub repo id> + the head file (default: $TUBELET_WEIGHTS)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local instance)")
     a = p.parse_args(argv)
     for name in ("concurrency", "batch_size", "cpu_batch"):
@@ -249,7 +252,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ScoreJob:
         p.error(f"--num-gpus must be >= 0 and --actor-cpus > 0, got {a.num_gpus}, {a.actor_cpus}")
     cfg = PRESETS[a.preset]
     overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
-                                   "aesthetic_head": a.aesthetic_head, "device": a.device}.items() if v}
+                                   "aesthetic_head": a.aesthetic_head, "device": a.device,
+                                   "weights_dir": expand(a.weights_dir)}.items() if v}
     if a.num_gpus > 0 and not a.device:
         overrides["device"] = "cuda"
     return ScoreJob(input=a.input, output=a.output, score=dataclasses.replace(cfg, **overrides),
