@@ -256,7 +256,7 @@ def resolve_source(source: str) -> str:
 
 def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
     """The hub weights `load_vlm(source)` needs (none for smoke models and local folders)."""
-    if source.startswith(SMOKE_PREFIX) or Path(local_repo(source, weights_dir)).is_dir():
+    if source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir():  # a folder: the loader checks it
         return []
     return [Weights(f"VLM {source}", source, files=("config.json", "tokenizer_config.json"),
                     any_of=(("model.safetensors.index.json",), ("model.safetensors",)))]

@@ -100,7 +100,10 @@ def _complete(w: Weights, find) -> bool:
             return False
         if rel.endswith(".index.json"):
             base = rel.rpartition("/")[0]
-            shards = set(json.loads(p.read_text()).get("weight_map", {}).values())
+            try:
+                shards = set(json.loads(p.read_text()).get("weight_map", {}).values())
+            except (ValueError, AttributeError):  # a truncated download: not usable
+                return False
             return all(find(f"{base}/{s}" if base else s) is not None for s in shards)
         return True
 
@@ -116,9 +119,10 @@ def locate(w: Weights, weights_dir: str | None = None) -> Path | None:
     if w.url:
         return None
     if _complete(w, lambda rel: _exists_cache(w, rel)):
-        first = (w.files or w.any_of[0])[0]
-        hit = _exists_cache(w, first)
-        return hit.parents[len(Path(first).parts) - 1] if hit else None
+        for rel in (*w.files, *(f for g in w.any_of for f in g)):
+            hit = _exists_cache(w, rel)
+            if hit is not None:  # .../snapshots/<commit>/<rel> -> .../snapshots/<commit>
+                return hit.parents[len(Path(rel).parts) - 1]
     return None
 
 

@@ -142,6 +142,8 @@ def _model_wait(out: Path) -> dict[str, float]:
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
+    # important: on the driver, before Ray: missing weights must not surface as an actor traceback
+    require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
     out = Path(cfg.output)
     check_writable(out)
     table = read_parts(cfg.input, CLIP_SCHEMA)
@@ -161,8 +163,6 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
         todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
         todo = todo.sort_by([("_planned", "ascending"), (VIDEO_ID, "ascending"), (START_FRAME, "ascending")])
         todo = todo.drop_columns(["_planned"])
-        # important: here, on the driver, before Ray: missing weights must not surface as an actor traceback
-        require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
         summary.update(_run(cfg, todo, out, h))
     summary["wall_s"] = time.perf_counter() - t0
     summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from curate.errors import UsageError
-from curate.weights import Weights, local_repo
+from curate.weights import Weights, expand, local_repo
 from latents.vae import SMOKE_CACHE, WAN_ID, TorchDtype
 
 
@@ -127,7 +127,7 @@ def _resolve(source: str, sub: str) -> dict[str, Any]:
 
 def text_weights(cfg: TextConfig) -> list[Weights]:
     """The hub weights this config loads (none for smoke models and local folders)."""
-    if cfg.smoke or Path(local_repo(cfg.source, cfg.weights_dir)).is_dir():
+    if cfg.smoke or Path(expand(cfg.source) or "").is_dir():  # a folder given as source: the loader checks it
         return []
     m, t = (f"{s}/" if s else "" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder))
     return [Weights("text encoder", cfg.source, cfg.revision, files=(f"{m}config.json", f"{t}tokenizer_config.json"),

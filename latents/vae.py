@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 
 from curate.errors import UsageError
-from curate.weights import Weights, local_repo
+from curate.weights import Weights, expand, local_repo
 
 VaeKind = Literal["wan", "ltx"]
 TorchDtype = Literal["float32", "bfloat16", "float16"]
@@ -130,7 +130,7 @@ LTX_DECODE_TIMESTEP = 0.0
 
 def vae_weights(cfg: VAEConfig) -> list[Weights]:
     """The hub weights this config loads (none for smoke models and local folders)."""
-    if cfg.smoke or Path(local_repo(cfg.source, cfg.weights_dir)).is_dir():
+    if cfg.smoke or Path(expand(cfg.source) or "").is_dir():  # a folder given as source: the loader checks it
         return []
     sub = f"{cfg.subfolder}/" if cfg.subfolder else ""
     name = f"{sub}diffusion_pytorch_model"
