@@ -3,6 +3,8 @@
 Per batch of clips: frames (already decoded by a CPU task, or decoded here) -> fit to the
 model context -> batched generation grouped by frame count -> QA -> one retry with
 different sampling for failures -> short caption from the dense one (text path) -> rows.
+A short caption that fails QA or generation is left null (`caption_qa` gets `short_failed`
+with the reason); the clip stays ok on its dense caption, never given a made-up short one.
 Results are keyed by row index from start to end, so batching, sorting and retries can
 never attach a caption to another clip.
 
@@ -20,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from captioner import prompts
-from captioner.qa import QAConfig, QAResult, check_caption, check_short, first_sentence
+from captioner.qa import QAConfig, QAResult, check_caption, check_short
 from captioner.vlm import Generation, Request, Sampling, load_vlm
 from curate import __version__
 from curate.decode import decode_clip, sample_uniform
@@ -287,10 +289,11 @@ class CaptionStage:
                     if res.fixes:
                         it.qa["short_fixes"] = list(res.fixes)
                 else:
-                    # a bad short caption is not worth losing the clip: use the dense one's first sentence
-                    it.short = first_sentence(it.result.text, cfg.qa.short_max_words)
-                    it.qa["short_from_dense"] = res.reason if res is not None else "generation failed"
-                errors.pop(it.row, None)  # a failed short generation is recovered above
+                    # important: no stand-in (e.g. the dense caption's first sentence): a short caption that
+                    # failed is null and caption_qa says why; the clip stays ok, its dense caption passed QA
+                    it.short = None
+                    it.qa["short_failed"] = res.reason if res is not None else f"generation failed: {errors.get(it.row)}"
+                errors.pop(it.row, None)  # a failed short generation does not fail the clip
 
     def _write(self, table: pa.Table, good: list[_Item], errors: dict[int, str]) -> pa.Table:
         base = conform(table)  # drops transport columns
