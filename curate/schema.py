@@ -157,7 +157,8 @@ CAPTION_GROUP = ColumnGroup(
         _f(PROMPT_VERSION, pa.string()),
         _f(CAPTION_QA, pa.string()),
     ),
-    (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION),
+    # caption_short may be null: a short caption that failed is left out (caption_qa says why)
+    (CAPTION, CAPTION_MODEL, PROMPT_VERSION),
 )
 LATENT_GROUP = ColumnGroup(
     "latent",
