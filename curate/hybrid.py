@@ -302,4 +302,7 @@ class HybridDetector:
         # the model marks a cut at c on frame c - 1: where it scored that frame, its verdict stands
         known = {c: cut_score(r, cfg) for c, r in sure.items() if (c - 1) // STEP not in done}
         self.cheap_cuts += len(known)
-        return build_transitions(pts, single, many, luma, spans, known_cuts=known)
+        scored = np.zeros(n, bool)  # frames the model saw: elsewhere the boundary score is unknown (null)
+        for k in done:
+            scored[k * STEP : (k + 1) * STEP] = True
+        return build_transitions(pts, single, many, luma, spans, known_cuts=known, scored=scored)

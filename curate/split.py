@@ -158,8 +158,9 @@ def clip_rows(video: dict[str, Any], tr: Transitions, spans: list[Span], method:
                 S.SHOT_INDEX: sp.shot_index,
                 S.SPLIT_METHOD: method,
                 S.TRANSITION_BEFORE: sp.transition_before,
-                S.BOUNDARY_SCORE_START: sp.score_start,
-                S.BOUNDARY_SCORE_END: sp.score_end,
+                # NaN: the detector never scored that boundary (hybrid): null, not 0.0
+                S.BOUNDARY_SCORE_START: None if math.isnan(sp.score_start) else sp.score_start,
+                S.BOUNDARY_SCORE_END: None if math.isnan(sp.score_end) else sp.score_end,
                 S.STATUS: S.STATUS_OK,
                 S.CONFIG_HASH: cfg_hash,
                 S.TUBELET_VERSION: __version__,
