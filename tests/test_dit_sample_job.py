@@ -81,16 +81,16 @@ def test_sampler_loads_the_vae_and_text_encoder_the_manifest_names(tmp_path):
     from latents.text import build_smoke_text_encoder
     from latents.vae import VAEConfig, build_smoke_vae
 
-    vae_dir = build_smoke_vae(tmp_path / "my-vae", "ltx")  # an LTX VAE in a folder of its own, not a smoke cache
+    vae_dir = build_smoke_vae(tmp_path / "my-vae", "wan")  # a VAE in a folder of its own, not a smoke preset
     text_dir = build_smoke_text_encoder(tmp_path / "my-text")
-    enc = dataclasses.replace(SMOKE, vae=VAEConfig(kind="ltx", source=str(vae_dir), subfolder="", tiling=False,
+    enc = dataclasses.replace(SMOKE, vae=VAEConfig(kind="wan", source=str(vae_dir), subfolder="", tiling=False,
                                                    dtype="float32", device="cpu"),
                               text=dataclasses.replace(SMOKE.text, source=str(text_dir), smoke=False))
     run = tmp_path / "run"
     _train(run, enc)
     s = main(SampleJob(run=str(run), prompt="a red ball", out=str(tmp_path / "a.mp4"), steps=2))
     assert s["vae"] == str(vae_dir) and s["text_encoder"] == str(text_dir)
-    assert _frames(tmp_path / "a.mp4") == (9, 128, 128)  # LTX: 8x time, 32x space
+    assert _frames(tmp_path / "a.mp4") == (5, 32, 32)  # wan: 4x time, 8x space
 
     # the same folder, but not the VAE the shards were normalised with: refused, both values named
     cfg = json.loads((run / "config.json").read_text())
