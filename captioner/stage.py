@@ -6,6 +6,8 @@ different sampling for failures -> short caption from the dense one (text path) 
 The prompt carries the clip's measured facts (camera motion, on-screen text) as hints
 (prompt dense-v2); QA records where a caption contradicts them (`caption_qa["grounding"]`),
 and the score stage's CLIP gives each caption a `caption_clip_score` (captioner/clip_score.py).
+A short caption that fails QA or generation is left null (`caption_qa` gets `short_failed`
+with the reason); the clip stays ok on its dense caption, never given a made-up short one.
 Results are keyed by row index from start to end, so batching, sorting and retries can
 never attach a caption to another clip.
 
@@ -24,7 +26,7 @@ import pyarrow as pa
 
 from captioner import prompts
 from captioner.clip_score import CaptionClipScorer
-from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short, first_sentence
+from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short
 from captioner.vlm import Generation, Request, Sampling, load_vlm
 from curate import __version__
 from curate import score as clip_score_cfg
@@ -96,11 +98,12 @@ class CaptionConfig:
     clip_model: str | None = None
     clip_pretrained: str | None = None
     clip_smoke: bool = False  # clip_model is the smoke preset's tiny random CLIP (built when missing)
+    weights_dir: str | None = None  # folder with <dir>/<hub id> (hf download --local-dir); None: HF cache
 
 
 # The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
-# actor). Fetch once with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` at a
-# local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
+# actor). Fetch once with `hf download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` / --weights-dir
+# at a local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
 DEFAULT = CaptionConfig(clip_model=clip_score_cfg.DEFAULT.clip_model,
                         clip_pretrained=clip_score_cfg.DEFAULT.clip_pretrained)
 # Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
@@ -193,7 +196,8 @@ class CaptionStage:
 
     def load(self) -> None:
         if self.vlm is None:
-            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context)
+            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
+                                self.cfg.weights_dir)
         if self.clip is not None and self.clip.model is None:
             self.clip.load()
 
@@ -323,10 +327,11 @@ class CaptionStage:
                     if res.fixes:
                         it.qa["short_fixes"] = list(res.fixes)
                 else:
-                    # a bad short caption is not worth losing the clip: use the dense one's first sentence
-                    it.short = first_sentence(it.result.text, cfg.qa.short_max_words)
-                    it.qa["short_from_dense"] = res.reason if res is not None else "generation failed"
-                errors.pop(it.row, None)  # a failed short generation is recovered above
+                    # important: no stand-in (e.g. the dense caption's first sentence): a short caption that
+                    # failed is null and caption_qa says why; the clip stays ok, its dense caption passed QA
+                    it.short = None
+                    it.qa["short_failed"] = res.reason if res is not None else f"generation failed: {errors.get(it.row)}"
+                errors.pop(it.row, None)  # a failed short generation does not fail the clip
 
     def _write(self, table: pa.Table, good: list[_Item], errors: dict[int, str],
                clip_scores: dict[int, float | None]) -> pa.Table:

@@ -31,6 +31,7 @@ class UpsampleConfig:
     max_context: int | None = 32768
     device: str = "auto"
     dtype: str = "auto"
+    weights_dir: str | None = None  # folder with <dir>/<hub id> (hf download --local-dir); None: HF cache
 
 
 DEFAULT = UpsampleConfig()
@@ -66,7 +67,8 @@ class PromptUpsampler:
 
     def load(self) -> None:
         if self.vlm is None:
-            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context)
+            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
+                                self.cfg.weights_dir)
 
     def __call__(self, user_prompts: list[str], seed: int = 0) -> list[Upsampled]:
         if self.vlm is None:

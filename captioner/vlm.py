@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from curate.errors import StageError, UsageError
+from curate.weights import Weights, expand, local_repo
 
 Family = Literal["qwen2_5_vl", "llava_onevision"]
 FAMILIES: tuple[Family, ...] = ("qwen2_5_vl", "llava_onevision")
@@ -253,26 +254,37 @@ def resolve_source(source: str) -> str:
     return str(d)
 
 
-def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context: int | None = None) -> VLM:
-    """Load a VLM from a hub id (local HF cache offline), a local directory, or `smoke:<family>`."""
+def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
+    """The hub weights `load_vlm(source)` needs (none for smoke models and local folders)."""
+    if source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir():  # a folder: the loader checks it
+        return []
+    return [Weights(f"VLM {source}", source, files=("config.json", "tokenizer_config.json"),
+                    any_of=(("model.safetensors.index.json",), ("model.safetensors",)))]
+
+
+def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context: int | None = None,
+             weights_dir: str | None = None) -> VLM:
+    """Load a VLM from a hub id (local HF cache offline), a local directory (`~` expanded; or
+    `<weights_dir>/<hub id>`), or `smoke:<family>`."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = resolve_source(source)
+    path = local_repo(resolve_source(source), weights_dir)
     local = Path(path)
+    fetch = Weights("", source).download_line(expand(weights_dir))
     if (path.startswith(("/", "./", "../", "~")) or local.exists()) and not (local / "config.json").is_file():
         raise UsageError(f"VLM source {source!r} must be a model folder with config.json, a hub id, or "
                          f"'smoke:<family>'; no config.json in {local}; pass the folder you saved with "
-                         "save_pretrained / downloaded with `huggingface-cli download <id> --local-dir DIR`")
+                         "save_pretrained / downloaded with `hf download <id> --local-dir DIR`")
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as e:
         raise UsageError(
             f"VLM weights {source!r} not found locally (HF cache: {os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
             f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); get them on a machine with network with "
-            f"`huggingface-cli download {source}` (then copy the cache or set HF_HOME to it), "
-            f"or pass a local folder, or use 'smoke:qwen2_5_vl' for a tiny random model"
+            f"`{fetch}` (then copy the cache or set HF_HOME to it), "
+            f"or pass a local folder (--weights-dir), or use 'smoke:qwen2_5_vl' for a tiny random model"
         ) from e
     family = _MODEL_TYPES.get(config.model_type)
     if family is None:
@@ -284,7 +296,7 @@ def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=_dtype(dtype, dev)).to(dev).eval()
     except OSError as e:
         raise UsageError(f"VLM weights {source!r} are incomplete in the local cache ({e.__class__.__name__}); "
-                         f"re-run `huggingface-cli download {source}`") from e
+                         f"re-run `{fetch}`") from e
     model_id = source
     marker = local / SMOKE_MARKER
     if marker.is_file():

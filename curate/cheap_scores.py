@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from curate.errors import StageError
 from curate.schema import BLACK_FRACTION, BRIGHTNESS, IS_STATIC, MOTION, SHARPNESS
 
 # ITU-R BT.601 luma weights (what video codecs use for SD; close enough for HD scoring)
@@ -81,7 +82,9 @@ def motion(
 
     With `indices` (decoded-frame numbers of `frames`), a pair is two entries whose numbers
     differ by exactly one, at any frame rate; without them, consecutive entries at most
-    `max_gap_s` apart. So flow is never measured across a whole clip. 0.0 when no pair.
+    `max_gap_s` apart. So flow is never measured across a whole clip.
+    Raises StageError when there is no pair: motion is unknown then, not 0.0 (which would
+    flag the clip static); the score stage records the clip as an error row.
     """
     small = luma(resize_short_side(frames, short_side)).astype(np.uint8)  # (T, h, w)
     side = float(min(small.shape[1:3]))
@@ -94,7 +97,11 @@ def motion(
         flow = cv2.calcOpticalFlowFarneback(small[i], small[i + 1], None, 0.5, 2, 9, 3, 5, 1.1, 0)
         mag = np.sqrt((flow**2).sum(axis=-1))  # (h, w, 2) -> (h, w)
         rates.append(float(mag.mean()) / side / dt)
-    return float(np.mean(rates)) if rates else 0.0
+    if not rates:
+        rule = "frame numbers 1 apart" if indices is not None else f"at most {max_gap_s:g} s apart"
+        raise StageError("score", f"motion needs two adjacent decoded frames ({rule}), got {len(frames)} frame(s) "
+                                  "and no such pair; the clip is too short or its frames could not be decoded")
+    return float(np.mean(rates))
 
 
 def pair_offsets(num_frames_in_span: int, n_pairs: int, margin: float = 0.1) -> np.ndarray:

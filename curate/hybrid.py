@@ -339,7 +339,10 @@ class HybridDetector:
         # the model marks a cut at c on frame c - 1: where it scored that frame, its verdict stands
         known = {c: cut_score(r, cfg) for c, r in sure.items() if (c - 1) // STEP not in done}
         self.cheap_cuts += len(known)
-        tr = build_transitions(pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes)
+        scored = np.zeros(n, bool)  # frames the model saw: elsewhere the boundary score is unknown (null)
+        for k in done:
+            scored[k * STEP : (k + 1) * STEP] = True
+        tr = build_transitions(pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes, scored=scored)
         tr.cuts = [c for c in tr.cuts if c in known or not is_flash(yuv, c, cfg.flash_keep)]
         # a short model span whose two sides look alike is a flash, not a transition: the shot goes on
         tr.excluded = [(a, b, k) for a, b, k in tr.excluded if not (

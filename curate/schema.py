@@ -171,7 +171,8 @@ CAPTION_GROUP = ColumnGroup(
         _f(CAPTION_QA, pa.string()),
         _f(CAPTION_CLIP_SCORE, pa.float32()),
     ),
-    (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION),
+    # caption_short may be null: a short caption that failed is left out (caption_qa says why)
+    (CAPTION, CAPTION_MODEL, PROMPT_VERSION),
 )
 LATENT_GROUP = ColumnGroup(
     "latent",

@@ -11,22 +11,21 @@ L2-normalised CLIP ViT-L/14 image embeddings, trained on SAC+LOGOS+AVA ratings (
 Reference: github.com/christophschuhmann/improved-aesthetic-predictor.
 
 Weights (the `default` preset; nothing downloads at test time):
-- CLIP: open_clip `ViT-L-14` / `openai`. On a connected machine run once
-  `python -c "import open_clip; open_clip.create_model_and_transforms('ViT-L-14', pretrained='openai')"`
-  (or `huggingface-cli download timm/vit_large_patch14_clip_224.openai`); it lands in the HF cache.
+- CLIP: open_clip `ViT-L-14` / `openai`: `hf download timm/vit_large_patch14_clip_224.openai`
+  (HF cache) or `... --local-dir WEIGHTS/timm/vit_large_patch14_clip_224.openai` (--weights-dir WEIGHTS).
+  important: the architecture follows the tag's pretrained config (open_clip.get_pretrained_cfg):
+  OpenAI's weights need QuickGELU, which plain `ViT-L-14` lacks (open_clip only warns), and the
+  tag's mean/std are the input normalisation. `clip_architecture` decides it for every load.
 - Head: `sac+logos+ava1-l14-linearMSE.pth`, from
   https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth
-  saved into $TUBELET_WEIGHTS or ~/.cache/tubelet/weights (or pass its path).
+  saved into --weights-dir, $TUBELET_WEIGHTS or ~/.cache/tubelet/weights (or pass its path).
+`python -m jobs.check --preset default` says what is missing and prints the lines that fetch it.
 The `smoke` preset uses a tiny random CLIP and head (`build_smoke_clip`) saved to a directory
 and read by the same loader; its scores are meaningless and every output says so.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+# the models themselves live in curate/clip_models.py; re-exported here, where callers look
+from curate.clip_models import (  # noqa: F401
+    HEAD_FILE,
+    HEAD_URL,
+    OPEN_CLIP_CONFIG,
+    SMOKE_CLIP_CFG,
+    ClipArchitecture,
+    _resolve_head,
+    build_smoke_clip,
+    clip_architecture,
+    clip_tag_weights,
+    load_aesthetic_head,
+    load_clip,
+    make_head,
+)
 from curate.errors import UsageError
 from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
 from curate.score_config import DEFAULT, DEFAULT_HEAD, SMOKE, SMOKE_CLIP_DIR, ScoreConfig  # noqa: F401 (re-exported)
 from curate.score_frames import FRAMES, FRAMES_SHAPE
-
-HEAD_FILE = "aesthetic_head.safetensors"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
+from curate.weights import Weights, expand
 
 # Images embedded in this process; tests use it to prove cheap-dropped clips never reach the model.
 MODEL_STATS: Counter[str] = Counter()
@@ -53,123 +65,25 @@ def model_label(cfg: ScoreConfig) -> str:
     return f"open_clip {cfg.clip_model}/{cfg.clip_pretrained} + aesthetic {cfg.aesthetic_head}"
 
 
-# --- the aesthetic head ------------------------------------------------------------------
-
-
-def make_head(dims: tuple[int, ...]) -> Any:
-    """The improved-aesthetic-predictor MLP: Linear layers at `layers` indices 0, 2, 4, 6, 7.
-
-    `dims` = (in, h1, h2, h3, h4, 1); the real head is (768, 1024, 128, 64, 16, 1). No
-    activations, as in the published model; the dropouts only keep the state-dict keys.
-    """
-    from torch import nn
-
-    class AestheticHead(nn.Module):
-        def __init__(self, d: tuple[int, ...]):
-            super().__init__()
-            self.layers = nn.Sequential(
-                nn.Linear(d[0], d[1]), nn.Dropout(0.2), nn.Linear(d[1], d[2]), nn.Dropout(0.2),
-                nn.Linear(d[2], d[3]), nn.Dropout(0.1), nn.Linear(d[3], d[4]), nn.Linear(d[4], d[5]),
-            )
-
-        def forward(self, x: Any) -> Any:
-            return self.layers(x)
-
-    return AestheticHead(dims)
-
-
-def _weights_dirs() -> list[Path]:
-    dirs = [Path(os.environ["TUBELET_WEIGHTS"])] if os.environ.get("TUBELET_WEIGHTS") else []
-    return [*dirs, Path("~/.cache/tubelet/weights").expanduser()]
-
-
-def _resolve_head(source: str) -> Path:
-    p = Path(source).expanduser()
-    if p.is_dir() and (p / HEAD_FILE).is_file():
-        return p / HEAD_FILE
-    if p.is_file():
-        return p
-    if source.startswith("hf-hub:"):
-        from huggingface_hub import hf_hub_download
-
-        repo, _, name = source[len("hf-hub:") :].rpartition("/")
-        try:
-            return Path(hf_hub_download(repo, name))
-        except Exception as e:  # offline, missing, gated: all mean "not here"
-            raise UsageError(_missing_head(source, f"hub download failed: {e}")) from e
-    for d in _weights_dirs():
-        if (d / p.name).is_file():
-            return d / p.name
-    raise UsageError(_missing_head(source, "not found"))
-
-
-def _missing_head(source: str, why: str) -> str:
-    return (
-        f"aesthetic head weights {source!r} must be available locally ({why}); get them with "
-        f"`mkdir -p ~/.cache/tubelet/weights && wget -P ~/.cache/tubelet/weights "
-        f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{DEFAULT_HEAD}` "
-        "(or set TUBELET_WEIGHTS, or pass --aesthetic-head PATH), or use --preset smoke"
-    )
-
-
-def load_aesthetic_head(source: str) -> Any:
-    """Load the head from a file/dir/cache name/hub id; layer sizes come from the weights."""
-    import torch
-
-    path = _resolve_head(source)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if k.startswith("layers.")}
-    idx = (0, 2, 4, 6, 7)
-    try:
-        dims = (state["layers.0.weight"].shape[1], *(state[f"layers.{i}.weight"].shape[0] for i in idx))
-    except KeyError as e:
-        raise UsageError(f"aesthetic head {str(path)!r} must hold layers.{{0,2,4,6,7}} weights "
-                         f"(improved-aesthetic-predictor layout), missing {e}; pass the right file") from e
-    head = make_head(dims)
-    head.load_state_dict(state)
-    return head.eval()
-
-
-# --- CLIP --------------------------------------------------------------------------------
-
-
-def load_clip(model: str, pretrained: str | None = None, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """An open_clip model from an architecture + tag/file, "hf-hub:org/repo", or a local dir.
-
-    Returns (model in eval mode, preprocess cfg with size/mean/std). Raises UsageError
-    naming the weights and how to get them when they are not available offline.
-    """
-    import open_clip
-
-    d = Path(model).expanduser()
-    if d.is_dir():
-        if not (d / OPEN_CLIP_CONFIG).is_file():
-            raise UsageError(f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
-                             "found neither; build one with curate.score.build_smoke_clip(dir)")
-        name, pretrained = f"local-dir:{d}", None
-    else:
-        name = model
-    try:
-        net, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise UsageError(_missing_clip(model, pretrained, e)) from e
-    pre = dict(open_clip.get_model_preprocess_cfg(net))
-    size = pre.get("size", 224)
-    pre["size"] = size[0] if isinstance(size, tuple | list) else int(size)
-    return net.eval(), pre
+def clip_weights(cfg: ScoreConfig) -> list[Weights]:
+    """The CLIP weights and aesthetic head a score config needs (none for smoke / local files)."""
+    if cfg.smoke:
+        return []
+    out = clip_tag_weights(cfg.clip_model, cfg.clip_pretrained) if cfg.clip_pretrained else []
+    clip_architecture(cfg.clip_model, cfg.clip_pretrained)  # a bad model name or tag fails here
+    head = cfg.aesthetic_head
+    if head and not Path(expand(head) or head).exists() and not head.startswith("hf-hub:"):
+        out.append(Weights("aesthetic head", Path(head).name, files=(Path(head).name,), url=HEAD_URL))
+    return out
 
 
 def check_weights(cfg: ScoreConfig) -> None:
     """Fail fast (on the driver, before any actor starts) when real weights are not available.
 
-    Resolves the head and the CLIP checkpoint file without building the model.
+    Checks files only (weights folder, HF cache), builds nothing; see curate/weights.py.
     """
     from curate import nsfw, ocr
+    from curate.weights import require
 
     if cfg.ocr.enabled:
         ocr.models_dir()
@@ -177,75 +91,10 @@ def check_weights(cfg: ScoreConfig) -> None:
         nsfw.model_path()
     if cfg.smoke:
         return
-    _resolve_head(cfg.aesthetic_head or cfg.clip_model)
-    d = Path(cfg.clip_model).expanduser()
-    if d.is_dir() or cfg.clip_model.startswith("hf-hub:") or cfg.clip_pretrained is None:
-        return  # a directory is checked by load_clip; hub ids and random init need no file here
-    if Path(cfg.clip_pretrained).expanduser().is_file():
-        return
-    import open_clip
-
-    pcfg = open_clip.get_pretrained_cfg(cfg.clip_model, cfg.clip_pretrained)
-    if not pcfg:
-        raise UsageError(f"clip_pretrained must be an open_clip tag of {cfg.clip_model} or a weights file, got "
-                         f"{cfg.clip_pretrained!r}; see open_clip.list_pretrained()")
-    try:
-        open_clip.download_pretrained(pcfg)  # a cache hit returns the path; offline + missing raises
-    except Exception as e:
-        raise UsageError(_missing_clip(cfg.clip_model, cfg.clip_pretrained, e)) from e
-
-
-def _missing_clip(model: str, pretrained: str | None, e: BaseException) -> str:
-    return (
-        f"CLIP weights {model}/{pretrained} must be available offline, got: {str(e).splitlines()[0]}; "
-        f"on a connected machine run `python -c \"import open_clip; open_clip.create_model_and_transforms("
-        f"'{model}', pretrained='{pretrained}')\"` (fills the HF cache; set HF_HOME to share it), "
-        "or pass a local directory, or use --preset smoke"
-    )
-
-
-SMOKE_CLIP_CFG = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
-def build_smoke_clip(directory: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random open_clip model + aesthetic head to `directory` (atomic, offline).
-
-    The result loads with `load_clip(directory)` and `load_aesthetic_head(directory)`, the
-    same loaders real weights use. Deterministic for a seed.
-    """
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    out = Path(directory).expanduser()
-    if (out / OPEN_CLIP_CONFIG).is_file() and (out / HEAD_FILE).is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        torch.manual_seed(seed)
-        cfg_file = tmp / "smoke-tiny-clip.json"
-        cfg_file.write_text(json.dumps(SMOKE_CLIP_CFG))
-        open_clip.add_model_config(cfg_file)
-        net = open_clip.create_model("smoke-tiny-clip", pretrained=None)
-        cfg_file.unlink()
-        (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(
-            {"model_cfg": SMOKE_CLIP_CFG, "preprocess_cfg": {}, "tubelet": "smoke: random weights"}))
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
-        head = make_head((SMOKE_CLIP_CFG["embed_dim"], 32, 16, 8, 4, 1))
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process built it first (or `out` exists and is not empty)
-            if not (out / OPEN_CLIP_CONFIG).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    if cfg.aesthetic_head is None or Path(expand(cfg.aesthetic_head) or "").exists() \
+            or cfg.aesthetic_head.startswith("hf-hub:"):
+        _resolve_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir)
+    require(clip_weights(cfg), cfg.weights_dir)
 
 
 # --- the stage -----------------------------------------------------------------------------
@@ -278,11 +127,11 @@ class ClipScoreStage:
         if cfg.smoke:
             build_smoke_clip(cfg.clip_model)  # no-op when present; actors on any node can build it
         self.device = _device(cfg.device)
-        self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device)
+        self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device, cfg.weights_dir)
         if self.pre["size"] != cfg.image_size:
             raise UsageError(f"image_size must match the CLIP input size {self.pre['size']}, "
                              f"got {cfg.image_size}; set image_size={self.pre['size']}")
-        self.head = load_aesthetic_head(cfg.aesthetic_head or cfg.clip_model).to(self.device)
+        self.head = load_aesthetic_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir).to(self.device)
         self.mean = torch.tensor(self.pre.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device)
         self.std = torch.tensor(self.pre.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device)
 

@@ -8,12 +8,12 @@ from typing import Literal
 
 from curate import filters
 from curate.cheap_scores import CheapConfig
+from curate.clip_models import DEFAULT_HEAD
 from curate.errors import OnError
 from curate.flow import FlowConfig
 from curate.nsfw import NsfwConfig
 from curate.ocr import OcrConfig
 
-DEFAULT_HEAD = "sac+logos+ava1-l14-linearMSE.pth"
 SMOKE_CLIP_DIR = "~/.cache/tubelet/smoke-clip-v1"
 
 
@@ -43,6 +43,8 @@ class ScoreConfig:
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16 autocast on GPU
     smoke: bool = False  # random weights: scores are meaningless
     on_error: OnError = "record"
+    # folder holding downloaded weights as <dir>/<hub repo id> (and the head file); None: HF cache only
+    weights_dir: str | None = None
 
 
 DEFAULT = ScoreConfig(precision="fp16")

@@ -158,8 +158,9 @@ def clip_rows(video: dict[str, Any], tr: Transitions, spans: list[Span], method:
                 S.SHOT_INDEX: sp.shot_index,
                 S.SPLIT_METHOD: method,
                 S.TRANSITION_BEFORE: sp.transition_before,
-                S.BOUNDARY_SCORE_START: sp.score_start,
-                S.BOUNDARY_SCORE_END: sp.score_end,
+                # NaN: the detector never scored that boundary (hybrid): null, not 0.0
+                S.BOUNDARY_SCORE_START: None if math.isnan(sp.score_start) else sp.score_start,
+                S.BOUNDARY_SCORE_END: None if math.isnan(sp.score_end) else sp.score_end,
                 S.STATUS: S.STATUS_OK,
                 S.CONFIG_HASH: cfg_hash,
                 S.TUBELET_VERSION: __version__,
@@ -226,11 +227,18 @@ def split_video_detailed(
     detector = detector or make_detector(cfg)
     try:
         stream = _Guarded(iter_small_yuv(path, target_area=detector.target_area, size=detector.frame_size))
+        declared = video.get(S.DURATION)  # what the container says, before the decoded frames overwrite it
         tr = detector.detect(iter(stream))
         finish_probe(video, tr.pts)
         spans, too_short = clip_spans(tr, cfg)
+        # A truncated file keeps its decodable head: the video row stays ok (its clips are whole
+        # and decodable) and `error` carries this warning. Nothing decodable is a probe error row.
+        decoded = video.get(S.DURATION) or 0.0
         if stream.error:
             video[S.ERROR] = f"truncated: kept the first {stream.count} frames; {stream.error}"
+        elif declared and decoded < declared - max(1.0, 0.05 * declared):
+            video[S.ERROR] = (f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the container declares; "
+                              f"kept the first {stream.count} frames")
         if not spans:
             dur = video.get(S.DURATION) or 0.0
             raise StageError(

@@ -24,9 +24,20 @@ from curate.errors import UsageError
 DONE_DIR = "_done"
 
 
+_LOCATION_KEYS = ("weights_dir",)  # where weights are stored, not what they compute: moving them re-runs nothing
+
+
+def _drop_locations(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_locations(v) for k, v in data.items() if k not in _LOCATION_KEYS}
+    if isinstance(data, list | tuple):
+        return [_drop_locations(v) for v in data]
+    return data
+
+
 def config_hash(cfg: Any) -> str:
     """Stable hash of a (dataclass) config: a changed config re-runs its stage."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    data = _drop_locations(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 

@@ -164,8 +164,12 @@ def build_transitions(
     cfg: SpanConfig,
     known_cuts: Mapping[int, float] | None = None,
     extra_spans: list[tuple[int, int, TransitionKind]] | None = None,
+    scored: np.ndarray | None = None,
 ) -> Transitions:
     """Everything a detector returns, from the model heads (zeros where not evaluated) and luma.
+
+    `scored`: (N,) bool, the frames the model evaluated (None: all). A frame whose predecessor
+    was never evaluated has `frame_score` NaN (unknown; stored as null), not 0.0.
 
     `known_cuts`: hard cuts found without the model (first frame of the new shot -> its
     score in [0, 1], kept as `frame_score` there; the caller documents what that score is).
@@ -183,8 +187,8 @@ def build_transitions(
     cuts = [c for c in cuts if not any(a < c <= b for a, b, _ in extra)]
     excluded = merge_excluded(n, spans + luma_fades(luma, cfg) + extra)
     # frame_score[i]: probability that a new shot starts at frame i (`single` marks frame i - 1)
-    score = np.zeros(n, np.float32)
-    score[1:] = single[:-1]
+    score = np.zeros(n, np.float32)  # frame 0 starts the video: no transition there
+    score[1:] = single[:-1] if scored is None else np.where(scored[:-1], single[:-1], np.nan)
     for c, v in known.items():
-        score[c] = max(score[c], v)
+        score[c] = v if np.isnan(score[c]) else max(score[c], v)
     return Transitions(num_frames=n, pts=np.asarray(pts, np.float64), cuts=cuts, excluded=excluded, frame_score=score)

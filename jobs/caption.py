@@ -61,7 +61,9 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import expand, require
 from jobs import flags, presets
+from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 STATS_DIR = Path("_stats") / STAGE
@@ -140,6 +142,8 @@ def _model_wait(out: Path) -> dict[str, float]:
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
+    # important: on the driver, before Ray: missing weights must not surface as an actor traceback
+    require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
     out = Path(cfg.output)
     check_writable(out)
     table = read_parts(cfg.input, CLIP_SCHEMA)
@@ -211,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the preset's)")
     p.add_argument("--decode-concurrency", type=int, default=0, help="max decode tasks (0: Ray decides)")
     flags.add_device(p)
+    flags.add_weights_dir(p)
     flags.add_ray(p)
     return p
 
@@ -225,7 +230,7 @@ def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
     flags.check_float("--cpus", a.cpus, 0, strict=True)
     flags.check_device(a.device, a.gpus)
     flags.check_stage_folder("--input", a.input, "scored", "jobs.score")
-    cap = PRESETS[a.preset]
+    cap = replace(PRESETS[a.preset], weights_dir=expand(a.weights_dir))
     if a.model:
         cap = replace(cap, model=a.model)
     if a.batch_size:

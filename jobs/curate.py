@@ -49,6 +49,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import expand
 from jobs import flags
 from jobs.inputs import list_inputs
 from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
@@ -76,6 +77,7 @@ class CurateConfig:
     report: bool = True
     device: str = "auto"  # where every model runs (flags.check_device)
     verbose: bool = False
+    weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -270,16 +272,19 @@ def need_of(cfg: CurateConfig) -> flags.Need:
 
 
 def main(cfg: CurateConfig) -> dict[str, Any]:
-    preset = with_device(PRESETS[cfg.preset], cfg.device)
+    from latents.weights import stage_weights, with_weights_dir
+
+    preset = with_device(with_weights_dir(PRESETS[cfg.preset], cfg.weights_dir), cfg.device)
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
     out = Path(flags.canonical(cfg.output))
     check_writable(out)
     filters.check_config(preset.score.filters)
-    from curate import score
+    from curate.weights import require
 
-    score.check_weights(preset.score)
+    # every model of the run, on the driver before Ray: a missing one is this exit-2 message, not an actor traceback
+    require(stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir)
     h = config_hash({"preset": dataclasses.asdict(preset)})
     meta = _manifest_meta(preset)
     t0 = time.perf_counter()
@@ -308,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
     p.add_argument("--no-report", action="store_true")
     flags.add_device(p)
+    flags.add_weights_dir(p)
     flags.add_ray(p)
     return p
 
@@ -325,7 +331,8 @@ def config_from_args(a: argparse.Namespace) -> CurateConfig:
         input=flags.canonical(a.input), output=flags.canonical(a.output), preset=a.preset, address=a.address,
         score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
         score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
-        actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose)
+        actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose,
+        weights_dir=expand(a.weights_dir))
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.errors import check_range, error_key
+from curate.errors import UsageError, check_range, error_key
 from curate.storage import (
     check_writable,
     config_hash,
@@ -38,10 +38,13 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import local_repo, require
 from jobs import flags, presets
 from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, verify_shards
+from latents.text import text_weights
+from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
 PRESETS: dict[str, EncodeConfig] = {**{name: p.encode for name, p in presets.PRESETS.items()},
@@ -99,8 +102,15 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
     else:
         from transformers import AutoConfig
 
-        kw = {"subfolder": enc.text.model_subfolder} if enc.text.model_subfolder else {}
-        c = AutoConfig.from_pretrained(enc.text.source, revision=enc.text.revision, **kw)
+        source = local_repo(enc.text.source, enc.text.weights_dir)
+        sub = enc.text.model_subfolder
+        kw = {"subfolder": sub} if sub and not (Path(source).is_dir() and not (Path(source) / sub).is_dir()) else {}
+        try:
+            c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
+        except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's
+            require(text_weights(enc.text), enc.text.weights_dir)
+            raise UsageError(f"text encoder config of {enc.text.source!r} must be readable, got: "
+                             f"{str(e).splitlines()[0][:200]}; pass a complete folder with --weights-dir") from e
         text_info = {"text_encoder_id": enc.text.source, "revision": enc.text.revision,
                      "max_length": enc.text.max_length, "dim": int(c.d_model), "smoke": False,
                      "config": asdict(enc.text)}
@@ -146,6 +156,8 @@ def main(cfg: EncodeJobConfig) -> dict:
     check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
     flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
+    # important: on the driver, before Ray: missing weights must not surface as an actor traceback
+    require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
     table = read_parts(cfg.input, S.CLIP_SCHEMA)
     out = Path(cfg.output)
     check_writable(out)
@@ -200,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows-per-shard", type=int, default=2048)
     p.add_argument("--max-shard-mb", type=int, default=1024)
     flags.add_device(p)
+    flags.add_weights_dir(p)
     flags.add_ray(p)
     return p
 
@@ -218,7 +231,7 @@ def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     flags.check_float("--cpus", args.cpus, 0, strict=True)
     flags.check_device(args.device, args.gpus)
     flags.check_stage_folder("--input", args.input, "captions", "jobs.caption")
-    enc = PRESETS[args.preset]
+    enc = with_weights_dir(PRESETS[args.preset], args.weights_dir)
     if args.device != "auto":
         enc = replace(enc, vae=replace(enc.vae, device=args.device))
     cfg = EncodeJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), encode=enc,

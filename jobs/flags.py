@@ -121,6 +121,14 @@ def add_ray(p: argparse.ArgumentParser) -> None:
     add_verbose(p)
 
 
+def add_weights_dir(p: argparse.ArgumentParser) -> None:
+    from curate.weights import default_weights_dir
+
+    p.add_argument("--weights-dir", default=default_weights_dir(),
+                   help="folder of downloaded weights, DIR/<hub repo id> (`hf download ID --local-dir DIR/ID`); "
+                        "default: $TUBELET_WEIGHTS, else the HF cache only")
+
+
 def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Ray's own per-operator logs")
 

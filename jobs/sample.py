@@ -3,9 +3,12 @@
     python -m jobs.sample --run RUN --prompt "a red car at night" --out x.mp4
         [--upsample] [--frames F --height H --width W] [--init-video FILE --strength s]
 
-The VAE and text encoder are the ones that made the run's shards (from the shard manifest
-recorded in RUN/config.json), or --preset's. --init-video runs SDEdit: the video's latents
-are noised to strength s and denoised under the new prompt.
+The VAE and text encoder are the ones that made the run's shards: the loader configs (id,
+revision, dtype) the shard manifest in RUN/config.json records; once loaded, their
+normalisation constants (latents mean/std, scaling factor) and text width are checked against
+the manifest, and a mismatch stops the job (its latents would decode wrongly). --weights-dir
+points at a folder of downloaded weights (DIR/<hub repo id>). --init-video runs SDEdit: the
+video's latents are noised to strength s and denoised under the new prompt.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from curate.errors import UsageError
+from curate.weights import expand
 from jobs import flags
-
-ENCODE_PRESETS = ("smoke", "smoke-ltx", "default", "ltx")
 
 
 @dataclass(frozen=True)
@@ -40,23 +42,47 @@ class SampleJob:
     cfg_scale: float = 4.0
     seed: int = 0
     fps: float | None = None
-    preset: str | None = None  # VAE + text encoder preset; None = from the run's shard manifest
+    weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
     ema: bool = True
     device: str = "auto"  # auto: cuda when present
 
 
-def codec_configs(run_config: dict, preset: str | None):
-    """(VAEConfig, TextConfig, fps) of the run's data: the encode preset that matches its manifest."""
-    from latents import encode as E
+def codec_configs(run_config: dict, weights_dir: str | None = None):
+    """(VAEConfig, TextConfig, fps) that encoded the run's shards, as their manifest records them."""
+    from latents.text import text_config_from_manifest
+    from latents.vae import vae_config_from_manifest
 
     manifest = run_config.get("manifest") or {}
-    if preset is None:
-        vae = manifest.get("vae") or {}
-        kind, smoke = vae.get("kind", "wan"), bool(vae.get("smoke", True))
-        preset = ("smoke" if kind == "wan" else "smoke-ltx") if smoke else ("default" if kind == "wan" else "ltx")
-    cfg = {"smoke": E.SMOKE, "smoke-ltx": E.SMOKE_LTX, "default": E.DEFAULT, "ltx": E.LTX}[preset]
-    fps = (manifest.get("encode") or {}).get("target_fps") or cfg.target_fps or 24.0
-    return cfg.vae, cfg.text, float(fps)
+    if not manifest.get("vae") or not manifest.get("text_encoder"):
+        raise UsageError("the run's config.json must record the shard manifest (VAE and text encoder) its "
+                         f"latents were encoded with, got keys {sorted(manifest)}; train on shards written by "
+                         "jobs.encode / jobs.curate")
+    over = {"weights_dir": expand(weights_dir)} if weights_dir else {}
+    vae_cfg = vae_config_from_manifest(manifest, **over)  # id, revision, dtype as encoded
+    text_cfg = text_config_from_manifest(manifest, **over)
+    fps = (manifest.get("encode") or {}).get("target_fps") or 24.0
+    return vae_cfg, text_cfg, float(fps)
+
+
+def check_codecs(manifest: dict, vae_info, text_info) -> None:
+    """The loaded VAE / text encoder must have the constants the shards were normalised with."""
+    want_vae, want_text = manifest.get("vae") or {}, manifest.get("text_encoder") or {}
+    got_vae, got_text = vae_info.to_dict(), text_info.to_dict()
+    diffs = []
+    for key in ("latent_channels", "spatial_compression", "temporal_compression", "scaling_factor",
+                "latents_mean", "latents_std"):
+        a, b = np.atleast_1d(np.asarray(want_vae.get(key), dtype=float)), np.atleast_1d(np.asarray(got_vae[key], float))
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6):
+            diffs.append(f"VAE {key}: manifest {want_vae.get(key)}, loaded {got_vae[key]}")
+    for key in ("dim", "max_length"):
+        if want_text.get(key) != got_text[key]:
+            diffs.append(f"text encoder {key}: manifest {want_text.get(key)}, loaded {got_text[key]}")
+    if diffs:
+        raise UsageError(
+            f"the VAE / text encoder loaded for sampling ({got_vae['vae_id']}, {got_text['text_encoder_id']}) must "
+            f"match the ones the run's shards were encoded with ({want_vae.get('vae_id')}, "
+            f"{want_text.get('text_encoder_id')}), got: {'; '.join(diffs)}; load the recorded revision "
+            "(or re-encode the shards with this VAE)")
 
 
 def latent_shape(job: SampleJob, run_config: dict, vae_info) -> tuple[int, int, int, int]:
@@ -108,22 +134,30 @@ def main(job: SampleJob) -> dict:
 
     device = job.device if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, run_config = load_model(job.run, ema=job.ema, device=device)
-    vae_cfg, text_cfg, fps = codec_configs(run_config, job.preset)
+    vae_cfg, text_cfg, fps = codec_configs(run_config, job.weights_dir)
+    from curate.weights import require
+    from latents.text import text_weights
+    from latents.vae import vae_weights
+
+    require(vae_weights(vae_cfg) + text_weights(text_cfg), vae_cfg.weights_dir)
     caption, upsampled = job.prompt, False
     if job.upsample:
         from captioner.upsample import DEFAULT as UP_DEFAULT
         from captioner.upsample import SMOKE as UP_SMOKE
         from captioner.upsample import PromptUpsampler
 
-        res = PromptUpsampler(UP_SMOKE if text_cfg.smoke else UP_DEFAULT)([job.prompt], seed=job.seed)[0]
+        up = UP_SMOKE if text_cfg.smoke else UP_DEFAULT
+        up = replace(up, weights_dir=expand(job.weights_dir)) if job.weights_dir else up
+        res = PromptUpsampler(up)([job.prompt], seed=job.seed)[0]
         caption, upsampled = res.caption, res.upsampled
         if not res.upsampled:
             print(f"[sample] prompt kept as is: {res.reason}", flush=True)
     text_encoder, vae = _load_codecs(vae_cfg, text_cfg)
+    check_codecs(run_config["manifest"], vae.info, text_encoder.info)
     text, mask = text_encoder.encode([caption])
     if text.shape[-1] != model.cfg.text_dim:
-        raise UsageError(f"text encoder width {text.shape[-1]} != the run's text_dim {model.cfg.text_dim}; "
-                         f"pass the --preset the run's shards were encoded with")
+        raise UsageError(f"text encoder width {text.shape[-1]} must equal the run's text_dim {model.cfg.text_dim}; "
+                         "the run was trained on other shards than its manifest says: retrain")
     shape = latent_shape(job, run_config, vae.info)
     init = None
     if job.init_video:
@@ -141,7 +175,8 @@ def main(job: SampleJob) -> dict:
 
     write_video(job.out, list(frames), fps=round(job.fps or fps))
     smoke = bool(vae.info.smoke or text_cfg.smoke or (run_config.get("manifest") or {}).get("smoke", False))
-    summary = {"out": job.out, "caption": caption, "upsampled": upsampled, "latent_shape": list(shape),
+    summary = {"out": job.out, "caption": caption, "vae": vae.info.vae_id,
+               "text_encoder": text_encoder.info.text_encoder_id, "upsampled": upsampled, "latent_shape": list(shape),
                "frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
                "sdedit_strength": job.strength if init is not None else None,
                "checkpoint": run_config["checkpoint"], "smoke_random_models": smoke}
@@ -163,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=SampleJob.seed)
     p.add_argument("--cfg-scale", type=float, default=SampleJob.cfg_scale)
     p.add_argument("--fps", type=float, help="(default: the run's data fps)")
-    p.add_argument("--preset", choices=ENCODE_PRESETS, help="VAE + text encoder (default: the run's shard manifest)")
+    flags.add_weights_dir(p)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
     flags.add_verbose(p)
@@ -199,7 +234,7 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
     flags.check_writable_file("--output", out)
     return SampleJob(run=run, prompt=a.prompt, out=out, upsample=a.upsample, init_video=init,
                      strength=a.strength, frames=a.frames, height=a.height, width=a.width, steps=a.steps,
-                     cfg_scale=a.cfg_scale, seed=a.seed, fps=a.fps, preset=a.preset, ema=not a.no_ema,
+                     cfg_scale=a.cfg_scale, seed=a.seed, fps=a.fps, weights_dir=expand(a.weights_dir), ema=not a.no_ema,
                      device=a.device)
 
 

@@ -56,6 +56,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.weights import expand
 from jobs import flags, presets
 
 STAGE = "score"
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file")
     p.add_argument("--aesthetic-head", help="aesthetic head weights: file, directory or cache name")
     flags.add_device(p)
+    flags.add_weights_dir(p)
     flags.add_ray(p)
     return p
 
@@ -252,7 +254,8 @@ def config_from_args(a: argparse.Namespace) -> ScoreJob:
     flags.check_stage_folder("--input", a.input, "clips", "jobs.split")
     cfg = PRESETS[a.preset]
     overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
-                                   "aesthetic_head": a.aesthetic_head}.items() if v}
+                                   "aesthetic_head": a.aesthetic_head,
+                                   "weights_dir": expand(a.weights_dir)}.items() if v}
     if a.device != "auto":
         overrides["device"] = a.device
     elif a.gpus > 0:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from curate.errors import UsageError
+from curate.weights import Weights, expand, local_repo
 from latents.vae import SMOKE_CACHE, WAN_ID, TorchDtype
 
 
@@ -45,6 +46,7 @@ class TextConfig:
     device: str = "auto"
     batch_size: int = 16
     smoke: bool = False
+    weights_dir: str | None = None  # folder with <dir>/<hub id> (hf download --local-dir); None: HF cache
 
 
 TEXT_DEFAULT = TextConfig(dtype="bfloat16")
@@ -123,22 +125,36 @@ def _resolve(source: str, sub: str) -> dict[str, Any]:
     return {"subfolder": sub} if sub else {}
 
 
+def text_weights(cfg: TextConfig) -> list[Weights]:
+    """The hub weights this config loads (none for smoke models and local folders)."""
+    if cfg.smoke or Path(expand(cfg.source) or "").is_dir():  # a folder given as source: the loader checks it
+        return []
+    m, t = (f"{s}/" if s else "" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder))
+    return [Weights("text encoder", cfg.source, cfg.revision, files=(f"{m}config.json", f"{t}tokenizer_config.json"),
+                    any_of=((f"{m}model.safetensors",), (f"{m}model.safetensors.index.json",),
+                            (f"{m}pytorch_model.bin",), (f"{m}pytorch_model.bin.index.json",)),
+                    include=tuple(f"{s}*" for s in (m, t) if s))]
+
+
 def load_text_encoder(cfg: TextConfig) -> TextEncoder:
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    if cfg.smoke and not (Path(cfg.source) / cfg.model_subfolder / "config.json").is_file():
-        build_smoke_text_encoder(cfg.source)
+    source = local_repo(cfg.source, cfg.weights_dir)  # `~` expanded; <weights_dir>/<hub id> when present
+    if cfg.smoke and not (Path(source) / cfg.model_subfolder / "config.json").is_file():
+        build_smoke_text_encoder(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.source, revision=cfg.revision,
-                                                  **_resolve(cfg.source, cfg.tokenizer_subfolder))
-        model = UMT5EncoderModel.from_pretrained(cfg.source, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
-                                                 **_resolve(cfg.source, cfg.model_subfolder))
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
+                                                  **_resolve(source, cfg.tokenizer_subfolder))
+        model = UMT5EncoderModel.from_pretrained(source, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
+                                                 **_resolve(source, cfg.model_subfolder))
     except (OSError, ValueError) as e:
+        fetch = Weights("", cfg.source, cfg.revision,
+                        include=tuple(f"{s}/*" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder) if s))
         raise UsageError(
             f"text encoder weights {cfg.source!r} (subfolders {cfg.model_subfolder!r}, {cfg.tokenizer_subfolder!r}) "
             f"must be available locally, got: {str(e).splitlines()[0][:200]}; fetch them with "
-            f"`huggingface-cli download {cfg.source} --include '{cfg.model_subfolder}/*' '{cfg.tokenizer_subfolder}/*'` "
-            "(or set HF_HOME to a cache that has them), or pass a local directory"
+            f"`{fetch.download_line(cfg.weights_dir)}` "
+            "(or set HF_HOME to a cache that has them), or pass a local directory with --weights-dir"
         ) from e
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
     model = model.to(device).eval()

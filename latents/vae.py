@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from curate.errors import UsageError
+from curate.weights import Weights, expand, local_repo
 
 VaeKind = Literal["wan", "ltx"]
 TorchDtype = Literal["float32", "bfloat16", "float16"]
@@ -58,9 +59,13 @@ class VAEConfig:
     tile_px: int | None = None  # tile side in pixels (overlap 1/4); None: diffusers' default (Wan 256, LTX 512)
     slicing: bool = True  # one clip of a batch at a time through the VAE
     smoke: bool = False  # tiny random model: build it at `source` if missing
+    weights_dir: str | None = None  # folder with <dir>/<hub id> (hf download --local-dir); None: HF cache
 
 
-WAN_DEFAULT = VAEConfig(kind="wan", source=WAN_ID, dtype="bfloat16")
+# important: Wan's VAE runs in float32, as diffusers' Wan pipelines load it (`AutoencoderKLWan.
+# from_pretrained(..., torch_dtype=torch.float32)`, the DiT in bf16); in bf16 its causal conv
+# cache drifts over long clips.
+WAN_DEFAULT = VAEConfig(kind="wan", source=WAN_ID, dtype="float32")
 LTX_DEFAULT = VAEConfig(kind="ltx", source=LTX_ID, dtype="bfloat16")
 WAN_SMOKE = VAEConfig(kind="wan", source=str(SMOKE_CACHE / "vae-wan"), subfolder="", tiling=False, smoke=True)
 LTX_SMOKE = VAEConfig(kind="ltx", source=str(SMOKE_CACHE / "vae-ltx"), subfolder="", tiling=False, smoke=True)
@@ -117,6 +122,23 @@ def _model_class(kind: VaeKind) -> type:
     return {"wan": AutoencoderKLWan, "ltx": AutoencoderKLLTXVideo}[kind]
 
 
+# LTX decoders >= 0.9.1 are timestep-conditioned. As diffusers' LTXPipeline does by default
+# (decode_timestep=0.0, decode_noise_scale=decode_timestep): the latents are mixed with noise
+# at that scale and the same value is the decoder's timestep; at 0.0 this is a plain decode.
+LTX_DECODE_TIMESTEP = 0.0
+
+
+def vae_weights(cfg: VAEConfig) -> list[Weights]:
+    """The hub weights this config loads (none for smoke models and local folders)."""
+    if cfg.smoke or Path(expand(cfg.source) or "").is_dir():  # a folder given as source: the loader checks it
+        return []
+    sub = f"{cfg.subfolder}/" if cfg.subfolder else ""
+    name = f"{sub}diffusion_pytorch_model"
+    return [Weights(f"{cfg.kind} VAE", cfg.source, cfg.revision, files=(f"{sub}config.json",),
+                    any_of=((f"{name}.safetensors",), (f"{name}.safetensors.index.json",), (f"{name}.bin",)),
+                    include=(f"{sub}*",) if sub else ())]
+
+
 class VideoVAE:
     """A loaded VAE plus its normalisation. See the module docstring for the contract."""
 
@@ -159,8 +181,10 @@ class VideoVAE:
         z = self.denormalize(latents.cpu()).to(self.device, self.dtype)
         kwargs: dict[str, Any] = {}
         if getattr(self.model.config, "timestep_conditioning", False):
-            # LTX >= 0.9.1 decoders are timestep-conditioned; 0.05 is the pipeline's default decode_timestep
-            kwargs["temb"] = torch.full((z.shape[0],), 0.05, device=self.device, dtype=self.dtype)
+            t = LTX_DECODE_TIMESTEP
+            if t:  # pipeline_ltx.py: latents = (1 - scale) * latents + scale * noise, scale = decode_timestep
+                z = (1 - t) * z + t * torch.randn_like(z)
+            kwargs["temb"] = torch.full((z.shape[0],), t, device=self.device, dtype=self.dtype)
         y = self.model.decode(z, **kwargs).sample
         return y.float().clamp(-1, 1).cpu()
 
@@ -198,7 +222,8 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
     if cfg.smoke and not (Path(cfg.source) / "config.json").is_file():
         build_smoke_vae(cfg.source, cfg.kind)
     cls = _model_class(cfg.kind)
-    local = Path(cfg.source)
+    source = local_repo(cfg.source, cfg.weights_dir)  # `~` expanded; <weights_dir>/<hub id> when present
+    local = Path(source)
     kwargs: dict[str, Any] = {"revision": cfg.revision}
     if local.is_dir():
         # a local pipeline folder holds the VAE under `subfolder`; a VAE folder holds config.json itself
@@ -207,13 +232,13 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
     elif cfg.subfolder:
         kwargs["subfolder"] = cfg.subfolder
     try:
-        model = cls.from_pretrained(cfg.source, torch_dtype=getattr(torch, cfg.dtype), **kwargs)
+        model = cls.from_pretrained(source, torch_dtype=getattr(torch, cfg.dtype), **kwargs)
     except (OSError, ValueError) as e:
-        sub = f" --include '{cfg.subfolder}/*'" if cfg.subfolder else ""
+        fetch = Weights("", cfg.source, cfg.revision, include=(f"{cfg.subfolder}/*",) if cfg.subfolder else ())
         raise UsageError(
             f"VAE weights {cfg.source!r} (subfolder {cfg.subfolder!r}) must be available locally, got: "
-            f"{str(e).splitlines()[0][:200]}; fetch them with `huggingface-cli download {cfg.source}{sub}` "
-            "(or set HF_HOME to a cache that has them), or pass a local directory"
+            f"{str(e).splitlines()[0][:200]}; fetch them with `{fetch.download_line(cfg.weights_dir)}` "
+            "(or set HF_HOME to a cache that has them), or pass a local directory with --weights-dir"
         ) from e
     device = _resolve_device(cfg.device)
     model = model.to(device).eval()

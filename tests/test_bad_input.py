@@ -91,3 +91,16 @@ def test_full_disk_fails_fast(tmp_path):
 
     with pytest.raises(UsageError, match="MiB free"):
         check_writable(tmp_path, min_free_bytes=1 << 62)
+
+
+def test_a_truncated_file_keeps_its_decodable_head_flagged(tmp_path):
+    """The README's rule: clips of the decodable head are ok, the videos row is ok with a `truncated:` warning."""
+    from tests.media import truncated_copy
+
+    good = two_shot_video(tmp_path / "good.mkv", seconds=4.0).path  # Matroska: the head decodes without the tail
+    video, clips = split_video(truncated_copy(good, tmp_path / "cut.mkv", keep=0.7), SplitConfig())
+    assert video[S.STATUS] == S.STATUS_OK and video[S.ERROR].startswith("truncated: decoded")
+    assert clips and all(c[S.STATUS] == S.STATUS_OK for c in clips)
+    assert max(c[S.END_FRAME] for c in clips) <= video[S.FRAME_COUNT] < 192
+    whole, _ = split_video(good, SplitConfig())
+    assert whole[S.STATUS] == S.STATUS_OK and whole.get(S.ERROR) is None  # a whole file carries no warning

@@ -181,3 +181,21 @@ def test_stage_runs_in_bf16_on_gpu(tmp_path):
     assert st.vlm.device.type == "cuda" and st.vlm.model.dtype == torch.bfloat16
     out = st(S.table_from_rows(rows)).to_pylist()
     assert all(r[S.CAPTION] for r in out)
+
+
+def test_a_failed_short_caption_is_null_and_flagged_not_replaced(tmp_path):
+    class BadShort(EchoVLM):
+        def generate(self, requests, sampling):
+            if requests and requests[0].frames is None:  # the short-caption (text) call
+                raise RuntimeError("CUDA out of memory")
+            return super().generate(requests, sampling)
+
+    _, rows = make_clips(tmp_path, SPANS[:2])
+    st = _stub_stage()
+    st.vlm = BadShort()
+    table = st(S.table_from_rows(rows))
+    S.validate(table, upto="caption")  # a null short caption is allowed on an ok row
+    for r in table.to_pylist():
+        assert r[S.STATUS] == S.STATUS_OK and r[S.CAPTION].startswith("A clip with frame statistic")
+        assert r[S.CAPTION_SHORT] is None  # not the dense caption's first sentence
+        assert "CUDA out of memory" in json.loads(r[S.CAPTION_QA])["short_failed"]

@@ -55,7 +55,7 @@ def test_batched_generation_matches_one_by_one(smoke):
 
 
 def test_missing_weights_fail_with_a_clear_message(tmp_path):
-    with pytest.raises(UsageError, match=r"huggingface-cli download tubelet-test/not-cached-VL"):
+    with pytest.raises(UsageError, match=r"`hf download tubelet-test/not-cached-VL`"):
         load_vlm("tubelet-test/not-cached-VL", device="cpu")
     with pytest.raises(UsageError, match=r"config\.json"):
         load_vlm(str(tmp_path / "no-such-model"), device="cpu")

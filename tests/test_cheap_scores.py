@@ -12,6 +12,7 @@ import pytest
 from curate import cheap_scores as cs
 from curate.clip_rows import clip_rows, frame_pts
 from curate.decode import decode_clip
+from curate.errors import StageError
 from curate.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import BLACK_FRACTION, DROP_REASON, IS_STATIC, KEPT, MOTION, SHARPNESS, table_from_rows
 from curate.score import SMOKE
@@ -113,8 +114,18 @@ def test_motion_pairs_adjacent_frames_at_low_fps_and_never_across_the_clip():
     frames, _ = _pan(0.1, 160, 90, fps=2, n=4)  # a 2 fps timelapse: frames 0.5 s apart
     pts = np.arange(4) / 2.0
     assert cs.motion(frames, pts, indices=np.arange(4)) == pytest.approx(0.1, rel=0.3)
-    assert cs.motion(frames, pts) == 0.0  # without indices, 0.5 s gaps are not pairs
+    with pytest.raises(StageError, match="no such pair"):  # without indices, 0.5 s gaps are not pairs
+        cs.motion(frames, pts)
     # two adjacent pairs far apart: only the pairs count, not the jump between them
     far = np.stack([frames[0], frames[1], frames[3], frames[3]])
     assert cs.motion(far, np.array([0, 0.5, 10, 10.5]), indices=np.array([0, 1, 20, 21])) == pytest.approx(
         cs.motion(frames[:2], pts[:2], indices=np.arange(2)) / 2, rel=0.1)
+
+
+def test_a_clip_without_a_frame_pair_is_an_error_row_not_static(real_videos):
+    """Motion unknown is not motion 0.0: a 1-frame clip must not be flagged static and kept/dropped as such."""
+    rows = clip_rows(real_videos / "carphone_pristine.mp4", [(10, 11), (20, 60)])
+    out = prepare_batch(table_from_rows(rows), SMOKE).to_pylist()
+    assert out[0]["status"] == "error" and out[0]["failed_stage"] == "score" and "motion needs two" in out[0]["error"]
+    assert out[0][MOTION] is None and out[0][IS_STATIC] is None
+    assert out[1]["status"] == "ok" and out[1][MOTION] > 0

@@ -26,16 +26,25 @@ def _frames(path) -> tuple[int, int, int]:
         return sum(1 for _ in c.decode(video=0)), s.width, s.height
 
 
+def _train(out, enc) -> dict:
+    """A 3-step run whose config.json records the manifest jobs.encode writes for `enc`."""
+    from jobs.encode import vae_and_text_info
+    from latents.encode import manifest_meta
+
+    manifest = manifest_meta(enc, *vae_and_text_info(enc))
+    c = manifest["vae"]["latent_channels"]
+    data = synthetic_samples(4, shapes=[(2, 4, 4)], channels=c, text_len=8, text_dim=manifest["text_encoder"]["dim"])
+    train(TrainConfig(steps=3, batch_size=2, ckpt_every=100), data, out, device="cpu",
+          extra_config={"manifest": manifest, "latent_shapes": {f"[{c}, 2, 4, 4]": 4}})
+    return manifest
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from latents.text import TEXT_SMOKE, load_text_encoder
+    from latents.encode import SMOKE
 
-    dim = load_text_encoder(TEXT_SMOKE).info.dim
-    data = synthetic_samples(4, shapes=[(2, 4, 4)], channels=4, text_len=8, text_dim=dim)
     out = tmp_path_factory.mktemp("run")
-    manifest = {"vae": {"kind": "wan", "smoke": True}, "encode": {"target_fps": 8.0}, "smoke": True}
-    train(TrainConfig(steps=3, batch_size=2, ckpt_every=100), data, out, device="cpu",
-          extra_config={"manifest": manifest, "latent_shapes": {"[4, 2, 4, 4]": 4}})
+    _train(out, SMOKE)
     return out
 
 
@@ -60,3 +69,32 @@ def test_sdedit_from_a_video(run, tmp_path):
     assert _frames(tmp_path / "e.mp4") == (5, 32, 32)
     with pytest.raises(UsageError, match="needs --init-video"):
         main(SampleJob(run=str(run), prompt="x", out=str(tmp_path / "f.mp4"), strength=0.5))
+
+
+def test_sampler_loads_the_vae_and_text_encoder_the_manifest_names(tmp_path):
+    """Not a preset picked from (kind, smoke): the recorded loader config (source, revision, dtype)."""
+    import dataclasses
+    import json
+
+    from jobs.sample import SampleJob, main
+    from latents.encode import SMOKE
+    from latents.text import build_smoke_text_encoder
+    from latents.vae import VAEConfig, build_smoke_vae
+
+    vae_dir = build_smoke_vae(tmp_path / "my-vae", "wan")  # a VAE in a folder of its own, not a smoke preset
+    text_dir = build_smoke_text_encoder(tmp_path / "my-text")
+    enc = dataclasses.replace(SMOKE, vae=VAEConfig(kind="wan", source=str(vae_dir), subfolder="", tiling=False,
+                                                   dtype="float32", device="cpu"),
+                              text=dataclasses.replace(SMOKE.text, source=str(text_dir), smoke=False))
+    run = tmp_path / "run"
+    _train(run, enc)
+    s = main(SampleJob(run=str(run), prompt="a red ball", out=str(tmp_path / "a.mp4"), steps=2))
+    assert s["vae"] == str(vae_dir) and s["text_encoder"] == str(text_dir)
+    assert _frames(tmp_path / "a.mp4") == (5, 32, 32)  # wan: 4x time, 8x space
+
+    # the same folder, but not the VAE the shards were normalised with: refused, both values named
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["manifest"]["vae"]["latents_std"][0] *= 2
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UsageError, match=r"latents_std: manifest .* loaded"):
+        main(SampleJob(run=str(run), prompt="a red ball", out=str(tmp_path / "b.mp4"), steps=2))

@@ -114,3 +114,25 @@ def _ratio(yuv: np.ndarray) -> float:
     d, hist = frame_diff(yuv), colour_histograms(yuv)
     sharp, _ = proposals(d, CFG, hist_change(yuv, CFG.hist_gap, hist))
     return confident_cuts(d, hist, np.zeros(len(d), bool), sharp, CFG)[CUT]
+
+
+def test_frames_the_model_never_scored_get_a_null_boundary_score(video: tuple[np.ndarray, np.ndarray]) -> None:
+    from curate.split import SplitConfig, clip_rows, clip_spans
+
+    yuv, pts = video
+    single = np.random.default_rng(0).uniform(0.01, 0.2, len(pts)).astype(np.float32)  # no cut from the model
+    det = HybridDetector(CFG)
+    det.scorer = ReplayScorer(single, np.zeros_like(single))  # model outputs without running the model
+    tr = det.detect_array(yuv, pts)
+    seen = np.zeros(len(pts), bool)
+    for k in det.scorer.asked:
+        seen[k * STEP : (k + 1) * STEP] = True
+    unscored = [i for i in range(1, len(pts)) if not seen[i - 1] and i != CUT]
+    assert unscored and np.isnan(tr.frame_score[unscored]).all()  # unknown, not 0.0
+    both = [i for i in range(1, len(pts)) if seen[i - 1] and i != CUT]
+    assert both and np.allclose(tr.frame_score[both], single[np.array(both) - 1])
+    video_row = {"video_id": "v", "source_uri": "x.mp4", "width": 48, "height": 27}
+    rows = clip_rows(video_row, tr, clip_spans(tr, SplitConfig(min_seconds=0.5))[0], "hybrid", "h")
+    starts = {r["start_frame"]: r["boundary_score_start"] for r in rows}
+    assert any(v is None for s, v in starts.items() if s in unscored)
+    assert all(v is not None and not np.isnan(v) for s, v in starts.items() if s not in unscored)

@@ -123,7 +123,7 @@ def test_frames_off_the_rule_are_refused_with_the_fix(smoke_vaes):
 
 
 def test_missing_weights_name_the_download(tmp_path):
-    with pytest.raises(UsageError, match="huggingface-cli download"):
+    with pytest.raises(UsageError, match="`hf download "):
         load_vae(VAEConfig(kind="wan", source=str(tmp_path / "nothing-here"), subfolder="vae"))
 
 

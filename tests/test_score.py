@@ -61,13 +61,15 @@ def test_smoke_clip_round_trips_through_the_loader(smoke_cfg, stage):
 
 def test_missing_weights_name_them_and_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TUBELET_WEIGHTS", str(tmp_path))
-    with pytest.raises(score.UsageError, match=r"sac\+logos\+ava1-l14-linearMSE\.pth.*wget"):
+    with pytest.raises(score.UsageError, match=r"sac\+logos\+ava1-l14-linearMSE\.pth.*curl -L -o"):
         score.load_aesthetic_head(score.DEFAULT.aesthetic_head)
     (tmp_path / "empty").mkdir()
     with pytest.raises(score.UsageError, match=r"open_clip_config\.json"):
         score.load_clip(str(tmp_path / "empty"))
-    with pytest.raises(score.UsageError, match=r"ViT-B-32/laion2b_s34b_b79k.*create_model_and_transforms"):
+    with pytest.raises(score.UsageError, match=r"ViT-B-32/laion2b_s34b_b79k.*`hf download laion/CLIP-ViT-B-32-laion2B"):
         score.load_clip("ViT-B-32", "laion2b_s34b_b79k")
+    with pytest.raises(score.UsageError, match=r"--local-dir .*/laion/CLIP-ViT-B-32-laion2B"):
+        score.load_clip("ViT-B-32", "laion2b_s34b_b79k", weights_dir=str(tmp_path))
 
 
 def test_head_loads_from_a_cache_name(smoke_cfg, tmp_path, monkeypatch):

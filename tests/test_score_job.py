@@ -81,7 +81,9 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path):
     write_parquet_atomic(table_from_rows([]), tmp_path / "clips" / "part-00000.parquet")  # past the folder check
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUBELET_WEIGHTS": str(tmp_path)}
     r = subprocess.run([*base, "--preset", "default"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 2 and "sac+logos+ava1-l14-linearMSE.pth" in r.stderr and "wget" in r.stderr
+    assert r.returncode == 2 and "sac+logos+ava1-l14-linearMSE.pth" in r.stderr and "curl -L -o" in r.stderr
+    assert "`hf download timm/vit_large_patch14_clip_224.openai" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "sac+logos+ava1-l14-linearMSE.pth").write_bytes(b"")  # the head is found; CLIP is not
     r = subprocess.run([*base, "--preset", "default"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 2 and "CLIP weights ViT-L-14/openai must be available offline" in r.stderr
+    assert r.returncode == 2 and "1 missing" in r.stderr and "CLIP ViT-L-14/openai" in r.stderr
+    assert "sac+logos" not in r.stderr

@@ -133,7 +133,7 @@ def test_single_shot_videos_lose_nothing(detector: str, full_runs: dict, hybrid_
         gt = ground_truth[name]
         if not gt["cuts"] and not forbidden_frames(gt):
             assert tr.cuts == [] and tr.excluded == [], (name, tr.cuts, tr.excluded)
-            assert float(tr.frame_score.max()) < 0.5, name
+            assert float(np.nanmax(tr.frame_score)) < 0.5, name  # NaN: frames the hybrid never scored
 
 
 def test_hybrid_scores_a_fraction_of_windows(decoded: dict, hybrid_runs: dict) -> None:

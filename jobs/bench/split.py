@@ -107,10 +107,16 @@ def make_long_video(path: Path, minutes: float) -> Path:
 
 
 def peak_rss_of_split(path: Path) -> tuple[float, float]:
-    """Peak RSS (MB) and wall seconds of split_video on `path` in a fresh child process."""
-    code = ("import resource, sys, time; from curate.split import split_video, SplitConfig; "
+    """Peak RSS (MB) and wall seconds of split_video on `path` in a fresh child process.
+
+    important: the child reads its own high-water mark, VmHWM in /proc/self/status (kB).
+    `ru_maxrss` would not do: Linux carries it over from the parent across fork and exec, so
+    after the detectors ran here the child reported this process's peak, not its own.
+    """
+    code = ("import sys, time; from curate.split import split_video, SplitConfig; "
             "t = time.perf_counter(); v, r = split_video(sys.argv[1], SplitConfig(on_error='raise')); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, v['frame_count'])")
+            "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]; "
+            "print(time.perf_counter() - t, hwm, v['frame_count'])")
     out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout.split()
     return float(out[1]) / 1024.0, float(out[0])
