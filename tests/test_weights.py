@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from curate import schema as S
 from curate.errors import UsageError
+from curate.storage import write_parquet_atomic
 from curate.weights import Weights, locate, require
 from jobs.presets import DEFAULT
 from latents.weights import stage_weights, with_weights_dir
@@ -124,9 +126,11 @@ def test_jobs_stop_with_exit_2_before_ray_when_weights_are_missing(offline_home,
 def test_caption_cli_missing_weights_is_one_message_not_a_traceback(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "TUBELET_WEIGHTS"}, "HF_HUB_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
-    (tmp_path / "in").mkdir()
-    r = subprocess.run([sys.executable, "-m", "jobs.caption", "--input", str(tmp_path / "in"), "--output",
-                        str(tmp_path / "out"), "--preset", "default"], capture_output=True, text=True, env=env,
+    scored = tmp_path / "OUT" / "scored"  # a valid stage folder, so the weights check is what stops the job
+    scored.mkdir(parents=True)
+    write_parquet_atomic(S.empty_table(), scored / "part-00000.parquet")
+    r = subprocess.run([sys.executable, "-m", "jobs.caption", "--input", str(scored), "--output",
+                        str(tmp_path / "OUT" / "captions"), "--preset", "default"], capture_output=True, text=True, env=env,
                        cwd=REPO, timeout=300)
     assert r.returncode == 2 and "`hf download Qwen/Qwen2.5-VL-7B-Instruct`" in r.stderr
     assert "Traceback" not in r.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 from jobs.bench.split import DEFAULT_VIDEOS, ffmpeg_floor
 from jobs.demo import make_samples
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(args: list[str]) -> float:

@@ -25,7 +25,7 @@ from curate import schema as S
 from curate.shot_metrics import CutScore, clips_touching, forbidden_frames, match_cuts
 from curate.split import SplitConfig, make_detector, split_video_detailed
 
-DEFAULT_VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
+DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "videos"
 
 
 def ffmpeg_floor(path: Path) -> float:
@@ -118,7 +118,7 @@ def peak_rss_of_split(path: Path) -> tuple[float, float]:
             "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]; "
             "print(time.perf_counter() - t, hwm, v['frame_count'])")
     out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
     return float(out[1]) / 1024.0, float(out[0])
 
 
