@@ -44,11 +44,13 @@ def _fraction(x: Any) -> float | None:
     return float(x) if x is not None and x.denominator else None
 
 
-def probe(path: str | Path, count_frames: bool = False, video_id: str | None = None) -> dict[str, Any]:
+def probe(path: str | Path, count_frames: bool = False, video_id: str | None = None,
+          source_uri: str | None = None) -> dict[str, Any]:
     """One row of the videos table; unreadable inputs give a status=error row (never raise).
 
-    `video_id`: the file's content id when the caller already hashed it (saves reading it twice)."""
-    uri = str(path)
+    `video_id`: the file's content id when the caller already hashed it (saves reading it twice).
+    `source_uri`: what the row records as the source when `path` is a local copy of it (s3://...)."""
+    uri = source_uri or str(path)
     try:
         size = os.stat(path).st_size
     except OSError as e:

@@ -20,6 +20,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +48,7 @@ from curate.uri import (
     open_input,
     parent,
     read_bytes,
+    scheme,
     storage_options,
     temp_name,
 )
@@ -95,6 +98,19 @@ def publish(tmp: str, uri: PathLike) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def publish_copy(src: str, uri: PathLike) -> str:
+    """Copy the local file `src` to `uri` atomically (`src` is kept)."""
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        with open(src, "rb") as f, fs.open_output_stream(path) as dst:
+            while chunk := f.read(1 << 24):
+                dst.write(chunk)
+    else:
+        with atomic_output(uri) as tmp:
+            shutil.copyfile(src, tmp)
+    return str(uri)
 
 
 def discard(tmp: str | None) -> None:
@@ -179,6 +195,18 @@ def mark_done(out: PathLike, stage: str, key: str, cfg_hash: str, **info: Any) -
     write_json_atomic({"config_hash": cfg_hash, **info}, marker_path(out, stage, key))
 
 
+def read_table(uri: PathLike, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file (local or remote) as a table."""
+    fs, path = filesystem(uri)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def stem(uri: PathLike) -> str:
+    """'part-abc' for '.../part-abc.parquet'."""
+    name = basename(uri)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
 def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table:
     """All `*.parquet` parts of a directory or prefix as one table (hidden temporary files ignored)."""
     parts = list_files(directory, ".parquet")
@@ -186,16 +214,16 @@ def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table
         if schema is not None:
             return schema.empty_table()
         raise UsageError(f"no Parquet parts in {directory}; run the previous stage first (or check --input)")
-    fs, _ = filesystem(directory)
-    tables = [pq.read_table(filesystem(p)[1], filesystem=fs) for p in parts]
+    tables = [read_table(p) for p in parts]
     if schema is not None:
         tables = [t.select(schema.names).cast(schema) for t in tables]
     return pa.concat_tables(tables)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """The first line of an I/O error, without the server's request id."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:300]
+    return re.sub(r"\s*\(Request ID: [^)]*\)?", "", msg)[:300]
 
 
 def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
@@ -208,7 +236,7 @@ def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
             delete(probe)
         except (OSError, ValueError) as e:
             raise UsageError(f"output {out!r} must be writable (bucket exists, AWS_* credentials allow writing, "
-                             f"AWS_ENDPOINT_URL points at the server), got: {_one_line(e)}; "
+                             f"AWS_ENDPOINT_URL points at the server), got: {one_line(e)}; "
                              "create the bucket, fix the credentials or pass another --output") from e
         return
     try:
@@ -233,14 +261,14 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
         fs, path = filesystem(uri)
         fs.get_file_info(path)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{what} {str(uri)!r} must be readable, got: {_one_line(e)}; "
+        raise UsageError(f"{what} {str(uri)!r} must be readable, got: {one_line(e)}; "
                          "check the path, the bucket and the AWS_* credentials") from e
 
 
 __all__ = [
     "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
-    "join", "list_files", "local_copy", "mark_done", "marker_path", "open_input", "parent", "publish",
-    "read_bytes", "read_json", "read_parts", "storage_options", "temp_output", "write_bytes_atomic",
+    "join", "list_files", "local_copy", "mark_done", "marker_path", "one_line", "open_input", "parent", "publish", "publish_copy",
+    "read_bytes", "read_json", "read_parts", "read_table", "scheme", "stem", "storage_options", "temp_output", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

@@ -8,7 +8,7 @@ says which) and writes OUT/report/index.html plus its pictures under OUT/report/
   OUT/scored/*.parquet        scores, kept / drop_reason (+ OUT/scored/_funnel.json: the filter
                               cascade, its rule names give the thresholds drawn on the histograms)
   OUT/captions/*.parquet      captions of kept clips
-  OUT/latents/_manifest.json  (or manifest.json) rows and shards encoded
+  OUT/latents/.manifest.json  (or _manifest.json) rows and shards encoded
 
 The page opens from disk: relative links only, no script, no network. Every string that comes
 from data (paths, captions, errors) is HTML-escaped. The run config and stage timings given to
@@ -43,7 +43,7 @@ REPORT_DIR = "report"
 MEDIA_DIR = "media"
 RUN_FILE = "run.json"  # the run config / timings / preset given to write_report (reused by a rebuild)
 FUNNEL_FILE = "funnel.json"  # the page's funnel numbers, for machines
-MANIFEST_NAMES = ("_manifest.json", "manifest.json")
+MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")
 # Score columns drawn as histograms and shown on each clip card: the numeric/bool ones of the group.
 SCORE_COLUMNS = tuple(f.name for f in S.SCORE.fields
                       if pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))

@@ -5,6 +5,10 @@
 --workers 1 trains in this process (no Ray). --workers N > 1 runs Ray Train's TorchTrainer
 (DDP; gloo on CPU, NCCL on GPU) on a local Ray instance, or on the cluster when RAY_ADDRESS is
 set (as under `ray job submit`). Rerunning the same command resumes from RUN's last checkpoint.
+
+--shards and --out may be object store URIs (s3://bucket/out/latents, s3://bucket/runs/a):
+shards are read through pyarrow's filesystem; each worker trains in a local staging folder
+and rank 0 uploads every checkpoint (state.json last), so all ranks resume from the same one.
 """
 
 from __future__ import annotations
@@ -14,22 +18,28 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
+from curate import storage
 from curate.errors import UsageError
 from jobs import presets
+from latents import run_sync
 from latents.dit.train import TrainConfig, train
 
 TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
 
 
-MANIFEST_NAMES = ("_manifest.json", "manifest.json")  # latents.shards writes the first
+MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")  # latents.shards writes the first
 
 
-def _manifest_path(shards: str) -> Path | None:
-    found = [Path(shards) / n for n in MANIFEST_NAMES if (Path(shards) / n).is_file()]
+def _manifest_path(shards: str) -> str | None:
+    try:
+        found = [storage.join(shards, n) for n in MANIFEST_NAMES if storage.is_file(storage.join(shards, n))]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--shards {shards!r} must be readable, got: {storage.one_line(e)}; check the path, "
+                         "the bucket and the AWS_* credentials") from e
     return found[0] if found else None
 
 
@@ -61,7 +71,7 @@ def data_facts(shards: str, data: Sequence[dict]) -> dict:
     the training latent shapes (JSON keys) with their counts."""
     path = _manifest_path(shards) if not shards.startswith("synthetic:") else None
     shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
-    return {"shards": shards, "manifest": json.loads(path.read_text()) if path else None,
+    return {"shards": shards, "manifest": storage.read_json(path) if path else None,
             "latent_shapes": dict(sorted(shapes.items()))}
 
 
@@ -73,11 +83,25 @@ def _worker_loop(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     cfg = TrainConfig(**{**config["cfg"], "patch": tuple(config["cfg"]["patch"])})
     data = open_dataset(config["shards"])
-    train(cfg, data, config["out"], device=ray.train.torch.get_device(), stop_after=config["stop_after"],
-          extra_config=data_facts(config["shards"], data))
+    rank = ray.train.get_context().get_world_rank()
+    _train_into(cfg, data, config["out"], device=ray.train.torch.get_device(), stop_after=config["stop_after"],
+                extra_config=data_facts(config["shards"], data), rank=rank)
 
 
-def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_gpu: bool,
+def _train_into(cfg: TrainConfig, data: Sequence[dict], out: str, *, rank: int = 0, **kwargs) -> dict:
+    """train() into `out`; a remote `out` is trained in a local staging copy, rank 0 pushing each checkpoint."""
+    with run_sync.staged_run(out) as local:
+        push = None
+        if run_sync.is_remote(out) and rank == 0:
+            def push(ckpt) -> None:
+                run_sync.push_checkpoint(ckpt, out, local)
+        summary = train(cfg, data, local, on_checkpoint=push, **kwargs)
+        if run_sync.is_remote(out) and rank == 0:
+            run_sync.push_files(out, local)  # the final loss.csv / loss.png
+    return {**summary, "run": str(out)}
+
+
+def run_distributed(cfg: TrainConfig, shards: str, out: str, workers: int, use_gpu: bool,
                     stop_after: int | None = None) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -90,17 +114,21 @@ def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_
         _worker_loop,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "shards": shards, "out": str(out),
                            "threads": threads, "stop_after": stop_after},
+        # CPU workers spread over nodes (each gets its node's cores); GPU workers pack (NCCL in-node)
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
+                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})},
+                                     placement_strategy="PACK" if use_gpu else "SPREAD"),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name="dit", storage_path=str((out / "_ray").resolve())),
+        # Ray Train's own result files: next to a local run; on this node's temp dir for a remote one
+        run_config=RunConfig(name="dit", storage_path=os.path.join(tempfile.gettempdir(), "tubelet-ray-train")
+                             if storage.is_remote(out) else os.path.abspath(storage.join(out, "_ray"))),
     )
     trainer.fit()
 
 
-def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: bool | None = None,
+def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | None = None,
          stop_after: int | None = None) -> dict:
-    out = Path(out)
+    out = str(out)
     if workers < 1:
         raise UsageError(f"--workers must be >= 1: got {workers}")
     if cfg.batch_size % workers:
@@ -112,15 +140,16 @@ def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: 
         gpu = torch.cuda.is_available()
     if workers == 1:
         data = open_dataset(shards)
-        summary = train(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
-                        extra_config=data_facts(shards, data))
+        summary = _train_into(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
+                              extra_config=data_facts(shards, data))
     else:
         run_distributed(cfg, shards, out, workers, gpu, stop_after)
-        rows = (out / "loss.csv").read_text().strip().splitlines()
+        rows = storage.read_bytes(storage.join(out, "loss.csv")).decode().strip().splitlines()
         last = rows[-1].split(",") if len(rows) > 1 else [None, None]
         summary = {"step": int(last[0]) if last[0] else 0, "loss": float(last[1]) if last[1] else None,
                    "run": str(out), "workers": workers}
-    print(f"[train] done: {summary}; log {out / 'loss.csv'}, curve {out / 'loss.png'}", flush=True)
+    print(f"[train] done: {summary}; log {storage.join(out, 'loss.csv')}, curve {storage.join(out, 'loss.png')}",
+          flush=True)
     return summary
 
 

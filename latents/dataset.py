@@ -1,4 +1,4 @@
-"""Torch IterableDataset over latent shards (latents/shard-*.parquet + _manifest.json).
+"""Torch IterableDataset over latent shards (latents/shard-*.parquet + .manifest.json).
 
 CONTRACT (shared with latents/dit, the trainer):
 

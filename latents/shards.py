@@ -2,11 +2,13 @@
 
 Layout (OUT/latents/):
   shard-<run>-00000.parquet ...   full CLIP_SCHEMA; every row group holds ONE latent shape
-  _manifest.json                  schema version, VAE + text encoder ids and constants, buckets,
+  .manifest.json                  schema version, VAE + text encoder ids and constants, buckets,
                                   counts, per-shard sha256 / bytes / rows, row groups (rows, latent
                                   shape, xxh3 digests of the latent and text columns), round-trip PSNR
-important: the manifest's name starts with "_" because pyarrow (pandas.read_parquet, Ray,
-`datasets`) reads every other file of a directory as Parquet; `_`-prefixed files are skipped.
+important: the manifest's name starts with "." because folder readers read every other file
+of a directory as Parquet: pyarrow (pandas.read_parquet) and ray.data.read_parquet skip names
+starting with "." or "_", but Hugging Face `datasets` skips only "." (hidden) files and
+"__" folders, so "_manifest.json" (the old name, still read) broke `load_dataset("parquet")`.
 
 Latents and text embeddings are raw little-endian bytes plus shape and dtype columns, so
 fp16/bf16/fp32 round-trip exactly and any reader (pandas, Ray, `datasets`) can open them.
@@ -34,7 +36,8 @@ from curate import schema as S
 from curate import storage
 from curate.storage import write_json_atomic
 
-MANIFEST_NAME = "_manifest.json"
+MANIFEST_NAME = ".manifest.json"
+LEGACY_MANIFEST_NAMES = ("_manifest.json",)  # read when MANIFEST_NAME is absent (folders written before)
 MANIFEST_FORMAT = "tubelet.latent-shards/1"
 SHARD_PREFIX = "shard-"
 
@@ -276,6 +279,9 @@ class ShardWriter:
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
     path = manifest_path(root)
+    for legacy in LEGACY_MANIFEST_NAMES:
+        if not storage.exists(path) and storage.exists(storage.join(root, legacy)):
+            path = storage.join(root, legacy)
     try:
         manifest = storage.read_json(path)
     except FileNotFoundError as e:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from curate import storage as st
 from curate.errors import UsageError
@@ -113,3 +114,21 @@ def test_s3_bad_bucket_and_credentials_are_one_line_usage_errors(s3, monkeypatch
         st.check_writable("s3://cred-bucket/out")
     msg = str(e.value)
     assert "SIGNATURE" in msg and "not-the-secret" not in msg and s3.access_key not in msg
+
+
+def test_latent_dataset_reads_shards_from_s3_like_local(s3, tmp_path):
+    from jobs.bench_shards import make_shards
+    from latents.dataset import LatentDataset
+    from latents.shards import MANIFEST_NAME
+
+    make_shards(tmp_path, rows=30, latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)], text_tokens=4, text_dim=8,
+                rows_per_shard=16)
+    s3.make_bucket("shards-bucket")
+    uploaded = s3.upload_dir(tmp_path, "s3://shards-bucket/out/latents", "*.parquet")
+    s3.upload_dir(tmp_path, "s3://shards-bucket/out/latents", MANIFEST_NAME)
+    assert len(uploaded) == 2
+    local = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=4)}
+    remote = {s["clip_id"]: s["latent"] for s in LatentDataset("s3://shards-bucket/out/latents", seed=4,
+                                                                 verify="checksum")}
+    assert local.keys() == remote.keys() and len(local) == 30
+    assert all(torch.equal(local[k], remote[k]) for k in local)
