@@ -113,6 +113,29 @@ def publish_copy(src: str, uri: PathLike) -> str:
     return str(uri)
 
 
+def download_tree(uri: PathLike, local_dir: str, *, hidden: bool = True) -> list[str]:
+    """Copy every file below `uri` into `local_dir` (same relative paths); returns the local paths."""
+    base = str(uri).rstrip("/")
+    got = []
+    for src in list_files(base, recursive=True, hidden=hidden):
+        dest = os.path.join(local_dir, *src[len(base):].strip("/").split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with local_copy(src) as tmp:
+            shutil.copyfile(tmp, dest)
+        got.append(dest)
+    return got
+
+
+def upload_tree(local_dir: str, uri: PathLike) -> list[str]:
+    """Copy every file below the local folder `local_dir` to `uri` (same relative paths)."""
+    sent = []
+    for root, _, files in os.walk(local_dir):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), local_dir).split(os.sep)
+            sent.append(publish_copy(os.path.join(root, name), join(uri, *rel)))
+    return sent
+
+
 def discard(tmp: str | None) -> None:
     if tmp:
         with contextlib.suppress(FileNotFoundError):
@@ -267,8 +290,8 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
 
 __all__ = [
     "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
-    "delete", "discard", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
+    "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "local_copy", "mark_done", "marker_path", "one_line", "open_input", "parent", "publish", "publish_copy",
-    "read_bytes", "read_json", "read_parts", "read_table", "scheme", "stem", "storage_options", "temp_output", "write_bytes_atomic",
+    "read_bytes", "read_json", "read_parts", "read_table", "scheme", "stem", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

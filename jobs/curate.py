@@ -276,12 +276,12 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(summary, join(out, "summary", "curate.json"))
     if cfg.report:
-        from jobs.report import write_report
+        from jobs.report import write_report_to
 
-        summary["report"] = str(write_report(out, run_config={"curate": dataclasses.asdict(cfg),
-                                                              "preset": dataclasses.asdict(preset)},
-                                             stage_timings=stream["stage_seconds"], preset_name=preset.name,
-                                             random_models=preset.random_models))
+        summary["report"] = write_report_to(out, run_config={"curate": dataclasses.asdict(cfg),
+                                                             "preset": dataclasses.asdict(preset)},
+                                            stage_timings=stream["stage_seconds"], preset_name=preset.name,
+                                            random_models=preset.random_models)
     return summary
 
 

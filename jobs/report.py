@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
+from curate import storage
 from curate.errors import UsageError, one_line
 from curate.storage import write_json_atomic
 from jobs import report_html
@@ -298,6 +301,24 @@ def write_report(
     return report_html.write_text_atomic(page, report / "index.html")
 
 
+def write_report_to(out: str, **kwargs: Any) -> str:
+    """`write_report` for a local OUT or an object-store URI: for a URI the page is built in a
+    worker-local mirror of OUT's tables (parts, funnel, manifest and the previous report; no
+    latents) and uploaded to OUT/report; previews stream their clips from the source objects."""
+    if not storage.is_remote(out):
+        return str(write_report(Path(out), **kwargs))
+    with tempfile.TemporaryDirectory(prefix="tubelet-report-") as tmp:
+        for sub in ("videos", "clips", "scored", "captions", REPORT_DIR):
+            storage.download_tree(storage.join(out, sub), os.path.join(tmp, sub))
+        for name in MANIFEST_NAMES:  # the manifest only: the shards stay where they are
+            if storage.exists(storage.join(out, "latents", name)):
+                os.makedirs(os.path.join(tmp, "latents"), exist_ok=True)
+                Path(tmp, "latents", name).write_bytes(storage.read_bytes(storage.join(out, "latents", name)))
+        page = write_report(Path(tmp), **kwargs)
+        storage.upload_tree(str(page.parent), storage.join(out, REPORT_DIR))
+    return storage.join(out, REPORT_DIR, page.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="the run's output root OUT (the report goes to OUT/report/)")
@@ -305,16 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-previews", type=int, default=24, help="animated previews per group (kept / dropped)")
     a = p.parse_args(argv)
     try:
-        out = Path(a.output)
-        if not out.is_dir():
+        out = a.output
+        if not storage.is_dir(out):
             raise UsageError(f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run")
         if a.max_previews < 0:
             raise UsageError(f"--max-previews must be >= 0, got {a.max_previews}; e.g. 24")
-        path = write_report(out, random_models=a.random_models, max_previews=a.max_previews)
+        path = write_report_to(out, random_models=a.random_models, max_previews=a.max_previews)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    counts = json.loads((path.parent / FUNNEL_FILE).read_text())["counts"]
+    counts = storage.read_json(storage.join(storage.parent(path), FUNNEL_FILE))["counts"]
     print(f"report: {path}  ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'no stage output found'})")
     return 0
 

@@ -75,15 +75,15 @@ def test_curate_on_s3_killed_half_way_resumes_to_the_same_outputs(reference):
     p = subprocess.Popen([sys.executable, "-m", "jobs.curate", *curate_args(out, "--batch-size", "1")],
                          env=ray_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
-    deadline = time.time() + 400
+    deadline = time.time() + 900
     try:
-        while time.time() < deadline and p.poll() is None and len(storage.list_files(
-                storage.join(out, "_stream"), ".parquet")) < 2:
+        while time.time() < deadline and p.poll() is None and not storage.list_files(
+                storage.join(out, "_stream"), ".parquet"):
             time.sleep(0.1)
     finally:
         os.killpg(p.pid, signal.SIGKILL)  # the driver and every Ray process it started
         p.wait()
-    assert len(storage.list_files(storage.join(out, "_stream"), ".parquet")) >= 2
+    assert storage.list_files(storage.join(out, "_stream"), ".parquet")
     assert not storage.exists(storage.join(out, "summary", "curate.json")), "the kill must land mid-run"
     # nothing half-written: every object that exists is whole (Parquet parts open)
     for part in storage.list_files(storage.join(out, "_stream"), ".parquet"):
