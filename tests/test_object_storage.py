@@ -45,10 +45,16 @@ def raw(s3env, tmp_path_factory):
     return s3env.upload_dir(d, RAW, "*.mp4")
 
 
-def job(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", module, *args], env=env or ray_env(), cwd=REPO,
-                       capture_output=True, text=True, timeout=timeout)
-    LOGS.extend([r.stdout, r.stderr])
+RAY_START_TIMEOUT = "timed out during startup"  # Ray's fixed 30 s raylet wait, hit on an overloaded machine
+
+
+def job(module: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    for _ in range(3):  # important: retried only when Ray itself failed to start, never on our errors
+        r = subprocess.run([sys.executable, "-m", module, *args], env=env or ray_env(), cwd=REPO,
+                           capture_output=True, text=True, timeout=timeout)
+        LOGS.extend([r.stdout, r.stderr])
+        if RAY_START_TIMEOUT not in r.stderr:
+            return r
     return r
 
 

@@ -27,8 +27,6 @@ RESOURCE = "model_node"
 
 @pytest.fixture(scope="module")
 def cluster(s3_server, tmp_path_factory):
-    from ray.cluster_utils import Cluster
-
     raw = tmp_path_factory.mktemp("raw2")
     make_samples(raw, size=(128, 72))
     with pytest.MonkeyPatch.context() as mp:
@@ -38,14 +36,28 @@ def cluster(s3_server, tmp_path_factory):
         names = sorted(SAMPLES)[:2]  # two videos keep the runs short
         for n in names:
             s3_server.upload_dir(raw, f"s3://{BUCKET}/raw", n)
-        c = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-        second = c.add_node(num_cpus=2, node_ip_address="127.0.0.1", resources={RESOURCE: 1})
-        c.wait_for_nodes()
+        c, second = _start_cluster()
         try:
             yield c, second, f"s3://{BUCKET}/raw"
         finally:
             c.shutdown()
+
+
+def _start_cluster():
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(3):  # Ray waits a fixed 30 s for a raylet: retry on an overloaded machine
+        c = Cluster()
+        try:
+            c.add_node(num_cpus=2, node_ip_address="127.0.0.1", include_dashboard=False)
+            second = c.add_node(num_cpus=2, node_ip_address="127.0.0.1", resources={RESOURCE: 1})
+            c.wait_for_nodes()
+            return c, second
+        except Exception as e:
+            c.shutdown()
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def run(module: str, *args: str, address: str | None = None) -> subprocess.CompletedProcess:
@@ -53,8 +65,11 @@ def run(module: str, *args: str, address: str | None = None) -> subprocess.Compl
     env.pop("RAY_ADDRESS", None)
     if address:
         env["RAY_ADDRESS"] = address
-    r = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+    for _ in range(3):  # retried only when Ray itself failed to start (overloaded machine)
+        r = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=REPO, capture_output=True,
+                           text=True, timeout=1200)
+        if "timed out during startup" not in r.stderr:
+            break
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return r
 
