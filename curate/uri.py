@@ -55,6 +55,11 @@ def join(base: PathLike, *parts: str) -> str:
         p = str(p).strip("/")
         if p:
             s = f"{s}/{p}"
+    if "/." in s:  # "../raw/x.mp4" from a list file: resolve dots inside the bucket
+        head, _, key = s.partition("://")
+        bucket, _, path = key.partition("/")
+        path = posixpath.normpath(path).lstrip("/") if path else ""
+        s = f"{head}://{bucket}/{path}".rstrip("/") if path not in ("", ".") else f"{head}://{bucket}"
     return s
 
 

@@ -23,6 +23,7 @@ def test_join_keeps_local_local_and_uris_uris(tmp_path):
     assert st.join(str(tmp_path), "a", "b.parquet") == str(tmp_path / "a" / "b.parquet")
     assert st.join(tmp_path, "a") == str(tmp_path / "a")  # a Path is accepted
     assert st.join("s3://bkt/out/", "clips", "/part-1.parquet") == "s3://bkt/out/clips/part-1.parquet"
+    assert st.join("s3://bkt/lists", "../raw/v.mp4") == "s3://bkt/raw/v.mp4"
     assert st.is_remote("s3://bkt/x") and not st.is_remote(str(tmp_path)) and not st.is_remote("file:///tmp/x")
     assert st.parent("s3://bkt/out/a.json") == "s3://bkt/out" and st.basename("s3://bkt/out/a.json") == "a.json"
     fs, path = st.filesystem(str(tmp_path / "x"))
