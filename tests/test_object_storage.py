@@ -83,8 +83,9 @@ def test_curate_on_s3_killed_half_way_resumes_to_the_same_outputs(reference):
                          start_new_session=True)
     deadline = time.time() + 900
     try:
+        # a staged part counts once its marker is written (a part without one is redone)
         while time.time() < deadline and p.poll() is None and not storage.list_files(
-                storage.join(out, "_stream"), ".parquet"):
+                storage.join(out, "_done", "curate")):
             time.sleep(0.1)
     finally:
         os.killpg(p.pid, signal.SIGKILL)  # the driver and every Ray process it started

@@ -38,6 +38,8 @@ def cluster(s3_server, tmp_path_factory):
             s3_server.upload_dir(raw, f"s3://{BUCKET}/raw", n)
         c, second = _start_cluster()
         try:
+            # the GCS listens on every interface; Cluster.address names the machine's external IP
+            c.local_address = "127.0.0.1:" + c.address.rsplit(":", 1)[1]
             yield c, second, f"s3://{BUCKET}/raw"
         finally:
             c.shutdown()
@@ -82,7 +84,7 @@ def test_model_stages_pinned_to_the_second_node_match_a_one_node_run(cluster):
     c, second, raw = cluster
     two, one = f"s3://{BUCKET}/two-nodes", f"s3://{BUCKET}/one-node"
     run("jobs.curate", "--input", raw, "--output", two, "--preset", "smoke", "--no-report",
-        "--model-resource", RESOURCE, address=c.address)
+        "--model-resource", RESOURCE, address=c.local_address)
     stage_actors = _actors(c, "_StageActor")
     assert len(stage_actors) >= 3  # score, caption, encode pools
     assert {a["Address"]["NodeID"] for a in stage_actors} == {second.node_id}
@@ -105,10 +107,10 @@ def test_train_two_workers_on_two_nodes_resumes_from_object_storage(cluster):
         pytest.skip("needs the one-node run's shards")
     shards, runs = storage.join(one, "latents"), f"s3://{BUCKET}/runs/ddp"
     args = ["--shards", shards, "--out", runs, "--workers", "2", "--batch-size", "4", "--ckpt-every", "2", "--cpu"]
-    run("jobs.train", *args, "--steps", "2", address=c.address)
+    run("jobs.train", *args, "--steps", "2", address=c.local_address)
     workers = _actors(c, "RayTrainWorker")
     assert len({a["Address"]["NodeID"] for a in workers}) == 2  # one worker per node
-    run("jobs.train", *args, "--steps", "4", address=c.address)
+    run("jobs.train", *args, "--steps", "4", address=c.local_address)
     state = storage.read_json(storage.join(runs, "checkpoints", "step-0000004", "state.json"))
     assert state["step"] == 4 and state["resumed_from"] == 2  # every rank started from the stored step 2
     rows = storage.read_bytes(storage.join(runs, "loss.csv")).decode().strip().splitlines()
