@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from curate.errors import StageError
+from curate.uri import is_remote, open_input
 
 cv2.setNumThreads(1)  # tiny per-frame resizes: a thread pool costs more than it saves
 
@@ -77,7 +78,12 @@ def open_video(path: str | Path, threads: bool = True) -> tuple[av.container.Inp
     """Open a file and its first video stream; a clear StageError when there is none."""
     DECODE_STATS["opens"] += 1
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        if is_remote(path):
+            # streamed from object storage by this worker: PyAV reads through pyarrow's seekable
+            # file (1 MiB ranged GETs); a clip decode touches only the bytes of its span
+            container = av.open(open_input(path), metadata_errors="ignore", buffer_size=1 << 20)
+        else:
+            container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise StageError("decode", f"cannot open as video: {e}") from e
     if not container.streams.video:

@@ -21,6 +21,7 @@ from curate import schema as S
 from curate.decode import geometry_of, open_video
 from curate.errors import StageError, one_line
 from curate.ids import video_id_of_file, video_id_of_missing
+from curate.uri import is_remote, local_copy
 
 VFR_SPREAD = 0.10  # frame intervals spreading more than 10% around the median: variable frame rate
 
@@ -44,11 +45,19 @@ def _fraction(x: Any) -> float | None:
     return float(x) if x is not None and x.denominator else None
 
 
-def probe(path: str | Path, count_frames: bool = False, video_id: str | None = None) -> dict[str, Any]:
+def probe(path: str | Path, count_frames: bool = False, video_id: str | None = None,
+          source_uri: str | None = None) -> dict[str, Any]:
     """One row of the videos table; unreadable inputs give a status=error row (never raise).
 
-    `video_id`: the file's content id when the caller already hashed it (saves reading it twice)."""
-    uri = str(path)
+    `video_id`: the file's content id when the caller already hashed it (saves reading it twice).
+    `source_uri`: what the row records as the source when `path` is a local copy of it (s3://...)."""
+    uri = source_uri or str(path)
+    if is_remote(path):  # an object: probe a worker-local copy (removed afterwards)
+        try:
+            with local_copy(path) as local:
+                return probe(local, count_frames, video_id, source_uri=uri)
+        except OSError as e:
+            return error_row(uri, video_id_of_missing(uri), "probe", f"cannot read object: {one_line(e)}")
     try:
         size = os.stat(path).st_size
     except OSError as e:

@@ -203,22 +203,25 @@ class _Guarded:
 
 
 def split_video(
-    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None
+    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None,
+    source_uri: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Probe and split one video. Returns (videos-table row, clip rows); never raises under
     on_error="record": failures become a status=error video row and one error clip row.
-    `video_id`: the content id when the caller already hashed the file."""
-    video, rows, _ = split_video_detailed(path, cfg, detector, video_id)
+    `video_id`: the content id when the caller already hashed the file; `source_uri`: the
+    recorded source when `path` is a worker-local copy of a remote object."""
+    video, rows, _ = split_video_detailed(path, cfg, detector, video_id, source_uri)
     return video, rows
 
 
 def split_video_detailed(
-    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None
+    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None,
+    source_uri: str | None = None,
 ) -> tuple[dict, list[dict], Transitions | None]:
     """`split_video`, also returning the detector's raw output (None when it did not run)."""
     tr: Transitions | None = None
     cfg_hash = config_hash(cfg)
-    video = probe(path, video_id=video_id)
+    video = probe(path, video_id=video_id, source_uri=source_uri)
     video[S.CONFIG_HASH] = cfg_hash
     if video[S.STATUS] != S.STATUS_OK:
         if cfg.on_error == "raise":

@@ -39,6 +39,9 @@ class Resources:
     num_gpus: float = 0.0
     concurrency: int = 1  # actors in the pool (model stages) or max parallel tasks (0 = Ray decides)
     batch_size: int | None = None
+    # custom Ray resources per actor/task, e.g. {"model_node": 0.01}: runs only on nodes started
+    # with that resource (`ray start --resources '{"model_node": 1}'`)
+    resources: tuple[tuple[str, float], ...] = ()
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
@@ -109,6 +112,7 @@ def map_stage(ds: ray.data.Dataset, stage_cls: type, cfg: Any, res: Resources) -
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus or None,
         zero_copy_batch=True,
+        **({"resources": dict(res.resources)} if res.resources else {}),
     )
 
 

@@ -30,12 +30,10 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate import filters
 from curate import schema as S
@@ -43,9 +41,14 @@ from curate.errors import UsageError, check_range
 from curate.storage import (
     check_writable,
     config_hash,
+    delete,
     is_done,
+    join,
+    list_files,
     mark_done,
     read_parts,
+    read_table,
+    stem,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -56,6 +59,7 @@ from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 
 STAGE = "curate"
 STREAM = "_stream"
+MODEL_RESOURCE_SHARE = 0.01  # of --model-resource per model actor: any number of actors fit a node with 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class CurateConfig:
     device: str = "auto"  # where every model runs (flags.check_device)
     verbose: bool = False
     weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
+    model_resource: str | None = None  # custom Ray resource the model actors need (pins them to such nodes)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -105,8 +110,8 @@ def _split_task(batch: pa.Table, preset: Preset, out: str, staged: frozenset[str
     rows: list[pa.Table] = []
     for uri in batch.column(S.SOURCE_URI).to_pylist():
         info = process_one(uri, preset.split, out)
-        part = Path(out) / "clips" / f"part-{info['video_id']}.parquet"
-        clips = S.conform(pq.read_table(part), S.CLIP_SCHEMA)
+        part = join(out, "clips", f"part-{info['video_id']}.parquet")
+        clips = S.conform(read_table(part), S.CLIP_SCHEMA)
         keep = pa.array([c not in staged for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
         rows.append(clips.filter(keep))
     return pa.concat_tables(rows) if rows else S.empty_table()
@@ -116,11 +121,11 @@ def _part_key(ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
 
 
-def staged_clip_ids(out: Path, h: str) -> frozenset[str]:
+def staged_clip_ids(out: str, h: str) -> frozenset[str]:
     ids: set[str] = set()
-    for p in sorted((out / STREAM).glob("part-*.parquet")):
-        if is_done(out, STAGE, p.stem.removeprefix("part-"), h):
-            ids.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+    for p in list_files(join(out, STREAM), ".parquet"):
+        if is_done(out, STAGE, stem(p).removeprefix("part-"), h):
+            ids.update(read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
     return frozenset(ids)
 
 
@@ -135,12 +140,12 @@ def _with_psnr(part: pa.Table) -> pa.Table:
     return t.append_column(ROUNDTRIP_PSNR, psnr)
 
 
-def _staged(out: Path, h: str) -> pa.Table:
-    parts = [p for p in sorted((out / STREAM).glob("part-*.parquet"))
-             if is_done(out, STAGE, p.stem.removeprefix("part-"), h)]
+def _staged(out: str, h: str) -> pa.Table:
+    parts = [p for p in list_files(join(out, STREAM), ".parquet")
+             if is_done(out, STAGE, stem(p).removeprefix("part-"), h)]
     if not parts:
         return _with_psnr(S.empty_table())
-    t = pa.concat_tables([_with_psnr(pq.read_table(p)) for p in parts])
+    t = pa.concat_tables([_with_psnr(read_table(p)) for p in parts])
     # a clip staged twice (a retried batch after a crash between part and marker): keep the first
     first: dict[str, int] = {}
     for i, c in enumerate(t.column(S.CLIP_ID).to_pylist()):
@@ -158,7 +163,7 @@ def _stage_timings(stats: str) -> dict[str, float]:
     return out
 
 
-def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str, meta: dict) -> dict[str, Any]:
+def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str, meta: dict) -> dict[str, Any]:
     """The streaming plan; returns counts and timings."""
     import ray
 
@@ -170,6 +175,10 @@ def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h:
     from latents.shards import ShardWriter
 
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+    if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
+        raise UsageError(f"--model-resource must name a custom resource of a node in the cluster, got "
+                         f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
+                         f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
     if preset.score.smoke:
         score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
     staged = staged_clip_ids(out, h)
@@ -178,7 +187,8 @@ def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h:
     def actors(n: int, gpus: float, cpus: float) -> Resources:
         # important: an actor step asking for the same CPUs as the task before it gets fused
         # into it by Ray Data; different CPU asks keep decoding out of the model actors.
-        return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size)
+        pin = ((cfg.model_resource, MODEL_RESOURCE_SHARE),) if cfg.model_resource else ()
+        return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size, resources=pin)
 
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
     ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), staged=staged),
@@ -196,14 +206,14 @@ def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h:
     t0 = time.perf_counter()
     first_shard_at = None
     rows = 0
-    with ShardWriter(out / "latents", meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
+    with ShardWriter(join(out, "latents"), meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-s") as writer:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             if batch.num_rows == 0:
                 continue
             ids = batch.column(S.CLIP_ID).to_pylist()
             key = _part_key(ids)
-            write_parquet_atomic(batch, out / STREAM / f"part-{key}.parquet")
+            write_parquet_atomic(batch, join(out, STREAM, f"part-{key}.parquet"))
             mark_done(out, STAGE, key, h, clips=len(ids))  # important: marker after the part
             ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
             writer.write(batch.filter(ok))
@@ -215,33 +225,33 @@ def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h:
             "first_shard_seconds": first_shard_at, "stage_seconds": _stage_timings(stats)}
 
 
-def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -> dict[str, Any]:
+def finalize(cfg: CurateConfig, preset: Preset, out: str, h: str, meta: dict) -> dict[str, Any]:
     """Whole-run decisions over every staged clip, then the stage outputs and exact shards."""
     from latents.encode import ROUNDTRIP_PSNR
     from latents.shards import ShardWriter
 
     table = _staged(out, h)
-    clips = read_parts(out / "clips", S.CLIP_SCHEMA)
+    clips = read_parts(join(out, "clips"), S.CLIP_SCHEMA)
     # clips whose video failed (error rows from split) are staged too: they flow through every stage
     scored = table.drop_columns([c for c in S.columns_of(S.CAPTION_GROUP) + S.columns_of(S.LATENT_GROUP)])
     scored, funnel = filters.apply_cascade(S.conform(scored), preset.score.filters)
     kept_ids = {c for c, k in zip(scored.column(S.CLIP_ID).to_pylist(), scored.column(S.KEPT).to_pylist()) if k}
-    for old in (out / "scored").glob("part-*.parquet"):
-        old.unlink()
-    write_parquet_atomic(scored, out / "scored" / "part-00000.parquet")
+    for old in list_files(join(out, "scored"), ".parquet"):
+        delete(old)
+    write_parquet_atomic(scored, join(out, "scored", "part-00000.parquet"))
     write_json_atomic({"clips_in": scored.num_rows, "steps": funnel, "kept": len(kept_ids),
                        "dropped": scored.num_rows - len(kept_ids), "smoke": preset.random_models,
-                       "config_hash": config_hash(preset.score)}, out / "scored" / "_funnel.json")
+                       "config_hash": config_hash(preset.score)}, join(out, "scored", "_funnel.json"))
     final_kept = pa.array([c in kept_ids for c in table.column(S.CLIP_ID).to_pylist()], pa.bool_())
     cap = table.filter(pc.and_(final_kept, pc.is_valid(table.column(S.CAPTION))))
-    for old in (out / "captions").glob("part-*.parquet"):
-        old.unlink()
+    for old in list_files(join(out, "captions"), ".parquet"):
+        delete(old)
     write_parquet_atomic(S.conform(cap.drop_columns(S.columns_of(S.LATENT_GROUP))),
-                         out / "captions" / "part-00000.parquet")
+                         join(out, "captions", "part-00000.parquet"))
     enc = table.filter(pc.and_(final_kept, pc.and_(pc.equal(table.column(S.STATUS), S.STATUS_OK),
                                                    pc.is_valid(table.column(S.LATENT)))))
     # rewrite the shards from the staging parts: exact after run-level drops and after a resume
-    with ShardWriter(out / "latents", meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
+    with ShardWriter(join(out, "latents"), meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-f") as writer:
         writer.write(enc)
     manifest = writer.manifest()
@@ -278,7 +288,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
-    out = Path(flags.canonical(cfg.output))
+    out = flags.canonical(cfg.output)
     check_writable(out)
     filters.check_config(preset.score.filters)
     from curate.weights import require
@@ -292,14 +302,14 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
                **stream, **finalize(cfg, preset, out, h, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(summary, out / "summary" / "curate.json")
+    write_json_atomic(summary, join(out, "summary", "curate.json"))
     if cfg.report:
-        from jobs.report import write_report
+        from jobs.report import write_report_to
 
-        summary["report"] = str(write_report(out, run_config={"curate": dataclasses.asdict(cfg),
-                                                              "preset": dataclasses.asdict(preset)},
-                                             stage_timings=stream["stage_seconds"], preset_name=preset.name,
-                                             random_models=preset.random_models))
+        summary["report"] = write_report_to(out, run_config={"curate": dataclasses.asdict(cfg),
+                                                             "preset": dataclasses.asdict(preset)},
+                                            stage_timings=stream["stage_seconds"], preset_name=preset.name,
+                                            random_models=preset.random_models)
     return summary
 
 
@@ -314,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true")
     flags.add_device(p)
     flags.add_weights_dir(p)
+    p.add_argument("--model-resource", default=None, metavar="NAME",
+                   help="run the model actors (score, caption, encode) only on Ray nodes that have the custom "
+                        "resource NAME (ray start --resources '{\"NAME\": 1}')")
     flags.add_ray(p)
     return p
 
@@ -332,7 +345,7 @@ def config_from_args(a: argparse.Namespace) -> CurateConfig:
         score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
         score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
         actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose,
-        weights_dir=expand(a.weights_dir))
+        weights_dir=expand(a.weights_dir), model_resource=a.model_resource)
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 

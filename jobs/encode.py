@@ -4,7 +4,7 @@ Plan: captioned clips -> CPU tasks (decode once at the target fps, bucket crop/r
 VAE + text encoder actors (`--concurrency` actors, `--num-gpus` each) -> parts written by the
 driver to OUT/latents/_parts/part-<key>.parquet, each followed by its marker
 OUT/latents/_done/encode/<key>. A rerun skips clips already in a finished part with the same
-config. At the end all encoded rows are (re)written as shards + _manifest.json
+config. At the end all encoded rows are (re)written as shards + .manifest.json
 (latents/shards.py); errors are counted in the summary and the manifest, never sharded.
 
 Locally a Ray instance is started on 127.0.0.1; with RAY_ADDRESS (or `ray job submit`) the

@@ -166,7 +166,10 @@ def check_device(device: str, gpus: float) -> None:
 
 
 def check_writable_file(flag: str, path: str) -> None:
-    """An output file's folder must exist (or be creatable) and be writable, before any work."""
+    """An output file's folder must exist (or be creatable) and be writable, before any work.
+    Object storage is checked where the job first writes (curate.storage.check_writable)."""
+    if "://" in path:
+        return
     parent = Path(path).parent
     probe = parent
     while not probe.exists() and probe != probe.parent:

@@ -1,10 +1,14 @@
-"""Turn `--input DIR|GLOB|LISTFILE|FILE` into a sorted list of video paths."""
+"""Turn `--input DIR|GLOB|LISTFILE|FILE` (local or s3://...) into a sorted list of video paths/URIs.
+
+Only names are listed here (on the driver); the bytes are read by the worker that needs them.
+"""
 
 from __future__ import annotations
 
 import glob
 from pathlib import Path
 
+from curate import storage
 from curate.errors import UsageError
 
 VIDEO_EXTENSIONS = frozenset(
@@ -20,6 +24,8 @@ def list_inputs(spec: str) -> list[str]:
     they do not exist: each becomes an error row, so nothing is silently lost."""
     if not spec:
         raise UsageError("--input must name a directory, a glob, a list file or a video; got an empty value")
+    if storage.is_remote(spec):
+        return _list_remote(spec)
     p = Path(spec)
     if p.is_dir():
         found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and not f.is_dir())
@@ -33,7 +39,7 @@ def list_inputs(spec: str) -> list[str]:
         if p.suffix.lower() in LIST_EXTENSIONS:
             base = p.parent
             lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-            return [str(Path(ln) if Path(ln).is_absolute() else base / ln) for ln in lines if ln and not ln.startswith("#")]
+            return [_resolve(ln, str(base)) for ln in lines if ln and not ln.startswith("#")]
         return [str(p)]
     if glob.has_magic(spec):
         found = sorted(f for f in glob.glob(spec, recursive=True) if Path(f).is_file())
@@ -43,3 +49,35 @@ def list_inputs(spec: str) -> list[str]:
     raise UsageError(
         f"--input must be an existing directory, glob, list file or video, got {spec!r} (not found); check the path"
     )
+
+
+def _resolve(line: str, base: str) -> str:
+    """A list-file entry: absolute paths and URIs as they are, relative ones against the list's folder."""
+    if storage.is_remote(line) or (not storage.is_remote(base) and Path(line).is_absolute()):
+        return line
+    return storage.join(base, line)
+
+
+def _list_remote(spec: str) -> list[str]:
+    """An object prefix (searched recursively), a list file object, or one video object."""
+    if glob.has_magic(spec):
+        raise UsageError(f"--input on object storage must be a prefix, a list file or one object, got the glob "
+                         f"{spec!r}; pass the prefix (s3://bucket/raw) or a list file")
+    try:
+        if storage.is_file(spec):
+            if Path(spec).suffix.lower() in LIST_EXTENSIONS:
+                lines = [ln.strip() for ln in storage.read_bytes(spec).decode("utf-8").splitlines()]
+                return [_resolve(ln, storage.parent(spec)) for ln in lines if ln and not ln.startswith("#")]
+            return [spec]
+        found = [u for u in storage.list_files(spec, recursive=True) if Path(u).suffix.lower() in VIDEO_EXTENSIONS]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--input {spec!r} must be listable, got: {storage.one_line(e)}; check the bucket name, "
+                         "AWS_ENDPOINT_URL and the AWS_* credentials") from e
+    bucket = spec.split("://", 1)[1].split("/", 1)[0]
+    if not found and not storage.exists(f"{storage.scheme(spec)}://{bucket}"):
+        raise UsageError(f"--input bucket must exist, {bucket!r} does not (in {spec!r}); check the bucket name "
+                         "and AWS_ENDPOINT_URL")
+    if not found:
+        raise UsageError(f"--input prefix must contain videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), found none "
+                         f"under {spec!r}; check the bucket and prefix")
+    return found

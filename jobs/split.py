@@ -12,13 +12,13 @@ Locally, a Ray instance is started on 127.0.0.1; with RAY_ADDRESS (or under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +30,10 @@ from curate.split import DETECTORS, SplitConfig, split_video
 from curate.storage import (
     check_writable,
     config_hash,
+    exists,
     is_done,
+    join,
+    local_copy,
     mark_done,
     read_parts,
     write_json_atomic,
@@ -65,17 +68,20 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
     """Split one input and write its parts atomically; the unit of work and of resume."""
     t0 = time.perf_counter()
     cfg_hash = config_hash(cfg)
-    out_p = Path(out)
-    video_part = out_p / "videos" / f"part-{source_key(uri)}.parquet"
-    try:
-        vid: str | None = video_id_of_file(uri)
-    except OSError:
-        vid = None
-    if vid is not None and is_done(out, STAGE, vid, cfg_hash) and video_part.exists():
-        return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
-                "seconds": time.perf_counter() - t0}
-    video, clips = split_video(uri, cfg, video_id=vid)  # the file is hashed once
-    write_parquet_atomic(S.table_from_rows(clips), out_p / "clips" / f"part-{video[S.VIDEO_ID]}.parquet")
+    video_part = join(out, "videos", f"part-{source_key(uri)}.parquet")
+    # a remote video is fetched once into this worker's temp dir (removed on exit), hashed and
+    # split there; a missing object or bucket falls through to probe's error row
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(local_copy(uri))
+            vid: str | None = video_id_of_file(local)
+        except OSError:
+            local, vid = uri, None
+        if vid is not None and is_done(out, STAGE, vid, cfg_hash) and exists(video_part):
+            return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
+                    "seconds": time.perf_counter() - t0}
+        video, clips = split_video(local, cfg, video_id=vid, source_uri=uri)  # the file is hashed once
+    write_parquet_atomic(S.table_from_rows(clips), join(out, "clips", f"part-{video[S.VIDEO_ID]}.parquet"))
     write_parquet_atomic(S.table_from_rows([video], S.VIDEO_SCHEMA), video_part)
     # important: the marker goes last; a kill before it just redoes this video.
     mark_done(out, STAGE, video[S.VIDEO_ID], cfg_hash, source_uri=uri, num_clips=video.get(S.NUM_CLIPS))
@@ -94,7 +100,7 @@ def _task(cfg: SplitConfig, out: str):
 
 
 def summarize(rows: list[dict], out: str, wall: float) -> dict:
-    clips = read_parts(Path(out) / "clips", S.CLIP_SCHEMA)
+    clips = read_parts(join(out, "clips"), S.CLIP_SCHEMA)
     ok = clips.filter(pc.equal(clips.column(S.STATUS), S.STATUS_OK))
     errors = Counter(f"{r['failed_stage']}: {error_key(r['error'])}" for r in rows if r["status"] == S.STATUS_ERROR)
     return {
@@ -129,7 +135,7 @@ def main(cfg: SplitJobConfig) -> dict:
     summary = summarize(rows, cfg.output, time.perf_counter() - t0)
     summary["config"] = asdict(cfg.split)
     summary["config_hash"] = config_hash(cfg.split)
-    write_json_atomic(summary, Path(cfg.output) / "summary" / "split.json")
+    write_json_atomic(summary, join(cfg.output, "summary", "split.json"))
     return summary
 
 
@@ -178,7 +184,7 @@ def cli(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         summary = main(cfg)
         print_summary(summary)
-        print(json.dumps({"summary": str(Path(cfg.output) / "summary" / "split.json")}))
+        print(json.dumps({"summary": join(cfg.output, "summary", "split.json")}))
         return 0
 
     return flags.run_cli(body)

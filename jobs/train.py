@@ -7,6 +7,10 @@
 set (as under `ray job submit`). Rerunning the same command resumes from RUN's last checkpoint.
 Before anything starts, the packed-row token budget is checked against the longest sample
 in the shards' manifest (`resolve_budget`).
+
+--input and --output may be object store URIs (s3://bucket/out/latents, s3://bucket/runs/a):
+shards are read through pyarrow's filesystem; each worker trains in a local staging folder
+and rank 0 uploads every checkpoint (state.json last), so all ranks resume from the same one.
 """
 
 from __future__ import annotations
@@ -16,23 +20,29 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
+from curate import storage
 from curate.errors import UsageError
 from curate.storage import check_writable
 from jobs import flags, presets
+from latents import run_sync
 from latents.dit.train import TrainConfig, longest_sample, train
 
 TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
 
 
-MANIFEST_NAMES = ("_manifest.json", "manifest.json")  # latents.shards writes the first
+MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")  # latents.shards writes the first
 
 
-def _manifest_path(shards: str) -> Path | None:
-    found = [Path(shards) / n for n in MANIFEST_NAMES if (Path(shards) / n).is_file()]
+def _manifest_path(shards: str) -> str | None:
+    try:
+        found = [storage.join(shards, n) for n in MANIFEST_NAMES if storage.is_file(storage.join(shards, n))]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--shards {shards!r} must be readable, got: {storage.one_line(e)}; check the path, "
+                         "the bucket and the AWS_* credentials") from e
     return found[0] if found else None
 
 
@@ -64,7 +74,7 @@ def data_facts(shards: str, data: Sequence[dict]) -> dict:
     the training latent shapes (JSON keys) with their counts."""
     path = _manifest_path(shards) if not shards.startswith("synthetic:") else None
     shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
-    return {"shards": shards, "manifest": json.loads(path.read_text()) if path else None,
+    return {"shards": shards, "manifest": storage.read_json(path) if path else None,
             "latent_shapes": dict(sorted(shapes.items()))}
 
 
@@ -75,7 +85,7 @@ def latent_shapes(shards: str) -> list[tuple[int, ...]]:
     path = _manifest_path(shards)
     if path is None:
         open_dataset(shards)  # raises the usage error for a folder without a manifest
-    by_shape = json.loads(path.read_text()).get("counts", {}).get("by_latent_shape", {})
+    by_shape = storage.read_json(path).get("counts", {}).get("by_latent_shape", {})
     return sorted(tuple(int(x) for x in key.split("x")) for key, rows in by_shape.items() if rows)
 
 
@@ -110,8 +120,9 @@ def _worker_loop(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     cfg = TrainConfig(**{**config["cfg"], "patch": tuple(config["cfg"]["patch"])})
     data = open_dataset(config["shards"])
-    train(cfg, data, config["out"], device=ray.train.torch.get_device(), stop_after=config["stop_after"],
-          extra_config=data_facts(config["shards"], data))
+    rank = ray.train.get_context().get_world_rank()
+    _train_into(cfg, data, config["out"], device=ray.train.torch.get_device(), stop_after=config["stop_after"],
+                extra_config=data_facts(config["shards"], data), rank=rank)
 
 
 def need_of(workers: int, use_gpu: bool) -> flags.Need:
@@ -120,7 +131,20 @@ def need_of(workers: int, use_gpu: bool) -> flags.Need:
                       fix="lower --workers")
 
 
-def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_gpu: bool,
+def _train_into(cfg: TrainConfig, data: Sequence[dict], out: str, *, rank: int = 0, **kwargs) -> dict:
+    """train() into `out`; a remote `out` is trained in a local staging copy, rank 0 pushing each checkpoint."""
+    with run_sync.staged_run(out) as local:
+        push = None
+        if run_sync.is_remote(out) and rank == 0:
+            def push(ckpt) -> None:
+                run_sync.push_checkpoint(ckpt, out, local)
+        summary = train(cfg, data, local, on_checkpoint=push, **kwargs)
+        if run_sync.is_remote(out) and rank == 0:
+            run_sync.push_files(out, local)  # the final loss.csv / loss.png
+    return {**summary, "run": str(out)}
+
+
+def run_distributed(cfg: TrainConfig, shards: str, out: str, workers: int, use_gpu: bool,
                     stop_after: int | None = None, address: str | None = None, verbose: bool = False) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -133,21 +157,25 @@ def run_distributed(cfg: TrainConfig, shards: str, out: Path, workers: int, use_
         _worker_loop,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "shards": shards, "out": str(out),
                            "threads": threads, "stop_after": stop_after},
+        # CPU workers spread over nodes (each gets its node's cores); GPU workers pack (NCCL in-node)
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
+                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})},
+                                     placement_strategy="PACK" if use_gpu else "SPREAD"),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name="dit", storage_path=str((out / "_ray").resolve())),
+        # Ray Train's own result files: next to a local run; on this node's temp dir for a remote one
+        run_config=RunConfig(name="dit", storage_path=os.path.join(tempfile.gettempdir(), "tubelet-ray-train")
+                             if storage.is_remote(out) else os.path.abspath(storage.join(out, "_ray"))),
     )
     trainer.fit()
 
 
-def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: bool | None = None,
+def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | None = None,
          stop_after: int | None = None, address: str | None = None, verbose: bool = False,
          max_tokens_set: bool = False) -> dict:
     """`max_tokens_set`: cfg.max_tokens was chosen by the caller (a too-small budget is an error)
     rather than taken from a preset (a too-small budget is raised to fit the shards)."""
     # important: Ray Train workers run in their own working directory; paths must be absolute
-    shards, out = flags.canonical(str(shards)), Path(flags.canonical(str(out)))
+    shards, out = flags.canonical(str(shards)), flags.canonical(str(out))
     if workers < 1:
         raise UsageError(f"--workers must be >= 1: got {workers}")
     if cfg.batch_size % workers:
@@ -161,15 +189,16 @@ def main(cfg: TrainConfig, shards: str, out: str | Path, workers: int = 1, gpu: 
     check_writable(out)  # before the data is read, not after training
     if workers == 1:
         data = open_dataset(shards)
-        summary = train(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
-                        extra_config=data_facts(shards, data))
+        summary = _train_into(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
+                              extra_config=data_facts(shards, data))
     else:
         run_distributed(cfg, shards, out, workers, gpu, stop_after, address, verbose)
-        rows = (out / "loss.csv").read_text().strip().splitlines()
+        rows = storage.read_bytes(storage.join(out, "loss.csv")).decode().strip().splitlines()
         last = rows[-1].split(",") if len(rows) > 1 else [None, None]
         summary = {"step": int(last[0]) if last[0] else 0, "loss": float(last[1]) if last[1] else None,
                    "run": str(out), "workers": workers}
-    print(f"[train] done: {summary}; log {out / 'loss.csv'}, curve {out / 'loss.png'}", flush=True)
+    print(f"[train] done: {summary}; log {storage.join(out, 'loss.csv')}, curve {storage.join(out, 'loss.png')}",
+          flush=True)
     return summary
 
 
@@ -224,7 +253,7 @@ def check_args(a: argparse.Namespace) -> tuple[TrainConfig, bool]:
     a.input, a.output = flags.canonical(a.input), flags.canonical(a.output)
     if not a.input.startswith("synthetic:") and _manifest_path(a.input) is None:
         open_dataset(a.input)  # raises the UsageError that says what the folder lacks
-    flags.check_writable_file("--output", str(Path(a.output) / "config.json"))
+    flags.check_writable_file("--output", storage.join(a.output, "config.json"))
     gpu = use_gpu_of(a)
     if a.workers > 1:
         flags.check_local(need_of(a.workers, gpu), a.address)

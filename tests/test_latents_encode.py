@@ -15,7 +15,7 @@ from curate.decode import DECODE_STATS
 from curate.storage import write_parquet_atomic
 from latents.buckets import Bucket, nearest_bucket
 from latents.encode import PIXELS, ROUNDTRIP_PSNR, SMOKE_LTX, EncodeStage, prepare_batch, psnr
-from latents.shards import read_manifest, verify_shards
+from latents.shards import MANIFEST_NAME, read_manifest, verify_shards
 from tests.latents_helpers import captioned_rows
 
 torch.set_num_threads(1)
@@ -108,7 +108,7 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys):
     cid = df[S.CLIP_ID].iloc[0]
     lat = df.set_index(S.CLIP_ID).loc[cid, S.LATENT]
     assert rds.set_index(S.CLIP_ID).loc[cid, S.LATENT] == lat == hf[hf[S.CLIP_ID].index(cid)][S.LATENT]
-    assert json.loads((out / "_manifest.json").read_text())["vae"]["frame_rule"] == "4k+1"
+    assert json.loads((out / MANIFEST_NAME).read_text())["vae"]["frame_rule"] == "4k+1"
     assert json.loads((tmp_path / "summary" / "encode.json").read_text())["shard_rows"] == 6
     assert isinstance(table, pa.Table)
 

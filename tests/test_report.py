@@ -190,7 +190,7 @@ def test_report_after_split_only_says_what_has_not_run(tmp_path, capsys):
 
     # a later stage's output alone: counted, and its smoke flag alone puts the warning first
     write_json_atomic({"format": "x", "smoke": True, "counts": {"rows": 3, "shards": 1}, "shards": []},
-                      out / "latents" / "_manifest.json")
+                      out / "latents" / ".manifest.json")
     page = report.write_report(out, max_previews=2).read_text()
     assert RANDOM_MODELS_WARNING in page.splitlines()[0]
     assert _count(page, "key", "encoded") == 3 and _count(page, "key", "shards") == 1

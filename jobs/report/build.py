@@ -8,7 +8,7 @@ says which) and writes OUT/report/index.html plus its pictures under OUT/report/
   OUT/scored/*.parquet        scores, kept / drop_reason (+ OUT/scored/_funnel.json: the filter
                               cascade, its rule names give the thresholds drawn on the histograms)
   OUT/captions/*.parquet      captions of kept clips
-  OUT/latents/_manifest.json  (or manifest.json) rows and shards encoded
+  OUT/latents/.manifest.json  (or _manifest.json) rows and shards encoded
 
 The page opens from disk: relative links only, no script, no network. Every string that comes
 from data (paths, captions, errors) is HTML-escaped. The run config and stage timings given to
@@ -19,8 +19,10 @@ the funnel numbers are also written to OUT/report/funnel.json.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
+from curate import storage
 from curate.errors import UsageError, error_key, one_line
 from curate.storage import write_json_atomic
 from jobs import flags
@@ -43,7 +46,7 @@ REPORT_DIR = "report"
 MEDIA_DIR = "media"
 RUN_FILE = "run.json"  # the run config / timings / preset given to write_report (reused by a rebuild)
 FUNNEL_FILE = "funnel.json"  # the page's funnel numbers, for machines
-MANIFEST_NAMES = ("_manifest.json", "manifest.json")
+MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")
 # Score columns drawn as histograms and shown on each clip card: the numeric/bool ones of the group.
 SCORE_COLUMNS = tuple(f.name for f in S.SCORE.fields
                       if pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))
@@ -307,6 +310,24 @@ def write_report(
     return report_html.write_text_atomic(page, report / "index.html")
 
 
+def write_report_to(out: str, **kwargs: Any) -> str:
+    """`write_report` for a local OUT or an object-store URI: for a URI the page is built in a
+    worker-local mirror of OUT's tables (parts, funnel, manifest and the previous report; no
+    latents) and uploaded to OUT/report; previews stream their clips from the source objects."""
+    if not storage.is_remote(out):
+        return str(write_report(Path(out), **kwargs))
+    with tempfile.TemporaryDirectory(prefix="tubelet-report-") as tmp:
+        for sub in ("videos", "clips", "scored", "captions", REPORT_DIR):
+            storage.download_tree(storage.join(out, sub), os.path.join(tmp, sub))
+        for name in MANIFEST_NAMES:  # the manifest only: the shards stay where they are
+            if storage.exists(storage.join(out, "latents", name)):
+                os.makedirs(os.path.join(tmp, "latents"), exist_ok=True)
+                Path(tmp, "latents", name).write_bytes(storage.read_bytes(storage.join(out, "latents", name)))
+        page = write_report(Path(tmp), **kwargs)
+        storage.upload_tree(str(page.parent), storage.join(out, REPORT_DIR))
+    return storage.join(out, REPORT_DIR, page.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = flags.JobParser("python -m jobs.report", __doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="the run's output root OUT (the report goes to OUT/report/)")
@@ -314,16 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-previews", type=int, default=24, help="animated previews per group (kept / dropped)")
     a = p.parse_args(argv)
     try:
-        out = Path(flags.canonical(a.output))
-        if not out.is_dir():
+        out = flags.canonical(a.output)
+        if not storage.is_dir(out):
             raise UsageError(f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run")
         if a.max_previews < 0:
             raise UsageError(f"--max-previews must be >= 0, got {a.max_previews}; e.g. 24")
-        path = write_report(out, random_models=a.random_models, max_previews=a.max_previews)
+        path = write_report_to(out, random_models=a.random_models, max_previews=a.max_previews)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    counts = json.loads((path.parent / FUNNEL_FILE).read_text())["counts"]
+    counts = storage.read_json(storage.join(storage.parent(path), FUNNEL_FILE))["counts"]
     print(f"report: {path}  ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'no stage output found'})")
     return 0
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from curate import schema as S
+from curate import storage
 from jobs.report.outputs import RunOutputs
 
 RANDOM_MODELS_WARNING = "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."
@@ -232,14 +231,5 @@ def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, 
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading by others too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    storage.write_bytes_atomic(text.encode("utf-8"), path)  # temp + rename; the file follows the umask
     return path

@@ -8,8 +8,6 @@ switch, safe to call from any process or thread.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curate import storage
 from curate.decode import decode_clip, sample_uniform
 
 PREVIEW_FRAMES = 8  # frames per animated preview
@@ -35,16 +34,8 @@ class Line:
 
 def _atomic_save(dest: Path, save) -> Path:
     """Write via a temporary file in the same folder, then rename (a killed build leaves no half file)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with storage.atomic_output(dest) as tmp:  # the file follows the umask
         save(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading by others too
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -17,7 +17,7 @@ import copy
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,9 +165,11 @@ def train(
     device: str | torch.device | None = None,
     stop_after: int | None = None,
     extra_config: dict | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> dict:
     """Train on `data` (samples in the dataset contract) into run dir `out`; resumes from its latest
     checkpoint. `stop_after` ends early at that step with a checkpoint (an interruption, for tests).
+    `on_checkpoint(path)` runs on rank 0 after each checkpoint is saved (e.g. to upload it).
     """
     rank, world = _world()
     if cfg.batch_size % world:
@@ -195,6 +197,9 @@ def train(
         step = state["step"]
         if state["samples_seen"] != step * cfg.batch_size:
             raise ValueError(f"checkpoint {ckpt} data position {state['samples_seen']} != step*batch; corrupt run")
+    if world > 1:
+        _check_same_step(step, world, device)
+    start = step
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -226,12 +231,28 @@ def train(
             log.write(step, last, lr_at(cfg, step - 1), float(gnorm), info, time.perf_counter() - t0)
         if step % cfg.ckpt_every == 0 or step == end:
             if rank == 0:
-                save_checkpoint(out, step, model, ema, opt, {"samples_seen": step * cfg.batch_size})
+                saved = save_checkpoint(out, step, model, ema, opt,
+                                        {"samples_seen": step * cfg.batch_size, "resumed_from": start})
+                if on_checkpoint is not None:
+                    on_checkpoint(saved)
             if world > 1:
                 dist.barrier()
     if log is not None:
         log.plot(out / "loss.png")
     return {"step": step, "loss": last, "run": str(out), "seconds": time.perf_counter() - t0}
+
+
+def _check_same_step(step: int, world: int, device: torch.device) -> None:
+    """Every worker must resume from the same step, or DDP's collectives hang: each worker found
+    its checkpoint on its own, so compare them all (every rank raises the same clear error)."""
+    mine = torch.tensor([step], dtype=torch.long, device=device)
+    steps = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(steps, mine)
+    seen = [int(s.item()) for s in steps]
+    if len(set(seen)) > 1:
+        raise RuntimeError(f"workers must resume from the same checkpoint step, got steps {seen} (by rank): the "
+                           "run folder must be storage every worker sees; pass --out on a shared filesystem or "
+                           "an object store URI (s3://bucket/runs/NAME)")
 
 
 def _global_positions(rank: int, world: int, n: int) -> list[int]:
