@@ -118,7 +118,7 @@ def test_s3_bad_bucket_and_credentials_are_one_line_usage_errors(s3, monkeypatch
 
 
 def test_latent_dataset_reads_shards_from_s3_like_local(s3, tmp_path):
-    from jobs.bench_shards import make_shards
+    from jobs.bench.shards import make_shards
     from latents.dataset import LatentDataset
     from latents.shards import MANIFEST_NAME
 
