@@ -7,12 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from jobs.bench.split import peak_rss_of_split
 from tests.media import two_shot_video
-
-try:  # the benchmarks are moving into jobs/bench/
-    from jobs.bench.split import peak_rss_of_split
-except ImportError:
-    from jobs.bench_split import peak_rss_of_split
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")

@@ -71,7 +71,7 @@ def test_cli_too_small_max_tokens_exits_2_naming_both_numbers(tmp_path):
 
 
 def test_bench_attention_work_counts():
-    from jobs.bench_train import attention_flops, default_batch_shapes
+    from jobs.bench.train import attention_flops, default_batch_shapes
 
     # tokens 8, 4, 4 (patch 1x2x2) in rows of 8: padded 3 x 8^2, dense rows 2 x 8^2, per sample 64+16+16
     work = attention_flops([(1, 2, 4, 4), (1, 1, 4, 4), (1, 4, 2, 2)], (1, 2, 2), 8, width=1)

@@ -124,7 +124,7 @@ def peak_rss_of_split(path: Path) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     if argv and "--s3" in argv:  # object storage vs local disk: its own benchmark
-        from jobs.bench_split_s3 import main as main_s3
+        from jobs.bench.split_s3 import main as main_s3
 
         return main_s3([a for a in argv if a != "--s3"])
     p = argparse.ArgumentParser(prog="python -m jobs.bench split", description=__doc__.split("\n\n")[0])

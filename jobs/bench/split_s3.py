@@ -27,7 +27,7 @@ from pathlib import Path
 from curate import schema as S
 from curate import storage
 from curate.split import SplitConfig
-from jobs.bench_split import DEFAULT_VIDEOS
+from jobs.bench.split import DEFAULT_VIDEOS
 from jobs.split import process_one
 
 
