@@ -14,6 +14,7 @@ BENCHES = {
     "train": "jobs.bench_train",
     "curate": "jobs.bench_curate",
     "detect": "jobs.bench_detect",
+    "scale": "jobs.bench_scale",
 }
 
 

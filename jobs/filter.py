@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from curate import decide as D
-from curate import filters
+from curate import filters, score
 from curate.errors import UsageError
 from curate.storage import check_writable, config_hash, is_done, write_json_atomic
-from jobs import presets
 
 STAGE = "filter"
+# the presets' filters, without importing the model stages (torch) into this driver
+PRESET_FILTERS = {"smoke": score.SMOKE.filters, "default": score.DEFAULT.filters}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ def funnel_report(funnel: list[dict[str, Any]], cfg: filters.FilterConfig, smoke
     kept = funnel[-1]["out"] if funnel else 0
     return {"clips_in": clips, "steps": funnel, "kept": kept, "dropped": clips - kept, "smoke": smoke,
             "config_hash": config_hash(cfg)}
+
+
+def format_funnel(report: dict[str, Any]) -> str:
+    lines = [f"{'step':<36}{'in':>8}{'dropped':>9}{'out':>8}"]
+    for s in report["steps"]:
+        lines.append(f"{s['step'][:35]:<36}{s['in']:>8}{s['dropped']:>9}{s['out']:>8}")
+    lines.append(f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
+                 + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else ""))
+    return "\n".join(lines)
 
 
 def decide_dir(src: Path, dst: Path, cfg: filters.FilterConfig, near: D.NearDupConfig,
@@ -102,8 +112,6 @@ def main(job: FilterJob) -> dict[str, Any]:
     funnel, n = decide_dir(src, dst, job.filters, job.near, root)
     report = funnel_report(funnel, job.filters, smoke=False)
     write_json_atomic(report, funnel_path)
-    from jobs.score import format_funnel
-
     print(format_funnel(report))
     print(f"filter: {n} parts -> {dst}")
     return report
@@ -113,14 +121,14 @@ def parse_args(argv: Sequence[str] | None = None) -> FilterJob:
     p = argparse.ArgumentParser(prog="python -m jobs.filter", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="scored directory (OUT/scored)")
     p.add_argument("--output", required=True, help="decided directory (e.g. OUT/filtered)")
-    p.add_argument("--preset", choices=sorted(presets.PRESETS), default="default", help="whose filters to apply")
+    p.add_argument("--preset", choices=sorted(PRESET_FILTERS), default="default", help="whose filters to apply")
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
                    help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local instance)")
     a = p.parse_args(argv)
     if a.cluster_rows < 1:
         p.error(f"--cluster-rows must be >= 1, got {a.cluster_rows}; e.g. 2000")
-    return FilterJob(input=a.input, output=a.output, filters=presets.PRESETS[a.preset].score.filters,
+    return FilterJob(input=a.input, output=a.output, filters=PRESET_FILTERS[a.preset],
                      near=D.NearDupConfig(cluster_rows=a.cluster_rows), address=a.address)
 
 
