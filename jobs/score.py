@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import curate
+from curate import decide as D
 from curate import filters, score, score_frames
 from curate.errors import UsageError
 from curate.schema import (
@@ -38,7 +39,6 @@ from curate.schema import (
     CONFIG_HASH,
     ERROR,
     FAILED_STAGE,
-    KEPT,
     SCORE,
     STATUS,
     STATUS_OK,
@@ -172,13 +172,14 @@ def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
     return set_columns(clips, values)
 
 
-def funnel_report(funnel: list[dict[str, Any]], table: pa.Table, cfg: score.ScoreConfig) -> dict[str, Any]:
-    kept = int(pc.sum(table.column(KEPT).cast(pa.int64())).as_py() or 0)
+def funnel_report(funnel: list[dict[str, Any]], cfg: score.ScoreConfig) -> dict[str, Any]:
+    clips = funnel[0]["in"] if funnel else 0
+    kept = funnel[-1]["out"] if funnel else 0
     return {
-        "clips_in": table.num_rows,
+        "clips_in": clips,
         "steps": funnel,
         "kept": kept,
-        "dropped": table.num_rows - kept,
+        "dropped": clips - kept,
         "model": score.model_label(cfg),
         "smoke": cfg.smoke,
         "config_hash": config_hash(cfg),
@@ -211,15 +212,20 @@ def main(job: ScoreJob) -> dict[str, Any]:
     table = merge_scores(clips, done)
     table = set_columns(table, {CONFIG_HASH: [config_hash(job.score)] * table.num_rows,
                                 TUBELET_VERSION: [curate.__version__] * table.num_rows})
-    table, funnel = filters.apply_cascade(table, job.score.filters)
-    validate(table, upto="filter")
+    validate(table, upto="score")
     n_parts = max(1, -(-table.num_rows // job.part_rows))
     for k in range(n_parts):
         write_parquet_atomic(table.slice(k * job.part_rows, job.part_rows), out / f"part-{k:05d}.parquet")
     for stale in out.glob("part-*.parquet"):  # a previous run with more parts
         if int(stale.stem.split("-")[1]) >= n_parts:
             stale.unlink()
-    report = funnel_report(funnel, table, job.score)
+    # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
+    from jobs.adapter import init_ray
+    from jobs.filter import decide_dir
+
+    init_ray(address=job.address)
+    funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
+    report = funnel_report(funnel, job.score)
     write_json_atomic(report, out / "_funnel.json")
     print(format_funnel(report))
     print(f"funnel: {out / '_funnel.json'}")
