@@ -1,23 +1,27 @@
-"""`python -m jobs.curate --input VIDEOS --output OUT --preset smoke|default`: every stage, one stream.
+"""`python -m jobs.curate --input VIDEOS --output OUT --preset smoke|default`: every stage, two streams.
 
-One Ray Data streaming plan, no barrier between stages:
+Phase 1, one Ray Data streaming plan:
 
   inputs ─▶ probe+split tasks ─▶ score CPU tasks (decode once, cheap scores, cheap gate)
-     ─▶ CLIP actors ─▶ streaming filter ─▶ caption decode tasks ─▶ VLM actors
-     ─▶ encode decode tasks ─▶ VAE actors ─▶ driver: staging parts + latent shards
+     ─▶ CLIP actors ─▶ writer tasks: OUT/scored/part-<key>.parquet + marker
 
-Each stage has its own resources (CPU tasks, actor pools, GPUs per actor); Ray Data's
-backpressure bounds memory, and the first shards appear while videos are still being split.
+Then the run-level decisions (exact and near duplicates across videos, percentile
+thresholds, absolute rules), distributed over the scored parts by `jobs/decide.py`: the code
+`python -m jobs.filter` re-decides with.
 
-Rules that need the whole run (exact and near duplicates across videos, percentile
-thresholds) cannot be decided on a stream: the stream applies the absolute rules, and a
-final pass applies the full cascade to every scored clip, then rewrites the shards without
-the clips it drops (their captions and latents were computed in vain: the price of
-streaming; run the stage-by-stage jobs to spend nothing on them).
+Phase 2, a second streaming plan over the kept clips only (read by the workers):
+
+  scored parts ─▶ kept, not yet written ─▶ caption decode tasks ─▶ VLM actors
+     ─▶ encode decode tasks ─▶ VAE actors ─▶ writer tasks: OUT/captions part + latent shards,
+        each with a marker carrying its shard entries
+
+and the driver merges the shard entries into OUT/latents/_manifest.json (metadata only).
+No clip dropped by a rule is captioned or encoded, and the driver never holds clip rows:
+its memory is O(files).
 
 Outputs are those of the stage-by-stage jobs (OUT/videos, clips, scored, captions, latents,
-report). Resume: every batch reaching the driver is written as an atomic staging part
-(OUT/_stream) with its marker; a rerun skips clips already staged and rebuilds the outputs.
+report). Resume: every part (scored, or captions + shards) is written atomically before its
+marker; a rerun skips the clips of finished parts in each phase and rebuilds the manifest.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import decide as D
 from curate import filters
 from curate import schema as S
 from curate.errors import UsageError, check_range
@@ -45,15 +50,15 @@ from curate.storage import (
     config_hash,
     is_done,
     mark_done,
-    read_parts,
+    marker_path,
     write_json_atomic,
     write_parquet_atomic,
 )
 from jobs.inputs import list_inputs
 from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset
 
-STAGE = "curate"
-STREAM = "_stream"
+SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
+WRITE_STAGE = "curate-write"  # markers of phase-2 parts (OUT/captions + shards), with shard entries
 
 
 @dataclass(frozen=True)
@@ -81,56 +86,85 @@ class CurateConfig:
             check_range(name, getattr(self, name), 1, fix=f"pass --{name.replace('_', '-')} >= 1")
 
 
-def stream_filters(cfg: filters.FilterConfig) -> filters.FilterConfig:
-    """The part of the cascade a stream can decide batch by batch: absolute thresholds."""
-    return filters.FilterConfig(rules=tuple(r for r in cfg.rules if r.threshold is not None),
-                                exact_dedup=False, near_dup_cosine=None)
+def _part_key(ids: list[str]) -> str:
+    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
 
 
-def _stream_filter(batch: pa.Table, cfg: filters.FilterConfig) -> pa.Table:
-    table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
-    table, _ = filters.apply_cascade(table, cfg)
-    return table
+def finished_parts(folder: Path, root: Path, stage: str, h: str) -> list[Path]:
+    """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
+    return [p for p in sorted(folder.glob("part-*.parquet"))
+            if is_done(root, stage, p.stem.removeprefix("part-"), h)]
 
 
-def _split_task(batch: pa.Table, preset: Preset, out: str, staged: frozenset[str]) -> pa.Table:
-    """Probe + split one video (or reuse its finished split), minus clips already staged."""
+def _clip_ids_of(paths: list[str]) -> frozenset[str]:
+    """Runs as a Ray task: the clip ids in finished parts, handed to the workers by reference."""
+    ids: set[str] = set()
+    for p in paths:
+        ids.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+    return frozenset(ids)
+
+
+def _resolve(ref: Any) -> frozenset[str]:
+    import ray
+
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+
+
+def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
+    """Probe + split one video (or reuse its finished split), minus clips already scored."""
     from jobs.split import process_one  # the same parts and markers as jobs.split
 
+    done = _resolve(done)
     rows: list[pa.Table] = []
     for uri in batch.column(S.SOURCE_URI).to_pylist():
         info = process_one(uri, preset.split, out)
         part = Path(out) / "clips" / f"part-{info['video_id']}.parquet"
         clips = S.conform(pq.read_table(part), S.CLIP_SCHEMA)
-        keep = pa.array([c not in staged for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
+        keep = pa.array([c not in done for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
         rows.append(clips.filter(keep))
     return pa.concat_tables(rows) if rows else S.empty_table()
 
 
-def _part_key(ids: list[str]) -> str:
-    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
+def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
+    """Phase-1 writer task: one atomic scored part, then its marker; returns its row count."""
+    table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
+    if not table.num_rows:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    key = _part_key(table.column(S.CLIP_ID).to_pylist())
+    write_parquet_atomic(table, Path(out) / "scored" / f"part-{key}.parquet")
+    mark_done(out, SCORED_STAGE, key, h, clips=table.num_rows)  # important: marker after the part
+    return pa.table({"rows": [table.num_rows]})
 
 
-def staged_clip_ids(out: Path, h: str) -> frozenset[str]:
-    ids: set[str] = set()
-    for p in sorted((out / STREAM).glob("part-*.parquet")):
-        if is_done(out, STAGE, p.stem.removeprefix("part-"), h):
-            ids.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
-    return frozenset(ids)
+def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
+    """Phase-2 input: kept clips not yet in a finished captions part."""
+    done = _resolve(done)
+    kept = pc.fill_null(batch.column(S.KEPT), False).to_pylist()
+    ids = batch.column(S.CLIP_ID).to_pylist()
+    table = batch.filter(pa.array([k and c not in done for k, c in zip(kept, ids)], pa.bool_()))
+    return S.conform(table.select([c for c in table.column_names if c in S.CLIP_SCHEMA.names]))
 
 
-def _staged(out: Path, h: str) -> pa.Table:
-    parts = [p for p in sorted((out / STREAM).glob("part-*.parquet"))
-             if is_done(out, STAGE, p.stem.removeprefix("part-"), h)]
-    if not parts:
-        return S.empty_table()
-    t = pa.concat_tables([S.conform(pq.read_table(p).select(
-        [c for c in pq.read_schema(p).names if c in S.CLIP_SCHEMA.names])) for p in parts])
-    # a clip staged twice (a retried batch after a crash between part and marker): keep the first
-    first: dict[str, int] = {}
-    for i, c in enumerate(t.column(S.CLIP_ID).to_pylist()):
-        first.setdefault(c, i)
-    return t.take(pa.array(sorted(first.values()), pa.int64()))
+def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int) -> pa.Table:
+    """Phase-2 writer task: the captions part and the latent shards of a batch, then one marker
+    that carries the shard entries (sha256, rows, row-group digests): the manifest fragment."""
+    from latents.encode import ROUNDTRIP_PSNR
+    from latents.shards import ShardWriter
+
+    if not batch.num_rows:
+        return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
+    ids = batch.column(S.CLIP_ID).to_pylist()
+    key = _part_key(ids)
+    cap = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
+                    .drop_columns(S.columns_of(S.LATENT_GROUP)))
+    write_parquet_atomic(cap, Path(out) / "captions" / f"part-{key}.parquet")
+    ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
+    enc = batch.filter(ok)
+    with ShardWriter(Path(out) / "latents", meta, max_rows=max_rows, row_group_rows=64,
+                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
+        writer.write(enc)
+    mark_done(out, WRITE_STAGE, key, h, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
+    return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
 
 
 def _stage_timings(stats: str) -> dict[str, float]:
@@ -143,95 +177,118 @@ def _stage_timings(stats: str) -> dict[str, float]:
     return out
 
 
-def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str, meta: dict) -> dict[str, Any]:
-    """The streaming plan; returns counts and timings."""
+def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
+    from jobs.adapter import Resources
+
+    # important: an actor step asking for the same CPUs as the task before it gets fused
+    # into it by Ray Data; different CPU asks keep decoding out of the model actors.
+    return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size)
+
+
+def _drain(ds: Any) -> tuple[dict[str, int], dict[str, float]]:
+    """Run a plan whose last step returns per-part counts: the driver sees counts only."""
+    totals: dict[str, int] = {}
+    for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for c in b.column_names:
+            totals[c] = totals.get(c, 0) + int(pc.sum(b.column(c)).as_py() or 0)
+    return totals, _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
+
+
+def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str) -> dict[str, Any]:
+    """Probe, split and score every input; workers write the scored parts."""
+    import ray
+
+    from curate import score, score_frames
+    from jobs.adapter import Resources, map_stage, map_task
+
+    if preset.score.smoke:
+        score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
+    done = ray.remote(_clip_ids_of).remote([str(p) for p in finished_parts(out / "scored", out, SCORED_STAGE, h)])
+    task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
+    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
+    ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), done=done),
+                        batch_format="pyarrow", batch_size=1, num_cpus=1)
+    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=preset.score), task)
+    ds = map_stage(ds, score.ClipScoreStage, preset.score,
+                   _actors(cfg, cfg.score_actors, cfg.score_gpus, cfg.actor_cpus))
+    ds = map_task(ds, functools.partial(_write_scored, out=str(out), h=h),
+                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    t0 = time.perf_counter()
+    totals, timings = _drain(ds)
+    return {"rows_streamed": totals.get("rows", 0), "phase1_seconds": round(time.perf_counter() - t0, 2),
+            "stage_seconds": timings}
+
+
+def decide(preset: Preset, out: Path, h: str) -> dict[str, Any]:
+    """Run-level decisions over the scored parts, in place; parts of other runs are removed first."""
+    from jobs.filter import decide_dir, funnel_report
+
+    finished = set(finished_parts(out / "scored", out, SCORED_STAGE, h))
+    for stale in (out / "scored").glob("part-*.parquet"):  # a part whose marker never came, or another config
+        if stale not in finished:
+            stale.unlink()
+    if not finished:
+        raise UsageError(f"no clips were scored in {str(out / 'scored')!r}; check the inputs and the log")
+    funnel, _ = decide_dir(out / "scored", out / "scored", preset.score.filters, D.NearDupConfig(), marker_root=None)
+    report = funnel_report(funnel, preset.score.filters, smoke=preset.random_models)
+    report["config_hash"] = config_hash(preset.score)
+    write_json_atomic(report, out / "scored" / "_funnel.json")
+    return report
+
+
+def phase2(cfg: CurateConfig, preset: Preset, out: Path, h2: str, meta: dict) -> dict[str, Any]:
+    """Caption and encode the kept clips only; workers write captions parts and shards."""
     import ray
 
     from captioner.stage import CaptionStage, attach_frames
-    from curate import score, score_frames
-    from jobs.adapter import Resources, init_ray, map_stage, map_task
-    from latents.encode import ROUNDTRIP_PSNR, EncodeStage
+    from jobs.adapter import Resources, map_stage, map_task
+    from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
-    from latents.shards import ShardWriter
 
-    init_ray(cfg.address)
-    if preset.score.smoke:
-        score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
-    staged = staged_clip_ids(out, h)
+    finished = finished_parts(out / "captions", out, WRITE_STAGE, h2)
+    done = ray.remote(_clip_ids_of).remote([str(p) for p in finished])
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-
-    def actors(n: int, gpus: float, cpus: float) -> Resources:
-        # important: an actor step asking for the same CPUs as the task before it gets fused
-        # into it by Ray Data; different CPU asks keep decoding out of the model actors.
-        return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size)
-
-    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
-    ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), staged=staged),
-                        batch_format="pyarrow", batch_size=1, num_cpus=1)
-    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=preset.score), task)
-    ds = map_stage(ds, score.ClipScoreStage, preset.score, actors(cfg.score_actors, cfg.score_gpus, cfg.actor_cpus))
-    ds = map_task(ds, functools.partial(_stream_filter, cfg=stream_filters(preset.score.filters)),
-                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    scored = [str(p) for p in sorted((out / "scored").glob("part-*.parquet"))]
+    columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
+    ds = ray.data.read_parquet(scored, columns=columns, schema=pa.schema([S.CLIP_SCHEMA.field(c) for c in columns]))
+    ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
     ds = map_stage(ds, CaptionStage, preset.caption,
-                   actors(cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01))
+                   _actors(cfg, cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01))
     ds = map_task(ds, functools.partial(encode_prepare, cfg=preset.encode), task)
-    ds = map_stage(ds, EncodeStage, preset.encode, actors(cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
-
+    ds = map_stage(ds, EncodeStage, preset.encode,
+                   _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
+    # batches of up to a shard's rows: a writer task writes whole shards
+    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard),
+                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0, batch_size=cfg.max_rows_per_shard))
     t0 = time.perf_counter()
-    first_shard_at = None
-    rows = 0
-    with ShardWriter(out / "latents", meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-s") as writer:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            if batch.num_rows == 0:
-                continue
-            ids = batch.column(S.CLIP_ID).to_pylist()
-            key = _part_key(ids)
-            write_parquet_atomic(batch, out / STREAM / f"part-{key}.parquet")
-            mark_done(out, STAGE, key, h, clips=len(ids))  # important: marker after the part
-            ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
-            writer.write(batch.filter(ok))
-            rows += batch.num_rows
-            if first_shard_at is None and writer.shards:
-                first_shard_at = time.perf_counter() - t0
-    stats = ds.stats() if hasattr(ds, "stats") else ""
-    return {"rows_streamed": rows, "stream_seconds": round(time.perf_counter() - t0, 2),
-            "first_shard_seconds": first_shard_at, "stage_seconds": _stage_timings(stats)}
+    totals, timings = _drain(ds)
+    return {"rows_phase2": totals.get("rows", 0), "phase2_seconds": round(time.perf_counter() - t0, 2),
+            "stage_seconds": timings}
 
 
-def finalize(cfg: CurateConfig, preset: Preset, out: Path, h: str, meta: dict) -> dict[str, Any]:
-    """Whole-run decisions over every staged clip, then the stage outputs and exact shards."""
-    from latents.encode import ROUNDTRIP_PSNR
-    from latents.shards import ShardWriter
+def finalize(out: Path, h2: str, meta: dict) -> dict[str, Any]:
+    """Merge the shard entries of every finished phase-2 part into the manifest (metadata only)."""
+    from latents.shards import merge_manifest
 
-    table = _staged(out, h)
-    clips = read_parts(out / "clips", S.CLIP_SCHEMA)
-    # clips whose video failed (error rows from split) are staged too: they flow through every stage
-    scored = table.drop_columns([c for c in S.columns_of(S.CAPTION_GROUP) + S.columns_of(S.LATENT_GROUP)])
-    scored, funnel = filters.apply_cascade(S.conform(scored), preset.score.filters)
-    kept_ids = {c for c, k in zip(scored.column(S.CLIP_ID).to_pylist(), scored.column(S.KEPT).to_pylist()) if k}
-    for old in (out / "scored").glob("part-*.parquet"):
-        old.unlink()
-    write_parquet_atomic(scored, out / "scored" / "part-00000.parquet")
-    write_json_atomic({"clips_in": scored.num_rows, "steps": funnel, "kept": len(kept_ids),
-                       "dropped": scored.num_rows - len(kept_ids), "smoke": preset.random_models,
-                       "config_hash": config_hash(preset.score)}, out / "scored" / "_funnel.json")
-    final_kept = pa.array([c in kept_ids for c in table.column(S.CLIP_ID).to_pylist()], pa.bool_())
-    cap = table.filter(pc.and_(final_kept, pc.is_valid(table.column(S.CAPTION))))
-    for old in (out / "captions").glob("part-*.parquet"):
-        old.unlink()
-    write_parquet_atomic(S.conform(cap.drop_columns(S.columns_of(S.LATENT_GROUP))),
-                         out / "captions" / "part-00000.parquet")
-    enc = table.filter(pc.and_(final_kept, pc.and_(pc.equal(table.column(S.STATUS), S.STATUS_OK),
-                                                   pc.is_valid(table.column(S.LATENT)))))
-    # rewrite the shards from the staging parts: exact after run-level drops and after a resume
-    with ShardWriter(out / "latents", meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-f") as writer:
-        writer.write(enc)
-    manifest = writer.manifest()
-    return {"clips": clips.num_rows, "scored": scored.num_rows, "kept": len(kept_ids),
-            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"]}
+    finished = finished_parts(out / "captions", out, WRITE_STAGE, h2)
+    for stale in (out / "captions").glob("part-*.parquet"):
+        if stale not in set(finished):
+            stale.unlink()
+    shards: list[dict] = []
+    captioned = 0
+    for p in finished:
+        info = json.loads(marker_path(out, WRITE_STAGE, p.stem.removeprefix("part-")).read_text())
+        shards += info["shards"]
+        cap = pq.read_table(p, columns=[S.CAPTION]).column(S.CAPTION)
+        captioned += len(cap) - cap.null_count
+    (out / "latents").mkdir(parents=True, exist_ok=True)
+    manifest = merge_manifest(out / "latents", meta, shards)
+    return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"]}
+
+
+def _rows_in(folder: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("part-*.parquet"))
 
 
 def _manifest_meta(preset: Preset) -> dict:
@@ -259,9 +316,20 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     h = config_hash({"preset": dataclasses.asdict(preset)})
     meta = _manifest_meta(preset)
     t0 = time.perf_counter()
-    stream = run_stream(cfg, preset, inputs, out, h, meta)
+    from jobs.adapter import init_ray
+
+    init_ray(cfg.address)
+    p1 = phase1(cfg, preset, inputs, out, h)
+    report = decide(preset, out, h)
+    # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
+    h2 = config_hash({"preset": h, "scored": sorted(p.name for p in (out / "scored").glob("part-*.parquet"))})
+    p2 = phase2(cfg, preset, out, h2, meta)
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
-               **stream, **finalize(cfg, preset, out, h, meta)}
+               **{k: v for k, v in p1.items() if k != "stage_seconds"},
+               **{k: v for k, v in p2.items() if k != "stage_seconds"},
+               "stage_seconds": {**p1["stage_seconds"], **p2["stage_seconds"]},
+               "clips": _rows_in(out / "clips"), "scored": report["clips_in"], "kept": report["kept"],
+               **finalize(out, h2, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(summary, out / "summary" / "curate.json")
     if cfg.report:
@@ -269,7 +337,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
 
         summary["report"] = str(write_report(out, run_config={"curate": dataclasses.asdict(cfg),
                                                               "preset": dataclasses.asdict(preset)},
-                                             stage_timings=stream["stage_seconds"], preset_name=preset.name,
+                                             stage_timings=summary["stage_seconds"], preset_name=preset.name,
                                              random_models=preset.random_models))
     return summary
 
