@@ -1,25 +1,54 @@
 """Atomic Parquet parts, completion markers and config hashes: what makes a rerun resume.
 
-A part is written under a temporary name and renamed into place; its `_done/<stage>/<key>`
-marker is written (atomically) after the part. A rerun skips keys whose marker exists
-and whose config hash matches, so a run killed at any point loses at most the work in
-flight and never leaves a half-written part behind.
+Every function takes a local path or a URI (`s3://bucket/out`, see `curate.uri`).
+On local disk a part is written under a hidden temporary name in its directory and renamed
+into place; on object storage, where there is no rename, the object is written whole (one
+upload that becomes visible only when complete). Either way its `_done/<stage>/<key>` marker
+is written after the part. A rerun skips keys whose marker exists and whose config hash
+matches, so a run killed at any point loses at most the work in flight and never leaves a
+half-written part behind.
+
+New files follow the process umask (like `cp` or `pandas.to_parquet`), so other users'
+jobs on a shared cluster can read them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import UsageError
+
+# re-exported (see __all__): callers import the whole storage layer from here
+from curate.uri import (
+    PathLike,
+    basename,
+    delete,
+    exists,
+    file_size,
+    filesystem,
+    is_dir,
+    is_file,
+    is_remote,
+    join,
+    list_files,
+    local_copy,
+    open_input,
+    parent,
+    read_bytes,
+    storage_options,
+    temp_name,
+)
 
 DONE_DIR = "_done"
 
@@ -31,85 +60,187 @@ def config_hash(cfg: Any) -> str:
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# --- atomic writes -------------------------------------------------------------------------
+
+
+def temp_output(uri: PathLike) -> str:
+    """A local path to write the future content of `uri` to, then `publish(tmp, uri)`.
+
+    Local: a hidden temporary name in the target directory (same filesystem, so the rename
+    is atomic). Remote: a file in this worker's temp dir, uploaded whole by `publish`.
+    """
+    name = basename(uri)
+    if is_remote(uri):
+        fd, tmp = tempfile.mkstemp(prefix=f"tubelet-{name}.", suffix=".tmp")
+        os.close(fd)
+        return tmp
+    d = parent(uri)
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, temp_name(name))
+
+
+def publish(tmp: str, uri: PathLike) -> None:
+    """Make the finished local file `tmp` appear at `uri` in one step, then drop `tmp`."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        if is_remote(uri):
+            fs, path = filesystem(uri)
+            with open(tmp, "rb") as src, fs.open_output_stream(path) as dst:
+                # one object upload; S3 makes it visible only when complete
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+        else:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, str(uri))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def discard(tmp: str | None) -> None:
+    if tmp:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(uri: PathLike) -> Iterator[str]:
+    """`with atomic_output(uri) as tmp: write(tmp)`: `uri` appears whole on success, never partly."""
+    tmp = temp_output(uri)
+    try:
+        yield tmp
+    except BaseException:
+        discard(tmp)
+        raise
+    publish(tmp, uri)
+
+
+def _create_new(path: str) -> int:
+    # O_EXCL with mode 0666: the umask applies (mkstemp's fixed 0600 would survive the rename)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
+def write_bytes_atomic(data: bytes, uri: PathLike) -> str:
+    """Write `data` to `uri`: temp + fsync + rename locally, one whole PUT remotely."""
+    uri = str(uri)
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return uri
+    tmp = temp_output(uri)
+    try:
+        with os.fdopen(_create_new(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, uri)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        discard(tmp)
         raise
+    return uri
 
 
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write `table` to `path` via a temporary file in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def write_parquet_atomic(table: pa.Table, path: PathLike) -> str:
+    """Write `table` (zstd) to `path` atomically; returns the path/URI as a str."""
+    uri = str(path)
+    if is_remote(uri):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        return write_bytes_atomic(buf.getvalue(), uri)
+    with atomic_output(uri) as tmp:
+        pq.write_table(table, tmp, compression="zstd")  # pyarrow creates the file with the umask's mode
+    return uri
+
+
+def write_json_atomic(obj: Any, path: PathLike) -> str:
+    return write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), path)
+
+
+def read_json(uri: PathLike) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+# --- markers and parts ---------------------------------------------------------------------
+
+
+def marker_path(out: PathLike, stage: str, key: str) -> str:
+    return join(out, DONE_DIR, stage, key)
+
+
+def is_done(out: PathLike, stage: str, key: str, cfg_hash: str) -> bool:
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-    return path
-
-
-def marker_path(out: str | Path, stage: str, key: str) -> Path:
-    return Path(out) / DONE_DIR / stage / key
-
-
-def is_done(out: str | Path, stage: str, key: str, cfg_hash: str) -> bool:
-    p = marker_path(out, stage, key)
-    try:
-        return json.loads(p.read_text()).get("config_hash") == cfg_hash
-    except (OSError, ValueError):
+        return read_json(marker_path(out, stage, key)).get("config_hash") == cfg_hash
+    except (OSError, ValueError, AttributeError):
         return False
 
 
-def mark_done(out: str | Path, stage: str, key: str, cfg_hash: str, **info: Any) -> None:
+def mark_done(out: PathLike, stage: str, key: str, cfg_hash: str, **info: Any) -> None:
     write_json_atomic({"config_hash": cfg_hash, **info}, marker_path(out, stage, key))
 
 
-def read_parts(directory: str | Path, schema: pa.Schema | None = None) -> pa.Table:
-    """All `*.parquet` parts of a directory as one table (hidden temporary files ignored)."""
-    directory = Path(directory)
-    parts = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    """All `*.parquet` parts of a directory or prefix as one table (hidden temporary files ignored)."""
+    parts = list_files(directory, ".parquet")
     if not parts:
         if schema is not None:
             return schema.empty_table()
         raise UsageError(f"no Parquet parts in {directory}; run the previous stage first (or check --input)")
-    tables = [pq.read_table(p) for p in parts]
+    fs, _ = filesystem(directory)
+    tables = [pq.read_table(filesystem(p)[1], filesystem=fs) for p in parts]
     if schema is not None:
         tables = [t.select(schema.names).cast(schema) for t in tables]
     return pa.concat_tables(tables)
 
 
-def check_writable(out: str | Path, min_free_bytes: int = 64 << 20) -> None:
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:300]
+
+
+def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
     """Fail fast on an unwritable output or a (nearly) full disk, before any work starts."""
-    out = Path(out)
+    out = str(out)
+    if is_remote(out):
+        probe = join(out, f".write-test-{os.getpid()}")
+        try:
+            write_bytes_atomic(b"x", probe)
+            delete(probe)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"output {out!r} must be writable (bucket exists, AWS_* credentials allow writing, "
+                             f"AWS_ENDPOINT_URL points at the server), got: {_one_line(e)}; "
+                             "create the bucket, fix the credentials or pass another --output") from e
+        return
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x")
-        probe.unlink()
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"output directory {str(out)!r} must be writable, got {e.strerror}; "
+        raise UsageError(f"output directory {out!r} must be writable, got {e.strerror}; "
                          "pass a writable --output") from e
-    free = os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
+    st = os.statvfs(out)
+    free = st.f_bavail * st.f_frsize
     if free < min_free_bytes:
         raise UsageError(f"output disk must have at least {min_free_bytes >> 20} MiB free, got {free >> 20} MiB "
-                         f"at {str(out)!r}; free space or pass another --output")
+                         f"at {out!r}; free space or pass another --output")
+
+
+def check_readable(uri: PathLike, what: str = "--input") -> None:
+    """Fail fast (UsageError, one line) when an input location cannot be listed."""
+    try:
+        fs, path = filesystem(uri)
+        fs.get_file_info(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{what} {str(uri)!r} must be readable, got: {_one_line(e)}; "
+                         "check the path, the bucket and the AWS_* credentials") from e
+
+
+__all__ = [
+    "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
+    "delete", "discard", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
+    "join", "list_files", "local_copy", "mark_done", "marker_path", "open_input", "parent", "publish",
+    "read_bytes", "read_json", "read_parts", "storage_options", "temp_output", "write_bytes_atomic",
+    "write_json_atomic", "write_parquet_atomic",
+]

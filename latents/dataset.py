@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate import schema as S
+from curate import storage
 from latents.shards import (
     ShardError,
     binary_column_padded,
@@ -85,7 +86,7 @@ class LatentDataset(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
                  verify: Verify = "size", pad_text: PadText = "longest", prefetch: int = 2,
                  latent_dtype: LatentOut = "stored", threads: int = 2):
-        self.root = Path(root)
+        self.root = str(root)  # a local folder or a URI (s3://bucket/out/latents)
         self.manifest = read_manifest(self.root)
         # "checksum": sha256 of every shard file up front; "size": sizes + footers up front, and
         # each row group checked the first time this object reads it (xxh3 digests of the latent
@@ -120,7 +121,7 @@ class LatentDataset(IterableDataset):
         self.epoch = 0
         self._consumed = 0
         self._verified: set[int] = set()  # units checked by this object: later epochs skip the checks
-        self._footers: dict[Path, pq.FileMetaData] = {}
+        self._footers: dict[str, pq.FileMetaData] = {}
 
     # --- plan (metadata only) -----------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -174,12 +175,14 @@ class LatentDataset(IterableDataset):
         self._consumed = int(state["consumed"])
 
     # --- reading ------------------------------------------------------------------------------
-    def _read(self, path: Path, g: int, columns: list[str], page_crc: bool) -> pa.Table:
+    def _read(self, path: str, g: int, columns: list[str], page_crc: bool) -> pa.Table:
         try:
             meta = self._footers.get(path)  # parse each footer once (46 columns of CLIP_SCHEMA)
             # no memory_map: it measured no faster here, and a shard truncated while mapped
             # would kill the process (SIGBUS) instead of raising ShardError
-            pf = pq.ParquetFile(path, page_checksum_verification=page_crc, metadata=meta)
+            # a remote shard is read through pyarrow's filesystem (ranged GETs of this row group)
+            source = storage.open_input(path) if storage.is_remote(path) else path
+            pf = pq.ParquetFile(source, page_checksum_verification=page_crc, metadata=meta)
             self._footers[path] = pf.metadata
             # use_threads=False: row groups are already decoded `threads` at a time
             return pf.read_row_group(g, columns=columns, use_threads=False)
@@ -190,7 +193,7 @@ class LatentDataset(IterableDataset):
     def _read_checked(self, u: int) -> pa.Table:
         """Unit `u`'s columns; checked the first time this dataset reads it (see `verify`)."""
         file, g, _, _ = self.units[u]
-        path = self.root / file
+        path = storage.join(self.root, file)
         digests = self.digests[u]
         if self.verify == "none" or u in self._verified:
             return self._read(path, g, _COLUMNS, page_crc=False)
@@ -214,7 +217,7 @@ class LatentDataset(IterableDataset):
     def _load_unit(self, u: int, rows: list[int]) -> _Unit:
         """Rows `rows` (in the order they will be consumed) of unit `u`, decoded into whole arrays."""
         file, g, _, shape = self.units[u]
-        where = f"{self.root / file} row group {g}"
+        where = f"{storage.join(self.root, file)} row group {g}"
         t = self._read_checked(u)
         idx = np.asarray(rows, np.int64)  # consumption order: a batch is then usually a contiguous slice
         stored = self.latent_dtype == "stored"

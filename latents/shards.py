@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 import xxhash
 
 from curate import schema as S
+from curate import storage
 from curate.storage import write_json_atomic
 
 MANIFEST_NAME = "_manifest.json"
@@ -108,10 +108,12 @@ def value_digest(arr: pa.Array | pa.ChunkedArray) -> str:
 # --- writer ---------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str | Path) -> str:
+    """sha256 of a local file or an object (read in 4 MiB chunks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
+    fs, p = storage.filesystem(path)
+    with fs.open_input_stream(p) as f:
+        while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
 
@@ -138,7 +140,7 @@ class ShardWriter:
                  metric_columns: tuple[str, ...] = (), run_id: str | None = None, write_manifest: bool = True):
         if max_rows < 1 or max_bytes < 1 or row_group_rows < 1:
             raise ValueError(f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}")
-        self.root = Path(root)
+        self.root = str(root)  # a local path or a URI (s3://...): see curate.storage
         self.meta = meta
         self.schema = schema
         self.max_rows = max_rows
@@ -151,14 +153,15 @@ class ShardWriter:
         self.write_manifest = write_manifest
         self._buffers: dict[str, list[pa.Table]] = {}
         self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
+        self._tmp: str | None = None  # local file being written; published whole when finished
         self._cur: dict[str, Any] = {}
         self._metrics: dict[str, list[float]] = {}
         self.shards: list[dict[str, Any]] = []
         self._closed = False
 
     def __enter__(self) -> ShardWriter:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not storage.is_remote(self.root):
+            os.makedirs(self.root, exist_ok=True)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -205,9 +208,8 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         name = f"{SHARD_PREFIX}{self.run_id}-{len(self.shards):05d}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        tmp = storage.temp_output(storage.join(self.root, name))
+        self._tmp = tmp
         # raw tensor bytes do not compress; everything else does
         compression = {n: ("none" if n in (S.LATENT, S.TEXT_EMBEDDING) else "zstd") for n in self.schema.names}
         self._writer = pq.ParquetWriter(tmp, self.schema, compression=compression, write_page_checksum=True)
@@ -217,15 +219,13 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         assert self._writer is not None and self._tmp is not None
         self._writer.close()
-        with open(self._tmp, "rb") as f:
-            os.fsync(f.fileno())
         entry = dict(self._cur)
-        entry["bytes"] = self._tmp.stat().st_size
+        entry["bytes"] = os.stat(self._tmp).st_size
         entry["sha256"] = _sha256(self._tmp)
         entry["metrics"] = {k.lstrip("_"): {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
                             for k, v in self._metrics.items() if v}
-        os.chmod(self._tmp, 0o644)  # mkstemp makes 0600; shards are read by other users' jobs
-        os.replace(self._tmp, self.root / entry["file"])
+        # pyarrow created the temp file with the umask's mode; publish renames (local) or uploads it whole
+        storage.publish(self._tmp, storage.join(self.root, entry["file"]))
         self.shards.append(entry)
         self._writer, self._tmp = None, None
 
@@ -249,10 +249,9 @@ class ShardWriter:
         """Leave the previous manifest and its shards as they were; remove this run's files."""
         if self._writer is not None:
             self._writer.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+        storage.discard(self._tmp)
         for s in self.shards:
-            (self.root / s["file"]).unlink(missing_ok=True)
+            storage.delete(storage.join(self.root, s["file"]))
         self._closed = True
 
     def manifest(self) -> dict[str, Any]:
@@ -283,14 +282,14 @@ def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str
 
     Metadata only: the shards themselves were written (and checksummed) by their writers.
     """
-    root = Path(root)
+    root = str(root)
     shards = sorted(shards, key=lambda s: s["file"])
     manifest = build_manifest(meta, shards, schema)
-    write_json_atomic(manifest, root / MANIFEST_NAME)
+    write_json_atomic(manifest, manifest_path(root))
     keep = {s["file"] for s in shards}
-    for old in root.glob(f"{SHARD_PREFIX}*.parquet"):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
+    for old in storage.list_files(root, ".parquet"):
+        if storage.basename(old).startswith(SHARD_PREFIX) and storage.basename(old) not in keep:
+            storage.delete(old)
     return manifest
 
 
@@ -298,11 +297,9 @@ def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    import json
-
-    path = Path(root) / MANIFEST_NAME
+    path = manifest_path(root)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = storage.read_json(path)
     except FileNotFoundError as e:
         raise ShardError(f"no {MANIFEST_NAME} in {root}: not a finished latent shard folder; "
                          "run `python -m jobs.encode` to completion first") from e
@@ -319,13 +316,14 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
 
 def verify_shards(root: str | Path, manifest: dict[str, Any] | None = None, checksum: bool = True) -> dict[str, Any]:
     """Check every shard of the manifest: present, same size, sha256 (if `checksum`), Parquet footer rows."""
-    root = Path(root)
     manifest = manifest or read_manifest(root)
+    fs, _ = storage.filesystem(root)
     for s in manifest["shards"]:
-        path = root / s["file"]
-        if not path.is_file():
-            raise ShardError(f"shard {path} listed in the manifest is missing; re-run the encode job")
-        size = path.stat().st_size
+        path = storage.join(root, s["file"])
+        try:
+            size = storage.file_size(path)
+        except FileNotFoundError:
+            raise ShardError(f"shard {path} listed in the manifest is missing; re-run the encode job") from None
         if size != s["bytes"]:
             raise ShardError(f"shard {path} has {size} bytes, the manifest says {s['bytes']}: truncated or "
                              "replaced; re-run the encode job")
@@ -335,7 +333,7 @@ def verify_shards(root: str | Path, manifest: dict[str, Any] | None = None, chec
                 raise ShardError(f"shard {path} failed its sha256 checksum (manifest {s['sha256'][:16]}..., "
                                  f"file {digest[:16]}...): the file is corrupt; re-run the encode job")
         try:
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = pq.read_metadata(storage.filesystem(path)[1], filesystem=fs).num_rows
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardError(f"shard {path} is not readable Parquet ({e}); re-run the encode job") from e
         if rows != s["rows"]:
@@ -343,9 +341,14 @@ def verify_shards(root: str | Path, manifest: dict[str, Any] | None = None, chec
     return manifest
 
 
-def shard_files(root: str | Path, manifest: dict[str, Any] | None = None) -> list[Path]:
+def shard_files(root: str | Path, manifest: dict[str, Any] | None = None) -> list[str]:
+    """The shard paths/URIs of a finished folder, in manifest order."""
     manifest = manifest or read_manifest(root)
-    return [Path(root) / s["file"] for s in manifest["shards"]]
+    return [storage.join(root, s["file"]) for s in manifest["shards"]]
+
+
+def manifest_path(root: str | Path) -> str:
+    return storage.join(root, MANIFEST_NAME)
 
 
 _RAW_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as uint16 bits

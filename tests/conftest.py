@@ -40,3 +40,21 @@ def real_videos() -> Path:
 def ground_truth(real_videos: Path) -> dict:
     gt = json.loads((real_videos / "shot_boundaries.json").read_text())
     return {k: v for k, v in gt.items() if not k.startswith("_")}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server process on 127.0.0.1 (see tests/s3server.py), for the whole session."""
+    pytest.importorskip("moto")
+    from tests.s3server import s3_server as start
+
+    with start(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server with its AWS_* variables set in this process (and inherited by subprocesses)."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server

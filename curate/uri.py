@@ -1,0 +1,240 @@
+"""Paths and URIs: one place that knows whether an output lives on local disk or in a bucket.
+
+Every location is a `str`: a local path (`/data/out`, `out/clips`) or a URI that pyarrow.fs
+or fsspec resolves (`s3://bucket/prefix`, `gs://...`, `file:///...`). Code elsewhere joins
+with `join()` and opens through `filesystem()`; it never does `Path(out) / ...` on a URI.
+
+S3 credentials, region and endpoint come only from the standard AWS environment variables and
+config files (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`,
+`AWS_REGION`, `AWS_ENDPOINT_URL`): nothing here reads, stores or prints a key; the filesystem
+objects are built without explicit keys, so pickling one (to a Ray worker) carries none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+PathLike = str | os.PathLike
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def scheme(uri: PathLike) -> str:
+    """'s3' for s3://..., 'file' for file://... and for plain local paths."""
+    m = _SCHEME.match(str(uri))
+    return m.group(1).lower() if m else "file"
+
+
+def is_remote(uri: PathLike) -> bool:
+    """True for anything that is not on a local (or locally mounted) filesystem."""
+    return scheme(uri) != "file"
+
+
+def _local(uri: PathLike) -> str:
+    s = str(uri)
+    return s[len("file://"):] if s.startswith("file://") else s
+
+
+def join(base: PathLike, *parts: str) -> str:
+    """`base / part / ...` for local paths and URIs alike (a URI keeps its scheme and bucket)."""
+    if not is_remote(base):
+        return str(Path(_local(base), *parts))
+    s = str(base).rstrip("/")
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            s = f"{s}/{p}"
+    return s
+
+
+def basename(uri: PathLike) -> str:
+    return posixpath.basename(str(uri).rstrip("/")) if is_remote(uri) else Path(_local(uri)).name
+
+
+def parent(uri: PathLike) -> str:
+    if not is_remote(uri):
+        return str(Path(_local(uri)).parent)
+    head, _, _ = str(uri).rstrip("/").rpartition("/")
+    return head
+
+
+def _env(*names: str) -> str | None:
+    for n in names:
+        if os.environ.get(n):
+            return os.environ[n]
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _s3(endpoint: str | None, region: str | None, _creds_id: str) -> pafs.FileSystem:
+    # important: no access_key/secret_key arguments: the AWS SDK's default chain reads them
+    # from the environment / ~/.aws, and a pickled filesystem then carries no secret.
+    kwargs: dict = {"region": region or "us-east-1"}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        if endpoint.startswith("http://"):
+            kwargs["scheme"] = "http"
+    return pafs.S3FileSystem(**kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _fsspec(proto: str) -> pafs.FileSystem:
+    import fsspec
+
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(proto)))
+
+
+def _creds_id() -> str:
+    """A digest of the credential variables: a changed key gets a new client (the key is not kept)."""
+    blob = "\0".join(os.environ.get(n, "") for n in
+                      ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"))
+    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+
+
+def filesystem(uri: PathLike) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or URI."""
+    s = str(uri)
+    sch = scheme(s)
+    if sch == "file":
+        return pafs.LocalFileSystem(), os.path.abspath(_local(s))
+    path = s[len(sch) + 3:]
+    if sch in ("s3", "s3a"):
+        # AWS_ENDPOINT_URL is the SDK-wide variable (S3-compatible servers, MinIO, moto);
+        # pyarrow does not read it itself, so it is passed on here.
+        return _s3(_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), _env("AWS_REGION", "AWS_DEFAULT_REGION"),
+                   _creds_id()), path
+    try:
+        fs, p = pafs.FileSystem.from_uri(s)
+        return fs, p
+    except (ValueError, OSError):  # a scheme pyarrow does not know natively (ArrowInvalid is a ValueError)
+        return _fsspec(sch), path
+
+
+def storage_options(uri: PathLike) -> dict:
+    """fsspec `storage_options` for pandas/fsspec readers of `uri` (no credentials: botocore reads them).
+
+        pandas.read_parquet("s3://bucket/out/latents", storage_options=storage_options("s3://bucket"))
+    """
+    if scheme(uri) not in ("s3", "s3a"):
+        return {}
+    opts: dict = {}
+    endpoint = _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    region = _env("AWS_REGION", "AWS_DEFAULT_REGION")
+    if region:
+        opts["client_kwargs"] = {"region_name": region}
+    return opts
+
+
+def _to_uri(uri: PathLike, path: str) -> str:
+    """Map a path inside `filesystem(uri)` back to the caller's spelling (URI or local path)."""
+    if not is_remote(uri):
+        return path
+    return f"{scheme(uri)}://{path}"
+
+
+def exists(uri: PathLike) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: PathLike) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(uri: PathLike) -> bool:
+    """A local directory, or a remote prefix with at least one object under it."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        return True
+    if not is_remote(uri):
+        return False
+    sel = pafs.FileSelector(path.rstrip("/"), allow_not_found=True, recursive=False)
+    return bool(fs.get_file_info(sel))
+
+
+def list_files(uri: PathLike, suffix: str = "", *, recursive: bool = False, hidden: bool = False) -> list[str]:
+    """Sorted files directly under `uri` (or all below it) whose name ends with `suffix`.
+
+    Names starting with "." (temporary files of an atomic write) are skipped unless `hidden`;
+    a missing directory or prefix is an empty list.
+    """
+    fs, path = filesystem(uri)
+    sel = pafs.FileSelector(path.rstrip("/") or "/", allow_not_found=True, recursive=recursive)
+    out = []
+    for info in fs.get_file_info(sel):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(suffix):
+            continue
+        if not hidden and info.base_name.startswith("."):
+            continue
+        out.append(_to_uri(uri, info.path))
+    return sorted(out)
+
+
+def file_size(uri: PathLike) -> int:
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"{uri} does not exist")
+    return int(info.size)
+
+
+def read_bytes(uri: PathLike) -> bytes:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri} does not exist")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def open_input(uri: PathLike):
+    """A seekable binary file object (pyarrow NativeFile) for reading `uri`."""
+    fs, path = filesystem(uri)
+    return fs.open_input_file(path)
+
+
+def delete(uri: PathLike, missing_ok: bool = True) -> None:
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+@contextlib.contextmanager
+def local_copy(uri: PathLike, suffix: str | None = None) -> Iterator[str]:
+    """A local path with the content of `uri`: the path itself for local files; for a remote
+    object a temporary copy in this worker's temp dir (same suffix, for decoders that sniff
+    it) that is removed on exit, whatever happens."""
+    if not is_remote(uri):
+        yield _local(uri)
+        return
+    fs, path = filesystem(uri)
+    sfx = suffix if suffix is not None else Path(path).suffix
+    fd, tmp = tempfile.mkstemp(prefix="tubelet-", suffix=sfx)
+    try:
+        with os.fdopen(fd, "wb") as dst, fs.open_input_stream(path) as src:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def temp_name(name: str) -> str:
+    """A unique hidden temporary name next to `name` (skipped by every folder reader)."""
+    return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
