@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from curate import dedup
+from curate import dedup, storage
 from curate.filters import EXACT_DUP, NEAR_DUP, FilterConfig, Rule, reason
 from curate.schema import (
     AESTHETIC,
@@ -67,6 +67,12 @@ class NearDupConfig:
     sample_rows: int = 50_000  # k-means training sample (faiss wants >= 39 per centroid)
     niter: int = 20
     seed: int = 0
+
+
+def read_columns(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet part (local path or URI, through `curate.storage`), only `columns`."""
+    fs, path = storage.filesystem(uri)
+    return pq.read_table(path, columns=columns, filesystem=fs)
 
 
 def rule_columns(cfg: FilterConfig) -> list[str]:
@@ -101,10 +107,10 @@ def part_state(table: pa.Table, part: int, has_embedding: pa.Array | None = None
 
 def read_state(path: str, part: int, cfg: FilterConfig) -> pa.Table:
     """Read a scored part's decision columns (the embedding column only for its validity)."""
-    t = pq.read_table(path, columns=state_columns(cfg))
+    t = read_columns(path, state_columns(cfg))
     has = None
     if cfg.near_dup_cosine is not None:
-        has = pq.read_table(path, columns=[CLIP_EMBEDDING]).column(CLIP_EMBEDDING).is_valid()
+        has = read_columns(path, [CLIP_EMBEDDING]).column(CLIP_EMBEDDING).is_valid()
     return part_state(t, part, has)
 
 
@@ -323,7 +329,7 @@ def share_k(share: float, n: int) -> int:
 
 def embeddings_of(path: str, rows: np.ndarray) -> np.ndarray:
     """Unit-norm float32 embeddings (len(rows), D) of the given rows of a part (all valid)."""
-    col = pq.read_table(path, columns=[CLIP_EMBEDDING]).column(CLIP_EMBEDDING).combine_chunks()
+    col = read_columns(path, [CLIP_EMBEDDING]).column(CLIP_EMBEDDING).combine_chunks()
     sub = col.take(pa.array(rows, pa.int64()))
     if not len(sub):
         return np.zeros((0, 0), np.float32)

@@ -34,7 +34,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -42,8 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import decide as D
-from curate import filters
+from curate import filters, storage
 from curate import schema as S
+from curate.decide import read_columns
 from curate.errors import UsageError, check_range
 from curate.storage import (
     check_writable,
@@ -51,6 +51,7 @@ from curate.storage import (
     is_done,
     mark_done,
     marker_path,
+    read_json,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -90,17 +91,24 @@ def _part_key(ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
 
 
-def finished_parts(folder: Path, root: Path, stage: str, h: str) -> list[Path]:
+def _parts(folder: str) -> list[str]:
+    return [p for p in storage.list_files(folder, ".parquet") if storage.basename(p).startswith("part-")]
+
+
+def _key(part: str) -> str:
+    return storage.basename(part).removeprefix("part-").removesuffix(".parquet")
+
+
+def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
     """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
-    return [p for p in sorted(folder.glob("part-*.parquet"))
-            if is_done(root, stage, p.stem.removeprefix("part-"), h)]
+    return [p for p in _parts(folder) if is_done(root, stage, _key(p), h)]
 
 
 def _clip_ids_of(paths: list[str]) -> frozenset[str]:
     """Runs as a Ray task: the clip ids in finished parts, handed to the workers by reference."""
     ids: set[str] = set()
     for p in paths:
-        ids.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+        ids.update(read_columns(p, [S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
     return frozenset(ids)
 
 
@@ -118,8 +126,8 @@ def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Tabl
     rows: list[pa.Table] = []
     for uri in batch.column(S.SOURCE_URI).to_pylist():
         info = process_one(uri, preset.split, out)
-        part = Path(out) / "clips" / f"part-{info['video_id']}.parquet"
-        clips = S.conform(pq.read_table(part), S.CLIP_SCHEMA)
+        part = storage.join(out, "clips", f"part-{info['video_id']}.parquet")
+        clips = S.conform(read_columns(part), S.CLIP_SCHEMA)
         keep = pa.array([c not in done for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
         rows.append(clips.filter(keep))
     return pa.concat_tables(rows) if rows else S.empty_table()
@@ -131,7 +139,7 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
     if not table.num_rows:
         return pa.table({"rows": pa.array([], pa.int64())})
     key = _part_key(table.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(table, Path(out) / "scored" / f"part-{key}.parquet")
+    write_parquet_atomic(table, storage.join(out, "scored", f"part-{key}.parquet"))
     mark_done(out, SCORED_STAGE, key, h, clips=table.num_rows)  # important: marker after the part
     return pa.table({"rows": [table.num_rows]})
 
@@ -157,10 +165,10 @@ def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int)
     key = _part_key(ids)
     cap = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
                     .drop_columns(S.columns_of(S.LATENT_GROUP)))
-    write_parquet_atomic(cap, Path(out) / "captions" / f"part-{key}.parquet")
+    write_parquet_atomic(cap, storage.join(out, "captions", f"part-{key}.parquet"))
     ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
     enc = batch.filter(ok)
-    with ShardWriter(Path(out) / "latents", meta, max_rows=max_rows, row_group_rows=64,
+    with ShardWriter(storage.join(out, "latents"), meta, max_rows=max_rows, row_group_rows=64,
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
         writer.write(enc)
     mark_done(out, WRITE_STAGE, key, h, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
@@ -194,7 +202,7 @@ def _drain(ds: Any) -> tuple[dict[str, int], dict[str, float]]:
     return totals, _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
 
 
-def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str) -> dict[str, Any]:
+def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str) -> dict[str, Any]:
     """Probe, split and score every input; workers write the scored parts."""
     import ray
 
@@ -203,7 +211,7 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str
 
     if preset.score.smoke:
         score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
-    done = ray.remote(_clip_ids_of).remote([str(p) for p in finished_parts(out / "scored", out, SCORED_STAGE, h)])
+    done = ray.remote(_clip_ids_of).remote(finished_parts(storage.join(out, "scored"), out, SCORED_STAGE, h))
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
     ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), done=done),
@@ -219,24 +227,25 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: Path, h: str
             "stage_seconds": timings}
 
 
-def decide(preset: Preset, out: Path, h: str) -> dict[str, Any]:
+def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     """Run-level decisions over the scored parts, in place; parts of other runs are removed first."""
     from jobs.filter import decide_dir, funnel_report
 
-    finished = set(finished_parts(out / "scored", out, SCORED_STAGE, h))
-    for stale in (out / "scored").glob("part-*.parquet"):  # a part whose marker never came, or another config
+    scored = storage.join(out, "scored")
+    finished = set(finished_parts(scored, out, SCORED_STAGE, h))
+    for stale in _parts(scored):  # a part whose marker never came, or another config
         if stale not in finished:
-            stale.unlink()
+            storage.delete(stale)
     if not finished:
-        raise UsageError(f"no clips were scored in {str(out / 'scored')!r}; check the inputs and the log")
-    funnel, _ = decide_dir(out / "scored", out / "scored", preset.score.filters, D.NearDupConfig(), marker_root=None)
+        raise UsageError(f"no clips were scored in {scored!r}; check the inputs and the log")
+    funnel, _ = decide_dir(scored, scored, preset.score.filters, D.NearDupConfig(), marker_root=None)
     report = funnel_report(funnel, preset.score.filters, smoke=preset.random_models)
     report["config_hash"] = config_hash(preset.score)
-    write_json_atomic(report, out / "scored" / "_funnel.json")
+    write_json_atomic(report, storage.join(scored, "_funnel.json"))
     return report
 
 
-def phase2(cfg: CurateConfig, preset: Preset, out: Path, h2: str, meta: dict) -> dict[str, Any]:
+def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
     """Caption and encode the kept clips only; workers write captions parts and shards."""
     import ray
 
@@ -245,12 +254,17 @@ def phase2(cfg: CurateConfig, preset: Preset, out: Path, h2: str, meta: dict) ->
     from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
-    finished = finished_parts(out / "captions", out, WRITE_STAGE, h2)
-    done = ray.remote(_clip_ids_of).remote([str(p) for p in finished])
+    finished = finished_parts(storage.join(out, "captions"), out, WRITE_STAGE, h2)
+    written = sum(read_json(marker_path(out, WRITE_STAGE, _key(p))).get("clips", 0) for p in finished)
+    if written >= kept:  # every kept clip is in a finished part: no model needs loading
+        return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
+    done = ray.remote(_clip_ids_of).remote(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-    scored = [str(p) for p in sorted((out / "scored").glob("part-*.parquet"))]
+    scored = _parts(storage.join(out, "scored"))
+    fs = storage.filesystem(out)[0]
     columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
-    ds = ray.data.read_parquet(scored, columns=columns, schema=pa.schema([S.CLIP_SCHEMA.field(c) for c in columns]))
+    ds = ray.data.read_parquet([storage.filesystem(p)[1] for p in scored], filesystem=fs, columns=columns,
+                               schema=pa.schema([S.CLIP_SCHEMA.field(c) for c in columns]))
     ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
     ds = map_stage(ds, CaptionStage, preset.caption,
@@ -267,28 +281,29 @@ def phase2(cfg: CurateConfig, preset: Preset, out: Path, h2: str, meta: dict) ->
             "stage_seconds": timings}
 
 
-def finalize(out: Path, h2: str, meta: dict) -> dict[str, Any]:
+def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
     """Merge the shard entries of every finished phase-2 part into the manifest (metadata only)."""
     from latents.shards import merge_manifest
 
-    finished = finished_parts(out / "captions", out, WRITE_STAGE, h2)
-    for stale in (out / "captions").glob("part-*.parquet"):
-        if stale not in set(finished):
-            stale.unlink()
+    captions = storage.join(out, "captions")
+    finished = finished_parts(captions, out, WRITE_STAGE, h2)
+    for stale in set(_parts(captions)) - set(finished):
+        storage.delete(stale)
     shards: list[dict] = []
     captioned = 0
     for p in finished:
-        info = json.loads(marker_path(out, WRITE_STAGE, p.stem.removeprefix("part-")).read_text())
+        info = read_json(marker_path(out, WRITE_STAGE, _key(p)))
         shards += info["shards"]
-        cap = pq.read_table(p, columns=[S.CAPTION]).column(S.CAPTION)
+        cap = read_columns(p, [S.CAPTION]).column(S.CAPTION)
         captioned += len(cap) - cap.null_count
-    (out / "latents").mkdir(parents=True, exist_ok=True)
-    manifest = merge_manifest(out / "latents", meta, shards)
+    manifest = merge_manifest(storage.join(out, "latents"), meta, shards)
     return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"]}
 
 
-def _rows_in(folder: Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("part-*.parquet"))
+def _rows_in(folder: str) -> int:
+    """Rows of a folder's parts, from their footers (no data read)."""
+    return sum(pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows
+               for p in _parts(folder))
 
 
 def _manifest_meta(preset: Preset) -> dict:
@@ -307,7 +322,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     inputs = list_inputs(cfg.input)
-    out = Path(cfg.output)
+    out = str(cfg.output)
     check_writable(out)
     filters.check_config(preset.score.filters)
     from curate import score
@@ -322,16 +337,16 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     p1 = phase1(cfg, preset, inputs, out, h)
     report = decide(preset, out, h)
     # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
-    h2 = config_hash({"preset": h, "scored": sorted(p.name for p in (out / "scored").glob("part-*.parquet"))})
-    p2 = phase2(cfg, preset, out, h2, meta)
+    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in _parts(storage.join(out, "scored"))]})
+    p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
                **{k: v for k, v in p1.items() if k != "stage_seconds"},
                **{k: v for k, v in p2.items() if k != "stage_seconds"},
                "stage_seconds": {**p1["stage_seconds"], **p2["stage_seconds"]},
-               "clips": _rows_in(out / "clips"), "scored": report["clips_in"], "kept": report["kept"],
+               "clips": _rows_in(storage.join(out, "clips")), "scored": report["clips_in"], "kept": report["kept"],
                **finalize(out, h2, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(summary, out / "summary" / "curate.json")
+    write_json_atomic(summary, storage.join(out, "summary", "curate.json"))
     if cfg.report:
         from jobs.report import write_report
 

@@ -109,12 +109,10 @@ def _near_decide(parts: int, threshold: float, *tables):
 
 @ray.remote
 def _write(src: str, state, dst: str, marker: tuple | None) -> Written:
-    import pyarrow.parquet as pq
-
     from curate.schema import conform
     from curate.storage import mark_done, write_parquet_atomic
 
-    table = D.decided(conform(pq.read_table(src)), state)
+    table = D.decided(conform(D.read_columns(src)), state)
     write_parquet_atomic(table, dst)
     kept = D.alive_count(state)
     if marker is not None:

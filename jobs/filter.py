@@ -17,13 +17,12 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from curate import decide as D
-from curate import filters, score
+from curate import filters, score, storage
 from curate.errors import UsageError
-from curate.storage import check_writable, config_hash, is_done, write_json_atomic
+from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
 
 STAGE = "filter"
 # the presets' filters, without importing the model stages (torch) into this driver
@@ -40,18 +39,22 @@ class FilterJob:
     num_cpus: int | None = None  # local Ray instance only
 
 
-def scored_parts(directory: str | Path) -> list[Path]:
-    d = Path(directory)
-    parts = sorted(p for p in d.glob("part-*.parquet") if not p.name.startswith("."))
+def scored_parts(directory: str) -> list[str]:
+    """The scored parts (part-*.parquet) of a folder or prefix, local or object storage."""
+    parts = [p for p in storage.list_files(directory, ".parquet") if storage.basename(p).startswith("part-")]
     if not parts:
-        raise UsageError(f"--input must hold scored parts (part-*.parquet), found none in {str(d)!r}; "
+        raise UsageError(f"--input must hold scored parts (part-*.parquet), found none in {str(directory)!r}; "
                          "run python -m jobs.score (or jobs.curate) first")
     return parts
 
 
-def inputs_hash(parts: Sequence[Path], cfg: filters.FilterConfig, near: D.NearDupConfig) -> str:
+def _key(part: str) -> str:
+    return storage.basename(part).removesuffix(".parquet")
+
+
+def inputs_hash(parts: Sequence[str], cfg: filters.FilterConfig, near: D.NearDupConfig) -> str:
     """Decisions depend on the filters and on every input part (any changed part changes all)."""
-    files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts]
+    files = [(storage.basename(p), storage.file_size(p)) for p in parts]
     return config_hash({"filters": dataclasses.asdict(cfg), "near": dataclasses.asdict(near), "inputs": files})
 
 
@@ -71,41 +74,39 @@ def format_funnel(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def decide_dir(src: Path, dst: Path, cfg: filters.FilterConfig, near: D.NearDupConfig,
-               marker_root: Path | None, stage: str = STAGE) -> tuple[list[dict[str, Any]], int]:
+def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupConfig,
+               marker_root: str | None, stage: str = STAGE) -> tuple[list[dict[str, Any]], int]:
     """Decide every part of `src` into `dst` (may be the same folder); Ray must be initialised.
 
-    Returns (funnel, parts written). With `marker_root`, parts whose marker matches are kept.
+    Returns (funnel, parts written). With `marker_root`, each written part gets its marker.
     """
     from jobs.decide import decide_parts
 
+    src, dst = str(src), str(dst)
     parts = scored_parts(src)
     h = inputs_hash(parts, cfg, near)
-    keys = [p.stem for p in parts]
-    markers = [(marker_root, stage, k, h) for k in keys] if marker_root is not None else None
-    funnel, written = decide_parts([str(p) for p in parts], [str(dst / p.name) for p in parts], cfg, near,
-                                   markers=markers)
-    if src.resolve() != dst.resolve():
-        names = {p.name for p in parts}
-        for stale in dst.glob("part-*.parquet"):  # a previous run over more parts
-            if stale.name not in names:
-                stale.unlink()
+    markers = [(marker_root, stage, _key(p), h) for p in parts] if marker_root is not None else None
+    outputs = [storage.join(dst, storage.basename(p)) for p in parts]
+    funnel, written = decide_parts(parts, outputs, cfg, near, markers=markers)
+    if src.rstrip("/") != dst.rstrip("/"):
+        names = {storage.basename(p) for p in parts}
+        for stale in storage.list_files(dst, ".parquet"):  # a previous run over more parts
+            if storage.basename(stale).startswith("part-") and storage.basename(stale) not in names:
+                storage.delete(stale)
     return funnel, len(written)
 
 
 def main(job: FilterJob) -> dict[str, Any]:
     filters.check_config(job.filters)
-    src, dst = Path(job.input), Path(job.output)
+    src, dst = job.input, job.output
     parts = scored_parts(src)
     check_writable(dst)
-    root = dst.parent
+    root = storage.parent(dst)
     h = inputs_hash(parts, job.filters, job.near)
-    funnel_path = dst / "_funnel.json"
-    if funnel_path.exists() and all(is_done(root, STAGE, p.stem, h) for p in parts):
-        import json
-
+    funnel_path = storage.join(dst, "_funnel.json")
+    if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
         print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
-        return json.loads(funnel_path.read_text())
+        return read_json(funnel_path)
     from jobs.adapter import init_ray
 
     init_ray(job.address, num_cpus=job.num_cpus)
