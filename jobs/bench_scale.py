@@ -152,6 +152,47 @@ def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
             "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows}
 
 
+def make_videos(folder: Path, n: int) -> None:
+    """n small generated videos (three shots, hard cuts), each with its own patterns."""
+    from curate.synth import Segment, make_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        segs = [Segment("shot", 60, (i + k) % 6, speed=1.0 + 0.5 * k) for k in range(3)]
+        make_video(folder / f"gen-{i:03d}.mp4", segs, fps=24, width=160, height=96)
+
+
+def curate_rss(root: Path, n: int) -> dict:
+    """`python -m jobs.curate` (smoke) on n generated videos; peak RSS of its driver process only."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    videos, out = root / f"videos-{n}", root / f"curate-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    make_videos(videos, n)
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(videos), "--output", str(out),
+                             "--preset", "smoke", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode:
+        raise RuntimeError(f"jobs.curate failed on {n} videos:\n{err[-3000:]}")
+    summary = json.loads((out / "summary" / "curate.json").read_text())
+    return {"videos": n, "clips": summary["clips"], "kept": summary["kept"], "captioned": summary["captioned"],
+            "encoded": summary["encoded"], "rows_phase2": summary["rows_phase2"], "seconds": time.perf_counter() - t,
+            "driver_peak_rss_mb": peak / 2**20, "load_1min": load}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated clip counts")
@@ -160,17 +201,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
     p.add_argument("--out", default="bench-out/scale")
     p.add_argument("--keep", action="store_true", help="keep the generated parts")
+    p.add_argument("--curate-videos", default="", help="also run jobs.curate on these numbers of generated "
+                   "videos (e.g. 8,32) and report its driver's peak RSS")
     a = p.parse_args(argv)
     try:
-        sizes = [int(float(s)) for s in a.sizes.split(",") if s]
+        sizes = [int(float(s)) for s in a.sizes.split(",") if s and s != "0"]
     except ValueError:
         p.error(f"--sizes must be comma-separated numbers like 1e4,1e5, got {a.sizes!r}")
-    if not sizes or min(sizes) < 1:
+    if (not sizes and not a.curate_videos) or (sizes and min(sizes) < 1):
         p.error(f"--sizes must be positive clip counts, got {a.sizes!r}; e.g. 1e4,1e5,1e6")
+    root = Path(a.out)
+    if a.curate_videos:
+        runs = [curate_rss(root, int(v)) for v in a.curate_videos.split(",") if v]
+        print("| videos | clips | kept | captioned | encoded | wall s | jobs.curate driver peak RSS MB | load |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in runs:
+            print(f"| {r['videos']} | {r['clips']} | {r['kept']} | {r['captioned']} | {r['encoded']} | "
+                  f"{r['seconds']:.0f} | {r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "bench_curate_rss.json").write_text(json.dumps(runs, indent=2))
+        if not sizes:
+            return 0
     from jobs.adapter import init_ray
 
     init_ray()
-    root = Path(a.out)
     near = D.NearDupConfig(cluster_rows=a.cluster_rows)
     results = []
     for n in sizes:
