@@ -143,15 +143,21 @@ def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> 
     ds = map_stage(ds, score.ClipScoreStage, cfg,
                    Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
                              concurrency=job.concurrency, batch_size=job.batch_size))
-    h = scoring_hash(cfg)
-    written = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        part = batch.select(SCORE_PART_COLUMNS)
-        key = _part_key(part.column(CLIP_ID).to_pylist())
-        write_parquet_atomic(part, scores_dir / f"part-{key}.parquet")
-        mark_done(root, STAGE, key, h, rows=part.num_rows)
-        written += part.num_rows
-    return written
+    # the workers write the score parts; the driver only sums their row counts
+    ds = map_task(ds, functools.partial(_write_scores, scores_dir=str(scores_dir), root=str(root), h=scoring_hash(cfg)),
+                  Resources(num_cpus=0.1, concurrency=0))
+    return sum(sum(b.column("rows").to_pylist()) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
+
+
+def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Table:
+    """Writer task: one atomic score part, then its marker."""
+    if batch.num_rows == 0:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    part = batch.select(SCORE_PART_COLUMNS)
+    key = _part_key(part.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(part, Path(scores_dir) / f"part-{key}.parquet")
+    mark_done(root, STAGE, key, h, rows=part.num_rows)  # important: marker after the part
+    return pa.table({"rows": [part.num_rows]})
 
 
 def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
