@@ -3,13 +3,14 @@
 Ray Data plan (streaming):
   clips table ─▶ CPU tasks: decode each clip once, cheap scores, CLIP frames (small arrays)
             ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
-            ─▶ driver: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
-then, on the driver over the whole run: exact/near dedup, percentile rules, decisions ->
-OUT/scored/part-*.parquet (every clip, kept or not, with reasons) + OUT/scored/_funnel.json.
+            ─▶ writer tasks: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
+then the run-level decisions (exact/near dedup, percentile and absolute rules), distributed
+by `jobs/decide.py` (the code `python -m jobs.filter` uses) over OUT/scored/part-*.parquet
+(every clip, kept or not, with reasons) + OUT/scored/_funnel.json.
 
 Resumable: a score part's marker (OUT/_done/score/<key>) carries the hash of the scoring
 config (filters excluded), so a rerun skips scored clips and a changed filter only re-runs
-the cheap driver step. Works with a local Ray or under `ray job submit` (RAY_ADDRESS set).
+the decision step. Works with a local Ray or under `ray job submit` (RAY_ADDRESS set).
 """
 
 from __future__ import annotations
