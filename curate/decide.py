@@ -52,7 +52,6 @@ from curate.schema import (
 
 PART = "_part"  # index of the part a row comes from
 ROW = "_row"  # row index within its part
-HAS_EMB = "_has_embedding"
 KEEPER_URI = "_keeper_uri"
 COSINE = "_cosine"
 CLUSTER = "_cluster"
@@ -85,7 +84,7 @@ def state_columns(cfg: FilterConfig) -> list[str]:
     return list(dict.fromkeys(cols))
 
 
-def part_state(table: pa.Table, part: int, has_embedding: pa.Array | None = None) -> pa.Table:
+def part_state(table: pa.Table, part: int) -> pa.Table:
     """A part's decision state, with the status step applied: error rows are dropped."""
     n = table.num_rows
     status = table.column(STATUS)
@@ -97,8 +96,6 @@ def part_state(table: pa.Table, part: int, has_embedding: pa.Array | None = None
     for c in table.column_names:
         if c not in (STATUS, FAILED_STAGE):
             cols[c] = table.column(c)
-    emb = has_embedding if has_embedding is not None else pa.array(np.zeros(n, bool))
-    cols[HAS_EMB] = emb
     cols[KEPT] = ok
     cols[DROP_REASON] = pa.array(drop, pa.string())
     cols[DUPLICATE_OF] = pa.nulls(n, pa.string())
@@ -106,12 +103,8 @@ def part_state(table: pa.Table, part: int, has_embedding: pa.Array | None = None
 
 
 def read_state(path: str, part: int, cfg: FilterConfig) -> pa.Table:
-    """Read a scored part's decision columns (the embedding column only for its validity)."""
-    t = read_columns(path, state_columns(cfg))
-    has = None
-    if cfg.near_dup_cosine is not None:
-        has = read_columns(path, [CLIP_EMBEDDING]).column(CLIP_EMBEDDING).is_valid()
-    return part_state(t, part, has)
+    """Read a scored part's decision columns (embeddings are read only by the near-dup passes)."""
+    return part_state(read_columns(path, state_columns(cfg)), part)
 
 
 def alive_count(state: pa.Table) -> int:
@@ -327,36 +320,35 @@ def share_k(share: float, n: int) -> int:
 
 # --- near duplicates: clustered greedy -----------------------------------------------------
 
-def embeddings_of(path: str, rows: np.ndarray) -> np.ndarray:
-    """Unit-norm float32 embeddings (len(rows), D) of the given rows of a part (all valid)."""
-    col = read_columns(path, [CLIP_EMBEDDING]).column(CLIP_EMBEDDING).combine_chunks()
-    sub = col.take(pa.array(rows, pa.int64()))
-    if not len(sub):
-        return np.zeros((0, 0), np.float32)
-    flat = sub.flatten().to_numpy(zero_copy_only=False)
-    emb = np.asarray(flat, np.float32).reshape(len(sub), -1)  # (R*D,) -> (R, D)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-
-
-def near_candidates(state: pa.Table) -> np.ndarray:
-    """Alive rows with an embedding: the rows the near-duplicate step looks at."""
+def alive_embeddings(path: str, state: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the near-duplicate step looks at (alive, with an embedding) and their
+    unit-norm float32 embeddings (R, D), read from the part in one pass over the column."""
     live = _alive_idx(state)
-    has = np.asarray(state.column(HAS_EMB).to_numpy(zero_copy_only=False), bool)
-    return live[has[live]]
+    col = read_columns(path, [CLIP_EMBEDDING]).column(CLIP_EMBEDDING).combine_chunks()
+    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)
+    rows = live[valid[live]]
+    if not len(rows):
+        return rows, np.zeros((0, 0), np.float32)
+    sub = col.take(pa.array(rows, pa.int64()))
+    emb = np.asarray(sub.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(rows), -1)  # (R*D,) -> (R, D)
+    return rows, emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
 def sample_embeddings(path: str, state: pa.Table, rows: int, seed: int) -> np.ndarray:
-    cand = near_candidates(state)
-    if rows < len(cand):
-        cand = np.sort(np.random.default_rng(seed).choice(cand, rows, replace=False))
-    return embeddings_of(path, cand)
+    _, emb = alive_embeddings(path, state)
+    if rows < len(emb):
+        emb = emb[np.sort(np.random.default_rng(seed).choice(len(emb), rows, replace=False))]
+    return emb
 
 
 def train_centroids(samples: list[np.ndarray], k: int, cfg: NearDupConfig) -> np.ndarray:
     """Spherical k-means centroids (k, D) of the sampled embeddings (faiss)."""
     import faiss
 
-    x = np.ascontiguousarray(np.concatenate([s for s in samples if len(s)]), np.float32)  # (S, D)
+    samples = [s for s in samples if len(s)]
+    if not samples:  # no embeddings at all: one cluster
+        return np.zeros((1, 1), np.float32)
+    x = np.ascontiguousarray(np.concatenate(samples), np.float32)  # (S, D)
     k = min(k, len(x))
     km = faiss.Kmeans(x.shape[1], k, niter=cfg.niter, seed=cfg.seed, spherical=True, verbose=False,
                       max_points_per_centroid=max(256, len(x) // max(k, 1) + 1))
@@ -378,8 +370,7 @@ def assign(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int) -> list[pa.Table]:
     """Map: candidate rows with cluster, keeper keys and fp16 embedding, split into buckets by cluster."""
-    cand = near_candidates(state)
-    emb = embeddings_of(path, cand)  # (R, D)
+    cand, emb = alive_embeddings(path, state)  # (R,), (R, D)
     cl = assign(emb, centroids) if len(cand) else np.zeros(0, np.int64)
     sel = state.take(pa.array(cand, pa.int64()))
     d = emb.shape[1] if len(cand) else 1

@@ -81,8 +81,8 @@ def _apply_share(state, rule, cut):
 
 
 @ray.remote
-def _near_count(state):
-    return len(D.near_candidates(state))
+def _alive(state):
+    return D.alive_count(state)
 
 
 @ray.remote
@@ -201,7 +201,7 @@ def decide_parts(
 
 
 def _near_dups(inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.NearDupConfig, buckets: int) -> list:
-    counts = ray.get([_near_count.remote(s) for s in states])
+    counts = ray.get([_alive.remote(s) for s in states])  # clips with an embedding are at most these
     n = sum(counts)
     k = D.clusters_for(n, near)
     p = len(states)
