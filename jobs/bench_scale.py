@@ -158,7 +158,7 @@ def make_videos(folder: Path, n: int) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        segs = [Segment("shot", 60, (i + k) % 6, speed=1.0 + 0.5 * k) for k in range(3)]
+        segs = [Segment("shot", 60, (i + k) % 6, speed=1.0 + 0.5 * k + 0.07 * i) for k in range(3)]  # all distinct
         make_video(folder / f"gen-{i:03d}.mp4", segs, fps=24, width=160, height=96)
 
 
