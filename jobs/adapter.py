@@ -108,7 +108,7 @@ def map_stage(ds: ray.data.Dataset, stage_cls: type, cfg: Any, res: Resources) -
         fn_constructor_kwargs={"stage_cls": stage_cls, "cfg": cfg},
         batch_format="pyarrow",
         batch_size=res.batch_size,
-        concurrency=max(1, res.concurrency),
+        compute=ray.data.ActorPoolStrategy(size=max(1, res.concurrency)),
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus or None,
         zero_copy_batch=True,
@@ -121,8 +121,8 @@ def map_task(
 ) -> ray.data.Dataset:
     """Run a pure CPU step as Ray Data tasks."""
     kwargs: dict[str, Any] = {}
-    if res.concurrency:
-        kwargs["concurrency"] = res.concurrency
+    if res.concurrency:  # `concurrency=` is deprecated in Ray Data: strategies say it
+        kwargs["compute"] = ray.data.TaskPoolStrategy(size=res.concurrency)
     return ds.map_batches(
         fn, batch_format="pyarrow", batch_size=res.batch_size, num_cpus=res.num_cpus, **kwargs
     )

@@ -189,20 +189,27 @@ def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, 
     ds = map_stage(ds, TimedCaptionStage, _ActorCfg(cfg.caption, str(stats_dir)),
                    Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus, concurrency=cfg.concurrency,
                              batch_size=bs))
+    # the workers write the parts; the driver only sums their counts
+    ds = map_task(ds, functools.partial(_write_part, out=str(out), h=h), Resources(num_cpus=0.1, concurrency=0))
     t0 = time.perf_counter()
     ok = err = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        if batch.num_rows == 0:
-            continue
-        ids = batch.column(CLIP_ID).to_pylist()
-        name = _part_name(ids)
-        write_parquet_atomic(batch, out / name)  # part first, markers after: a crash loses no marker-less work
-        for cid in ids:
-            mark_done(out, STAGE, cid, h, part=name)
-        status = batch.column(STATUS).to_pylist()
-        ok += status.count(STATUS_OK)
-        err += status.count(STATUS_ERROR)
+    for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        ok += sum(counts.column("ok").to_pylist())
+        err += sum(counts.column("error").to_pylist())
     return {"captioned": ok, "errors": err, "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
+
+
+def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
+    """Writer task: one caption part, then its clips' markers; returns (ok, error) counts."""
+    if batch.num_rows == 0:
+        return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
+    ids = batch.column(CLIP_ID).to_pylist()
+    name = _part_name(ids)
+    write_parquet_atomic(batch, Path(out) / name)  # part first, markers after: a crash loses no marker-less work
+    for cid in ids:
+        mark_done(out, STAGE, cid, h, part=name)
+    status = batch.column(STATUS).to_pylist()
+    return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
 
 
 def build_parser() -> argparse.ArgumentParser:

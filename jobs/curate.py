@@ -1,23 +1,27 @@
-"""`python -m jobs.curate --input VIDEOS --output OUT --preset smoke|default`: every stage, one stream.
+"""`python -m jobs.curate --input VIDEOS --output OUT --preset smoke|default`: every stage, two streams.
 
-One Ray Data streaming plan, no barrier between stages:
+Phase 1, one Ray Data streaming plan:
 
   inputs ─▶ probe+split tasks ─▶ score CPU tasks (decode once, cheap scores, cheap gate)
-     ─▶ CLIP actors ─▶ streaming filter ─▶ caption decode tasks ─▶ VLM actors
-     ─▶ encode decode tasks ─▶ VAE actors ─▶ driver: staging parts + latent shards
+     ─▶ CLIP actors ─▶ writer tasks: OUT/scored/part-<key>.parquet + marker
 
-Each stage has its own resources (CPU tasks, actor pools, GPUs per actor); Ray Data's
-backpressure bounds memory, and the first shards appear while videos are still being split.
+Then the run-level decisions (exact and near duplicates across videos, percentile
+thresholds, absolute rules), distributed over the scored parts by `jobs/decide.py`: the code
+`python -m jobs.filter` re-decides with.
 
-Rules that need the whole run (exact and near duplicates across videos, percentile
-thresholds) cannot be decided on a stream: the stream applies the absolute rules, and a
-final pass applies the full cascade to every scored clip, then rewrites the shards without
-the clips it drops (their captions and latents were computed in vain: the price of
-streaming; run the stage-by-stage jobs to spend nothing on them).
+Phase 2, a second streaming plan over the kept clips only (read by the workers):
+
+  scored parts ─▶ kept, not yet written ─▶ caption decode tasks ─▶ VLM actors
+     ─▶ encode decode tasks ─▶ VAE actors ─▶ writer tasks: OUT/captions part + latent shards,
+        each with a marker carrying its shard entries
+
+and the driver merges the shard entries into OUT/latents/_manifest.json (metadata only).
+No clip dropped by a rule is captioned or encoded, and the driver never holds clip rows:
+its memory is O(files).
 
 Outputs are those of the stage-by-stage jobs (OUT/videos, clips, scored, captions, latents,
-report). Resume: every batch reaching the driver is written as an atomic staging part
-(OUT/_stream) with its marker; a rerun skips clips already staged and rebuilds the outputs.
+report). Resume: every part (scored, or captions + shards) is written atomically before its
+marker; a rerun skips the clips of finished parts in each phase and rebuilds the manifest.
 """
 
 from __future__ import annotations
@@ -34,21 +38,20 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from curate import filters
+from curate import decide as D
+from curate import filters, storage
 from curate import schema as S
+from curate.decide import read_columns
 from curate.errors import UsageError, check_range
 from curate.storage import (
     check_writable,
     config_hash,
-    delete,
     is_done,
-    join,
-    list_files,
     mark_done,
-    read_parts,
-    read_table,
-    stem,
+    marker_path,
+    read_json,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -57,8 +60,8 @@ from jobs import flags
 from jobs.inputs import list_inputs
 from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 
-STAGE = "curate"
-STREAM = "_stream"
+SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
+WRITE_STAGE = "curate-write"  # markers of phase-2 parts (OUT/captions + shards), with shard entries
 MODEL_RESOURCE_SHARE = 0.01  # of --model-resource per model actor: any number of actors fit a node with 1
 
 
@@ -91,66 +94,92 @@ class CurateConfig:
             check_range(name, getattr(self, name), 1, fix=f"pass --{name.replace('_', '-')} >= 1")
 
 
-def stream_filters(cfg: filters.FilterConfig) -> filters.FilterConfig:
-    """The part of the cascade a stream can decide batch by batch: absolute thresholds."""
-    return filters.FilterConfig(rules=tuple(r for r in cfg.rules if r.threshold is not None),
-                                exact_dedup=False, near_dup_cosine=None)
-
-
-def _stream_filter(batch: pa.Table, cfg: filters.FilterConfig) -> pa.Table:
-    table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
-    table, _ = filters.apply_cascade(table, cfg)
-    return table
-
-
-def _split_task(batch: pa.Table, preset: Preset, out: str, staged: frozenset[str]) -> pa.Table:
-    """Probe + split one video (or reuse its finished split), minus clips already staged."""
-    from jobs.split import process_one  # the same parts and markers as jobs.split
-
-    rows: list[pa.Table] = []
-    for uri in batch.column(S.SOURCE_URI).to_pylist():
-        info = process_one(uri, preset.split, out)
-        part = join(out, "clips", f"part-{info['video_id']}.parquet")
-        clips = S.conform(read_table(part), S.CLIP_SCHEMA)
-        keep = pa.array([c not in staged for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
-        rows.append(clips.filter(keep))
-    return pa.concat_tables(rows) if rows else S.empty_table()
-
-
 def _part_key(ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
 
 
-def staged_clip_ids(out: str, h: str) -> frozenset[str]:
+def _parts(folder: str) -> list[str]:
+    return [p for p in storage.list_files(folder, ".parquet") if storage.basename(p).startswith("part-")]
+
+
+def _key(part: str) -> str:
+    return storage.basename(part).removeprefix("part-").removesuffix(".parquet")
+
+
+def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
+    """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
+    return [p for p in _parts(folder) if is_done(root, stage, _key(p), h)]
+
+
+def _clip_ids_of(paths: list[str]) -> frozenset[str]:
+    """Runs as a Ray task: the clip ids in finished parts, handed to the workers by reference."""
     ids: set[str] = set()
-    for p in list_files(join(out, STREAM), ".parquet"):
-        if is_done(out, STAGE, stem(p).removeprefix("part-"), h):
-            ids.update(read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+    for p in paths:
+        ids.update(read_columns(p, [S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
     return frozenset(ids)
 
 
-def _with_psnr(part: pa.Table) -> pa.Table:
-    """A staged part in the clip schema plus its round-trip PSNR, the transient metric column the
-    shard writer summarises in the manifest (conform alone would drop it: `metrics: {}`)."""
+def _resolve(ref: Any) -> frozenset[str]:
+    import ray
+
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+
+
+def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
+    """Probe + split one video (or reuse its finished split), minus clips already scored."""
+    from jobs.split import process_one  # the same parts and markers as jobs.split
+
+    done = _resolve(done)
+    rows: list[pa.Table] = []
+    for uri in batch.column(S.SOURCE_URI).to_pylist():
+        info = process_one(uri, preset.split, out)
+        part = storage.join(out, "clips", f"part-{info['video_id']}.parquet")
+        clips = S.conform(read_columns(part), S.CLIP_SCHEMA)
+        keep = pa.array([c not in done for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
+        rows.append(clips.filter(keep))
+    return pa.concat_tables(rows) if rows else S.empty_table()
+
+
+def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
+    """Phase-1 writer task: one atomic scored part, then its marker; returns its row count."""
+    table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
+    if not table.num_rows:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    key = _part_key(table.column(S.CLIP_ID).to_pylist())
+    write_parquet_atomic(table, storage.join(out, "scored", f"part-{key}.parquet"))
+    mark_done(out, SCORED_STAGE, key, h, clips=table.num_rows)  # important: marker after the part
+    return pa.table({"rows": [table.num_rows]})
+
+
+def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
+    """Phase-2 input: kept clips not yet in a finished captions part."""
+    done = _resolve(done)
+    kept = pc.fill_null(batch.column(S.KEPT), False).to_pylist()
+    ids = batch.column(S.CLIP_ID).to_pylist()
+    table = batch.filter(pa.array([k and c not in done for k, c in zip(kept, ids)], pa.bool_()))
+    return S.conform(table.select([c for c in table.column_names if c in S.CLIP_SCHEMA.names]))
+
+
+def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int) -> pa.Table:
+    """Phase-2 writer task: the captions part and the latent shards of a batch, then one marker
+    that carries the shard entries (sha256, rows, row-group digests): the manifest fragment."""
     from latents.encode import ROUNDTRIP_PSNR
+    from latents.shards import ShardWriter
 
-    t = S.conform(part.select([c for c in part.column_names if c in S.CLIP_SCHEMA.names]))
-    psnr = part.column(ROUNDTRIP_PSNR).cast(pa.float32()) if ROUNDTRIP_PSNR in part.column_names \
-        else pa.nulls(part.num_rows, pa.float32())
-    return t.append_column(ROUNDTRIP_PSNR, psnr)
-
-
-def _staged(out: str, h: str) -> pa.Table:
-    parts = [p for p in list_files(join(out, STREAM), ".parquet")
-             if is_done(out, STAGE, stem(p).removeprefix("part-"), h)]
-    if not parts:
-        return _with_psnr(S.empty_table())
-    t = pa.concat_tables([_with_psnr(read_table(p)) for p in parts])
-    # a clip staged twice (a retried batch after a crash between part and marker): keep the first
-    first: dict[str, int] = {}
-    for i, c in enumerate(t.column(S.CLIP_ID).to_pylist()):
-        first.setdefault(c, i)
-    return t.take(pa.array(sorted(first.values()), pa.int64()))
+    if not batch.num_rows:
+        return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
+    ids = batch.column(S.CLIP_ID).to_pylist()
+    key = _part_key(ids)
+    cap = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
+                    .drop_columns(S.columns_of(S.LATENT_GROUP)))
+    write_parquet_atomic(cap, storage.join(out, "captions", f"part-{key}.parquet"))
+    ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
+    enc = batch.filter(ok)
+    with ShardWriter(storage.join(out, "latents"), meta, max_rows=max_rows, row_group_rows=64,
+                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
+        writer.write(enc)
+    mark_done(out, WRITE_STAGE, key, h, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
+    return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
 
 
 def _stage_timings(stats: str) -> dict[str, float]:
@@ -163,102 +192,129 @@ def _stage_timings(stats: str) -> dict[str, float]:
     return out
 
 
-def run_stream(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str, meta: dict) -> dict[str, Any]:
-    """The streaming plan; returns counts and timings."""
+def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
+    from jobs.adapter import Resources
+
+    # important: an actor step asking for the same CPUs as the task before it gets fused
+    # into it by Ray Data; different CPU asks keep decoding out of the model actors.
+    pin = ((cfg.model_resource, MODEL_RESOURCE_SHARE),) if cfg.model_resource else ()
+    return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size, resources=pin)
+
+
+def _drain(ds: Any) -> tuple[dict[str, int], dict[str, float]]:
+    """Run a plan whose last step returns per-part counts: the driver sees counts only."""
+    totals: dict[str, int] = {}
+    for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for c in b.column_names:
+            totals[c] = totals.get(c, 0) + int(pc.sum(b.column(c)).as_py() or 0)
+    return totals, _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
+
+
+def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str) -> dict[str, Any]:
+    """Probe, split and score every input; workers write the scored parts."""
+    import ray
+
+    from curate import score, score_frames
+    from jobs.adapter import Resources, map_stage, map_task
+
+    if preset.score.smoke:
+        score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
+    done = ray.remote(_clip_ids_of).remote(finished_parts(storage.join(out, "scored"), out, SCORED_STAGE, h))
+    task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
+    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
+    ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), done=done),
+                        batch_format="pyarrow", batch_size=1, num_cpus=1)
+    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=preset.score), task)
+    ds = map_stage(ds, score.ClipScoreStage, preset.score,
+                   _actors(cfg, cfg.score_actors, cfg.score_gpus, cfg.actor_cpus))
+    ds = map_task(ds, functools.partial(_write_scored, out=str(out), h=h),
+                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    t0 = time.perf_counter()
+    totals, timings = _drain(ds)
+    return {"rows_streamed": totals.get("rows", 0), "phase1_seconds": round(time.perf_counter() - t0, 2),
+            "stage_seconds": timings}
+
+
+def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
+    """Run-level decisions over the scored parts, in place; parts of other runs are removed first."""
+    from jobs.filter import decide_dir, funnel_report
+
+    scored = storage.join(out, "scored")
+    finished = set(finished_parts(scored, out, SCORED_STAGE, h))
+    for stale in _parts(scored):  # a part whose marker never came, or another config
+        if stale not in finished:
+            storage.delete(stale)
+    if not finished:
+        raise UsageError(f"no clips were scored in {scored!r}; check the inputs and the log")
+    funnel, _ = decide_dir(scored, scored, preset.score.filters, D.NearDupConfig(), marker_root=None)
+    report = funnel_report(funnel, preset.score.filters, smoke=preset.random_models)
+    report["config_hash"] = config_hash(preset.score)
+    write_json_atomic(report, storage.join(scored, "_funnel.json"))
+    return report
+
+
+def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
+    """Caption and encode the kept clips only; workers write captions parts and shards."""
     import ray
 
     from captioner.stage import CaptionStage, attach_frames
-    from curate import score, score_frames
-    from jobs.adapter import Resources, init_ray, map_stage, map_task
-    from latents.encode import ROUNDTRIP_PSNR, EncodeStage
+    from jobs.adapter import Resources, map_stage, map_task
+    from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
-    from latents.shards import ShardWriter
 
-    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
-    if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
-        raise UsageError(f"--model-resource must name a custom resource of a node in the cluster, got "
-                         f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
-                         f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
-    if preset.score.smoke:
-        score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
-    staged = staged_clip_ids(out, h)
+    finished = finished_parts(storage.join(out, "captions"), out, WRITE_STAGE, h2)
+    written = sum(read_json(marker_path(out, WRITE_STAGE, _key(p))).get("clips", 0) for p in finished)
+    if written >= kept:  # every kept clip is in a finished part: no model needs loading
+        return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
+    done = ray.remote(_clip_ids_of).remote(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-
-    def actors(n: int, gpus: float, cpus: float) -> Resources:
-        # important: an actor step asking for the same CPUs as the task before it gets fused
-        # into it by Ray Data; different CPU asks keep decoding out of the model actors.
-        pin = ((cfg.model_resource, MODEL_RESOURCE_SHARE),) if cfg.model_resource else ()
-        return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size, resources=pin)
-
-    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
-    ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), staged=staged),
-                        batch_format="pyarrow", batch_size=1, num_cpus=1)
-    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=preset.score), task)
-    ds = map_stage(ds, score.ClipScoreStage, preset.score, actors(cfg.score_actors, cfg.score_gpus, cfg.actor_cpus))
-    ds = map_task(ds, functools.partial(_stream_filter, cfg=stream_filters(preset.score.filters)),
-                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    scored = _parts(storage.join(out, "scored"))
+    fs = storage.filesystem(out)[0]
+    columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
+    ds = ray.data.read_parquet([storage.filesystem(p)[1] for p in scored], filesystem=fs, columns=columns,
+                               schema=pa.schema([S.CLIP_SCHEMA.field(c) for c in columns]))
+    ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
     ds = map_stage(ds, CaptionStage, preset.caption,
-                   actors(cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01))
+                   _actors(cfg, cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01))
     ds = map_task(ds, functools.partial(encode_prepare, cfg=preset.encode), task)
-    ds = map_stage(ds, EncodeStage, preset.encode, actors(cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
-
+    ds = map_stage(ds, EncodeStage, preset.encode,
+                   _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
+    # batches of up to a shard's rows: a writer task writes whole shards
+    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard),
+                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0, batch_size=cfg.max_rows_per_shard))
     t0 = time.perf_counter()
-    first_shard_at = None
-    rows = 0
-    with ShardWriter(join(out, "latents"), meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-s") as writer:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            if batch.num_rows == 0:
-                continue
-            ids = batch.column(S.CLIP_ID).to_pylist()
-            key = _part_key(ids)
-            write_parquet_atomic(batch, join(out, STREAM, f"part-{key}.parquet"))
-            mark_done(out, STAGE, key, h, clips=len(ids))  # important: marker after the part
-            ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
-            writer.write(batch.filter(ok))
-            rows += batch.num_rows
-            if first_shard_at is None and writer.shards:
-                first_shard_at = time.perf_counter() - t0
-    stats = ds.stats() if hasattr(ds, "stats") else ""
-    return {"rows_streamed": rows, "stream_seconds": round(time.perf_counter() - t0, 2),
-            "first_shard_seconds": first_shard_at, "stage_seconds": _stage_timings(stats)}
+    totals, timings = _drain(ds)
+    return {"rows_phase2": totals.get("rows", 0), "phase2_seconds": round(time.perf_counter() - t0, 2),
+            "stage_seconds": timings}
 
 
-def finalize(cfg: CurateConfig, preset: Preset, out: str, h: str, meta: dict) -> dict[str, Any]:
-    """Whole-run decisions over every staged clip, then the stage outputs and exact shards."""
+def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
+    """Merge the shard entries of every finished phase-2 part into the manifest (metadata only)."""
     from latents.encode import ROUNDTRIP_PSNR
-    from latents.shards import ShardWriter
+    from latents.shards import merge_manifest
 
-    table = _staged(out, h)
-    clips = read_parts(join(out, "clips"), S.CLIP_SCHEMA)
-    # clips whose video failed (error rows from split) are staged too: they flow through every stage
-    scored = table.drop_columns([c for c in S.columns_of(S.CAPTION_GROUP) + S.columns_of(S.LATENT_GROUP)])
-    scored, funnel = filters.apply_cascade(S.conform(scored), preset.score.filters)
-    kept_ids = {c for c, k in zip(scored.column(S.CLIP_ID).to_pylist(), scored.column(S.KEPT).to_pylist()) if k}
-    for old in list_files(join(out, "scored"), ".parquet"):
-        delete(old)
-    write_parquet_atomic(scored, join(out, "scored", "part-00000.parquet"))
-    write_json_atomic({"clips_in": scored.num_rows, "steps": funnel, "kept": len(kept_ids),
-                       "dropped": scored.num_rows - len(kept_ids), "smoke": preset.random_models,
-                       "config_hash": config_hash(preset.score)}, join(out, "scored", "_funnel.json"))
-    final_kept = pa.array([c in kept_ids for c in table.column(S.CLIP_ID).to_pylist()], pa.bool_())
-    cap = table.filter(pc.and_(final_kept, pc.is_valid(table.column(S.CAPTION))))
-    for old in list_files(join(out, "captions"), ".parquet"):
-        delete(old)
-    write_parquet_atomic(S.conform(cap.drop_columns(S.columns_of(S.LATENT_GROUP))),
-                         join(out, "captions", "part-00000.parquet"))
-    enc = table.filter(pc.and_(final_kept, pc.and_(pc.equal(table.column(S.STATUS), S.STATUS_OK),
-                                                   pc.is_valid(table.column(S.LATENT)))))
-    # rewrite the shards from the staging parts: exact after run-level drops and after a resume
-    with ShardWriter(join(out, "latents"), meta, max_rows=cfg.max_rows_per_shard, row_group_rows=64,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=h[:8] + "-f") as writer:
-        writer.write(enc)
-    manifest = writer.manifest()
+    captions = storage.join(out, "captions")
+    finished = finished_parts(captions, out, WRITE_STAGE, h2)
+    for stale in set(_parts(captions)) - set(finished):
+        storage.delete(stale)
+    shards: list[dict] = []
+    captioned = 0
+    for p in finished:
+        info = read_json(marker_path(out, WRITE_STAGE, _key(p)))
+        shards += info["shards"]
+        cap = read_columns(p, [S.CAPTION]).column(S.CAPTION)
+        captioned += len(cap) - cap.null_count
+    manifest = merge_manifest(storage.join(out, "latents"), meta, shards)
     psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
-    return {"clips": clips.num_rows, "scored": scored.num_rows, "kept": len(kept_ids),
-            "captioned": cap.num_rows, "encoded": enc.num_rows, "shards": manifest["counts"]["shards"],
+    return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"],
             "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None}  # as jobs.encode's summary
+
+
+def _rows_in(folder: str) -> int:
+    """Rows of a folder's parts, from their footers (no data read)."""
+    return sum(pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows
+               for p in _parts(folder))
 
 
 def _manifest_meta(preset: Preset) -> dict:
@@ -298,17 +354,34 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     h = config_hash({"preset": dataclasses.asdict(preset)})
     meta = _manifest_meta(preset)
     t0 = time.perf_counter()
-    stream = run_stream(cfg, preset, inputs, out, h, meta)
+    import ray
+
+    from jobs.adapter import init_ray
+
+    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+    if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
+        raise UsageError(f"--model-resource must name a custom resource of a node in the cluster, got "
+                         f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
+                         f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
+    p1 = phase1(cfg, preset, inputs, out, h)
+    report = decide(preset, out, h)
+    # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
+    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in _parts(storage.join(out, "scored"))]})
+    p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
-               **stream, **finalize(cfg, preset, out, h, meta)}
+               **{k: v for k, v in p1.items() if k != "stage_seconds"},
+               **{k: v for k, v in p2.items() if k != "stage_seconds"},
+               "stage_seconds": {**p1["stage_seconds"], **p2["stage_seconds"]},
+               "clips": _rows_in(storage.join(out, "clips")), "scored": report["clips_in"], "kept": report["kept"],
+               **finalize(out, h2, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(summary, join(out, "summary", "curate.json"))
+    write_json_atomic(summary, storage.join(out, "summary", "curate.json"))
     if cfg.report:
         from jobs.report import write_report_to
 
         summary["report"] = write_report_to(out, run_config={"curate": dataclasses.asdict(cfg),
                                                              "preset": dataclasses.asdict(preset)},
-                                            stage_timings=stream["stage_seconds"], preset_name=preset.name,
+                                            stage_timings=summary["stage_seconds"], preset_name=preset.name,
                                             random_models=preset.random_models)
     return summary
 

@@ -148,6 +148,17 @@ def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
     return w.manifest()
 
 
+def _write_part(batch: pa.Table, out: str, cfg_hash: str) -> pa.Table:
+    """Writer task: one atomic encoded part, then its marker; returns its row count."""
+    if batch.num_rows == 0:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    key = part_key(batch.column(S.CLIP_ID).to_pylist())
+    write_parquet_atomic(batch, Path(out) / PARTS / f"part-{key}.parquet")
+    # important: the marker goes last; a kill before it re-encodes this part's clips
+    mark_done(out, ENCODE_STAGE, key, cfg_hash, clips=batch.num_rows)
+    return pa.table({"rows": [batch.num_rows]})
+
+
 def main(cfg: EncodeJobConfig) -> dict:
     from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
     from latents.encode import EncodeStage, eligible_mask, prepare_batch
@@ -173,12 +184,10 @@ def main(cfg: EncodeJobConfig) -> dict:
                       Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
         ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
                                                               concurrency=cfg.concurrency, batch_size=cfg.batch_size))
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            key = part_key(batch.column(S.CLIP_ID).to_pylist())
-            write_parquet_atomic(batch, out / PARTS / f"part-{key}.parquet")
-            # important: the marker goes last; a kill before it re-encodes this part's clips
-            mark_done(out, ENCODE_STAGE, key, cfg_hash, clips=batch.num_rows)
-            new_rows += batch.num_rows
+        # the workers write the parts; the driver only sums their row counts
+        ds = map_task(ds, partial(_write_part, out=str(out), cfg_hash=cfg_hash), Resources(num_cpus=0.1, concurrency=0))
+        for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            new_rows += sum(counts.column("rows").to_pylist())
     parts = _done_parts(out, cfg_hash)
     status = pa.concat_tables([pq.read_table(p, columns=[S.STATUS, S.ERROR]) for p in parts]) if parts else None
     errors = Counter(map(error_key, status.filter(pc.equal(status.column(S.STATUS), S.STATUS_ERROR)).column(S.ERROR)

@@ -3,13 +3,14 @@
 Ray Data plan (streaming):
   clips table ─▶ CPU tasks: decode each clip once, cheap scores, CLIP frames (small arrays)
             ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
-            ─▶ driver: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
-then, on the driver over the whole run: exact/near dedup, percentile rules, decisions ->
-OUT/scored/part-*.parquet (every clip, kept or not, with reasons) + OUT/scored/_funnel.json.
+            ─▶ writer tasks: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
+then the run-level decisions (exact/near dedup, percentile and absolute rules), distributed
+by `jobs/decide.py` (the code `python -m jobs.filter` uses) over OUT/scored/part-*.parquet
+(every clip, kept or not, with reasons) + OUT/scored/_funnel.json.
 
 Resumable: a score part's marker (OUT/_done/score/<key>) carries the hash of the scoring
 config (filters excluded), so a rerun skips scored clips and a changed filter only re-runs
-the cheap driver step. Works with a local Ray or under `ray job submit` (RAY_ADDRESS set).
+the decision step. Works with a local Ray or under `ray job submit` (RAY_ADDRESS set).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import curate
+from curate import decide as D
 from curate import filters, score, score_frames
 from curate.schema import (
     CLIP_EMBEDDING,
@@ -37,7 +39,6 @@ from curate.schema import (
     CONFIG_HASH,
     ERROR,
     FAILED_STAGE,
-    KEPT,
     SCORE,
     STATUS,
     STATUS_OK,
@@ -139,15 +140,21 @@ def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> 
     ds = map_stage(ds, score.ClipScoreStage, cfg,
                    Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
                              concurrency=job.concurrency, batch_size=job.batch_size))
-    h = scoring_hash(cfg)
-    written = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        part = batch.select(SCORE_PART_COLUMNS)
-        key = _part_key(part.column(CLIP_ID).to_pylist())
-        write_parquet_atomic(part, scores_dir / f"part-{key}.parquet")
-        mark_done(root, STAGE, key, h, rows=part.num_rows)
-        written += part.num_rows
-    return written
+    # the workers write the score parts; the driver only sums their row counts
+    ds = map_task(ds, functools.partial(_write_scores, scores_dir=str(scores_dir), root=str(root), h=scoring_hash(cfg)),
+                  Resources(num_cpus=0.1, concurrency=0))
+    return sum(sum(b.column("rows").to_pylist()) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
+
+
+def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Table:
+    """Writer task: one atomic score part, then its marker."""
+    if batch.num_rows == 0:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    part = batch.select(SCORE_PART_COLUMNS)
+    key = _part_key(part.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(part, Path(scores_dir) / f"part-{key}.parquet")
+    mark_done(root, STAGE, key, h, rows=part.num_rows)  # important: marker after the part
+    return pa.table({"rows": [part.num_rows]})
 
 
 def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
@@ -168,13 +175,14 @@ def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
     return set_columns(clips, values)
 
 
-def funnel_report(funnel: list[dict[str, Any]], table: pa.Table, cfg: score.ScoreConfig) -> dict[str, Any]:
-    kept = int(pc.sum(table.column(KEPT).cast(pa.int64())).as_py() or 0)
+def funnel_report(funnel: list[dict[str, Any]], cfg: score.ScoreConfig) -> dict[str, Any]:
+    clips = funnel[0]["in"] if funnel else 0
+    kept = funnel[-1]["out"] if funnel else 0
     return {
-        "clips_in": table.num_rows,
+        "clips_in": clips,
         "steps": funnel,
         "kept": kept,
-        "dropped": table.num_rows - kept,
+        "dropped": clips - kept,
         "model": score.model_label(cfg),
         "smoke": cfg.smoke,
         "config_hash": config_hash(cfg),
@@ -207,15 +215,20 @@ def main(job: ScoreJob) -> dict[str, Any]:
     table = merge_scores(clips, done)
     table = set_columns(table, {CONFIG_HASH: [config_hash(job.score)] * table.num_rows,
                                 TUBELET_VERSION: [curate.__version__] * table.num_rows})
-    table, funnel = filters.apply_cascade(table, job.score.filters)
-    validate(table, upto="filter")
+    validate(table, upto="score")
     n_parts = max(1, -(-table.num_rows // job.part_rows))
     for k in range(n_parts):
         write_parquet_atomic(table.slice(k * job.part_rows, job.part_rows), out / f"part-{k:05d}.parquet")
     for stale in out.glob("part-*.parquet"):  # a previous run with more parts
         if int(stale.stem.split("-")[1]) >= n_parts:
             stale.unlink()
-    report = funnel_report(funnel, table, job.score)
+    # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
+    from jobs.adapter import init_ray
+    from jobs.filter import decide_dir
+
+    init_ray(address=job.address)
+    funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
+    report = funnel_report(funnel, job.score)
     write_json_atomic(report, out / "_funnel.json")
     print(format_funnel(report))
     print(f"funnel: {out / '_funnel.json'}")

@@ -126,7 +126,7 @@ def main(cfg: SplitJobConfig) -> dict:
     t0 = time.perf_counter()
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in inputs], override_num_blocks=max(1, len(inputs)))
-    kwargs = {"concurrency": cfg.concurrency} if cfg.concurrency else {}
+    kwargs = {"compute": ray.data.TaskPoolStrategy(size=cfg.concurrency)} if cfg.concurrency else {}
     ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
                         num_cpus=cfg.num_cpus, **kwargs)
     rows: list[dict] = []

@@ -41,7 +41,7 @@ def _manifest_path(shards: str) -> str | None:
     try:
         found = [storage.join(shards, n) for n in MANIFEST_NAMES if storage.is_file(storage.join(shards, n))]
     except (OSError, ValueError) as e:
-        raise UsageError(f"--shards {shards!r} must be readable, got: {storage.one_line(e)}; check the path, "
+        raise UsageError(f"--input {shards!r} must be readable, got: {storage.one_line(e)}; check the path, "
                          "the bucket and the AWS_* credentials") from e
     return found[0] if found else None
 
@@ -50,9 +50,8 @@ def open_dataset(shards: str) -> Sequence[dict]:
     """All samples of the shards, in stored order (the one place the trainer touches the data).
 
     `synthetic:N` gives N random samples in the dataset contract (plumbing checks only).
-    important: shards are read into memory; the trainer needs random access for its
-    deterministic (resumable, worker-count-independent) order. Fine for latent sets of
-    up to a few GB; larger sets need a map-style reader over the Parquet row groups.
+    The trainer needs random access for its deterministic (resumable, worker-count-independent)
+    order: `latents.samples.ShardSamples` reads row groups on demand, a bounded number at a time.
     """
     if shards.startswith("synthetic:"):
         from latents.dit.synthetic import synthetic_samples
@@ -61,19 +60,21 @@ def open_dataset(shards: str) -> Sequence[dict]:
     if _manifest_path(shards) is None:
         raise UsageError(f"--input must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
                          f"jobs.encode), got {shards}; run jobs.encode first or pass its OUT/latents")
-    from latents.dataset import LatentDataset
+    from latents.samples import ShardSamples
 
-    # stored dtype (bf16/fp16) and text padded to the longest caption of each row group: half
-    # the memory of float32; the trainer widens each sample where it computes
-    return list(LatentDataset(shards, batch_size=None, shuffle=False, rank=0, world_size=1,
-                              latent_dtype="stored", pad_text="longest"))
+    # row groups read on demand into a bounded cache (memory flat in the number of shards);
+    # stored dtype (bf16/fp16) and text padded to the longest caption of each row group
+    return ShardSamples(shards)
 
 
 def data_facts(shards: str, data: Sequence[dict]) -> dict:
     """What the sampler needs from the data: the manifest (VAE, text encoder, normalisation) and
     the training latent shapes (JSON keys) with their counts."""
     path = _manifest_path(shards) if not shards.startswith("synthetic:") else None
-    shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
+    if hasattr(data, "latent_shapes"):  # from the manifest: no sample read
+        shapes = Counter({json.dumps(list(k)): v for k, v in data.latent_shapes().items()})
+    else:
+        shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
     return {"shards": shards, "manifest": storage.read_json(path) if path else None,
             "latent_shapes": dict(sorted(shapes.items()))}
 

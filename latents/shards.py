@@ -140,7 +140,7 @@ class ShardWriter:
 
     def __init__(self, root: str | Path, meta: dict[str, Any], *, schema: pa.Schema = S.CLIP_SCHEMA,
                  max_rows: int = 10_000, max_bytes: int = 1 << 30, row_group_rows: int = 256,
-                 metric_columns: tuple[str, ...] = (), run_id: str | None = None):
+                 metric_columns: tuple[str, ...] = (), run_id: str | None = None, write_manifest: bool = True):
         if max_rows < 1 or max_bytes < 1 or row_group_rows < 1:
             raise ValueError(f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}")
         self.root = str(root)  # a local path or a URI (s3://...): see curate.storage
@@ -151,6 +151,9 @@ class ShardWriter:
         self.row_group_rows = min(row_group_rows, max_rows)
         self.metric_columns = metric_columns
         self.run_id = run_id or uuid.uuid4().hex[:8]
+        # False: one of several writers (Ray tasks); close() returns the shard entries (a
+        # manifest fragment) and `merge_manifest` writes the manifest from every fragment
+        self.write_manifest = write_manifest
         self._buffers: dict[str, list[pa.Table]] = {}
         self._writer: pq.ParquetWriter | None = None
         self._tmp: str | None = None  # local file being written; published whole when finished
@@ -240,11 +243,8 @@ class ShardWriter:
         if self._writer is not None:
             self._finish_shard()
         manifest = self.manifest()
-        write_json_atomic(manifest, manifest_path(self.root))
-        keep = {s["file"] for s in self.shards}
-        for old in storage.list_files(self.root, ".parquet"):
-            if storage.basename(old).startswith(SHARD_PREFIX) and storage.basename(old) not in keep:
-                storage.delete(old)
+        if self.write_manifest:
+            merge_manifest(self.root, self.meta, self.shards, self.schema)
         self._closed = True
         return manifest
 
@@ -258,20 +258,42 @@ class ShardWriter:
         self._closed = True
 
     def manifest(self) -> dict[str, Any]:
-        by_shape: dict[str, int] = {}
-        for s in self.shards:
-            for g in s["row_groups"]:
-                k = _shape_key(g["latent_shape"])
-                by_shape[k] = by_shape.get(k, 0) + g["rows"]
-        return {
-            "format": MANIFEST_FORMAT,
-            "schema_version": S.SCHEMA_VERSION,
-            "columns": self.schema.names,
-            **self.meta,
-            "counts": {"rows": sum(s["rows"] for s in self.shards), "shards": len(self.shards),
-                       "by_latent_shape": by_shape, **self.meta.get("counts", {})},
-            "shards": self.shards,
-        }
+        return build_manifest(self.meta, self.shards, self.schema)
+
+
+def build_manifest(meta: dict[str, Any], shards: list[dict[str, Any]], schema: pa.Schema = S.CLIP_SCHEMA) -> dict[str, Any]:
+    """The manifest of a set of finished shards (their entries: file, sha256, rows, row groups)."""
+    by_shape: dict[str, int] = {}
+    for s in shards:
+        for g in s["row_groups"]:
+            k = _shape_key(g["latent_shape"])
+            by_shape[k] = by_shape.get(k, 0) + g["rows"]
+    return {
+        "format": MANIFEST_FORMAT,
+        "schema_version": S.SCHEMA_VERSION,
+        "columns": schema.names,
+        **meta,
+        "counts": {"rows": sum(s["rows"] for s in shards), "shards": len(shards),
+                   "by_latent_shape": by_shape, **meta.get("counts", {})},
+        "shards": shards,
+    }
+
+
+def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str, Any]],
+                   schema: pa.Schema = S.CLIP_SCHEMA) -> dict[str, Any]:
+    """Write the manifest of `shards` (entries from one or many writers), then drop shards not in it.
+
+    Metadata only: the shards themselves were written (and checksummed) by their writers.
+    """
+    root = str(root)
+    shards = sorted(shards, key=lambda s: s["file"])
+    manifest = build_manifest(meta, shards, schema)
+    write_json_atomic(manifest, manifest_path(root))
+    keep = {s["file"] for s in shards}
+    for old in storage.list_files(root, ".parquet"):
+        if storage.basename(old).startswith(SHARD_PREFIX) and storage.basename(old) not in keep:
+            storage.delete(old)
+    return manifest
 
 
 # --- reader ---------------------------------------------------------------------------------

@@ -62,7 +62,10 @@ def test_curate_outputs_follow_the_contract(submitted):
     assert kept and all(r for r in dropped.column(S.DROP_REASON).to_pylist())
     captions = read_parts(out / "captions", S.CLIP_SCHEMA)
     S.validate(captions, upto="caption")
-    assert set(captions.column(S.CLIP_ID).to_pylist()) <= kept
+    # phase 2 saw the kept clips only, each once: nothing is captioned or encoded in vain
+    assert sorted(captions.column(S.CLIP_ID).to_pylist()) == sorted(kept)
+    summary = json.loads((out / "summary" / "curate.json").read_text())
+    assert summary["rows_phase2"] == summary["kept"] == len(kept)
     manifest = read_manifest(out / "latents")
     verify_shards(out / "latents", manifest)  # checksums and row counts
     assert manifest["smoke"] is True and manifest["schema_version"] == S.SCHEMA_VERSION
@@ -96,7 +99,8 @@ def test_train_and_sample_from_the_shards(submitted, tmp_path):
 
 
 def _stream_parts(out: Path) -> int:
-    return len(list((out / "_stream").glob("part-*.parquet")))
+    """Phase-1 parts written so far (workers write them atomically, then their marker)."""
+    return len(list((out / "scored").glob("part-*.parquet")))
 
 
 def test_model_actor_killed_mid_run(inputs, submitted, tmp_path):
@@ -121,8 +125,10 @@ def test_model_actor_killed_mid_run(inputs, submitted, tmp_path):
     assert p.returncode == 0, log[-4000:]
     summary = json.loads((out / "summary" / "curate.json").read_text())
     ref = json.loads((submitted[0] / "summary" / "curate.json").read_text())
-    staged = pd.concat([pd.read_parquet(f, columns=["clip_id"]) for f in (out / "_stream").glob("part-*.parquet")])
+    staged = pd.concat([pd.read_parquet(f, columns=["clip_id"]) for f in (out / "scored").glob("part-*.parquet")])
     assert staged.clip_id.is_unique  # exactly once
+    captioned = pd.concat([pd.read_parquet(f, columns=["clip_id"]) for f in (out / "captions").glob("part-*.parquet")])
+    assert captioned.clip_id.is_unique
     for key in ("clips", "scored", "kept", "captioned", "encoded"):
         assert summary[key] == ref[key], key
     a = pd.read_parquet(out / "scored").set_index("clip_id").kept.sort_index()
@@ -154,6 +160,7 @@ def test_whole_run_killed_then_resumed(inputs, submitted, tmp_path):
     assert summary["rows_streamed"] < ref["rows_streamed"]  # the staged clips were not redone
     for key in ("clips", "scored", "kept", "captioned", "encoded"):
         assert summary[key] == ref[key], key
+    assert summary["rows_phase2"] == 0 or summary["rows_phase2"] <= ref["rows_phase2"]
     a = pd.read_parquet(out / "latents").clip_id.sort_values().tolist()
     b = pd.read_parquet(submitted[0] / "latents").clip_id.sort_values().tolist()
     assert a == b and len(a) == len(set(a))

@@ -15,6 +15,7 @@ BENCHES = {
     "train": "jobs.bench.train",
     "curate": "jobs.bench.curate",
     "detect": "jobs.bench.detect",
+    "scale": "jobs.bench.scale",
     "frames": "jobs.bench.frames",  # a table of the frame-model scores per video, no baseline
 }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -85,13 +86,18 @@ def check_budget(cfg: TrainConfig, shapes: Sequence[Sequence[int]]) -> None:
                          f"{list(cfg.patch)}); pass --max-tokens {n} or more, or leave it unset to derive it")
 
 
+@functools.lru_cache(maxsize=2)  # the current epoch and the next (a batch may straddle them)
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The dataset order of one epoch: computed once per epoch, not once per sample."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 def batch_positions(seed: int, step: int, batch_size: int, n: int) -> list[int]:
     """Dataset indices of global batch `step`: consecutive slices of per-epoch permutations."""
     out = []
     for p in range(step * batch_size, (step + 1) * batch_size):
         epoch, k = divmod(p, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.append(int(perm[k]))
+        out.append(int(epoch_permutation(seed, epoch, n)[k]))
     return out
 
 

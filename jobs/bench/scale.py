@@ -1,0 +1,264 @@
+"""`python -m jobs.bench scale [--sizes 1e4,1e5,1e6]`: run-level decisions at 10^4..10^6 clips.
+
+Synthetic scored rows (768-d fp16 embeddings in near-duplicate groups drawn around shared
+topics, scores, error rows, exact copies under another file name) are written as Parquet
+parts by Ray tasks, never built on the driver. For each size the decision step (the code of
+`python -m jobs.filter`, default preset filters) runs in this process as the driver, and it
+reports: seconds, seconds per 10^5 clips, the growth exponent between sizes
+(log t2/t1 / log N2/N1) and the driver's peak RSS during the step (psutil, sampled every
+20 ms). At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
+(default `--cluster-rows`) and as one cluster (the exact greedy over the whole run), and
+reports the clustered run's recall and precision of dropped near-duplicates against the exact
+one. The machine load (1-minute load average) is printed next to every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import decide as D
+from curate import filters
+from curate import schema as S
+
+DIM = 768
+GROUP = 3  # rows per near-duplicate group (some groups are three unrelated clips)
+PART_ROWS = 9_999  # a multiple of GROUP, so groups never straddle parts
+
+
+def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
+    """One Parquet part of `rows` synthetic scored clips (deterministic in seed and part)."""
+    rng = np.random.default_rng([seed, part])
+    topics = np.random.default_rng([seed, 10**6]).standard_normal((64, DIM)).astype(np.float32)
+    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+    groups = -(-rows // GROUP)
+    # group centres: a topic plus an own direction (cos with the topic ~0.6): the run has structure
+    own = rng.standard_normal((groups, DIM)).astype(np.float32)
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    centres = topics[rng.integers(0, len(topics), groups)] + 1.3 * own
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    # member noise per group: member-member cosine from ~0.93 to ~0.99 (some pairs miss 0.95)
+    sigma = rng.uniform(0.003, 0.0095, groups).astype(np.float32)
+    unrelated = rng.random(groups) < 0.3
+    emb = np.repeat(centres, GROUP, axis=0)[:rows]  # (groups, D) -> (rows, D)
+    emb += np.repeat(sigma, GROUP)[:rows, None] * rng.standard_normal((rows, DIM)).astype(np.float32)
+    free = np.repeat(unrelated, GROUP)[:rows]
+    emb[free] = rng.standard_normal((int(free.sum()), DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    base = part * 10**7
+    ids = [f"clip-{base + i:012d}" for i in range(rows)]
+    uris = [f"s3://raw/video-{(base + i) // 40:09d}.mp4" for i in range(rows)]
+    copies = np.flatnonzero(rng.random(rows) < 0.005)  # the same clip found under another name
+    for i in copies[copies > 0]:
+        ids[i], uris[i] = ids[i - 1], uris[i - 1].replace("video-", "copy-")
+        emb[i] = emb[i - 1]
+    status = np.where(rng.random(rows) < 0.01, S.STATUS_ERROR, S.STATUS_OK)
+    flat = pa.array(emb.astype(np.float16).reshape(-1))  # (rows, D) -> (rows*D,)
+    cols = {
+        S.CLIP_ID: ids, S.SOURCE_URI: uris, S.STATUS: status,
+        S.FAILED_STAGE: np.where(status == S.STATUS_OK, None, "score"),
+        S.SHARPNESS: rng.lognormal(5.3, 0.6, rows).astype(np.float32),
+        S.BLACK_FRACTION: rng.beta(0.5, 6, rows).astype(np.float32),
+        S.IS_STATIC: rng.random(rows) < 0.05,
+        S.BRIGHTNESS: rng.uniform(0.1, 0.8, rows).astype(np.float32),
+        S.MOTION: rng.uniform(0, 1, rows).astype(np.float32),
+        S.AESTHETIC: np.round(rng.uniform(3.5, 7.5, rows), 2).astype(np.float32),
+        S.CLIP_EMBEDDING: pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * DIM), flat),
+    }
+    table = S.conform(pa.table({k: pa.array(v) if not isinstance(v, pa.Array) else v for k, v in cols.items()}))
+    pq.write_table(table, path, compression="zstd", row_group_size=2048)
+    return rows
+
+
+def make_run(folder: Path, n: int, seed: int = 0) -> int:
+    """Write n synthetic rows as parts, by Ray tasks; returns the number of parts."""
+    import ray
+
+    folder.mkdir(parents=True, exist_ok=True)
+    task = ray.remote(synth_part)
+    sizes = [PART_ROWS] * (n // PART_ROWS) + ([n % PART_ROWS] if n % PART_ROWS else [])
+    ray.get([task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed) for k, s in enumerate(sizes)])
+    return len(sizes)
+
+
+class PeakRSS:
+    """The driver's resident memory, sampled every 20 ms while in the `with` block."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc = psutil.Process(os.getpid())
+        self.start = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> PeakRSS:
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def _decide(src: Path, dst: Path, cfg: filters.FilterConfig, near: D.NearDupConfig) -> dict:
+    from jobs.filter import decide_dir
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    with PeakRSS() as rss:
+        funnel, parts = decide_dir(src, dst, cfg, near, marker_root=None)
+    secs = time.perf_counter() - t
+    return {"seconds": secs, "driver_peak_rss_mb": rss.peak / 2**20, "driver_start_rss_mb": rss.start / 2**20,
+            "load_1min": load, "funnel": funnel, "parts": parts}
+
+
+def _near_dropped(folder: Path) -> set[str]:
+    out: set[str] = set()
+    for p in sorted(folder.glob("part-*.parquet")):
+        t = pq.read_table(p, columns=[S.CLIP_ID, S.SOURCE_URI, S.DROP_REASON])
+        for cid, uri, r in zip(*(t.column(c).to_pylist() for c in (S.CLIP_ID, S.SOURCE_URI, S.DROP_REASON))):
+            if r and r.startswith(filters.NEAR_DUP):
+                out.add(f"{cid}|{uri}")
+    return out
+
+
+def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
+    """Clustered near-dup decisions against the exact greedy (one cluster) on the same rows."""
+    cfg = filters.FilterConfig(rules=(), exact_dedup=True, near_dup_cosine=filters.DEFAULT.near_dup_cosine)
+    clustered = _decide(src, root / "near-clustered", cfg, near)
+    exact = _decide(src, root / "near-exact", cfg, D.NearDupConfig(cluster_rows=10**12))
+    a, b = _near_dropped(root / "near-clustered"), _near_dropped(root / "near-exact")
+    both = len(a & b)
+    return {"clustered_seconds": clustered["seconds"], "exact_seconds": exact["seconds"],
+            "exact_dropped": len(b), "clustered_dropped": len(a),
+            "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows}
+
+
+def make_videos(folder: Path, n: int) -> None:
+    """n small generated videos (three shots, hard cuts), each with its own patterns."""
+    from curate.synth import Segment, make_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        segs = [Segment("shot", 60, (i + k) % 6, speed=1.0 + 0.5 * k + 0.07 * i) for k in range(3)]  # all distinct
+        make_video(folder / f"gen-{i:03d}.mp4", segs, fps=24, width=160, height=96)
+
+
+def curate_rss(root: Path, n: int) -> dict:
+    """`python -m jobs.curate` (smoke) on n generated videos; peak RSS of its driver process only."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    videos, out = root / f"videos-{n}", root / f"curate-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    make_videos(videos, n)
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(videos), "--output", str(out),
+                             "--preset", "smoke", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode:
+        raise RuntimeError(f"jobs.curate failed on {n} videos:\n{err[-3000:]}")
+    summary = json.loads((out / "summary" / "curate.json").read_text())
+    return {"videos": n, "clips": summary["clips"], "kept": summary["kept"], "captioned": summary["captioned"],
+            "encoded": summary["encoded"], "rows_phase2": summary["rows_phase2"], "seconds": time.perf_counter() - t,
+            "driver_peak_rss_mb": peak / 2**20, "load_1min": load}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.bench scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated clip counts")
+    p.add_argument("--recall-at", type=float, default=1e5, help="size at which to compare with the exact greedy "
+                   "(0: skip)")
+    p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
+    p.add_argument("--out", default="bench-out/scale")
+    p.add_argument("--keep", action="store_true", help="keep the generated parts")
+    p.add_argument("--curate-videos", default="", help="also run jobs.curate on these numbers of generated "
+                   "videos (e.g. 8,32) and report its driver's peak RSS")
+    a = p.parse_args(argv)
+    try:
+        sizes = [int(float(s)) for s in a.sizes.split(",") if s and s != "0"]
+    except ValueError:
+        p.error(f"--sizes must be comma-separated numbers like 1e4,1e5, got {a.sizes!r}")
+    if (not sizes and not a.curate_videos) or (sizes and min(sizes) < 1):
+        p.error(f"--sizes must be positive clip counts, got {a.sizes!r}; e.g. 1e4,1e5,1e6")
+    root = Path(a.out)
+    if a.curate_videos:
+        runs = [curate_rss(root, int(v)) for v in a.curate_videos.split(",") if v]
+        print("| videos | clips | kept | captioned | encoded | wall s | jobs.curate driver peak RSS MB | load |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in runs:
+            print(f"| {r['videos']} | {r['clips']} | {r['kept']} | {r['captioned']} | {r['encoded']} | "
+                  f"{r['seconds']:.0f} | {r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "bench_curate_rss.json").write_text(json.dumps(runs, indent=2))
+        if not sizes:
+            return 0
+    from jobs.adapter import init_ray
+
+    init_ray()
+    near = D.NearDupConfig(cluster_rows=a.cluster_rows)
+    results = []
+    for n in sizes:
+        src = root / f"n{n}" / "scored"
+        shutil.rmtree(root / f"n{n}", ignore_errors=True)
+        t = time.perf_counter()
+        parts = make_run(src, n)
+        gen = time.perf_counter() - t
+        r = {"clips": n, "parts": parts, "generate_seconds": gen, **_decide(src, root / f"n{n}" / "filtered",
+                                                                           filters.DEFAULT, near)}
+        r["seconds_per_1e5"] = r["seconds"] / n * 1e5
+        if a.recall_at and n == int(a.recall_at):
+            r["near_dup_vs_exact"] = recall_precision(src, root / f"n{n}", near)
+        results.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "funnel"}, default=float), flush=True)
+        if not a.keep:
+            shutil.rmtree(root / f"n{n}", ignore_errors=True)
+    print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}), "
+          f"{os.cpu_count()} CPUs")
+    print("| clips | parts | decide s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
+    print("|---|---|---|---|---|---|---|")
+    for i, r in enumerate(results):
+        g = ""
+        if i:
+            prev = results[i - 1]
+            g = f"{math.log(r['seconds'] / prev['seconds']) / math.log(r['clips'] / prev['clips']):.2f}"
+        print(f"| {r['clips']:,} | {r['parts']} | {r['seconds']:.1f} | {r['seconds_per_1e5']:.1f} | {g} | "
+              f"{r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
+    for r in results:
+        if "near_dup_vs_exact" in r:
+            q = r["near_dup_vs_exact"]
+            print(f"\nnear-dup at {r['clips']:,}: recall {q['recall']:.4f}, precision {q['precision']:.4f} "
+                  f"(exact greedy dropped {q['exact_dropped']}, clustered {q['clustered_dropped']}; "
+                  f"{q['exact_seconds']:.1f} s exact vs {q['clustered_seconds']:.1f} s clustered)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bench_scale.json").write_text(json.dumps(results, indent=2, default=float))
+    return 0

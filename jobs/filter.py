@@ -1,0 +1,141 @@
+"""Re-decide from stored scores: `python -m jobs.filter --input OUT/scored --output OUT/filtered`.
+
+Reads the scored parts (every clip, with its scores and embedding), applies the preset's
+filter cascade with the same distributed code `jobs.score` and `jobs.curate` use
+(`jobs/decide.py`), and writes one decided part per input part plus `_funnel.json`. No
+model runs: a changed threshold costs a pass over the scores.
+
+Resumable: each written part has its marker (OUT/_done/filter/<part>) carrying a hash of
+the filters and of the input parts; a rerun decides again (deterministic) and writes only
+the parts without a matching marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from curate import decide as D
+from curate import filters, score, storage
+from curate.errors import UsageError
+from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
+
+STAGE = "filter"
+# the presets' filters, without importing the model stages (torch) into this driver
+PRESET_FILTERS = {"smoke": score.SMOKE.filters, "default": score.DEFAULT.filters}
+
+
+@dataclass(frozen=True)
+class FilterJob:
+    input: str
+    output: str
+    filters: filters.FilterConfig = filters.DEFAULT
+    near: D.NearDupConfig = dataclasses.field(default_factory=D.NearDupConfig)
+    address: str | None = None
+    num_cpus: int | None = None  # local Ray instance only
+
+
+def scored_parts(directory: str) -> list[str]:
+    """The scored parts (part-*.parquet) of a folder or prefix, local or object storage."""
+    parts = [p for p in storage.list_files(directory, ".parquet") if storage.basename(p).startswith("part-")]
+    if not parts:
+        raise UsageError(f"--input must hold scored parts (part-*.parquet), found none in {str(directory)!r}; "
+                         "run python -m jobs.score (or jobs.curate) first")
+    return parts
+
+
+def _key(part: str) -> str:
+    return storage.basename(part).removesuffix(".parquet")
+
+
+def inputs_hash(parts: Sequence[str], cfg: filters.FilterConfig, near: D.NearDupConfig) -> str:
+    """Decisions depend on the filters and on every input part (any changed part changes all)."""
+    files = [(storage.basename(p), storage.file_size(p)) for p in parts]
+    return config_hash({"filters": dataclasses.asdict(cfg), "near": dataclasses.asdict(near), "inputs": files})
+
+
+def funnel_report(funnel: list[dict[str, Any]], cfg: filters.FilterConfig, smoke: bool) -> dict[str, Any]:
+    clips = funnel[0]["in"] if funnel else 0
+    kept = funnel[-1]["out"] if funnel else 0
+    return {"clips_in": clips, "steps": funnel, "kept": kept, "dropped": clips - kept, "smoke": smoke,
+            "config_hash": config_hash(cfg)}
+
+
+def format_funnel(report: dict[str, Any]) -> str:
+    lines = [f"{'step':<36}{'in':>8}{'dropped':>9}{'out':>8}"]
+    for s in report["steps"]:
+        lines.append(f"{s['step'][:35]:<36}{s['in']:>8}{s['dropped']:>9}{s['out']:>8}")
+    lines.append(f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
+                 + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else ""))
+    return "\n".join(lines)
+
+
+def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupConfig,
+               marker_root: str | None, stage: str = STAGE) -> tuple[list[dict[str, Any]], int]:
+    """Decide every part of `src` into `dst` (may be the same folder); Ray must be initialised.
+
+    Returns (funnel, parts written). With `marker_root`, each written part gets its marker.
+    """
+    from jobs.decide import decide_parts
+
+    src, dst = str(src), str(dst)
+    parts = scored_parts(src)
+    h = inputs_hash(parts, cfg, near)
+    markers = [(marker_root, stage, _key(p), h) for p in parts] if marker_root is not None else None
+    outputs = [storage.join(dst, storage.basename(p)) for p in parts]
+    funnel, written = decide_parts(parts, outputs, cfg, near, markers=markers)
+    if src.rstrip("/") != dst.rstrip("/"):
+        names = {storage.basename(p) for p in parts}
+        for stale in storage.list_files(dst, ".parquet"):  # a previous run over more parts
+            if storage.basename(stale).startswith("part-") and storage.basename(stale) not in names:
+                storage.delete(stale)
+    return funnel, len(written)
+
+
+def main(job: FilterJob) -> dict[str, Any]:
+    filters.check_config(job.filters)
+    src, dst = job.input, job.output
+    parts = scored_parts(src)
+    check_writable(dst)
+    root = storage.parent(dst)
+    h = inputs_hash(parts, job.filters, job.near)
+    funnel_path = storage.join(dst, "_funnel.json")
+    if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
+        print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
+        return read_json(funnel_path)
+    from jobs.adapter import init_ray
+
+    init_ray(job.address, num_cpus=job.num_cpus)
+    funnel, n = decide_dir(src, dst, job.filters, job.near, root)
+    report = funnel_report(funnel, job.filters, smoke=False)
+    write_json_atomic(report, funnel_path)
+    print(format_funnel(report))
+    print(f"filter: {n} parts -> {dst}")
+    return report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> FilterJob:
+    p = argparse.ArgumentParser(prog="python -m jobs.filter", description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True, help="scored directory (OUT/scored)")
+    p.add_argument("--output", required=True, help="decided directory (e.g. OUT/filtered)")
+    p.add_argument("--preset", choices=sorted(PRESET_FILTERS), default="default", help="whose filters to apply")
+    p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
+                   help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local instance)")
+    a = p.parse_args(argv)
+    if a.cluster_rows < 1:
+        p.error(f"--cluster-rows must be >= 1, got {a.cluster_rows}; e.g. 2000")
+    return FilterJob(input=a.input, output=a.output, filters=PRESET_FILTERS[a.preset],
+                     near=D.NearDupConfig(cluster_rows=a.cluster_rows), address=a.address)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
