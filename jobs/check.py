@@ -9,10 +9,10 @@ with the same list, before Ray or any actor starts).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from curate.weights import default_weights_dir, expand, report
+from curate.weights import expand, report
+from jobs import flags
 from jobs.presets import PRESETS
 from latents.weights import stage_weights, with_weights_dir
 
@@ -25,10 +25,10 @@ def preset_weights(name: str, weights_dir: str | None, stages: tuple[str, ...] =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.check", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--weights-dir", default=default_weights_dir(),
-                   help="folder of downloaded weights, DIR/<hub repo id> (default: $TUBELET_WEIGHTS)")
+    p = flags.JobParser("python -m jobs.check", __doc__.split("\n")[0])
+    # important: the one job whose preset defaults to `default`: it checks real weights; smoke needs none
+    flags.add_preset(p, sorted(PRESETS), default="default")
+    flags.add_weights_dir(p)
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     a = p.parse_args(argv)
     stages = tuple(s for s in a.stages.split(",") if s)

@@ -23,6 +23,7 @@ from curate import decide as D
 from curate import filters, score, storage
 from curate.errors import UsageError
 from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
+from jobs import flags
 
 STAGE = "filter"
 # the presets' filters, without importing the model stages (torch) into this driver
@@ -118,24 +119,33 @@ def main(job: FilterJob) -> dict[str, Any]:
     return report
 
 
-def parse_args(argv: Sequence[str] | None = None) -> FilterJob:
-    p = argparse.ArgumentParser(prog="python -m jobs.filter", description=__doc__.splitlines()[0])
-    p.add_argument("--input", required=True, help="scored directory (OUT/scored)")
-    p.add_argument("--output", required=True, help="decided directory (e.g. OUT/filtered)")
-    p.add_argument("--preset", choices=sorted(PRESET_FILTERS), default="default", help="whose filters to apply")
+def build_parser() -> argparse.ArgumentParser:
+    p = flags.JobParser("python -m jobs.filter", __doc__.splitlines()[0])
+    flags.add_io(p, "scored directory (OUT/scored)", "decided directory (e.g. OUT/filtered)")
+    flags.add_preset(p, sorted(PRESET_FILTERS))
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
                    help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local instance)")
-    a = p.parse_args(argv)
-    if a.cluster_rows < 1:
-        p.error(f"--cluster-rows must be >= 1, got {a.cluster_rows}; e.g. 2000")
-    return FilterJob(input=a.input, output=a.output, filters=PRESET_FILTERS[a.preset],
-                     near=D.NearDupConfig(cluster_rows=a.cluster_rows), address=a.address)
+    flags.add_ray(p)
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> FilterJob:
+    """Every check that needs no Ray."""
+    flags.check_int("--cluster-rows", a.cluster_rows, 1, "e.g. --cluster-rows 2000")
+    flags.quiet_logs(a.verbose)
+    return FilterJob(input=flags.canonical(a.input), output=flags.canonical(a.output),
+                     filters=PRESET_FILTERS[a.preset], near=D.NearDupConfig(cluster_rows=a.cluster_rows),
+                     address=a.address)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> FilterJob:
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return flags.run_cli(lambda: main(config_from_args(args)) and 0)
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())
