@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,14 +36,34 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on 127.0.0.1 now (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @contextlib.contextmanager
-def ray_head(log: Path, port: int = 8299, gcs_port: int = 6399) -> Iterator[str]:
-    """Yields the dashboard address of a head started with `ray start --head --block`."""
+def ray_head(log: Path) -> Iterator[str]:
+    """Yields the dashboard address of a head started with `ray start --head --block`.
+
+    important: every port Ray would otherwise take at a fixed default (GCS 6379, dashboard 8265,
+    client server 10001, dashboard agent 52365) is a free one, so two test runs on one machine
+    each get their own head instead of submitting jobs into each other's."""
+    gcs_port, port, client_port, agent_port = free_ports(4)
     with log.open("w") as out:
         head = subprocess.Popen(
             [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
              "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-             "--dashboard-port", str(port), "--disable-usage-stats"],
+             "--dashboard-port", str(port), "--ray-client-server-port", str(client_port),
+             "--dashboard-agent-listen-port", str(agent_port), "--disable-usage-stats"],
             env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_http(f"http://127.0.0.1:{port}/api/version", 120)
