@@ -29,7 +29,7 @@ def _parts_table(uri: str):
 # --- fast: the argument checks on S3 ------------------------------------------------------
 
 
-def test_check_stage_folder_and_output_file_on_s3(s3):
+def test_check_stage_folder_and_output_file_on_s3(s3, capsys):
     s3.make_bucket(BUCKET)
     clips = f"s3://{BUCKET}/chk/clips"
     storage.write_parquet_atomic(S.CLIP_SCHEMA.empty_table(), storage.join(clips, "part-00000.parquet"))
@@ -46,6 +46,18 @@ def test_check_stage_folder_and_output_file_on_s3(s3):
     assert not storage.list_files(f"s3://{BUCKET}/samples", hidden=True)
     with pytest.raises(UsageError, match="writable bucket"):
         flags.check_writable_file("--output", "s3://no-such-bucket-x/x.mp4")
+
+    # the jobs themselves: exit 2 with one line, before Ray starts
+    from jobs import caption, encode, sample, score
+
+    for cli, argv in ((score.cli, ["--input", "s3://no-such-bucket-x/out/clips", "--output", f"s3://{BUCKET}/o/scored"]),
+                      (caption.cli, ["--input", f"s3://{BUCKET}/chk/empty", "--output", f"s3://{BUCKET}/o/captions"]),
+                      (encode.cli, ["--input", clips, "--output", "s3://no-such-bucket-x/latents"]),
+                      (sample.cli, ["--input", f"s3://{BUCKET}/no-run", "--prompt", "x", "--output", "/tmp/x.mp4"])):
+        capsys.readouterr()
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
 
     os.environ["AWS_SECRET_ACCESS_KEY"] = "wrong"  # restored by the fixture's monkeypatch
     try:
