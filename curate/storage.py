@@ -45,6 +45,7 @@ from curate.uri import (
     join,
     list_files,
     local_copy,
+    mtime_ns,
     open_input,
     parent,
     read_bytes,
@@ -302,7 +303,7 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
 __all__ = [
     "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
-    "join", "list_files", "local_copy", "mark_done", "marker_path", "one_line", "open_input", "parent", "publish", "publish_copy",
+    "join", "list_files", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
     "read_bytes", "read_json", "read_parts", "read_table", "scheme", "stem", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

@@ -197,6 +197,15 @@ def file_size(uri: PathLike) -> int:
     return int(info.size)
 
 
+def mtime_ns(uri: PathLike) -> int:
+    """Last modification time in ns (S3: the upload time, second resolution); 0 when unknown."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"{uri} does not exist")
+    return int(info.mtime_ns or 0)
+
+
 def read_bytes(uri: PathLike) -> bytes:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:

@@ -20,18 +20,15 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import json
 import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from captioner.stage import (
     STAGE,
@@ -41,6 +38,7 @@ from captioner.stage import (
     caption_hash,
     planned_frames,
 )
+from curate import storage
 from curate.schema import (
     CLIP_ID,
     CLIP_SCHEMA,
@@ -66,7 +64,7 @@ from jobs import flags, presets
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
-STATS_DIR = Path("_stats") / STAGE
+STATS_DIR = ("_stats", STAGE)  # OUT/_stats/caption: per-actor timing files
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ class TimedCaptionStage(CaptionStage):
 
     def __init__(self, acfg: _ActorCfg):
         super().__init__(acfg.caption)
-        self.stats_path = Path(acfg.stats_dir) / f"actor-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        self.stats_path = storage.join(acfg.stats_dir, f"actor-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
 
     def __call__(self, table: pa.Table) -> pa.Table:
         out = super().__call__(table)
@@ -108,29 +106,36 @@ def _part_name(clip_ids: list[str]) -> str:
     return f"part-{h}.parquet"
 
 
-def _reconcile(out: Path, cfg_hash: str) -> int:
+def _reconcile(out: str, cfg_hash: str) -> int:
     """Drop parts of another caption config; mark clips of parts written just before a crash."""
     removed = 0
-    for part in sorted(out.glob("part-*.parquet")):
-        t = pq.read_table(part, columns=[CLIP_ID, CONFIG_HASH])
+    for part in storage.list_files(out, ".parquet"):
+        if not storage.basename(part).startswith("part-"):
+            continue
+        t = storage.read_table(part, columns=[CLIP_ID, CONFIG_HASH])
         hashes = set(t.column(CONFIG_HASH).to_pylist())
         if hashes != {cfg_hash}:
-            part.unlink()
+            storage.delete(part)
             removed += 1
             continue
         for cid in t.column(CLIP_ID).to_pylist():
             if not is_done(out, STAGE, cid, cfg_hash):
-                mark_done(out, STAGE, cid, cfg_hash, part=part.name)
+                mark_done(out, STAGE, cid, cfg_hash, part=storage.basename(part))
     return removed
 
 
-def _model_wait(out: Path) -> dict[str, float]:
+def _stats_files(out: str) -> list[str]:
+    return [f for f in storage.list_files(storage.join(out, *STATS_DIR), ".json")
+            if storage.basename(f).startswith("actor-")]
+
+
+def _model_wait(out: str) -> dict[str, float]:
     """Model-side timing summed over actors; `steady_s` spans first batch start to last batch end."""
     busy = wait = 0.0
     calls = clips = 0
     starts, ends = [], []
-    for f in (out / STATS_DIR).glob("actor-*.json"):
-        s = json.loads(f.read_text())
+    for f in _stats_files(out):
+        s = storage.read_json(f)
         busy, wait, calls, clips = busy + s["busy_s"], wait + s["wait_s"], calls + s["calls"], clips + s["clips"]
         starts.append(s["first_start"])
         ends.append(s["last_end"])
@@ -144,7 +149,7 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
-    out = Path(cfg.output)
+    out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
     table = read_parts(cfg.input, CLIP_SCHEMA)
     h = caption_hash(cfg.caption)
@@ -175,22 +180,22 @@ def need_of(cfg: CaptionJobConfig) -> flags.Need:
                       max_cpus_one=cfg.actor_cpus, what=f"caption ({cfg.concurrency} actor(s) + decode tasks)")
 
 
-def _run(cfg: CaptionJobConfig, todo: pa.Table, out: Path, h: str) -> dict[str, Any]:
+def _run(cfg: CaptionJobConfig, todo: pa.Table, out: str, h: str) -> dict[str, Any]:
     from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
 
-    stats_dir = out / STATS_DIR
-    for f in stats_dir.glob("actor-*.json"):
-        f.unlink()
+    stats_dir = storage.join(out, *STATS_DIR)
+    for f in _stats_files(out):
+        storage.delete(f)
     init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
     bs = cfg.caption.batch_size
     ds = table_dataset(todo, rows_per_block=bs)
     ds = map_task(ds, functools.partial(attach_frames, cfg=cfg.caption),
                   Resources(num_cpus=cfg.decode_cpus, concurrency=cfg.decode_concurrency))
-    ds = map_stage(ds, TimedCaptionStage, _ActorCfg(cfg.caption, str(stats_dir)),
+    ds = map_stage(ds, TimedCaptionStage, _ActorCfg(cfg.caption, stats_dir),
                    Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus, concurrency=cfg.concurrency,
                              batch_size=bs))
     # the workers write the parts; the driver only sums their counts
-    ds = map_task(ds, functools.partial(_write_part, out=str(out), h=h), Resources(num_cpus=0.1, concurrency=0))
+    ds = map_task(ds, functools.partial(_write_part, out=out, h=h), Resources(num_cpus=0.1, concurrency=0))
     t0 = time.perf_counter()
     ok = err = 0
     for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -205,7 +210,7 @@ def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
         return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
     ids = batch.column(CLIP_ID).to_pylist()
     name = _part_name(ids)
-    write_parquet_atomic(batch, Path(out) / name)  # part first, markers after: a crash loses no marker-less work
+    write_parquet_atomic(batch, storage.join(out, name))  # part first, markers after: a crash loses no marker-less work
     for cid in ids:
         mark_done(out, STAGE, cid, h, part=name)
     status = batch.column(STATUS).to_pylist()

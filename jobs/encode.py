@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate import schema as S
+from curate import storage
 from curate.errors import UsageError, check_range, error_key
 from curate.storage import (
     check_writable,
@@ -73,16 +73,18 @@ def part_key(clip_ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
 
 
-def _done_parts(out: Path, cfg_hash: str) -> list[Path]:
-    parts = sorted((out / PARTS).glob("part-*.parquet"))
-    return [p for p in parts if is_done(out, ENCODE_STAGE, p.stem.removeprefix("part-"), cfg_hash)]
+def _done_parts(out: str, cfg_hash: str) -> list[str]:
+    """Finished parts (marker with this config) in OUT/_parts, local or object storage."""
+    parts = [p for p in storage.list_files(storage.join(out, PARTS), ".parquet")
+             if storage.basename(p).startswith("part-")]
+    return [p for p in parts if is_done(out, ENCODE_STAGE, storage.stem(p).removeprefix("part-"), cfg_hash)]
 
 
-def plan_work(table: pa.Table, out: Path, cfg_hash: str) -> tuple[pa.Table, int]:
+def plan_work(table: pa.Table, out: str, cfg_hash: str) -> tuple[pa.Table, int]:
     """Rows still to encode (all captioned-stage rows not in a finished part) and the count skipped."""
     done: set[str] = set()
     for p in _done_parts(out, cfg_hash):
-        done.update(pq.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+        done.update(storage.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
     ids = table.column(S.CLIP_ID).to_pylist()
     keep = pa.array([i not in done for i in ids], type=pa.bool_())
     todo = table.filter(keep)
@@ -121,11 +123,11 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
 
 def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
     """All finished parts of this config -> shards + manifest (old set replaced atomically)."""
-    out = Path(cfg.output)
+    out = cfg.output
     cfg_hash = config_hash(cfg.encode)
     parts = _done_parts(out, cfg_hash)
     # names + mtimes: a re-encoded part (same clips, new file) also rebuilds the shards
-    stamp = "\n".join(f"{p.name} {p.stat().st_mtime_ns}" for p in parts)
+    stamp = "\n".join(f"{storage.basename(p)} {storage.mtime_ns(p)}" for p in parts)
     layout = {"parts": hashlib.blake2b(stamp.encode(), digest_size=8).hexdigest(),
               "max_rows": cfg.max_rows_per_shard, "max_bytes": cfg.max_shard_bytes, "row_group_rows": cfg.row_group_rows}
     try:
@@ -142,7 +144,7 @@ def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
                      row_group_rows=cfg.row_group_rows, metric_columns=(ROUNDTRIP_PSNR,),
                      run_id=cfg_hash[:8] + "-" + hashlib.blake2b(str(time.time()).encode(), digest_size=2).hexdigest()) as w:
         for p in parts:
-            t = pq.read_table(p)
+            t = storage.read_table(p)
             ok = pc.and_(pc.equal(t.column(S.STATUS), S.STATUS_OK), pc.is_valid(t.column(S.LATENT)))
             w.write(t.filter(ok))
     return w.manifest()
@@ -153,7 +155,7 @@ def _write_part(batch: pa.Table, out: str, cfg_hash: str) -> pa.Table:
     if batch.num_rows == 0:
         return pa.table({"rows": pa.array([], pa.int64())})
     key = part_key(batch.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(batch, Path(out) / PARTS / f"part-{key}.parquet")
+    write_parquet_atomic(batch, storage.join(out, PARTS, f"part-{key}.parquet"))
     # important: the marker goes last; a kill before it re-encodes this part's clips
     mark_done(out, ENCODE_STAGE, key, cfg_hash, clips=batch.num_rows)
     return pa.table({"rows": [batch.num_rows]})
@@ -170,7 +172,7 @@ def main(cfg: EncodeJobConfig) -> dict:
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
     table = read_parts(cfg.input, S.CLIP_SCHEMA)
-    out = Path(cfg.output)
+    out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
     t0 = time.perf_counter()
     cfg_hash = config_hash(cfg.encode)
@@ -185,11 +187,11 @@ def main(cfg: EncodeJobConfig) -> dict:
         ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
                                                               concurrency=cfg.concurrency, batch_size=cfg.batch_size))
         # the workers write the parts; the driver only sums their row counts
-        ds = map_task(ds, partial(_write_part, out=str(out), cfg_hash=cfg_hash), Resources(num_cpus=0.1, concurrency=0))
+        ds = map_task(ds, partial(_write_part, out=out, cfg_hash=cfg_hash), Resources(num_cpus=0.1, concurrency=0))
         for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             new_rows += sum(counts.column("rows").to_pylist())
     parts = _done_parts(out, cfg_hash)
-    status = pa.concat_tables([pq.read_table(p, columns=[S.STATUS, S.ERROR]) for p in parts]) if parts else None
+    status = pa.concat_tables([storage.read_table(p, columns=[S.STATUS, S.ERROR]) for p in parts]) if parts else None
     errors = Counter(map(error_key, status.filter(pc.equal(status.column(S.STATUS), S.STATUS_ERROR)).column(S.ERROR)
                          .to_pylist())) \
         if status is not None else Counter()
@@ -204,10 +206,10 @@ def main(cfg: EncodeJobConfig) -> dict:
         "errors_by_reason": dict(errors.most_common(10)),
         "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
         "vae": manifest["vae"]["vae_id"], "smoke": manifest["smoke"],
-        "manifest": str(out / MANIFEST_NAME), "wall_seconds": round(time.perf_counter() - t0, 2),
+        "manifest": storage.join(out, MANIFEST_NAME), "wall_seconds": round(time.perf_counter() - t0, 2),
         "config_hash": cfg_hash,
     }
-    write_json_atomic(summary, out.parent / "summary" / "encode.json")  # next to OUT/summary/split.json
+    write_json_atomic(summary, storage.join(storage.parent(out), "summary", "encode.json"))  # next to OUT/summary/split.json
     return summary
 
 

@@ -167,8 +167,18 @@ def check_device(device: str, gpus: float) -> None:
 
 def check_writable_file(flag: str, path: str) -> None:
     """An output file's folder must exist (or be creatable) and be writable, before any work.
-    Object storage is checked where the job first writes (curate.storage.check_writable)."""
-    if "://" in path:
+    On object storage: the bucket must exist and take a write (a probe object, then deleted)."""
+    from curate import storage
+
+    if storage.is_remote(path):
+        probe = storage.join(storage.parent(path), f".write-test-{os.getpid()}")
+        try:
+            storage.write_bytes_atomic(b"x", probe)
+            storage.delete(probe)
+        except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
+            raise fail(f"{flag} must be in a writable bucket (it exists, the AWS_* credentials allow writing)",
+                       f"{path!r} ({storage.one_line(e)})",
+                       f"create the bucket, fix AWS_ENDPOINT_URL / the credentials or pass another {flag}") from e
         return
     parent = Path(path).parent
     probe = parent
@@ -180,17 +190,24 @@ def check_writable_file(flag: str, path: str) -> None:
 
 
 def check_stage_folder(flag: str, path: str, want: str, made_by: str) -> None:
-    """A stage's input folder must hold Parquet parts and be the folder that stage reads:
-    `encode --input OUT/scored` would silently encode nothing."""
-    p = Path(path)
-    if "://" in path:
-        return
-    if not p.is_dir() or not any(p.glob("*.parquet")):
+    """A stage's input folder (local or a URI prefix) must hold Parquet parts and be the folder
+    that stage reads: `encode --input OUT/scored` would silently encode nothing."""
+    from curate import storage
+
+    try:
+        # a local non-folder has no parts (FileSelector would raise on a file)
+        parts = storage.list_files(path, ".parquet") if storage.is_remote(path) or os.path.isdir(path) else []
+        sibling = storage.join(storage.parent(path), want)
+        misplaced = bool(parts) and storage.basename(path) != want and storage.is_dir(sibling)
+    except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
+        raise fail(f"{flag} must be a readable folder of Parquet parts written by {made_by} (OUT/{want})",
+                   f"{path!r} ({storage.one_line(e)})",
+                   "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials") from e
+    if not parts:
         raise fail(f"{flag} must be a folder of Parquet parts written by {made_by} (OUT/{want})",
                    f"{path!r} (no Parquet parts)", f"run {made_by} first or pass OUT/{want}")
-    if p.name != want and (p.parent / want).is_dir():
-        raise fail(f"{flag} must be the {want} folder written by {made_by}", repr(path),
-                   f"pass {p.parent / want}")
+    if misplaced:
+        raise fail(f"{flag} must be the {want} folder written by {made_by}", repr(path), f"pass {sibling}")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from curate import storage
 from curate.errors import UsageError
 from curate.weights import expand
 from jobs import flags
@@ -129,11 +132,18 @@ def _load_codecs(vae_cfg, text_cfg):
 
 
 def main(job: SampleJob) -> dict:
+    from latents import run_sync
     from latents.dit.checkpoint import load_model
     from latents.dit.sample import sample
 
     device = job.device if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, run_config = load_model(job.run, ema=job.ema, device=device)
+    # a run in object storage: config.json + its newest complete checkpoint into a local
+    # staging folder (removed on exit), the same pull `jobs.train` resumes from
+    with run_sync.staged_run(job.run) as local_run:
+        model, run_config = load_model(local_run, ema=job.ema, device=device)
+    if storage.is_remote(job.run):  # name the checkpoint where it lives, not the removed staging copy
+        ckpt = run_config["checkpoint"]
+        run_config["checkpoint"] = storage.join(job.run, run_sync.CKPT_DIR, os.path.basename(ckpt))
     vae_cfg, text_cfg, fps = codec_configs(run_config, job.weights_dir)
     from curate.weights import require
     from latents.text import text_weights
@@ -173,7 +183,7 @@ def main(job: SampleJob) -> dict:
     frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
     from curate.synth import write_video
 
-    write_video(job.out, list(frames), fps=round(job.fps or fps))
+    _write_mp4(job.out, list(frames), round(job.fps or fps), write_video)
     smoke = bool(vae.info.smoke or text_cfg.smoke or (run_config.get("manifest") or {}).get("smoke", False))
     summary = {"out": job.out, "caption": caption, "vae": vae.info.vae_id,
                "text_encoder": text_encoder.info.text_encoder_id, "upsampled": upsampled, "latent_shape": list(shape),
@@ -182,6 +192,21 @@ def main(job: SampleJob) -> dict:
                "checkpoint": run_config["checkpoint"], "smoke_random_models": smoke}
     print(f"[sample] {json.dumps(summary)}", flush=True)
     return summary
+
+
+def _write_mp4(out: str, frames: list, fps: int, write_video) -> None:
+    """Local: written in place. A URI: encoded into a local temp file, then uploaded whole (one
+    object that appears only when complete); the temp folder is always removed."""
+    if not storage.is_remote(out):
+        write_video(out, frames, fps=fps)
+        return
+    tmp_dir = tempfile.mkdtemp(prefix="tubelet-sample-")
+    try:
+        tmp = os.path.join(tmp_dir, storage.basename(out))  # same suffix: the muxer picks mp4 from it
+        write_video(tmp, frames, fps=fps)
+        storage.publish_copy(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,7 +245,12 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise flags.fail("--device cuda needs a CUDA GPU on this machine", "0 GPUs", "pass --device cpu")
     run = flags.canonical(a.input)
-    if not Path(run, "config.json").is_file():
+    try:
+        has_config = storage.is_file(storage.join(run, "config.json"))
+    except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
+        raise flags.fail("--input must be a readable training run folder", f"{a.input!r} ({storage.one_line(e)})",
+                         "check the path, the bucket, AWS_ENDPOINT_URL and the AWS_* credentials") from e
+    if not has_config:
         raise flags.fail("--input must be a training run folder with config.json", repr(a.input),
                          f"train one with `python -m jobs.train --input OUT/latents --output {a.input}`")
     init = None
@@ -228,7 +258,12 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
         raise flags.fail("--strength needs --init-video (SDEdit)", a.strength, "drop --strength or add a video")
     if a.init_video is not None:
         init = flags.canonical(a.init_video)
-        if "://" not in init and not Path(init).is_file():
+        try:
+            found = storage.is_file(init)  # a URI is decoded straight from the object store (curate.decode)
+        except (OSError, ValueError) as e:
+            raise flags.fail("--init-video must be a readable video file", f"{a.init_video!r} ({storage.one_line(e)})",
+                             "check the path, the bucket and the AWS_* credentials") from e
+        if not found:
             raise flags.fail("--init-video must be an existing video file", repr(a.init_video), "check the path")
     out = flags.canonical(a.output)
     flags.check_writable_file("--output", out)

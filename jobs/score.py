@@ -22,16 +22,14 @@ import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 import curate
 from curate import decide as D
-from curate import filters, score, score_frames
+from curate import filters, score, score_frames, storage
 from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
@@ -90,14 +88,19 @@ def _part_key(clip_ids: Sequence[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
 
 
-def load_done_scores(scores_dir: Path, root: Path, cfg: score.ScoreConfig) -> pa.Table:
+def _parts(directory: str) -> list[str]:
+    """part-*.parquet directly in a folder or prefix (local or object storage)."""
+    return [p for p in storage.list_files(directory, ".parquet") if storage.basename(p).startswith("part-")]
+
+
+def load_done_scores(scores_dir: str, root: str, cfg: score.ScoreConfig) -> pa.Table:
     """Score rows of finished parts (marker present, same scoring config), newest per clip."""
     h = scoring_hash(cfg)
-    parts = sorted(scores_dir.glob("part-*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))  # oldest first
-    parts = [p for p in parts if is_done(root, STAGE, p.stem.removeprefix("part-"), h)]
+    parts = sorted(_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))  # oldest first
+    parts = [p for p in parts if is_done(root, STAGE, storage.stem(p).removeprefix("part-"), h)]
     if not parts:
         return pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
-    return pa.concat_tables([pq.read_table(p, columns=SCORE_PART_COLUMNS) for p in parts])
+    return pa.concat_tables([storage.read_table(p, columns=SCORE_PART_COLUMNS) for p in parts])
 
 
 def needs_scoring(clips: pa.Table, done: pa.Table, cfg: score.ScoreConfig) -> pa.Table:
@@ -119,7 +122,7 @@ def needs_scoring(clips: pa.Table, done: pa.Table, cfg: score.ScoreConfig) -> pa
     return clips.take(pa.array(keep, pa.int64()))
 
 
-def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> int:
+def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: str, root: str) -> int:
     """Stream pending clips through CPU tasks and the model pool; write score parts as they come."""
 
     from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
@@ -141,7 +144,7 @@ def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: Path, root: Path) -> 
                    Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
                              concurrency=job.concurrency, batch_size=job.batch_size))
     # the workers write the score parts; the driver only sums their row counts
-    ds = map_task(ds, functools.partial(_write_scores, scores_dir=str(scores_dir), root=str(root), h=scoring_hash(cfg)),
+    ds = map_task(ds, functools.partial(_write_scores, scores_dir=scores_dir, root=root, h=scoring_hash(cfg)),
                   Resources(num_cpus=0.1, concurrency=0))
     return sum(sum(b.column("rows").to_pylist()) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
 
@@ -152,7 +155,7 @@ def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Tab
         return pa.table({"rows": pa.array([], pa.int64())})
     part = batch.select(SCORE_PART_COLUMNS)
     key = _part_key(part.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(part, Path(scores_dir) / f"part-{key}.parquet")
+    write_parquet_atomic(part, storage.join(scores_dir, f"part-{key}.parquet"))
     mark_done(root, STAGE, key, h, rows=part.num_rows)  # important: marker after the part
     return pa.table({"rows": [part.num_rows]})
 
@@ -201,9 +204,9 @@ def format_funnel(report: dict[str, Any]) -> str:
 def main(job: ScoreJob) -> dict[str, Any]:
     filters.check_config(job.score.filters)
     score.check_weights(job.score)
-    out = Path(job.output)
-    root = out.parent
-    scores_dir = out / "_scores"
+    out = job.output  # a local folder or a URI: every location below goes through curate.storage
+    root = storage.parent(out)
+    scores_dir = storage.join(out, "_scores")
     check_writable(out)
     clips = conform(read_parts(job.input), CLIP_SCHEMA)  # raises UsageError when there are no parts
     done = load_done_scores(scores_dir, root, job.score)
@@ -218,10 +221,11 @@ def main(job: ScoreJob) -> dict[str, Any]:
     validate(table, upto="score")
     n_parts = max(1, -(-table.num_rows // job.part_rows))
     for k in range(n_parts):
-        write_parquet_atomic(table.slice(k * job.part_rows, job.part_rows), out / f"part-{k:05d}.parquet")
-    for stale in out.glob("part-*.parquet"):  # a previous run with more parts
-        if int(stale.stem.split("-")[1]) >= n_parts:
-            stale.unlink()
+        write_parquet_atomic(table.slice(k * job.part_rows, job.part_rows),
+                             storage.join(out, f"part-{k:05d}.parquet"))
+    for stale in _parts(out):  # a previous run with more parts
+        if int(storage.stem(stale).split("-")[1]) >= n_parts:
+            storage.delete(stale)
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
     from jobs.adapter import init_ray
     from jobs.filter import decide_dir
@@ -229,9 +233,10 @@ def main(job: ScoreJob) -> dict[str, Any]:
     init_ray(address=job.address)
     funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
     report = funnel_report(funnel, job.score)
-    write_json_atomic(report, out / "_funnel.json")
+    funnel_path = storage.join(out, "_funnel.json")
+    write_json_atomic(report, funnel_path)
     print(format_funnel(report))
-    print(f"funnel: {out / '_funnel.json'}")
+    print(f"funnel: {funnel_path}")
     return report
 
 
