@@ -16,6 +16,7 @@ BENCHES = {
     "curate": "jobs.bench.curate",
     "detect": "jobs.bench.detect",
     "scale": "jobs.bench.scale",
+    "split_s3": "jobs.bench.split_s3",  # also `split --s3`
     "frames": "jobs.bench.frames",  # a table of the frame-model scores per video, no baseline
 }
 
@@ -31,6 +32,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: the benchmark name must be one of {sorted(BENCHES)}, got {seen!r}; "
               "e.g. python -m jobs.bench split", file=sys.stderr)
         return 2
+    if argv[0] == "split" and "--s3" in argv[1:]:  # object storage vs local disk: its own module
+        argv = ["split_s3", *(a for a in argv[1:] if a != "--s3")]
     try:
         module = importlib.import_module(BENCHES[argv[0]])
     except ModuleNotFoundError as e:

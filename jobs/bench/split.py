@@ -123,10 +123,6 @@ def peak_rss_of_split(path: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv and "--s3" in argv:  # object storage vs local disk: its own benchmark
-        from jobs.bench.split_s3 import main as main_s3
-
-        return main_s3([a for a in argv if a != "--s3"])
     p = argparse.ArgumentParser(prog="python -m jobs.bench split", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)))
     p.add_argument("--detectors", default="content,transnetv2,hybrid")
