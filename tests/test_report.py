@@ -83,7 +83,7 @@ def _score_out(out: Path) -> pa.Table:
     table, steps = apply_cascade(set_columns(clips, scores), FILTERS)
     write_parquet_atomic(table, out / "scored" / "part-00000.parquet")
     cfg = dataclasses.replace(score.SMOKE, filters=FILTERS)
-    write_json_atomic(funnel_report(steps, table, cfg), out / "scored" / "_funnel.json")
+    write_json_atomic(funnel_report(steps, cfg), out / "scored" / "_funnel.json")
     assert n >= 8 and sum(table.column(KEPT).to_pylist()) >= 2  # the fixture exercises both groups
     return table
 

@@ -112,6 +112,8 @@ def test_check_lists_missing_weights_with_fetch_lines_then_passes(offline_home, 
 def test_jobs_stop_with_exit_2_before_ray_when_weights_are_missing(offline_home, tmp_path, capsys, job, expect):
     import importlib
 
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()  # an earlier test's instance: this test checks that none is started
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "part-0.parquet").write_bytes(b"")  # never read: the weights check comes first

@@ -4,6 +4,14 @@ build.py gathers the stage outputs and writes the page, html.py renders it, medi
 previews and histograms, outputs.py holds what was read.
 """
 
-from jobs.report.build import cli, load_outputs, main, reason_key, thresholds_of, write_report
+from jobs.report.build import (
+    cli,
+    load_outputs,
+    main,
+    reason_key,
+    thresholds_of,
+    write_report,
+    write_report_to,
+)
 
-__all__ = ["cli", "load_outputs", "main", "reason_key", "thresholds_of", "write_report"]
+__all__ = ["cli", "load_outputs", "main", "reason_key", "thresholds_of", "write_report", "write_report_to"]
