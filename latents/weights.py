@@ -14,7 +14,7 @@ from typing import Any
 from captioner.stage import CaptionConfig
 from captioner.upsample import UpsampleConfig
 from captioner.vlm import vlm_weights
-from curate.score import ScoreConfig, clip_weights
+from curate.score import ScoreConfig, clip_tag_weights, clip_weights
 from curate.weights import Weights, expand
 from latents.encode import EncodeConfig
 from latents.text import text_weights
@@ -29,6 +29,8 @@ def stage_weights(score: ScoreConfig | None = None, caption: CaptionConfig | Non
         found += clip_weights(score)
     if caption is not None:
         found += vlm_weights(caption.model, caption.weights_dir)
+        if caption.clip_model and caption.clip_pretrained and not caption.clip_smoke:  # caption_clip_score
+            found += clip_tag_weights(caption.clip_model, caption.clip_pretrained)
     if upsample is not None:
         found += vlm_weights(upsample.model, upsample.weights_dir)
     if encode is not None:

@@ -236,6 +236,7 @@ def real_shape_preset(dirs: dict[str, Path], *, max_frames: int, new_tokens: int
         random_models=True,
         score=replace(d.score, clip_model=str(dirs["clip"]), clip_pretrained=None, aesthetic_head=None),
         caption=replace(d.caption, model=str(dirs["vlm"]), sampling=sampling,
+                        clip_model=str(dirs["clip"]), clip_pretrained=None,  # caption_clip_score: the same CLIP
                         retry_sampling=replace(d.caption.retry_sampling, max_new_tokens=new_tokens),
                         short_max_new_tokens=new_tokens // 2, qa=caption_stage.SMOKE.qa),
         # 512 px tiles: 2 tiles per 848x480 frame instead of diffusers' 15 of 256 px (CPU time); still tiled

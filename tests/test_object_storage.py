@@ -5,6 +5,7 @@ on for 5 steps, bad buckets / credentials / list entries, and no credential stri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,17 +84,18 @@ def test_curate_on_s3_killed_half_way_resumes_to_the_same_outputs(reference):
                          start_new_session=True)
     deadline = time.time() + 900
     try:
-        # a staged part counts once its marker is written (a part without one is redone)
+        # a phase-1 (scored) part counts once its marker is written (a part without one is redone)
         while time.time() < deadline and p.poll() is None and not storage.list_files(
-                storage.join(out, "_done", "curate")):
+                storage.join(out, "_done", "curate-score")):
             time.sleep(0.1)
     finally:
-        os.killpg(p.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)  # the driver and every Ray process it started
         p.wait()
-    assert storage.list_files(storage.join(out, "_stream"), ".parquet")
+    assert storage.list_files(storage.join(out, "scored"), ".parquet")
     assert not storage.exists(storage.join(out, "summary", "curate.json")), "the kill must land mid-run"
     # nothing half-written: every object that exists is whole (Parquet parts open)
-    for part in storage.list_files(storage.join(out, "_stream"), ".parquet"):
+    for part in storage.list_files(storage.join(out, "scored"), ".parquet"):
         storage.read_table(part, columns=[S.CLIP_ID])
 
     r = job("jobs.curate", *curate_args(out))
