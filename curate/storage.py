@@ -94,15 +94,19 @@ def temp_output(uri: PathLike) -> str:
     return os.path.join(d, temp_name(name))
 
 
+def _upload(local: str, uri: PathLike) -> None:
+    """One object upload of a local file; S3 makes the object visible only when complete."""
+    fs, path = filesystem(uri)
+    with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+        while chunk := src.read(1 << 24):
+            dst.write(chunk)
+
+
 def publish(tmp: str, uri: PathLike) -> None:
     """Make the finished local file `tmp` appear at `uri` in one step, then drop `tmp`."""
     try:
         if is_remote(uri):
-            fs, path = filesystem(uri)
-            with open(tmp, "rb") as src, fs.open_output_stream(path) as dst:
-                # one object upload; S3 makes it visible only when complete
-                while chunk := src.read(1 << 24):
-                    dst.write(chunk)
+            _upload(tmp, uri)
         else:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -115,10 +119,7 @@ def publish(tmp: str, uri: PathLike) -> None:
 def publish_copy(src: str, uri: PathLike) -> str:
     """Copy the local file `src` to `uri` atomically (`src` is kept)."""
     if is_remote(uri):
-        fs, path = filesystem(uri)
-        with open(src, "rb") as f, fs.open_output_stream(path) as dst:
-            while chunk := f.read(1 << 24):
-                dst.write(chunk)
+        _upload(src, uri)
     else:
         with atomic_output(uri) as tmp:
             shutil.copyfile(src, tmp)
