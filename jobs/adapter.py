@@ -134,3 +134,50 @@ def table_dataset(table: pa.Table, rows_per_block: int = 1) -> ray.data.Dataset:
     if not blocks:
         return ray.data.from_arrow(table)
     return ray.data.from_arrow(blocks)
+
+
+def part_files(folder: str) -> list[str]:
+    """The part-*.parquet files directly in a folder or prefix (names only: O(files))."""
+    from curate import storage
+
+    return sorted(p for p in storage.list_files(folder, ".parquet") if storage.basename(p).startswith("part-"))
+
+
+def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
+                       schema: pa.Schema | None = None) -> ray.data.Dataset:
+    """A Dataset over Parquet parts that the workers read (local or object storage).
+
+    The driver passes file names only, never rows: its memory stays O(files). `schema`
+    (default: the clip schema, restricted to `columns`) conforms parts written by older versions.
+    """
+    from curate import storage
+    from curate.schema import CLIP_SCHEMA
+
+    schema = schema or CLIP_SCHEMA
+    columns = columns or [n for n in schema.names]
+    fs = storage.filesystem(paths[0])[0]
+    return ray.data.read_parquet([storage.filesystem(p)[1] for p in paths], filesystem=fs, columns=columns,
+                                 schema=pa.schema([schema.field(c) for c in columns]))
+
+
+def _clip_ids_of(paths: list[str]) -> frozenset[str]:
+    from curate.decide import read_columns
+    from curate.schema import CLIP_ID
+
+    ids: set[str] = set()
+    for p in paths:
+        ids.update(read_columns(p, [CLIP_ID]).column(CLIP_ID).to_pylist())
+    return frozenset(ids)
+
+
+def clip_ids_ref(paths: list[str]) -> Any:
+    """The clip ids in finished parts, read by a Ray task and handed to the workers by reference.
+
+    The set lives in the object store (one copy per node), never on the driver; `resolve`
+    turns the reference back into the set inside a worker.
+    """
+    return ray.remote(_clip_ids_of).remote(list(paths))
+
+
+def resolve(ref: Any) -> frozenset[str]:
+    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref

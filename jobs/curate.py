@@ -111,25 +111,12 @@ def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
     return [p for p in _parts(folder) if is_done(root, stage, _key(p), h)]
 
 
-def _clip_ids_of(paths: list[str]) -> frozenset[str]:
-    """Runs as a Ray task: the clip ids in finished parts, handed to the workers by reference."""
-    ids: set[str] = set()
-    for p in paths:
-        ids.update(read_columns(p, [S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
-    return frozenset(ids)
-
-
-def _resolve(ref: Any) -> frozenset[str]:
-    import ray
-
-    return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-
-
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
     """Probe + split one video (or reuse its finished split), minus clips already scored."""
+    from jobs.adapter import resolve
     from jobs.split import process_one  # the same parts and markers as jobs.split
 
-    done = _resolve(done)
+    done = resolve(done)
     rows: list[pa.Table] = []
     for uri in batch.column(S.SOURCE_URI).to_pylist():
         info = process_one(uri, preset.split, out)
@@ -153,7 +140,9 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
 
 def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
     """Phase-2 input: kept clips not yet in a finished captions part."""
-    done = _resolve(done)
+    from jobs.adapter import resolve
+
+    done = resolve(done)
     kept = pc.fill_null(batch.column(S.KEPT), False).to_pylist()
     ids = batch.column(S.CLIP_ID).to_pylist()
     table = batch.filter(pa.array([k and c not in done for k, c in zip(kept, ids)], pa.bool_()))
@@ -215,11 +204,11 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     import ray
 
     from curate import score, score_frames
-    from jobs.adapter import Resources, map_stage, map_task
+    from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task
 
     if preset.score.smoke:
         score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
-    done = ray.remote(_clip_ids_of).remote(finished_parts(storage.join(out, "scored"), out, SCORED_STAGE, h))
+    done = clip_ids_ref(finished_parts(storage.join(out, "scored"), out, SCORED_STAGE, h))
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
     ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), done=done),
@@ -255,10 +244,9 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
 
 def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
     """Caption and encode the kept clips only; workers write captions parts and shards."""
-    import ray
 
     from captioner.stage import CaptionStage, attach_frames
-    from jobs.adapter import Resources, map_stage, map_task
+    from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
     from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
@@ -266,13 +254,10 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     written = sum(read_json(marker_path(out, WRITE_STAGE, _key(p))).get("clips", 0) for p in finished)
     if written >= kept:  # every kept clip is in a finished part: no model needs loading
         return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
-    done = ray.remote(_clip_ids_of).remote(finished)
+    done = clip_ids_ref(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-    scored = _parts(storage.join(out, "scored"))
-    fs = storage.filesystem(out)[0]
     columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
-    ds = ray.data.read_parquet([storage.filesystem(p)[1] for p in scored], filesystem=fs, columns=columns,
-                               schema=pa.schema([S.CLIP_SCHEMA.field(c) for c in columns]))
+    ds = read_parts_dataset(_parts(storage.join(out, "scored")), columns)
     ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
     ds = map_stage(ds, CaptionStage, preset.caption,
