@@ -156,8 +156,10 @@ def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
     schema = schema or CLIP_SCHEMA
     columns = columns or [n for n in schema.names]
     fs = storage.filesystem(paths[0])[0]
-    return ray.data.read_parquet([storage.filesystem(p)[1] for p in paths], filesystem=fs, columns=columns,
-                                 schema=pa.schema([schema.field(c) for c in columns]))
+    # select_columns is pushed into the read (only these columns leave the files); a column
+    # missing from an older part comes back null
+    return ray.data.read_parquet([storage.filesystem(p)[1] for p in paths], filesystem=fs,
+                                 schema=pa.schema([schema.field(c) for c in columns])).select_columns(columns)
 
 
 def _clip_ids_of(paths: list[str]) -> frozenset[str]:

@@ -1,12 +1,15 @@
 """Score and filter clips: `python -m jobs.score --input OUT/clips --output OUT/scored`.
 
-Ray Data plan (streaming):
-  clips table ─▶ CPU tasks: decode each clip once, cheap scores, CLIP frames (small arrays)
+Ray Data plan (streaming; the workers read the clip parts, the driver lists file names):
+  clip parts ─▶ tasks: ok clips not scored before (the finished set is a Ray object)
+            ─▶ CPU tasks: decode each clip once, cheap scores, CLIP frames (small arrays)
             ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
             ─▶ writer tasks: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
-then the run-level decisions (exact/near dedup, percentile and absolute rules), distributed
-by `jobs/decide.py` (the code `python -m jobs.filter` uses) over OUT/scored/part-*.parquet
-(every clip, kept or not, with reasons) + OUT/scored/_funnel.json.
+then every clip row joined with its score row by a hash shuffle on clip_id in Ray tasks
+(`jobs/score_merge.py`), which write OUT/scored/part-*.parquet, and the run-level decisions
+(exact/near dedup, percentile and absolute rules), distributed by `jobs/decide.py` (the code
+`python -m jobs.filter` uses): every clip, kept or not, with reasons + OUT/scored/_funnel.json.
+The driver holds file names, object refs and counts: O(files), not O(clips).
 
 Resumable: a score part's marker (OUT/_done/score/<key>) carries the hash of the scoring
 config (filters excluded), so a rerun skips scored clips and a changed filter only re-runs
@@ -30,6 +33,7 @@ import pyarrow.compute as pc
 import curate
 from curate import decide as D
 from curate import filters, score, score_frames, storage
+from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
@@ -42,7 +46,6 @@ from curate.schema import (
     STATUS_OK,
     TUBELET_VERSION,
     columns_of,
-    conform,
     set_columns,
     validate,
 )
@@ -51,7 +54,6 @@ from curate.storage import (
     config_hash,
     is_done,
     mark_done,
-    read_parts,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -93,41 +95,50 @@ def _parts(directory: str) -> list[str]:
     return [p for p in storage.list_files(directory, ".parquet") if storage.basename(p).startswith("part-")]
 
 
-def load_done_scores(scores_dir: str, root: str, cfg: score.ScoreConfig) -> pa.Table:
-    """Score rows of finished parts (marker present, same scoring config), newest per clip."""
+def finished_score_parts(scores_dir: str, root: str, cfg: score.ScoreConfig) -> list[str]:
+    """Score parts with a marker under the current scoring config, oldest first (names only)."""
     h = scoring_hash(cfg)
-    parts = sorted(_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))  # oldest first
-    parts = [p for p in parts if is_done(root, STAGE, storage.stem(p).removeprefix("part-"), h)]
-    if not parts:
-        return pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
-    return pa.concat_tables([storage.read_table(p, columns=SCORE_PART_COLUMNS) for p in parts])
+    parts = sorted(_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))
+    return [p for p in parts if is_done(root, STAGE, storage.stem(p).removeprefix("part-"), h)]
 
 
-def needs_scoring(clips: pa.Table, done: pa.Table, cfg: score.ScoreConfig) -> pa.Table:
-    """ok clips, once per clip_id, without a usable score row under the current gate."""
-    finished = set()
-    rows = done.select([CLIP_ID, CLIP_EMBEDDING, STATUS, *filters.CHEAP_COLUMNS, *filters.FRAME_COLUMNS]).to_pylist()
-    for r in rows:
-        gated = filters.cpu_gate(cfg.filters, r) is not None
-        if r[STATUS] != STATUS_OK or r[CLIP_EMBEDDING] is not None or gated:
-            finished.add(r[CLIP_ID])
-    ids = clips.column(CLIP_ID).to_pylist()
-    ok = clips.column(STATUS).to_pylist()
+def finished_ids(paths: Sequence[str], cfg: score.ScoreConfig) -> frozenset[str]:
+    """Runs as a Ray task: clip ids with a usable score row under the current gate.
+
+    A clip cheap-gated out by an earlier run has no embedding; if the gate has loosened since,
+    it needs the model now, so it is not finished.
+    """
+    finished: set[str] = set()
+    cols = [CLIP_ID, CLIP_EMBEDDING, STATUS, *filters.CHEAP_COLUMNS, *filters.FRAME_COLUMNS]
+    for p in paths:
+        t = storage.read_table(p, columns=cols)
+        has_emb = t.column(CLIP_EMBEDDING).is_valid().to_pylist()
+        for r, emb in zip(t.drop_columns([CLIP_EMBEDDING]).to_pylist(), has_emb):
+            if r[STATUS] != STATUS_OK or emb or filters.cpu_gate(cfg.filters, r) is not None:
+                finished.add(r[CLIP_ID])
+    return frozenset(finished)
+
+
+def pending(batch: pa.Table, finished: Any) -> pa.Table:
+    """Map task: ok clips of a block without a usable score row, once per clip_id."""
+    from jobs.adapter import resolve
+
+    done = resolve(finished)
+    ids = batch.column(CLIP_ID).to_pylist()
+    ok = batch.column(STATUS).to_pylist()
     seen: set[str] = set()
     keep = []
     for i, (cid, st) in enumerate(zip(ids, ok)):
-        if st == STATUS_OK and cid not in finished and cid not in seen:
+        if st == STATUS_OK and cid not in done and cid not in seen:
             keep.append(i)
             seen.add(cid)
-    return clips.take(pa.array(keep, pa.int64()))
+    return batch.take(pa.array(keep, pa.int64()))
 
 
-def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: str, root: str) -> int:
-    """Stream pending clips through CPU tasks and the model pool; write score parts as they come."""
+def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
+    """Stream the pending clips (a Dataset the workers read) through CPU tasks and the model pool."""
+    from jobs.adapter import Resources, map_stage, map_task
 
-    from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
-
-    init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
     cfg = job.score
     if cfg.smoke:
         score.build_smoke_clip(cfg.clip_model)  # once on the driver, so the actors don't race
@@ -137,8 +148,7 @@ def run_plan(job: ScoreJob, pending: pa.Table, scores_dir: str, root: str) -> in
     actor_cpus = job.actor_cpus
     if job.num_gpus == 0 and actor_cpus == DECODE_CPUS:
         actor_cpus = DECODE_CPUS - 0.01
-    ds = table_dataset(pending, rows_per_block=job.cpu_batch)
-    ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=cfg),
+    ds = map_task(todo, functools.partial(score_frames.prepare_batch, cfg=cfg),
                   Resources(num_cpus=DECODE_CPUS, concurrency=0, batch_size=job.cpu_batch))
     ds = map_stage(ds, score.ClipScoreStage, cfg,
                    Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
@@ -160,12 +170,17 @@ def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Tab
     return pa.table({"rows": [part.num_rows]})
 
 
-def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
-    """Fill the score group (and score errors) of every clip row from its clip_id's score row."""
+def merge_scores(clips: pa.Table, done: pa.Table | None) -> pa.Table:
+    """Fill the score group (and score errors) of every clip row from its clip_id's score row.
+
+    `done` is oldest first; a clip re-scored after a filter change: the newer row with an
+    embedding wins.
+    """
+    if done is None:
+        done = pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
     index: dict[str, int] = {}
     has_emb = done.column(CLIP_EMBEDDING).is_valid().to_pylist()
     for i, cid in enumerate(done.column(CLIP_ID).to_pylist()):
-        # a clip re-scored after a filter change: the newer row (with an embedding) wins
         if cid not in index or has_emb[i] or not has_emb[index[cid]]:
             index[cid] = i
     ids = clips.column(CLIP_ID).to_pylist()
@@ -176,6 +191,15 @@ def merge_scores(clips: pa.Table, done: pa.Table) -> pa.Table:
     for c in (STATUS, ERROR, FAILED_STAGE):
         values[c] = pc.if_else(has, picked.column(c), clips.column(c))
     return set_columns(clips, values)
+
+
+def scored_part(clips: pa.Table, done: pa.Table | None, cfg_hash: str) -> pa.Table:
+    """Reduce step of the join: one output part, stamped and validated."""
+    table = merge_scores(clips, done)
+    table = set_columns(table, {CONFIG_HASH: [cfg_hash] * table.num_rows,
+                                TUBELET_VERSION: [curate.__version__] * table.num_rows})
+    validate(table, upto="score")
+    return table
 
 
 def funnel_report(funnel: list[dict[str, Any]], cfg: score.ScoreConfig) -> dict[str, Any]:
@@ -202,35 +226,39 @@ def format_funnel(report: dict[str, Any]) -> str:
 
 
 def main(job: ScoreJob) -> dict[str, Any]:
+    import ray
+
+    from jobs.adapter import Resources, init_ray, map_task, part_files, read_parts_dataset
+    from jobs.filter import decide_dir
+    from jobs.score_merge import join_scores
+
     filters.check_config(job.score.filters)
     score.check_weights(job.score)
     out = job.output  # a local folder or a URI: every location below goes through curate.storage
     root = storage.parent(out)
     scores_dir = storage.join(out, "_scores")
     check_writable(out)
-    clips = conform(read_parts(job.input), CLIP_SCHEMA)  # raises UsageError when there are no parts
-    done = load_done_scores(scores_dir, root, job.score)
-    pending = needs_scoring(clips, done, job.score)
-    print(f"score: {clips.num_rows} clips in, {pending.num_rows} to score, model: {score.model_label(job.score)}")
-    if pending.num_rows:
-        run_plan(job, pending, scores_dir, root)
-        done = load_done_scores(scores_dir, root, job.score)
-    table = merge_scores(clips, done)
-    table = set_columns(table, {CONFIG_HASH: [config_hash(job.score)] * table.num_rows,
-                                TUBELET_VERSION: [curate.__version__] * table.num_rows})
-    validate(table, upto="score")
-    n_parts = max(1, -(-table.num_rows // job.part_rows))
-    for k in range(n_parts):
-        write_parquet_atomic(table.slice(k * job.part_rows, job.part_rows),
-                             storage.join(out, f"part-{k:05d}.parquet"))
-    for stale in _parts(out):  # a previous run with more parts
-        if int(storage.stem(stale).split("-")[1]) >= n_parts:
-            storage.delete(stale)
+    clip_parts = part_files(job.input)
+    if not clip_parts:
+        raise UsageError(f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first")
+    n_clips = rows_in(clip_parts)  # from the footers: no rows read
+    init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
+    # the workers read the clip parts and skip clips scored before; the driver sees counts
+    finished = ray.remote(finished_ids).remote(finished_score_parts(scores_dir, root, job.score), job.score)
+    todo = map_task(read_parts_dataset(clip_parts), functools.partial(pending, finished=finished),
+                    Resources(num_cpus=0.25, concurrency=0))
+    n_todo = todo.count()
+    print(f"score: {n_clips} clips in, {n_todo} to score, model: {score.model_label(job.score)}")
+    if n_todo:
+        run_plan(job, todo, scores_dir, root)
+    # every clip row with its score row, joined by clip_id in Ray tasks that write the parts
+    n_parts = max(1, -(-n_clips // job.part_rows))
+    outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]
+    join_scores(clip_parts, finished_score_parts(scores_dir, root, job.score), SCORE_PART_COLUMNS,
+                functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs)
+    for stale in set(_parts(out)) - set(outputs):  # a previous run with more parts
+        storage.delete(stale)
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
-    from jobs.adapter import init_ray
-    from jobs.filter import decide_dir
-
-    init_ray(address=job.address)
     funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
     report = funnel_report(funnel, job.score)
     funnel_path = storage.join(out, "_funnel.json")
@@ -238,6 +266,14 @@ def main(job: ScoreJob) -> dict[str, Any]:
     print(format_funnel(report))
     print(f"funnel: {funnel_path}")
     return report
+
+
+def rows_in(paths: Sequence[str]) -> int:
+    """Rows of Parquet parts, from their footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows
+               for p in paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
