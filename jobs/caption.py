@@ -1,17 +1,18 @@
 """`python -m jobs.caption --input OUT/scored --output OUT/captions`: dense captions for kept clips.
 
-Plan (Ray Data, streaming):
-    kept, not-yet-done clips, sorted by planned frame count
+Plan (Ray Data, streaming; the workers read the scored parts, the driver lists file names):
+    scored parts -> tasks: kept clips not captioned yet (the finished set is a Ray object),
+                    sorted by planned frame count within each block
       -> CPU tasks: decode the uniformly sampled frames of each clip (small uint8 frames)
-      -> actor pool: CaptionStage (model loaded once per actor; --concurrency, --num-gpus)
-      -> driver: one atomic Parquet part per batch + a done-marker per clip_id
+      -> actor pool: CaptionStage (model loaded once per actor; --actors, --gpus)
+      -> writer tasks: one atomic Parquet part per batch, then its marker
 Decoding runs in its own tasks ahead of the actors, so the model does not wait on ffmpeg;
 each actor records how long it waited between batches (OUT/_stats/caption/*.json) and the
-closing summary reports that share. Sorting by frame count before blocking puts clips with
-similar frame counts into the same batch.
+closing summary reports that share. Sorting by frame count puts clips with similar frame
+counts into the same batch. The driver holds O(files), never clip rows.
 
-Resumable: a rerun skips clips whose marker carries the same config hash; parts written by
-another caption config are removed first (a changed config re-runs the stage).
+Resumable: a rerun skips the clips of parts whose marker carries the same config hash; parts
+without a marker (a crash) or of another caption config are removed first and redone.
 Works with a local Ray (started on demand) and under `ray job submit` (RAY_ADDRESS set).
 """
 
@@ -39,10 +40,11 @@ from captioner.stage import (
     planned_frames,
 )
 from curate import storage
+from curate.errors import UsageError
 from curate.schema import (
+    CLIP_EMBEDDING,
     CLIP_ID,
     CLIP_SCHEMA,
-    CONFIG_HASH,
     END_FRAME,
     KEPT,
     START_FRAME,
@@ -55,7 +57,6 @@ from curate.storage import (
     check_writable,
     is_done,
     mark_done,
-    read_parts,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -106,22 +107,21 @@ def _part_name(clip_ids: list[str]) -> str:
     return f"part-{h}.parquet"
 
 
-def _reconcile(out: str, cfg_hash: str) -> int:
-    """Drop parts of another caption config; mark clips of parts written just before a crash."""
-    removed = 0
+def finished_parts(out: str, cfg_hash: str) -> list[str]:
+    """Caption parts with a marker under this config; every other part is removed.
+
+    A part without its marker (a crash between the two writes) or from another caption
+    config is deleted, and its clips are captioned again: O(files), no rows read.
+    """
+    finished = []
     for part in storage.list_files(out, ".parquet"):
         if not storage.basename(part).startswith("part-"):
             continue
-        t = storage.read_table(part, columns=[CLIP_ID, CONFIG_HASH])
-        hashes = set(t.column(CONFIG_HASH).to_pylist())
-        if hashes != {cfg_hash}:
+        if is_done(out, STAGE, storage.stem(part).removeprefix("part-"), cfg_hash):
+            finished.append(part)
+        else:
             storage.delete(part)
-            removed += 1
-            continue
-        for cid in t.column(CLIP_ID).to_pylist():
-            if not is_done(out, STAGE, cid, cfg_hash):
-                mark_done(out, STAGE, cid, cfg_hash, part=storage.basename(part))
-    return removed
+    return finished
 
 
 def _stats_files(out: str) -> list[str]:
@@ -146,32 +146,73 @@ def _model_wait(out: str) -> dict[str, float]:
 
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
+    from jobs.adapter import clip_ids_ref, init_ray, part_files, read_parts_dataset
+
     t0 = time.perf_counter()
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
     out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
-    table = read_parts(cfg.input, CLIP_SCHEMA)
+    inputs = part_files(cfg.input)
+    if not inputs:
+        raise UsageError(f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first")
     h = caption_hash(cfg.caption)
-    removed = _reconcile(out, h)
-    kept_mask = pc.and_(pc.fill_null(table.column(KEPT), False), pc.equal(pc.fill_null(table.column(STATUS),
-                                                                                         STATUS_OK), STATUS_OK))
-    kept = table.filter(kept_mask)
-    done = [is_done(out, STAGE, cid, h) for cid in kept.column(CLIP_ID).to_pylist()]
-    todo = kept.filter(pa.array([not d for d in done]))
-    summary: dict[str, Any] = {"input_clips": table.num_rows, "kept": kept.num_rows, "skipped_done": sum(done),
-                               "stale_parts_removed": removed, "captioned": 0, "errors": 0, "config_hash": h}
-    if todo.num_rows:
-        # similar frame counts next to each other, so blocks (= model batches) share a frame count
-        frames = [planned_frames(s, e, cfg.caption) for s, e in
-                  zip(todo.column(START_FRAME).to_pylist(), todo.column(END_FRAME).to_pylist())]
-        todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
-        todo = todo.sort_by([("_planned", "ascending"), (VIDEO_ID, "ascending"), (START_FRAME, "ascending")])
-        todo = todo.drop_columns(["_planned"])
+    finished = finished_parts(out, h)
+    init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
+    # the workers read the scored parts and pick the kept clips not captioned yet; the driver
+    # holds file names, the finished set's object ref and counts
+    done = clip_ids_ref(finished)
+    columns = [c for c in CLIP_SCHEMA.names if c != CLIP_EMBEDDING]
+    todo = read_parts_dataset(inputs, columns).map_batches(
+        functools.partial(_todo, done=done, cfg=cfg.caption), batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+    counts = _count(read_parts_dataset(inputs, [CLIP_ID, KEPT, STATUS]), done)
+    summary: dict[str, Any] = {"input_clips": counts["rows"], "kept": counts["kept"], "skipped_done": counts["done"],
+                               "captioned": 0, "errors": 0, "config_hash": h}
+    if counts["kept"] > counts["done"]:
         summary.update(_run(cfg, todo, out, h))
     summary["wall_s"] = time.perf_counter() - t0
     summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
     return summary
+
+
+def _kept(batch: pa.Table) -> pa.Array:
+    return pc.and_(pc.fill_null(batch.column(KEPT), False),
+                   pc.equal(pc.fill_null(batch.column(STATUS), STATUS_OK), STATUS_OK))
+
+
+def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
+    """Map task: the kept clips of a block not captioned yet, sorted by planned frame count.
+
+    Similar frame counts next to each other, so model batches share a frame count; the
+    sort is per block (a global sort would be a barrier across the whole run).
+    """
+    from jobs.adapter import resolve
+
+    ids = resolve(done)
+    todo = batch.filter(_kept(batch))
+    todo = todo.filter(pa.array([c not in ids for c in todo.column(CLIP_ID).to_pylist()], pa.bool_()))
+    frames = [planned_frames(s, e, cfg) for s, e in
+              zip(todo.column(START_FRAME).to_pylist(), todo.column(END_FRAME).to_pylist())]
+    todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
+    todo = todo.sort_by([("_planned", "ascending"), (VIDEO_ID, "ascending"), (START_FRAME, "ascending")])
+    return todo.drop_columns(["_planned"])
+
+
+def _count(ds: Any, done: Any) -> dict[str, int]:
+    """Rows, kept clips and kept clips already captioned, counted by the workers."""
+    def count(batch: pa.Table) -> pa.Table:
+        from jobs.adapter import resolve
+
+        ids = resolve(done)
+        kept = batch.filter(_kept(batch)).column(CLIP_ID).to_pylist()
+        return pa.table({"rows": [batch.num_rows], "kept": [len(kept)], "done": [sum(c in ids for c in kept)]})
+
+    totals = {"rows": 0, "kept": 0, "done": 0}
+    for b in ds.map_batches(count, batch_format="pyarrow", batch_size=None, num_cpus=0.25).iter_batches(
+            batch_format="pyarrow", batch_size=None):
+        for k in totals:
+            totals[k] += int(pc.sum(b.column(k)).as_py() or 0)
+    return totals
 
 
 def need_of(cfg: CaptionJobConfig) -> flags.Need:
@@ -180,17 +221,15 @@ def need_of(cfg: CaptionJobConfig) -> flags.Need:
                       max_cpus_one=cfg.actor_cpus, what=f"caption ({cfg.concurrency} actor(s) + decode tasks)")
 
 
-def _run(cfg: CaptionJobConfig, todo: pa.Table, out: str, h: str) -> dict[str, Any]:
-    from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
+def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
+    from jobs.adapter import Resources, map_stage, map_task
 
     stats_dir = storage.join(out, *STATS_DIR)
     for f in _stats_files(out):
         storage.delete(f)
-    init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
     bs = cfg.caption.batch_size
-    ds = table_dataset(todo, rows_per_block=bs)
-    ds = map_task(ds, functools.partial(attach_frames, cfg=cfg.caption),
-                  Resources(num_cpus=cfg.decode_cpus, concurrency=cfg.decode_concurrency))
+    ds = map_task(todo, functools.partial(attach_frames, cfg=cfg.caption),
+                  Resources(num_cpus=cfg.decode_cpus, concurrency=cfg.decode_concurrency, batch_size=bs))
     ds = map_stage(ds, TimedCaptionStage, _ActorCfg(cfg.caption, stats_dir),
                    Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus, concurrency=cfg.concurrency,
                              batch_size=bs))
@@ -205,14 +244,13 @@ def _run(cfg: CaptionJobConfig, todo: pa.Table, out: str, h: str) -> dict[str, A
 
 
 def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
-    """Writer task: one caption part, then its clips' markers; returns (ok, error) counts."""
+    """Writer task: one caption part, then its marker; returns (ok, error) counts."""
     if batch.num_rows == 0:
         return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
-    ids = batch.column(CLIP_ID).to_pylist()
-    name = _part_name(ids)
-    write_parquet_atomic(batch, storage.join(out, name))  # part first, markers after: a crash loses no marker-less work
-    for cid in ids:
-        mark_done(out, STAGE, cid, h, part=name)
+    name = _part_name(batch.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(batch, storage.join(out, name))
+    # important: the marker after the part; a part without one is redone on the next run
+    mark_done(out, STAGE, storage.stem(name).removeprefix("part-"), h, rows=batch.num_rows)
     status = batch.column(STATUS).to_pylist()
     return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
 

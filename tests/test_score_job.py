@@ -28,6 +28,7 @@ from curate.schema import (
 )
 from curate.storage import read_parts, write_parquet_atomic
 from jobs import score as job_score
+from tests.driver_guard import driver_reads_no_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,8 @@ def test_score_job_funnel_and_resume(real_videos, tmp_path, capsys):
     cfg = dataclasses.replace(score.SMOKE, clip_model=str(model_dir))
     job = job_score.ScoreJob(input=str(out / "clips"), output=str(out / "scored"), score=cfg, cpu_batch=2, batch_size=4)
 
-    report = job_score.main(job)
+    with driver_reads_no_rows():
+        report = job_score.main(job)
     table = read_parts(out / "scored")
     validate(table, upto="filter")
     assert table.num_rows == len(rows)  # every clip keeps its row
