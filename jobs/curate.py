@@ -167,7 +167,8 @@ def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int)
     with ShardWriter(storage.join(out, "latents"), meta, max_rows=max_rows, row_group_rows=64,
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
         writer.write(enc)
-    mark_done(out, WRITE_STAGE, key, h, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
+    captioned = cap.num_rows - cap.column(S.CAPTION).null_count
+    mark_done(out, WRITE_STAGE, key, h, clips=len(ids), captioned=captioned, encoded=enc.num_rows, shards=writer.shards)
     return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
 
 
@@ -288,8 +289,7 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
     for p in finished:
         info = read_json(marker_path(out, WRITE_STAGE, _key(p)))
         shards += info["shards"]
-        cap = read_columns(p, [S.CAPTION]).column(S.CAPTION)
-        captioned += len(cap) - cap.null_count
+        captioned += info["captioned"]
     manifest = merge_manifest(storage.join(out, "latents"), meta, shards)
     psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"],
