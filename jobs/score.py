@@ -28,26 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-import curate
 from curate import decide as D
 from curate import filters, score, score_frames, storage
 from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
-    CLIP_SCHEMA,
-    CONFIG_HASH,
-    ERROR,
-    FAILED_STAGE,
-    SCORE,
     STATUS,
     STATUS_OK,
-    TUBELET_VERSION,
-    columns_of,
-    set_columns,
-    validate,
 )
 from curate.storage import (
     check_writable,
@@ -59,11 +48,11 @@ from curate.storage import (
 )
 from curate.weights import expand
 from jobs import flags, presets
+from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
 PRESETS = {name: preset.score for name, preset in presets.PRESETS.items()}
-SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]
 
 
 @dataclass(frozen=True)
@@ -170,38 +159,6 @@ def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Tab
     return pa.table({"rows": [part.num_rows]})
 
 
-def merge_scores(clips: pa.Table, done: pa.Table | None) -> pa.Table:
-    """Fill the score group (and score errors) of every clip row from its clip_id's score row.
-
-    `done` is oldest first; a clip re-scored after a filter change: the newer row with an
-    embedding wins.
-    """
-    if done is None:
-        done = pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
-    index: dict[str, int] = {}
-    has_emb = done.column(CLIP_EMBEDDING).is_valid().to_pylist()
-    for i, cid in enumerate(done.column(CLIP_ID).to_pylist()):
-        if cid not in index or has_emb[i] or not has_emb[index[cid]]:
-            index[cid] = i
-    ids = clips.column(CLIP_ID).to_pylist()
-    take = pa.array([index.get(c) for c in ids], pa.int64())
-    picked = done.take(take)  # null rows where a clip has no score row
-    has = pc.is_valid(take)
-    values: dict[str, Any] = {c: picked.column(c) for c in columns_of(SCORE)}
-    for c in (STATUS, ERROR, FAILED_STAGE):
-        values[c] = pc.if_else(has, picked.column(c), clips.column(c))
-    return set_columns(clips, values)
-
-
-def scored_part(clips: pa.Table, done: pa.Table | None, cfg_hash: str) -> pa.Table:
-    """Reduce step of the join: one output part, stamped and validated."""
-    table = merge_scores(clips, done)
-    table = set_columns(table, {CONFIG_HASH: [cfg_hash] * table.num_rows,
-                                TUBELET_VERSION: [curate.__version__] * table.num_rows})
-    validate(table, upto="score")
-    return table
-
-
 def funnel_report(funnel: list[dict[str, Any]], cfg: score.ScoreConfig) -> dict[str, Any]:
     clips = funnel[0]["in"] if funnel else 0
     kept = funnel[-1]["out"] if funnel else 0
@@ -230,7 +187,6 @@ def main(job: ScoreJob) -> dict[str, Any]:
 
     from jobs.adapter import Resources, init_ray, map_task, part_files, read_parts_dataset
     from jobs.filter import decide_dir
-    from jobs.score_merge import join_scores
 
     filters.check_config(job.score.filters)
     score.check_weights(job.score)

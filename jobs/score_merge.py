@@ -15,14 +15,34 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
+import curate
 from curate.decide import read_columns
-from curate.schema import CLIP_ID, CLIP_SCHEMA, START_FRAME, VIDEO_ID, conform
+from curate.schema import (
+    CLIP_EMBEDDING,
+    CLIP_ID,
+    CLIP_SCHEMA,
+    CONFIG_HASH,
+    ERROR,
+    FAILED_STAGE,
+    SCORE,
+    START_FRAME,
+    STATUS,
+    TUBELET_VERSION,
+    VIDEO_ID,
+    columns_of,
+    conform,
+    set_columns,
+    validate,
+)
 
+SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]  # what the score parts hold
 ORDER = "_order"  # position of a score part, oldest first: a newer score row wins in the merge
 
 
@@ -42,8 +62,16 @@ def _out(tables: list[pa.Table], buckets: int) -> tuple | pa.Table:
 
 
 @ray.remote
-def _map_clips(path: str, buckets: int):
-    return _out(split_by_bucket(conform(read_columns(path), CLIP_SCHEMA), buckets), buckets)
+def _map_clips(path: str, skip: list[str], buckets: int):
+    import pyarrow.parquet as pq
+
+    from curate import storage
+
+    fs, local = storage.filesystem(path)
+    have = pq.read_schema(local, filesystem=fs).names
+    # the score group comes from the score side: not read, not shuffled
+    table = conform(read_columns(path, [c for c in have if c not in skip]), CLIP_SCHEMA)
+    return _out(split_by_bucket(table, buckets), buckets)
 
 
 @ray.remote
@@ -75,7 +103,8 @@ def join_scores(clip_parts: Sequence[str], score_parts: Sequence[str], score_col
     `score_parts` are oldest first. `merge` runs in the reduce tasks (a module-level function).
     """
     buckets = len(outputs)
-    clips = [_map_clips.options(num_returns=buckets).remote(p, buckets) for p in clip_parts]
+    skip = [c for c in score_columns if c not in (CLIP_ID, STATUS, ERROR, FAILED_STAGE)]
+    clips = [_map_clips.options(num_returns=buckets).remote(p, skip, buckets) for p in clip_parts]
     scores = [_map_scores.options(num_returns=buckets).remote(p, i, score_columns, buckets)
               for i, p in enumerate(score_parts)]
 
@@ -85,3 +114,35 @@ def join_scores(clip_parts: Sequence[str], score_parts: Sequence[str], score_col
     done = [_reduce.remote(merge, outputs[b], len(clips), *[nth(r, b) for r in clips],
                            *[nth(r, b) for r in scores]) for b in range(buckets)]
     return sum(ray.get(done))
+
+
+def merge_scores(clips: pa.Table, done: pa.Table | None) -> pa.Table:
+    """Fill the score group (and score errors) of every clip row from its clip_id's score row.
+
+    `done` is oldest first; a clip re-scored after a filter change: the newer row with an
+    embedding wins.
+    """
+    if done is None:
+        done = pa.schema([CLIP_SCHEMA.field(c) for c in SCORE_PART_COLUMNS]).empty_table()
+    index: dict[str, int] = {}
+    has_emb = done.column(CLIP_EMBEDDING).is_valid().to_pylist()
+    for i, cid in enumerate(done.column(CLIP_ID).to_pylist()):
+        if cid not in index or has_emb[i] or not has_emb[index[cid]]:
+            index[cid] = i
+    ids = clips.column(CLIP_ID).to_pylist()
+    take = pa.array([index.get(c) for c in ids], pa.int64())
+    picked = done.take(take)  # null rows where a clip has no score row
+    has = pc.is_valid(take)
+    values: dict[str, Any] = {c: picked.column(c) for c in columns_of(SCORE)}
+    for c in (STATUS, ERROR, FAILED_STAGE):
+        values[c] = pc.if_else(has, picked.column(c), clips.column(c))
+    return set_columns(clips, values)
+
+
+def scored_part(clips: pa.Table, done: pa.Table | None, cfg_hash: str) -> pa.Table:
+    """Reduce step of the join: one output part, stamped and validated."""
+    table = merge_scores(clips, done)
+    table = set_columns(table, {CONFIG_HASH: [cfg_hash] * table.num_rows,
+                                TUBELET_VERSION: [curate.__version__] * table.num_rows})
+    validate(table, upto="score")
+    return table

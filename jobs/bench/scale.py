@@ -6,7 +6,8 @@ parts by Ray tasks, never built on the driver. For each size the decision step (
 `python -m jobs.filter`, default preset filters) runs in this process as the driver, and it
 reports: seconds, seconds per 10^5 clips, the growth exponent between sizes
 (log t2/t1 / log N2/N1) and the driver's peak RSS during the step (psutil, sampled every
-20 ms). At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
+20 ms). With `--join` it also times the score job's join of clip rows and score rows
+(the hash shuffle of `jobs/score_merge.py`) with the same measures. At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
 (default `--cluster-rows`) and as one cluster (the exact greedy over the whole run), and
 reports the clustered run's recall and precision of dropped near-duplicates against the exact
 one. The machine load (1-minute load average) is printed next to every timing.
@@ -152,6 +153,24 @@ def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
             "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows}
 
 
+def join_step(src: Path, root: Path) -> dict:
+    """The score job's join (clip rows + score rows by clip_id, `jobs/score_merge.py`) over `src`."""
+    from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, merge_scores
+
+    parts = sorted(str(p) for p in src.glob("part-*.parquet"))
+    dst = root / "joined"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    outputs = [str(dst / f"part-{k:05d}.parquet") for k in range(len(parts))]
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    with PeakRSS() as rss:  # the scored parts serve as both sides: clip rows and score rows
+        rows = join_scores(parts, parts, SCORE_PART_COLUMNS, merge_scores, outputs)
+    return {"join_seconds": time.perf_counter() - t, "join_rows": rows,
+            "join_driver_peak_rss_mb": rss.peak / 2**20, "join_driver_start_rss_mb": rss.start / 2**20,
+            "join_load_1min": load}
+
+
 def make_videos(folder: Path, n: int) -> None:
     """n small generated videos (three shots, hard cuts), each with its own patterns."""
     from curate.synth import Segment, make_video
@@ -201,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
     p.add_argument("--out", default="bench-out/scale")
     p.add_argument("--keep", action="store_true", help="keep the generated parts")
+    p.add_argument("--join", action="store_true", help="also time the score job's clip/score join (a hash "
+                   "shuffle on clip_id in Ray tasks) at each size")
     p.add_argument("--curate-videos", default="", help="also run jobs.curate on these numbers of generated "
                    "videos (e.g. 8,32) and report its driver's peak RSS")
     a = p.parse_args(argv)
@@ -236,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         r = {"clips": n, "parts": parts, "generate_seconds": gen, **_decide(src, root / f"n{n}" / "filtered",
                                                                            filters.DEFAULT, near)}
         r["seconds_per_1e5"] = r["seconds"] / n * 1e5
+        if a.join:
+            r.update(join_step(src, root / f"n{n}"))
+            r["join_seconds_per_1e5"] = r["join_seconds"] / n * 1e5
         if a.recall_at and n == int(a.recall_at):
             r["near_dup_vs_exact"] = recall_precision(src, root / f"n{n}", near)
         results.append(r)
@@ -253,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
             g = f"{math.log(r['seconds'] / prev['seconds']) / math.log(r['clips'] / prev['clips']):.2f}"
         print(f"| {r['clips']:,} | {r['parts']} | {r['seconds']:.1f} | {r['seconds_per_1e5']:.1f} | {g} | "
               f"{r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
+    if a.join:
+        print("\nscore job's join (clip rows + score rows by clip_id, Ray tasks)")
+        print("| clips | join s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
+        print("|---|---|---|---|---|---|")
+        for i, r in enumerate(results):
+            g = ""
+            if i:
+                prev = results[i - 1]
+                g = f"{math.log(r['join_seconds'] / prev['join_seconds']) / math.log(r['clips'] / prev['clips']):.2f}"
+            print(f"| {r['clips']:,} | {r['join_seconds']:.1f} | {r['join_seconds_per_1e5']:.1f} | {g} | "
+                  f"{r['join_driver_peak_rss_mb']:.0f} | {r['join_load_1min']:.1f} |")
     for r in results:
         if "near_dup_vs_exact" in r:
             q = r["near_dup_vs_exact"]
