@@ -136,6 +136,13 @@ def table_dataset(table: pa.Table, rows_per_block: int = 1) -> ray.data.Dataset:
     return ray.data.from_arrow(blocks)
 
 
+def run_tasks(fn: Callable[..., Any], items: list[Any], *args: Any, num_cpus: float = 0.5) -> list[Any]:
+    """`fn(item, *args)` as one Ray task per item; the results come back to the driver, so
+    keep them small (counts, not rows). An ObjectRef among `args` reaches `fn` resolved."""
+    remote = ray.remote(num_cpus=num_cpus)(fn)
+    return ray.get([remote.remote(item, *args) for item in items])
+
+
 def part_files(folder: str) -> list[str]:
     """The part-*.parquet files directly in a folder or prefix (names only: O(files))."""
     from curate import storage

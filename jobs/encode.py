@@ -1,11 +1,25 @@
 """`python -m jobs.encode --input OUT/captions --output OUT/latents`: VAE latents into Parquet shards.
 
-Plan: captioned clips -> CPU tasks (decode once at the target fps, bucket crop/resize) ->
-VAE + text encoder actors (`--concurrency` actors, `--num-gpus` each) -> parts written by the
-driver to OUT/latents/_parts/part-<key>.parquet, each followed by its marker
-OUT/latents/_done/encode/<key>. A rerun skips clips already in a finished part with the same
-config. At the end all encoded rows are (re)written as shards + .manifest.json
-(latents/shards.py); errors are counted in the summary and the manifest, never sharded.
+One Ray Data streaming plan; the workers read and write every row, the driver coordinates:
+
+  captions parts (read by the workers) ─▶ eligible clips not yet written (tasks)
+     ─▶ decode tasks (once at the target fps, bucket crop/resize)
+     ─▶ VAE + text encoder actors (`--actors`, `--gpus` each)
+     ─▶ writer tasks, one per batch of up to --max-rows-per-shard clips, each writing
+          OUT/latents/shard-<key>-NNNNN.parquet    the batch's encoded rows
+          OUT/latents/_index/part-<key>.parquet    clip_id, status, failed_stage, error of every row
+          OUT/latents/_done/encode/<key>           the marker, last; it carries the shard entries
+
+Then the driver merges the shard entries of the finished markers into .manifest.json
+(latents/shards.py: metadata only) and removes what no finished marker references: index
+parts and shards of another config, or of a writer killed before its marker. The counts come
+from Ray tasks (eligible and already done per input part, errors by reason per index part), so
+the driver's memory is O(files), never O(clips). Errors are counted in the summary and the
+manifest, never sharded.
+
+Resume: a rerun skips the clips in finished index parts of the same config (a clip that failed
+stays failed until the config changes); a changed config re-encodes into new files, and the old
+shard set stays valid until the new manifest replaces it; a rerun with nothing new loads no model.
 
 Locally a Ray instance is started on 127.0.0.1; with RAY_ADDRESS (or `ray job submit`) the
 same command runs on the cluster (the output must then be on storage all nodes share).
@@ -22,6 +36,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,24 +47,27 @@ from curate.errors import UsageError, check_range, error_key
 from curate.storage import (
     check_writable,
     config_hash,
-    is_done,
     mark_done,
-    read_parts,
+    marker_path,
+    read_json,
     write_json_atomic,
     write_parquet_atomic,
 )
 from curate.weights import local_repo, require
 from jobs import flags, presets
-from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, manifest_meta
+from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, eligible_mask, manifest_meta
 from latents.encode import STAGE as ENCODE_STAGE
-from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, verify_shards
+from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, merge_manifest, read_manifest
 from latents.text import text_weights
 from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
 PRESETS: dict[str, EncodeConfig] = {**{name: p.encode for name, p in presets.PRESETS.items()},
                                      "smoke-ltx": SMOKE_LTX, "ltx": LTX}
-PARTS = "_parts"
+INDEX = "_index"  # OUT/latents/_index/part-<key>.parquet: every row's status, one part per writer batch
+INDEX_SCHEMA = pa.schema([S.CLIP_SCHEMA.field(c) for c in (S.CLIP_ID, S.STATUS, S.FAILED_STAGE, S.ERROR)])
+# what the eligible/done counts read of an input part (eligible_mask's columns)
+COUNT_COLUMNS = [S.CLIP_ID, S.STATUS, S.KEPT, S.CAPTION]
 
 
 @dataclass(frozen=True)
@@ -62,35 +80,111 @@ class EncodeJobConfig:
     num_gpus: float = 0.0  # per actor
     actor_cpus: float = 0.5  # per actor; < 1 so CPU prepare tasks still get a core on small machines
     prepare_concurrency: int = 0  # parallel decode tasks (0: Ray decides)
-    batch_size: int = 8  # clips per part / per actor call
-    max_rows_per_shard: int = 2048
+    batch_size: int = 8  # clips per actor call
+    max_rows_per_shard: int = 2048  # also the clips per writer batch (index part + marker)
     max_shard_bytes: int = 1 << 30
     row_group_rows: int = 64
     verbose: bool = False
 
 
-def part_key(clip_ids: list[str]) -> str:
-    return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
+def part_key(clip_ids: list[str], cfg_hash: str) -> str:
+    """A writer batch's key: its clips and the config, so another config never reuses a name
+    (its shards and markers stay apart until the new manifest replaces the old one)."""
+    text = cfg_hash + "\n" + "\n".join(sorted(clip_ids))
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
 
 
-def _done_parts(out: str, cfg_hash: str) -> list[str]:
-    """Finished parts (marker with this config) in OUT/_parts, local or object storage."""
-    parts = [p for p in storage.list_files(storage.join(out, PARTS), ".parquet")
-             if storage.basename(p).startswith("part-")]
-    return [p for p in parts if is_done(out, ENCODE_STAGE, storage.stem(p).removeprefix("part-"), cfg_hash)]
+def _index_parts(out: str) -> list[str]:
+    return [p for p in storage.list_files(storage.join(out, INDEX), ".parquet")
+            if storage.basename(p).startswith("part-")]
 
 
-def plan_work(table: pa.Table, out: str, cfg_hash: str) -> tuple[pa.Table, int]:
-    """Rows still to encode (all captioned-stage rows not in a finished part) and the count skipped."""
-    done: set[str] = set()
-    for p in _done_parts(out, cfg_hash):
-        done.update(storage.read_table(p, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
-    ids = table.column(S.CLIP_ID).to_pylist()
-    keep = pa.array([i not in done for i in ids], type=pa.bool_())
-    todo = table.filter(keep)
-    # stable order so a rerun forms the same batches
-    todo = todo.take(pc.sort_indices(todo, [(S.CLIP_ID, "ascending")]))
-    return todo, len(ids) - todo.num_rows
+def _key(part: str) -> str:
+    return storage.stem(part).removeprefix("part-")
+
+
+def finished_batches(out: str, cfg_hash: str) -> dict[str, dict[str, Any]]:
+    """Index part -> its marker, for every writer batch finished under this config.
+
+    O(files): one listing and one small JSON per batch; no rows are read.
+    """
+    done: dict[str, dict[str, Any]] = {}
+    for part in _index_parts(out):
+        try:
+            marker = read_json(marker_path(out, ENCODE_STAGE, _key(part)))
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and marker.get("config_hash") == cfg_hash:
+            done[part] = marker
+    return done
+
+
+def _count_input(part: str, done: Any) -> Counter:
+    """Ray task: one input part's rows, eligible rows and eligible rows already written."""
+    from jobs.adapter import resolve
+
+    done = resolve(done)
+    t = storage.read_table(part, columns=COUNT_COLUMNS)
+    eligible = [c for c, ok in zip(t.column(S.CLIP_ID).to_pylist(), eligible_mask(t)) if ok]
+    return Counter(input_rows=t.num_rows, eligible=len(eligible), skipped=sum(c in done for c in eligible))
+
+
+def _count_errors(part: str) -> Counter:
+    """Ray task: an index part's error rows by reason (O(distinct reasons) back to the driver)."""
+    t = storage.read_table(part, columns=[S.STATUS, S.ERROR])
+    errors = t.filter(pc.equal(t.column(S.STATUS), S.STATUS_ERROR)).column(S.ERROR).to_pylist()
+    return Counter(map(error_key, errors))
+
+
+def _todo(batch: pa.Table, done: Any) -> pa.Table:
+    """Plan step (tasks): the eligible clips of an input block that no finished batch holds."""
+    from jobs.adapter import resolve
+
+    done = resolve(done)
+    ids = batch.column(S.CLIP_ID).to_pylist()
+    keep = [ok and c not in done for ok, c in zip(eligible_mask(batch), ids)]
+    return S.conform(batch.filter(pa.array(keep, pa.bool_())))
+
+
+def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = 2048, max_bytes: int = 1 << 30,
+                row_group_rows: int = 64) -> pa.Table:
+    """Writer task: a batch's latent shards (ok rows), its index part (every row), then its
+    marker carrying the shard entries (the manifest fragment). Returns its row counts."""
+    if not batch.num_rows:
+        return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
+    # a stable order inside the batch: the same clips give the same shard bytes on a rerun
+    batch = batch.sort_by(S.CLIP_ID)
+    ids = batch.column(S.CLIP_ID).to_pylist()
+    key = part_key(ids, cfg_hash)
+    ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
+    enc = batch.filter(pc.fill_null(ok, False))
+    # meta={}: this writer writes no manifest; the driver merges one from every marker's entries
+    with ShardWriter(out, {}, max_rows=max_rows, max_bytes=max_bytes, row_group_rows=row_group_rows,
+                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key, write_manifest=False) as writer:
+        writer.write(enc)
+    index = S.conform(batch.select(INDEX_SCHEMA.names), INDEX_SCHEMA)
+    write_parquet_atomic(index, storage.join(out, INDEX, f"part-{key}.parquet"))
+    # important: the marker goes last; a kill before it re-encodes this batch's clips, and the
+    # shards it left behind are dropped (or overwritten under the same key) by the next run
+    mark_done(out, ENCODE_STAGE, key, cfg_hash, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
+    return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
+
+
+def drop_stale(out: str, finished: dict[str, dict[str, Any]]) -> None:
+    """Remove index parts (and their markers) of no finished batch: another config, or a writer
+    killed before its marker. Their shards go when `merge_manifest` drops unlisted shards."""
+    for part in _index_parts(out):
+        if part not in finished:
+            storage.delete(part)
+            storage.delete(marker_path(out, ENCODE_STAGE, _key(part)))
+
+
+def merge_shards(out: str, finished: dict[str, dict[str, Any]], meta: dict[str, Any],
+                 counts: dict[str, int]) -> dict[str, Any]:
+    """The manifest of the finished batches' shard entries, written to OUT/.manifest.json; every
+    shard file no entry lists is deleted. Metadata only: O(shards), no shard is opened."""
+    shards = [s for marker in finished.values() for s in marker.get("shards", [])]
+    return merge_manifest(out, {**meta, "counts": counts}, shards)
 
 
 def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
@@ -121,87 +215,75 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
     return vae_info, text_info
 
 
-def write_shards(cfg: EncodeJobConfig, counts: dict) -> dict:
-    """All finished parts of this config -> shards + manifest (old set replaced atomically)."""
-    out = cfg.output
-    cfg_hash = config_hash(cfg.encode)
-    parts = _done_parts(out, cfg_hash)
-    # names + mtimes: a re-encoded part (same clips, new file) also rebuilds the shards
-    stamp = "\n".join(f"{storage.basename(p)} {storage.mtime_ns(p)}" for p in parts)
-    layout = {"parts": hashlib.blake2b(stamp.encode(), digest_size=8).hexdigest(),
-              "max_rows": cfg.max_rows_per_shard, "max_bytes": cfg.max_shard_bytes, "row_group_rows": cfg.row_group_rows}
-    try:
-        current = verify_shards(out, checksum=False)
-        if current.get("encode", {}).get("config_hash") == cfg_hash and current.get("layout") == layout:
-            return current  # nothing new since the last run: keep the shards as they are
-    except ShardError:
-        pass
-    vae_info, text_info = vae_and_text_info(cfg.encode)
-    meta = manifest_meta(cfg.encode, vae_info, text_info)
-    meta["counts"] = counts
-    meta["layout"] = layout
-    with ShardWriter(out, meta, max_rows=cfg.max_rows_per_shard, max_bytes=cfg.max_shard_bytes,
-                     row_group_rows=cfg.row_group_rows, metric_columns=(ROUNDTRIP_PSNR,),
-                     run_id=cfg_hash[:8] + "-" + hashlib.blake2b(str(time.time()).encode(), digest_size=2).hexdigest()) as w:
-        for p in parts:
-            t = storage.read_table(p)
-            ok = pc.and_(pc.equal(t.column(S.STATUS), S.STATUS_OK), pc.is_valid(t.column(S.LATENT)))
-            w.write(t.filter(ok))
-    return w.manifest()
-
-
-def _write_part(batch: pa.Table, out: str, cfg_hash: str) -> pa.Table:
-    """Writer task: one atomic encoded part, then its marker; returns its row count."""
-    if batch.num_rows == 0:
-        return pa.table({"rows": pa.array([], pa.int64())})
-    key = part_key(batch.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(batch, storage.join(out, PARTS, f"part-{key}.parquet"))
-    # important: the marker goes last; a kill before it re-encodes this part's clips
-    mark_done(out, ENCODE_STAGE, key, cfg_hash, clips=batch.num_rows)
-    return pa.table({"rows": [batch.num_rows]})
+def _meta(enc: EncodeConfig, out: str, cfg_hash: str, reuse: bool) -> dict[str, Any]:
+    """The manifest's model constants: from the current manifest when `reuse` and it was made
+    with this config (a rerun with nothing new loads no model), else from the models (CPU)."""
+    if reuse:
+        try:
+            current = read_manifest(out)
+        except ShardError:
+            current = {}
+        if current.get("encode", {}).get("config_hash") == cfg_hash:
+            return {k: current[k] for k in ("vae", "text_encoder", "buckets", "encode", "smoke")}  # manifest_meta's
+    vae_info, text_info = vae_and_text_info(enc)
+    return manifest_meta(enc, vae_info, text_info)
 
 
 def main(cfg: EncodeJobConfig) -> dict:
-    from jobs.adapter import Resources, init_ray, map_stage, map_task, table_dataset
-    from latents.encode import EncodeStage, eligible_mask, prepare_batch
+    from jobs.adapter import (
+        Resources,
+        clip_ids_ref,
+        init_ray,
+        map_stage,
+        map_task,
+        part_files,
+        read_parts_dataset,
+        run_tasks,
+    )
+    from latents.encode import EncodeStage, prepare_batch
 
     check_range("batch_size", cfg.batch_size, 1, fix="pass --batch-size >= 1")
     check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
     flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
+    inputs = part_files(cfg.input)  # names only: the workers read the rows
+    if not inputs:
+        raise UsageError(f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
+                         "(Parquet files with other names); pass OUT/captions")
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
-    table = read_parts(cfg.input, S.CLIP_SCHEMA)
     out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
     t0 = time.perf_counter()
     cfg_hash = config_hash(cfg.encode)
-    eligible = table.filter(pa.array(eligible_mask(table), type=pa.bool_()))
-    todo, skipped = plan_work(eligible, out, cfg_hash)
+    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+    done = clip_ids_ref(list(finished_batches(out, cfg_hash)))  # the set stays in the object store
+    # important: counted before the plan runs, against the same done set the plan skips
+    seen = sum(run_tasks(_count_input, inputs, done), Counter())
     new_rows = 0
-    if todo.num_rows:
-        init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
-        ds = table_dataset(todo, rows_per_block=cfg.batch_size)
+    if seen["eligible"] > seen["skipped"]:
+        columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]  # scores' embeddings: not needed
+        ds = read_parts_dataset(inputs, columns)
+        ds = map_task(ds, partial(_todo, done=done), Resources(num_cpus=0.25, concurrency=0))
         ds = map_task(ds, partial(prepare_batch, cfg=cfg.encode),
                       Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
         ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
                                                               concurrency=cfg.concurrency, batch_size=cfg.batch_size))
-        # the workers write the parts; the driver only sums their row counts
-        ds = map_task(ds, partial(_write_part, out=out, cfg_hash=cfg_hash), Resources(num_cpus=0.1, concurrency=0))
+        # batches of up to a shard's rows: a writer task writes whole shards; the driver sums counts
+        write = partial(write_batch, out=out, cfg_hash=cfg_hash, max_rows=cfg.max_rows_per_shard,
+                        max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
+        ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0, batch_size=cfg.max_rows_per_shard))
         for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            new_rows += sum(counts.column("rows").to_pylist())
-    parts = _done_parts(out, cfg_hash)
-    status = pa.concat_tables([storage.read_table(p, columns=[S.STATUS, S.ERROR]) for p in parts]) if parts else None
-    errors = Counter(map(error_key, status.filter(pc.equal(status.column(S.STATUS), S.STATUS_ERROR)).column(S.ERROR)
-                         .to_pylist())) \
-        if status is not None else Counter()
-    counts = {"input_rows": table.num_rows, "eligible": eligible.num_rows,
-              "errors": int(sum(errors.values()))}
-    manifest = write_shards(cfg, counts)
+            new_rows += int(pc.sum(counts.column("rows")).as_py() or 0)
+    finished = finished_batches(out, cfg_hash)
+    drop_stale(out, finished)
+    errors = sum(run_tasks(_count_errors, list(finished)), Counter())
+    counts = {"input_rows": seen["input_rows"], "eligible": seen["eligible"], "errors": int(sum(errors.values()))}
+    manifest = merge_shards(out, finished, _meta(cfg.encode, out, cfg_hash, reuse=new_rows == 0), counts)
     psnr = [v for s in manifest["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     summary = {
-        "input_rows": table.num_rows, "eligible": eligible.num_rows, "encoded_this_run": new_rows,
-        "skipped_already_done": skipped, "shard_rows": manifest["counts"]["rows"],
+        "input_rows": seen["input_rows"], "eligible": seen["eligible"], "encoded_this_run": new_rows,
+        "skipped_already_done": seen["skipped"], "shard_rows": manifest["counts"]["rows"],
         "shards": manifest["counts"]["shards"], "errors": counts["errors"],
         "errors_by_reason": dict(errors.most_common(10)),
         "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
@@ -219,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_preset(p, sorted(PRESETS))
     # important: CPU actors ask for half a core, so the CPU prepare tasks still get one on small machines
     flags.add_resources(p, actors=1, gpus=0.0, cpus=0.5)
-    p.add_argument("--batch-size", type=int, default=8, help="clips per actor call and per part")
-    p.add_argument("--max-rows-per-shard", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=8, help="clips per actor call")
+    p.add_argument("--max-rows-per-shard", type=int, default=2048,
+                   help="rows per shard, and clips per writer batch (what a killed run redoes)")
     p.add_argument("--max-shard-mb", type=int, default=1024)
     flags.add_device(p)
     flags.add_weights_dir(p)

@@ -29,7 +29,7 @@ from curate import schema as S
 from curate.decode import decode_clip
 from curate.probe import probe
 from curate.split import split_video
-from curate.storage import config_hash, mark_done, write_parquet_atomic
+from curate.storage import config_hash
 from curate.synth import write_video
 from jobs import encode as encode_job
 from jobs import sample as sample_job
@@ -172,10 +172,10 @@ def test_default_chain_with_real_shapes(real_videos: Path, model_dirs: dict, tmp
     del stage
     gc.collect()
     out = tmp_path / "latents"
-    key = encode_job.part_key(encoded.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(encoded, out / encode_job.PARTS / f"part-{key}.parquet")
-    mark_done(out, E.STAGE, key, config_hash(enc), clips=encoded.num_rows)
-    manifest = encode_job.write_shards(encode_job.EncodeJobConfig(input="", output=str(out), encode=enc),
+    # the writer task's batch (shards, index part, marker), then the driver's manifest merge
+    encode_job.write_batch(encoded, str(out), config_hash(enc))
+    meta = E.manifest_meta(enc, *encode_job.vae_and_text_info(enc))
+    manifest = encode_job.merge_shards(str(out), encode_job.finished_batches(str(out), config_hash(enc)), meta,
                                        {"input_rows": 1, "eligible": 1, "errors": 0})
     lat = encoded.to_pylist()[0]
     assert lat[S.STATUS] == S.STATUS_OK, lat[S.ERROR]
