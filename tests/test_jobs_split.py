@@ -113,3 +113,31 @@ def test_ray_job_submit_on_loopback(inputs, tmp_path):
     S.validate(clips, upto="split")
     assert pq.read_table(next((out / "videos").glob("*.parquet"))).num_rows == 1
     assert json.loads((out / "summary" / "split.json").read_text())["videos"] == 11
+
+
+def test_summary_folds_the_clip_parts(tmp_path, monkeypatch):
+    """The summary's clip totals equal those of the concatenated parts, read one part at a time
+    and three columns only (no Ray: `summarize` on parts written by hand)."""
+    from curate import storage
+    from jobs import split
+
+    rows = [{S.CLIP_ID: f"c{i}", S.STATUS: S.STATUS_ERROR if i % 5 == 0 else S.STATUS_OK,
+             S.START_PTS: 0.5 * i, S.END_PTS: 0.5 * i + 0.25 * (1 + i % 3)} for i in range(23)]
+    for j, (a, b) in enumerate(((0, 4), (4, 15), (15, 23))):
+        storage.write_parquet_atomic(S.table_from_rows(rows[a:b]), tmp_path / "clips" / f"part-{j}.parquet")
+    seen: list[tuple[int, list]] = []
+    read_table = split.read_table
+
+    def recorded(uri, columns=None):
+        t = read_table(uri, columns)
+        seen.append((t.num_rows, columns))
+        return t
+
+    monkeypatch.setattr(split, "read_table", recorded)
+    videos = [{"status": S.STATUS_OK, "skipped": False, "num_clips": 18, "failed_stage": None, "error": None}]
+    summary = split.summarize(videos, str(tmp_path), 1.0)
+    ok = [r for r in rows if r[S.STATUS] == S.STATUS_OK]
+    assert summary["clips_total_in_output"] == len(ok) == 18
+    assert summary["clip_seconds_total"] == pytest.approx(sum(r[S.END_PTS] - r[S.START_PTS] for r in ok))
+    assert [n for n, _ in seen] == [4, 11, 8]
+    assert all(sorted(c) == sorted([S.STATUS, S.START_PTS, S.END_PTS]) for _, c in seen)

@@ -14,105 +14,78 @@ The page opens from disk: relative links only, no script, no network. Every stri
 from data (paths, captions, errors) is HTML-escaped. The run config and stage timings given to
 `write_report` are kept in OUT/report/run.json, so `python -m jobs.report` rebuilds the same page;
 the funnel numbers are also written to OUT/report/funnel.json.
+
+It scales with the run: the tables are folded one Parquet part at a time into counters,
+fixed-edge histogram bins and a bounded sample of clips to show (jobs/report/fold.py), so the
+report holds O(one part + previews) rows whether OUT has ten clips or 10^8.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from curate import schema as S
 from curate import storage
-from curate.errors import UsageError, error_key, one_line
+from curate.errors import UsageError, one_line
 from curate.storage import write_json_atomic
 from jobs import flags
 from jobs.report import html as report_html
-from jobs.report.media import Line, clip_preview, even_sample, preview_name, score_histogram
-from jobs.report.outputs import RunOutputs
+from jobs.report.fold import (
+    SCORE_COLUMNS,
+    PreviewSample,
+    fold_captions,
+    fold_clips,
+    fold_scored,
+    fold_videos,
+    is_boolean,
+)
+from jobs.report.media import Line, clip_preview, preview_name, score_histogram
+from jobs.report.outputs import RunOutputs, ScoredTally
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
 RUN_FILE = "run.json"  # the run config / timings / preset given to write_report (reused by a rebuild)
 FUNNEL_FILE = "funnel.json"  # the page's funnel numbers, for machines
 MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")
-# Score columns drawn as histograms and shown on each clip card: the numeric/bool ones of the group.
-SCORE_COLUMNS = tuple(f.name for f in S.SCORE.fields
-                      if pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))
-# Heavy columns never read for the report.
-_SKIP = {S.CLIP_EMBEDDING, *S.columns_of(S.LATENT_GROUP)}
-_CLIP_COLUMNS = [n for n in S.CLIP_SCHEMA.names if n not in _SKIP]
 _ABS_RULE = re.compile(r"^(\w+) (>=|<=) (\S+)$")  # filters.Rule.name of an absolute rule
 _PCT_RULE = re.compile(r"^((\w+) (?:top|bottom) \d+%) \(cutoff ([^)]+)\)")  # a percentile drop reason
 
 
-def _load_parts(directory: Path, schema: pa.Schema, columns: Sequence[str], problems: list[str]) -> pa.Table | None:
-    """All Parquet parts of a folder, only `columns`, conformed to `schema`; None when there are none."""
-    parts = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
-    want = pa.schema([schema.field(c) for c in columns])
-    tables = []
-    for p in parts:
-        try:
-            have = set(pq.read_schema(p).names)
-            tables.append(S.conform(pq.read_table(p, columns=[c for c in columns if c in have]), want))
-        except (OSError, pa.ArrowException) as e:
-            problems.append(f"unreadable part {p}: {one_line(e)}")
-    return pa.concat_tables(tables) if tables else None
-
-
-def _load_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _load_json(uri: str, problems: list[str]) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return storage.read_json(uri) if storage.is_file(uri) else None
     except (OSError, ValueError) as e:
-        problems.append(f"unreadable {path}: {one_line(e)}")
+        problems.append(f"unreadable {uri}: {one_line(e)}")
         return None
 
 
-def load_outputs(out: Path) -> RunOutputs:
+def load_outputs(out: str | Path, *, thresholds: Mapping[str, float] | None = None,
+                 max_previews: int = 24) -> RunOutputs:
+    """Fold OUT's stage outputs (a local folder or a URI), one Parquet part at a time: memory is
+    O(one part + reasons + histogram bins + 2 x `max_previews` card rows), never O(clips).
+    `thresholds` (as in `write_report`) widen the histogram bins so their lines show."""
+    out = str(out)
     r = RunOutputs(out)
-    r.videos = _load_parts(out / "videos", S.VIDEO_SCHEMA, S.VIDEO_SCHEMA.names, r.problems)
-    r.clips = _load_parts(out / "clips", S.CLIP_SCHEMA, _CLIP_COLUMNS, r.problems)
-    r.scored = _load_parts(out / "scored", S.CLIP_SCHEMA, _CLIP_COLUMNS, r.problems)
-    r.funnel = _load_json(out / "scored" / "_funnel.json", r.problems)
-    r.captions = _load_parts(out / "captions", S.CLIP_SCHEMA, _CLIP_COLUMNS, r.problems)
+    r.funnel = _load_json(storage.join(out, "scored", "_funnel.json"), r.problems)
     for name in MANIFEST_NAMES:
-        r.manifest = r.manifest or _load_json(out / "latents" / name, r.problems)
+        r.manifest = r.manifest or _load_json(storage.join(out, "latents", name), r.problems)
+    r.videos = fold_videos(storage.join(out, "videos"), r.problems)
+    sample = PreviewSample(max_previews, max_previews)
+    # the lines known before any row is read (rules, `thresholds`): r.scored is still None here
+    r.scored = fold_scored(storage.join(out, "scored"), thresholds_of(r, thresholds), sample, r.problems)
+    # nothing scored yet: the cards show split's clips
+    r.clips = fold_clips(storage.join(out, "clips"), r.problems, sample=None if r.scored is not None else sample)
+    r.shown_kept, r.shown_dropped = sample.picks()
+    shown = {str(x[S.CLIP_ID]) for x in r.shown_kept + r.shown_dropped}
+    r.captions = fold_captions(storage.join(out, "captions"), shown, r.problems)
     return r
-
-
-def reason_key(drop_reason: str) -> str:
-    """The rule part of a drop reason ("sharpness >= 100: sharpness=43.2" -> "sharpness >= 100")."""
-    return drop_reason.split(": ", 1)[0]
-
-
-def _error_reasons(table: pa.Table) -> dict[str, int]:
-    rows = table.select([S.STATUS, S.FAILED_STAGE, S.ERROR]).to_pylist()
-    return dict(Counter(f"{r[S.FAILED_STAGE]}: {error_key(r[S.ERROR])}" for r in rows if r[S.STATUS] == S.STATUS_ERROR)
-                .most_common())
-
-
-def _status_count(table: pa.Table, status: str) -> int:
-    return sum(s == status for s in table.column(S.STATUS).to_pylist())
-
-
-def captions_by_clip(captions: pa.Table | None) -> dict[str, dict[str, Any]]:
-    """clip_id -> its caption row (the last part wins if a clip appears twice)."""
-    if captions is None:
-        return {}
-    return {r[S.CLIP_ID]: r for r in captions.to_pylist()}
 
 
 def compute_funnel(r: RunOutputs) -> dict[str, Any]:
@@ -120,29 +93,26 @@ def compute_funnel(r: RunOutputs) -> dict[str, Any]:
     counts: dict[str, int] = {}
     f: dict[str, Any] = {"counts": counts, "video_errors": {}, "clip_errors": {}, "drops": {}}
     if r.videos is not None:
-        counts["videos_in"] = r.videos.num_rows
-        counts["videos_error"] = _status_count(r.videos, S.STATUS_ERROR)
-        f["video_errors"] = _error_reasons(r.videos)
+        counts["videos_in"] = r.videos.rows
+        counts["videos_error"] = r.videos.status[S.STATUS_ERROR]
+        f["video_errors"] = dict(r.videos.errors.most_common())
     if r.clips is not None:
-        counts["clips_split"] = _status_count(r.clips, S.STATUS_OK)
+        counts["clips_split"] = r.clips.status[S.STATUS_OK]
     if r.scored is not None:
-        counts["clips_scored"] = _status_count(r.scored, S.STATUS_OK)
-        counts["clips_error"] = _status_count(r.scored, S.STATUS_ERROR)
-        kept = [bool(k) for k in r.scored.column(S.KEPT).to_pylist()]
-        counts["kept"] = sum(kept)
-        counts["dropped"] = len(kept) - sum(kept)
-        reasons = r.scored.column(S.DROP_REASON).to_pylist()
-        f["drops"] = dict(Counter(reason_key(d or "(no reason recorded)") for d, k in zip(reasons, kept) if not k)
-                          .most_common())
-        f["clip_errors"] = _error_reasons(r.scored)
-    caps = captions_by_clip(r.captions)
+        counts["clips_scored"] = r.scored.status[S.STATUS_OK]
+        counts["clips_error"] = r.scored.status[S.STATUS_ERROR]
+        counts["kept"] = r.scored.kept
+        counts["dropped"] = r.scored.rows - r.scored.kept
+        f["drops"] = dict(r.scored.drops.most_common())
+        f["clip_errors"] = dict(r.scored.errors.most_common())
     if r.captions is not None:
-        counts["captioned"] = sum(c[S.STATUS] == S.STATUS_OK for c in caps.values())
-        counts["caption_error"] = sum(c[S.STATUS] == S.STATUS_ERROR for c in caps.values())
+        counts["captioned"] = r.captions.status[S.STATUS_OK]
+        counts["caption_error"] = r.captions.status[S.STATUS_ERROR]
     if r.manifest is not None:
         mc = r.manifest.get("counts", {})
         counts["encoded"] = int(mc.get("rows", 0))
         counts["shards"] = int(mc.get("shards", len(r.manifest.get("shards", []))))
+    f["camera_motion"] = r.scored.camera if r.scored is not None else {}
     return f
 
 
@@ -162,7 +132,7 @@ def thresholds_of(r: RunOutputs, extra: Mapping[str, float] | None = None) -> di
         if m and _float(m[3]) is not None:
             lines.setdefault(m[1], []).append(Line(m[0], float(m[3])))
     if r.scored is not None:
-        for reason in sorted({d for d in r.scored.column(S.DROP_REASON).to_pylist() if d}):
+        for reason in sorted(r.scored.drops):  # the reason keys keep the cutoff: "aesthetic top 70% (cutoff 4.31)"
             m = _PCT_RULE.match(reason)
             if m and _float(m[3]) is not None and all(not ln.label.startswith(m[1]) for ln in lines.get(m[2], [])):
                 lines.setdefault(m[2], []).append(Line(f"{m[1]} cutoff {m[3]}", float(m[3])))
@@ -173,29 +143,8 @@ def thresholds_of(r: RunOutputs, extra: Mapping[str, float] | None = None) -> di
 
 def is_random(r: RunOutputs, preset_name: str | None) -> bool:
     """Whether any stage recorded random (smoke) models, so the page must say so."""
-    caps = r.captions.column(S.CAPTION_MODEL).to_pylist() if r.captions is not None else []
     return bool((preset_name or "").startswith("smoke") or (r.funnel or {}).get("smoke")
-                or (r.manifest or {}).get("smoke") or any(str(m).startswith("smoke") for m in caps if m))
-
-
-def pick_clips(table: pa.Table, max_kept: int, max_dropped: int) -> tuple[list[dict], list[dict]]:
-    """Deterministic samples: kept clips spread over clip_id order; dropped clips taken round-robin
-    over drop reasons (so every reason shows), each reason in clip_id order. Unscored: all 'kept'."""
-    rows = sorted(table.to_pylist(), key=lambda x: str(x[S.CLIP_ID]))
-    scored = any(x[S.KEPT] is not None for x in rows)
-    kept = [x for x in rows if x[S.KEPT] or not scored]
-    kept = [kept[i] for i in even_sample(len(kept), max_kept)]
-    by_reason: dict[str, list[dict]] = {}
-    for x in rows:
-        if scored and not x[S.KEPT]:
-            by_reason.setdefault(reason_key(x[S.DROP_REASON] or ""), []).append(x)
-    dropped: list[dict] = []
-    queues = [by_reason[k] for k in sorted(by_reason)]
-    while len(dropped) < max_dropped and any(queues):
-        for q in queues:
-            if q and len(dropped) < max_dropped:
-                dropped.append(q.pop(0))
-    return kept, dropped
+                or (r.manifest or {}).get("smoke") or (r.captions is not None and r.captions.smoke))
 
 
 def make_previews(rows: Sequence[dict], media: Path, workers: int) -> dict[str, str]:
@@ -216,53 +165,34 @@ def make_previews(rows: Sequence[dict], media: Path, workers: int) -> dict[str, 
         return dict(pool.map(one, todo))
 
 
-def camera_counts(table: pa.Table) -> dict[str, dict[str, int]]:
-    """camera_motion class -> {"kept": n, "dropped": n} over scored clips (status ok, class measured)."""
-    from curate.flow import CAMERA_CLASSES
-
-    rows = table.select([S.STATUS, S.KEPT, S.CAMERA_MOTION]).to_pylist()
-    out: dict[str, dict[str, int]] = {}
-    for r in rows:
-        if r[S.STATUS] == S.STATUS_OK and r[S.CAMERA_MOTION]:
-            c = out.setdefault(r[S.CAMERA_MOTION], {"kept": 0, "dropped": 0})
-            c["kept" if r[S.KEPT] else "dropped"] += 1
-    order = {c: i for i, c in enumerate(CAMERA_CLASSES)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
-
-
-def caption_histogram(captions: pa.Table | None, media: Path) -> list[str]:
-    """Histogram of caption_clip_score over captioned clips (all kept), if any has one."""
-    if captions is None:
-        return []
-    ok = captions.filter(pc.equal(captions.column(S.STATUS), S.STATUS_OK))
-    values = [float(v) for v in ok.column(S.CAPTION_CLIP_SCORE).to_pylist() if v is not None]
-    if not values:
-        return []
-    name = f"hist-{S.CAPTION_CLIP_SCORE}.png"
-    score_histogram(S.CAPTION_CLIP_SCORE, values, [], [], media / name)
-    return [name]
-
-
-def make_histograms(table: pa.Table, lines: Mapping[str, list[Line]], media: Path) -> list[str]:
+def make_histograms(scored: ScoredTally, lines: Mapping[str, list[Line]], media: Path) -> list[str]:
     """One PNG per score column that has any value; returns the file names in column order.
 
-    Rows with status=error were never scored and are left out."""
-    table = table.filter(pc.equal(table.column(S.STATUS), S.STATUS_OK))
-    kept = [bool(k) for k in table.column(S.KEPT).to_pylist()]
+    Rows with status=error were never scored and are left out (fold_scored)."""
     names = []
     for col in SCORE_COLUMNS:
-        values = [None if v is None else float(v) for v in table.column(col).to_pylist()]
-        if all(v is None for v in values):
+        h = scored.hists[col]
+        if not h.with_value:
             continue
         name = f"hist-{col}.png"
-        score_histogram(col, [v for v, k in zip(values, kept) if k], [v for v, k in zip(values, kept) if not k],
-                        lines.get(col, []), media / name, boolean=pa.types.is_boolean(table.schema.field(col).type))
+        score_histogram(col, h.edges, h.kept, h.dropped, lines.get(col, []), media / name,
+                        missing=h.rows - h.finite, boolean=is_boolean(col))
         names.append(name)
     return names
 
 
+def caption_histogram(r: RunOutputs, media: Path) -> list[str]:
+    """Histogram of caption_clip_score over captioned clips (all kept), if any has one."""
+    h = r.captions.hist if r.captions is not None else None
+    if h is None or not h.with_value:
+        return []
+    name = f"hist-{S.CAPTION_CLIP_SCORE}.png"
+    score_histogram(S.CAPTION_CLIP_SCORE, h.edges, h.kept, h.dropped, [], media / name, missing=h.with_value - h.finite)
+    return [name]
+
+
 def write_report(
-    out_dir: Path,
+    out_dir: Path | str,
     *,
     run_config: dict | None = None,
     stage_timings: dict[str, float] | None = None,
@@ -271,14 +201,20 @@ def write_report(
     thresholds: dict[str, float] | None = None,
     max_previews: int = 24,
     workers: int = 2,
+    report_dir: Path | None = None,
 ) -> Path:
     """Build OUT/report/index.html from whatever OUT holds; returns its path.
 
     `thresholds` adds lines to the histograms for rules funnel.json does not name. At most
-    `max_previews` kept and `max_previews` dropped clips get an animated preview.
+    `max_previews` kept and `max_previews` dropped clips get an animated preview. The page is
+    built in `report_dir` (default OUT/report; `write_report_to` passes a local folder for a
+    remote OUT, whose parts are read where they are).
     """
-    out_dir = Path(out_dir)
-    report = out_dir / REPORT_DIR
+    out = str(out_dir)
+    if report_dir is None and storage.is_remote(out):
+        raise ValueError(f"write_report builds the page in a local folder, got OUT={out!r} and no report_dir; "
+                         "call write_report_to for a URI")
+    report = Path(report_dir) if report_dir is not None else Path(out) / REPORT_DIR
     media = report / MEDIA_DIR
     media.mkdir(parents=True, exist_ok=True)
     stored = json.loads((report / RUN_FILE).read_text()) if (report / RUN_FILE).is_file() else {}
@@ -287,43 +223,38 @@ def write_report(
            "stage_timings": stage_timings if stage_timings is not None else stored.get("stage_timings"),
            "preset_name": preset_name if preset_name is not None else stored.get("preset_name"),
            "random_models": bool(random_models or (rebuild and stored.get("random_models")))}
-    r = load_outputs(out_dir)
+    r = load_outputs(out, thresholds=thresholds, max_previews=max_previews)
     run["random_models"] = run["random_models"] or is_random(r, run["preset_name"])
     write_json_atomic(run, report / RUN_FILE)
 
     funnel = compute_funnel(r)
-    funnel["camera_motion"] = camera_counts(r.scored) if r.scored is not None else {}
     write_json_atomic(funnel, report / FUNNEL_FILE)
-    table = r.scored if r.scored is not None else r.clips
     hists = make_histograms(r.scored, thresholds_of(r, thresholds), media) if r.scored is not None else []
-    hists += caption_histogram(r.captions, media)
-    kept, dropped = pick_clips(table, max_previews, max_previews) if table is not None else ([], [])
-    previews = make_previews(kept + dropped, media, workers)
+    hists += caption_histogram(r, media)
+    previews = make_previews(r.shown_kept + r.shown_dropped, media, workers)
     used = set(hists) | {v for v in previews.values() if not v.startswith("error:")}
     for stale in media.iterdir():  # pictures of a previous build that this page no longer shows
         if stale.is_file() and stale.name not in used:
             stale.unlink()
     page = report_html.render(
-        r, funnel, run, hists=hists, kept=kept, dropped=dropped, previews=previews,
-        captions=captions_by_clip(r.captions), score_columns=SCORE_COLUMNS, media_dir=MEDIA_DIR,
+        r, funnel, run, hists=hists, kept=r.shown_kept, dropped=r.shown_dropped, previews=previews,
+        captions=r.captions.by_clip if r.captions is not None else {}, score_columns=SCORE_COLUMNS,
+        media_dir=MEDIA_DIR,
     )
     return report_html.write_text_atomic(page, report / "index.html")
 
 
 def write_report_to(out: str, **kwargs: Any) -> str:
-    """`write_report` for a local OUT or an object-store URI: for a URI the page is built in a
-    worker-local mirror of OUT's tables (parts, funnel, manifest and the previous report; no
-    latents) and uploaded to OUT/report; previews stream their clips from the source objects."""
+    """`write_report` for a local OUT or an object-store URI. For a URI the parts are read from
+    the store one at a time (nothing of OUT's tables is copied); the page is built in a local
+    folder seeded with the previous OUT/report (its run.json and previews, bounded by
+    --max-previews) and uploaded to OUT/report. Previews stream their clips from the source objects."""
     if not storage.is_remote(out):
         return str(write_report(Path(out), **kwargs))
     with tempfile.TemporaryDirectory(prefix="tubelet-report-") as tmp:
-        for sub in ("videos", "clips", "scored", "captions", REPORT_DIR):
-            storage.download_tree(storage.join(out, sub), os.path.join(tmp, sub))
-        for name in MANIFEST_NAMES:  # the manifest only: the shards stay where they are
-            if storage.exists(storage.join(out, "latents", name)):
-                os.makedirs(os.path.join(tmp, "latents"), exist_ok=True)
-                Path(tmp, "latents", name).write_bytes(storage.read_bytes(storage.join(out, "latents", name)))
-        page = write_report(Path(tmp), **kwargs)
+        report = Path(tmp, REPORT_DIR)
+        storage.download_tree(storage.join(out, REPORT_DIR), str(report))
+        page = write_report(out, report_dir=report, **kwargs)
         storage.upload_tree(str(page.parent), storage.join(out, REPORT_DIR))
     return storage.join(out, REPORT_DIR, page.name)
 

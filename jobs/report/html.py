@@ -190,7 +190,7 @@ def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, 
            kept: Sequence[Mapping[str, Any]], dropped: Sequence[Mapping[str, Any]], previews: Mapping[str, str],
            captions: Mapping[str, Mapping[str, Any]], score_columns: Sequence[str], media_dir: str) -> str:
     random = bool(run.get("random_models"))
-    title = f"tubelet report: {r.out.name}" + (" (SMOKE, random models)" if random else "")
+    title = f"tubelet report: {storage.basename(r.out)}" + (" (SMOKE, random models)" if random else "")
     # important: with random models the warning is the file's first line and the page's first line
     lines = [f"<!-- {RANDOM_MODELS_WARNING} -->"] if random else []
     lines += ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
@@ -216,14 +216,13 @@ def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, 
     else:
         lines.append("<p class='na'>no scores yet</p>")
     lines += camera_section(funnel.get("camera_motion") or {})
-    table = r.scored if r.scored is not None else r.clips
     counts = funnel["counts"]
     if r.scored is not None:
         lines += clips_section("Kept clips", "kept", kept, counts["kept"], previews, captions, score_columns, media_dir)
         lines += clips_section("Dropped clips", "dropped", dropped, counts["dropped"], previews, captions,
                                score_columns, media_dir)
-    elif table is not None:
-        lines += clips_section("Clips (not scored yet)", "kept", kept, table.num_rows, previews, captions,
+    elif r.clips is not None:
+        lines += clips_section("Clips (not scored yet)", "kept", kept, r.clips.rows, previews, captions,
                                score_columns, media_dir)
     lines += run_section(run)
     lines.append("</body></html>")

@@ -7,7 +7,6 @@ switch, safe to call from any process or thread.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,43 +38,52 @@ def _atomic_save(dest: Path, save) -> Path:
     return dest
 
 
-def _finite(values: Sequence[float | None]) -> np.ndarray:
-    arr = np.asarray([float(v) for v in values if v is not None], np.float64)
-    return arr[np.isfinite(arr)]
+HIST_BINS = 30  # bins of a score histogram (a boolean score gets two)
+
+
+def histogram_edges(bounds: tuple[float, float] | None, lines: Sequence[float], boolean: bool = False,
+                    bins: int = HIST_BINS) -> np.ndarray:
+    """The bin edges of a score histogram, fixed before its values are counted: the finite range
+    of the values (None: no finite value) widened to the threshold `lines`, so a threshold
+    outside the data still shows. A `boolean` score gets the bins no (0) and yes (1)."""
+    if boolean:
+        return np.array([-0.5, 0.5, 1.5])
+    lo, hi = bounds if bounds is not None else (0.0, 1.0)
+    for v in lines:
+        lo, hi = min(lo, v), max(hi, v)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
 
 
 def score_histogram(
     column: str,
-    kept: Sequence[float | None],
-    dropped: Sequence[float | None],
+    edges: np.ndarray,
+    kept: np.ndarray,
+    dropped: np.ndarray,
     lines: Sequence[Line],
     dest: Path,
-    bins: int = 30,
+    missing: int = 0,
     boolean: bool = False,
 ) -> Path:
-    """A stacked kept/dropped histogram of one score with its thresholds drawn in, as a PNG.
-    A `boolean` score (values 0/1) gets two bars, no and yes."""
+    """A stacked kept/dropped histogram of one score, drawn from its bin counts over `edges`
+    (`histogram_edges`), with its thresholds drawn in, as a PNG. `missing`: clips without a
+    finite value, said in the title. A `boolean` score gets two bars, no and yes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    k, d = _finite(kept), _finite(dropped)
-    both = np.concatenate([k, d])
-    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
-    for ln in lines:  # a threshold outside the data still shows
-        lo, hi = min(lo, ln.value), max(hi, ln.value)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.array([-0.5, 0.5, 1.5]) if boolean else np.linspace(lo, hi, bins + 1)
     fig = Figure(figsize=(4.4, 2.8), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    ax.hist([k, d], bins=edges, stacked=True, rwidth=0.6 if boolean else None, color=["#2f8f46", "#b0b0b0"], label=[f"kept ({k.size})",
-                                                                                 f"dropped ({d.size})"])
+    # one weighted sample at each bin's left edge: the bars ax.hist would draw from the raw values
+    left = edges[:-1]
+    ax.hist([left, left], bins=edges, weights=[kept, dropped], stacked=True, rwidth=0.6 if boolean else None,
+            color=["#2f8f46", "#b0b0b0"], label=[f"kept ({int(kept.sum())})", f"dropped ({int(dropped.sum())})"])
     for i, ln in enumerate(lines):
         ax.axvline(ln.value, color="#c0392b", linestyle="--" if i % 2 == 0 else ":", linewidth=1.4,
                    label=ln.label)
-    missing = len(kept) + len(dropped) - both.size  # e.g. no aesthetic: dropped by a cheap rule first
+    # e.g. no aesthetic: dropped by a cheap rule first
     ax.set_title(column + (f"  ({missing} clips without a value)" if missing else ""), fontsize=10)
     ax.set_ylabel("clips", fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -129,10 +137,3 @@ def clip_preview(
 def gif_frame_count(path: Path) -> int:
     with Image.open(path) as im:
         return int(getattr(im, "n_frames", 1))
-
-
-def even_sample(n: int, k: int) -> list[int]:
-    """`k` indices spread evenly over range(n) (all of them when n <= k)."""
-    if n <= k:
-        return list(range(n))
-    return sorted({math.floor(i * (n - 1) / max(1, k - 1) + 0.5) for i in range(k)})
