@@ -35,10 +35,17 @@ from curate import schema as S
 DIM = 768
 GROUP = 3  # rows per near-duplicate group (some groups are three unrelated clips)
 PART_ROWS = 9_999  # a multiple of GROUP, so groups never straddle parts
+SPREAD_W = 0.05  # --spread: sd of a member's topic-mixing weight around its group's
 
 
-def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
-    """One Parquet part of `rows` synthetic scored clips (deterministic in seed and part)."""
+def synth_part(path: str, part: int, rows: int, seed: int = 0, spread: bool = False) -> int:
+    """One Parquet part of `rows` synthetic scored clips (deterministic in seed and part).
+
+    Default ("tight"): each group sits on one topic, so its members share a k-means cluster.
+    `spread`: each group sits between two topics (mixing weight w ~ U(0, 1)) and every member
+    has its own weight (w + N(0, SPREAD_W)), so members spread along the line between the
+    topics and some duplicate pairs straddle a cluster border. Same rows, ids and scores.
+    """
     rng = np.random.default_rng([seed, part])
     topics = np.random.default_rng([seed, 10**6]).standard_normal((64, DIM)).astype(np.float32)
     topics /= np.linalg.norm(topics, axis=1, keepdims=True)
@@ -46,12 +53,23 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
     # group centres: a topic plus an own direction (cos with the topic ~0.6): the run has structure
     own = rng.standard_normal((groups, DIM)).astype(np.float32)
     own /= np.linalg.norm(own, axis=1, keepdims=True)
-    centres = topics[rng.integers(0, len(topics), groups)] + 1.3 * own
+    topic = rng.integers(0, len(topics), groups)
+    if spread:  # important: its own generator, so the default mode's draws are unchanged
+        srng = np.random.default_rng([seed, part, 1])
+        other = srng.integers(0, len(topics), groups)
+        w = np.repeat(srng.uniform(0, 1, groups), GROUP)[:rows] + SPREAD_W * srng.standard_normal(rows)
+        w = w.astype(np.float32)
+        mix = w[:, None] * topics[np.repeat(topic, GROUP)[:rows]]  # (rows, D)
+        mix += (1 - w)[:, None] * topics[np.repeat(other, GROUP)[:rows]]
+        mix /= np.linalg.norm(mix, axis=1, keepdims=True)
+        centres = mix + 1.3 * np.repeat(own, GROUP, axis=0)[:rows]  # per member: (rows, D)
+    else:
+        centres = topics[topic] + 1.3 * own  # per group: (groups, D)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     # member noise per group: member-member cosine from ~0.93 to ~0.99 (some pairs miss 0.95)
     sigma = rng.uniform(0.003, 0.0095, groups).astype(np.float32)
     unrelated = rng.random(groups) < 0.3
-    emb = np.repeat(centres, GROUP, axis=0)[:rows]  # (groups, D) -> (rows, D)
+    emb = centres if spread else np.repeat(centres, GROUP, axis=0)[:rows]  # (groups, D) -> (rows, D)
     emb += np.repeat(sigma, GROUP)[:rows, None] * rng.standard_normal((rows, DIM)).astype(np.float32)
     free = np.repeat(unrelated, GROUP)[:rows]
     emb[free] = rng.standard_normal((int(free.sum()), DIM)).astype(np.float32)
@@ -81,14 +99,14 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
     return rows
 
 
-def make_run(folder: Path, n: int, seed: int = 0) -> int:
+def make_run(folder: Path, n: int, seed: int = 0, spread: bool = False) -> int:
     """Write n synthetic rows as parts, by Ray tasks; returns the number of parts."""
     import ray
 
     folder.mkdir(parents=True, exist_ok=True)
     task = ray.remote(synth_part)
     sizes = [PART_ROWS] * (n // PART_ROWS) + ([n % PART_ROWS] if n % PART_ROWS else [])
-    ray.get([task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed) for k, s in enumerate(sizes)])
+    ray.get([task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed, spread) for k, s in enumerate(sizes)])
     return len(sizes)
 
 
@@ -218,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recall-at", type=float, default=1e5, help="size at which to compare with the exact greedy "
                    "(0: skip)")
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
+    p.add_argument("--spread", action="store_true", help="harder near-duplicate data: groups lie between two "
+                   "topics and their members spread along that line, so some duplicate pairs straddle a "
+                   "k-means cluster border")
     p.add_argument("--out", default="bench-out/scale")
     p.add_argument("--keep", action="store_true", help="keep the generated parts")
     p.add_argument("--join", action="store_true", help="also time the score job's clip/score join (a hash "
@@ -252,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         src = root / f"n{n}" / "scored"
         shutil.rmtree(root / f"n{n}", ignore_errors=True)
         t = time.perf_counter()
-        parts = make_run(src, n)
+        parts = make_run(src, n, spread=a.spread)
         gen = time.perf_counter() - t
         r = {"clips": n, "parts": parts, "generate_seconds": gen, **_decide(src, root / f"n{n}" / "filtered",
                                                                            filters.DEFAULT, near)}
@@ -266,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in r.items() if k != "funnel"}, default=float), flush=True)
         if not a.keep:
             shutil.rmtree(root / f"n{n}", ignore_errors=True)
-    print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}), "
-          f"{os.cpu_count()} CPUs")
+    print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}, "
+          f"data {'spread' if a.spread else 'tight'}), {os.cpu_count()} CPUs")
     print("| clips | parts | decide s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(results):
