@@ -89,7 +89,10 @@ class NearDupConfig:
     sample_rows: int = 50_000  # k-means training sample (faiss wants >= 39 per centroid)
     niter: int = 20
     seed: int = 0
-    border: bool = True  # the border pass: pairs split by a cluster border (see the module docstring)
+    # the border pass (module docstring): a kept row goes to its second-nearest cluster when its
+    # gap (ip with nearest - ip with second) is at most border_margin x the pair bound
+    # sqrt((1 - t)(1 - c1.c2)); inf: every kept row; None: no border pass
+    border_margin: float | None = 1.0
 
 
 def read_columns(uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -403,26 +406,51 @@ def train_centroids(samples: list[tuple[np.ndarray, np.ndarray]], k: int, cfg: N
     return np.asarray(km.centroids, np.float32)
 
 
-def assign(emb: np.ndarray, centroids: np.ndarray, top: int = 1) -> np.ndarray:
-    """The `top` nearest centroids (max inner product) of each row, nearest first: (R, top).
-    Where there are fewer centroids than `top`, the missing ones are -1."""
-    if len(centroids) == 1:
-        return np.concatenate([np.zeros((len(emb), 1), np.int64), np.full((len(emb), top - 1), -1, np.int64)], axis=1)
+def assign(emb: np.ndarray, centroids: np.ndarray, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The `top` nearest centroids (max inner product) of each row, nearest first, and those
+    inner products: (R, top) each. Where there are fewer centroids than `top`: -1."""
+    if len(centroids) == 1:  # one cluster; its centroid may be a placeholder, not a direction
+        nn = np.full((len(emb), top), -1, np.int64)
+        nn[:, 0] = 0
+        return nn, np.where(nn == 0, 1.0, -np.inf).astype(np.float32)
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids))
-    _, nn = index.search(np.ascontiguousarray(emb, np.float32), top)  # (R, top)
-    return nn.astype(np.int64)
+    ip, nn = index.search(np.ascontiguousarray(emb, np.float32), top)  # (R, top) each
+    return nn.astype(np.int64), ip
 
 
-def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, border: bool = True) -> list[pa.Table]:
-    """Map: candidate rows with cluster (nearest centroid), border cluster (second nearest, or
+def border_clusters(nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, threshold: float,
+                    margin: float) -> np.ndarray:
+    """Each row's border cluster: its second-nearest centroid when the row is within `margin`
+    x sqrt((1 - t)(1 - c1.c2)) of that border, else -1 (`nn`, `ip`: `assign`'s, top 2).
+
+    Why that bound: a pair (a, b) with cosine >= t, a nearest c1 and b nearest c2, has
+    gap_a + gap_b = (a - b).(c1 - c2) <= |a - b| |c1 - c2| <= 2 sqrt((1 - t)(1 - c1.c2)),
+    where gap_a = a.c1 - a.c2 and gap_b = b.c2 - b.c1 are both >= 0: the closer of the two
+    to the border is within the bound.
+    """
+    c1, c2 = nn[:, 0], nn[:, 1]
+    ok = c2 >= 0
+    cos = np.einsum("rd,rd->r", centroids[c1], centroids[np.where(ok, c2, 0)])  # c1.c2 per row
+    bound = np.sqrt(np.maximum(0.0, (1 - threshold) * (1 - cos)))
+    near = ok & (ip[:, 0] - ip[:, 1] <= margin * bound)
+    return np.where(near, c2, -1)
+
+
+def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, threshold: float = 1.0,
+              border_margin: float | None = None) -> list[pa.Table]:
+    """Map: candidate rows with cluster (nearest centroid), border cluster (`border_clusters`;
     -1 without the border pass), keeper keys and fp16 embedding, split into buckets by cluster."""
     cand, emb = alive_embeddings(path, state)  # (R,), (R, D)
-    top = assign(emb, centroids, 2 if border else 1) if len(cand) else np.zeros((0, 2), np.int64)
-    cl = top[:, 0]
-    cl2 = top[:, 1] if border else np.full(len(cand), -1, np.int64)
+    border = border_margin is not None and len(centroids) > 1
+    if len(cand):
+        nn, ip = assign(emb, centroids, 2 if border else 1)
+    else:
+        nn, ip = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.float32)
+    cl = nn[:, 0]
+    cl2 = border_clusters(nn, ip, centroids, threshold, border_margin) if border else np.full(len(cand), -1, np.int64)
     sel = state.take(pa.array(cand, pa.int64()))
     d = emb.shape[1] if len(cand) else 1
     flat = pa.array(emb.astype(np.float16).reshape(-1))  # (R, D) -> (R*D,)
@@ -480,7 +508,8 @@ def near_decide(tables: list[pa.Table], parts: int, threshold: float,
     if not border_buckets:
         return dups, pa.table({}), []
     home = t.drop_columns(["_group"]).filter(pa.array(kept))
-    to = home.column(BORDER).to_numpy() % border_buckets
+    cl2 = home.column(BORDER).to_numpy()
+    to = np.where(cl2 >= 0, cl2 % border_buckets, -1)
     return dups, home, [home.filter(pa.array(to == k)) for k in range(border_buckets)]
 
 

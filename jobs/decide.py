@@ -96,8 +96,8 @@ def _train(k: int, cfg: D.NearDupConfig, *samples):
 
 
 @ray.remote
-def _near_keys(path: str, state, centroids, buckets: int, border: bool):
-    out = D.near_keys(path, state, centroids, buckets, border)
+def _near_keys(path: str, state, centroids, buckets: int, threshold: float, border_margin: float | None):
+    out = D.near_keys(path, state, centroids, buckets, threshold, border_margin)
     return tuple(out) if buckets > 1 else out[0]
 
 
@@ -211,7 +211,7 @@ def decide_parts(
 
 def _near_dups(inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.NearDupConfig, buckets: int) -> list:
     """Near-duplicates: k-means on a content-chosen sample, the greedy within clusters (pass 1),
-    then the border pass over the kept rows (pass 2); every shuffle is by cluster."""
+    then the border pass over the kept rows near a border (pass 2); every shuffle is by cluster."""
     counts = ray.get([_alive.remote(s) for s in states])  # clips with an embedding are at most these
     n = sum(counts)
     k = D.clusters_for(n, near)
@@ -228,9 +228,10 @@ def _near_dups(inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.N
                    for path, s, c in zip(inputs, states, counts) if c]
         centroids = _train.remote(k, near, *samples)
         buckets = min(buckets, k)
-    border = near.border and k > 1
-    keys = [_refs(_near_keys.options(num_returns=buckets).remote(path, s, centroids, buckets, border), buckets)
-            for path, s in zip(inputs, states)]
+    margin = near.border_margin if k > 1 else None
+    border = margin is not None
+    keys = [_refs(_near_keys.options(num_returns=buckets).remote(path, s, centroids, buckets, threshold, margin),
+                  buckets) for path, s in zip(inputs, states)]
     if not border:
         dups = _shuffle(keys, buckets, p, _near_decide, threshold, 0)
     else:

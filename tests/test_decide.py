@@ -154,10 +154,11 @@ def test_filter_cli_rejects_bad_arguments(tmp_path):
 NEAR_ONLY = FilterConfig(rules=(), exact_dedup=False, near_dup_cosine=0.95)
 
 
-def _near_step(paths: list[str], centroids: np.ndarray, border: bool, buckets: int = 2) -> list[pa.Table]:
+def _near_step(paths: list[str], centroids: np.ndarray, margin: float | None, buckets: int = 2) -> list[pa.Table]:
     """The near-duplicate step of `jobs.decide` with fixed centroids, run in this process."""
     states = [D.part_state(pq.read_table(p), i) for i, p in enumerate(paths)]
-    keys = [D.near_keys(p, s, centroids, buckets, border) for p, s in zip(paths, states)]
+    keys = [D.near_keys(p, s, centroids, buckets, 0.95, margin) for p, s in zip(paths, states)]
+    border = margin is not None
     first = [D.near_decide([k[b] for k in keys], len(paths), 0.95, buckets if border else 0) for b in range(buckets)]
     dups = [[f[0][i] for f in first] for i in range(len(paths))]
     if border:
@@ -197,14 +198,17 @@ def test_border_pass_catches_a_pair_split_by_a_cluster_border(tmp_path):
     rows = _border_rows()
     centroids = np.eye(2, DIM, dtype=np.float32)  # (2, D): e0, e1
     emb = np.asarray([r[CLIP_EMBEDDING] for r in rows], np.float32)
-    assert D.assign(emb[:2], centroids, 2).tolist() == [[0, 1], [1, 0]]  # the pair straddles the border
+    nn, ip = D.assign(emb[:3], centroids, 2)
+    assert nn.tolist() == [[0, 1], [1, 0], [0, 1]]  # the pair straddles the border
+    assert D.border_clusters(nn, ip, centroids, 0.95, 1.0).tolist() == [1, 0, -1]  # a filler is far from it
     want = _decisions([apply_cascade(table_from_rows(rows), NEAR_ONLY)[0]])  # the exact greedy
     assert not want["b"][0] and want["b"][2] == "a" and want["b"][1].startswith("near_duplicate: cosine=0.99")
     assert sum(not k for k, _, _ in want.values()) == 1
     for order in (rows, rows[::-1]):  # the pair in either part, in either order
         paths = _write_parts(order, tmp_path / f"p{order[0][CLIP_ID]}", [3, len(rows) - 3])
-        assert _decisions(_near_step(paths, centroids, border=False))["b"][0]  # pass 1 alone misses it
-        assert _decisions(_near_step(paths, centroids, border=True)) == want
+        assert _decisions(_near_step(paths, centroids, None))["b"][0]  # pass 1 alone misses it
+        for margin in (1.0, np.inf):  # border rows only, or every kept row
+            assert _decisions(_near_step(paths, centroids, margin)) == want
 
 
 def test_border_pass_keeps_the_most_similar_keeper_when_found_twice(tmp_path):
@@ -220,12 +224,12 @@ def test_border_pass_keeps_the_most_similar_keeper_when_found_twice(tmp_path):
         r[STATUS] = STATUS_OK
     centroids = np.eye(3, DIM, dtype=np.float32)  # (3, D): e0, e1, e2
     emb = np.asarray([r[CLIP_EMBEDDING] for r in rows[-3:]], np.float32)
-    assert D.assign(emb, centroids, 2).tolist() == [[2, 1], [0, 2], [1, 0]]
+    assert D.assign(emb, centroids, 2)[0].tolist() == [[2, 1], [0, 2], [1, 0]]
     want = _decisions([apply_cascade(table_from_rows(rows), NEAR_ONLY)[0]])
     assert [c for c, (k, _, _) in want.items() if not k] == ["c"] and want["c"][2] == "y"
     for buckets in (1, 2, 3):  # the two findings in one reduce task or in two
         paths = _write_parts(rows, tmp_path / f"b{buckets}", [len(rows)])
-        assert _decisions(_near_step(paths, centroids, border=True, buckets=buckets)) == want
+        assert _decisions(_near_step(paths, centroids, 1.0, buckets=buckets)) == want
 
 
 def test_near_duplicates_between_groups_is_the_greedy_on_cross_group_pairs():

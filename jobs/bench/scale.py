@@ -8,7 +8,7 @@ reports: seconds, seconds per 10^5 clips, the growth exponent between sizes
 (log t2/t1 / log N2/N1) and the driver's peak RSS during the step (psutil, sampled every
 20 ms). With `--join` it also times the score job's join of clip rows and score rows
 (the hash shuffle of `jobs/score_merge.py`) with the same measures. At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
-(default `--cluster-rows`, with the border pass unless `--no-border`) and as one cluster
+(default `--cluster-rows` and `--border-margin`; 0: no border pass) and as one cluster
 (the exact greedy over the whole run), and reports the clustered run's recall and precision
 of dropped near-duplicates against the exact one. `--spread` makes that harder: groups lie
 between two topics and a share of duplicate pairs straddle a k-means cluster border (the
@@ -172,7 +172,7 @@ def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
     return {"clustered_seconds": clustered["seconds"], "exact_seconds": exact["seconds"],
             "exact_dropped": len(b), "clustered_dropped": len(a),
             "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows,
-            "border": near.border}
+            "border_margin": near.border_margin}
 
 
 def join_step(src: Path, root: Path) -> dict:
@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recall-at", type=float, default=1e5, help="size at which to compare with the exact greedy "
                    "(0: skip)")
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
-    p.add_argument("--no-border", action="store_true", help="near-duplicates without the border pass "
-                   "(pass 1 alone: pairs split by a cluster border are missed)")
+    p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
+                   help="near-duplicate border pass: a kept row joins its second-nearest cluster within this "
+                   "multiple of the pair bound (inf: every kept row; 0: none, pass 1 alone)")
     p.add_argument("--spread", action="store_true", help="harder near-duplicate data: groups lie between two "
                    "topics and their members spread along that line, so some duplicate pairs straddle a "
                    "k-means cluster border")
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.adapter import init_ray
 
     init_ray()
-    near = D.NearDupConfig(cluster_rows=a.cluster_rows, border=not a.no_border)
+    near = D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None)
     results = []
     for n in sizes:
         src = root / f"n{n}" / "scored"
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep:
             shutil.rmtree(root / f"n{n}", ignore_errors=True)
     print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}, "
-          f"border pass {'off' if a.no_border else 'on'}, data {'spread' if a.spread else 'tight'}), "
+          f"border margin {a.border_margin:g}, data {'spread' if a.spread else 'tight'}), "
           f"{os.cpu_count()} CPUs")
     print("| clips | parts | decide s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
