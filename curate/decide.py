@@ -21,29 +21,35 @@ order. The steps:
   (clip_id, source_uri), so the centroids do not depend on how rows fall into parts); every
   row goes to its nearest centroid, and the greedy keeper rule of `dedup.near_duplicates`
   runs within each cluster, in keeper order (pass 1). One cluster is the exact greedy.
-  With more, a duplicate pair split by a cluster border would be missed, so a border pass
-  follows (pass 2): every row kept by pass 1 is also sent to its second-nearest centroid's
-  cluster, where it meets that cluster's kept rows and the other rows sent there; in each
-  such group the greedy keeper rule runs again over the pairs of rows from different
-  clusters (`dedup.near_duplicates_between`; pairs within a cluster were settled by pass 1),
-  and a row found a duplicate of a row before it in keeper order is dropped, with the same
-  reason and `duplicate_of` as the greedy gives. A row found in both of its groups keeps its
-  most similar keeper, as the greedy does.
-  Why all kept rows and not only those near a border: for a pair (a, b) with cosine >= t
-  split between centroids c1 and c2, gap_a + gap_b = (a - b).(c1 - c2) <= sqrt(2(1 - t))
-  |c1 - c2| (gap: how much closer a row is to its own centroid than to the other), so a
-  margin test that misses no such pair admits rows with gaps up to ~0.16 at t = 0.95 and
-  |c1 - c2| ~ 1: most rows, on the benchmark's data (56-76%). Sending every kept row costs
-  one more shuffle of the kept rows and about one more pass-1 of compute, and needs no
-  tuned margin. Why not top-2 assignment from the start (some SemDeDup variants): doubled
-  clusters cost 4x the pass-1 compute, and a row would be decided in two clusters at once.
+  With more, a duplicate pair split by a cluster border would be missed; a border pass
+  follows (pass 2). A row kept by pass 1 whose second-nearest centroid c2 is nearly as close
+  as its nearest c1 is also sent to c2's cluster: it is a border row when its gap
+  (ip(c1) - ip(c2)) is at most `border_margin` x sqrt((1 - t)(1 - c1.c2)), the bound that
+  the closer of the two rows of any pair split between c1 and c2 (cosine >= t) meets
+  (`border_clusters` derives it). There it meets that cluster's kept rows and the other
+  border rows sent there; in each such group the greedy keeper rule runs again over the
+  pairs of rows from different clusters (`dedup.near_duplicates_between`; pairs within a
+  cluster were settled by pass 1), and a row found a duplicate of a row before it in keeper
+  order is dropped, with the same reason and `duplicate_of` as the greedy gives. A row
+  found in both of its groups keeps its most similar keeper, as the greedy does.
+  Why a margin and not every kept row (`border_margin=inf`, also supported): on the scale
+  benchmark the bound admits about half of the kept rows and pass 2 costs about a third of
+  what every kept row does, for the same recall. Why not each row in its top-2 clusters
+  from the start (some SemDeDup variants): doubled clusters cost ~4x the pass-1 compute,
+  and a row would be decided in two clusters at once with no rule to reconcile them.
   Residual error against the exact greedy (measured by `python -m jobs.bench scale
-  [--spread]`): (1) a pair neither of whose rows has the other's cluster as its second
-  nearest (and whose second-nearest clusters differ) is still missed; (2) greedy chains
-  across a border: a row dropped by pass 2 may already have dropped, in pass 1, a row that
-  the exact greedy keeps (it stays dropped, naming a keeper that is itself dropped), and a
-  row dropped in one group of pass 2 may still drop a later row in its other group.
-  Cost: O(N x cluster_rows x D) for each pass instead of O(N x kept x D).
+  [--spread]`): (1) a pair is missed when the closer row's second-nearest centroid is not
+  the other row's (a third cluster is closer) and the other row is outside the margin or
+  also looks elsewhere; (2) greedy chains across a border: a row dropped by pass 2 may
+  already have dropped, in pass 1, a row the exact greedy keeps (it stays dropped, naming a
+  keeper that is itself dropped), and a row dropped in one group of pass 2 may still drop a
+  later row in its other group; (2) needs three near rows around a border. On the
+  benchmark's `--spread` data (groups between topics, 4% of the exact greedy's pairs split
+  by a border) pass 1 alone has recall 0.963; with pass 2 recall 1.000 and precision
+  0.9993, every false drop being (2).
+  Cost: pass 1 O(N x cluster_rows x D); pass 2 O(B x cluster_rows x D) for B border rows.
+  The shuffle of pass 2 moves only the border rows; the rows kept in a bucket stay in the
+  object store between the two passes.
 """
 
 from __future__ import annotations
@@ -426,7 +432,8 @@ def border_clusters(nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, thres
     """Each row's border cluster: its second-nearest centroid when the row is within `margin`
     x sqrt((1 - t)(1 - c1.c2)) of that border, else -1 (`nn`, `ip`: `assign`'s, top 2).
 
-    Why that bound: a pair (a, b) with cosine >= t, a nearest c1 and b nearest c2, has
+    Why that bound: a pair (a, b) with cosine >= t, a nearest c1 and b nearest c2 (unit
+    vectors, as spherical k-means leaves them), has
     gap_a + gap_b = (a - b).(c1 - c2) <= |a - b| |c1 - c2| <= 2 sqrt((1 - t)(1 - c1.c2)),
     where gap_a = a.c1 - a.c2 and gap_b = b.c2 - b.c1 are both >= 0: the closer of the two
     to the border is within the bound.
@@ -435,12 +442,13 @@ def border_clusters(nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, thres
     ok = c2 >= 0
     cos = np.einsum("rd,rd->r", centroids[c1], centroids[np.where(ok, c2, 0)])  # c1.c2 per row
     bound = np.sqrt(np.maximum(0.0, (1 - threshold) * (1 - cos)))
-    near = ok & (ip[:, 0] - ip[:, 1] <= margin * bound)
+    limit = np.inf if math.isinf(margin) else margin * bound  # inf x 0 (equal centroids) is nan
+    near = ok & (ip[:, 0] - ip[:, 1] <= limit)
     return np.where(near, c2, -1)
 
 
-def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, threshold: float = 1.0,
-              border_margin: float | None = None) -> list[pa.Table]:
+def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, threshold: float,
+              border_margin: float | None) -> list[pa.Table]:
     """Map: candidate rows with cluster (nearest centroid), border cluster (`border_clusters`;
     -1 without the border pass), keeper keys and fp16 embedding, split into buckets by cluster."""
     cand, emb = alive_embeddings(path, state)  # (R,), (R, D)

@@ -97,6 +97,10 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0, spread: bool = Fa
         S.AESTHETIC: np.round(rng.uniform(3.5, 7.5, rows), 2).astype(np.float32),
         S.CLIP_EMBEDDING: pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * DIM), flat),
     }
+    # the scores of the default preset's later rules; their own generator leaves the rest unchanged
+    xrng = np.random.default_rng([seed, part, 2])
+    cols[S.NSFW] = xrng.beta(0.4, 6, rows).astype(np.float32)
+    cols[S.TEXT_AREA] = np.where(xrng.random(rows) < 0.1, xrng.uniform(0, 0.3, rows), 0.0).astype(np.float32)
     table = S.conform(pa.table({k: pa.array(v) if not isinstance(v, pa.Array) else v for k, v in cols.items()}))
     pq.write_table(table, path, compression="zstd", row_group_size=2048)
     return rows
