@@ -33,8 +33,8 @@ order. The steps:
   order is dropped, with the same reason and `duplicate_of` as the greedy gives. A row
   found in both of its groups keeps its most similar keeper, as the greedy does.
   Why a margin and not every kept row (`border_margin=inf`, also supported): on the scale
-  benchmark the bound admits about half of the kept rows and pass 2 costs about a third of
-  what every kept row does, for the same recall. Why not each row in its top-2 clusters
+  benchmark's data at 10^5 the bound admits 49-65% of the kept rows and pass 2 costs
+  0.3-0.5x pass 1 (every kept row: 0.9-1.4x), for the same recall and precision. Why not each row in its top-2 clusters
   from the start (some SemDeDup variants): doubled clusters cost ~4x the pass-1 compute,
   and a row would be decided in two clusters at once with no rule to reconcile them.
   Residual error against the exact greedy (measured by `python -m jobs.bench scale
@@ -42,11 +42,12 @@ order. The steps:
   the other row's (a third cluster is closer) and the other row is outside the margin or
   also looks elsewhere; (2) greedy chains across a border: a row dropped by pass 2 may
   already have dropped, in pass 1, a row the exact greedy keeps (it stays dropped, naming a
-  keeper that is itself dropped), and a row dropped in one group of pass 2 may still drop a
-  later row in its other group; (2) needs three near rows around a border. On the
-  benchmark's `--spread` data (groups between topics, 4% of the exact greedy's pairs split
-  by a border) pass 1 alone has recall 0.963; with pass 2 recall 1.000 and precision
-  0.9993, every false drop being (2).
+  keeper that is itself dropped, where the exact greedy may drop it too but name another
+  keeper), and a row dropped in one group of pass 2 may still drop a later row in its other
+  group; (2) needs three near rows around a border. On the
+  benchmark's `--spread` data at 10^5 (groups between topics) pass 1 alone misses 3.7% of
+  the exact greedy's drops (recall 0.963); with pass 2 recall is 1.000 and precision 0.9993,
+  every false drop being (2).
   Cost: pass 1 O(N x cluster_rows x D); pass 2 O(B x cluster_rows x D) for B border rows.
   The shuffle of pass 2 moves only the border rows; the rows kept in a bucket stay in the
   object store between the two passes.
