@@ -17,11 +17,40 @@ order. The steps:
   is bracketed by a random sample of the column, then the rows inside the bracket (a few %
   of the run) are ranked exactly; ties are broken by clip_id as `filters.keep_share` does.
 - near-duplicates (SemDeDup, Abbas et al. 2023; NeMo Curator's semantic dedup): spherical
-  k-means (faiss) trained on a sample of the embeddings; every row goes to its nearest
-  centroid, and the greedy keeper rule of `dedup.near_duplicates` runs within each cluster,
-  in keeper order. One cluster is the exact greedy; with more, a duplicate pair split by a
-  cluster border is missed (the scale benchmark measures recall against the exact greedy).
-  Cost: O(N x cluster_rows x D) instead of O(N x kept x D).
+  k-means (faiss) trained on a sample of the embeddings (rows chosen by a hash of
+  (clip_id, source_uri), so the centroids do not depend on how rows fall into parts); every
+  row goes to its nearest centroid, and the greedy keeper rule of `dedup.near_duplicates`
+  runs within each cluster, in keeper order (pass 1). One cluster is the exact greedy.
+  With more, a duplicate pair split by a cluster border would be missed; a border pass
+  follows (pass 2). A row kept by pass 1 whose second-nearest centroid c2 is nearly as close
+  as its nearest c1 is also sent to c2's cluster: it is a border row when its gap
+  (ip(c1) - ip(c2)) is at most `border_margin` x sqrt((1 - t)(1 - c1.c2)), the bound that
+  the closer of the two rows of any pair split between c1 and c2 (cosine >= t) meets
+  (`border_clusters` derives it). There it meets that cluster's kept rows and the other
+  border rows sent there; in each such group the greedy keeper rule runs again over the
+  pairs of rows from different clusters (`dedup.near_duplicates_between`; pairs within a
+  cluster were settled by pass 1), and a row found a duplicate of a row before it in keeper
+  order is dropped, with the same reason and `duplicate_of` as the greedy gives. A row
+  found in both of its groups keeps its most similar keeper, as the greedy does.
+  Why a margin and not every kept row (`border_margin=inf`, also supported): on the scale
+  benchmark's data at 10^5 the bound admits 49-65% of the kept rows and pass 2 costs
+  0.3-0.5x pass 1 (every kept row: 0.9-1.4x), for the same recall and precision. Why not each row in its top-2 clusters
+  from the start (some SemDeDup variants): doubled clusters cost ~4x the pass-1 compute,
+  and a row would be decided in two clusters at once with no rule to reconcile them.
+  Residual error against the exact greedy (measured by `python -m jobs.bench scale
+  [--spread]`): (1) a pair is missed when the closer row's second-nearest centroid is not
+  the other row's (a third cluster is closer) and the other row is outside the margin or
+  also looks elsewhere; (2) greedy chains across a border: a row dropped by pass 2 may
+  already have dropped, in pass 1, a row the exact greedy keeps (it stays dropped, naming a
+  keeper that is itself dropped, where the exact greedy may drop it too but name another
+  keeper), and a row dropped in one group of pass 2 may still drop a later row in its other
+  group; (2) needs three near rows around a border. On the
+  benchmark's `--spread` data at 10^5 (groups between topics) pass 1 alone misses 3.7% of
+  the exact greedy's drops (recall 0.963); with pass 2 recall is 1.000 and precision 0.9993,
+  every false drop being (2).
+  Cost: pass 1 O(N x cluster_rows x D); pass 2 O(B x cluster_rows x D) for B border rows.
+  The shuffle of pass 2 moves only the border rows; the rows kept in a bucket stay in the
+  object store between the two passes.
 """
 
 from __future__ import annotations
@@ -54,7 +83,8 @@ PART = "_part"  # index of the part a row comes from
 ROW = "_row"  # row index within its part
 KEEPER_URI = "_keeper_uri"
 COSINE = "_cosine"
-CLUSTER = "_cluster"
+CLUSTER = "_cluster"  # nearest centroid
+BORDER = "_border"  # second-nearest centroid: the cluster of the border pass (-1: none)
 EMB = "_embedding"  # fixed-size list<float16> in bucket tables
 
 
@@ -66,6 +96,10 @@ class NearDupConfig:
     sample_rows: int = 50_000  # k-means training sample (faiss wants >= 39 per centroid)
     niter: int = 20
     seed: int = 0
+    # the border pass (module docstring): a kept row goes to its second-nearest cluster when its
+    # gap (ip with nearest - ip with second) is at most border_margin x the pair bound
+    # sqrt((1 - t)(1 - c1.c2)); inf: every kept row; None: no border pass
+    border_margin: float | None = 1.0
 
 
 def read_columns(uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -205,8 +239,12 @@ def apply_duplicates(state: pa.Table, dups: list[pa.Table], kind: str, threshold
     d = pa.concat_tables(dups) if dups else _dup_table([], [], [], [])
     if not d.num_rows:
         return state
-    d = d.sort_by([(ROW, "ascending")])
+    # a row found a duplicate twice (in its cluster's and its border cluster's group of the
+    # border pass) keeps its most similar keeper, as the greedy does; ties: the lower keeper id
+    d = d.sort_by([(ROW, "ascending"), (COSINE, "descending"), (DUPLICATE_OF, "ascending")])
     rows = d.column(ROW).to_numpy().astype(np.int64)
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    d, rows = d.filter(pa.array(first)), rows[first]
     keep_ids = d.column(DUPLICATE_OF).to_pylist()
     if kind == EXACT_DUP:
         reasons = [f"{EXACT_DUP}: same content and span as {u}" for u in d.column(KEEPER_URI).to_pylist()]
@@ -318,7 +356,7 @@ def share_k(share: float, n: int) -> int:
     return math.ceil(share * n - 1e-9)
 
 
-# --- near duplicates: clustered greedy -----------------------------------------------------
+# --- near duplicates: clustered greedy, then the border pass --------------------------------
 
 def alive_embeddings(path: str, state: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """The rows the near-duplicate step looks at (alive, with an embedding) and their
@@ -334,21 +372,40 @@ def alive_embeddings(path: str, state: pa.Table) -> tuple[np.ndarray, np.ndarray
     return rows, emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def sample_embeddings(path: str, state: pa.Table, rows: int, seed: int) -> np.ndarray:
-    _, emb = alive_embeddings(path, state)
-    if rows < len(emb):
-        emb = emb[np.sort(np.random.default_rng(seed).choice(len(emb), rows, replace=False))]
-    return emb
+def _row_hash(ids: list[str | None], uris: list[str | None], seed: int) -> np.ndarray:
+    return np.fromiter((xxhash.xxh64_intdigest(f"{c or ''}\0{u or ''}".encode(), seed) for c, u in zip(ids, uris)),
+                       np.uint64, len(ids))
 
 
-def train_centroids(samples: list[np.ndarray], k: int, cfg: NearDupConfig) -> np.ndarray:
-    """Spherical k-means centroids (k, D) of the sampled embeddings (faiss)."""
+def sample_embeddings(path: str, state: pa.Table, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sample of the candidate rows' embeddings for k-means: the rows whose hash of
+    (clip_id, source_uri) falls in the lowest `share` of the hash range. Chosen by content, so
+    the sample (and the centroids) do not depend on how rows are split into parts.
+    Returns (row hashes (S,), embeddings (S, D))."""
+    rows, emb = alive_embeddings(path, state)
+    sel = state.take(pa.array(rows, pa.int64()))
+    h = _row_hash(sel.column(CLIP_ID).to_pylist(), sel.column(SOURCE_URI).to_pylist(), seed)
+    if share < 1:
+        pick = h < np.uint64(int(share * 2**64))
+        h, emb = h[pick], emb[pick]
+    return h, emb
+
+
+def train_centroids(samples: list[tuple[np.ndarray, np.ndarray]], k: int, cfg: NearDupConfig) -> np.ndarray:
+    """Spherical k-means centroids (k, D), unit norm, of the sampled embeddings (faiss).
+
+    The sample is put in a content order first (row hash, then a hash of the embedding), so
+    the centroids depend only on the rows sampled, never on the order of the parts.
+    """
     import faiss
 
-    samples = [s for s in samples if len(s)]
+    samples = [s for s in samples if len(s[1])]
     if not samples:  # no embeddings at all: one cluster
         return np.zeros((1, 1), np.float32)
-    x = np.ascontiguousarray(np.concatenate(samples), np.float32)  # (S, D)
+    h = np.concatenate([s[0] for s in samples])
+    x = np.concatenate([s[1] for s in samples])  # (S, D)
+    h2 = np.fromiter((xxhash.xxh64_intdigest(r.tobytes()) for r in x), np.uint64, len(x))
+    x = np.ascontiguousarray(x[np.lexsort((h2, h))], np.float32)
     k = min(k, len(x))
     km = faiss.Kmeans(x.shape[1], k, niter=cfg.niter, seed=cfg.seed, spherical=True, verbose=False,
                       max_points_per_centroid=max(256, len(x) // max(k, 1) + 1))
@@ -356,50 +413,139 @@ def train_centroids(samples: list[np.ndarray], k: int, cfg: NearDupConfig) -> np
     return np.asarray(km.centroids, np.float32)
 
 
-def assign(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Nearest centroid (max inner product) of each row."""
-    if len(centroids) == 1:
-        return np.zeros(len(emb), np.int64)
+def assign(emb: np.ndarray, centroids: np.ndarray, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The `top` nearest centroids (max inner product) of each row, nearest first, and those
+    inner products: (R, top) each. Where there are fewer centroids than `top`: -1."""
+    if len(centroids) == 1:  # one cluster; its centroid may be a placeholder, not a direction
+        nn = np.full((len(emb), top), -1, np.int64)
+        nn[:, 0] = 0
+        return nn, np.where(nn == 0, 1.0, -np.inf).astype(np.float32)
     import faiss
 
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids))
-    _, nn = index.search(np.ascontiguousarray(emb, np.float32), 1)
-    return nn[:, 0].astype(np.int64)
+    ip, nn = index.search(np.ascontiguousarray(emb, np.float32), top)  # (R, top) each
+    return nn.astype(np.int64), ip
 
 
-def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int) -> list[pa.Table]:
-    """Map: candidate rows with cluster, keeper keys and fp16 embedding, split into buckets by cluster."""
+def border_clusters(nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, threshold: float,
+                    margin: float) -> np.ndarray:
+    """Each row's border cluster: its second-nearest centroid when the row is within `margin`
+    x sqrt((1 - t)(1 - c1.c2)) of that border, else -1 (`nn`, `ip`: `assign`'s, top 2).
+
+    Why that bound: a pair (a, b) with cosine >= t, a nearest c1 and b nearest c2 (unit
+    vectors, as spherical k-means leaves them), has
+    gap_a + gap_b = (a - b).(c1 - c2) <= |a - b| |c1 - c2| <= 2 sqrt((1 - t)(1 - c1.c2)),
+    where gap_a = a.c1 - a.c2 and gap_b = b.c2 - b.c1 are both >= 0: the closer of the two
+    to the border is within the bound.
+    """
+    c1, c2 = nn[:, 0], nn[:, 1]
+    ok = c2 >= 0
+    cos = np.einsum("rd,rd->r", centroids[c1], centroids[np.where(ok, c2, 0)])  # c1.c2 per row
+    bound = np.sqrt(np.maximum(0.0, (1 - threshold) * (1 - cos)))
+    limit = np.inf if math.isinf(margin) else margin * bound  # inf x 0 (equal centroids) is nan
+    near = ok & (ip[:, 0] - ip[:, 1] <= limit)
+    return np.where(near, c2, -1)
+
+
+def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, threshold: float,
+              border_margin: float | None) -> list[pa.Table]:
+    """Map: candidate rows with cluster (nearest centroid), border cluster (`border_clusters`;
+    -1 without the border pass), keeper keys and fp16 embedding, split into buckets by cluster."""
     cand, emb = alive_embeddings(path, state)  # (R,), (R, D)
-    cl = assign(emb, centroids) if len(cand) else np.zeros(0, np.int64)
+    border = border_margin is not None and len(centroids) > 1
+    if len(cand):
+        nn, ip = assign(emb, centroids, 2 if border else 1)
+    else:
+        nn, ip = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.float32)
+    cl = nn[:, 0]
+    cl2 = border_clusters(nn, ip, centroids, threshold, border_margin) if border else np.full(len(cand), -1, np.int64)
     sel = state.take(pa.array(cand, pa.int64()))
     d = emb.shape[1] if len(cand) else 1
     flat = pa.array(emb.astype(np.float16).reshape(-1))  # (R, D) -> (R*D,)
     t = pa.table({PART: sel.column(PART), ROW: sel.column(ROW), CLIP_ID: sel.column(CLIP_ID),
                   SOURCE_URI: sel.column(SOURCE_URI), AESTHETIC: sel.column(AESTHETIC).cast(pa.float64()),
-                  CLUSTER: pa.array(cl), EMB: pa.FixedSizeListArray.from_arrays(flat, d)})
+                  CLUSTER: pa.array(cl, pa.int64()), BORDER: pa.array(cl2, pa.int64()),
+                  EMB: pa.FixedSizeListArray.from_arrays(flat, d)})
     b = cl % buckets
     return [t.filter(pa.array(b == k)) for k in range(buckets)]
 
 
-def near_decide(tables: list[pa.Table], parts: int, threshold: float) -> list[pa.Table]:
-    """Reduce: the greedy keeper rule within each cluster of this bucket; one table per part."""
+def _groups(t: pa.Table, group: np.ndarray) -> tuple[pa.Table, list[tuple[int, int]]]:
+    """`t` sorted by (group, part, row), and the (start, end) rows of each group in it."""
+    t = t.append_column("_group", pa.array(group, pa.int64()))
+    t = t.sort_by([("_group", "ascending"), (PART, "ascending"), (ROW, "ascending")])
+    g = t.column("_group").to_numpy()
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
+    return t, list(zip(starts, np.r_[starts[1:], len(g)]))
+
+
+def _embeddings(t: pa.Table, a: int, b: int) -> np.ndarray:
+    d = t.schema.field(EMB).type.list_size
+    return np.asarray(t.column(EMB).slice(a, b - a).combine_chunks().flatten().to_numpy(), np.float32).reshape(b - a, d)  # (m, D)
+
+
+def near_decide(tables: list[pa.Table], parts: int, threshold: float,
+                border_buckets: int = 0) -> tuple[list[pa.Table], pa.Table, list[pa.Table]]:
+    """Reduce, pass 1: the greedy keeper rule within each cluster of this bucket.
+
+    Returns (one duplicates table per part, the rows kept here (for the border pass of this
+    bucket), the kept rows split into `border_buckets` by bucket of their border cluster).
+    Without a border pass (`border_buckets` 0) the last two are empty.
+    """
     tables = [t for t in tables if t.num_rows]
     out: list[list[list]] = [[[], [], [], []] for _ in range(parts)]
-    if tables:
-        t = pa.concat_tables(tables).sort_by([(CLUSTER, "ascending"), (PART, "ascending"), (ROW, "ascending")])
+    if not tables:
+        return [_dup_table(*o) for o in out], pa.table({}), [pa.table({}) for _ in range(border_buckets)]
+    t = pa.concat_tables(tables)
+    t, groups = _groups(t, t.column(CLUSTER).to_numpy())
+    kept = np.ones(t.num_rows, bool)
+    ids, uris = t.column(CLIP_ID).to_pylist(), t.column(SOURCE_URI).to_pylist()
+    aes = t.column(AESTHETIC).to_pylist()
+    prt, row = t.column(PART).to_numpy(), t.column(ROW).to_numpy()
+    for a, b in groups:
+        order = dedup.keeper_order(ids[a:b], uris[a:b], aes[a:b])
+        for dup in dedup.near_duplicates(_embeddings(t, a, b), order, threshold):
+            i, k = a + dup.index, a + dup.keeper
+            kept[i] = False
+            o = out[int(prt[i])]
+            o[0].append(int(row[i]))
+            o[1].append(ids[k])
+            o[2].append(uris[k])
+            o[3].append(dup.cosine)
+    dups = [_dup_table(*o) for o in out]
+    if not border_buckets:
+        return dups, pa.table({}), []
+    home = t.drop_columns(["_group"]).filter(pa.array(kept))
+    cl2 = home.column(BORDER).to_numpy()
+    to = np.where(cl2 >= 0, cl2 % border_buckets, -1)
+    return dups, home, [home.filter(pa.array(to == k)) for k in range(border_buckets)]
+
+
+def border_decide(home: pa.Table, guests: list[pa.Table], parts: int, threshold: float) -> list[pa.Table]:
+    """Reduce, the border pass: the rows kept by pass 1 in this bucket's clusters (`home`) and
+    the kept rows whose border cluster is one of them (`guests`), grouped by that cluster.
+
+    In each group the greedy keeper rule runs again over pairs of rows from different
+    clusters (pairs within a cluster were decided by pass 1); a row found a duplicate of a
+    row before it in keeper order is dropped. One duplicates table per part.
+    """
+    out: list[list[list]] = [[[], [], [], []] for _ in range(parts)]
+    guests = [g for g in guests if g.num_rows]
+    if guests:
+        t = pa.concat_tables([h for h in (home, *guests) if h.num_rows])
+        cl, cl2 = t.column(CLUSTER).to_numpy(), t.column(BORDER).to_numpy()
+        group = np.r_[cl[:home.num_rows], cl2[home.num_rows:]]  # home rows by cluster, guests by border cluster
+        t, groups = _groups(t, group)
         cl = t.column(CLUSTER).to_numpy()
-        starts = np.flatnonzero(np.r_[True, cl[1:] != cl[:-1]])
-        ends = np.r_[starts[1:], len(cl)]
-        d = t.schema.field(EMB).type.list_size
         ids, uris = t.column(CLIP_ID).to_pylist(), t.column(SOURCE_URI).to_pylist()
         aes = t.column(AESTHETIC).to_pylist()
         prt, row = t.column(PART).to_numpy(), t.column(ROW).to_numpy()
-        emb_col = t.column(EMB).combine_chunks()
-        for a, b in zip(starts, ends):
-            emb = np.asarray(emb_col.slice(a, b - a).flatten().to_numpy(), np.float32).reshape(b - a, d)  # (m, D)
+        for a, b in groups:
+            if (cl[a:b] == cl[a]).all():  # no guest (or only guests from one cluster): nothing to compare
+                continue
             order = dedup.keeper_order(ids[a:b], uris[a:b], aes[a:b])
-            for dup in dedup.near_duplicates(emb, order, threshold):
+            for dup in dedup.near_duplicates_between(_embeddings(t, a, b), order, cl[a:b], threshold):
                 i, k = a + dup.index, a + dup.keeper
                 o = out[int(prt[i])]
                 o[0].append(int(row[i]))

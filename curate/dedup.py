@@ -78,3 +78,48 @@ def near_duplicates(
         kept.extend(new)
         kept_mat = np.concatenate([kept_mat, emb[new]]) if new else kept_mat
     return dups
+
+
+def near_duplicates_between(
+    embeddings: np.ndarray, order: Sequence[int], groups: Sequence[int], threshold: float, block: int = 1024
+) -> list[Duplicate]:
+    """The greedy rule of `near_duplicates`, comparing only rows of different `groups`.
+
+    For rows already deduplicated within each group (every pair inside a group is known
+    not to be a duplicate pair): visiting rows in `order`, a row is a duplicate of the most
+    similar row of another group kept before it when that cosine >= threshold (ties: the
+    earlier keeper). With every row in its own group this is `near_duplicates`. Only the
+    rows outside the largest group are compared with all rows, and only the pairs above the
+    threshold are held: O(N x (N - largest group) x D) work, O(block x N + pairs) memory.
+    """
+    emb = np.asarray(embeddings, np.float32)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # (N, D)
+    n = len(emb)
+    if not n:
+        return []
+    rank = np.empty(n, np.int64)
+    rank[np.asarray(list(order), np.int64)] = np.arange(n)
+    grp = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    big = int(np.argmax(np.bincount(grp)))  # its pairs are all within-group: never compared
+    outside = np.flatnonzero(grp != big)
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for b in range(0, len(outside), block):
+        ii = outside[b : b + block]
+        s = emb[ii] @ emb.T  # (B, D) @ (D, N) -> (B, N)
+        i, j = np.nonzero(s >= threshold)
+        a = ii[i]
+        ok = (grp[a] != grp[j]) & ((grp[j] == big) | (a < j))  # another group; a pair of outside rows once
+        pairs.append((a[ok], j[ok], s[i[ok], j[ok]]))
+    a, j, sim = (np.concatenate(x) for x in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 3
+    later = rank[a] > rank[j]
+    row, keeper = np.where(later, a, j), np.where(later, j, a)  # each pair: (visited later, earlier)
+    # visit each row's candidates in row order, most similar first, then the earlier keeper
+    by = np.lexsort((rank[keeper], -sim, rank[row]))
+    kept = np.ones(n, bool)
+    dups: list[Duplicate] = []
+    for e in by:
+        r, k = int(row[e]), int(keeper[e])
+        if kept[r] and kept[k]:  # k's fate is final: it comes earlier in the order
+            kept[r] = False
+            dups.append(Duplicate(r, k, float(sim[e])))
+    return sorted(dups, key=lambda d: rank[d.index])

@@ -86,8 +86,8 @@ def _alive(state):
 
 
 @ray.remote
-def _sample_embeddings(path: str, state, rows: int, seed: int):
-    return D.sample_embeddings(path, state, rows, seed)
+def _sample_embeddings(path: str, state, share: float, seed: int):
+    return D.sample_embeddings(path, state, share, seed)
 
 
 @ray.remote
@@ -96,14 +96,23 @@ def _train(k: int, cfg: D.NearDupConfig, *samples):
 
 
 @ray.remote
-def _near_keys(path: str, state, centroids, buckets: int):
-    out = D.near_keys(path, state, centroids, buckets)
+def _near_keys(path: str, state, centroids, buckets: int, threshold: float, border_margin: float | None):
+    out = D.near_keys(path, state, centroids, buckets, threshold, border_margin)
     return tuple(out) if buckets > 1 else out[0]
 
 
 @ray.remote
-def _near_decide(parts: int, threshold: float, *tables):
-    out = D.near_decide(list(tables), parts, threshold)
+def _near_decide(parts: int, threshold: float, border_buckets: int, *tables):
+    """Returns parts duplicate tables, then (with a border pass) the kept rows and the guests
+    for each border bucket."""
+    dups, home, guests = D.near_decide(list(tables), parts, threshold, border_buckets)
+    out = (*dups, home, *guests) if border_buckets else tuple(dups)
+    return out if len(out) > 1 else out[0]
+
+
+@ray.remote
+def _border_decide(parts: int, threshold: float, home, *guests):
+    out = D.border_decide(home, list(guests), parts, threshold)
     return tuple(out) if parts > 1 else out[0]
 
 
@@ -201,21 +210,37 @@ def decide_parts(
 
 
 def _near_dups(inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.NearDupConfig, buckets: int) -> list:
+    """Near-duplicates: k-means on a content-chosen sample, the greedy within clusters (pass 1),
+    then the border pass over the kept rows near a border (pass 2); every shuffle is by cluster."""
     counts = ray.get([_alive.remote(s) for s in states])  # clips with an embedding are at most these
     n = sum(counts)
     k = D.clusters_for(n, near)
     p = len(states)
+    threshold = float(cfg.near_dup_cosine)
     if k == 1:
         import numpy as np
 
         centroids = ray.put(np.zeros((1, 1), np.float32))
         buckets = 1
     else:
-        samples = [_sample_embeddings.remote(path, s, -(-near.sample_rows * c // n), near.seed + i)
-                   for i, (path, s, c) in enumerate(zip(inputs, states, counts)) if c]
+        share = min(1.0, near.sample_rows / max(n, 1))
+        samples = [_sample_embeddings.remote(path, s, share, near.seed)
+                   for path, s, c in zip(inputs, states, counts) if c]
         centroids = _train.remote(k, near, *samples)
         buckets = min(buckets, k)
-    keys = [_refs(_near_keys.options(num_returns=buckets).remote(path, s, centroids, buckets), buckets)
-            for path, s in zip(inputs, states)]
-    dups = _shuffle(keys, buckets, p, _near_decide, float(cfg.near_dup_cosine))
+    margin = near.border_margin if k > 1 else None
+    border = margin is not None
+    keys = [_refs(_near_keys.options(num_returns=buckets).remote(path, s, centroids, buckets, threshold, margin),
+                  buckets) for path, s in zip(inputs, states)]
+    if not border:
+        dups = _shuffle(keys, buckets, p, _near_decide, threshold, 0)
+    else:
+        # pass 1 in bucket b returns [p duplicate tables, kept rows, guests for each bucket]
+        first = [_refs(_near_decide.options(num_returns=p + 1 + buckets).remote(
+                     p, threshold, buckets, *[m[b] for m in keys]), p + 1 + buckets) for b in range(buckets)]
+        del keys  # important: the map outputs (every row's embedding) can go once pass 1 holds them
+        second = [_refs(_border_decide.options(num_returns=p).remote(
+                      p, threshold, first[b][p], *[first[a][p + 1 + b] for a in range(buckets)]), p)
+                  for b in range(buckets)]
+        dups = [[first[b][i] for b in range(buckets)] + [second[b][i] for b in range(buckets)] for i in range(p)]
     return [_apply_dups.remote(s, NEAR_DUP, cfg.near_dup_cosine, *dups[i]) for i, s in enumerate(states)]

@@ -8,9 +8,12 @@ reports: seconds, seconds per 10^5 clips, the growth exponent between sizes
 (log t2/t1 / log N2/N1) and the driver's peak RSS during the step (psutil, sampled every
 20 ms). With `--join` it also times the score job's join of clip rows and score rows
 (the hash shuffle of `jobs/score_merge.py`) with the same measures. At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
-(default `--cluster-rows`) and as one cluster (the exact greedy over the whole run), and
-reports the clustered run's recall and precision of dropped near-duplicates against the exact
-one. The machine load (1-minute load average) is printed next to every timing.
+(default `--cluster-rows` and `--border-margin`; 0: no border pass) and as one cluster
+(the exact greedy over the whole run), and reports the clustered run's recall and precision
+of dropped near-duplicates against the exact one. `--spread` makes that harder: groups lie
+between two topics and a share of duplicate pairs straddle a k-means cluster border (the
+default data's groups never do). The machine load (1-minute load average) is printed next
+to every timing.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ from curate import schema as S
 DIM = 768
 GROUP = 3  # rows per near-duplicate group (some groups are three unrelated clips)
 PART_ROWS = 9_999  # a multiple of GROUP, so groups never straddle parts
+SPREAD_W = 0.05  # --spread: sd of a member's topic-mixing weight around its group's
 
 
-def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
-    """One Parquet part of `rows` synthetic scored clips (deterministic in seed and part)."""
+def synth_part(path: str, part: int, rows: int, seed: int = 0, spread: bool = False) -> int:
+    """One Parquet part of `rows` synthetic scored clips (deterministic in seed and part).
+
+    Default ("tight"): each group sits on one topic, so its members share a k-means cluster.
+    `spread`: each group sits between two topics (mixing weight w ~ U(0, 1)) and every member
+    has its own weight (w + N(0, SPREAD_W)), so members spread along the line between the
+    topics and some duplicate pairs straddle a cluster border. Same rows, ids and scores.
+    """
     rng = np.random.default_rng([seed, part])
     topics = np.random.default_rng([seed, 10**6]).standard_normal((64, DIM)).astype(np.float32)
     topics /= np.linalg.norm(topics, axis=1, keepdims=True)
@@ -46,12 +56,23 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
     # group centres: a topic plus an own direction (cos with the topic ~0.6): the run has structure
     own = rng.standard_normal((groups, DIM)).astype(np.float32)
     own /= np.linalg.norm(own, axis=1, keepdims=True)
-    centres = topics[rng.integers(0, len(topics), groups)] + 1.3 * own
+    topic = rng.integers(0, len(topics), groups)
+    if spread:  # important: its own generator, so the default mode's draws are unchanged
+        srng = np.random.default_rng([seed, part, 1])
+        other = srng.integers(0, len(topics), groups)
+        w = np.repeat(srng.uniform(0, 1, groups), GROUP)[:rows] + SPREAD_W * srng.standard_normal(rows)
+        w = w.astype(np.float32)
+        mix = w[:, None] * topics[np.repeat(topic, GROUP)[:rows]]  # (rows, D)
+        mix += (1 - w)[:, None] * topics[np.repeat(other, GROUP)[:rows]]
+        mix /= np.linalg.norm(mix, axis=1, keepdims=True)
+        centres = mix + 1.3 * np.repeat(own, GROUP, axis=0)[:rows]  # per member: (rows, D)
+    else:
+        centres = topics[topic] + 1.3 * own  # per group: (groups, D)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     # member noise per group: member-member cosine from ~0.93 to ~0.99 (some pairs miss 0.95)
     sigma = rng.uniform(0.003, 0.0095, groups).astype(np.float32)
     unrelated = rng.random(groups) < 0.3
-    emb = np.repeat(centres, GROUP, axis=0)[:rows]  # (groups, D) -> (rows, D)
+    emb = centres if spread else np.repeat(centres, GROUP, axis=0)[:rows]  # (groups, D) -> (rows, D)
     emb += np.repeat(sigma, GROUP)[:rows, None] * rng.standard_normal((rows, DIM)).astype(np.float32)
     free = np.repeat(unrelated, GROUP)[:rows]
     emb[free] = rng.standard_normal((int(free.sum()), DIM)).astype(np.float32)
@@ -76,19 +97,23 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0) -> int:
         S.AESTHETIC: np.round(rng.uniform(3.5, 7.5, rows), 2).astype(np.float32),
         S.CLIP_EMBEDDING: pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * DIM), flat),
     }
+    # the scores of the default preset's later rules; their own generator leaves the rest unchanged
+    xrng = np.random.default_rng([seed, part, 2])
+    cols[S.NSFW] = xrng.beta(0.4, 6, rows).astype(np.float32)
+    cols[S.TEXT_AREA] = np.where(xrng.random(rows) < 0.1, xrng.uniform(0, 0.3, rows), 0.0).astype(np.float32)
     table = S.conform(pa.table({k: pa.array(v) if not isinstance(v, pa.Array) else v for k, v in cols.items()}))
     pq.write_table(table, path, compression="zstd", row_group_size=2048)
     return rows
 
 
-def make_run(folder: Path, n: int, seed: int = 0) -> int:
+def make_run(folder: Path, n: int, seed: int = 0, spread: bool = False) -> int:
     """Write n synthetic rows as parts, by Ray tasks; returns the number of parts."""
     import ray
 
     folder.mkdir(parents=True, exist_ok=True)
     task = ray.remote(synth_part)
     sizes = [PART_ROWS] * (n // PART_ROWS) + ([n % PART_ROWS] if n % PART_ROWS else [])
-    ray.get([task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed) for k, s in enumerate(sizes)])
+    ray.get([task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed, spread) for k, s in enumerate(sizes)])
     return len(sizes)
 
 
@@ -150,7 +175,8 @@ def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
     both = len(a & b)
     return {"clustered_seconds": clustered["seconds"], "exact_seconds": exact["seconds"],
             "exact_dropped": len(b), "clustered_dropped": len(a),
-            "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows}
+            "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows,
+            "border_margin": near.border_margin}
 
 
 def join_step(src: Path, root: Path) -> dict:
@@ -218,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recall-at", type=float, default=1e5, help="size at which to compare with the exact greedy "
                    "(0: skip)")
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
+    p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
+                   help="near-duplicate border pass: a kept row joins its second-nearest cluster within this "
+                   "multiple of the pair bound (inf: every kept row; 0: none, pass 1 alone)")
+    p.add_argument("--spread", action="store_true", help="harder near-duplicate data: groups lie between two "
+                   "topics and their members spread along that line, so some duplicate pairs straddle a "
+                   "k-means cluster border")
     p.add_argument("--out", default="bench-out/scale")
     p.add_argument("--keep", action="store_true", help="keep the generated parts")
     p.add_argument("--join", action="store_true", help="also time the score job's clip/score join (a hash "
@@ -246,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.adapter import init_ray
 
     init_ray()
-    near = D.NearDupConfig(cluster_rows=a.cluster_rows)
+    near = D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None)
     results = []
     for n in sizes:
         src = root / f"n{n}" / "scored"
         shutil.rmtree(root / f"n{n}", ignore_errors=True)
         t = time.perf_counter()
-        parts = make_run(src, n)
+        parts = make_run(src, n, spread=a.spread)
         gen = time.perf_counter() - t
         r = {"clips": n, "parts": parts, "generate_seconds": gen, **_decide(src, root / f"n{n}" / "filtered",
                                                                            filters.DEFAULT, near)}
@@ -266,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in r.items() if k != "funnel"}, default=float), flush=True)
         if not a.keep:
             shutil.rmtree(root / f"n{n}", ignore_errors=True)
-    print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}), "
+    print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}, "
+          f"border margin {a.border_margin:g}, data {'spread' if a.spread else 'tight'}), "
           f"{os.cpu_count()} CPUs")
     print("| clips | parts | decide s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
