@@ -65,6 +65,7 @@ from jobs import flags, presets
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
+WRITE_ROWS = 256  # captions per part (what a kill loses per writer in flight)
 STATS_DIR = ("_stats", STAGE)  # OUT/_stats/caption: per-actor timing files
 
 
@@ -234,7 +235,9 @@ def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
                    Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus, concurrency=cfg.concurrency,
                              batch_size=bs))
     # the workers write the parts; the driver only sums their counts
-    ds = map_task(ds, functools.partial(_write_part, out=out, h=h), Resources(num_cpus=0.1, concurrency=0))
+    # writer batches of WRITE_ROWS: parts of a few hundred captions, not one per model batch
+    ds = map_task(ds, functools.partial(_write_part, out=out, h=h),
+                  Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
     t0 = time.perf_counter()
     ok = err = 0
     for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -48,10 +48,11 @@ from curate.storage import (
 )
 from curate.weights import expand
 from jobs import flags, presets
-from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
+from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, row_counts, scored_part
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
+WRITE_ROWS = 512  # clips per score part (what a kill loses per writer in flight)
 PRESETS = {name: preset.score for name, preset in presets.PRESETS.items()}
 
 
@@ -143,8 +144,9 @@ def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
                    Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
                              concurrency=job.concurrency, batch_size=job.batch_size))
     # the workers write the score parts; the driver only sums their row counts
+    # writer batches of WRITE_ROWS: score parts of a few hundred rows, not one per model batch
     ds = map_task(ds, functools.partial(_write_scores, scores_dir=scores_dir, root=root, h=scoring_hash(cfg)),
-                  Resources(num_cpus=0.1, concurrency=0))
+                  Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
     return sum(sum(b.column("rows").to_pylist()) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
 
 
@@ -197,8 +199,9 @@ def main(job: ScoreJob) -> dict[str, Any]:
     clip_parts = part_files(job.input)
     if not clip_parts:
         raise UsageError(f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first")
-    n_clips = rows_in(clip_parts)  # from the footers: no rows read
     init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
+    counts = row_counts(clip_parts)  # from the footers, read by Ray tasks: no rows
+    n_clips = sum(counts)
     # the workers read the clip parts and skip clips scored before; the driver sees counts
     finished = ray.remote(finished_ids).remote(finished_score_parts(scores_dir, root, job.score), job.score)
     todo = map_task(read_parts_dataset(clip_parts), functools.partial(pending, finished=finished),
@@ -211,7 +214,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     n_parts = max(1, -(-n_clips // job.part_rows))
     outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]
     join_scores(clip_parts, finished_score_parts(scores_dir, root, job.score), SCORE_PART_COLUMNS,
-                functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs)
+                functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs, clip_counts=counts)
     for stale in set(_parts(out)) - set(outputs):  # a previous run with more parts
         storage.delete(stale)
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
@@ -222,14 +225,6 @@ def main(job: ScoreJob) -> dict[str, Any]:
     print(format_funnel(report))
     print(f"funnel: {funnel_path}")
     return report
-
-
-def rows_in(paths: Sequence[str]) -> int:
-    """Rows of Parquet parts, from their footers (no data read)."""
-    import pyarrow.parquet as pq
-
-    return sum(pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows
-               for p in paths)
 
 
 def build_parser() -> argparse.ArgumentParser:

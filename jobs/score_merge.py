@@ -61,24 +61,62 @@ def _out(tables: list[pa.Table], buckets: int) -> tuple | pa.Table:
     return tuple(tables) if buckets > 1 else tables[0]
 
 
-@ray.remote
-def _map_clips(path: str, skip: list[str], buckets: int):
+MIN_MAP_ROWS = 20_000  # rows per map task at least: few, large shuffle objects
+MIN_OBJECT_ROWS = 256  # rows per shuffle object at least, so none is small enough for Ray to
+# inline into its owner (the driver): inlined objects would live in the driver's memory
+
+
+def _footer_rows(paths: list[str]) -> list[int]:
     import pyarrow.parquet as pq
 
     from curate import storage
 
-    fs, local = storage.filesystem(path)
-    have = pq.read_schema(local, filesystem=fs).names
-    # the score group comes from the score side: not read, not shuffled
-    table = conform(read_columns(path, [c for c in have if c not in skip]), CLIP_SCHEMA)
-    return _out(split_by_bucket(table, buckets), buckets)
+    return [pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows for p in paths]
+
+
+def row_counts(paths: Sequence[str], chunk: int = 256) -> list[int]:
+    """Rows of each part from its footer, read by Ray tasks in chunks (on object storage a
+    footer is a request: the driver would wait on them one by one)."""
+    task = ray.remote(num_cpus=0.25)(_footer_rows)
+    got = ray.get([task.remote(list(paths[i:i + chunk])) for i in range(0, len(paths), chunk)])
+    return [n for g in got for n in g]
+
+
+def group_parts(paths: Sequence[str], counts: Sequence[int], rows: int) -> list[list[int]]:
+    """Consecutive parts grouped into map tasks of at least `rows` rows (indices into paths)."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for i, n in enumerate(counts):
+        if total >= rows:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return [g for g in groups if g]
 
 
 @ray.remote
-def _map_scores(path: str, order: int, columns: list[str], buckets: int):
-    t = read_columns(path, columns)
-    t = t.append_column(ORDER, pa.array(np.full(t.num_rows, order, np.int64)))
-    return _out(split_by_bucket(t, buckets), buckets)
+def _map_clips(paths: list[str], skip: list[str], buckets: int):
+    import pyarrow.parquet as pq
+
+    from curate import storage
+
+    tables = []
+    for path in paths:
+        fs, local = storage.filesystem(path)
+        have = pq.read_schema(local, filesystem=fs).names
+        # the score group comes from the score side: not read, not shuffled
+        tables.append(conform(read_columns(path, [c for c in have if c not in skip]), CLIP_SCHEMA))
+    return _out(split_by_bucket(pa.concat_tables(tables), buckets), buckets)
+
+
+@ray.remote
+def _map_scores(paths: list[str], orders: list[int], columns: list[str], buckets: int):
+    tables = []
+    for path, order in zip(paths, orders):
+        t = read_columns(path, columns)
+        tables.append(t.append_column(ORDER, pa.array(np.full(t.num_rows, order, np.int64))))
+    return _out(split_by_bucket(pa.concat_tables(tables), buckets), buckets)
 
 
 @ray.remote
@@ -97,16 +135,23 @@ def _reduce(merge: Callable[[pa.Table, pa.Table], pa.Table], dst: str, n_clips: 
 
 
 def join_scores(clip_parts: Sequence[str], score_parts: Sequence[str], score_columns: list[str],
-                merge: Callable[[pa.Table, pa.Table | None], pa.Table], outputs: Sequence[str]) -> int:
+                merge: Callable[[pa.Table, pa.Table | None], pa.Table], outputs: Sequence[str],
+                clip_counts: Sequence[int] | None = None) -> int:
     """Write `outputs[b]` = merge(clip rows of bucket b, their score rows); returns rows written.
 
     `score_parts` are oldest first. `merge` runs in the reduce tasks (a module-level function).
+    Parts are grouped into map tasks of enough rows that every shuffle object holds at least
+    MIN_OBJECT_ROWS rows: the driver holds refs, never rows. `clip_counts`: rows per clip part
+    when the caller has them.
     """
     buckets = len(outputs)
+    per_map = max(MIN_MAP_ROWS, MIN_OBJECT_ROWS * buckets)
     skip = [c for c in score_columns if c not in (CLIP_ID, STATUS, ERROR, FAILED_STAGE)]
-    clips = [_map_clips.options(num_returns=buckets).remote(p, skip, buckets) for p in clip_parts]
-    scores = [_map_scores.options(num_returns=buckets).remote(p, i, score_columns, buckets)
-              for i, p in enumerate(score_parts)]
+    counts = list(clip_counts) if clip_counts is not None else row_counts(clip_parts)
+    clips = [_map_clips.options(num_returns=buckets).remote([clip_parts[i] for i in g], skip, buckets)
+             for g in group_parts(clip_parts, counts, per_map)]
+    scores = [_map_scores.options(num_returns=buckets).remote([score_parts[i] for i in g], g, score_columns, buckets)
+              for g in group_parts(score_parts, row_counts(score_parts), per_map)]
 
     def nth(refs, b):
         return refs if buckets == 1 else refs[b]

@@ -187,7 +187,8 @@ def join_step(src: Path, root: Path) -> dict:
     dst = root / "joined"
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    outputs = [str(dst / f"part-{k:05d}.parquet") for k in range(len(parts))]
+    n = sum(pq.read_metadata(p).num_rows for p in parts)
+    outputs = [str(dst / f"part-{k:05d}.parquet") for k in range(max(1, -(-n // 50_000)))]  # the job's part_rows
     load = os.getloadavg()[0]
     t = time.perf_counter()
     with PeakRSS() as rss:  # the scored parts serve as both sides: clip rows and score rows
