@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_preset(p, sorted(PRESET_FILTERS))
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
                    help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
+    p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
+                   help="border pass: kept clips within this many pair bounds of their second-nearest cluster "
+                        "are compared there too (0: no border pass; inf: every kept clip)")
     flags.add_ray(p)
     return p
 
@@ -132,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(a: argparse.Namespace) -> FilterJob:
     """Every check that needs no Ray."""
     flags.check_int("--cluster-rows", a.cluster_rows, 1, "e.g. --cluster-rows 2000")
+    flags.check_float("--border-margin", a.border_margin, 0, fix="pass --border-margin 1 (the default)")
     flags.quiet_logs(a.verbose)
     return FilterJob(input=flags.canonical(a.input), output=flags.canonical(a.output),
-                     filters=PRESET_FILTERS[a.preset], near=D.NearDupConfig(cluster_rows=a.cluster_rows),
+                     filters=PRESET_FILTERS[a.preset], near=D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None),
                      address=a.address)
 
 

@@ -49,6 +49,7 @@ GOOD = {
     "train": ["--input", "synthetic:4", "--output", "{o}/dit", "--device", "cpu"],
     "sample": ["--input", "{o}/run", "--prompt", "a cat", "--output", "{o}/s.mp4"],
     "report": ["--output", "{o}"],
+    "filter": ["--input", "{o}/scored", "--output", "{o}/filtered"],
 }
 
 BAD = [
@@ -97,6 +98,9 @@ BAD = [
     ("sample", ["--steps", "0"], "--steps must be >= 1, got 0"),
     ("report", ["--output", "{o}/missing"], "must be an existing run folder"),
     ("report", ["--max-previews", "-1"], "--max-previews must be >= 0, got -1"),
+    ("filter", ["--cluster-rows", "0"], "--cluster-rows must be >= 1, got 0"),
+    ("filter", ["--border-margin", "-1"], "--border-margin must be >= 0, got -1"),
+    ("filter", ["--preset", "huge"], "invalid choice"),
 ]
 if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda.is_available():
     BAD += [("train", ["--device", "cuda"], "needs a CUDA GPU"), ("sample", ["--device", "cuda"], "needs a CUDA GPU")]
@@ -241,3 +245,12 @@ def test_errors_by_reason_groups_without_file_names():
     groups = Counter(map(error_key, reasons))
     assert len(groups) == 3 and set(groups.values()) == {2, 1}
     assert "sharpness >= 100: sharpness=43.2" in groups  # numbers are not file names
+
+
+def test_filter_border_margin_reaches_the_decisions(out):
+    from jobs import filter as job_filter
+
+    base = [a.replace("{o}", str(out)) for a in GOOD["filter"]]
+    assert job_filter.parse_args([*base, "--border-margin", "0"]).near.border_margin is None  # 0: no border pass
+    assert job_filter.parse_args([*base, "--border-margin", "inf"]).near.border_margin == float("inf")
+    assert job_filter.parse_args([*base, "--cluster-rows", "500"]).near.cluster_rows == 500
