@@ -243,6 +243,11 @@ def stem(uri: PathLike) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+def list_parts(directory: PathLike) -> list[str]:
+    """The part-*.parquet files directly in a folder or prefix, sorted (names only: O(files))."""
+    return sorted(p for p in list_files(directory, ".parquet") if basename(p).startswith("part-"))
+
+
 def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table:
     """All `*.parquet` parts of a directory or prefix as one table (hidden temporary files ignored)."""
     parts = list_files(directory, ".parquet")
@@ -304,7 +309,7 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
 __all__ = [
     "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
-    "join", "list_files", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
+    "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
     "read_bytes", "read_json", "read_parts", "read_table", "scheme", "stem", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

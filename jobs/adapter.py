@@ -143,13 +143,6 @@ def run_tasks(fn: Callable[..., Any], items: list[Any], *args: Any, num_cpus: fl
     return ray.get([remote.remote(item, *args) for item in items])
 
 
-def part_files(folder: str) -> list[str]:
-    """The part-*.parquet files directly in a folder or prefix (names only: O(files))."""
-    from curate import storage
-
-    return sorted(p for p in storage.list_files(folder, ".parquet") if storage.basename(p).startswith("part-"))
-
-
 def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
                        schema: pa.Schema | None = None) -> ray.data.Dataset:
     """A Dataset over Parquet parts that the workers read (local or object storage).
@@ -167,6 +160,21 @@ def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
     # missing from an older part comes back null
     return ray.data.read_parquet([storage.filesystem(p)[1] for p in paths], filesystem=fs,
                                  schema=pa.schema([schema.field(c) for c in columns])).select_columns(columns)
+
+
+def _footer_rows(paths: list[str]) -> list[int]:
+    import pyarrow.parquet as pq
+
+    from curate import storage
+
+    return [pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows for p in paths]
+
+
+def row_counts(paths: list[str], chunk: int = 256) -> list[int]:
+    """Rows of each part from its footer, read by Ray tasks in chunks (on object storage a
+    footer is a request: the driver would wait on them one by one)."""
+    got = run_tasks(_footer_rows, [list(paths[i:i + chunk]) for i in range(0, len(paths), chunk)], num_cpus=0.25)
+    return [n for g in got for n in g]
 
 
 def _clip_ids_of(paths: list[str]) -> frozenset[str]:

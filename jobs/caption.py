@@ -115,9 +115,7 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
     config is deleted, and its clips are captioned again: O(files), no rows read.
     """
     finished = []
-    for part in storage.list_files(out, ".parquet"):
-        if not storage.basename(part).startswith("part-"):
-            continue
+    for part in storage.list_parts(out):
         if is_done(out, STAGE, storage.stem(part).removeprefix("part-"), cfg_hash):
             finished.append(part)
         else:
@@ -147,14 +145,14 @@ def _model_wait(out: str) -> dict[str, float]:
 
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
-    from jobs.adapter import clip_ids_ref, init_ray, part_files, read_parts_dataset
+    from jobs.adapter import clip_ids_ref, init_ray, read_parts_dataset
 
     t0 = time.perf_counter()
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
     out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
-    inputs = part_files(cfg.input)
+    inputs = storage.list_parts(cfg.input)
     if not inputs:
         raise UsageError(f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first")
     h = caption_hash(cfg.caption)

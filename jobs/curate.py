@@ -38,7 +38,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate import decide as D
 from curate import filters, storage
@@ -98,17 +97,13 @@ def _part_key(ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
 
 
-def _parts(folder: str) -> list[str]:
-    return [p for p in storage.list_files(folder, ".parquet") if storage.basename(p).startswith("part-")]
-
-
 def _key(part: str) -> str:
     return storage.basename(part).removeprefix("part-").removesuffix(".parquet")
 
 
 def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
     """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
-    return [p for p in _parts(folder) if is_done(root, stage, _key(p), h)]
+    return [p for p in storage.list_parts(folder) if is_done(root, stage, _key(p), h)]
 
 
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
@@ -231,7 +226,7 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
 
     scored = storage.join(out, "scored")
     finished = set(finished_parts(scored, out, SCORED_STAGE, h))
-    for stale in _parts(scored):  # a part whose marker never came, or another config
+    for stale in storage.list_parts(scored):  # a part whose marker never came, or another config
         if stale not in finished:
             storage.delete(stale)
     if not finished:
@@ -258,7 +253,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     done = clip_ids_ref(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
-    ds = read_parts_dataset(_parts(storage.join(out, "scored")), columns)
+    ds = read_parts_dataset(storage.list_parts(storage.join(out, "scored")), columns)
     ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
     ds = map_stage(ds, CaptionStage, preset.caption,
@@ -282,7 +277,7 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
 
     captions = storage.join(out, "captions")
     finished = finished_parts(captions, out, WRITE_STAGE, h2)
-    for stale in set(_parts(captions)) - set(finished):
+    for stale in set(storage.list_parts(captions)) - set(finished):
         storage.delete(stale)
     shards: list[dict] = []
     captioned = 0
@@ -294,12 +289,6 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
     psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"],
             "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None}  # as jobs.encode's summary
-
-
-def _rows_in(folder: str) -> int:
-    """Rows of a folder's parts, from their footers (no data read)."""
-    return sum(pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows
-               for p in _parts(folder))
 
 
 def _manifest_meta(preset: Preset) -> dict:
@@ -341,7 +330,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     import ray
 
-    from jobs.adapter import init_ray
+    from jobs.adapter import init_ray, row_counts
 
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
@@ -351,13 +340,13 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     p1 = phase1(cfg, preset, inputs, out, h)
     report = decide(preset, out, h)
     # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
-    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in _parts(storage.join(out, "scored"))]})
+    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(storage.join(out, "scored"))]})
     p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
                **{k: v for k, v in p1.items() if k != "stage_seconds"},
                **{k: v for k, v in p2.items() if k != "stage_seconds"},
                "stage_seconds": {**p1["stage_seconds"], **p2["stage_seconds"]},
-               "clips": _rows_in(storage.join(out, "clips")), "scored": report["clips_in"], "kept": report["kept"],
+               "clips": sum(row_counts(storage.list_parts(storage.join(out, "clips")))), "scored": report["clips_in"], "kept": report["kept"],
                **finalize(out, h2, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(summary, storage.join(out, "summary", "curate.json"))

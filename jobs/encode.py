@@ -95,8 +95,7 @@ def part_key(clip_ids: list[str], cfg_hash: str) -> str:
 
 
 def _index_parts(out: str) -> list[str]:
-    return [p for p in storage.list_files(storage.join(out, INDEX), ".parquet")
-            if storage.basename(p).startswith("part-")]
+    return storage.list_parts(storage.join(out, INDEX))
 
 
 def _key(part: str) -> str:
@@ -236,7 +235,6 @@ def main(cfg: EncodeJobConfig) -> dict:
         init_ray,
         map_stage,
         map_task,
-        part_files,
         read_parts_dataset,
         run_tasks,
     )
@@ -246,7 +244,7 @@ def main(cfg: EncodeJobConfig) -> dict:
     check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
     flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
-    inputs = part_files(cfg.input)  # names only: the workers read the rows
+    inputs = storage.list_parts(cfg.input)  # names only: the workers read the rows
     if not inputs:
         raise UsageError(f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
                          "(Parquet files with other names); pass OUT/captions")

@@ -42,7 +42,7 @@ class FilterJob:
 
 def scored_parts(directory: str) -> list[str]:
     """The scored parts (part-*.parquet) of a folder or prefix, local or object storage."""
-    parts = [p for p in storage.list_files(directory, ".parquet") if storage.basename(p).startswith("part-")]
+    parts = storage.list_parts(directory)
     if not parts:
         raise UsageError(f"--input must hold scored parts (part-*.parquet), found none in {str(directory)!r}; "
                          "run python -m jobs.score (or jobs.curate) first")
@@ -91,8 +91,8 @@ def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupCon
     funnel, written = decide_parts(parts, outputs, cfg, near, markers=markers)
     if src.rstrip("/") != dst.rstrip("/"):
         names = {storage.basename(p) for p in parts}
-        for stale in storage.list_files(dst, ".parquet"):  # a previous run over more parts
-            if storage.basename(stale).startswith("part-") and storage.basename(stale) not in names:
+        for stale in storage.list_parts(dst):  # a previous run over more parts
+            if storage.basename(stale) not in names:
                 storage.delete(stale)
     return funnel, len(written)
 
@@ -138,7 +138,8 @@ def config_from_args(a: argparse.Namespace) -> FilterJob:
     flags.check_float("--border-margin", a.border_margin, 0, fix="pass --border-margin 1 (the default)")
     flags.quiet_logs(a.verbose)
     return FilterJob(input=flags.canonical(a.input), output=flags.canonical(a.output),
-                     filters=PRESET_FILTERS[a.preset], near=D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None),
+                     filters=PRESET_FILTERS[a.preset], near=D.NearDupConfig(cluster_rows=a.cluster_rows,
+                                          border_margin=a.border_margin or None),
                      address=a.address)
 
 

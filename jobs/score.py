@@ -48,7 +48,7 @@ from curate.storage import (
 )
 from curate.weights import expand
 from jobs import flags, presets
-from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, row_counts, scored_part
+from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
@@ -80,15 +80,10 @@ def _part_key(clip_ids: Sequence[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
 
 
-def _parts(directory: str) -> list[str]:
-    """part-*.parquet directly in a folder or prefix (local or object storage)."""
-    return [p for p in storage.list_files(directory, ".parquet") if storage.basename(p).startswith("part-")]
-
-
 def finished_score_parts(scores_dir: str, root: str, cfg: score.ScoreConfig) -> list[str]:
     """Score parts with a marker under the current scoring config, oldest first (names only)."""
     h = scoring_hash(cfg)
-    parts = sorted(_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))
+    parts = sorted(storage.list_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))
     return [p for p in parts if is_done(root, STAGE, storage.stem(p).removeprefix("part-"), h)]
 
 
@@ -187,7 +182,7 @@ def format_funnel(report: dict[str, Any]) -> str:
 def main(job: ScoreJob) -> dict[str, Any]:
     import ray
 
-    from jobs.adapter import Resources, init_ray, map_task, part_files, read_parts_dataset
+    from jobs.adapter import Resources, init_ray, map_task, read_parts_dataset, row_counts
     from jobs.filter import decide_dir
 
     filters.check_config(job.score.filters)
@@ -196,7 +191,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     root = storage.parent(out)
     scores_dir = storage.join(out, "_scores")
     check_writable(out)
-    clip_parts = part_files(job.input)
+    clip_parts = storage.list_parts(job.input)
     if not clip_parts:
         raise UsageError(f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first")
     init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
@@ -215,7 +210,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]
     join_scores(clip_parts, finished_score_parts(scores_dir, root, job.score), SCORE_PART_COLUMNS,
                 functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs, clip_counts=counts)
-    for stale in set(_parts(out)) - set(outputs):  # a previous run with more parts
+    for stale in set(storage.list_parts(out)) - set(outputs):  # a previous run with more parts
         storage.delete(stale)
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
     funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)

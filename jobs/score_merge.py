@@ -41,6 +41,7 @@ from curate.schema import (
     set_columns,
     validate,
 )
+from jobs.adapter import row_counts
 
 SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]  # what the score parts hold
 ORDER = "_order"  # position of a score part, oldest first: a newer score row wins in the merge
@@ -64,22 +65,6 @@ def _out(tables: list[pa.Table], buckets: int) -> tuple | pa.Table:
 MIN_MAP_ROWS = 20_000  # rows per map task at least: few, large shuffle objects
 MIN_OBJECT_ROWS = 256  # rows per shuffle object at least, so none is small enough for Ray to
 # inline into its owner (the driver): inlined objects would live in the driver's memory
-
-
-def _footer_rows(paths: list[str]) -> list[int]:
-    import pyarrow.parquet as pq
-
-    from curate import storage
-
-    return [pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows for p in paths]
-
-
-def row_counts(paths: Sequence[str], chunk: int = 256) -> list[int]:
-    """Rows of each part from its footer, read by Ray tasks in chunks (on object storage a
-    footer is a request: the driver would wait on them one by one)."""
-    task = ray.remote(num_cpus=0.25)(_footer_rows)
-    got = ray.get([task.remote(list(paths[i:i + chunk])) for i in range(0, len(paths), chunk)])
-    return [n for g in got for n in g]
 
 
 def group_parts(paths: Sequence[str], counts: Sequence[int], rows: int) -> list[list[int]]:

@@ -239,6 +239,14 @@ def curate_rss(root: Path, n: int) -> dict:
             "driver_peak_rss_mb": peak / 2**20, "load_1min": load}
 
 
+def _growth(results: list[dict], i: int, key: str) -> str:
+    """Growth exponent of `key` from the previous size: log(t2/t1) / log(N2/N1)."""
+    if not i:
+        return ""
+    a, b = results[i - 1], results[i]
+    return f"{math.log(b[key] / a[key]) / math.log(b['clips'] / a['clips']):.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated clip counts")
@@ -305,10 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| clips | parts | decide s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(results):
-        g = ""
-        if i:
-            prev = results[i - 1]
-            g = f"{math.log(r['seconds'] / prev['seconds']) / math.log(r['clips'] / prev['clips']):.2f}"
+        g = _growth(results, i, "seconds")
         print(f"| {r['clips']:,} | {r['parts']} | {r['seconds']:.1f} | {r['seconds_per_1e5']:.1f} | {g} | "
               f"{r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
     if a.join:
@@ -316,10 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| clips | join s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
         print("|---|---|---|---|---|---|")
         for i, r in enumerate(results):
-            g = ""
-            if i:
-                prev = results[i - 1]
-                g = f"{math.log(r['join_seconds'] / prev['join_seconds']) / math.log(r['clips'] / prev['clips']):.2f}"
+            g = _growth(results, i, "join_seconds")
             print(f"| {r['clips']:,} | {r['join_seconds']:.1f} | {r['join_seconds_per_1e5']:.1f} | {g} | "
                   f"{r['join_driver_peak_rss_mb']:.0f} | {r['join_load_1min']:.1f} |")
     for r in results:
