@@ -243,7 +243,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
 
     from captioner.stage import CaptionStage, attach_frames
     from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
-    from latents.encode import EncodeStage
+    from latents.encode import WRITE_ROWS, EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
     finished = finished_parts(storage.join(out, "captions"), out, WRITE_STAGE, h2)
@@ -261,9 +261,10 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     ds = map_task(ds, functools.partial(encode_prepare, cfg=preset.encode), task)
     ds = map_stage(ds, EncodeStage, preset.encode,
                    _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
-    # batches of up to a shard's rows: a writer task writes whole shards
+    # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer task holds its batch)
     ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard),
-                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0, batch_size=cfg.max_rows_per_shard))
+                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0,
+                            batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
     t0 = time.perf_counter()
     totals, timings = _drain(ds)
     return {"rows_phase2": totals.get("rows", 0), "phase2_seconds": round(time.perf_counter() - t0, 2),

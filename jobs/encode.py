@@ -5,7 +5,7 @@ One Ray Data streaming plan; the workers read and write every row, the driver co
   captions parts (read by the workers) ─▶ eligible clips not yet written (tasks)
      ─▶ decode tasks (once at the target fps, bucket crop/resize)
      ─▶ VAE + text encoder actors (`--actors`, `--gpus` each)
-     ─▶ writer tasks, one per batch of up to --max-rows-per-shard clips, each writing
+     ─▶ writer tasks, one per batch of up to min(--max-rows-per-shard, 256) clips, each writing
           OUT/latents/shard-<key>-NNNNN.parquet    the batch's encoded rows
           OUT/latents/_index/part-<key>.parquet    clip_id, status, failed_stage, error of every row
           OUT/latents/_done/encode/<key>           the marker, last; it carries the shard entries
@@ -55,7 +55,16 @@ from curate.storage import (
 )
 from curate.weights import local_repo, require
 from jobs import flags, presets
-from latents.encode import LTX, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeConfig, eligible_mask, manifest_meta
+from latents.encode import (
+    LTX,
+    ROUNDTRIP_PSNR,
+    SMOKE,
+    SMOKE_LTX,
+    WRITE_ROWS,
+    EncodeConfig,
+    eligible_mask,
+    manifest_meta,
+)
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, merge_manifest, read_manifest
 from latents.text import text_weights
@@ -81,7 +90,7 @@ class EncodeJobConfig:
     actor_cpus: float = 0.5  # per actor; < 1 so CPU prepare tasks still get a core on small machines
     prepare_concurrency: int = 0  # parallel decode tasks (0: Ray decides)
     batch_size: int = 8  # clips per actor call
-    max_rows_per_shard: int = 2048  # also the clips per writer batch (index part + marker)
+    max_rows_per_shard: int = 2048  # writer batches: min(this, WRITE_ROWS) clips (index part + marker)
     max_shard_bytes: int = 1 << 30
     row_group_rows: int = 64
     verbose: bool = False
@@ -267,10 +276,12 @@ def main(cfg: EncodeJobConfig) -> dict:
                       Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
         ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
                                                               concurrency=cfg.concurrency, batch_size=cfg.batch_size))
-        # batches of up to a shard's rows: a writer task writes whole shards; the driver sums counts
+        # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer holds its batch);
+        # the driver sums counts
         write = partial(write_batch, out=out, cfg_hash=cfg_hash, max_rows=cfg.max_rows_per_shard,
                         max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
-        ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0, batch_size=cfg.max_rows_per_shard))
+        ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0,
+                                           batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
         for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             new_rows += int(pc.sum(counts.column("rows")).as_py() or 0)
     finished = finished_batches(out, cfg_hash)
@@ -301,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_resources(p, actors=1, gpus=0.0, cpus=0.5)
     p.add_argument("--batch-size", type=int, default=8, help="clips per actor call")
     p.add_argument("--max-rows-per-shard", type=int, default=2048,
-                   help="rows per shard, and clips per writer batch (what a killed run redoes)")
+                   help="rows per shard at most (each writer batch of up to 256 clips writes its own shards)")
     p.add_argument("--max-shard-mb", type=int, default=1024)
     flags.add_device(p)
     flags.add_weights_dir(p)

@@ -34,6 +34,10 @@ from latents.vae import LTX_DEFAULT, LTX_SMOKE, WAN_DEFAULT, WAN_SMOKE, VAEConfi
 STAGE = "encode"
 # Intermediate columns (between prepare tasks and VAE actors; never written to shards).
 PIXELS = "_encode_pixels"  # (F, H, W, 3) uint8 raw bytes; shape in pixel_frames/height/width
+# important: clips per writer batch at most. A writer task holds its whole batch: at the default
+# preset's shapes one 81-frame 848x480 clip is a 16x21x60x106 bf16 latent, ~4.3 MB, so 256 clips
+# are ~1.1 GB (2048 would be ~8.7 GB); it is also what a kill redoes per writer in flight.
+WRITE_ROWS = 256
 ROUNDTRIP_PSNR = "_roundtrip_psnr"  # dB, on the sampled clips only
 
 _TEMPORAL = {"wan": 4, "ltx": 8}  # frame rule k (k*m + 1), known without loading weights
