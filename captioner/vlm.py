@@ -258,8 +258,17 @@ def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
     """The hub weights `load_vlm(source)` needs (none for smoke models and local folders)."""
     if source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir():  # a folder: the loader checks it
         return []
-    return [Weights(f"VLM {source}", source, files=("config.json", "tokenizer_config.json"),
+    return [Weights(f"VLM {source}", source, files=VLM_FILES, one_of=VLM_ONE_OF,
                     any_of=(("model.safetensors.index.json",), ("model.safetensors",)))]
+
+
+# Every file `load_vlm` opens (AutoConfig, AutoProcessor: image + video processor, tokenizer, chat
+# template; the model and its generation config), as a Hugging Face VLM repo holds them.
+# important: without generation_config.json, generate() stops only on the tokenizer's eos
+# (<|im_end|>), not on the checkpoint's list of end tokens, and uses no repo sampling defaults.
+VLM_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json")
+VLM_ONE_OF = (("preprocessor_config.json", "video_preprocessor_config.json"),
+              ("chat_template.json", "chat_template.jinja"))
 
 
 def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context: int | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from curate.errors import UsageError
-from curate.weights import Weights, expand, local_repo
+from curate.weights import Weights, expand, local_repo, subfolder_kwargs
 from latents.vae import SMOKE_CACHE, WAN_ID, TorchDtype
 
 
@@ -118,19 +118,15 @@ def pad_embedding(emb: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.T
     return out, mask
 
 
-def _resolve(source: str, sub: str) -> dict[str, Any]:
-    local = Path(source)
-    if local.is_dir() and not (local / sub).is_dir():
-        return {}
-    return {"subfolder": sub} if sub else {}
-
-
 def text_weights(cfg: TextConfig) -> list[Weights]:
     """The hub weights this config loads (none for smoke models and local folders)."""
     if cfg.smoke or Path(expand(cfg.source) or "").is_dir():  # a folder given as source: the loader checks it
         return []
     m, t = (f"{s}/" if s else "" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder))
+    # every file load_text_encoder opens: the encoder config + weights, the tokenizer (fast json or
+    # the sentencepiece model it is built from)
     return [Weights("text encoder", cfg.source, cfg.revision, files=(f"{m}config.json", f"{t}tokenizer_config.json"),
+                    one_of=((f"{t}tokenizer.json", f"{t}spiece.model"),),
                     any_of=((f"{m}model.safetensors",), (f"{m}model.safetensors.index.json",),
                             (f"{m}pytorch_model.bin",), (f"{m}pytorch_model.bin.index.json",)),
                     include=tuple(f"{s}*" for s in (m, t) if s))]
@@ -139,14 +135,15 @@ def text_weights(cfg: TextConfig) -> list[Weights]:
 def load_text_encoder(cfg: TextConfig) -> TextEncoder:
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    source = local_repo(cfg.source, cfg.weights_dir)  # `~` expanded; <weights_dir>/<hub id> when present
-    if cfg.smoke and not (Path(source) / cfg.model_subfolder / "config.json").is_file():
-        build_smoke_text_encoder(source)
+    if cfg.smoke and not (Path(cfg.source) / cfg.model_subfolder / "config.json").is_file():
+        build_smoke_text_encoder(cfg.source)
+    # the one weights rule (curate.weights): the check looked at the very same folder
+    source = local_repo(cfg.source, cfg.weights_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                  **_resolve(source, cfg.tokenizer_subfolder))
+                                                  **subfolder_kwargs(source, cfg.source, cfg.tokenizer_subfolder))
         model = UMT5EncoderModel.from_pretrained(source, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
-                                                 **_resolve(source, cfg.model_subfolder))
+                                                 **subfolder_kwargs(source, cfg.source, cfg.model_subfolder))
     except (OSError, ValueError) as e:
         fetch = Weights("", cfg.source, cfg.revision,
                         include=tuple(f"{s}/*" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder) if s))
