@@ -21,7 +21,9 @@ byte-level tokenizer built offline (ENVIRONMENT.md section 5 recipe); random, me
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -74,6 +76,15 @@ def text_config_from_manifest(manifest: dict[str, Any], **overrides: Any) -> Tex
     return replace(TextConfig(**cfg), **overrides)
 
 
+def prompt_clean(text: str) -> str:
+    """Wan 2.1's text cleaning before UMT5 (diffusers pipeline_wan.py `prompt_clean`, from Wan2.1):
+    ftfy.fix_text, html.unescape twice (doubly escaped web text), whitespace runs to one space."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
 class TextEncoder:
     """Tokenizer + encoder. See the module docstring for the contract."""
 
@@ -90,7 +101,9 @@ class TextEncoder:
         """Captions -> (emb [B, L, D] float32, zero past each caption's tokens; mask [B, L] bool)."""
         embs, masks = [], []
         for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(list(texts[i : i + self.batch_size]), padding="max_length",
+            # as the reference pipeline feeds UMT5: cleaned text (stored and live embeddings alike)
+            batch = [prompt_clean(t) for t in texts[i : i + self.batch_size]]
+            tok = self.tokenizer(batch, padding="max_length",
                                  max_length=self.info.max_length, truncation=True, return_tensors="pt")
             ids = tok["input_ids"].to(self.device)
             mask = tok["attention_mask"].to(self.device).bool()

@@ -55,7 +55,10 @@ class VAEConfig:
     revision: str | None = None
     dtype: TorchDtype = "float32"
     device: str = "auto"  # auto = cuda if available
-    tiling: bool = True  # spatial (and for LTX temporal) tiles keep memory bounded at high resolution
+    # important: off by default, as diffusers' Wan / LTX pipelines and Wan2.1 encode (tiles blend
+    # overlaps, so tiled latents differ from the reference encoder's); on: bounded memory at high
+    # resolution (README, "Weights and model inputs", for the measured untiled peak)
+    tiling: bool = False
     tile_px: int | None = None  # tile side in pixels (overlap 1/4); None: diffusers' default (Wan 256, LTX 512)
     slicing: bool = True  # one clip of a batch at a time through the VAE
     smoke: bool = False  # tiny random model: build it at `source` if missing
