@@ -61,7 +61,7 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand, require
-from jobs import flags, presets
+from jobs.runtime import flags, presets
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
@@ -145,7 +145,7 @@ def _model_wait(out: str) -> dict[str, float]:
 
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
-    from jobs.adapter import clip_ids_ref, init_ray, read_parts_dataset
+    from jobs.runtime.adapter import clip_ids_ref, init_ray, read_parts_dataset
 
     t0 = time.perf_counter()
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
@@ -185,7 +185,7 @@ def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
     Similar frame counts next to each other, so model batches share a frame count; the
     sort is per block (a global sort would be a barrier across the whole run).
     """
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     ids = resolve(done)
     todo = batch.filter(_kept(batch))
@@ -200,7 +200,7 @@ def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
 def _count(ds: Any, done: Any) -> dict[str, int]:
     """Rows, kept clips and kept clips already captioned, counted by the workers."""
     def count(batch: pa.Table) -> pa.Table:
-        from jobs.adapter import resolve
+        from jobs.runtime.adapter import resolve
 
         ids = resolve(done)
         kept = batch.filter(_kept(batch)).column(CLIP_ID).to_pylist()
@@ -221,7 +221,7 @@ def need_of(cfg: CaptionJobConfig) -> flags.Need:
 
 
 def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
-    from jobs.adapter import Resources, map_stage, map_task
+    from jobs.runtime.adapter import Resources, map_stage, map_task
 
     stats_dir = storage.join(out, *STATS_DIR)
     for f in _stats_files(out):

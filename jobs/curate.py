@@ -6,7 +6,7 @@ Phase 1, one Ray Data streaming plan:
      ─▶ CLIP actors ─▶ writer tasks: OUT/scored/part-<key>.parquet + marker
 
 Then the run-level decisions (exact and near duplicates across videos, percentile
-thresholds, absolute rules), distributed over the scored parts by `jobs/decide.py`: the code
+thresholds, absolute rules), distributed over the scored parts by `jobs/runtime/decide.py`: the code
 `python -m jobs.filter` re-decides with.
 
 Phase 2, a second streaming plan over the kept clips only (read by the workers):
@@ -55,9 +55,9 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand
-from jobs import flags
-from jobs.inputs import list_inputs
-from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
+from jobs.runtime import flags
+from jobs.runtime.inputs import list_inputs
+from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 
 SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
 WRITE_STAGE = "curate-write"  # markers of phase-2 parts (OUT/captions + shards), with shard entries
@@ -108,7 +108,7 @@ def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
 
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
     """Probe + split one video (or reuse its finished split), minus clips already scored."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
     from jobs.split import process_one  # the same parts and markers as jobs.split
 
     done = resolve(done)
@@ -135,7 +135,7 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
 
 def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
     """Phase-2 input: kept clips not yet in a finished captions part."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(done)
     kept = pc.fill_null(batch.column(S.KEPT), False).to_pylist()
@@ -178,7 +178,7 @@ def _stage_timings(stats: str) -> dict[str, float]:
 
 
 def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
-    from jobs.adapter import Resources
+    from jobs.runtime.adapter import Resources
 
     # important: an actor step asking for the same CPUs as the task before it gets fused
     # into it by Ray Data; different CPU asks keep decoding out of the model actors.
@@ -200,7 +200,7 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     import ray
 
     from curate import score, score_frames
-    from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task
+    from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task
 
     if preset.score.smoke:
         score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
@@ -242,7 +242,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     """Caption and encode the kept clips only; workers write captions parts and shards."""
 
     from captioner.stage import CaptionStage, attach_frames
-    from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
+    from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
     from latents.encode import WRITE_ROWS, EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
@@ -331,7 +331,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     import ray
 
-    from jobs.adapter import init_ray, row_counts
+    from jobs.runtime.adapter import init_ray, row_counts
 
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():

@@ -54,7 +54,7 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import local_repo, require
-from jobs import flags, presets
+from jobs.runtime import flags, presets
 from latents.encode import (
     LTX,
     ROUNDTRIP_PSNR,
@@ -129,7 +129,7 @@ def finished_batches(out: str, cfg_hash: str) -> dict[str, dict[str, Any]]:
 
 def _count_input(part: str, done: Any) -> Counter:
     """Ray task: one input part's rows, eligible rows and eligible rows already written."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(done)
     t = storage.read_table(part, columns=COUNT_COLUMNS)
@@ -146,7 +146,7 @@ def _count_errors(part: str) -> Counter:
 
 def _todo(batch: pa.Table, done: Any) -> pa.Table:
     """Plan step (tasks): the eligible clips of an input block that no finished batch holds."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(done)
     ids = batch.column(S.CLIP_ID).to_pylist()
@@ -238,7 +238,7 @@ def _meta(enc: EncodeConfig, out: str, cfg_hash: str, reuse: bool) -> dict[str, 
 
 
 def main(cfg: EncodeJobConfig) -> dict:
-    from jobs.adapter import (
+    from jobs.runtime.adapter import (
         Resources,
         clip_ids_ref,
         init_ray,

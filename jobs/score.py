@@ -6,8 +6,8 @@ Ray Data plan (streaming; the workers read the clip parts, the driver lists file
             ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
             ─▶ writer tasks: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
 then every clip row joined with its score row by a hash shuffle on clip_id in Ray tasks
-(`jobs/score_merge.py`), which write OUT/scored/part-*.parquet, and the run-level decisions
-(exact/near dedup, percentile and absolute rules), distributed by `jobs/decide.py` (the code
+(`jobs/runtime/score_merge.py`), which write OUT/scored/part-*.parquet, and the run-level decisions
+(exact/near dedup, percentile and absolute rules), distributed by `jobs/runtime/decide.py` (the code
 `python -m jobs.filter` uses): every clip, kept or not, with reasons + OUT/scored/_funnel.json.
 The driver holds file names, object refs and counts: O(files), not O(clips).
 
@@ -47,8 +47,8 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand
-from jobs import flags, presets
-from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
+from jobs.runtime import flags, presets
+from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
@@ -106,7 +106,7 @@ def finished_ids(paths: Sequence[str], cfg: score.ScoreConfig) -> frozenset[str]
 
 def pending(batch: pa.Table, finished: Any) -> pa.Table:
     """Map task: ok clips of a block without a usable score row, once per clip_id."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(finished)
     ids = batch.column(CLIP_ID).to_pylist()
@@ -122,7 +122,7 @@ def pending(batch: pa.Table, finished: Any) -> pa.Table:
 
 def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
     """Stream the pending clips (a Dataset the workers read) through CPU tasks and the model pool."""
-    from jobs.adapter import Resources, map_stage, map_task
+    from jobs.runtime.adapter import Resources, map_stage, map_task
 
     cfg = job.score
     if cfg.smoke:
@@ -182,8 +182,8 @@ def format_funnel(report: dict[str, Any]) -> str:
 def main(job: ScoreJob) -> dict[str, Any]:
     import ray
 
-    from jobs.adapter import Resources, init_ray, map_task, read_parts_dataset, row_counts
     from jobs.filter import decide_dir
+    from jobs.runtime.adapter import Resources, init_ray, map_task, read_parts_dataset, row_counts
 
     filters.check_config(job.score.filters)
     score.check_weights(job.score)

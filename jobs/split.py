@@ -40,8 +40,8 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from jobs import flags
-from jobs.inputs import list_inputs
+from jobs.runtime import flags
+from jobs.runtime.inputs import list_inputs
 
 STAGE = "split"
 SUMMARY_SCHEMA = pa.schema(
@@ -133,7 +133,7 @@ def summarize(rows: list[dict], out: str, wall: float) -> dict:
 def main(cfg: SplitJobConfig) -> dict:
     import ray
 
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
     check_writable(cfg.output)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from curate import storage
 from curate.errors import UsageError
 from curate.storage import check_writable
-from jobs import flags, presets
+from jobs.runtime import flags, presets
 from latents import run_sync
 from latents.dit.train import TrainConfig, longest_sample, train
 
@@ -150,7 +150,7 @@ def run_distributed(cfg: TrainConfig, shards: str, out: str, workers: int, use_g
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     init_ray(address, quiet=not verbose, need=need_of(workers, use_gpu))
     threads = 1 if use_gpu else max(1, (os.cpu_count() or 1) // workers)

@@ -5,7 +5,7 @@ ships for the default CLIP), with only its depth cut, random weights, and saved 
 layout its real weights have, so the project's own loaders read it: an open_clip local dir, a
 Qwen2.5-VL-7B-Instruct model folder (config.json, preprocessor_config.json, tokenizer, chat
 template, safetensors), and a Wan2.1 Diffusers pipeline folder (`vae/`, `text_encoder/`,
-`tokenizer/`). `real_shape_preset(root)` is `jobs.presets.DEFAULT` with `dataclasses.replace`
+`tokenizer/`). `real_shape_preset(root)` is `jobs.runtime.presets.DEFAULT` with `dataclasses.replace`
 pointing its sources at those folders; widths, buckets, frame rules, dtypes and normalisation
 constants stay those of the real preset. Outputs are meaningless (random weights).
 """
@@ -24,7 +24,7 @@ import torch
 
 from captioner import stage as caption_stage
 from curate import score
-from jobs import presets
+from jobs.runtime import presets
 
 CONFIGS = Path(__file__).resolve().parent / "real_configs"
 QWEN = CONFIGS / "qwen2_5_vl_7b_instruct"

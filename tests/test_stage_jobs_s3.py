@@ -16,7 +16,7 @@ from curate import schema as S
 from curate import storage
 from curate.errors import UsageError
 from curate.synth import Segment, make_video
-from jobs import flags
+from jobs.runtime import flags
 from tests.media import two_shot_video
 
 BUCKET = "tubelet-stages"

@@ -35,7 +35,6 @@ from curate import schema as S
 from curate import storage
 from curate.errors import UsageError, one_line
 from curate.storage import write_json_atomic
-from jobs import flags
 from jobs.report import html as report_html
 from jobs.report.fold import (
     SCORE_COLUMNS,
@@ -48,6 +47,7 @@ from jobs.report.fold import (
 )
 from jobs.report.media import Line, clip_preview, preview_name, score_histogram
 from jobs.report.outputs import RunOutputs, ScoredTally
+from jobs.runtime import flags
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
