@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ from captioner.stage import (
     caption_hash,
     planned_frames,
 )
-from curate import storage
+from curate import layout, storage
 from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
@@ -66,7 +65,6 @@ from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 WRITE_ROWS = 256  # captions per part (what a kill loses per writer in flight)
-STATS_DIR = ("_stats", STAGE)  # OUT/_stats/caption: per-actor timing files
 
 
 @dataclass(frozen=True)
@@ -103,11 +101,6 @@ class TimedCaptionStage(CaptionStage):
         return out
 
 
-def _part_name(clip_ids: list[str]) -> str:
-    h = hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=8).hexdigest()
-    return f"part-{h}.parquet"
-
-
 def finished_parts(out: str, cfg_hash: str) -> list[str]:
     """Caption parts with a marker under this config; every other part is removed.
 
@@ -116,7 +109,7 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
     """
     finished = []
     for part in storage.list_parts(out):
-        if is_done(out, STAGE, storage.stem(part).removeprefix("part-"), cfg_hash):
+        if is_done(layout.run_root(out), STAGE, layout.key_of(part), cfg_hash):
             finished.append(part)
         else:
             storage.delete(part)
@@ -124,7 +117,7 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
 
 
 def _stats_files(out: str) -> list[str]:
-    return [f for f in storage.list_files(storage.join(out, *STATS_DIR), ".json")
+    return [f for f in storage.list_files(layout.stats_dir(layout.run_root(out), STAGE), ".json")
             if storage.basename(f).startswith("actor-")]
 
 
@@ -223,7 +216,7 @@ def need_of(cfg: CaptionJobConfig) -> flags.Need:
 def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
     from jobs.runtime.adapter import Resources, map_stage, map_task
 
-    stats_dir = storage.join(out, *STATS_DIR)
+    stats_dir = layout.stats_dir(layout.run_root(out), STAGE)
     for f in _stats_files(out):
         storage.delete(f)
     bs = cfg.caption.batch_size
@@ -248,10 +241,10 @@ def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Writer task: one caption part, then its marker; returns (ok, error) counts."""
     if batch.num_rows == 0:
         return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
-    name = _part_name(batch.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(batch, storage.join(out, name))
+    key = layout.part_key(batch.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(batch, layout.part_path(out, key))
     # important: the marker after the part; a part without one is redone on the next run
-    mark_done(out, STAGE, storage.stem(name).removeprefix("part-"), h, rows=batch.num_rows)
+    mark_done(layout.run_root(out), STAGE, key, h, rows=batch.num_rows)
     status = batch.column(STATUS).to_pylist()
     return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
 

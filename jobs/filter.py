@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curate import decide as D
-from curate import filters, score, storage
+from curate import filters, layout, score, storage
 from curate.errors import UsageError
 from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
 from jobs.runtime import flags
@@ -102,9 +102,9 @@ def main(job: FilterJob) -> dict[str, Any]:
     src, dst = job.input, job.output
     parts = scored_parts(src)
     check_writable(dst)
-    root = storage.parent(dst)
+    root = layout.run_root(dst)
     h = inputs_hash(parts, job.filters, job.near)
-    funnel_path = storage.join(dst, "_funnel.json")
+    funnel_path = layout.funnel_path(dst)
     if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
         print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
         return read_json(funnel_path)

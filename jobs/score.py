@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from curate import decide as D
-from curate import filters, score, score_frames, storage
+from curate import filters, layout, score, score_frames, storage
 from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
@@ -76,15 +75,11 @@ def scoring_hash(cfg: score.ScoreConfig) -> str:
     return config_hash(dataclasses.replace(cfg, filters=filters.FilterConfig()))
 
 
-def _part_key(clip_ids: Sequence[str]) -> str:
-    return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
-
-
 def finished_score_parts(scores_dir: str, root: str, cfg: score.ScoreConfig) -> list[str]:
     """Score parts with a marker under the current scoring config, oldest first (names only)."""
     h = scoring_hash(cfg)
     parts = sorted(storage.list_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))
-    return [p for p in parts if is_done(root, STAGE, storage.stem(p).removeprefix("part-"), h)]
+    return [p for p in parts if is_done(root, STAGE, layout.key_of(p), h)]
 
 
 def finished_ids(paths: Sequence[str], cfg: score.ScoreConfig) -> frozenset[str]:
@@ -150,8 +145,8 @@ def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Tab
     if batch.num_rows == 0:
         return pa.table({"rows": pa.array([], pa.int64())})
     part = batch.select(SCORE_PART_COLUMNS)
-    key = _part_key(part.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(part, storage.join(scores_dir, f"part-{key}.parquet"))
+    key = layout.part_key(part.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(part, layout.part_path(scores_dir, key))
     mark_done(root, STAGE, key, h, rows=part.num_rows)  # important: marker after the part
     return pa.table({"rows": [part.num_rows]})
 
@@ -188,8 +183,8 @@ def main(job: ScoreJob) -> dict[str, Any]:
     filters.check_config(job.score.filters)
     score.check_weights(job.score)
     out = job.output  # a local folder or a URI: every location below goes through curate.storage
-    root = storage.parent(out)
-    scores_dir = storage.join(out, "_scores")
+    root = layout.run_root(out)
+    scores_dir = layout.scores_dir(out)
     check_writable(out)
     clip_parts = storage.list_parts(job.input)
     if not clip_parts:
@@ -215,7 +210,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
     funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
     report = funnel_report(funnel, job.score)
-    funnel_path = storage.join(out, "_funnel.json")
+    funnel_path = layout.funnel_path(out)
     write_json_atomic(report, funnel_path)
     print(format_funnel(report))
     print(f"funnel: {funnel_path}")
