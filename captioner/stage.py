@@ -187,7 +187,8 @@ class CaptionStage:
         self.cfg = cfg
         self.vlm: Any = None  # a captioner.vlm.VLM (tests may put a stub with the same methods here)
         self.clip: CaptionClipScorer | None = (CaptionClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device,
-                                                                 cfg.clip_smoke) if cfg.clip_model else None)
+                                                                 cfg.clip_smoke, cfg.weights_dir)
+                                               if cfg.clip_model else None)
         self.hash = caption_hash(cfg)
         prompts.get(cfg.prompt_version)  # fail fast on an unknown version
         # model-side timing: busy (inside __call__) and waiting (between calls, for frames)

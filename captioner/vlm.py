@@ -124,8 +124,11 @@ class VLM:
                     VideoMetadata(total_num_frames=len(r.frames), fps=r.fps or 2.0, frames_indices=list(range(len(r.frames))))
                     for r in requests
                 ]
-                kwargs["do_sample_frames"] = False
-                kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' per-frame pixel cap
+                kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' total-pixels budget per frame
+            # important: frames are already sampled (uniform over the clip, or fewer by fit_frames):
+            # a processor that resamples (LLaVA-OneVision's video config may say do_sample_frames)
+            # would drop or repeat some of them behind the caller's back
+            kwargs["do_sample_frames"] = False
         return self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
 
     def prompt_tokens(self, request: Request) -> int:
@@ -258,8 +261,54 @@ def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
     """The hub weights `load_vlm(source)` needs (none for smoke models and local folders)."""
     if source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir():  # a folder: the loader checks it
         return []
-    return [Weights(f"VLM {source}", source, files=("config.json", "tokenizer_config.json"),
+    return [Weights(f"VLM {source}", source, files=VLM_FILES, one_of=VLM_ONE_OF,
                     any_of=(("model.safetensors.index.json",), ("model.safetensors",)))]
+
+
+# Every file `load_vlm` opens (AutoConfig, AutoProcessor: image + video processor, tokenizer, chat
+# template; the model and its generation config), as a Hugging Face VLM repo holds them.
+# important: without generation_config.json, generate() stops only on the tokenizer's eos
+# (<|im_end|>), not on the checkpoint's list of end tokens, and uses no repo sampling defaults.
+VLM_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json")
+VLM_ONE_OF = (("preprocessor_config.json", "video_preprocessor_config.json"),
+              ("chat_template.json", "chat_template.jinja"))
+
+
+# qwen-vl-utils (vision_process.py) sizes VIDEO frames with its own limits, not the image ones:
+# VIDEO_MIN_PIXELS = 128*28*28, VIDEO_MAX_PIXELS = 768*28*28 per frame, and a total budget
+# (VIDEO_TOTAL_PIXELS = 128000*28*28*0.9) shared by the frames (`cap_pixels_per_frame`, the same
+# formula). Qwen2-VL / Qwen2.5-VL repos ship only preprocessor_config.json (image limits:
+# 4*28*28 .. 16384*28*28), which transformers then also gives the video processor.
+_QWEN_VIDEO_LIMITS: dict[str, tuple[int, int]] = {"qwen2_5_vl": (128 * 28 * 28, 768 * 28 * 28),
+                                                  "qwen2_vl": (128 * 28 * 28, 768 * 28 * 28)}
+
+
+def _has_video_config(path: str) -> bool:
+    """Whether the checkpoint states its own video processor config (then it wins)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def find(name: str) -> Path | None:
+        if Path(path).is_dir():
+            return Path(path) / name if (Path(path) / name).is_file() else None
+        try:
+            hit = try_to_load_from_cache(path, name)
+        except Exception:  # a malformed id: nothing cached
+            return None
+        return Path(hit) if isinstance(hit, str) else None
+
+    if find("video_preprocessor_config.json") is not None:
+        return True
+    proc = find("processor_config.json")
+    try:
+        return proc is not None and "video_processor" in json.loads(proc.read_text())
+    except ValueError:
+        return False
+
+
+def _use_video_limits(video_processor: Any, min_pixels: int, max_pixels: int) -> None:
+    from transformers.image_utils import SizeDict
+
+    video_processor.size = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
 
 
 def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context: int | None = None,
@@ -297,6 +346,8 @@ def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context
     except OSError as e:
         raise UsageError(f"VLM weights {source!r} are incomplete in the local cache ({e.__class__.__name__}); "
                          f"re-run `{fetch}`") from e
+    if config.model_type in _QWEN_VIDEO_LIMITS and not _has_video_config(path):
+        _use_video_limits(processor.video_processor, *_QWEN_VIDEO_LIMITS[config.model_type])
     model_id = source
     marker = local / SMOKE_MARKER
     if marker.is_file():

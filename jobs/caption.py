@@ -41,7 +41,6 @@ from captioner.stage import (
 from curate import layout, storage
 from curate.errors import UsageError
 from curate.schema import (
-    CLIP_EMBEDDING,
     CLIP_ID,
     CLIP_SCHEMA,
     END_FRAME,
@@ -154,7 +153,7 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     # the workers read the scored parts and pick the kept clips not captioned yet; the driver
     # holds file names, the finished set's object ref and counts
     done = clip_ids_ref(finished)
-    columns = [c for c in CLIP_SCHEMA.names if c != CLIP_EMBEDDING]
+    columns = list(CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
     todo = read_parts_dataset(inputs, columns).map_batches(
         functools.partial(_todo, done=done, cfg=cfg.caption), batch_format="pyarrow", batch_size=None, num_cpus=0.25)
     counts = _count(read_parts_dataset(inputs, [CLIP_ID, KEPT, STATUS]), done)

@@ -243,7 +243,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
         return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
     done = clip_ids_ref(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-    columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
+    columns = list(S.CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
     ds = read_parts_dataset(storage.list_parts(layout.folder(out, layout.SCORED)), columns)
     ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)

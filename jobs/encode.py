@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -52,7 +51,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from curate.weights import local_repo, require
+from curate.weights import local_repo, require, subfolder_kwargs
 from jobs.runtime import flags, presets
 from latents.encode import (
     LTX,
@@ -196,8 +195,7 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
         from transformers import AutoConfig
 
         source = local_repo(enc.text.source, enc.text.weights_dir)
-        sub = enc.text.model_subfolder
-        kw = {"subfolder": sub} if sub and not (Path(source).is_dir() and not (Path(source) / sub).is_dir()) else {}
+        kw = subfolder_kwargs(source, enc.text.source, enc.text.model_subfolder)
         try:
             c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
         except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's

@@ -37,7 +37,7 @@ def stage_weights(score: ScoreConfig | None = None, caption: CaptionConfig | Non
         found += vae_weights(encode.vae) + text_weights(encode.text)
     out: list[Weights] = []
     for w in found:
-        if all((w.repo, w.files, w.any_of) != (o.repo, o.files, o.any_of) for o in out):
+        if all((w.repo, w.files, w.one_of, w.any_of) != (o.repo, o.files, o.one_of, o.any_of) for o in out):
             out.append(w)
     return out
 
