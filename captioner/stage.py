@@ -27,7 +27,7 @@ import pyarrow as pa
 from captioner import prompts
 from captioner.clip_score import CaptionClipScorer
 from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short
-from captioner.vlm import Generation, Request, Sampling, load_vlm
+from captioner.vlm import Generation, Request, Sampling, derive_seed, load_vlm
 from curate import __version__
 from curate import score as clip_score_cfg
 from curate.decode import decode_clip, sample_uniform
@@ -40,6 +40,7 @@ from curate.schema import (
     CAPTION_QA,
     CAPTION_SHORT,
     CLIP_EMBEDDING,
+    CLIP_ID,
     CONFIG_HASH,
     END_FRAME,
     END_PTS,
@@ -174,6 +175,7 @@ def attach_frames(table: pa.Table, cfg: CaptionConfig) -> pa.Table:
 @dataclass
 class _Item:
     row: int
+    clip_id: str
     request: Request
     qa: dict[str, Any] = field(default_factory=dict)
     result: QAResult | None = None
@@ -246,15 +248,16 @@ class CaptionStage:
                 hints = prompts.facts(rows[i].get(CAMERA_MOTION), rows[i].get(FLOW_MAGNITUDE), rows[i].get(OCR_TEXT))
                 messages = prompts.dense_messages(cfg.prompt_version, hints)
                 req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), max_new)
-                item = _Item(i, req)
+                item = _Item(i, str(rows[i][CLIP_ID]), req)
                 item.qa["frames"] = len(req.frames)
                 if dropped:
                     item.qa["frames_reduced_from"] = len(frames)  # context too small for all frames
                 items.append(item)
             except Exception as e:
                 self._fail(errors, i, e)
-        # similar frame counts share a batch: less padding, and equal counts for families that stack
-        items.sort(key=lambda it: (len(it.request.frames), it.row))
+        # similar frame counts share a batch: less padding, and equal counts for families that stack;
+        # then clip ids, so the batches of a set of clips do not depend on the order its rows came in
+        items.sort(key=lambda it: (len(it.request.frames), it.clip_id))
         failed = self._dense(items, cfg.sampling, errors)
         retry = [it for it in failed if it.row not in errors]
         for it in retry:
@@ -303,7 +306,10 @@ class CaptionStage:
         failed = []
         for b in range(0, len(items), self.cfg.batch_size):
             batch = items[b : b + self.cfg.batch_size]
-            gens = self._generate(batch, [it.request for it in batch], sampling, errors)
+            # important: a seed per clip (and attempt, through sampling.seed), so a sampled caption
+            # depends on the clip and the config only, never on its batch or a resume
+            reqs = [replace(it.request, seed=derive_seed(sampling.seed, it.clip_id)) for it in batch]
+            gens = self._generate(batch, reqs, sampling, errors)
             for it, g in zip(batch, gens):
                 if g is None:
                     continue
@@ -318,7 +324,8 @@ class CaptionStage:
         sampling = replace(cfg.sampling, max_new_tokens=cfg.short_max_new_tokens)
         for b in range(0, len(items), cfg.batch_size):
             batch = items[b : b + cfg.batch_size]
-            reqs = [Request(prompts.short_messages(cfg.prompt_version, it.result.text)) for it in batch]
+            reqs = [Request(prompts.short_messages(cfg.prompt_version, it.result.text),
+                            seed=derive_seed(sampling.seed, it.clip_id, "short")) for it in batch]
             gens = self._generate(batch, reqs, sampling, errors)
             for it, g in zip(batch, gens):
                 res = check_short(g.text, g.finished, cfg.qa) if g is not None else None

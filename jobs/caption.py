@@ -51,7 +51,6 @@ from curate.schema import (
     STATUS,
     STATUS_ERROR,
     STATUS_OK,
-    VIDEO_ID,
 )
 from curate.storage import (
     check_writable,
@@ -182,8 +181,8 @@ def _kept(batch: pa.Table) -> pa.Array:
 def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
     """Map task: the kept clips of a block not captioned yet, sorted by planned frame count.
 
-    Similar frame counts next to each other, so model batches share a frame count; the
-    sort is per block (a global sort would be a barrier across the whole run).
+    Similar frame counts next to each other, so model batches share a frame count, then clip
+    ids; the sort is per block (a global sort would be a barrier across the whole run).
     """
     from jobs.adapter import resolve
 
@@ -193,7 +192,7 @@ def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
     frames = [planned_frames(s, e, cfg) for s, e in
               zip(todo.column(START_FRAME).to_pylist(), todo.column(END_FRAME).to_pylist())]
     todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
-    todo = todo.sort_by([("_planned", "ascending"), (VIDEO_ID, "ascending"), (START_FRAME, "ascending")])
+    todo = todo.sort_by([("_planned", "ascending"), (CLIP_ID, "ascending")])  # batches by clip id (issue 26)
     return todo.drop_columns(["_planned"])
 
 
