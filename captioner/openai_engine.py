@@ -282,12 +282,19 @@ def probe(cfg: OpenAIConfig, model: str) -> OpenAIConfig:
         seen = Request([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Reply with OK."}]}],
                        frames, 2.0)
         if mode in ("auto", "video"):
-            r = _probe_post(client, seen, "video")
-            if r.status_code == 200:
+            try:
+                r = _probe_post(client, seen, "video")
+                status, why = r.status_code, client.scrub(r.text)[:120]
+            except httpx.HTTPError as e:  # some servers drop the connection on a video they cannot decode
+                status, why = 0, f"{type(e).__name__}: {client.scrub(str(e))[:100]}"
+            if status != 200:  # a fresh connection: the failed one may have been dropped by the server
+                client.close()
+                client = _Client(cfg, model)
+            if status == 200:
                 mode = "video"
             elif mode == "video":
-                raise UsageError(f"--frames video needs a server that takes video_url parts, got HTTP {r.status_code} "
-                                 f"({client.scrub(r.text)[:120]}); pass --frames images (or auto)")
+                raise UsageError(f"--frames video needs a server that takes video_url parts, got HTTP {status} "
+                                 f"({why}); pass --frames images (or auto)")
         if mode in ("auto", "images"):
             r = _probe_post(client, seen, "images")
             if r.status_code != 200:
