@@ -22,7 +22,7 @@ import ray
 
 from jobs.runtime.flags import Need, check_cluster, quiet_logs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # jobs/runtime/adapter.py -> the checkout
 
 
 class Stage(Protocol):
