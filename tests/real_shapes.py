@@ -16,7 +16,7 @@ projections are zero) while its embeddings and LM head form a successor table: g
 after the prompt writes a fixed sentence of CHAIN_WORDS distinct words, a full stop and
 <|im_end|>, which the default caption QA (>= 25 words, finished, no loops) accepts. The vision
 tower, the text encoder, the VAE and the CLIP are plainly random.
-`real_shape_preset(dirs)` is `jobs.presets.DEFAULT` with `--weights-dir` at that folder; widths,
+`real_shape_preset(dirs)` is `jobs.runtime.presets.DEFAULT` with `--weights-dir` at that folder; widths,
 buckets, frame rules, dtypes and normalisation constants stay those of the real preset.
 """
 
@@ -33,7 +33,7 @@ import torch
 
 from captioner import stage as caption_stage
 from curate import score
-from jobs import presets
+from jobs.runtime import presets
 from latents.weights import with_weights_dir
 
 CONFIGS = Path(__file__).resolve().parent / "real_configs"

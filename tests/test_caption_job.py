@@ -52,7 +52,7 @@ def test_parts_of_another_config_or_without_marker_are_removed(tmp_path):
     for key, h in (("old", "old"), ("new", "new"), ("crash", None)):
         write_parquet_atomic(S.table_from_rows([{S.CLIP_ID: key, S.CONFIG_HASH: "new"}]), out / f"part-{key}.parquet")
         if h is not None:
-            mark_done(out, "caption", key, h)
+            mark_done(tmp_path, "caption", key, h)  # markers live under OUT/_done
     # "old": a marker of another config; "crash": written, killed before its marker
     assert [Path(p).name for p in job.finished_parts(str(out), "new")] == ["part-new.parquet"]
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-new.parquet"]

@@ -18,6 +18,7 @@ import psutil
 import pyarrow as pa
 import pytest
 
+from curate import layout
 from curate import schema as S
 from curate.storage import read_parts
 from jobs.demo import make_samples
@@ -80,6 +81,10 @@ def test_curate_outputs_follow_the_contract(submitted):
         assert n_bytes == int(pd.Series(shape).prod()) * {"float16": 2, "bfloat16": 2, "float32": 4}[dtype]
     report = (out / "report" / "index.html").read_text()
     assert "random" in report.splitlines()[0].lower()
+    # every file of the run is an entry of the layout map, and every marker lives under OUT/_done
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert [f for f in files if layout.kind_of(f) is None] == []
+    assert {f.split("/")[1] for f in files if layout.kind_of(f) == "marker"} >= {"split", "curate-score", "curate-write"}
 
 
 def test_train_and_sample_from_the_shards(submitted, tmp_path):

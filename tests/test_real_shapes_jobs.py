@@ -27,7 +27,7 @@ import pytest
 from curate import schema as S
 from curate.decode import decode_clip
 from curate.probe import probe
-from jobs.presets import DEFAULT
+from jobs.runtime.presets import DEFAULT
 from tests import real_shapes as R
 from tests.test_real_shapes import _cut
 

@@ -18,7 +18,7 @@ from curate import schema as S
 from curate.errors import UsageError
 from curate.storage import write_parquet_atomic
 from curate.weights import Weights, locate, missing_files, require
-from jobs.presets import DEFAULT
+from jobs.runtime.presets import DEFAULT
 from latents.weights import stage_weights, with_weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
