@@ -29,7 +29,7 @@ import torch
 from curate import storage
 from curate.errors import UsageError
 from curate.weights import expand
-from jobs import flags
+from jobs.runtime import flags
 
 
 @dataclass(frozen=True)
