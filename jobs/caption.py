@@ -61,7 +61,7 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand, require
-from jobs import flags, presets
+from jobs import flags, guards, presets
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
@@ -280,7 +280,8 @@ def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
     flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", a.cpus, 0, strict=True)
     flags.check_device(a.device, a.gpus)
-    flags.check_stage_folder("--input", a.input, "scored", "jobs.score")
+    guards.check_input("caption", flags.canonical(a.input))  # what it holds, not its name
+    guards.check_output(flags.canonical(a.output), stage="caption")
     cap = replace(PRESETS[a.preset], weights_dir=expand(a.weights_dir))
     if a.model:
         cap = replace(cap, model=a.model)
