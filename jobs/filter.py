@@ -2,7 +2,7 @@
 
 Reads the scored parts (every clip, with its scores and embedding), applies the preset's
 filter cascade with the same distributed code `jobs.score` and `jobs.curate` use
-(`jobs/decide.py`), and writes one decided part per input part plus `_funnel.json`. No
+(`jobs/runtime/decide.py`), and writes one decided part per input part plus `_funnel.json`. No
 model runs: a changed threshold costs a pass over the scores.
 
 Resumable: each written part has its marker (OUT/_done/filter/<part>) carrying a hash of
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from curate import decide as D
-from curate import filters, score, storage
+from curate import filters, layout, score, storage
 from curate.errors import UsageError
 from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
-from jobs import flags, guards, rule_flags
+from jobs import guards, rule_flags
+from jobs.runtime import flags
 
 STAGE = "filter"
 # the presets' filters, without importing the model stages (torch) into this driver
@@ -82,7 +83,7 @@ def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupCon
 
     Returns (funnel, parts written). With `marker_root`, each written part gets its marker.
     """
-    from jobs.decide import decide_parts
+    from jobs.runtime.decide import decide_parts
 
     src, dst = str(src), str(dst)
     parts = scored_parts(src)
@@ -103,13 +104,13 @@ def main(job: FilterJob) -> dict[str, Any]:
     src, dst = job.input, job.output
     parts = scored_parts(src)
     check_writable(dst)
-    root = storage.parent(dst)
+    root = layout.run_root(dst)
     h = inputs_hash(parts, job.filters, job.near)
-    funnel_path = storage.join(dst, "_funnel.json")
+    funnel_path = layout.funnel_path(dst)
     if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
         print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
         return read_json(funnel_path)
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     init_ray(job.address, num_cpus=job.num_cpus)
     funnel, n = decide_dir(src, dst, job.filters, job.near, root)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate import storage
-from jobs.flags import fail
+from jobs.runtime.flags import fail
 
 SAMPLE_PARTS = 4  # footers read per folder: the first and last parts (a folder is written by one stage)
 SCORE_VALUES = (S.MOTION, S.SHARPNESS, S.BRIGHTNESS, S.AESTHETIC, S.CLIP_EMBEDDING)

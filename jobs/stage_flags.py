@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from curate.split import DETECTORS, SplitConfig
-from jobs import flags
+from jobs.runtime import flags
 
 if TYPE_CHECKING:  # torch-importing modules: not loaded by jobs.split just for a type
     from captioner.stage import CaptionConfig

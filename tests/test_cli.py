@@ -1,4 +1,4 @@
-"""One command line for every job (jobs/flags.py): every bad argument exits 2 with one line,
+"""One command line for every job (jobs/runtime/flags.py): every bad argument exits 2 with one line,
 `error: <rule>, got <value>; <fix>`, before Ray starts; asking for more GPUs/CPUs than the
 machine has fails at once; relative paths work from any directory.
 
@@ -219,8 +219,8 @@ def test_cluster_over_ask_fails_right_after_connecting():
     import ray
 
     from curate.errors import UsageError
-    from jobs.adapter import init_ray
-    from jobs.flags import Need
+    from jobs.runtime.adapter import init_ray
+    from jobs.runtime.flags import Need
 
     try:
         with pytest.raises(UsageError, match=r"asks for 4096 GPU\(s\) in all and the Ray cluster must have them"):

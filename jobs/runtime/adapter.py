@@ -20,9 +20,9 @@ import pyarrow as pa
 # Ray must be importable only from jobs/.
 import ray
 
-from jobs.flags import Need, check_cluster, quiet_logs
+from jobs.runtime.flags import Need, check_cluster, quiet_logs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # jobs/runtime/adapter.py -> the checkout
 
 
 class Stage(Protocol):
