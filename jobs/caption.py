@@ -60,6 +60,7 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand, require
+from jobs import guards
 from jobs.runtime import flags, presets
 from latents.weights import stage_weights
 
@@ -296,7 +297,8 @@ def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
     flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", a.cpus, 0, strict=True)
     flags.check_device(a.device, a.gpus)
-    flags.check_stage_folder("--input", a.input, "scored", "jobs.score")
+    guards.check_input("caption", flags.canonical(a.input))  # what it holds, not its name
+    guards.check_output(flags.canonical(a.output), stage="caption")
     cap = flags.caption_engine_config(a, replace(PRESETS[a.preset], weights_dir=expand(a.weights_dir)))
     if a.batch_size:
         cap = replace(cap, batch_size=a.batch_size)

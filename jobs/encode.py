@@ -52,6 +52,7 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import local_repo, require, subfolder_kwargs
+from jobs import guards
 from jobs.runtime import flags, presets
 from latents.encode import (
     LTX,
@@ -239,7 +240,7 @@ def main(cfg: EncodeJobConfig) -> dict:
     check_range("batch_size", cfg.batch_size, 1, fix="pass --batch-size >= 1")
     check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
-    flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
+    guards.check_input("encode", cfg.input)
     inputs = storage.list_parts(cfg.input)  # names only: the workers read the rows
     if not inputs:
         raise UsageError(f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
@@ -320,7 +321,8 @@ def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     flags.check_float("--gpus", args.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", args.cpus, 0, strict=True)
     flags.check_device(args.device, args.gpus)
-    flags.check_stage_folder("--input", args.input, "captions", "jobs.caption")
+    guards.check_input("encode", flags.canonical(args.input))
+    guards.check_output(flags.canonical(args.output), stage="encode")
     enc = with_weights_dir(PRESETS[args.preset], args.weights_dir)
     if args.device != "auto":
         enc = replace(enc, vae=replace(enc.vae, device=args.device))

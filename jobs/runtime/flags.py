@@ -58,8 +58,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+        d = action.default
+        # important: `is`, not `in`: 0.0 == False, and a GPU count of 0 is a default worth showing
+        if "%(default)" in text or not action.option_strings or d is None or d is False or d is argparse.SUPPRESS:
             return text
+        if d == []:  # a repeatable flag given no times
+            return f"{text} (default: none)".strip()
         return f"{text} (default: %(default)s)".strip()
 
 
