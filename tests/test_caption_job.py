@@ -44,7 +44,8 @@ def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
 
 def test_missing_input_is_a_usage_error(tmp_path, capsys):
     assert job.cli(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
-    assert "run jobs.score first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no Parquet parts" in err and "run python -m jobs.score or jobs.filter first" in err
 
 
 def test_parts_of_another_config_or_without_marker_are_removed(tmp_path):
