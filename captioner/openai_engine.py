@@ -270,7 +270,10 @@ def probe(cfg: OpenAIConfig, model: str) -> OpenAIConfig:
                              "export the right key in that variable (or pass --api-key-env VAR)")
         if r.status_code != 200:
             served = _served(client)
-            if r.status_code == 404 or (served is not None and model not in served):
+            # 404 (vLLM, OpenAI), an unlisted id, or a 4xx that names the id (transformers serve
+            # answers 400 for a model it cannot load): the model, not the server, is wrong
+            named = 400 <= r.status_code < 500 and model in r.text
+            if r.status_code == 404 or named or (served is not None and model not in served):
                 raise UsageError(f"--model must be a model {cfg.base_url} serves, got {model!r} "
                                  f"(HTTP {r.status_code}: {client.scrub(r.text)[:120]}); "
                                  f"pass one of {served[:8] if served else '[...]'} or check that --base-url ends in /v1")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema as S
@@ -53,8 +54,12 @@ class Holds:
 
 def _footer(part: str) -> pq.FileMetaData:
     fs, path = storage.filesystem(part)
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).metadata
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata
+    except pa.ArrowInvalid as e:  # an empty or foreign file named part-*.parquet
+        raise fail("--input parts must be Parquet files written by tubelet", f"{part!r} ({storage.one_line(e)})",
+                   "remove the file, or rerun the stage that writes this folder") from e
 
 
 def holds(folder: str) -> Holds | None:

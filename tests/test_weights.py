@@ -117,7 +117,7 @@ def test_jobs_stop_with_exit_2_before_ray_when_weights_are_missing(offline_home,
         sys.modules["ray"].shutdown()  # an earlier test's instance: this test checks that none is started
     inp = tmp_path / "in"
     inp.mkdir()
-    (inp / "part-0.parquet").write_bytes(b"")  # never read: the weights check comes first
+    write_parquet_atomic(S.empty_table(), inp / "part-00000.parquet")  # a valid, empty input: weights stop the job
     (inp / "v.mp4").write_bytes(b"")
     argv = ["--input", str(inp), "--output", str(tmp_path / "out"), "--preset", "default", "--weights-dir", "~/w"]
     mod = importlib.import_module(f"jobs.{job}")
