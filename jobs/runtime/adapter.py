@@ -66,8 +66,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         # A cluster (or `ray job submit`) brings its own runtime env (working_dir, env vars);
         # adding ours would conflict with the job's, which Ray refuses to merge.
         # Its RAY_AUTH_MODE is the user's to set (README "Ray authentication"), never switched off here.
+        # Ray's own settings stand for a cluster: a `ray start` head on this machine may itself run
+        # loopback-only (its job drivers inherit the switch), and the driver must match it
         local_ray.check_reachable(address, source)
-        local_ray.loopback_only(False)
         ray.init(address=address, log_to_driver=not quiet)
     else:
         # important: the instance this job starts for itself listens on 127.0.0.1 only and dies
