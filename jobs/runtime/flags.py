@@ -278,6 +278,26 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
+
+
+INTERRUPTED = "interrupted; rerun to resume"
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line and exit 130 (128 + SIGINT); finished parts keep their markers, so a rerun resumes.
+
+    Later Ctrl-C's and the interpreter's exit hooks (Ray's shutdown) stay silent: the line is the last word.
+    """
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write(f"{INTERRUPTED}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)  # important: no atexit Ray shutdown printing worker tracebacks after the line
 
 
 # --- caption engine ---------------------------------------------------------------------------
