@@ -242,6 +242,8 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
         if v is not None:
             flags.check_int(flag, v, 1, f"pass a positive {flag} or leave it out (the run's training shape)")
     flags.check_int("--steps", a.steps, 1)
+    if not a.output.lower().endswith(".mp4"):  # the muxer picks the container from the suffix: mp4 only
+        raise flags.fail("--output must be an .mp4 file", repr(a.output), "pass e.g. --output sample.mp4")
     if a.fps is not None:
         flags.check_float("--fps", a.fps, 0, strict=True, fix="pass e.g. --fps 24")
     if not flags.DEVICE_RE.match(a.device):
