@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from curate import dedup, storage
-from curate.filters import EXACT_DUP, NEAR_DUP, FilterConfig, Rule, reason
+from curate.filters import EXACT_DUP, NEAR_DUP, FilterConfig, Rule, reason, rule_of
 from curate.schema import (
     AESTHETIC,
     CLIP_EMBEDDING,
@@ -563,7 +563,8 @@ def clusters_for(n: int, cfg: NearDupConfig) -> int:
 
 def decided(table: pa.Table, state: pa.Table) -> pa.Table:
     """The scored part with its decision columns replaced by the state's."""
-    from curate.schema import set_columns
+    from curate.schema import DROP_RULE, set_columns
 
+    rules = [rule_of(r) for r in state.column(DROP_REASON).to_pylist()]
     return set_columns(table, {KEPT: state.column(KEPT), DROP_REASON: state.column(DROP_REASON),
-                               DUPLICATE_OF: state.column(DUPLICATE_OF)})
+                               DROP_RULE: rules, DUPLICATE_OF: state.column(DUPLICATE_OF)})

@@ -37,6 +37,7 @@ from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
     DROP_REASON,
+    DROP_RULE,
     DUPLICATE_OF,
     FAILED_STAGE,
     FLOW_MAGNITUDE,
@@ -168,6 +169,17 @@ def reason(rule: Rule, value: Any, cutoff: float | None = None) -> str:
     return f"{rule.name}{where}: {rule.column}={_fmt(value)}"
 
 
+def rule_of(drop_reason: str | None) -> str | None:
+    """The rule a drop reason names, without its threshold or value, so that one rule counts as
+    one value: "aesthetic >= 4.5: aesthetic=4.1" -> "aesthetic", "status=error (...)" -> "status",
+    "near_duplicate: cosine=..." -> "near_duplicate"."""
+    if drop_reason is None:
+        return None
+    if drop_reason.startswith("status="):
+        return "status"
+    return drop_reason.split(":", 1)[0].split(" ", 1)[0]
+
+
 def cheap_gate(cfg: FilterConfig, scores: Mapping[str, Any]) -> str | None:
     """The first absolute cheap rule a clip's cheap scores fail (its drop reason), or None."""
     for r in cfg.rules:
@@ -283,5 +295,6 @@ def apply_cascade(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, list[di
                     if not passes(rule, vals[i]):
                         alive[i], drop[i] = False, reason(rule, vals[i])
         funnel.append({"step": name, "in": before, "dropped": before - int(alive.sum()), "out": int(alive.sum())})
-    out = set_columns(table, {KEPT: alive.tolist(), DROP_REASON: drop, DUPLICATE_OF: dup_of})
+    out = set_columns(table, {KEPT: alive.tolist(), DROP_REASON: drop, DROP_RULE: [rule_of(d) for d in drop],
+                              DUPLICATE_OF: dup_of})
     return out, funnel

@@ -53,6 +53,7 @@ DUPLICATE_OF = "duplicate_of"
 # --- decision ---------------------------------------------------------------------------
 KEPT = "kept"
 DROP_REASON = "drop_reason"
+DROP_RULE = "drop_rule"  # the rule name alone (e.g. "aesthetic", "status", "near_duplicate"), for value_counts
 
 # --- caption ----------------------------------------------------------------------------
 CAPTION = "caption"
@@ -161,7 +162,7 @@ SCORE = ColumnGroup(
 DECISION = ColumnGroup(
     "decision",
     "filter",
-    (_f(KEPT, pa.bool_()), _f(DROP_REASON, pa.string())),
+    (_f(KEPT, pa.bool_()), _f(DROP_REASON, pa.string()), _f(DROP_RULE, pa.string())),
     (KEPT,),
 )
 CAPTION_GROUP = ColumnGroup(

@@ -50,4 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.runtime.flags import run_cli
+
+    sys.exit(run_cli(main))  # Ctrl-C: one line, exit 130

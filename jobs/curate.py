@@ -166,13 +166,23 @@ def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int)
     return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
 
 
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
 def _stage_timings(stats: str) -> dict[str, float]:
-    """Wall seconds per operator from Ray Data's execution stats text."""
+    """Seconds per operator from Ray Data's execution stats text: the operator's total remote
+    wall time (the work its tasks did), else its "produced in Xs" wall time."""
     import re
 
     out: dict[str, float] = {}
-    for name, secs in re.findall(r"Operator \d+ ([^:]+): .*? executed in ([\d.]+)s", stats):
-        out[name.strip()] = float(secs)
+    for block in re.split(r"\n(?=Operator \d+ )", "\n" + stats):
+        head = re.match(r"Operator \d+ ([^:]+): .*? in ([\d.]+)s", block.strip())
+        if head is None:
+            continue
+        total = re.search(r"Remote wall time: .*?([\d.]+)(us|ms|s|min|h) total", block)
+        secs = float(total.group(1)) * _UNIT_SECONDS[total.group(2)] if total else float(head.group(2))
+        name = head.group(1).strip()
+        out[name] = round(out.get(name, 0.0) + secs, 3)
     return out
 
 
@@ -235,6 +245,11 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     report["config_hash"] = config_hash(preset.score)
     write_json_atomic(report, layout.funnel_path(scored))
     return report
+
+
+def errors_of(report: dict[str, Any]) -> int:
+    """Error rows (status=error, from any stage) in a funnel report: its status step's drops."""
+    return sum(st["dropped"] for st in report.get("steps", []) if st["step"] == "status")
 
 
 def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
@@ -339,7 +354,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     import ray
 
-    from jobs.runtime.adapter import init_ray, row_counts
+    from jobs.runtime.adapter import init_ray
 
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
@@ -347,15 +362,20 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
                          f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
                          f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
     p1 = phase1(cfg, preset, inputs, out, h)
+    t_decide = time.perf_counter()
     report = decide(preset, out, h)
+    decide_seconds = round(time.perf_counter() - t_decide, 2)
     # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
     h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(layout.folder(out, layout.SCORED))]})
     p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
                **{k: v for k, v in p1.items() if k != "stage_seconds"},
                **{k: v for k, v in p2.items() if k != "stage_seconds"},
-               "stage_seconds": {**p1["stage_seconds"], **p2["stage_seconds"]},
-               "clips": sum(row_counts(storage.list_parts(layout.folder(out, layout.CLIPS)))), "scored": report["clips_in"], "kept": report["kept"],
+               "stage_seconds": {"split+score": p1["phase1_seconds"], "decide": decide_seconds,
+                                 "caption+encode": p2["phase2_seconds"], **p1["stage_seconds"], **p2["stage_seconds"]},
+               # an error row is one per failed input or clip, not a clip: counted apart
+               "clips": report["clips_in"] - errors_of(report), "errors": errors_of(report),
+               "scored": report["clips_in"], "kept": report["kept"],
                **finalize(out, h2, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(summary, layout.summary_path(out, "curate"))

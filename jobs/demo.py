@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = flags.JobParser("python -m jobs.demo", __doc__.split("\n\n")[0])
     p.add_argument("--output", default="demo-out", help="where the samples and every output go")
-    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--train-steps", type=int, default=20, help="DiT training steps of the demo run")
     flags.add_verbose(p)
     args = p.parse_args(argv)
     if args.train_steps < 1:
@@ -79,4 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.runtime.flags import run_cli
+
+    sys.exit(run_cli(main))  # Ctrl-C: one line, exit 130

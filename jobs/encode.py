@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="clips per actor call")
     p.add_argument("--max-rows-per-shard", type=int, default=2048,
                    help="rows per shard at most (each writer batch of up to 256 clips writes its own shards)")
-    p.add_argument("--max-shard-mb", type=int, default=1024)
+    p.add_argument("--max-shard-mb", type=int, default=1024, help="close a shard at about this many MB")
     flags.add_device(p)
     flags.add_weights_dir(p)
     flags.add_ray(p)

@@ -217,18 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.sample", __doc__.split("\n")[0])
     flags.add_io(p, "training run folder (config.json, checkpoints/) written by jobs.train", "output .mp4",
                  input_alias="--run")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="the text to sample a video for")
     p.add_argument("--upsample", action="store_true", help="expand the prompt with the captioner first")
     p.add_argument("--init-video", help="SDEdit: start from this video's latents")
     p.add_argument("--strength", type=float, default=1.0, help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective")
     for name in ("frames", "height", "width"):
         p.add_argument(f"--{name}", type=int, help="pixels; with the other two, or none (the run's most common shape)")
-    p.add_argument("--steps", type=int, default=SampleJob.steps)
-    p.add_argument("--seed", type=int, default=SampleJob.seed)
-    p.add_argument("--cfg-scale", type=float, default=SampleJob.cfg_scale)
+    p.add_argument("--steps", type=int, default=SampleJob.steps, help="denoising steps")
+    p.add_argument("--seed", type=int, default=SampleJob.seed, help="noise seed (same seed, same video)")
+    p.add_argument("--cfg-scale", type=float, default=SampleJob.cfg_scale, help="classifier-free guidance scale (1: no guidance)")
     p.add_argument("--fps", type=float, help="(default: the run's data fps)")
     flags.add_weights_dir(p)
-    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--no-ema", action="store_true", help="sample with the raw weights, not the EMA ones")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")
     flags.add_verbose(p)
     return p
@@ -242,6 +242,8 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
         if v is not None:
             flags.check_int(flag, v, 1, f"pass a positive {flag} or leave it out (the run's training shape)")
     flags.check_int("--steps", a.steps, 1)
+    if not a.output.lower().endswith(".mp4"):  # the muxer picks the container from the suffix: mp4 only
+        raise flags.fail("--output must be an .mp4 file", repr(a.output), "pass e.g. --output sample.mp4")
     if a.fps is not None:
         flags.check_float("--fps", a.fps, 0, strict=True, fix="pass e.g. --fps 24")
     if not flags.DEVICE_RE.match(a.device):

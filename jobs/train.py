@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_preset(p, sorted(TRAIN_PRESETS))
     p.add_argument("--workers", type=int, default=1, help="DDP workers (1: this process, no Ray); 1 CPU, "
                    "and 1 GPU when training on GPU, each")
-    p.add_argument("--model", choices=["tiny", "S", "B", "L"])
-    p.add_argument("--objective", choices=["rflow", "ddpm"])
+    p.add_argument("--model", choices=["tiny", "S", "B", "L"], help="DiT size (default: the preset's)")
+    p.add_argument("--objective", choices=["rflow", "ddpm"], help="training objective (default: the preset's)")
     for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", float),
                       ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", float)):
         p.add_argument(f"--{name}", type=typ, help="(default: the preset's)")

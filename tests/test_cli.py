@@ -104,6 +104,7 @@ BAD = [
     ("sample", ["--strength", "2"], "--strength must be in (0, 1], got 2"),
     ("sample", ["--run", "{o}/in"], "must be a training run folder"),
     ("sample", ["--steps", "0"], "--steps must be >= 1, got 0"),
+    ("sample", ["--output", "{o}/s.gif"], "--output must be an .mp4 file, got"),
     ("report", ["--output", "{o}/missing"], "must be an existing run folder"),
     ("report", ["--max-previews", "-1"], "--max-previews must be >= 0, got -1"),
     ("filter", ["--cluster-rows", "0"], "--cluster-rows must be >= 1, got 0"),

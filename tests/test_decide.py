@@ -17,6 +17,7 @@ from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
     DROP_REASON,
+    DROP_RULE,
     DUPLICATE_OF,
     FAILED_STAGE,
     IS_STATIC,
@@ -97,7 +98,7 @@ def test_distributed_decisions_equal_the_in_memory_cascade(tmp_path, ray_local):
     want, want_funnel = apply_cascade(table_from_rows(rows), CFG)
     got = pa.concat_tables([pq.read_table(p) for p in dst])
     assert got.column(CLIP_ID).to_pylist() == want.column(CLIP_ID).to_pylist()
-    for c in (KEPT, DROP_REASON, DUPLICATE_OF):
+    for c in (KEPT, DROP_REASON, DROP_RULE, DUPLICATE_OF):
         assert got.column(c).to_pylist() == want.column(c).to_pylist(), c
     assert funnel == want_funnel
     assert sum(w.rows for w in written) == len(rows)

@@ -3,5 +3,6 @@
 import sys
 
 from jobs.bench import cli
+from jobs.runtime.flags import run_cli
 
-sys.exit(cli())
+sys.exit(run_cli(cli))  # Ctrl-C: one line, exit 130

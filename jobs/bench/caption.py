@@ -94,12 +94,12 @@ def gpu_tokens_per_s(batch: int, frames: int, new_tokens: int) -> dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench caption")
-    p.add_argument("--clips", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=4)
+    p = argparse.ArgumentParser(prog="python -m jobs.bench caption", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--clips", type=int, default=32, help="clips to caption")
+    p.add_argument("--batch-size", type=int, default=4, help="clips per engine batch")
     p.add_argument("--max-new-tokens", type=int, default=48, help="smoke generation length (sets model cost)")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
-    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None, help="run on the GPU (default: when present)")
     a = p.parse_args(argv)
     import torch
 

@@ -33,11 +33,11 @@ def _run(args: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench curate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-out/curate")
+    p = argparse.ArgumentParser(prog="python -m jobs.bench curate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench-out/curate", help="scratch folder for the benchmark's outputs")
     p.add_argument("--real", default="friends-video-clip.mp4,poppins.mp4",
                    help="real videos from --videos to add to the generated samples ('' for none)")
-    p.add_argument("--videos", default=str(DEFAULT_VIDEOS))
+    p.add_argument("--videos", default=str(DEFAULT_VIDEOS), help="folder of input videos")
     a = p.parse_args(argv)
     root = Path(a.out)
     shutil.rmtree(root, ignore_errors=True)

@@ -137,8 +137,9 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jobs.bench detect", description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "videos")
+    ap = argparse.ArgumentParser(prog="python -m jobs.bench detect", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "videos",
+                    help="folder of input videos")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="best of this many runs per file (noisy machines)")

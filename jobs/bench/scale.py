@@ -248,18 +248,18 @@ def _growth(results: list[dict], i: int, key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench scale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.bench scale", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated clip counts")
     p.add_argument("--recall-at", type=float, default=1e5, help="size at which to compare with the exact greedy "
                    "(0: skip)")
-    p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows)
+    p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows, help="rows per near-dup cluster")
     p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
                    help="near-duplicate border pass: a kept row joins its second-nearest cluster within this "
                    "multiple of the pair bound (inf: every kept row; 0: none, pass 1 alone)")
     p.add_argument("--spread", action="store_true", help="harder near-duplicate data: groups lie between two "
                    "topics and their members spread along that line, so some duplicate pairs straddle a "
                    "k-means cluster border")
-    p.add_argument("--out", default="bench-out/scale")
+    p.add_argument("--out", default="bench-out/scale", help="scratch folder for the benchmark's outputs")
     p.add_argument("--keep", action="store_true", help="keep the generated parts")
     p.add_argument("--join", action="store_true", help="also time the score job's clip/score join (a hash "
                    "shuffle on clip_id in Ray tasks) at each size")

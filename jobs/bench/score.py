@@ -163,11 +163,11 @@ def images_per_second(stage: score.ClipScoreStage, size: int, batch: int, iters:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench score", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["smoke", "vit-l-14"], default="smoke")
-    p.add_argument("--videos", type=int, default=3)
+    p = argparse.ArgumentParser(prog="python -m jobs.bench score", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=["smoke", "vit-l-14"], default="smoke", help="CLIP model (smoke: random, offline)")
+    p.add_argument("--videos", type=int, default=3, help="number of synthetic videos")
     p.add_argument("--seconds", type=int, default=8, help="length of each synthetic video")
-    p.add_argument("--clip-seconds", type=int, default=2)
+    p.add_argument("--clip-seconds", type=int, default=2, help="seconds per clip")
     p.add_argument("--size", default="640x360", help="synthetic video size WxH")
     p.add_argument("--batch", type=int, default=8, help="clips per batch")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path (the best is kept)")

@@ -125,14 +125,14 @@ def bench_encode_ltx_full(clips: int, frames: int, size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=512)
-    p.add_argument("--rows-per-shard", type=int, default=256)
-    p.add_argument("--text-tokens", type=int, default=64)
-    p.add_argument("--text-dim", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--smoke-clips", type=int, default=6)
+    p = argparse.ArgumentParser(prog="python -m jobs.bench shards", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=512, help="synthetic latent rows")
+    p.add_argument("--rows-per-shard", type=int, default=256, help="rows per shard")
+    p.add_argument("--text-tokens", type=int, default=64, help="text embedding tokens per row")
+    p.add_argument("--text-dim", type=int, default=512, help="text embedding width")
+    p.add_argument("--batch-size", type=int, default=8, help="loader batch size")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
+    p.add_argument("--smoke-clips", type=int, default=6, help="clips encoded with the smoke VAE")
     p.add_argument("--ltx-clips", type=int, default=1, help="0 skips the full-size LTX encode")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = p.parse_args(argv)

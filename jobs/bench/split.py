@@ -123,11 +123,11 @@ def peak_rss_of_split(path: Path) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench split", description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)))
-    p.add_argument("--detectors", default="content,transnetv2,hybrid")
+    p = argparse.ArgumentParser(prog="python -m jobs.bench split", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)), help="folder of input videos")
+    p.add_argument("--detectors", default="content,transnetv2,hybrid", help="comma-separated detectors to compare")
     p.add_argument("--long-minutes", type=float, default=60.0, help="length of the generated memory-test video (0: skip)")
-    p.add_argument("--out", default="bench-out")
+    p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
     args = p.parse_args(argv)
     vdir = Path(args.videos)
     gt = {k: v for k, v in json.loads((vdir / "shot_boundaries.json").read_text()).items() if not k.startswith("_")}

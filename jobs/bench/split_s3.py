@@ -114,10 +114,10 @@ def _key(uri: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench split --s3", description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)))
-    p.add_argument("--detector", default="content")
-    p.add_argument("--out", default="bench-out")
+    p = argparse.ArgumentParser(prog="python -m jobs.bench split --s3", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)), help="folder of input videos")
+    p.add_argument("--detector", default="content", help="shot detector")
+    p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
     args = p.parse_args(argv)
     files = sorted(f for f in Path(args.videos).iterdir() if f.suffix.lower() in (".mp4", ".webm", ".mkv", ".mov"))
     if not files:

@@ -216,19 +216,19 @@ def attention_work(batch: int, shrink: int, width: int, heads: int, reps: int, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench train", description=__doc__.split("\n")[0])
-    p.add_argument("--vae", choices=["smoke", "smoke-ltx", "ltx-full-random"], default="smoke")
-    p.add_argument("--clips", type=int, default=4)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--model", default="tiny", choices=["tiny", "S", "B", "L"])
+    p = argparse.ArgumentParser(prog="python -m jobs.bench train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n")[0])
+    p.add_argument("--vae", choices=["smoke", "smoke-ltx", "ltx-full-random"], default="smoke", help="VAE that makes the latents")
+    p.add_argument("--clips", type=int, default=4, help="synthetic clips")
+    p.add_argument("--steps", type=int, default=5, help="training steps per run")
+    p.add_argument("--batch-size", type=int, default=4, help="clips per step")
+    p.add_argument("--model", default="tiny", choices=["tiny", "S", "B", "L"], help="DiT size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
-    p.add_argument("--out", default="bench-out")
+    p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
     p.add_argument("--attention-only", action="store_true", help="only the packed-vs-padded attention work")
     p.add_argument("--attention-batch", type=int, default=None, help="samples per step (default: the default preset's)")
     p.add_argument("--attention-shrink", type=int, default=6, help="divide latent H and W by this for CPU timing")
     p.add_argument("--attention-width", type=int, default=64, help="attention width for CPU timing (heads of 16)")
-    p.add_argument("--attention-reps", type=int, default=3)
+    p.add_argument("--attention-reps", type=int, default=3, help="timed repeats of the attention figure")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -3,5 +3,6 @@
 import sys
 
 from jobs.report.build import main
+from jobs.runtime.flags import run_cli
 
-sys.exit(main())
+sys.exit(run_cli(main))  # Ctrl-C: one line, exit 130

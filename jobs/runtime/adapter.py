@@ -58,6 +58,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         if need is not None:
             check_cluster(need)
         return
+    quiet_logs(not quiet)  # before Ray starts too: its workers inherit the environment
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
     source = "--address" if address else "RAY_ADDRESS"

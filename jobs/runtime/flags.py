@@ -23,6 +23,7 @@ once instead of waiting forever. Old spellings (--out, --concurrency, --num-gpus
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import re
@@ -134,7 +135,7 @@ def add_weights_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true", help="show Ray's own per-operator logs")
+    p.add_argument("--verbose", action="store_true", help="show Ray's per-operator logs and HF progress bars")
 
 
 # --- checks -----------------------------------------------------------------------------
@@ -269,6 +270,20 @@ def quiet_logs(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.ERROR  # quiet: not even Ray's deprecation notices
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+    if verbose:
+        return
+    # HF's "Loading weights" / download bars and notices, also in libraries imported later.
+    # not RAY_BACKEND_LOG_LEVEL: setting it makes every Ray process print a line saying so
+    for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("DIFFUSERS_VERBOSITY", "error")):
+        os.environ.setdefault(var, value)
+    for lib in ("transformers", "diffusers"):  # already imported: their bars were read at import
+        if lib in sys.modules:
+            logs = importlib.import_module(f"{lib}.utils.logging")
+            logs.disable_progress_bar()
+            logs.set_verbosity_error()
+    if "huggingface_hub" in sys.modules:
+        importlib.import_module("huggingface_hub.utils").disable_progress_bars()
 
 
 def run_cli(fn: Callable[[], int | None]) -> int:
@@ -278,6 +293,26 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except KeyboardInterrupt:
+        return interrupted()
+
+
+INTERRUPTED = "interrupted; rerun to resume"
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line and exit 130 (128 + SIGINT); finished parts keep their markers, so a rerun resumes.
+
+    Later Ctrl-C's and the interpreter's exit hooks (Ray's shutdown) stay silent: the line is the last word.
+    """
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr.write(f"{INTERRUPTED}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)  # important: no atexit Ray shutdown printing worker tracebacks after the line
 
 
 # --- caption engine ---------------------------------------------------------------------------
