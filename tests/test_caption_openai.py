@@ -1,7 +1,7 @@
 """The openai caption engine against a real server: `transformers serve` with the smoke VLM.
 
 A session fixture saves the smoke Qwen2.5-VL to a temp folder and serves it on a free
-127.0.0.1 port (captioner/local_server.py: transformers serve plus an API key check).
+127.0.0.1 port (jobs/bench/openai_server.py: transformers serve plus an API key check).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from captioner import local_server
-from captioner.local_server import LocalServer
 from captioner.openai_engine import OpenAIConfig
 from captioner.stage import SMOKE, CaptionStage, resolve_engine
 from captioner.vlm import build_smoke_vlm
 from curate import schema as S
+from curate.errors import UsageError
 from curate.storage import read_parts, write_parquet_atomic
+from jobs.bench import openai_server
+from jobs.bench.openai_server import LocalServer
 from tests.caption_helpers import make_clips
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ KEY = "sk-test-7f3a9c2e51d84b06"
 
 
 def start_server(model_dir: Path, log: Path) -> LocalServer:
-    return local_server.start_server(model_dir, log, KEY_ENV, KEY)
+    return openai_server.start_server(model_dir, log, KEY_ENV, KEY)
 
 
 @pytest.fixture(scope="session")
@@ -164,3 +165,33 @@ def test_job_through_server_killed_mid_run_then_resumed(tmp_path, smoke_dir):
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert seen > 10  # the grep read real files (parts, markers, summaries, Ray's logs)
+
+
+def test_prompt_upsampling_through_the_server(server, smoke_dir, key_env, monkeypatch):
+    """jobs.sample --upsample-engine openai: the flags build the config; the upsampler asks the server."""
+    from captioner.upsample import PromptUpsampler
+    from jobs import sample
+
+    a = sample.build_parser().parse_args(["--run", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample",
+                                          "--upsample-engine", "openai", "--upsample-model", str(smoke_dir),
+                                          "--upsample-base-url", server, "--upsample-api-key-env", KEY_ENV])
+    cfg = sample.upsample_config(a)
+    assert (cfg.engine, cfg.model, cfg.openai.base_url, cfg.openai.api_key_env) == ("openai", str(smoke_dir),
+                                                                                 server, KEY_ENV)
+    cfg = replace(cfg, sampling=replace(cfg.sampling, max_new_tokens=24), openai=replace(cfg.openai, backoff_s=0.1))
+    up = PromptUpsampler(cfg)
+    up.probe()
+    got = up(["a red kite over a beach", "a cat"], seed=7)
+    assert [g.prompt for g in got] == ["a red kite over a beach", "a cat"]
+    assert {g.model_id for g in got} == {f"openai:{smoke_dir}:image_url"}
+    for g in got:  # an expansion that passed QA, or the user's prompt with the reason: never empty
+        assert g.caption and (g.upsampled or (g.caption == g.prompt and g.reason.startswith("upsampling failed")))
+    assert up.vlm.stats["http_requests"] >= 2 and up.vlm.stats["http_failed"] == 0
+    monkeypatch.setenv(KEY_ENV, "sk-wrong")
+    with pytest.raises(UsageError, match="--api-key-env must hold a key"):
+        PromptUpsampler(cfg).probe()
+    for bad, msg in ((["--upsample-engine", "openai"], "needs --upsample-model"),
+                     (["--upsample-base-url", server], "need --upsample-engine openai")):
+        with pytest.raises(UsageError, match=msg):
+            sample.upsample_config(sample.build_parser().parse_args(
+                ["--run", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample", *bad]))

@@ -12,7 +12,7 @@ Speeds are reported as ratios against the baseline run in the same process.
 
 `--engine openai`: the OpenAI-compatible client against the in-actor engine, in one run, on
 the same pre-decoded clips and the same smoke model (saved to a folder, served on 127.0.0.1 by
-captioner/local_server.py: `transformers serve` with a key check, on the same CPUs): clips/s
+jobs/bench/openai_server.py: `transformers serve` with a key check, on the same CPUs): clips/s
 and completion tokens/s of the in-actor engine, then of the client at each `--in-flight`
 (requests open at once), as ratios; tokens per clip (prompt, completion) from the server's
 usage fields, also for the default prompt at the default 16 frames of 448 px.
@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from captioner import local_server
 from captioner.openai_engine import OpenAIConfig
 from captioner.stage import DEFAULT, FRAMES_SHAPE, SMOKE, CaptionStage, attach_frames, resolve_engine
 from captioner.vlm import Sampling, build_smoke_vlm
@@ -40,6 +39,7 @@ from curate.ids import clip_id
 from curate.storage import write_parquet_atomic
 from curate.synth import Segment, make_video
 from jobs import caption as job
+from jobs.bench import openai_server
 
 
 def _scored(root: Path, clips: int, seconds: int = 8, width: int = 320, height: int = 180) -> list[dict[str, Any]]:
@@ -145,7 +145,7 @@ def openai_main(a: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             "model": "smoke-random:qwen2_5_vl (CPU; plumbing only), one folder for both engines",
             "clips": len(rows), "num_frames": cfg.num_frames, "max_side": cfg.max_side,
             "max_new_tokens": a.max_new_tokens,
-            "server": "transformers serve (captioner/local_server.py) on 127.0.0.1, same CPUs as this process",
+            "server": "transformers serve (jobs/bench/openai_server.py) on 127.0.0.1, same CPUs as this process",
             "note": "a clip costs 2-3 requests (caption, QA retry, short caption) and the random model's text "
                     "differs between engines, so requests/s and completion tokens/s are the like-for-like ratios"}
         report["in_actor"] = {"batch_size": a.batch_size, **_round(_engine_run(cfg, table))}
@@ -154,7 +154,7 @@ def openai_main(a: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # the server's torch: one thread, as the in-actor engine here
         try:
-            server = local_server.start_server(model_dir, root / "serve.log", key_env)
+            server = openai_server.start_server(model_dir, root / "serve.log", key_env)
         finally:
             os.environ.pop("OMP_NUM_THREADS") if threads is None else os.environ.update(OMP_NUM_THREADS=threads)
         try:

@@ -2,7 +2,7 @@
 
 For the caption-engine tests and `python -m jobs.bench caption --engine openai` (needs the
 `transformers[serving]` extra, in the dev extras). `start_server(model_dir, log, key_env)`
-starts `python -m captioner.local_server MODEL_DIR PORT KEY_ENV` as a subprocess on a free
+starts `python -m jobs.bench.openai_server MODEL_DIR PORT KEY_ENV` as a subprocess on a free
 127.0.0.1 port and waits for /health; the child serves transformers' own OpenAI-compatible app
 (the code `transformers serve` runs) and answers 401 to /v1 requests without
 `Authorization: Bearer $KEY_ENV`, as vLLM's `--api-key` does (transformers serve has no key check).
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -62,7 +62,7 @@ def start_server(model_dir: str | Path, log: Path, key_env: str, key: str | None
         raise ValueError(f"start_server needs a key in ${key_env}")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "captioner.local_server", str(model_dir), str(port), key_env],
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.bench.openai_server", str(model_dir), str(port), key_env],
                                 cwd=_REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = LocalServer(proc, f"http://127.0.0.1:{port}/v1", log)
     deadline = time.monotonic() + wait_s
