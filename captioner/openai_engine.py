@@ -255,9 +255,10 @@ class OpenAIEngine:
 # --- the start-up probe ---------------------------------------------------------------------------
 
 
-def probe(cfg: OpenAIConfig, model: str) -> OpenAIConfig:
+def probe(cfg: OpenAIConfig, model: str, text_only: bool = False) -> OpenAIConfig:
     """On the driver, before any actor: the server answers, takes the key, serves `model` and
-    takes frames. Returns the config with `frames` resolved; a problem is a UsageError (exit 2)."""
+    (unless `text_only`: prompt upsampling) takes frames. Returns the config with `frames`
+    resolved; a problem is a UsageError (exit 2)."""
     import httpx
 
     client = _Client(cfg, model)
@@ -280,6 +281,8 @@ def probe(cfg: OpenAIConfig, model: str) -> OpenAIConfig:
             raise UsageError(f"--base-url must be an OpenAI-compatible server that completes a chat request, got "
                              f"HTTP {r.status_code} from {cfg.base_url} ({client.scrub(r.text)[:160]}); "
                              "check --base-url and the server's log")
+        if text_only:
+            return replace(cfg, frames="images" if cfg.frames == "auto" else cfg.frames)
         mode = cfg.frames
         frames = np.full((2, 56, 56, 3), 128, np.uint8)
         seen = Request([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Reply with OK."}]}],

@@ -9,6 +9,10 @@ Deterministic: each prompt is generated alone with a seed derived from (seed, pr
 prompt's expansion does not depend on which other prompts share the call. A failed
 expansion is retried once with the next seed; if it fails again the user's prompt is
 returned unchanged and the reason recorded, so the sampler never stops on it.
+
+`engine="openai"` sends the same text-only chat request to an OpenAI-compatible server (the
+caption engine's client, `captioner/openai_engine.py`): `model` is then the model's name on the
+server, `probe` checks server, key and model before anything else loads.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import hashlib
 from dataclasses import dataclass, field, replace
 
 from captioner import prompts
+from captioner.engine import EngineName
+from captioner.openai_engine import OpenAIConfig
 from captioner.qa import QAConfig, check_caption
 from captioner.vlm import Request, Sampling, load_vlm
 from curate.errors import UsageError
@@ -25,6 +31,8 @@ from curate.errors import UsageError
 @dataclass(frozen=True)
 class UpsampleConfig:
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # the captioner's own LM: same style, one model to ship
+    engine: EngineName = "transformers"  # transformers: generate here; openai: a chat-completions server
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)  # the server, when engine="openai"
     prompt_version: str = prompts.LATEST
     sampling: Sampling = Sampling(max_new_tokens=320, do_sample=True, temperature=0.7, top_p=0.9)  # noqa: RUF009
     qa: QAConfig = field(default_factory=QAConfig)
@@ -65,7 +73,19 @@ class PromptUpsampler:
         self.vlm = None  # captioner.vlm.VLM, or a stub with `generate` and `model_id`
         prompts.get(cfg.prompt_version)
 
+    def probe(self) -> None:
+        """engine openai: one request checks server, key and model (a problem is a UsageError)."""
+        if self.cfg.engine == "openai":
+            from captioner.openai_engine import probe
+
+            probe(self.cfg.openai, self.cfg.model, text_only=True)
+
     def load(self) -> None:
+        if self.vlm is None and self.cfg.engine == "openai":
+            from captioner.openai_engine import OpenAIEngine
+
+            # text only: no frames are sent, so the frames mode needs no probe
+            self.vlm = OpenAIEngine(replace(self.cfg.openai, frames="images", max_in_flight=1), self.cfg.model)
         if self.vlm is None:
             self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
                                 self.cfg.weights_dir)

@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ class SampleJob:
     weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
     ema: bool = True
     device: str = "auto"  # auto: cuda when present
+    upsampler: Any = None  # an UpsampleConfig from the --upsample-* flags; None: the preset for the run's text encoder
 
 
 def codec_configs(run_config: dict, weights_dir: str | None = None):
@@ -158,9 +160,11 @@ def main(job: SampleJob) -> dict:
         from captioner.upsample import SMOKE as UP_SMOKE
         from captioner.upsample import PromptUpsampler
 
-        up = UP_SMOKE if text_cfg.smoke else UP_DEFAULT
+        up = job.upsampler or (UP_SMOKE if text_cfg.smoke else UP_DEFAULT)
         up = replace(up, weights_dir=expand(job.weights_dir)) if job.weights_dir else up
-        res = PromptUpsampler(up)([job.prompt], seed=job.seed)[0]
+        upsampler = PromptUpsampler(up)
+        upsampler.probe()  # engine openai: server, key and model checked before anything loads
+        res = upsampler([job.prompt], seed=job.seed)[0]
         caption, upsampled = res.caption, res.upsampled
         if not res.upsampled:
             print(f"[sample] prompt kept as is: {res.reason}", flush=True)
@@ -219,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
                  input_alias="--run")
     p.add_argument("--prompt", required=True, help="the text to sample a video for")
     p.add_argument("--upsample", action="store_true", help="expand the prompt with the captioner first")
+    p.add_argument("--upsample-engine", choices=["transformers", "openai"], default=None,
+                   help="--upsample with an OpenAI-compatible server (openai) instead of the model in this process")
+    p.add_argument("--upsample-model", default=None, help="--upsample-engine openai: the model's name on the server")
+    p.add_argument("--upsample-base-url", default=None, help="--upsample-engine openai: the API root, e.g. "
+                   "http://127.0.0.1:8000/v1")
+    p.add_argument("--upsample-api-key-env", default=None, metavar="VAR",
+                   help="--upsample-engine openai: NAME of the environment variable holding the key (never the key)")
     p.add_argument("--init-video", help="SDEdit: start from this video's latents")
     p.add_argument("--strength", type=float, default=1.0, help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective")
     for name in ("frames", "height", "width"):
@@ -273,10 +284,36 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
             raise flags.fail("--init-video must be an existing video file", repr(a.init_video), "check the path")
     out = flags.canonical(a.output)
     flags.check_writable_file("--output", out)
-    return SampleJob(run=run, prompt=a.prompt, out=out, upsample=a.upsample, init_video=init,
+    up = upsample_config(a)
+    return SampleJob(upsampler=up, run=run, prompt=a.prompt, out=out, upsample=a.upsample, init_video=init,
                      strength=a.strength, frames=a.frames, height=a.height, width=a.width, steps=a.steps,
                      cfg_scale=a.cfg_scale, seed=a.seed, fps=a.fps, weights_dir=expand(a.weights_dir), ema=not a.no_ema,
                      device=a.device)
+
+
+def upsample_config(a: argparse.Namespace) -> Any:
+    """The --upsample-* flags -> an UpsampleConfig (None: the preset), checked as jobs.caption checks its own."""
+    named = [f"--upsample-{n}" for n in ("engine", "model", "base-url", "api-key-env")
+             if getattr(a, "upsample_" + n.replace("-", "_")) is not None]
+    if named and not a.upsample:
+        raise flags.fail(f"{named[0]} needs --upsample", "no --upsample", "add --upsample")
+    if a.upsample_engine != "openai":
+        if a.upsample_base_url or a.upsample_api_key_env or a.upsample_model:
+            raise flags.fail("--upsample-base-url/-model/-api-key-env need --upsample-engine openai",
+                             f"--upsample-engine {a.upsample_engine or 'transformers'}", "add --upsample-engine openai")
+        return None
+    from captioner.upsample import DEFAULT as UP_DEFAULT
+
+    if not a.upsample_model:
+        raise flags.fail("--upsample-engine openai needs --upsample-model, the model's name on the server", "none",
+                         "pass --upsample-model NAME (GET BASE_URL/models lists them)")
+    ns = argparse.Namespace(engine="openai", model=a.upsample_model, base_url=a.upsample_base_url,
+                            api_key_env=a.upsample_api_key_env, max_in_flight=None, frames=None,
+                            request_timeout=None, request_retries=None)
+    if not a.upsample_base_url:
+        raise flags.fail("--upsample-engine openai needs --upsample-base-url", "none",
+                         "pass --upsample-base-url http://HOST:PORT/v1")
+    return flags.caption_engine_config(ns, UP_DEFAULT)
 
 
 def parse_args(argv: list[str] | None) -> SampleJob:
