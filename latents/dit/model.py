@@ -157,6 +157,8 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     # How attention is split per packed sample (attention.py); not part of the weights or config.
     attention: Backend = "varlen"
+    # Recompute each block in backward instead of keeping its activations (the trainer sets it).
+    checkpointing: bool = False
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -215,7 +217,11 @@ class DiT(nn.Module):
         x = self.x_embed(packed.tokens)
         text = packed.text.to(x.dtype)
         for blk in self.blocks:
-            x = blk(x, c_tok, text, self_attend, cross_attend, has_text, rope)
+            if self.checkpointing and torch.is_grad_enabled():  # saves x per block, recomputes the rest
+                x = torch.utils.checkpoint.checkpoint(blk, x, c_tok, text, self_attend, cross_attend, has_text, rope,
+                                                      use_reentrant=False)
+            else:
+                x = blk(x, c_tok, text, self_attend, cross_attend, has_text, rope)
         shift, scale = self.final_ada(c_tok).chunk(2, dim=-1)
         return self.final(modulate(self.final_norm(x), shift, scale))
 
