@@ -32,7 +32,7 @@ import torch
 
 from latents.dit.packing import num_tokens, pack, padding_efficiency
 from latents.dit.synthetic import synthetic_samples
-from latents.dit.train import TrainConfig, batch_loss, batch_positions, lr_at
+from latents.dit.train import TrainConfig, lr_at, micro_loss
 
 # Mixed (T, H, W) latent buckets, as a Wan-VAE 256²-area set of aspects and durations gives.
 MIXED_SHAPES = [(t, h, w) for t in (5, 9, 13) for h, w in ((32, 32), (24, 42), (42, 24), (28, 36), (36, 28))]
@@ -89,14 +89,15 @@ class Trainer:
     def step(self, step: int) -> float:
         """Seconds taken by optimizer step `step`."""
         t0 = time.perf_counter()
-        idx = batch_positions(self.cfg.seed, step, self.cfg.batch_size, len(self.data))
-        batch = [self.data[i] for i in idx]
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)  # same batches in both runs
+        idx = torch.randperm(len(self.data), generator=g)[: self.cfg.batch_size].tolist()
+        batch = [{**self.data[i], "position": step * self.cfg.batch_size + k} for k, i in enumerate(idx)]
         if self.encoder is not None:  # the baseline: pixels -> VAE -> latents inside the step
             z = self.encoder.encode(torch.stack([self.pixels[i] for i in idx]))  # (B, 3, F, H, W) -> (B, C, T, h, w)
             batch = [{**s, "latent": z[k]} for k, s in enumerate(batch)]
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, step)
-        loss, _ = batch_loss(self.model, batch, list(range(len(batch))), self.cfg, step, torch.device("cpu"))
+        loss, *_ = micro_loss(self.model, batch, self.cfg, torch.device("cpu"), scale=1 / len(batch))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
