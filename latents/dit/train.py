@@ -91,13 +91,17 @@ class TrainConfig:
     tensorboard: bool = True
     bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
     size_cond: bool = False  # condition on each sample's latent grid (duration, resolution); DiTConfig.size_cond
+    # timestep shift of the rectified-flow draws, a number or "auto" (per sample from its grid:
+    # diffusion.resolve_shift); recorded in config.json, so jobs.sample / SDEdit use the same
+    shift: D.Shift = 1.0
+    ablate: tuple[str, ...] = ()  # test-only: DiTConfig.ablate (tests/test_dit_learning.py)
 
     def model_config(self, in_channels: int, text_dim: int) -> DiTConfig:
         if self.model not in PRESETS:
             raise ValueError(f"model must be one of {sorted(PRESETS)}: got {self.model!r}")
         base = PRESETS[self.model]
-        return DiTConfig.from_dict({**base.to_dict(), "patch": tuple(self.patch), "size_cond": self.size_cond}
-                                   ).sized(in_channels, text_dim)
+        return DiTConfig.from_dict({**base.to_dict(), "patch": tuple(self.patch), "size_cond": self.size_cond,
+                                    "ablate": tuple(self.ablate)}).sized(in_channels, text_dim)
 
 
 SMOKE = TrainConfig(model="tiny", steps=20, batch_size=4, max_tokens=256, warmup=5, log_every=5, ckpt_every=10)
@@ -109,7 +113,7 @@ SMOKE = TrainConfig(model="tiny", steps=20, batch_size=4, max_tokens=256, warmup
 DEFAULT = TrainConfig(model="B", steps=100_000, batch_size=64, step_tokens=524_288, max_tokens=65_536,
                       micro_tokens=65_536, checkpointing=True, lr=1e-4, lr_schedule="cosine", weight_decay=0.01,
                       warmup=1000, window=16, val_rows=256, val_every=1000, preview_every=5000, ckpt_every=5000,
-                      keep_last=3, ema_decay=0.9999, size_cond=True)
+                      keep_last=3, ema_decay=0.9999, size_cond=True, shift="auto")
 
 
 def longest_sample(shapes: Sequence[Sequence[int]], patch: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
@@ -192,7 +196,7 @@ def micro_loss(model: nn.Module, samples: list[dict], cfg: TrainConfig, device: 
         g = sample_generator(seed, s["position"])
         x0 = s["latent"].to(device).float()
         eps = torch.randn(x0.shape, generator=sample_generator(seed, s["position"], 1, device), device=device)
-        u = D.draw_u(cfg.objective, 1, g)
+        u = D.draw_u(cfg.objective, 1, g, D.resolve_shift(cfg.shift, x0.shape, cfg.patch))
         x_t, target, t = D.training_inputs(cfg.objective, x0[None], eps[None], u.to(device))
         xs.append(x_t[0])
         targets.append(target[0])
