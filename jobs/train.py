@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="(default: the preset's)")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction,
                    help="recompute each block in backward (less activation memory; default: the preset's)")
+    p.add_argument("--shift", help="timestep shift of the rectified-flow draws: a number (1: none) or auto (from "
+                   "each sample's tokens per frame and frames); recorded in config.json, so jobs.sample and "
+                   "SDEdit use the same (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
     p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
     flags.add_ray(p)
@@ -293,6 +296,19 @@ def use_gpu_of(a: argparse.Namespace) -> bool:
     return a.device == "cuda" or (a.device == "auto" and bool(gpus))
 
 
+def parse_shift(text: str) -> float | str:
+    """--shift: "auto" or a positive number."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise flags.fail("--shift must be a positive number or auto", repr(text), "pass e.g. --shift 3 or --shift auto")
+    return value
+
+
 def check_args(a: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """Every check that needs no Ray: flags, folders, this machine's GPUs and CPUs."""
     flags.check_int("--workers", a.workers, 1)
@@ -305,6 +321,8 @@ def check_args(a: argparse.Namespace) -> tuple[TrainConfig, bool]:
             flags.check_int(flag, v, lo)
     if a.lr is not None:
         flags.check_float("--lr", a.lr, 0, strict=True, fix="pass e.g. --lr 1e-4")
+    if a.shift is not None:
+        a.shift = parse_shift(a.shift)
     a.input, a.output = flags.canonical(a.input), flags.canonical(a.output)
     if not a.input.startswith("synthetic:"):
         read_shards_manifest(a.input)  # raises the UsageError that says what the folder lacks
