@@ -95,3 +95,26 @@ def test_step_plan_respects_the_token_budget_and_partitions_ranks():
             for mb in micro_batches([lengths[a + i] for i in r], max_tokens=256, micro_tokens=512):
                 rows = micro_batches([lengths[a + r[i]] for i in mb], max_tokens=256, micro_tokens=None)
                 assert len(rows) == 1 and sum(lengths[a + r[i]] for i in mb) <= 512  # budget per micro-batch
+
+
+def test_micro_batch_accumulation_equals_one_big_batch():
+    from latents.dit.model import DiT
+    from latents.dit.synthetic import synthetic_samples
+    from latents.dit.train import TrainConfig, micro_loss
+
+    data = [{**s, "position": p} for p, s in enumerate(synthetic_samples(6, shapes=[(2, 4, 4), (1, 4, 6)]))]
+    cfg = TrainConfig(model="tiny", max_tokens=64)
+    torch.manual_seed(0)
+    model = DiT(cfg.model_config(data[0]["latent"].shape[0], data[0]["text_embedding"].shape[-1]))
+    device = torch.device("cpu")
+
+    def grads(groups: list[list[int]]) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        for g in groups:  # scale = 1 / samples in the step: the sum over micro-batches is the step's mean
+            micro_loss(model, [data[i] for i in g], cfg, device, scale=1 / len(data))[0].backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    one, three = grads([list(range(6))]), grads([[0, 3], [1, 4], [2, 5]])
+    assert len(one) == len(three) and any(g.abs().sum() > 0 for g in one)
+    for a, b in zip(one, three):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
