@@ -6,7 +6,12 @@
 (DDP; gloo on CPU, NCCL on GPU) on a local Ray instance, or on the cluster when RAY_ADDRESS is
 set (as under `ray job submit`). Rerunning the same command resumes from RUN's last checkpoint.
 Before anything starts, the packed-row token budget is checked against the longest sample
-in the shards' manifest (`resolve_budget`).
+in the shards' manifest (`resolve_budget`); start-up reads the manifest and shard footers, no
+latent row. A step is a token budget (`--step-tokens`, the default preset) or a sample count
+(`--batch-size`); each worker accumulates gradients over micro-batches of `--micro-tokens`.
+With `--val-rows` the last row groups are held out for a validation loss; with
+`--preview-every` the EMA model's samples for held-out captions are decoded through the
+manifest's VAE into RUN/previews/step-N/. TensorBoard event files go to RUN/tb/.
 
 --input and --output may be object store URIs (s3://bucket/out/latents, s3://bucket/runs/a):
 shards are read through pyarrow's filesystem; each worker trains in a local staging folder
@@ -22,13 +27,13 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
 
 from curate import storage
 from curate.errors import UsageError
 from curate.storage import check_writable
 from jobs.runtime import flags, presets
 from latents import run_sync
+from latents.dit.loader import Source
 from latents.dit.train import TrainConfig, longest_sample, train
 
 TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
@@ -49,33 +54,29 @@ def read_shards_manifest(shards: str) -> dict:
                          "the bucket and the AWS_* credentials") from e
 
 
-def open_dataset(shards: str) -> Sequence[dict]:
-    """All samples of the shards, in stored order (the one place the trainer touches the data).
+def open_dataset(shards: str) -> Source:
+    """The shards as a source of units (the one place the trainer touches the data).
 
     `synthetic:N` gives N random samples in the dataset contract (plumbing checks only).
-    The trainer needs random access for its deterministic (resumable, worker-count-independent)
-    order: `latents.samples.ShardSamples` reads row groups on demand, a bounded number at a time.
+    A shard folder is `latents.samples.ShardSource`: row groups listed from the manifest (no
+    latent row read), each decoded when the trainer's stream reaches its window.
     """
+    from latents.samples import ListSource, ShardSource
+
     if shards.startswith("synthetic:"):
         from latents.dit.synthetic import synthetic_samples
 
-        return synthetic_samples(int(shards.split(":", 1)[1]), shapes=[(2, 4, 4), (1, 4, 6), (3, 2, 4)])
+        return ListSource(synthetic_samples(int(shards.split(":", 1)[1]), shapes=[(2, 4, 4), (1, 4, 6), (3, 2, 4)]))
     read_shards_manifest(shards)  # the usage error for a folder that is not a finished shard set
-    from latents.samples import ShardSamples
-
-    # row groups read on demand into a bounded cache (memory flat in the number of shards);
     # stored dtype (bf16/fp16) and text padded to the longest caption of each row group
-    return ShardSamples(shards)
+    return ShardSource(shards)
 
 
-def data_facts(shards: str, data: Sequence[dict]) -> dict:
+def data_facts(shards: str, data: Source) -> dict:
     """What the sampler needs from the data: the manifest (VAE, text encoder, normalisation) and
-    the training latent shapes (JSON keys) with their counts."""
+    the training latent shapes (JSON keys) with their counts (from metadata: no sample read)."""
     manifest = read_shards_manifest(shards) if not shards.startswith("synthetic:") else None
-    if hasattr(data, "latent_shapes"):  # from the manifest: no sample read
-        shapes = Counter({json.dumps(list(k)): v for k, v in data.latent_shapes().items()})
-    else:
-        shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
+    shapes = Counter({json.dumps(list(k)): v for k, v in data.latent_shapes().items()})
     return {"shards": shards, "manifest": manifest,
             "latent_shapes": dict(sorted(shapes.items()))}
 
@@ -83,7 +84,7 @@ def data_facts(shards: str, data: Sequence[dict]) -> dict:
 def latent_shapes(shards: str) -> list[tuple[int, ...]]:
     """Every latent shape [C, T, H, W] in the shards, from the manifest alone (no shard is read)."""
     if shards.startswith("synthetic:"):
-        return sorted({tuple(d["latent"].shape) for d in open_dataset(shards)})
+        return sorted(open_dataset(shards).latent_shapes())
     by_shape = read_shards_manifest(shards).get("counts", {}).get("by_latent_shape", {})
     return sorted(tuple(int(x) for x in key.split("x")) for key, rows in by_shape.items() if rows)
 
@@ -108,7 +109,8 @@ def resolve_budget(cfg: TrainConfig, shapes: list[tuple[int, ...]], user_set: bo
                          f"--max-tokens {n} or more, or leave it unset to derive it from the shards")
     print(f"[train] token budget: the longest sample is {n} tokens (latent {list(shape)}, patch "
           f"{list(cfg.patch)}) > the preset's max_tokens {cfg.max_tokens}; packing rows of {n} tokens", flush=True)
-    return dataclasses.replace(cfg, max_tokens=n)
+    micro = cfg.micro_tokens if cfg.micro_tokens is None else max(cfg.micro_tokens, n)  # a micro-batch holds a row
+    return dataclasses.replace(cfg, max_tokens=n, micro_tokens=micro)
 
 
 def _worker_loop(config: dict) -> None:
@@ -121,7 +123,7 @@ def _worker_loop(config: dict) -> None:
     data = open_dataset(config["shards"])
     rank = ray.train.get_context().get_world_rank()
     _train_into(cfg, data, config["out"], device=ray.train.torch.get_device(), stop_after=config["stop_after"],
-                extra_config=data_facts(config["shards"], data), rank=rank)
+                extra_config=data_facts(config["shards"], data), rank=rank, preview=previewer(config["shards"]))
 
 
 def need_of(workers: int, use_gpu: bool) -> flags.Need:
@@ -130,14 +132,60 @@ def need_of(workers: int, use_gpu: bool) -> flags.Need:
                       fix="lower --workers")
 
 
-def _train_into(cfg: TrainConfig, data: Sequence[dict], out: str, *, rank: int = 0, **kwargs) -> dict:
+class Previewer:
+    """EMA previews: sample each held-out caption at its own latent shape, decode through the
+    shards' VAE (loaded on first use, on CPU), write RUN/previews/step-N/<k>.mp4 + captions.json."""
+
+    def __init__(self, manifest: dict, steps: int = 20, cfg_scale: float = 4.0):
+        self.manifest, self.steps, self.cfg_scale = manifest, steps, cfg_scale
+        self.vae = None
+        self.run: str | None = None  # set by _train_into: the local run folder
+
+    def __call__(self, ema, step: int, samples: list[dict]) -> None:
+        import torch
+
+        from curate.synth import write_video
+        from latents.dit.sample import sample
+        from latents.vae import load_vae, vae_config_from_manifest
+
+        if self.vae is None:
+            self.vae = load_vae(dataclasses.replace(vae_config_from_manifest(self.manifest), device="cpu"))
+        folder = os.path.join(self.run or ".", "previews", f"step-{step:07d}")
+        os.makedirs(folder, exist_ok=True)
+        captions = {}
+        device = next(ema.parameters()).device
+        for k, s in enumerate(samples):
+            z = sample(ema, s["text_embedding"][None].float().to(device), s["text_mask"][None].to(device),
+                       tuple(s["latent"].shape), steps=self.steps, cfg_scale=self.cfg_scale,
+                       generator=torch.Generator().manual_seed(k))
+            pixels = self.vae.decode(z.float().cpu())  # (1, 3, F, H, W) in [-1, 1]
+            # (3, F, H, W) -> (F, H, W, 3) uint8, even sides for libx264
+            frames = ((pixels[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+            frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+            write_video(os.path.join(folder, f"{k}.mp4"), list(frames), fps=8)
+            captions[f"{k}.mp4"] = s["caption"]
+        with open(os.path.join(folder, "captions.json"), "w") as f:
+            json.dump(captions, f, indent=2)
+        ema.train(False)
+
+
+def previewer(shards: str) -> Previewer | None:
+    """A Previewer for shards whose manifest names their VAE; None for synthetic data."""
+    manifest = None if shards.startswith("synthetic:") else read_shards_manifest(shards)
+    return Previewer(manifest) if manifest and manifest.get("vae", {}).get("config") else None
+
+
+def _train_into(cfg: TrainConfig, data: Source, out: str, *, rank: int = 0,
+                preview: Previewer | None = None, **kwargs) -> dict:
     """train() into `out`; a remote `out` is trained in a local staging copy, rank 0 pushing each checkpoint."""
     with run_sync.staged_run(out) as local:
         push = None
         if run_sync.is_remote(out) and rank == 0:
             def push(ckpt) -> None:
                 run_sync.push_checkpoint(ckpt, out, local)
-        summary = train(cfg, data, local, on_checkpoint=push, **kwargs)
+        if preview is not None:
+            preview.run = str(local)
+        summary = train(cfg, data, local, on_checkpoint=push, preview=preview, **kwargs)
         if run_sync.is_remote(out) and rank == 0:
             run_sync.push_files(out, local)  # the final loss.csv / loss.png
     return {**summary, "run": str(out)}
@@ -177,7 +225,7 @@ def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | 
     shards, out = flags.canonical(str(shards)), flags.canonical(str(out))
     if workers < 1:
         raise UsageError(f"--workers must be >= 1: got {workers}")
-    if cfg.batch_size % workers:
+    if cfg.step_tokens is None and cfg.batch_size % workers:
         raise UsageError(f"--batch-size must be a multiple of --workers: got {cfg.batch_size} and {workers}; "
                          f"use e.g. --batch-size {workers * max(1, cfg.batch_size // workers)}")
     cfg = resolve_budget(cfg, latent_shapes(shards), max_tokens_set)  # before Ray or any data load
@@ -189,7 +237,7 @@ def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | 
     if workers == 1:
         data = open_dataset(shards)
         summary = _train_into(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
-                              extra_config=data_facts(shards, data))
+                              extra_config=data_facts(shards, data), preview=previewer(shards))
     else:
         run_distributed(cfg, shards, out, workers, gpu, stop_after, address, verbose)
         rows = storage.read_bytes(storage.join(out, "loss.csv")).decode().strip().splitlines()
@@ -211,8 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["tiny", "S", "B", "L"], help="DiT size (default: the preset's)")
     p.add_argument("--objective", choices=["rflow", "ddpm"], help="training objective (default: the preset's)")
     for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", float),
-                      ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", float)):
+                      ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", float),
+                      ("step-tokens", int), ("micro-tokens", int), ("weight-decay", float), ("window", int),
+                      ("val-rows", int), ("val-every", int), ("preview-every", int), ("keep-last", int)):
         p.add_argument(f"--{name}", type=typ, help="(default: the preset's)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="(default: the preset's)")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction,
+                   help="recompute each block in backward (less activation memory; default: the preset's)")
+    p.add_argument("--shift", help="timestep shift of the rectified-flow draws: a number (1: none) or auto (from "
+                   "each sample's tokens per frame and frames); recorded in config.json, so jobs.sample and "
+                   "SDEdit use the same (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
     p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
     flags.add_ray(p)
@@ -240,15 +296,33 @@ def use_gpu_of(a: argparse.Namespace) -> bool:
     return a.device == "cuda" or (a.device == "auto" and bool(gpus))
 
 
+def parse_shift(text: str) -> float | str:
+    """--shift: "auto" or a positive number."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise flags.fail("--shift must be a positive number or auto", repr(text), "pass e.g. --shift 3 or --shift auto")
+    return value
+
+
 def check_args(a: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """Every check that needs no Ray: flags, folders, this machine's GPUs and CPUs."""
     flags.check_int("--workers", a.workers, 1)
     for flag, v, lo in (("--steps", a.steps, 1), ("--batch-size", a.batch_size, 1), ("--max-tokens", a.max_tokens, 1),
-                        ("--warmup", a.warmup, 0), ("--ckpt-every", a.ckpt_every, 1)):
+                        ("--warmup", a.warmup, 0), ("--ckpt-every", a.ckpt_every, 1), ("--step-tokens", a.step_tokens, 1),
+                        ("--micro-tokens", a.micro_tokens, 1), ("--window", a.window, 1), ("--val-rows", a.val_rows, 0),
+                        ("--val-every", a.val_every, 0), ("--preview-every", a.preview_every, 0),
+                        ("--keep-last", a.keep_last, 0)):
         if v is not None:
             flags.check_int(flag, v, lo)
     if a.lr is not None:
         flags.check_float("--lr", a.lr, 0, strict=True, fix="pass e.g. --lr 1e-4")
+    if a.shift is not None:
+        a.shift = parse_shift(a.shift)
     a.input, a.output = flags.canonical(a.input), flags.canonical(a.output)
     if not a.input.startswith("synthetic:"):
         read_shards_manifest(a.input)  # raises the UsageError that says what the folder lacks

@@ -46,9 +46,11 @@ def test_default_preset_budget_is_derived_from_default_shard_shapes(tmp_path, ca
     shapes = latent_shapes(str(_manifest(tmp_path / "latents", _default_latent_shapes())))
     longest = max(num_tokens(s, default.patch) for s in shapes)
     assert longest == 21 * (848 // 16) * (480 // 16)  # 81 frames in the 480x848 bucket: 33,390 tokens
-    assert default.max_tokens < longest  # the preset's row alone would not hold it ...
-    cfg = resolve_budget(default, shapes, user_set=False)
-    assert cfg.max_tokens == longest  # ... so it is raised to fit, and says so
+    assert default.step_tokens and default.max_tokens >= longest  # a step is a token budget; a row holds the longest
+    assert resolve_budget(default, shapes, user_set=False) == default
+    small = dataclasses.replace(default, max_tokens=4096)  # a preset row that would not hold it ...
+    cfg = resolve_budget(small, shapes, user_set=False)
+    assert cfg.max_tokens == longest  # ... is raised to fit, and says so
     assert "33390 tokens" in capsys.readouterr().out
     with pytest.raises(UsageError, match=r"got 4096, longest sample 33390 tokens .*--max-tokens 33390"):
         resolve_budget(dataclasses.replace(default, max_tokens=4096), shapes, user_set=True)

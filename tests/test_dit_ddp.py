@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +72,12 @@ def test_cli_missing_shards_exits_2(tmp_path):
 
 def test_cli_trains_synthetic_run_and_resumes(tmp_path):
     args = [sys.executable, "-m", "jobs.train", "--shards", "synthetic:6", "--out", str(tmp_path / "run"),
-            "--steps", "4", "--batch-size", "2", "--ckpt-every", "2", "--cpu"]
+            "--steps", "4", "--batch-size", "2", "--ckpt-every", "2", "--shift", "3", "--cpu"]
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert latest_checkpoint(tmp_path / "run").name == "step-0000004"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["shift"] == 3  # jobs.sample reads it
     args[args.index("--steps") + 1] = "6"
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
@@ -85,3 +87,10 @@ def test_cli_trains_synthetic_run_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="differs in: lr"):
         main(dataclasses.replace(TRAIN_PRESETS["smoke"], steps=6, batch_size=2, ckpt_every=2, lr=0.1),
              "synthetic:6", tmp_path / "run", gpu=False)
+
+
+def test_cli_bad_shift_exits_2(tmp_path, capsys):
+    from jobs.train import cli
+
+    assert cli(["--shards", "synthetic:6", "--out", str(tmp_path / "run"), "--shift", "-1", "--cpu"]) == 2
+    assert "--shift must be a positive number or auto, got '-1'" in capsys.readouterr().err

@@ -32,7 +32,7 @@ import torch
 
 from latents.dit.packing import num_tokens, pack, padding_efficiency
 from latents.dit.synthetic import synthetic_samples
-from latents.dit.train import TrainConfig, batch_loss, batch_positions, lr_at
+from latents.dit.train import TrainConfig, lr_at, micro_loss
 
 # Mixed (T, H, W) latent buckets, as a Wan-VAE 256²-area set of aspects and durations gives.
 MIXED_SHAPES = [(t, h, w) for t in (5, 9, 13) for h, w in ((32, 32), (24, 42), (42, 24), (28, 36), (36, 28))]
@@ -89,14 +89,15 @@ class Trainer:
     def step(self, step: int) -> float:
         """Seconds taken by optimizer step `step`."""
         t0 = time.perf_counter()
-        idx = batch_positions(self.cfg.seed, step, self.cfg.batch_size, len(self.data))
-        batch = [self.data[i] for i in idx]
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)  # same batches in both runs
+        idx = torch.randperm(len(self.data), generator=g)[: self.cfg.batch_size].tolist()
+        batch = [{**self.data[i], "position": step * self.cfg.batch_size + k} for k, i in enumerate(idx)]
         if self.encoder is not None:  # the baseline: pixels -> VAE -> latents inside the step
             z = self.encoder.encode(torch.stack([self.pixels[i] for i in idx]))  # (B, 3, F, H, W) -> (B, C, T, h, w)
             batch = [{**s, "latent": z[k]} for k, s in enumerate(batch)]
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, step)
-        loss, _ = batch_loss(self.model, batch, list(range(len(batch))), self.cfg, step, torch.device("cpu"))
+        loss, *_ = micro_loss(self.model, batch, self.cfg, torch.device("cpu"), scale=1 / len(batch))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -215,6 +216,53 @@ def attention_work(batch: int, shrink: int, width: int, heads: int, reps: int, s
                                         **time_attention(small, DEFAULT.patch, small_budget, width, heads, reps)}}
 
 
+def activation_memory(model_name: str = "B", tokens: int = 512, checkpointing: bool = False) -> dict:
+    """Bytes of tensors saved for backward per token, measured on one forward at the model's real
+    width (CPU, fp32; bf16 halves them) through autograd's saved-tensor hooks, deduplicated by
+    storage. Activations grow linearly in tokens at a fixed row length per sample, so a short
+    sequence extrapolates to the budget (attention itself is flash / varlen: no N^2 tensor kept)."""
+    from latents.dit.model import DiT
+
+    cfg = TrainConfig(model=model_name, patch=(1, 2, 2), max_tokens=tokens)
+    model = DiT(cfg.model_config(16, 4096))
+    model.checkpointing = checkpointing
+    side = int((tokens // 4) ** 0.5)  # 4 frames of side x side tokens
+    latent = torch.randn(16, 4, 2 * side, 2 * side)
+    seen: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    batch = [{"latent": latent, "text_embedding": torch.randn(32, 4096), "text_mask": torch.ones(32, dtype=torch.bool),
+              "position": 0}]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        micro_loss(model, batch, cfg, torch.device("cpu"), scale=1.0)
+    saved = sum(v for k, v in seen.items() if k not in params)
+    n = num_tokens(latent.shape, cfg.patch)
+    return {"model": model_name, "tokens": n, "checkpointing": checkpointing,
+            "params": sum(p.numel() for p in model.parameters()), "bytes_per_token_fp32": saved / n}
+
+
+def projected_peak(step_tokens_per_gpu: int, micro_tokens: int) -> dict:
+    """The default preset's projected per-GPU peak: fp32 weights + grads + AdamW (2 moments) + EMA
+    (20 bytes per parameter) plus bf16 activations of one micro-batch (with per-block
+    checkpointing: the blocks' inputs plus one block recomputed in backward)."""
+    kept = activation_memory("B", checkpointing=True)
+    full = activation_memory("B", checkpointing=False)
+    blocks = 12
+    per_token_bf16 = kept["bytes_per_token_fp32"] / 2 + full["bytes_per_token_fp32"] / 2 / blocks
+    states = 20 * full["params"]
+    acts = per_token_bf16 * micro_tokens
+    return {"activation_bytes_per_token_bf16_no_checkpointing": round(full["bytes_per_token_fp32"] / 2),
+            "activation_bytes_per_token_bf16_checkpointing": round(per_token_bf16),
+            "params": full["params"], "micro_tokens": micro_tokens, "step_tokens_per_gpu": step_tokens_per_gpu,
+            "weights_optimizer_ema_gb": round(states / 1e9, 2), "activations_gb": round(acts / 1e9, 2),
+            "projected_peak_gb": round((states + acts) / 1e9, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n")[0])
     p.add_argument("--vae", choices=["smoke", "smoke-ltx", "ltx-full-random"], default="smoke", help="VAE that makes the latents")
@@ -224,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", choices=["tiny", "S", "B", "L"], help="DiT size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
+    p.add_argument("--memory-only", action="store_true", help="only the default preset's projected GPU memory")
     p.add_argument("--attention-only", action="store_true", help="only the packed-vs-padded attention work")
     p.add_argument("--attention-batch", type=int, default=None, help="samples per step (default: the default preset's)")
     p.add_argument("--attention-shrink", type=int, default=6, help="divide latent H and W by this for CPU timing")
@@ -236,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
 
     attention = attention_work(a.attention_batch or DEFAULT.batch_size, a.attention_shrink, a.attention_width,
                                a.attention_width // 16, a.attention_reps)
+    if a.memory_only:
+        print(json.dumps({"bench": "train", "memory": projected_peak(DEFAULT.step_tokens, DEFAULT.micro_tokens)},
+                         indent=2))
+        return 0
     if a.attention_only:
         print(json.dumps({"bench": "train", "attention": attention}, indent=2))
         return 0
@@ -258,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         # row length = a few times the longest sample: with 4096 (1.2x the longest) big samples leave gaps
         "packing": [packing_efficiency((1, 2, 2), max_tokens=m) for m in (4096, 8192)],
         "attention": attention,
+        "memory": projected_peak(DEFAULT.step_tokens, DEFAULT.micro_tokens),
         "note": "random-weight models: speeds are meaningful, losses are not",
     }
     out = Path(a.out)

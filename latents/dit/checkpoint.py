@@ -3,7 +3,9 @@
 RUN/
   config.json                   model + train config (+ data facts) needed to rebuild the model
   checkpoints/step-0000100/     model.safetensors, ema.safetensors, optim.safetensors, state.json
-  loss.csv, loss.png
+  loss.csv, val.csv, loss.png     training and validation losses (train.py)
+  tb/                           TensorBoard event files
+  previews/step-0005000/        EMA samples decoded through the shards' VAE (jobs.train)
 
 A checkpoint is written to a temporary folder and renamed, and state.json is written last, so a
 crash never leaves a half checkpoint that looks complete. No pickle anywhere.
@@ -80,6 +82,19 @@ def latest_checkpoint(run: Path) -> Path | None:
     root = Path(run) / CKPT_DIR
     done = sorted(p for p in root.glob("step-???????") if (p / "state.json").is_file()) if root.is_dir() else []
     return done[-1] if done else None
+
+
+def prune_checkpoints(run: Path, keep_last: int) -> list[Path]:
+    """Remove all but the newest `keep_last` complete checkpoints (0: keep every one); returns the
+    removed. The newest is never removed, and incomplete (.tmp) folders are left to the next save."""
+    root = Path(run) / CKPT_DIR
+    if keep_last < 1 or not root.is_dir():
+        return []
+    done = sorted(p for p in root.glob("step-???????") if (p / "state.json").is_file())
+    gone = done[:-keep_last]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, ema: nn.Module | None,

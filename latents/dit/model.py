@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from latents.dit.attention import Backend, DocAttention
 from latents.dit.packing import Packed, pack, unpack
@@ -217,6 +218,8 @@ class Context:
 class DiT(nn.Module):
     # How attention is split per packed sample (attention.py); not part of the weights or config.
     attention: Backend = "varlen"
+    # Recompute each block in backward instead of keeping its activations (the trainer sets it).
+    checkpointing: bool = False
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -257,7 +260,11 @@ class DiT(nn.Module):
         x = ctx.x
         for blk in self.blocks:
             # adaLN per sample: (S, D) -> (S, 6D), broadcast to the sample's tokens (R, N, 6D)
-            x = blk(x, ctx.per_token(blk.ada(ctx.c)), ctx)
+            if self.checkpointing and torch.is_grad_enabled():  # keeps x per block, recomputes the rest
+                x = checkpoint(lambda x, c, blk=blk: blk(x, ctx.per_token(blk.ada(c)), ctx), x, ctx.c,
+                               use_reentrant=False)
+            else:
+                x = blk(x, ctx.per_token(blk.ada(ctx.c)), ctx)
         shift, scale = ctx.per_token(self.final_ada(ctx.c)).chunk(2, dim=-1)  # (R, N, D) each
         return self.final(modulate(self.final_norm(x), shift, scale))
 
