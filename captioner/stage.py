@@ -120,9 +120,9 @@ SMOKE = CaptionConfig(
 
 
 def caption_hash(cfg: CaptionConfig) -> str:
-    """Hash of what decides the captions; batch size, device and error policy are left out so
-    that rerunning with other resources resumes instead of starting over."""
-    return config_hash(replace(cfg, batch_size=0, device="", on_error="record"))
+    """Hash of what decides the captions: the resume rule of `curate.storage.config_hash` (batch
+    size, device, weights folder and error policy left out, so other resources resume)."""
+    return config_hash(cfg)
 
 
 def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
