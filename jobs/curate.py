@@ -54,9 +54,11 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand
+from jobs import guards, rule_flags, stage_flags
 from jobs.runtime import flags
 from jobs.runtime.inputs import list_inputs
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
+from latents.encode import WRITE_ROWS
 
 SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
 WRITE_STAGE = "curate-write"  # markers of phase-2 parts (OUT/captions + shards), with shard entries
@@ -78,12 +80,18 @@ class CurateConfig:
     actor_cpus: float = 0.25  # CPU-only actors ask for a share, so decode tasks keep the cores
     task_cpus: float = 0.5
     batch_size: int = 4  # clips per actor call
-    max_rows_per_shard: int = 2048
+    max_rows_per_shard: int = 256  # latents.encode.WRITE_ROWS: a writer batch holds at most that many
     report: bool = True
     device: str = "auto"  # where every model runs (flags.check_device)
     verbose: bool = False
     weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
     model_resource: str | None = None  # custom Ray resource the model actors need (pins them to such nodes)
+    # the stage options (--rule, --detector, --num-frames, ...) applied over the preset; None: the preset's
+    filters: filters.FilterConfig | None = None
+    split: Any = None  # curate.split.SplitConfig
+    caption_edits: tuple[tuple[str, Any], ...] = ()  # CaptionConfig fields to replace
+    encode_edits: tuple[tuple[str, Any], ...] = ()  # EncodeConfig fields to replace
+    limit: int | None = None  # only the first N inputs (a trial run)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -234,7 +242,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
 
     from captioner.stage import CaptionStage, attach_frames
     from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
-    from latents.encode import WRITE_ROWS, EncodeStage
+    from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
     finished = finished_parts(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h2)
@@ -243,7 +251,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
         return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
     done = clip_ids_ref(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-    columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
+    columns = list(S.CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
     ds = read_parts_dataset(storage.list_parts(layout.folder(out, layout.SCORED)), columns)
     ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
@@ -294,6 +302,14 @@ def _manifest_meta(preset: Preset) -> dict:
     return meta
 
 
+def with_options(preset: Preset, cfg: CurateConfig) -> Preset:
+    """The preset with the command line's stage options (rules, split, caption, encode) applied."""
+    score = dataclasses.replace(preset.score, filters=cfg.filters) if cfg.filters is not None else preset.score
+    return dataclasses.replace(preset, score=score, split=cfg.split or preset.split,
+                               caption=dataclasses.replace(preset.caption, **dict(cfg.caption_edits)),
+                               encode=dataclasses.replace(preset.encode, **dict(cfg.encode_edits)))
+
+
 def need_of(cfg: CurateConfig) -> flags.Need:
     """All three actor pools stream at once, beside the split and decode tasks."""
     pools = [(cfg.score_actors, cfg.score_gpus), (cfg.caption_actors, cfg.caption_gpus),
@@ -306,10 +322,11 @@ def need_of(cfg: CurateConfig) -> flags.Need:
 def main(cfg: CurateConfig) -> dict[str, Any]:
     from latents.weights import stage_weights, with_weights_dir
 
-    preset = with_device(with_weights_dir(PRESETS[cfg.preset], cfg.weights_dir), cfg.device)
+    preset = with_device(with_weights_dir(with_options(PRESETS[cfg.preset], cfg), cfg.weights_dir), cfg.device)
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    inputs = inputs[:cfg.limit] if cfg.limit else inputs
     out = flags.canonical(cfg.output)
     check_writable(out)
     filters.check_config(preset.score.filters)
@@ -356,11 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.curate", __doc__.split("\n\n")[0])
     flags.add_io(p, "directory, glob, list file or one video", "output root OUT")
     flags.add_preset(p, sorted(PRESETS))
+    stage_flags.add_limit(p)
+    rule_flags.add_rule_flags(p)
+    stage_flags.add_split_options(p)
+    stage_flags.add_caption_options(p)
+    stage_flags.add_encode_options(p)
+    p.add_argument("--max-rows-per-shard", type=int, default=WRITE_ROWS,
+                   help=f"rows per latent shard at most ({WRITE_ROWS} at most: a writer batch holds its clips)")
     # important: CPU-only actors ask for a quarter core each, so the decode tasks keep the cores
     flags.add_resources(p, ("score", "caption", "encode"), actors=1, gpus=0.0, cpus=0.25,
                         cpus_help="CPUs per actor (every stage)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
-    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip OUT/report/index.html")
     flags.add_device(p)
     flags.add_weights_dir(p)
     p.add_argument("--model-resource", default=None, metavar="NAME",
@@ -379,14 +403,31 @@ def config_from_args(a: argparse.Namespace) -> CurateConfig:
     flags.check_float("--cpus", a.cpus, 0, strict=True, fix="pass --cpus 0.25")
     gpus = (a.score_gpus, a.caption_gpus, a.encode_gpus)
     flags.check_device(a.device, max(gpus) if a.device == "cpu" else min(gpus))
+    stage_flags.check_limit(a)
+    flags.check_int("--max-rows-per-shard", a.max_rows_per_shard, 1)
+    if a.max_rows_per_shard > WRITE_ROWS:
+        raise flags.fail(f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
+                         a.max_rows_per_shard, f"pass --max-rows-per-shard {WRITE_ROWS} or less")
+    base = PRESETS[a.preset]
+    cap, enc = stage_flags.caption_config(a, base.caption), stage_flags.encode_config(a, base.encode)
+    guards.check_output(flags.canonical(a.output))  # a run root: not a stage's folder, nor inside one
     cfg = CurateConfig(
         input=flags.canonical(a.input), output=flags.canonical(a.output), preset=a.preset, address=a.address,
         score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
         score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
         actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose,
-        weights_dir=expand(a.weights_dir), model_resource=a.model_resource)
+        weights_dir=expand(a.weights_dir), model_resource=a.model_resource,
+        max_rows_per_shard=a.max_rows_per_shard, limit=a.limit,
+        filters=rule_flags.filters_from_args(a, base.score.filters), split=stage_flags.split_config(a, base.split),
+        caption_edits=_edits(cap, base.caption), encode_edits=_edits(enc, base.encode))
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
+
+
+def _edits(new: Any, old: Any) -> tuple[tuple[str, Any], ...]:
+    """The fields of a stage config the options changed (a small, hashable record for CurateConfig)."""
+    return tuple((f.name, getattr(new, f.name)) for f in dataclasses.fields(new)
+                 if getattr(new, f.name) != getattr(old, f.name))
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -52,7 +51,8 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from curate.weights import local_repo, require
+from curate.weights import local_repo, require, subfolder_kwargs
+from jobs import guards
 from jobs.runtime import flags, presets
 from latents.encode import (
     LTX,
@@ -196,8 +196,7 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
         from transformers import AutoConfig
 
         source = local_repo(enc.text.source, enc.text.weights_dir)
-        sub = enc.text.model_subfolder
-        kw = {"subfolder": sub} if sub and not (Path(source).is_dir() and not (Path(source) / sub).is_dir()) else {}
+        kw = subfolder_kwargs(source, enc.text.source, enc.text.model_subfolder)
         try:
             c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
         except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's
@@ -241,7 +240,7 @@ def main(cfg: EncodeJobConfig) -> dict:
     check_range("batch_size", cfg.batch_size, 1, fix="pass --batch-size >= 1")
     check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
-    flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
+    guards.check_input("encode", cfg.input)
     inputs = storage.list_parts(cfg.input)  # names only: the workers read the rows
     if not inputs:
         raise UsageError(f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
@@ -322,7 +321,8 @@ def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     flags.check_float("--gpus", args.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", args.cpus, 0, strict=True)
     flags.check_device(args.device, args.gpus)
-    flags.check_stage_folder("--input", args.input, "captions", "jobs.caption")
+    guards.check_input("encode", flags.canonical(args.input))
+    guards.check_output(flags.canonical(args.output), stage="encode")
     enc = with_weights_dir(PRESETS[args.preset], args.weights_dir)
     if args.device != "auto":
         enc = replace(enc, vae=replace(enc.vae, device=args.device))

@@ -46,6 +46,7 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand
+from jobs import guards, rule_flags
 from jobs.runtime import flags, presets
 from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.score", __doc__.splitlines()[0])
     flags.add_io(p, "clips directory (OUT/clips)", "scored directory (OUT/scored)")
     flags.add_preset(p, sorted(PRESETS))
+    rule_flags.add_rule_flags(p)
     flags.add_resources(p, actors=1, gpus=0.0, cpus=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
     p.add_argument("--cpu-batch", type=int, default=4, help="clips per decode task")
@@ -246,8 +248,10 @@ def config_from_args(a: argparse.Namespace) -> ScoreJob:
     flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1")
     flags.check_float("--cpus", a.cpus, 0, strict=True)
     flags.check_device(a.device, a.gpus)
-    flags.check_stage_folder("--input", a.input, "clips", "jobs.split")
+    guards.check_input(STAGE, flags.canonical(a.input))
+    guards.check_output(flags.canonical(a.output), stage=STAGE)
     cfg = PRESETS[a.preset]
+    cfg = dataclasses.replace(cfg, filters=rule_flags.filters_from_args(a, cfg.filters))
     overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
                                    "aesthetic_head": a.aesthetic_head,
                                    "weights_dir": expand(a.weights_dir)}.items() if v}

@@ -27,7 +27,7 @@ from curate import layout
 from curate import schema as S
 from curate.errors import error_key
 from curate.ids import video_id_of_file
-from curate.split import DETECTORS, SplitConfig, split_video
+from curate.split import SplitConfig, split_video
 from curate.storage import (
     check_writable,
     config_hash,
@@ -40,6 +40,7 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from jobs import guards, stage_flags
 from jobs.runtime import flags
 from jobs.runtime.inputs import list_inputs
 
@@ -59,6 +60,7 @@ class SplitJobConfig:
     num_cpus: float = 1.0  # per video task
     concurrency: int = 0  # max parallel video tasks (0: as many as CPUs allow)
     verbose: bool = False
+    limit: int | None = None  # only the first N inputs (a trial run)
 
 
 def source_key(uri: str) -> str:
@@ -141,6 +143,7 @@ def main(cfg: SplitJobConfig) -> dict:
     from jobs.runtime.adapter import init_ray
 
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    inputs = inputs[:cfg.limit] if cfg.limit else inputs
     check_writable(cfg.output)
     t0 = time.perf_counter()
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
@@ -169,10 +172,8 @@ def print_summary(summary: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.split", __doc__.split("\n\n")[0])
     flags.add_io(p, "directory, glob, list file (.txt) or one video", "output root OUT (videos/, clips/, _done/)")
-    p.add_argument("--detector", default="content", choices=DETECTORS)
-    p.add_argument("--min-seconds", type=float, default=2.0)
-    p.add_argument("--max-seconds", type=float, default=20.0)
-    p.add_argument("--trim-seconds", type=float, default=0.0)
+    stage_flags.add_split_options(p)
+    stage_flags.add_limit(p)
     flags.add_resources(p, actors=0, gpus=None, cpus=1.0, actors_help="max parallel video tasks (0: Ray decides)",
                       cpus_help="CPUs per video task")
     flags.add_ray(p)
@@ -183,10 +184,12 @@ def config_from_args(args: argparse.Namespace) -> SplitJobConfig:
     """Every check that needs no Ray: flags, input paths, the output folder, this machine's CPUs."""
     flags.check_int("--actors", args.actors, 0, "pass --actors 0 to let Ray decide")
     flags.check_float("--cpus", args.cpus, 0, strict=True, fix="pass --cpus 1")
-    split = SplitConfig(detector=args.detector, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
-                        trim_seconds=args.trim_seconds)
+    stage_flags.check_limit(args)
+    split = stage_flags.split_config(args)
     cfg = SplitJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), split=split,
-                         address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose)
+                         address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose,
+                         limit=args.limit)
+    guards.check_output(cfg.output)  # a run root: not a stage's folder, nor inside one
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 

@@ -65,6 +65,8 @@ def test_curate_outputs_follow_the_contract(submitted):
     S.validate(captions, upto="caption")
     # phase 2 saw the kept clips only, each once: nothing is captioned or encoded in vain
     assert sorted(captions.column(S.CLIP_ID).to_pylist()) == sorted(kept)
+    # phase 2 reads clip_embedding from the scored parts: every ok caption has its CLIP score
+    assert all(r[S.CAPTION_CLIP_SCORE] is not None for r in captions.to_pylist() if r[S.STATUS] == S.STATUS_OK)
     summary = json.loads((out / "summary" / "curate.json").read_text())
     assert summary["rows_phase2"] == summary["kept"] == len(kept)
     manifest = read_manifest(out / "latents")

@@ -35,6 +35,7 @@ from curate import layout, storage
 from curate import schema as S
 from curate.errors import UsageError, one_line
 from curate.storage import write_json_atomic
+from jobs import guards
 from jobs.report import html as report_html
 from jobs.report.fold import (
     SCORE_COLUMNS,
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         out = flags.canonical(a.output)
         if not storage.is_dir(out):
             raise UsageError(f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run")
+        guards.check_run_folder(out)  # not OUT/scored (the page would land among its parts), not empty
         if a.max_previews < 0:
             raise UsageError(f"--max-previews must be >= 0, got {a.max_previews}; e.g. 24")
         path = write_report_to(out, random_models=a.random_models, max_previews=a.max_previews)
