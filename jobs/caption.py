@@ -62,6 +62,7 @@ from curate.storage import (
 from curate.weights import expand, require
 from jobs import guards
 from jobs.runtime import flags, presets
+from jobs.runtime.current import check_parts, wanted_ref
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
@@ -160,6 +161,8 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     h = caption_hash(cfg.caption)
     finished = finished_parts(out, h)
     init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
+    # decisions propagate: captions of clips no longer kept leave the finished parts first
+    finished = supersede(finished, wanted_ref(inputs, [KEPT, STATUS], _kept), out, h)
     # the workers read the scored parts and pick the kept clips not captioned yet; the driver
     # holds file names, the finished set's object ref and counts
     done = clip_ids_ref(finished)
@@ -171,9 +174,35 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
                                "captioned": 0, "errors": 0, "config_hash": h}
     if counts["kept"] > counts["done"]:
         summary.update(_run(cfg, todo, out, h))
+    elif not counts["kept"] and not finished:  # 0 kept: one empty part, so encode writes an empty manifest
+        _write(CLIP_SCHEMA.empty_table(), out, h)
     summary["wall_s"] = time.perf_counter() - t0
     summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
     return summary
+
+
+def supersede(finished: list[str], wanted: Any, out: str, h: str) -> list[str]:
+    """The finished parts after a re-decision: a part holding clips no longer kept is rewritten
+    without them by a Ray task (no model runs); the driver gets back part names only."""
+    from jobs.runtime.adapter import run_tasks
+
+    stale = [p for p, ok in zip(finished, check_parts(finished, wanted)) if not ok]
+    kept = [p for p in finished if p not in set(stale)]
+    return sorted(kept + [p for p in run_tasks(_rewrite_part, stale, wanted, out, h, num_cpus=0.25) if p])
+
+
+def _rewrite_part(part: str, wanted: Any, out: str, h: str) -> str | None:
+    """Ray task: `part` without the clips no longer wanted (None: none is left)."""
+    from jobs.runtime.adapter import resolve
+
+    ids = resolve(wanted)
+    t = storage.read_table(part)
+    rest = t.filter(pa.array([c in ids for c in t.column(CLIP_ID).to_pylist()], pa.bool_()))
+    # important: the old marker first; a kill after it leaves an unmarked part the next run removes
+    storage.delete(storage.marker_path(layout.run_root(out), STAGE, layout.key_of(part)))
+    new = _write(rest, out, h) if rest.num_rows else None
+    storage.delete(part)
+    return new
 
 
 def _kept(batch: pa.Table) -> pa.Array:
@@ -246,14 +275,21 @@ def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
     return {"captioned": ok, "errors": err, "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
 
 
+def _write(batch: pa.Table, out: str, h: str) -> str:
+    """One caption part, then its marker; returns the part's path."""
+    key = layout.part_key(batch.column(CLIP_ID).to_pylist())
+    path = layout.part_path(out, key)
+    write_parquet_atomic(batch, path)
+    # important: the marker after the part; a part without one is redone on the next run
+    mark_done(layout.run_root(out), STAGE, key, h, rows=batch.num_rows)
+    return path
+
+
 def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Writer task: one caption part, then its marker; returns (ok, error) counts."""
     if batch.num_rows == 0:
         return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
-    key = layout.part_key(batch.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(batch, layout.part_path(out, key))
-    # important: the marker after the part; a part without one is redone on the next run
-    mark_done(layout.run_root(out), STAGE, key, h, rows=batch.num_rows)
+    _write(batch, out, h)
     status = batch.column(STATUS).to_pylist()
     return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
 
@@ -332,6 +368,9 @@ def cli(argv: list[str] | None = None) -> int:
                 raise
             sys.stderr.write(f"error: {line}\n")
             return 1
+        if not summary["kept"]:
+            print("caption: no clip is kept in --input; the captions hold 0 rows (encode then writes an empty "
+                  "manifest); re-decide with jobs.filter --rule ... to keep some")
         print(f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
               f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
               f"{summary['clips_per_s']:.2f} clips/s; model waited "

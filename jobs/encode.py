@@ -54,6 +54,7 @@ from curate.storage import (
 from curate.weights import local_repo, require, subfolder_kwargs
 from jobs import guards
 from jobs.runtime import flags, presets
+from jobs.runtime.current import check_parts, wanted_ref
 from latents.encode import (
     LTX,
     ROUNDTRIP_PSNR,
@@ -252,6 +253,14 @@ def main(cfg: EncodeJobConfig) -> dict:
     t0 = time.perf_counter()
     cfg_hash = config_hash(cfg.encode)
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+    # decisions propagate: a finished batch holding a clip no longer eligible (re-decided, or no
+    # longer captioned) is dropped, and its still-eligible clips are encoded again below
+    finished = finished_batches(out, cfg_hash)
+    parts = list(finished)
+    for part, ok in zip(parts, check_parts(parts, wanted_ref(inputs, COUNT_COLUMNS, eligible_mask))):
+        if not ok:
+            storage.delete(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
+            storage.delete(part)
     done = clip_ids_ref(list(finished_batches(out, cfg_hash)))  # the set stays in the object store
     # important: counted before the plan runs, against the same done set the plan skips
     seen = sum(run_tasks(_count_input, inputs, done), Counter())
@@ -347,6 +356,9 @@ def _run_cli(args: argparse.Namespace) -> int:
           f"{summary['skipped_already_done']} already done, {summary['errors']} errors -> "
           f"{summary['shard_rows']} rows in {summary['shards']} shards, round-trip PSNR "
           f"{summary['roundtrip_psnr_mean']} dB, {summary['wall_seconds']} s{smoke}")
+    if not summary["eligible"]:
+        print("encode: no clip is kept and captioned in --input, so the manifest lists 0 rows; "
+              "re-decide with jobs.filter --rule ... (then jobs.caption) to keep some")
     for reason, n in summary["errors_by_reason"].items():
         print(f"  error x{n}: {reason}")
     print(json.dumps({"manifest": summary["manifest"]}))
