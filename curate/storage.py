@@ -65,6 +65,7 @@ RESOURCE_KEYS = frozenset({
     "device",  # where a model runs
     "batch_size", "vae_batch",  # clips per model call
     "slicing",  # one clip of a VAE batch at a time (memory only)
+    "threads",  # CPU threads of an ONNX scorer (NSFW, OCR)
     "weights_dir",  # where weights are stored, not what they compute
     "on_error",  # error policy: a recorded error row and a raised one are the same failure
     "psnr_every",  # how often the round trip is measured: a report figure, not the latents
@@ -314,7 +315,7 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
 
 
 __all__ = [
-    "DONE_DIR", "PathLike", "RESOURCE_KEYS", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
+    "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
     "read_bytes", "read_json", "read_parts", "read_table", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
