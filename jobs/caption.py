@@ -54,14 +54,11 @@ from curate.schema import (
 )
 from curate.storage import (
     check_writable,
-    is_done,
-    mark_done,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from curate.weights import expand, require
 from jobs import guards
-from jobs.runtime import flags, presets
+from jobs.runtime import flags, parts, presets
 from jobs.runtime.current import check_parts, wanted_ref
 from latents.weights import stage_weights
 
@@ -112,13 +109,11 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
     A part without its marker (a crash between the two writes) or from another caption
     config is deleted, and its clips are captioned again: O(files), no rows read.
     """
-    finished = []
-    for part in storage.list_parts(out):
-        if is_done(layout.run_root(out), STAGE, layout.key_of(part), cfg_hash):
-            finished.append(part)
-        else:
-            storage.delete(part)
-    return finished
+    return parts.finished(_spec(out, cfg_hash), remove_others=True)
+
+
+def _spec(out: str, h: str) -> parts.PartSpec:
+    return parts.PartSpec(out, layout.run_root(out), STAGE, h)
 
 
 def _stats_files(out: str) -> list[str]:
@@ -268,30 +263,22 @@ def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
     ds = map_task(ds, functools.partial(_write_part, out=out, h=h),
                   Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
     t0 = time.perf_counter()
-    ok = err = 0
-    for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        ok += sum(counts.column("ok").to_pylist())
-        err += sum(counts.column("error").to_pylist())
-    return {"captioned": ok, "errors": err, "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
+    n = parts.drain(ds)
+    return {"captioned": n.get("ok", 0), "errors": n.get("error", 0), "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
 
 
 def _write(batch: pa.Table, out: str, h: str) -> str:
     """One caption part, then its marker; returns the part's path."""
-    key = layout.part_key(batch.column(CLIP_ID).to_pylist())
-    path = layout.part_path(out, key)
-    write_parquet_atomic(batch, path)
-    # important: the marker after the part; a part without one is redone on the next run
-    mark_done(layout.run_root(out), STAGE, key, h, rows=batch.num_rows)
-    return path
+    return layout.part_path(out, parts.write_part(batch, _spec(out, h)))
 
 
 def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Writer task: one caption part, then its marker; returns (ok, error) counts."""
     if batch.num_rows == 0:
-        return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
+        return parts.no_counts("ok", "error")
     _write(batch, out, h)
     status = batch.column(STATUS).to_pylist()
-    return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
+    return parts.counts(ok=status.count(STATUS_OK), error=status.count(STATUS_ERROR))
 
 
 def engine_unavailable(e: BaseException) -> str | None:

@@ -46,16 +46,13 @@ from curate.errors import UsageError, check_range
 from curate.storage import (
     check_writable,
     config_hash,
-    is_done,
-    mark_done,
     marker_path,
     read_json,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from curate.weights import expand
 from jobs import guards, rule_flags, stage_flags
-from jobs.runtime import flags
+from jobs.runtime import flags, parts
 from jobs.runtime.inputs import list_inputs
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 from latents.encode import WRITE_ROWS
@@ -102,7 +99,7 @@ class CurateConfig:
 
 def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
     """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
-    return [p for p in storage.list_parts(folder) if is_done(root, stage, layout.key_of(p), h)]
+    return parts.finished(parts.PartSpec(folder, root, stage, h))
 
 
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
@@ -125,11 +122,10 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Phase-1 writer task: one atomic scored part, then its marker; returns its row count."""
     table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
     if not table.num_rows:
-        return pa.table({"rows": pa.array([], pa.int64())})
-    key = layout.part_key(table.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(table, layout.part_path(layout.folder(out, layout.SCORED), key))
-    mark_done(out, SCORED_STAGE, key, h, clips=table.num_rows)  # important: marker after the part
-    return pa.table({"rows": [table.num_rows]})
+        return parts.no_counts("rows")
+    parts.write_part(table, parts.PartSpec(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h),
+                     clips=table.num_rows)
+    return parts.counts(rows=table.num_rows)
 
 
 def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
@@ -146,24 +142,26 @@ def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
 def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int) -> pa.Table:
     """Phase-2 writer task: the captions part and the latent shards of a batch, then one marker
     that carries the shard entries (sha256, rows, row-group digests): the manifest fragment."""
-    from latents.encode import ROUNDTRIP_PSNR
-    from latents.shards import ShardWriter
-
     if not batch.num_rows:
-        return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
-    ids = batch.column(S.CLIP_ID).to_pylist()
-    key = layout.part_key(ids)
-    cap = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
-                    .drop_columns(S.columns_of(S.LATENT_GROUP)))
-    write_parquet_atomic(cap, layout.part_path(layout.folder(out, layout.CAPTIONS), key))
-    ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
-    enc = batch.filter(ok)
-    with ShardWriter(layout.folder(out, layout.LATENTS), meta, max_rows=max_rows, row_group_rows=64,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
-        writer.write(enc)
-    captioned = cap.num_rows - cap.column(S.CAPTION).null_count
-    mark_done(out, WRITE_STAGE, key, h, clips=len(ids), captioned=captioned, encoded=enc.num_rows, shards=writer.shards)
-    return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
+        return parts.no_counts("rows", "encoded")
+    shards: list[dict[str, Any]] = []
+
+    def beside(rows: pa.Table, key: str) -> dict[str, Any]:
+        # jobs.encode's shard writer: the same clips give the same shard bytes on both paths
+        shards.extend(parts.write_shards(rows, layout.folder(out, layout.LATENTS), key, meta, max_rows))
+        captioned = rows.num_rows - rows.column(S.CAPTION).null_count
+        return {"clips": rows.num_rows, "captioned": captioned, "encoded": sum(s["rows"] for s in shards),
+                "shards": shards}
+
+    parts.write_part(batch, parts.PartSpec(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h),
+                     select=_caption_columns, beside=beside)
+    return parts.counts(rows=batch.num_rows, encoded=sum(s["rows"] for s in shards))
+
+
+def _caption_columns(batch: pa.Table) -> pa.Table:
+    """A captions part: the clip rows without the latent columns (those go to the shards)."""
+    return S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
+                     .drop_columns(S.columns_of(S.LATENT_GROUP)))
 
 
 def _stage_timings(stats: str) -> dict[str, float]:
@@ -187,11 +185,7 @@ def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
 
 def _drain(ds: Any) -> tuple[dict[str, int], dict[str, float]]:
     """Run a plan whose last step returns per-part counts: the driver sees counts only."""
-    totals: dict[str, int] = {}
-    for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for c in b.column_names:
-            totals[c] = totals.get(c, 0) + int(pc.sum(b.column(c)).as_py() or 0)
-    return totals, _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
+    return parts.drain(ds), _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
 
 
 def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str) -> dict[str, Any]:
