@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
-
 from curate import schema as S
 from curate import storage
 from jobs.runtime.flags import fail
+from jobs.runtime.parts import footer
 
 SAMPLE_PARTS = 4  # footers read per folder: the first and last parts (a folder is written by one stage)
 SCORE_VALUES = (S.MOTION, S.SHARPNESS, S.BRIGHTNESS, S.AESTHETIC, S.CLIP_EMBEDDING)
@@ -51,12 +50,6 @@ class Holds:
         return "clips"
 
 
-def _footer(part: str) -> pq.FileMetaData:
-    fs, path = storage.filesystem(part)
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).metadata
-
-
 def holds(folder: str) -> Holds | None:
     """What `folder` holds (None: not a folder of part-*.parquet files)."""
     try:
@@ -71,7 +64,7 @@ def holds(folder: str) -> Holds | None:
     rows, values = 0, {}
     statuses: set[str] = set()
     for p in sample:
-        md = _footer(p)
+        md = footer(p)
         rows += md.num_rows
         for g in range(md.num_row_groups):
             rg = md.row_group(g)

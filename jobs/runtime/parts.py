@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate import layout, storage
 from curate import schema as S
@@ -81,6 +82,14 @@ def finished(spec: PartSpec, remove_others: bool = False) -> list[str]:
         elif remove_others:
             storage.delete(part)
     return done
+
+
+def footer(part: str) -> pq.FileMetaData:
+    """A part's Parquet footer (row counts, per-column statistics and null counts): one request
+    on object storage, no rows read. The one footer reader of the jobs."""
+    fs, path = storage.filesystem(part)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata
 
 
 def counts(**n: int) -> pa.Table:
