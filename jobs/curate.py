@@ -139,7 +139,7 @@ def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
     return S.conform(table.select([c for c in table.column_names if c in S.CLIP_SCHEMA.names]))
 
 
-def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int) -> pa.Table:
+def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int, caption_h: str) -> pa.Table:
     """Phase-2 writer task: the captions part and the latent shards of a batch, then one marker
     that carries the shard entries (sha256, rows, row-group digests): the manifest fragment."""
     if not batch.num_rows:
@@ -154,14 +154,18 @@ def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int)
                 "shards": shards}
 
     parts.write_part(batch, parts.PartSpec(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h),
-                     select=_caption_columns, beside=beside)
+                     select=functools.partial(_caption_columns, caption_h=caption_h), beside=beside)
     return parts.counts(rows=batch.num_rows, encoded=sum(s["rows"] for s in shards))
 
 
-def _caption_columns(batch: pa.Table) -> pa.Table:
-    """A captions part: the clip rows without the latent columns (those go to the shards)."""
-    return S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
-                     .drop_columns(S.columns_of(S.LATENT_GROUP)))
+def _caption_columns(batch: pa.Table, caption_h: str) -> pa.Table:
+    """A captions part: the clip rows without the latent columns (those go to the shards), with
+    the caption stage's config hash (the encode stage has since put its own in the rows), as
+    jobs.caption writes them."""
+    t = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
+                  .drop_columns(S.columns_of(S.LATENT_GROUP)))
+    i = t.schema.get_field_index(S.CONFIG_HASH)
+    return t.set_column(i, t.schema.field(i), pa.array([caption_h] * t.num_rows, t.schema.field(i).type))
 
 
 def _stage_timings(stats: str) -> dict[str, float]:
@@ -234,7 +238,7 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
 def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
     """Caption and encode the kept clips only; workers write captions parts and shards."""
 
-    from captioner.stage import CaptionStage, attach_frames
+    from captioner.stage import CaptionStage, attach_frames, caption_hash
     from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
     from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
@@ -255,7 +259,8 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     ds = map_stage(ds, EncodeStage, preset.encode,
                    _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
     # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer task holds its batch)
-    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard),
+    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard,
+                                        caption_h=caption_hash(preset.caption)),
                   Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0,
                             batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
     t0 = time.perf_counter()

@@ -66,6 +66,9 @@ def write_shards(batch: pa.Table, latents: str, key: str, meta: dict[str, Any], 
 
     ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
     enc = batch.filter(pc.fill_null(ok, False))
+    if S.CLIP_EMBEDDING in enc.column_names:  # a score, not training data: shards never carry it (both writers)
+        i = enc.schema.get_field_index(S.CLIP_EMBEDDING)
+        enc = enc.set_column(i, enc.schema.field(i), pa.nulls(enc.num_rows, enc.schema.field(i).type))
     with ShardWriter(latents, meta, max_rows=max_rows, max_bytes=max_bytes, row_group_rows=row_group_rows,
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=key, write_manifest=False) as writer:
         writer.write(enc)
