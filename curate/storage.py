@@ -58,20 +58,33 @@ from curate.uri import (
 DONE_DIR = layout.DONE
 
 
-_LOCATION_KEYS = ("weights_dir",)  # where weights are stored, not what they compute: moving them re-runs nothing
+# The resume rule (README "Output layout and resume"): a stage's resume key hashes what decides
+# its output (models, prompt, frame policy, thresholds, dtype), never how or where it runs.
+# These config fields are resources: changing one re-runs nothing.
+RESOURCE_KEYS = frozenset({
+    "device",  # where a model runs
+    "batch_size", "vae_batch",  # clips per model call
+    "slicing",  # one clip of a VAE batch at a time (memory only)
+    "threads",  # CPU threads of an ONNX scorer (NSFW, OCR)
+    "weights_dir",  # where weights are stored, not what they compute
+    "on_error",  # error policy: a recorded error row and a raised one are the same failure
+    "psnr_every",  # how often the round trip is measured: a report figure, not the latents
+})
 
 
-def _drop_locations(data: Any) -> Any:
+def _drop_resources(data: Any) -> Any:
     if isinstance(data, dict):
-        return {k: _drop_locations(v) for k, v in data.items() if k not in _LOCATION_KEYS}
+        return {k: _drop_resources(v) for k, v in data.items() if k not in RESOURCE_KEYS}
     if isinstance(data, list | tuple):
-        return [_drop_locations(v) for v in data]
+        return [_drop_resources(v) for v in data]
     return data
 
 
 def config_hash(cfg: Any) -> str:
-    """Stable hash of a (dataclass) config: a changed config re-runs its stage."""
-    data = _drop_locations(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
+    """A stage's resume key: the stable hash of its (dataclass) config without `RESOURCE_KEYS`,
+    so a changed model or threshold re-runs the stage and a changed device or batch size does not.
+    Actor counts, GPUs and CPUs live in the job configs, never in a stage config."""
+    data = _drop_resources(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
@@ -302,7 +315,7 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
 
 
 __all__ = [
-    "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
+    "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
     "read_bytes", "read_json", "read_parts", "read_table", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",

@@ -54,14 +54,12 @@ from curate.schema import (
 )
 from curate.storage import (
     check_writable,
-    is_done,
-    mark_done,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from curate.weights import expand, require
 from jobs import guards
-from jobs.runtime import flags, presets
+from jobs.runtime import flags, parts, presets
+from jobs.runtime.current import check_parts, wanted_ref
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
@@ -111,13 +109,11 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
     A part without its marker (a crash between the two writes) or from another caption
     config is deleted, and its clips are captioned again: O(files), no rows read.
     """
-    finished = []
-    for part in storage.list_parts(out):
-        if is_done(layout.run_root(out), STAGE, layout.key_of(part), cfg_hash):
-            finished.append(part)
-        else:
-            storage.delete(part)
-    return finished
+    return parts.finished(_spec(out, cfg_hash), remove_others=True)
+
+
+def _spec(out: str, h: str) -> parts.PartSpec:
+    return parts.PartSpec(out, layout.run_root(out), STAGE, h)
 
 
 def _stats_files(out: str) -> list[str]:
@@ -160,6 +156,8 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     h = caption_hash(cfg.caption)
     finished = finished_parts(out, h)
     init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
+    # decisions propagate: captions of clips no longer kept leave the finished parts first
+    finished = supersede(finished, wanted_ref(inputs, [KEPT, STATUS], _kept), out, h)
     # the workers read the scored parts and pick the kept clips not captioned yet; the driver
     # holds file names, the finished set's object ref and counts
     done = clip_ids_ref(finished)
@@ -171,9 +169,35 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
                                "captioned": 0, "errors": 0, "config_hash": h}
     if counts["kept"] > counts["done"]:
         summary.update(_run(cfg, todo, out, h))
+    elif not counts["kept"] and not finished:  # 0 kept: one empty part, so encode writes an empty manifest
+        _write(CLIP_SCHEMA.empty_table(), out, h)
     summary["wall_s"] = time.perf_counter() - t0
     summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
     return summary
+
+
+def supersede(finished: list[str], wanted: Any, out: str, h: str) -> list[str]:
+    """The finished parts after a re-decision: a part holding clips no longer kept is rewritten
+    without them by a Ray task (no model runs); the driver gets back part names only."""
+    from jobs.runtime.adapter import run_tasks
+
+    stale = [p for p, ok in zip(finished, check_parts(finished, wanted)) if not ok]
+    kept = [p for p in finished if p not in set(stale)]
+    return sorted(kept + [p for p in run_tasks(_rewrite_part, stale, wanted, out, h, num_cpus=0.25) if p])
+
+
+def _rewrite_part(part: str, wanted: Any, out: str, h: str) -> str | None:
+    """Ray task: `part` without the clips no longer wanted (None: none is left)."""
+    from jobs.runtime.adapter import resolve
+
+    ids = resolve(wanted)
+    t = storage.read_table(part)
+    rest = t.filter(pa.array([c in ids for c in t.column(CLIP_ID).to_pylist()], pa.bool_()))
+    # important: the old marker first; a kill after it leaves an unmarked part the next run removes
+    storage.delete(storage.marker_path(layout.run_root(out), STAGE, layout.key_of(part)))
+    new = _write(rest, out, h) if rest.num_rows else None
+    storage.delete(part)
+    return new
 
 
 def _kept(batch: pa.Table) -> pa.Array:
@@ -239,23 +263,22 @@ def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
     ds = map_task(ds, functools.partial(_write_part, out=out, h=h),
                   Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
     t0 = time.perf_counter()
-    ok = err = 0
-    for counts in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        ok += sum(counts.column("ok").to_pylist())
-        err += sum(counts.column("error").to_pylist())
-    return {"captioned": ok, "errors": err, "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
+    n = parts.drain(ds)
+    return {"captioned": n.get("ok", 0), "errors": n.get("error", 0), "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
+
+
+def _write(batch: pa.Table, out: str, h: str) -> str:
+    """One caption part, then its marker; returns the part's path."""
+    return layout.part_path(out, parts.write_part(batch, _spec(out, h)))
 
 
 def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Writer task: one caption part, then its marker; returns (ok, error) counts."""
     if batch.num_rows == 0:
-        return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
-    key = layout.part_key(batch.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(batch, layout.part_path(out, key))
-    # important: the marker after the part; a part without one is redone on the next run
-    mark_done(layout.run_root(out), STAGE, key, h, rows=batch.num_rows)
+        return parts.no_counts("ok", "error")
+    _write(batch, out, h)
     status = batch.column(STATUS).to_pylist()
-    return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
+    return parts.counts(ok=status.count(STATUS_OK), error=status.count(STATUS_ERROR))
 
 
 def engine_unavailable(e: BaseException) -> str | None:
@@ -332,6 +355,9 @@ def cli(argv: list[str] | None = None) -> int:
                 raise
             sys.stderr.write(f"error: {line}\n")
             return 1
+        if not summary["kept"]:
+            print("caption: no clip is kept in --input; the captions hold 0 rows (encode then writes an empty "
+                  "manifest); re-decide with jobs.filter --rule ... to keep some")
         print(f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
               f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
               f"{summary['clips_per_s']:.2f} clips/s; model waited "

@@ -46,16 +46,13 @@ from curate.errors import UsageError, check_range
 from curate.storage import (
     check_writable,
     config_hash,
-    is_done,
-    mark_done,
     marker_path,
     read_json,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from curate.weights import expand
 from jobs import guards, rule_flags, stage_flags
-from jobs.runtime import flags
+from jobs.runtime import flags, parts
 from jobs.runtime.inputs import list_inputs
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 from latents.encode import WRITE_ROWS
@@ -102,7 +99,7 @@ class CurateConfig:
 
 def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
     """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
-    return [p for p in storage.list_parts(folder) if is_done(root, stage, layout.key_of(p), h)]
+    return parts.finished(parts.PartSpec(folder, root, stage, h))
 
 
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
@@ -125,11 +122,10 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Phase-1 writer task: one atomic scored part, then its marker; returns its row count."""
     table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
     if not table.num_rows:
-        return pa.table({"rows": pa.array([], pa.int64())})
-    key = layout.part_key(table.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(table, layout.part_path(layout.folder(out, layout.SCORED), key))
-    mark_done(out, SCORED_STAGE, key, h, clips=table.num_rows)  # important: marker after the part
-    return pa.table({"rows": [table.num_rows]})
+        return parts.no_counts("rows")
+    parts.write_part(table, parts.PartSpec(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h),
+                     clips=table.num_rows)
+    return parts.counts(rows=table.num_rows)
 
 
 def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
@@ -143,27 +139,33 @@ def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
     return S.conform(table.select([c for c in table.column_names if c in S.CLIP_SCHEMA.names]))
 
 
-def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int) -> pa.Table:
+def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int, caption_h: str) -> pa.Table:
     """Phase-2 writer task: the captions part and the latent shards of a batch, then one marker
     that carries the shard entries (sha256, rows, row-group digests): the manifest fragment."""
-    from latents.encode import ROUNDTRIP_PSNR
-    from latents.shards import ShardWriter
-
     if not batch.num_rows:
-        return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
-    ids = batch.column(S.CLIP_ID).to_pylist()
-    key = layout.part_key(ids)
-    cap = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
-                    .drop_columns(S.columns_of(S.LATENT_GROUP)))
-    write_parquet_atomic(cap, layout.part_path(layout.folder(out, layout.CAPTIONS), key))
-    ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
-    enc = batch.filter(ok)
-    with ShardWriter(layout.folder(out, layout.LATENTS), meta, max_rows=max_rows, row_group_rows=64,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
-        writer.write(enc)
-    captioned = cap.num_rows - cap.column(S.CAPTION).null_count
-    mark_done(out, WRITE_STAGE, key, h, clips=len(ids), captioned=captioned, encoded=enc.num_rows, shards=writer.shards)
-    return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
+        return parts.no_counts("rows", "encoded")
+    shards: list[dict[str, Any]] = []
+
+    def beside(rows: pa.Table, key: str) -> dict[str, Any]:
+        # jobs.encode's shard writer: the same clips give the same shard bytes on both paths
+        shards.extend(parts.write_shards(rows, layout.folder(out, layout.LATENTS), key, meta, max_rows))
+        captioned = rows.num_rows - rows.column(S.CAPTION).null_count
+        return {"clips": rows.num_rows, "captioned": captioned, "encoded": sum(s["rows"] for s in shards),
+                "shards": shards}
+
+    parts.write_part(batch, parts.PartSpec(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h),
+                     select=functools.partial(_caption_columns, caption_h=caption_h), beside=beside)
+    return parts.counts(rows=batch.num_rows, encoded=sum(s["rows"] for s in shards))
+
+
+def _caption_columns(batch: pa.Table, caption_h: str) -> pa.Table:
+    """A captions part: the clip rows without the latent columns (those go to the shards), with
+    the caption stage's config hash (the encode stage has since put its own in the rows), as
+    jobs.caption writes them."""
+    t = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
+                  .drop_columns(S.columns_of(S.LATENT_GROUP)))
+    i = t.schema.get_field_index(S.CONFIG_HASH)
+    return t.set_column(i, t.schema.field(i), pa.array([caption_h] * t.num_rows, t.schema.field(i).type))
 
 
 _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
@@ -197,11 +199,7 @@ def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
 
 def _drain(ds: Any) -> tuple[dict[str, int], dict[str, float]]:
     """Run a plan whose last step returns per-part counts: the driver sees counts only."""
-    totals: dict[str, int] = {}
-    for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for c in b.column_names:
-            totals[c] = totals.get(c, 0) + int(pc.sum(b.column(c)).as_py() or 0)
-    return totals, _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
+    return parts.drain(ds), _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
 
 
 def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str) -> dict[str, Any]:
@@ -255,7 +253,7 @@ def errors_of(report: dict[str, Any]) -> int:
 def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
     """Caption and encode the kept clips only; workers write captions parts and shards."""
 
-    from captioner.stage import CaptionStage, attach_frames
+    from captioner.stage import CaptionStage, attach_frames, caption_hash
     from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
     from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
@@ -276,7 +274,8 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     ds = map_stage(ds, EncodeStage, preset.encode,
                    _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
     # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer task holds its batch)
-    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard),
+    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard,
+                                        caption_h=caption_hash(preset.caption)),
                   Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0,
                             batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
     t0 = time.perf_counter()

@@ -45,15 +45,14 @@ from curate.errors import UsageError, check_range, error_key
 from curate.storage import (
     check_writable,
     config_hash,
-    mark_done,
     marker_path,
     read_json,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from curate.weights import local_repo, require, subfolder_kwargs
 from jobs import guards
-from jobs.runtime import flags, presets
+from jobs.runtime import flags, parts, presets
+from jobs.runtime.current import check_parts, wanted_ref
 from latents.encode import (
     LTX,
     ROUNDTRIP_PSNR,
@@ -65,7 +64,7 @@ from latents.encode import (
     manifest_meta,
 )
 from latents.encode import STAGE as ENCODE_STAGE
-from latents.shards import ShardError, ShardWriter, merge_manifest, read_manifest
+from latents.shards import ShardError, merge_manifest, read_manifest
 from latents.text import text_weights
 from latents.weights import stage_weights, with_weights_dir
 
@@ -88,7 +87,7 @@ class EncodeJobConfig:
     actor_cpus: float = 0.5  # per actor; < 1 so CPU prepare tasks still get a core on small machines
     prepare_concurrency: int = 0  # parallel decode tasks (0: Ray decides)
     batch_size: int = 8  # clips per actor call
-    max_rows_per_shard: int = 2048  # writer batches: min(this, WRITE_ROWS) clips (index part + marker)
+    max_rows_per_shard: int = WRITE_ROWS  # writer batches: min(this, WRITE_ROWS) clips (index part + marker)
     max_shard_bytes: int = 1 << 30
     row_group_rows: int = 64
     verbose: bool = False
@@ -141,30 +140,29 @@ def _todo(batch: pa.Table, done: Any) -> pa.Table:
     return S.conform(batch.filter(pa.array(keep, pa.bool_())))
 
 
-def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = 2048, max_bytes: int = 1 << 30,
+def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = WRITE_ROWS, max_bytes: int = 1 << 30,
                 row_group_rows: int = 64) -> pa.Table:
     """Writer task: a batch's latent shards (ok rows), its index part (every row), then its
     marker carrying the shard entries (the manifest fragment). Returns its row counts."""
     if not batch.num_rows:
-        return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
-    # a stable order inside the batch: the same clips give the same shard bytes on a rerun
-    batch = batch.sort_by(S.CLIP_ID)
-    ids = batch.column(S.CLIP_ID).to_pylist()
-    # the config in the key: another config never reuses a name (its shards and markers stay
-    # apart until the new manifest replaces the old one)
-    key = layout.part_key(ids, salt=cfg_hash)
-    ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
-    enc = batch.filter(pc.fill_null(ok, False))
-    # meta={}: this writer writes no manifest; the driver merges one from every marker's entries
-    with ShardWriter(out, {}, max_rows=max_rows, max_bytes=max_bytes, row_group_rows=row_group_rows,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key, write_manifest=False) as writer:
-        writer.write(enc)
-    index = S.conform(batch.select(INDEX_SCHEMA.names), INDEX_SCHEMA)
-    write_parquet_atomic(index, layout.part_path(layout.index_dir(out), key))
-    # important: the marker goes last; a kill before it re-encodes this batch's clips, and the
-    # shards it left behind are dropped (or overwritten under the same key) by the next run
-    mark_done(layout.run_root(out), ENCODE_STAGE, key, cfg_hash, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
-    return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
+        return parts.no_counts("rows", "encoded")
+    shards: list[dict[str, Any]] = []
+
+    def beside(rows: pa.Table, key: str) -> dict[str, Any]:
+        # meta={}: this writer writes no manifest; the driver merges one from every marker's entries
+        shards.extend(parts.write_shards(rows, out, key, {}, max_rows, max_bytes, row_group_rows))
+        return {"clips": rows.num_rows, "encoded": sum(s["rows"] for s in shards), "shards": shards}
+
+    # the config in the key (salt): another config never reuses a name (its shards and markers
+    # stay apart until the new manifest replaces the old one); a kill before the marker
+    # re-encodes this batch's clips, and the shards it left are dropped by the next run
+    parts.write_part(batch, parts.PartSpec(layout.index_dir(out), layout.run_root(out), ENCODE_STAGE, cfg_hash,
+                                           salt=cfg_hash), select=_index_rows, beside=beside)
+    return parts.counts(rows=batch.num_rows, encoded=sum(s["rows"] for s in shards))
+
+
+def _index_rows(batch: pa.Table) -> pa.Table:
+    return S.conform(batch.select(INDEX_SCHEMA.names), INDEX_SCHEMA)
 
 
 def drop_stale(out: str, finished: dict[str, dict[str, Any]]) -> None:
@@ -252,6 +250,14 @@ def main(cfg: EncodeJobConfig) -> dict:
     t0 = time.perf_counter()
     cfg_hash = config_hash(cfg.encode)
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+    # decisions propagate: a finished batch holding a clip no longer eligible (re-decided, or no
+    # longer captioned) is dropped, and its still-eligible clips are encoded again below
+    finished = finished_batches(out, cfg_hash)
+    batches = list(finished)
+    for part, ok in zip(batches, check_parts(batches, wanted_ref(inputs, COUNT_COLUMNS, eligible_mask))):
+        if not ok:
+            storage.delete(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
+            storage.delete(part)
     done = clip_ids_ref(list(finished_batches(out, cfg_hash)))  # the set stays in the object store
     # important: counted before the plan runs, against the same done set the plan skips
     seen = sum(run_tasks(_count_input, inputs, done), Counter())
@@ -270,8 +276,7 @@ def main(cfg: EncodeJobConfig) -> dict:
                         max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
         ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0,
                                            batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
-        for counts in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            new_rows += int(pc.sum(counts.column("rows")).as_py() or 0)
+        new_rows = parts.drain(ds).get("rows", 0)
     finished = finished_batches(out, cfg_hash)
     drop_stale(out, finished)
     errors = sum(run_tasks(_count_errors, list(finished)), Counter())
@@ -299,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     # important: CPU actors ask for half a core, so the CPU prepare tasks still get one on small machines
     flags.add_resources(p, actors=1, gpus=0.0, cpus=0.5)
     p.add_argument("--batch-size", type=int, default=8, help="clips per actor call")
-    p.add_argument("--max-rows-per-shard", type=int, default=2048,
-                   help="rows per shard at most (each writer batch of up to 256 clips writes its own shards)")
+    p.add_argument("--max-rows-per-shard", type=int, default=WRITE_ROWS,
+                   help=f"rows per shard at most, default and cap {WRITE_ROWS} (each writer batch of up to "
+                        f"{WRITE_ROWS} clips writes its own shards)")
     p.add_argument("--max-shard-mb", type=int, default=1024, help="close a shard at about this many MB")
     flags.add_device(p)
     flags.add_weights_dir(p)
@@ -318,6 +324,9 @@ def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     for flag, v in (("--actors", args.actors), ("--batch-size", args.batch_size),
                     ("--max-rows-per-shard", args.max_rows_per_shard), ("--max-shard-mb", args.max_shard_mb)):
         flags.check_int(flag, v, 1)
+    if args.max_rows_per_shard > WRITE_ROWS:  # as jobs.curate's: a writer batch holds at most that many clips
+        raise flags.fail(f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
+                         args.max_rows_per_shard, f"pass --max-rows-per-shard {WRITE_ROWS} or less")
     flags.check_float("--gpus", args.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", args.cpus, 0, strict=True)
     flags.check_device(args.device, args.gpus)
@@ -347,6 +356,9 @@ def _run_cli(args: argparse.Namespace) -> int:
           f"{summary['skipped_already_done']} already done, {summary['errors']} errors -> "
           f"{summary['shard_rows']} rows in {summary['shards']} shards, round-trip PSNR "
           f"{summary['roundtrip_psnr_mean']} dB, {summary['wall_seconds']} s{smoke}")
+    if not summary["eligible"]:
+        print("encode: no clip is kept and captioned in --input, so the manifest lists 0 rows; "
+              "re-decide with jobs.filter --rule ... (then jobs.caption) to keep some")
     for reason, n in summary["errors_by_reason"].items():
         print(f"  error x{n}: {reason}")
     print(json.dumps({"manifest": summary["manifest"]}))

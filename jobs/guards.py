@@ -21,11 +21,11 @@ import os
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate import storage
 from jobs.runtime.flags import fail
+from jobs.runtime.parts import footer
 
 SAMPLE_PARTS = 4  # footers read per folder: the first and last parts (a folder is written by one stage)
 SCORE_VALUES = (S.MOTION, S.SHARPNESS, S.BRIGHTNESS, S.AESTHETIC, S.CLIP_EMBEDDING)
@@ -52,16 +52,6 @@ class Holds:
         return "clips"
 
 
-def _footer(part: str) -> pq.FileMetaData:
-    fs, path = storage.filesystem(part)
-    try:
-        with fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).metadata
-    except pa.ArrowInvalid as e:  # an empty or foreign file named part-*.parquet
-        raise fail("--input parts must be Parquet files written by tubelet", f"{part!r} ({storage.one_line(e)})",
-                   "remove the file, or rerun the stage that writes this folder") from e
-
-
 def holds(folder: str) -> Holds | None:
     """What `folder` holds (None: not a folder of part-*.parquet files)."""
     try:
@@ -76,7 +66,11 @@ def holds(folder: str) -> Holds | None:
     rows, values = 0, {}
     statuses: set[str] = set()
     for p in sample:
-        md = _footer(p)
+        try:
+            md = footer(p)
+        except pa.ArrowInvalid as e:  # an empty or foreign file named part-*.parquet
+            raise fail("--input parts must be Parquet files written by tubelet", f"{p!r} ({storage.one_line(e)})",
+                       "remove the file, or rerun the stage that writes this folder") from e
         rows += md.num_rows
         for g in range(md.num_row_groups):
             rg = md.row_group(g)

@@ -41,13 +41,12 @@ from curate.storage import (
     check_writable,
     config_hash,
     is_done,
-    mark_done,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from curate.weights import expand
 from jobs import guards, rule_flags
 from jobs.runtime import flags, presets
+from jobs.runtime.parts import PartSpec, counts, drain, no_counts, write_part
 from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
 STAGE = "score"
@@ -138,18 +137,19 @@ def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
     # writer batches of WRITE_ROWS: score parts of a few hundred rows, not one per model batch
     ds = map_task(ds, functools.partial(_write_scores, scores_dir=scores_dir, root=root, h=scoring_hash(cfg)),
                   Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
-    return sum(sum(b.column("rows").to_pylist()) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    return drain(ds).get("rows", 0)
 
 
 def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Table:
     """Writer task: one atomic score part, then its marker."""
     if batch.num_rows == 0:
-        return pa.table({"rows": pa.array([], pa.int64())})
-    part = batch.select(SCORE_PART_COLUMNS)
-    key = layout.part_key(part.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(part, layout.part_path(scores_dir, key))
-    mark_done(root, STAGE, key, h, rows=part.num_rows)  # important: marker after the part
-    return pa.table({"rows": [part.num_rows]})
+        return no_counts("rows")
+    write_part(batch, PartSpec(scores_dir, root, STAGE, h), select=_score_columns)
+    return counts(rows=batch.num_rows)
+
+
+def _score_columns(batch: pa.Table) -> pa.Table:
+    return batch.select(SCORE_PART_COLUMNS)
 
 
 def funnel_report(funnel: list[dict[str, Any]], cfg: score.ScoreConfig) -> dict[str, Any]:

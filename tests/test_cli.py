@@ -139,6 +139,7 @@ BAD = [
     ("curate", ["--num-frames", "0"], "--num-frames must be >= 1, got 0"),
     ("curate", ["--min-seconds", "0"], "min_seconds must be > 0, got 0"),
     ("curate", ["--max-rows-per-shard", "2048"], "--max-rows-per-shard must be <= 256"),
+    ("encode", ["--max-rows-per-shard", "2048"], "--max-rows-per-shard must be <= 256"),
 ]
 if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda.is_available():
     BAD += [("train", ["--device", "cuda"], "needs a CUDA GPU"), ("sample", ["--device", "cuda"], "needs a CUDA GPU")]

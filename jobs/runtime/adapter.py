@@ -175,11 +175,9 @@ def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
 
 
 def _footer_rows(paths: list[str]) -> list[int]:
-    import pyarrow.parquet as pq
+    from jobs.runtime.parts import footer
 
-    from curate import storage
-
-    return [pq.read_metadata(storage.filesystem(p)[1], filesystem=storage.filesystem(p)[0]).num_rows for p in paths]
+    return [footer(p).num_rows for p in paths]
 
 
 def row_counts(paths: list[str], chunk: int = 256) -> list[int]:
