@@ -43,6 +43,7 @@ import numpy as np
 
 from curate.decode import SmallFrame
 from curate.detect import Transitions
+from curate.detect_content import span_margin
 from curate.transitions import LumaStats, build_transitions, luma_fades, runs
 from curate.transnet import (
     FRAME_SIZE,
@@ -84,7 +85,8 @@ class HybridConfig:
     cut_flash_keep: float = 0.5  # from the old (new) shot's by >= this share of the cut's change (no flash)
     cut_black_gap: int = 3  # no black frame, luma fade or wipe within this many frames (cuts to/from black)
     wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py)
-    wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin)
+    wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin) ...
+    wipe_grow: float = 0.5  # ... plus this share of its detected length (curate/detect_content.py `span_margin`)
     flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
     # of the cut's change) is a flash, for the model's cuts as for the cheap ones
     flash_span: int = 12  # model spans shorter than this whose sides look alike are flashes too
@@ -313,9 +315,9 @@ class HybridDetector:
             near_black[a : b + 1] = True
         wipes = []
         if cfg.wipes is not None:
-            m = cfg.wipe_margin
-            wipes = [(max(0, a - m), min(n - 1, b + m), "wipe") for a, b, _ in
-                     find_wipes(thumbnails(yuv[..., 0]), [int(c) for c in sharp], cfg.wipes, near_black)]
+            for a, b, _ in find_wipes(thumbnails(yuv[..., 0]), [int(c) for c in sharp], cfg.wipes, near_black):
+                m = span_margin(a, b, cfg.wipe_margin, cfg.wipe_grow)
+                wipes.append((max(0, a - m), min(n - 1, b + m), "wipe"))
         sure: dict[int, float] = {}
         if cfg.cheap_cuts:
             near = near_black.copy()
