@@ -30,7 +30,7 @@ import numpy as np
 
 from curate.decode import SmallFrame
 from curate.detect import TransitionKind, Transitions
-from curate.wipes import WipeConfig, find_wipes
+from curate.wipes import WipeConfig, find_wipes, shift_error
 
 THUMB = (32, 18)  # (w, h) of the luma thumbnails used by the dissolve test
 
@@ -49,10 +49,11 @@ class ContentConfig:
     dissolve_windows: tuple[int, ...] = (12, 20, 30, 45)  # window lengths tried (frames)
     dissolve_min_change: float = 12.0  # end frames of a dissolve differ at least this much
     dissolve_max_residual: float = 0.22  # blend residual / end-frame difference, at most
+    dissolve_edge_levels: float = 2.0  # a dissolve grows while the next frame holds this much of the other shot
     dissolve_stand_out: float = 1.5  # end-frame change / the least of the same change just before and after
     margin: int = 2  # frames added on each side of a gradual transition (safety) ...
     dissolve_grow: float = 0.15  # ... plus this share of a dissolve's detected length (`span_margin`)
-    wipe_grow: float = 0.25  # ... plus this share of a wipe's detected length
+    wipe_grow: float = 0.1  # ... plus this share of a wipe's detected length
     flash_frames: int = 3  # a change whose old look returns within this many frames is a flash
     flash_keep: float = 0.5  # a blend-like span whose outside frames are closer than this share of
     # its departure from them is a flash, not a dissolve
@@ -268,18 +269,6 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
     return _merge([(x, y) for x, y in hits])
 
 
-def _shift_error(k: np.ndarray, ref: np.ndarray, reach: tuple[int, int]) -> float:
-    """Least mean |k - ref shifted| over shifts up to `reach` (dx, dy) pixels, on the overlap."""
-    h, w = k.shape
-    best = np.inf
-    for dy in range(-reach[1], reach[1] + 1):
-        for dx in range(-reach[0], reach[0] + 1):
-            a = k[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
-            b = ref[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
-            best = min(best, float(np.abs(a - b).mean()))
-    return best
-
-
 def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) -> bool:
     """Whether a blend-like span [first, last] is no change of shot: the frames just outside it
     look alike (a flash of a few frames: a blend with white and back), or its middle frame is
@@ -302,8 +291,43 @@ def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) ->
     alpha = float(np.clip((mid - fa) @ delta / (float(delta @ delta) + 1e-6), 0.0, 1.0))
     blend = float(np.abs(mid - (fa + alpha * delta)).mean())
     hw = THUMB[::-1]
-    moved = min(_shift_error(mid.reshape(hw), f.reshape(hw), cfg.pan_reach) for f in (fa, fb))
+    moved = min(shift_error(mid.reshape(hw), f.reshape(hw), cfg.pan_reach) for f in (fa, fb))
     return moved < blend
+
+
+def grow_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig, stop: np.ndarray) -> tuple[int, int]:
+    """Grow a dissolve [first, last] frame by frame while the frame just outside it still holds
+    the other shot: past its end, frame j is fitted as a mix of the frame before the dissolve
+    and frame j + 2 (the incoming shot as it plays on) and holds at least
+    `dissolve_edge_levels` of the outgoing one; before its start, the same mirrored. At most
+    the span's length each way; `stop`: (N,) bool, frames no dissolve grows into (cuts, other spans).
+
+    The blend test sees a dissolve where both shots are steady over its window; a moving
+    shot on one side hides the faint start or end of the mix from it, but not from this
+    frame-by-frame fit."""
+    n, span = len(flat), last - first + 1
+
+    def other_share(frame: int, keep: int, toward: int) -> float:
+        fk, ft = flat[keep].astype(np.float32), flat[toward].astype(np.float32)
+        delta = ft - fk
+        d2 = float(delta @ delta)
+        if d2 <= 0:
+            return 0.0
+        alpha = float((flat[frame].astype(np.float32) - fk) @ delta) / d2  # share of `toward`
+        return (1.0 - alpha) * float(np.abs(delta).mean())  # levels of `keep` left in the frame
+
+    lo, hi, g = first, last, 2
+    if first >= 1:
+        while hi + 1 + g < n and hi + 1 - last <= span and not stop[hi + 1 : hi + 2 + g].any():
+            if other_share(hi + 1, first - 1, hi + 1 + g) < cfg.dissolve_edge_levels:
+                break
+            hi += 1
+    if last + 1 < n:
+        while lo - 1 - g >= 0 and first - (lo - 1) <= span and not stop[lo - 1 - g : lo].any():
+            if other_share(lo - 1, last + 1, lo - 1 - g) < cfg.dissolve_edge_levels:
+                break
+            lo -= 1
+    return lo, hi
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -341,8 +365,12 @@ class ContentDetector:
         black_or_fade = np.zeros(n, bool)
         for a, b, _ in excluded:
             black_or_fade[a : b + 1] = True
+        stop = black_or_fade.copy()
+        stop[[c for c in cuts if c < n]] = True
+        flat = s.thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576)
         for a, b in find_dissolves(s, cfg, cuts):
             if b >= a and black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
+                a, b = grow_dissolve(flat, a, b, cfg, stop)
                 m = span_margin(a, b, cfg.margin, cfg.dissolve_grow)
                 excluded.append((max(0, a - m), min(n - 1, b + m), "dissolve"))
         if cfg.wipes is not None:

@@ -86,7 +86,7 @@ class HybridConfig:
     cut_black_gap: int = 3  # no black frame, luma fade or wipe within this many frames (cuts to/from black)
     wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py)
     wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin) ...
-    wipe_grow: float = 0.5  # ... plus this share of its detected length (curate/detect_content.py `span_margin`)
+    wipe_grow: float = 0.1  # ... plus this share of its detected length (curate/detect_content.py `span_margin`)
     flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
     # of the cut's change) is a flash, for the model's cuts as for the cheap ones
     flash_span: int = 12  # model spans shorter than this whose sides look alike are flashes too
