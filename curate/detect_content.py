@@ -295,11 +295,11 @@ def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) ->
     return moved < blend
 
 
-def grow_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig, stop: np.ndarray) -> tuple[int, int]:
-    """Grow a dissolve [first, last] frame by frame while the frame just outside it still holds
+def grow_dissolve(flat: np.ndarray, first: int, last: int, levels: float, stop: np.ndarray) -> tuple[int, int]:
+    """Grow a dissolve [first, last] of (N, 576) luma thumbnails `flat` frame by frame while the frame just outside it still holds
     the other shot: past its end, frame j is fitted as a mix of the frame before the dissolve
-    and frame j + 2 (the incoming shot as it plays on) and holds at least
-    `dissolve_edge_levels` of the outgoing one; before its start, the same mirrored. At most
+    and frame j + 2 (the incoming shot as it plays on) and holds at least `levels` (mean
+    luma, 0-255) of the outgoing one; before its start, the same mirrored. At most
     the span's length each way; `stop`: (N,) bool, frames no dissolve grows into (cuts, other spans).
 
     The blend test sees a dissolve where both shots are steady over its window; a moving
@@ -319,12 +319,12 @@ def grow_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig, s
     lo, hi, g = first, last, 2
     if first >= 1:
         while hi + 1 + g < n and hi + 1 - last <= span and not stop[hi + 1 : hi + 2 + g].any():
-            if other_share(hi + 1, first - 1, hi + 1 + g) < cfg.dissolve_edge_levels:
+            if other_share(hi + 1, first - 1, hi + 1 + g) < levels:
                 break
             hi += 1
     if last + 1 < n:
         while lo - 1 - g >= 0 and first - (lo - 1) <= span and not stop[lo - 1 - g : lo].any():
-            if other_share(lo - 1, last + 1, lo - 1 - g) < cfg.dissolve_edge_levels:
+            if other_share(lo - 1, last + 1, lo - 1 - g) < levels:
                 break
             lo -= 1
     return lo, hi
@@ -370,7 +370,7 @@ class ContentDetector:
         flat = s.thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576)
         for a, b in find_dissolves(s, cfg, cuts):
             if b >= a and black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
-                a, b = grow_dissolve(flat, a, b, cfg, stop)
+                a, b = grow_dissolve(flat, a, b, cfg.dissolve_edge_levels, stop)
                 m = span_margin(a, b, cfg.margin, cfg.dissolve_grow)
                 excluded.append((max(0, a - m), min(n - 1, b + m), "dissolve"))
         if cfg.wipes is not None:
