@@ -31,14 +31,17 @@ def sentences(text: str, max_sentences: int = 12) -> list[str]:
 
 
 class CaptionClipScorer:
-    """`CaptionClipScorer(model, pretrained, device, smoke)`, `load()`, `scores(captions, image_embeddings)`.
+    """`CaptionClipScorer(model, pretrained, device, smoke, weights_dir)`, `load()`, `scores(captions, image_embeddings)`.
 
-    `model`/`pretrained` as in `curate.score.load_clip` (the score stage's CLIP: same loader);
+    `model`/`pretrained`/`weights_dir` as in `curate.score.load_clip` (the score stage's CLIP: same
+    loader, same weights folder: the check on the driver looked there too);
     `smoke`: the smoke preset's tiny random CLIP directory, built offline when missing.
     """
 
-    def __init__(self, model: str, pretrained: str | None, device: str = "auto", smoke: bool = False):
+    def __init__(self, model: str, pretrained: str | None, device: str = "auto", smoke: bool = False,
+                 weights_dir: str | None = None):
         self.model_name, self.pretrained, self.device, self.smoke = model, pretrained, device, smoke
+        self.weights_dir = weights_dir
         self.model: Any = None
 
     def load(self) -> None:
@@ -49,7 +52,7 @@ class CaptionClipScorer:
         if self.smoke:
             build_smoke_clip(self.model_name)  # no-op when present
         self.device = _device(self.device)
-        self.model, _ = load_clip(self.model_name, self.pretrained, self.device)
+        self.model, _ = load_clip(self.model_name, self.pretrained, self.device, self.weights_dir)
         d = Path(self.model_name).expanduser()
         self.tokenizer = open_clip.get_tokenizer(f"local-dir:{d}" if d.is_dir() else self.model_name)
 

@@ -26,8 +26,10 @@ import pyarrow as pa
 
 from captioner import prompts
 from captioner.clip_score import CaptionClipScorer
+from captioner.engine import EngineName, EngineUnavailable
+from captioner.openai_engine import OpenAIConfig, resource_free
 from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short
-from captioner.vlm import Generation, Request, Sampling, load_vlm
+from captioner.vlm import Failed, Generation, Request, Sampling, derive_seed, load_vlm
 from curate import __version__
 from curate import score as clip_score_cfg
 from curate.decode import decode_clip, sample_uniform
@@ -36,10 +38,13 @@ from curate.schema import (
     CAMERA_MOTION,
     CAPTION,
     CAPTION_CLIP_SCORE,
+    CAPTION_COMPLETION_TOKENS,
     CAPTION_MODEL,
+    CAPTION_PROMPT_TOKENS,
     CAPTION_QA,
     CAPTION_SHORT,
     CLIP_EMBEDDING,
+    CLIP_ID,
     CONFIG_HASH,
     END_FRAME,
     END_PTS,
@@ -79,7 +84,10 @@ _RETRY = Sampling(max_new_tokens=320, do_sample=True, temperature=0.7, top_p=0.9
 
 @dataclass(frozen=True)
 class CaptionConfig:
-    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # hub id, local folder, or smoke:<family>
+    # transformers: hub id, local folder, or smoke:<family>; openai: the model's name on the server
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    engine: EngineName = "transformers"  # transformers: generate in the actor; openai: a chat-completions server
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)  # the server, when engine="openai"
     prompt_version: str = prompts.LATEST
     num_frames: int = 16  # uniform over the clip (fewer if the clip is shorter or the context small)
     max_side: int = 448  # decode size of the longer side (the processor may shrink further)
@@ -120,9 +128,21 @@ SMOKE = CaptionConfig(
 
 
 def caption_hash(cfg: CaptionConfig) -> str:
-    """Hash of what decides the captions; batch size, device and error policy are left out so
-    that rerunning with other resources resumes instead of starting over."""
-    return config_hash(replace(cfg, batch_size=0, device="", on_error="record"))
+    """Hash of what decides the captions; batch size, device, error policy and the server's address,
+    key name and client limits are left out so that rerunning with other resources resumes
+    instead of starting over."""
+    server = resource_free(cfg.openai) if cfg.engine == "openai" else OpenAIConfig()
+    return config_hash(replace(cfg, batch_size=0, device="", on_error="record", openai=server))
+
+
+def resolve_engine(cfg: CaptionConfig) -> CaptionConfig:
+    """On the driver, before any actor starts: with engine="openai", one probe request checks the
+    server, the key and the model and decides how frames are sent (a problem is a UsageError)."""
+    if cfg.engine != "openai":
+        return cfg
+    from captioner.openai_engine import probe
+
+    return replace(cfg, openai=probe(cfg.openai, cfg.model))
 
 
 def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
@@ -174,10 +194,12 @@ def attach_frames(table: pa.Table, cfg: CaptionConfig) -> pa.Table:
 @dataclass
 class _Item:
     row: int
+    clip_id: str
     request: Request
     qa: dict[str, Any] = field(default_factory=dict)
     result: QAResult | None = None
     short: str | None = None
+    tokens: dict[str, list[int | None]] = field(default_factory=dict)  # request -> [prompt, completion]
 
 
 class CaptionStage:
@@ -187,17 +209,24 @@ class CaptionStage:
         self.cfg = cfg
         self.vlm: Any = None  # a captioner.vlm.VLM (tests may put a stub with the same methods here)
         self.clip: CaptionClipScorer | None = (CaptionClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device,
-                                                                 cfg.clip_smoke) if cfg.clip_model else None)
+                                                                 cfg.clip_smoke, cfg.weights_dir)
+                                               if cfg.clip_model else None)
         self.hash = caption_hash(cfg)
         prompts.get(cfg.prompt_version)  # fail fast on an unknown version
         # model-side timing: busy (inside __call__) and waiting (between calls, for frames)
-        self.stats = {"calls": 0, "clips": 0, "busy_s": 0.0, "wait_s": 0.0}
+        self.stats: dict[str, Any] = {"calls": 0, "clips": 0, "busy_s": 0.0, "wait_s": 0.0, "requests": 0,
+                                      "prompt_tokens": 0, "completion_tokens": 0, "engine_s": 0.0}
         self._last_end: float | None = None
 
     def load(self) -> None:
         if self.vlm is None:
-            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
-                                self.cfg.weights_dir)
+            if self.cfg.engine == "openai":
+                from captioner.openai_engine import OpenAIEngine
+
+                self.vlm = OpenAIEngine(self.cfg.openai, self.cfg.model)
+            else:
+                self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
+                                    self.cfg.weights_dir)
         if self.clip is not None and self.clip.model is None:
             self.clip.load()
 
@@ -212,6 +241,7 @@ class CaptionStage:
         self.stats["busy_s"] += self._last_end - t0
         self.stats["calls"] += 1
         self.stats["last_end"] = time.time()
+        self.stats.update(getattr(self.vlm, "stats", {}))  # the engine's own counters (HTTP retries)
         return out
 
     # --- steps -----------------------------------------------------------------------------
@@ -246,20 +276,21 @@ class CaptionStage:
                 hints = prompts.facts(rows[i].get(CAMERA_MOTION), rows[i].get(FLOW_MAGNITUDE), rows[i].get(OCR_TEXT))
                 messages = prompts.dense_messages(cfg.prompt_version, hints)
                 req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), max_new)
-                item = _Item(i, req)
+                item = _Item(i, str(rows[i][CLIP_ID]), req)
                 item.qa["frames"] = len(req.frames)
                 if dropped:
                     item.qa["frames_reduced_from"] = len(frames)  # context too small for all frames
                 items.append(item)
             except Exception as e:
                 self._fail(errors, i, e)
-        # similar frame counts share a batch: less padding, and equal counts for families that stack
-        items.sort(key=lambda it: (len(it.request.frames), it.row))
-        failed = self._dense(items, cfg.sampling, errors)
+        # similar frame counts share a batch: less padding, and equal counts for families that stack;
+        # then clip ids, so the batches of a set of clips do not depend on the order its rows came in
+        items.sort(key=lambda it: (len(it.request.frames), it.clip_id))
+        failed = self._dense(items, cfg.sampling, errors, "dense")
         retry = [it for it in failed if it.row not in errors]
         for it in retry:
             it.qa["retried"] = it.result.reason if it.result else None
-        for it in self._dense(retry, cfg.retry_sampling, errors):
+        for it in self._dense(retry, cfg.retry_sampling, errors, "retry"):
             if it.row not in errors:
                 self._fail(errors, it.row, StageError(STAGE, f"caption QA failed twice: {it.result.reason}"))
         good = [it for it in items if it.row not in errors and it.result is not None and it.result.ok]
@@ -283,27 +314,46 @@ class CaptionStage:
         return {it.row: v for it, v in zip(good, vals)}
 
     def _generate(self, batch: list[_Item], requests: list[Request], sampling: Sampling,
-                  errors: dict[int, str]) -> list[Generation | None]:
-        """Generate for a batch; if the batch call fails, isolate the culprit one request at a time."""
+                  errors: dict[int, str], what: str) -> list[Generation | None]:
+        """Generate for a batch; if the batch call fails, isolate the culprit one request at a time.
+        `what` names the request in caption_qa["tokens"] (dense, retry, short)."""
         try:
+            t0 = time.perf_counter()
             gens = self.vlm.generate(requests, sampling)
+            self.stats["engine_s"] += time.perf_counter() - t0
             if len(gens) != len(requests):
                 raise StageError(STAGE, f"model returned {len(gens)} outputs for {len(requests)} inputs")
-            return gens
+            out: list[Generation | None] = []
+            for it, g in zip(batch, gens):
+                if isinstance(g, Failed):  # the engine gave up on this request (e.g. its last HTTP retry)
+                    self._fail(errors, it.row, StageError(STAGE, g.reason))
+                    out.append(None)
+                    continue
+                self.stats["requests"] += 1
+                self.stats["prompt_tokens"] += g.prompt_tokens or 0
+                self.stats["completion_tokens"] += g.new_tokens
+                it.tokens[what] = [g.prompt_tokens, g.new_tokens]
+                out.append(g)
+            return out
+        except EngineUnavailable:
+            raise  # not the clip's fault: no error row, the job stops and a rerun resumes
         except Exception as e:
             if len(requests) == 1:
                 self._fail(errors, batch[0].row, e)
                 return [None]
             if self.cfg.on_error == "raise":
                 raise
-            return [self._generate([it], [r], sampling, errors)[0] for it, r in zip(batch, requests)]
+            return [self._generate([it], [r], sampling, errors, what)[0] for it, r in zip(batch, requests)]
 
-    def _dense(self, items: list[_Item], sampling: Sampling, errors: dict[int, str]) -> list[_Item]:
+    def _dense(self, items: list[_Item], sampling: Sampling, errors: dict[int, str], what: str) -> list[_Item]:
         """Dense captions + QA for items, in batches; returns the items that failed QA."""
         failed = []
         for b in range(0, len(items), self.cfg.batch_size):
             batch = items[b : b + self.cfg.batch_size]
-            gens = self._generate(batch, [it.request for it in batch], sampling, errors)
+            # important: a seed per clip (and attempt, through sampling.seed), so a sampled caption
+            # depends on the clip and the config only, never on its batch or a resume
+            reqs = [replace(it.request, seed=derive_seed(sampling.seed, it.clip_id)) for it in batch]
+            gens = self._generate(batch, reqs, sampling, errors, what)
             for it, g in zip(batch, gens):
                 if g is None:
                     continue
@@ -318,8 +368,9 @@ class CaptionStage:
         sampling = replace(cfg.sampling, max_new_tokens=cfg.short_max_new_tokens)
         for b in range(0, len(items), cfg.batch_size):
             batch = items[b : b + cfg.batch_size]
-            reqs = [Request(prompts.short_messages(cfg.prompt_version, it.result.text)) for it in batch]
-            gens = self._generate(batch, reqs, sampling, errors)
+            reqs = [Request(prompts.short_messages(cfg.prompt_version, it.result.text),
+                            seed=derive_seed(sampling.seed, it.clip_id, "short")) for it in batch]
+            gens = self._generate(batch, reqs, sampling, errors, "short")
             for it, g in zip(batch, gens):
                 res = check_short(g.text, g.finished, cfg.qa) if g is not None else None
                 if res is not None and res.ok:
@@ -337,11 +388,15 @@ class CaptionStage:
                clip_scores: dict[int, float | None]) -> pa.Table:
         base = conform(table)  # drops transport columns
         cols = {name: base.column(name).to_pylist() for name in
-                (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION, CAPTION_QA, CAPTION_CLIP_SCORE, STATUS, ERROR,
-                 FAILED_STAGE, CONFIG_HASH, TUBELET_VERSION)}
+                (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION, CAPTION_QA, CAPTION_CLIP_SCORE,
+                 CAPTION_PROMPT_TOKENS, CAPTION_COMPLETION_TOKENS, STATUS, ERROR, FAILED_STAGE, CONFIG_HASH,
+                 TUBELET_VERSION)}
         model_id = getattr(self.vlm, "model_id", "unknown")
         for it in good:
-            qa = {"fixes": list(it.result.fixes), **it.qa}
+            qa = {"fixes": list(it.result.fixes), **it.qa, "tokens": it.tokens}
+            prompt = [t[0] for t in it.tokens.values()]
+            cols[CAPTION_PROMPT_TOKENS][it.row] = None if None in prompt else sum(prompt)
+            cols[CAPTION_COMPLETION_TOKENS][it.row] = sum(t[1] for t in it.tokens.values())
             for name, v in ((CAPTION, it.result.text), (CAPTION_SHORT, it.short), (CAPTION_MODEL, model_id),
                             (PROMPT_VERSION, self.cfg.prompt_version), (STATUS, STATUS_OK),
                             (CAPTION_QA, json.dumps(qa, sort_keys=True)),

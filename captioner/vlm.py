@@ -20,6 +20,7 @@ prompt length the processor produces and subsamples frames uniformly until promp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -61,7 +62,14 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    seed: int = 0
+    seed: int = 0  # used by requests without a seed of their own
+
+
+def derive_seed(*parts: object) -> int:
+    """A 32-bit seed from parts (e.g. the config's seed, a clip id, the attempt): stable across
+    runs, processes and batchings."""
+    h = hashlib.blake2b("\x00".join(str(p) for p in parts).encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,9 @@ class Request:
     messages: list[dict[str, Any]]  # chat messages; a {"type": "video"} part marks where frames go
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB, or None for text-only
     fps: float | None = None  # frames per second of the sampled frames (timing for Qwen's M-RoPE)
+    # the request's own sampling seed (e.g. derived from its clip id), so that what is sampled for it
+    # does not depend on which other requests share its batch; None: Sampling.seed
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,41 @@ class Generation:
     text: str
     new_tokens: int
     finished: bool  # end-of-sequence before max_new_tokens (False: cut off at the limit)
+    prompt_tokens: int | None = None  # prompt length (text + visual tokens) as the engine counted it
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A request an engine gave up on (e.g. after its last HTTP retry): its row becomes an error row."""
+
+    reason: str  # one line
+
+
+class RowSampler:
+    """Top-p sampling with one torch.Generator per batch row (a transformers LogitsProcessor).
+
+    important: `generate(do_sample=True)` draws every row from one global stream, so a row's
+    tokens depend on its batch neighbours. This processor draws row b from its own generator,
+    seeded by request b, and returns scores that are -inf except the drawn token, which greedy
+    decoding then takes. The temperature and top-p are applied here for the same reason.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = max(float(temperature), 1e-5)
+        self.top_p = float(top_p)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)  # (B, V)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keeps at least the top token
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        picks = [int(torch.multinomial(p, 1, generator=g)) for p, g in zip(probs, self.gens)]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
+        return out
 
 
 class VLM:
@@ -124,8 +170,11 @@ class VLM:
                     VideoMetadata(total_num_frames=len(r.frames), fps=r.fps or 2.0, frames_indices=list(range(len(r.frames))))
                     for r in requests
                 ]
-                kwargs["do_sample_frames"] = False
-                kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' per-frame pixel cap
+                kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' total-pixels budget per frame
+            # important: frames are already sampled (uniform over the clip, or fewer by fit_frames):
+            # a processor that resamples (LLaVA-OneVision's video config may say do_sample_frames)
+            # would drop or repeat some of them behind the caller's back
+            kwargs["do_sample_frames"] = False
         return self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
 
     def prompt_tokens(self, request: Request) -> int:
@@ -193,22 +242,23 @@ class VLM:
         for k in ("pixel_values_videos", "pixel_values"):
             if k in inputs:
                 inputs[k] = inputs[k].to(dtype)
-        torch.manual_seed(sampling.seed)  # sampling is reproducible for a given seed
-        kw: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample,
-                              "pad_token_id": self.pad_id, "repetition_penalty": sampling.repetition_penalty}
+        kw: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": False,
+                              "pad_token_id": self.pad_id, "repetition_penalty": sampling.repetition_penalty,
+                              "temperature": None, "top_p": None, "top_k": None}
         if sampling.do_sample:
-            kw.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        else:
-            kw.update(temperature=None, top_p=None, top_k=None)
+            # per-row generators: a request's sample depends on its own seed only, never on its batch
+            seeds = [sampling.seed if r.seed is None else r.seed for r in requests]
+            kw["logits_processor"] = [RowSampler(seeds, sampling.temperature, sampling.top_p)]
         out = self.model.generate(**inputs, **kw)
         new = out[:, inputs["input_ids"].shape[1]:].cpu()  # (B, prompt+new) -> (B, new)
+        prompt_lens = inputs["attention_mask"].sum(dim=1).tolist()  # (B,): without the left padding
         gens = []
-        for row in new.tolist():
+        for row, n_prompt in zip(new.tolist(), prompt_lens):
             end = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             toks = row if end is None else row[:end]
             toks = [t for t in toks if t != self.pad_id]
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            gens.append(Generation(text.strip(), len(toks), end is not None))
+            gens.append(Generation(text.strip(), len(toks), end is not None, int(n_prompt)))
         return gens
 
 
@@ -258,8 +308,54 @@ def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
     """The hub weights `load_vlm(source)` needs (none for smoke models and local folders)."""
     if source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir():  # a folder: the loader checks it
         return []
-    return [Weights(f"VLM {source}", source, files=("config.json", "tokenizer_config.json"),
+    return [Weights(f"VLM {source}", source, files=VLM_FILES, one_of=VLM_ONE_OF,
                     any_of=(("model.safetensors.index.json",), ("model.safetensors",)))]
+
+
+# Every file `load_vlm` opens (AutoConfig, AutoProcessor: image + video processor, tokenizer, chat
+# template; the model and its generation config), as a Hugging Face VLM repo holds them.
+# important: without generation_config.json, generate() stops only on the tokenizer's eos
+# (<|im_end|>), not on the checkpoint's list of end tokens, and uses no repo sampling defaults.
+VLM_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json")
+VLM_ONE_OF = (("preprocessor_config.json", "video_preprocessor_config.json"),
+              ("chat_template.json", "chat_template.jinja"))
+
+
+# qwen-vl-utils (vision_process.py) sizes VIDEO frames with its own limits, not the image ones:
+# VIDEO_MIN_PIXELS = 128*28*28, VIDEO_MAX_PIXELS = 768*28*28 per frame, and a total budget
+# (VIDEO_TOTAL_PIXELS = 128000*28*28*0.9) shared by the frames (`cap_pixels_per_frame`, the same
+# formula). Qwen2-VL / Qwen2.5-VL repos ship only preprocessor_config.json (image limits:
+# 4*28*28 .. 16384*28*28), which transformers then also gives the video processor.
+_QWEN_VIDEO_LIMITS: dict[str, tuple[int, int]] = {"qwen2_5_vl": (128 * 28 * 28, 768 * 28 * 28),
+                                                  "qwen2_vl": (128 * 28 * 28, 768 * 28 * 28)}
+
+
+def _has_video_config(path: str) -> bool:
+    """Whether the checkpoint states its own video processor config (then it wins)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def find(name: str) -> Path | None:
+        if Path(path).is_dir():
+            return Path(path) / name if (Path(path) / name).is_file() else None
+        try:
+            hit = try_to_load_from_cache(path, name)
+        except Exception:  # a malformed id: nothing cached
+            return None
+        return Path(hit) if isinstance(hit, str) else None
+
+    if find("video_preprocessor_config.json") is not None:
+        return True
+    proc = find("processor_config.json")
+    try:
+        return proc is not None and "video_processor" in json.loads(proc.read_text())
+    except ValueError:
+        return False
+
+
+def _use_video_limits(video_processor: Any, min_pixels: int, max_pixels: int) -> None:
+    from transformers.image_utils import SizeDict
+
+    video_processor.size = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
 
 
 def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context: int | None = None,
@@ -297,6 +393,8 @@ def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context
     except OSError as e:
         raise UsageError(f"VLM weights {source!r} are incomplete in the local cache ({e.__class__.__name__}); "
                          f"re-run `{fetch}`") from e
+    if config.model_type in _QWEN_VIDEO_LIMITS and not _has_video_config(path):
+        _use_video_limits(processor.video_processor, *_QWEN_VIDEO_LIMITS[config.model_type])
     model_id = source
     marker = local / SMOKE_MARKER
     if marker.is_file():

@@ -48,11 +48,6 @@ def make_head(dims: tuple[int, ...]) -> Any:
     return AestheticHead(dims)
 
 
-def _weights_dirs(weights_dir: str | None = None) -> list[Path]:
-    dirs = [Path(expand(d) or d) for d in (weights_dir, os.environ.get("TUBELET_WEIGHTS")) if d]
-    return [*dirs, Path("~/.cache/tubelet/weights").expanduser()]
-
-
 HEAD_URL = f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{DEFAULT_HEAD}"
 
 
@@ -70,10 +65,16 @@ def _resolve_head(source: str, weights_dir: str | None = None) -> Path:
             return Path(hf_hub_download(repo, name))
         except Exception as e:  # offline, missing, gated: all mean "not here"
             raise UsageError(_missing_head(source, f"hub download failed: {e}")) from e
-    for d in _weights_dirs(weights_dir):
-        if (d / p.name).is_file():
-            return d / p.name
+    # the one weights rule (curate.weights.locate), as the check applies it to the same Weights
+    where = locate(head_weights(p.name), weights_dir)
+    if where is not None:
+        return where / p.name
     raise UsageError(_missing_head(source, "not found"))
+
+
+def head_weights(name: str = DEFAULT_HEAD) -> Weights:
+    """The aesthetic head as a bare file (not on the hub): --weights-dir, $TUBELET_WEIGHTS, ~/.cache/tubelet/weights."""
+    return Weights("aesthetic head", name, files=(name,), url=HEAD_URL)
 
 
 def _missing_head(source: str, why: str) -> str:
@@ -213,8 +214,12 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", we
 
 def _missing_clip(model: str, pretrained: str | None, e: BaseException, w: Weights | None,
                   weights_dir: str | None) -> str:
-    fetch = f"`{w.download_line(weights_dir)}`" if w else (
-        f"`python -c \"import open_clip; open_clip.create_model_and_transforms('{model}', pretrained='{pretrained}')\"`")
+    if w is None and pretrained and not Path(expand(pretrained) or pretrained).exists():
+        try:
+            w = (clip_tag_weights(model, pretrained) or [None])[0]
+        except UsageError:  # not a tag of this model: no download line to give
+            w = None
+    fetch = f"`{w.download_line(weights_dir)}`" if w else "the weights file (clip_pretrained=PATH)"
     return (
         f"CLIP weights {model}/{pretrained} must be available offline, got: {str(e).splitlines()[0]}; "
         f"on a connected machine run {fetch} (fills the HF cache; set HF_HOME to share it), "

@@ -3,7 +3,7 @@
 `filters.apply_cascade` decides a whole run held in one table. This module decides the same
 cascade (same steps, same order, same reasons, same keepers) when the run is many Parquet
 parts that no single process holds. Each function here touches one part or one bucket of
-rows; `jobs/decide.py` runs them as Ray tasks and the driver only sees counts, a sample of
+rows; `jobs/runtime/decide.py` runs them as Ray tasks and the driver only sees counts, a sample of
 one score column and the rows around a cut-off.
 
 A part's *state* is a small table (no embeddings): its rows' ids, uris, rule values and the

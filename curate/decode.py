@@ -52,9 +52,12 @@ class Geometry:
     @property
     def display_size(self) -> tuple[int, int]:
         """(width, height) as a player shows it: SAR applied to the width, then rotation."""
-        w = round(self.coded_width * float(self.sar)) if self.sar > 0 else self.coded_width
-        h = self.coded_height
-        w += w % 2  # players and encoders keep even sizes
+        w, h = self.coded_width, self.coded_height
+        if self.sar > 0 and self.sar != 1:
+            # non-square pixels: the width is rescaled, and (as ffmpeg's scale to display aspect)
+            # rounded to even; square pixels keep the coded size, odd or not (637x357 stays so)
+            w = round(w * float(self.sar))
+            w += w % 2
         return (h, w) if self.quarter_turns % 2 else (w, h)
 
     def fit(self, target_area: int | None = None, max_side: int | None = None) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: text/flow/camera/NSFW scores, caption_clip_score
+SCHEMA_VERSION = "1.2"  # 1.1: text/flow/camera/NSFW scores, caption_clip_score; 1.2: caption token usage
 
 # --- identity (split) ------------------------------------------------------------------
 CLIP_ID = "clip_id"
@@ -61,6 +61,10 @@ CAPTION_MODEL = "caption_model"
 PROMPT_VERSION = "prompt_version"
 CAPTION_QA = "caption_qa"
 CAPTION_CLIP_SCORE = "caption_clip_score"  # cosine of the caption's CLIP text embedding and clip_embedding
+# tokens the engine reported for all of a clip's caption requests (dense tries + short caption);
+# the split per request is in caption_qa["tokens"]
+CAPTION_PROMPT_TOKENS = "caption_prompt_tokens"
+CAPTION_COMPLETION_TOKENS = "caption_completion_tokens"
 
 # --- latent -----------------------------------------------------------------------------
 LATENT = "latent"
@@ -170,6 +174,8 @@ CAPTION_GROUP = ColumnGroup(
         _f(PROMPT_VERSION, pa.string()),
         _f(CAPTION_QA, pa.string()),
         _f(CAPTION_CLIP_SCORE, pa.float32()),
+        _f(CAPTION_PROMPT_TOKENS, pa.int32()),
+        _f(CAPTION_COMPLETION_TOKENS, pa.int32()),
     ),
     # caption_short may be null: a short caption that failed is left out (caption_qa says why)
     (CAPTION, CAPTION_MODEL, PROMPT_VERSION),

@@ -44,6 +44,7 @@ from curate.clip_models import (  # noqa: F401
     build_smoke_clip,
     clip_architecture,
     clip_tag_weights,
+    head_weights,
     load_aesthetic_head,
     load_clip,
     make_head,
@@ -73,7 +74,7 @@ def clip_weights(cfg: ScoreConfig) -> list[Weights]:
     clip_architecture(cfg.clip_model, cfg.clip_pretrained)  # a bad model name or tag fails here
     head = cfg.aesthetic_head
     if head and not Path(expand(head) or head).exists() and not head.startswith("hf-hub:"):
-        out.append(Weights("aesthetic head", Path(head).name, files=(Path(head).name,), url=HEAD_URL))
+        out.append(head_weights(Path(head).name))
     return out
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import layout
 from curate.errors import UsageError
 
 # re-exported (see __all__): callers import the whole storage layer from here
@@ -54,7 +55,7 @@ from curate.uri import (
     temp_name,
 )
 
-DONE_DIR = "_done"
+DONE_DIR = layout.DONE
 
 
 _LOCATION_KEYS = ("weights_dir",)  # where weights are stored, not what they compute: moving them re-runs nothing
@@ -217,7 +218,7 @@ def read_json(uri: PathLike) -> Any:
 
 
 def marker_path(out: PathLike, stage: str, key: str) -> str:
-    return join(out, DONE_DIR, stage, key)
+    return layout.marker(out, stage, key)
 
 
 def is_done(out: PathLike, stage: str, key: str, cfg_hash: str) -> bool:
@@ -237,15 +238,9 @@ def read_table(uri: PathLike, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
-def stem(uri: PathLike) -> str:
-    """'part-abc' for '.../part-abc.parquet'."""
-    name = basename(uri)
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
 def list_parts(directory: PathLike) -> list[str]:
     """The part-*.parquet files directly in a folder or prefix, sorted (names only: O(files))."""
-    return sorted(p for p in list_files(directory, ".parquet") if basename(p).startswith("part-"))
+    return sorted(p for p in list_files(directory, layout.SUFFIX) if layout.is_part(p))
 
 
 def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table:
@@ -310,6 +305,6 @@ __all__ = [
     "DONE_DIR", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
-    "read_bytes", "read_json", "read_parts", "read_table", "scheme", "stem", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
+    "read_bytes", "read_json", "read_parts", "read_table", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

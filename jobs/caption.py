@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from captioner.engine import EngineUnavailable
 from captioner.stage import (
     STAGE,
     CaptionConfig,
@@ -38,11 +38,11 @@ from captioner.stage import (
     attach_frames,
     caption_hash,
     planned_frames,
+    resolve_engine,
 )
-from curate import storage
+from curate import layout, storage
 from curate.errors import UsageError
 from curate.schema import (
-    CLIP_EMBEDDING,
     CLIP_ID,
     CLIP_SCHEMA,
     END_FRAME,
@@ -51,7 +51,6 @@ from curate.schema import (
     STATUS,
     STATUS_ERROR,
     STATUS_OK,
-    VIDEO_ID,
 )
 from curate.storage import (
     check_writable,
@@ -61,12 +60,15 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand, require
-from jobs import flags, presets
+from jobs import guards
+from jobs.runtime import flags, presets
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 WRITE_ROWS = 256  # captions per part (what a kill loses per writer in flight)
-STATS_DIR = ("_stats", STAGE)  # OUT/_stats/caption: per-actor timing files
+# actor counters -> the summary's caption_usage (tokens as the engine reported them; retries: HTTP retries)
+USAGE_KEYS = {"prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens", "requests": "requests",
+              "http_retries": "retries", "http_failed": "failed_requests", "engine_s": "seconds"}
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,6 @@ class TimedCaptionStage(CaptionStage):
         return out
 
 
-def _part_name(clip_ids: list[str]) -> str:
-    h = hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=8).hexdigest()
-    return f"part-{h}.parquet"
-
-
 def finished_parts(out: str, cfg_hash: str) -> list[str]:
     """Caption parts with a marker under this config; every other part is removed.
 
@@ -116,7 +113,7 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
     """
     finished = []
     for part in storage.list_parts(out):
-        if is_done(out, STAGE, storage.stem(part).removeprefix("part-"), cfg_hash):
+        if is_done(layout.run_root(out), STAGE, layout.key_of(part), cfg_hash):
             finished.append(part)
         else:
             storage.delete(part)
@@ -124,7 +121,7 @@ def finished_parts(out: str, cfg_hash: str) -> list[str]:
 
 
 def _stats_files(out: str) -> list[str]:
-    return [f for f in storage.list_files(storage.join(out, *STATS_DIR), ".json")
+    return [f for f in storage.list_files(layout.stats_dir(layout.run_root(out), STAGE), ".json")
             if storage.basename(f).startswith("actor-")]
 
 
@@ -133,23 +130,28 @@ def _model_wait(out: str) -> dict[str, float]:
     busy = wait = 0.0
     calls = clips = 0
     starts, ends = [], []
+    usage = dict.fromkeys(USAGE_KEYS.values(), 0.0)
     for f in _stats_files(out):
         s = storage.read_json(f)
         busy, wait, calls, clips = busy + s["busy_s"], wait + s["wait_s"], calls + s["calls"], clips + s["clips"]
+        for k, name in USAGE_KEYS.items():
+            usage[name] += s.get(k, 0)
         starts.append(s["first_start"])
         ends.append(s["last_end"])
     share = wait / (busy + wait) if busy + wait > 0 else 0.0
     steady = max(ends) - min(starts) if starts else 0.0
     return {"model_busy_s": busy, "model_wait_s": wait, "model_wait_share": share, "model_calls": calls,
-            "steady_s": steady, "steady_clips_per_s": clips / steady if steady > 0 else 0.0}
+            "steady_s": steady, "steady_clips_per_s": clips / steady if steady > 0 else 0.0,
+            "caption_usage": {k: round(v, 2) if k == "seconds" else int(v) for k, v in usage.items()}}
 
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
-    from jobs.adapter import clip_ids_ref, init_ray, read_parts_dataset
+    from jobs.runtime.adapter import clip_ids_ref, init_ray, read_parts_dataset
 
     t0 = time.perf_counter()
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
+    cfg = replace(cfg, caption=resolve_engine(cfg.caption))  # engine openai: probe the server, before any actor
     out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
     inputs = storage.list_parts(cfg.input)
@@ -161,7 +163,7 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     # the workers read the scored parts and pick the kept clips not captioned yet; the driver
     # holds file names, the finished set's object ref and counts
     done = clip_ids_ref(finished)
-    columns = [c for c in CLIP_SCHEMA.names if c != CLIP_EMBEDDING]
+    columns = list(CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
     todo = read_parts_dataset(inputs, columns).map_batches(
         functools.partial(_todo, done=done, cfg=cfg.caption), batch_format="pyarrow", batch_size=None, num_cpus=0.25)
     counts = _count(read_parts_dataset(inputs, [CLIP_ID, KEPT, STATUS]), done)
@@ -182,10 +184,10 @@ def _kept(batch: pa.Table) -> pa.Array:
 def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
     """Map task: the kept clips of a block not captioned yet, sorted by planned frame count.
 
-    Similar frame counts next to each other, so model batches share a frame count; the
-    sort is per block (a global sort would be a barrier across the whole run).
+    Similar frame counts next to each other, so model batches share a frame count, then clip
+    ids; the sort is per block (a global sort would be a barrier across the whole run).
     """
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     ids = resolve(done)
     todo = batch.filter(_kept(batch))
@@ -193,14 +195,14 @@ def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
     frames = [planned_frames(s, e, cfg) for s, e in
               zip(todo.column(START_FRAME).to_pylist(), todo.column(END_FRAME).to_pylist())]
     todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
-    todo = todo.sort_by([("_planned", "ascending"), (VIDEO_ID, "ascending"), (START_FRAME, "ascending")])
+    todo = todo.sort_by([("_planned", "ascending"), (CLIP_ID, "ascending")])  # batches by clip id (issue 26)
     return todo.drop_columns(["_planned"])
 
 
 def _count(ds: Any, done: Any) -> dict[str, int]:
     """Rows, kept clips and kept clips already captioned, counted by the workers."""
     def count(batch: pa.Table) -> pa.Table:
-        from jobs.adapter import resolve
+        from jobs.runtime.adapter import resolve
 
         ids = resolve(done)
         kept = batch.filter(_kept(batch)).column(CLIP_ID).to_pylist()
@@ -221,9 +223,9 @@ def need_of(cfg: CaptionJobConfig) -> flags.Need:
 
 
 def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
-    from jobs.adapter import Resources, map_stage, map_task
+    from jobs.runtime.adapter import Resources, map_stage, map_task
 
-    stats_dir = storage.join(out, *STATS_DIR)
+    stats_dir = layout.stats_dir(layout.run_root(out), STAGE)
     for f in _stats_files(out):
         storage.delete(f)
     bs = cfg.caption.batch_size
@@ -248,23 +250,38 @@ def _write_part(batch: pa.Table, out: str, h: str) -> pa.Table:
     """Writer task: one caption part, then its marker; returns (ok, error) counts."""
     if batch.num_rows == 0:
         return pa.table({"ok": pa.array([], pa.int64()), "error": pa.array([], pa.int64())})
-    name = _part_name(batch.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(batch, storage.join(out, name))
+    key = layout.part_key(batch.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(batch, layout.part_path(out, key))
     # important: the marker after the part; a part without one is redone on the next run
-    mark_done(out, STAGE, storage.stem(name).removeprefix("part-"), h, rows=batch.num_rows)
+    mark_done(layout.run_root(out), STAGE, key, h, rows=batch.num_rows)
     status = batch.column(STATUS).to_pylist()
     return pa.table({"ok": [status.count(STATUS_OK)], "error": [status.count(STATUS_ERROR)]})
+
+
+def engine_unavailable(e: BaseException) -> str | None:
+    """The EngineUnavailable message inside a Ray task failure, if that is what stopped the run."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, EngineUnavailable):
+            return str(seen)
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    text = str(e)
+    if "EngineUnavailable" in text:
+        return next(ln.split("EngineUnavailable: ", 1)[1] for ln in text.splitlines() if "EngineUnavailable: " in ln)
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.caption", __doc__.split("\n")[0])
     flags.add_io(p, "folder of scored parts (OUT/scored)", "folder for caption parts (OUT/captions)")
     flags.add_preset(p, sorted(PRESETS))
-    p.add_argument("--model", default=None, help="override the preset's VLM: hub id, local folder or smoke:<family>")
     flags.add_resources(p, actors=1, gpus=0.0, cpus=1.0)
     p.add_argument("--batch-size", type=int, default=None, help="clips per generate call (default: the preset's)")
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the preset's)")
     p.add_argument("--decode-concurrency", type=int, default=0, help="max decode tasks (0: Ray decides)")
+    flags.add_caption_engine(p, model_flag=True)
     flags.add_device(p)
     flags.add_weights_dir(p)
     flags.add_ray(p)
@@ -280,12 +297,13 @@ def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
     flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", a.cpus, 0, strict=True)
     flags.check_device(a.device, a.gpus)
-    flags.check_stage_folder("--input", a.input, "scored", "jobs.score")
-    cap = replace(PRESETS[a.preset], weights_dir=expand(a.weights_dir))
-    if a.model:
-        cap = replace(cap, model=a.model)
+    guards.check_input("caption", flags.canonical(a.input))  # what it holds, not its name
+    guards.check_output(flags.canonical(a.output), stage="caption")
+    cap = flags.caption_engine_config(a, replace(PRESETS[a.preset], weights_dir=expand(a.weights_dir)))
     if a.batch_size:
         cap = replace(cap, batch_size=a.batch_size)
+    elif cap.engine == "openai":  # an actor keeps at most a batch in flight
+        cap = replace(cap, batch_size=max(cap.batch_size, cap.openai.max_in_flight))
     if a.num_frames:
         cap = replace(cap, num_frames=a.num_frames)
     if a.device != "auto":
@@ -306,7 +324,14 @@ def cli(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
-        summary = main(cfg)
+        try:
+            summary = main(cfg)
+        except Exception as e:  # the caption server went away mid-run: one line, exit 1, a rerun resumes
+            line = engine_unavailable(e)
+            if line is None:
+                raise
+            sys.stderr.write(f"error: {line}\n")
+            return 1
         print(f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
               f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
               f"{summary['clips_per_s']:.2f} clips/s; model waited "

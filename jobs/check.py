@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 from curate.weights import expand, report
-from jobs import flags
-from jobs.presets import PRESETS
+from jobs.runtime import flags
+from jobs.runtime.presets import PRESETS
 from latents.weights import stage_weights, with_weights_dir
 
 STAGES = ("score", "caption", "upsample", "encode")

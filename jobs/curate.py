@@ -6,7 +6,7 @@ Phase 1, one Ray Data streaming plan:
      ─▶ CLIP actors ─▶ writer tasks: OUT/scored/part-<key>.parquet + marker
 
 Then the run-level decisions (exact and near duplicates across videos, percentile
-thresholds, absolute rules), distributed over the scored parts by `jobs/decide.py`: the code
+thresholds, absolute rules), distributed over the scored parts by `jobs/runtime/decide.py`: the code
 `python -m jobs.filter` re-decides with.
 
 Phase 2, a second streaming plan over the kept clips only (read by the workers):
@@ -15,7 +15,7 @@ Phase 2, a second streaming plan over the kept clips only (read by the workers):
      ─▶ encode decode tasks ─▶ VAE actors ─▶ writer tasks: OUT/captions part + latent shards,
         each with a marker carrying its shard entries
 
-and the driver merges the shard entries into OUT/latents/_manifest.json (metadata only).
+and the driver merges the shard entries into OUT/latents/.manifest.json (metadata only).
 No clip dropped by a rule is captioned or encoded, and the driver never holds clip rows:
 its memory is O(files).
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 import sys
 import time
@@ -40,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import decide as D
-from curate import filters, storage
+from curate import filters, layout, storage
 from curate import schema as S
 from curate.decide import read_columns
 from curate.errors import UsageError, check_range
@@ -55,9 +54,11 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand
-from jobs import flags
-from jobs.inputs import list_inputs
-from jobs.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
+from jobs import guards, rule_flags, stage_flags
+from jobs.runtime import flags
+from jobs.runtime.inputs import list_inputs
+from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
+from latents.encode import WRITE_ROWS
 
 SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
 WRITE_STAGE = "curate-write"  # markers of phase-2 parts (OUT/captions + shards), with shard entries
@@ -79,12 +80,18 @@ class CurateConfig:
     actor_cpus: float = 0.25  # CPU-only actors ask for a share, so decode tasks keep the cores
     task_cpus: float = 0.5
     batch_size: int = 4  # clips per actor call
-    max_rows_per_shard: int = 2048
+    max_rows_per_shard: int = 256  # latents.encode.WRITE_ROWS: a writer batch holds at most that many
     report: bool = True
     device: str = "auto"  # where every model runs (flags.check_device)
     verbose: bool = False
     weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
     model_resource: str | None = None  # custom Ray resource the model actors need (pins them to such nodes)
+    # the stage options (--rule, --detector, --num-frames, ...) applied over the preset; None: the preset's
+    filters: filters.FilterConfig | None = None
+    split: Any = None  # curate.split.SplitConfig
+    caption_edits: tuple[tuple[str, Any], ...] = ()  # CaptionConfig fields to replace
+    encode_edits: tuple[tuple[str, Any], ...] = ()  # EncodeConfig fields to replace
+    limit: int | None = None  # only the first N inputs (a trial run)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -93,29 +100,21 @@ class CurateConfig:
             check_range(name, getattr(self, name), 1, fix=f"pass --{name.replace('_', '-')} >= 1")
 
 
-def _part_key(ids: list[str]) -> str:
-    return hashlib.blake2b("\n".join(sorted(ids)).encode(), digest_size=10).hexdigest()
-
-
-def _key(part: str) -> str:
-    return storage.basename(part).removeprefix("part-").removesuffix(".parquet")
-
-
 def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
     """Parts of `folder` with a marker under config hash `h` (O(files): no rows read)."""
-    return [p for p in storage.list_parts(folder) if is_done(root, stage, _key(p), h)]
+    return [p for p in storage.list_parts(folder) if is_done(root, stage, layout.key_of(p), h)]
 
 
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
     """Probe + split one video (or reuse its finished split), minus clips already scored."""
-    from jobs.adapter import resolve
-    from jobs.split import process_one  # the same parts and markers as jobs.split
+    from jobs.runtime.adapter import resolve
+    from jobs.split import clips_part, process_one  # the same parts and markers as jobs.split
 
     done = resolve(done)
     rows: list[pa.Table] = []
     for uri in batch.column(S.SOURCE_URI).to_pylist():
         info = process_one(uri, preset.split, out)
-        part = storage.join(out, "clips", f"part-{info['video_id']}.parquet")
+        part = clips_part(out, info["video_id"])
         clips = S.conform(read_columns(part), S.CLIP_SCHEMA)
         keep = pa.array([c not in done for c in clips.column(S.CLIP_ID).to_pylist()], pa.bool_())
         rows.append(clips.filter(keep))
@@ -127,15 +126,15 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
     table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
     if not table.num_rows:
         return pa.table({"rows": pa.array([], pa.int64())})
-    key = _part_key(table.column(S.CLIP_ID).to_pylist())
-    write_parquet_atomic(table, storage.join(out, "scored", f"part-{key}.parquet"))
+    key = layout.part_key(table.column(S.CLIP_ID).to_pylist())
+    write_parquet_atomic(table, layout.part_path(layout.folder(out, layout.SCORED), key))
     mark_done(out, SCORED_STAGE, key, h, clips=table.num_rows)  # important: marker after the part
     return pa.table({"rows": [table.num_rows]})
 
 
 def _kept_todo(batch: pa.Table, done: Any) -> pa.Table:
     """Phase-2 input: kept clips not yet in a finished captions part."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(done)
     kept = pc.fill_null(batch.column(S.KEPT), False).to_pylist()
@@ -153,13 +152,13 @@ def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int)
     if not batch.num_rows:
         return pa.table({"rows": pa.array([], pa.int64()), "encoded": pa.array([], pa.int64())})
     ids = batch.column(S.CLIP_ID).to_pylist()
-    key = _part_key(ids)
+    key = layout.part_key(ids)
     cap = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
                     .drop_columns(S.columns_of(S.LATENT_GROUP)))
-    write_parquet_atomic(cap, storage.join(out, "captions", f"part-{key}.parquet"))
+    write_parquet_atomic(cap, layout.part_path(layout.folder(out, layout.CAPTIONS), key))
     ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
     enc = batch.filter(ok)
-    with ShardWriter(storage.join(out, "latents"), meta, max_rows=max_rows, row_group_rows=64,
+    with ShardWriter(layout.folder(out, layout.LATENTS), meta, max_rows=max_rows, row_group_rows=64,
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=key[:12], write_manifest=False) as writer:
         writer.write(enc)
     captioned = cap.num_rows - cap.column(S.CAPTION).null_count
@@ -178,7 +177,7 @@ def _stage_timings(stats: str) -> dict[str, float]:
 
 
 def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
-    from jobs.adapter import Resources
+    from jobs.runtime.adapter import Resources
 
     # important: an actor step asking for the same CPUs as the task before it gets fused
     # into it by Ray Data; different CPU asks keep decoding out of the model actors.
@@ -200,11 +199,11 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     import ray
 
     from curate import score, score_frames
-    from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task
+    from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task
 
     if preset.score.smoke:
         score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
-    done = clip_ids_ref(finished_parts(storage.join(out, "scored"), out, SCORED_STAGE, h))
+    done = clip_ids_ref(finished_parts(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h))
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
     ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), done=done),
@@ -224,7 +223,7 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     """Run-level decisions over the scored parts, in place; parts of other runs are removed first."""
     from jobs.filter import decide_dir, funnel_report
 
-    scored = storage.join(out, "scored")
+    scored = layout.folder(out, layout.SCORED)
     finished = set(finished_parts(scored, out, SCORED_STAGE, h))
     for stale in storage.list_parts(scored):  # a part whose marker never came, or another config
         if stale not in finished:
@@ -234,7 +233,7 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     funnel, _ = decide_dir(scored, scored, preset.score.filters, D.NearDupConfig(), marker_root=None)
     report = funnel_report(funnel, preset.score.filters, smoke=preset.random_models)
     report["config_hash"] = config_hash(preset.score)
-    write_json_atomic(report, storage.join(scored, "_funnel.json"))
+    write_json_atomic(report, layout.funnel_path(scored))
     return report
 
 
@@ -242,18 +241,18 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     """Caption and encode the kept clips only; workers write captions parts and shards."""
 
     from captioner.stage import CaptionStage, attach_frames
-    from jobs.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
-    from latents.encode import WRITE_ROWS, EncodeStage
+    from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
+    from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
-    finished = finished_parts(storage.join(out, "captions"), out, WRITE_STAGE, h2)
-    written = sum(read_json(marker_path(out, WRITE_STAGE, _key(p))).get("clips", 0) for p in finished)
+    finished = finished_parts(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h2)
+    written = sum(read_json(marker_path(out, WRITE_STAGE, layout.key_of(p))).get("clips", 0) for p in finished)
     if written >= kept:  # every kept clip is in a finished part: no model needs loading
         return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
     done = clip_ids_ref(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
-    columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]
-    ds = read_parts_dataset(storage.list_parts(storage.join(out, "scored")), columns)
+    columns = list(S.CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
+    ds = read_parts_dataset(storage.list_parts(layout.folder(out, layout.SCORED)), columns)
     ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
     ds = map_stage(ds, CaptionStage, preset.caption,
@@ -276,17 +275,17 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
     from latents.encode import ROUNDTRIP_PSNR
     from latents.shards import merge_manifest
 
-    captions = storage.join(out, "captions")
+    captions = layout.folder(out, layout.CAPTIONS)
     finished = finished_parts(captions, out, WRITE_STAGE, h2)
     for stale in set(storage.list_parts(captions)) - set(finished):
         storage.delete(stale)
     shards: list[dict] = []
     captioned = 0
     for p in finished:
-        info = read_json(marker_path(out, WRITE_STAGE, _key(p)))
+        info = read_json(marker_path(out, WRITE_STAGE, layout.key_of(p)))
         shards += info["shards"]
         captioned += info["captioned"]
-    manifest = merge_manifest(storage.join(out, "latents"), meta, shards)
+    manifest = merge_manifest(layout.folder(out, layout.LATENTS), meta, shards)
     psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
     return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"],
             "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None}  # as jobs.encode's summary
@@ -303,6 +302,14 @@ def _manifest_meta(preset: Preset) -> dict:
     return meta
 
 
+def with_options(preset: Preset, cfg: CurateConfig) -> Preset:
+    """The preset with the command line's stage options (rules, split, caption, encode) applied."""
+    score = dataclasses.replace(preset.score, filters=cfg.filters) if cfg.filters is not None else preset.score
+    return dataclasses.replace(preset, score=score, split=cfg.split or preset.split,
+                               caption=dataclasses.replace(preset.caption, **dict(cfg.caption_edits)),
+                               encode=dataclasses.replace(preset.encode, **dict(cfg.encode_edits)))
+
+
 def need_of(cfg: CurateConfig) -> flags.Need:
     """All three actor pools stream at once, beside the split and decode tasks."""
     pools = [(cfg.score_actors, cfg.score_gpus), (cfg.caption_actors, cfg.caption_gpus),
@@ -315,10 +322,11 @@ def need_of(cfg: CurateConfig) -> flags.Need:
 def main(cfg: CurateConfig) -> dict[str, Any]:
     from latents.weights import stage_weights, with_weights_dir
 
-    preset = with_device(with_weights_dir(PRESETS[cfg.preset], cfg.weights_dir), cfg.device)
+    preset = with_device(with_weights_dir(with_options(PRESETS[cfg.preset], cfg), cfg.weights_dir), cfg.device)
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    inputs = inputs[:cfg.limit] if cfg.limit else inputs
     out = flags.canonical(cfg.output)
     check_writable(out)
     filters.check_config(preset.score.filters)
@@ -331,7 +339,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     import ray
 
-    from jobs.adapter import init_ray, row_counts
+    from jobs.runtime.adapter import init_ray, row_counts
 
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
     if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
@@ -341,16 +349,16 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     p1 = phase1(cfg, preset, inputs, out, h)
     report = decide(preset, out, h)
     # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
-    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(storage.join(out, "scored"))]})
+    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(layout.folder(out, layout.SCORED))]})
     p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
     summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
                **{k: v for k, v in p1.items() if k != "stage_seconds"},
                **{k: v for k, v in p2.items() if k != "stage_seconds"},
                "stage_seconds": {**p1["stage_seconds"], **p2["stage_seconds"]},
-               "clips": sum(row_counts(storage.list_parts(storage.join(out, "clips")))), "scored": report["clips_in"], "kept": report["kept"],
+               "clips": sum(row_counts(storage.list_parts(layout.folder(out, layout.CLIPS)))), "scored": report["clips_in"], "kept": report["kept"],
                **finalize(out, h2, meta)}
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(summary, storage.join(out, "summary", "curate.json"))
+    write_json_atomic(summary, layout.summary_path(out, "curate"))
     if cfg.report:
         from jobs.report import write_report_to
 
@@ -365,11 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.curate", __doc__.split("\n\n")[0])
     flags.add_io(p, "directory, glob, list file or one video", "output root OUT")
     flags.add_preset(p, sorted(PRESETS))
+    stage_flags.add_limit(p)
+    rule_flags.add_rule_flags(p)
+    stage_flags.add_split_options(p)
+    stage_flags.add_caption_options(p)
+    stage_flags.add_encode_options(p)
+    p.add_argument("--max-rows-per-shard", type=int, default=WRITE_ROWS,
+                   help=f"rows per latent shard at most ({WRITE_ROWS} at most: a writer batch holds its clips)")
     # important: CPU-only actors ask for a quarter core each, so the decode tasks keep the cores
     flags.add_resources(p, ("score", "caption", "encode"), actors=1, gpus=0.0, cpus=0.25,
                         cpus_help="CPUs per actor (every stage)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
-    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip OUT/report/index.html")
     flags.add_device(p)
     flags.add_weights_dir(p)
     p.add_argument("--model-resource", default=None, metavar="NAME",
@@ -388,14 +403,31 @@ def config_from_args(a: argparse.Namespace) -> CurateConfig:
     flags.check_float("--cpus", a.cpus, 0, strict=True, fix="pass --cpus 0.25")
     gpus = (a.score_gpus, a.caption_gpus, a.encode_gpus)
     flags.check_device(a.device, max(gpus) if a.device == "cpu" else min(gpus))
+    stage_flags.check_limit(a)
+    flags.check_int("--max-rows-per-shard", a.max_rows_per_shard, 1)
+    if a.max_rows_per_shard > WRITE_ROWS:
+        raise flags.fail(f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
+                         a.max_rows_per_shard, f"pass --max-rows-per-shard {WRITE_ROWS} or less")
+    base = PRESETS[a.preset]
+    cap, enc = stage_flags.caption_config(a, base.caption), stage_flags.encode_config(a, base.encode)
+    guards.check_output(flags.canonical(a.output))  # a run root: not a stage's folder, nor inside one
     cfg = CurateConfig(
         input=flags.canonical(a.input), output=flags.canonical(a.output), preset=a.preset, address=a.address,
         score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
         score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
         actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose,
-        weights_dir=expand(a.weights_dir), model_resource=a.model_resource)
+        weights_dir=expand(a.weights_dir), model_resource=a.model_resource,
+        max_rows_per_shard=a.max_rows_per_shard, limit=a.limit,
+        filters=rule_flags.filters_from_args(a, base.score.filters), split=stage_flags.split_config(a, base.split),
+        caption_edits=_edits(cap, base.caption), encode_edits=_edits(enc, base.encode))
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
+
+
+def _edits(new: Any, old: Any) -> tuple[tuple[str, Any], ...]:
+    """The fields of a stage config the options changed (a small, hashable record for CurateConfig)."""
+    return tuple((f.name, getattr(new, f.name)) for f in dataclasses.fields(new)
+                 if getattr(new, f.name) != getattr(old, f.name))
 
 
 def cli(argv: list[str] | None = None) -> int:

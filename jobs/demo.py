@@ -40,7 +40,7 @@ def make_samples(directory: Path, size: tuple[int, int] = (320, 180), fps: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs import flags
+    from jobs.runtime import flags
 
     p = flags.JobParser("python -m jobs.demo", __doc__.split("\n\n")[0])
     p.add_argument("--output", default="demo-out", help="where the samples and every output go")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from jobs import curate, sample, train
-    from jobs.presets import RANDOM_MODELS_WARNING, SMOKE
+    from jobs.runtime.presets import RANDOM_MODELS_WARNING, SMOKE
 
     run = out / "run"
     summary = curate.main(curate.CurateConfig(input=str(out / "input"), output=str(run), preset="smoke",

@@ -8,7 +8,7 @@ One Ray Data streaming plan; the workers read and write every row, the driver co
      ─▶ writer tasks, one per batch of up to min(--max-rows-per-shard, 256) clips, each writing
           OUT/latents/shard-<key>-NNNNN.parquet    the batch's encoded rows
           OUT/latents/_index/part-<key>.parquet    clip_id, status, failed_stage, error of every row
-          OUT/latents/_done/encode/<key>           the marker, last; it carries the shard entries
+          OUT/_done/encode/<key>                   the marker, last; it carries the shard entries
 
 Then the driver merges the shard entries of the finished markers into .manifest.json
 (latents/shards.py: metadata only) and removes what no finished marker references: index
@@ -28,21 +28,19 @@ same command runs on the cluster (the output must then be on storage all nodes s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate import layout, storage
 from curate import schema as S
-from curate import storage
 from curate.errors import UsageError, check_range, error_key
 from curate.storage import (
     check_writable,
@@ -53,8 +51,9 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from curate.weights import local_repo, require
-from jobs import flags, presets
+from curate.weights import local_repo, require, subfolder_kwargs
+from jobs import guards
+from jobs.runtime import flags, presets
 from latents.encode import (
     LTX,
     ROUNDTRIP_PSNR,
@@ -66,14 +65,13 @@ from latents.encode import (
     manifest_meta,
 )
 from latents.encode import STAGE as ENCODE_STAGE
-from latents.shards import MANIFEST_NAME, ShardError, ShardWriter, merge_manifest, read_manifest
+from latents.shards import ShardError, ShardWriter, merge_manifest, read_manifest
 from latents.text import text_weights
 from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
 PRESETS: dict[str, EncodeConfig] = {**{name: p.encode for name, p in presets.PRESETS.items()},
                                      "smoke-ltx": SMOKE_LTX, "ltx": LTX}
-INDEX = "_index"  # OUT/latents/_index/part-<key>.parquet: every row's status, one part per writer batch
 INDEX_SCHEMA = pa.schema([S.CLIP_SCHEMA.field(c) for c in (S.CLIP_ID, S.STATUS, S.FAILED_STAGE, S.ERROR)])
 # what the eligible/done counts read of an input part (eligible_mask's columns)
 COUNT_COLUMNS = [S.CLIP_ID, S.STATUS, S.KEPT, S.CAPTION]
@@ -96,19 +94,8 @@ class EncodeJobConfig:
     verbose: bool = False
 
 
-def part_key(clip_ids: list[str], cfg_hash: str) -> str:
-    """A writer batch's key: its clips and the config, so another config never reuses a name
-    (its shards and markers stay apart until the new manifest replaces the old one)."""
-    text = cfg_hash + "\n" + "\n".join(sorted(clip_ids))
-    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
-
-
 def _index_parts(out: str) -> list[str]:
-    return storage.list_parts(storage.join(out, INDEX))
-
-
-def _key(part: str) -> str:
-    return storage.stem(part).removeprefix("part-")
+    return storage.list_parts(layout.index_dir(out))
 
 
 def finished_batches(out: str, cfg_hash: str) -> dict[str, dict[str, Any]]:
@@ -119,7 +106,7 @@ def finished_batches(out: str, cfg_hash: str) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     for part in _index_parts(out):
         try:
-            marker = read_json(marker_path(out, ENCODE_STAGE, _key(part)))
+            marker = read_json(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
         except (OSError, ValueError):
             continue
         if isinstance(marker, dict) and marker.get("config_hash") == cfg_hash:
@@ -129,7 +116,7 @@ def finished_batches(out: str, cfg_hash: str) -> dict[str, dict[str, Any]]:
 
 def _count_input(part: str, done: Any) -> Counter:
     """Ray task: one input part's rows, eligible rows and eligible rows already written."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(done)
     t = storage.read_table(part, columns=COUNT_COLUMNS)
@@ -146,7 +133,7 @@ def _count_errors(part: str) -> Counter:
 
 def _todo(batch: pa.Table, done: Any) -> pa.Table:
     """Plan step (tasks): the eligible clips of an input block that no finished batch holds."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(done)
     ids = batch.column(S.CLIP_ID).to_pylist()
@@ -163,7 +150,9 @@ def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = 2048, 
     # a stable order inside the batch: the same clips give the same shard bytes on a rerun
     batch = batch.sort_by(S.CLIP_ID)
     ids = batch.column(S.CLIP_ID).to_pylist()
-    key = part_key(ids, cfg_hash)
+    # the config in the key: another config never reuses a name (its shards and markers stay
+    # apart until the new manifest replaces the old one)
+    key = layout.part_key(ids, salt=cfg_hash)
     ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
     enc = batch.filter(pc.fill_null(ok, False))
     # meta={}: this writer writes no manifest; the driver merges one from every marker's entries
@@ -171,10 +160,10 @@ def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = 2048, 
                      metric_columns=(ROUNDTRIP_PSNR,), run_id=key, write_manifest=False) as writer:
         writer.write(enc)
     index = S.conform(batch.select(INDEX_SCHEMA.names), INDEX_SCHEMA)
-    write_parquet_atomic(index, storage.join(out, INDEX, f"part-{key}.parquet"))
+    write_parquet_atomic(index, layout.part_path(layout.index_dir(out), key))
     # important: the marker goes last; a kill before it re-encodes this batch's clips, and the
     # shards it left behind are dropped (or overwritten under the same key) by the next run
-    mark_done(out, ENCODE_STAGE, key, cfg_hash, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
+    mark_done(layout.run_root(out), ENCODE_STAGE, key, cfg_hash, clips=len(ids), encoded=enc.num_rows, shards=writer.shards)
     return pa.table({"rows": [len(ids)], "encoded": [enc.num_rows]})
 
 
@@ -184,7 +173,7 @@ def drop_stale(out: str, finished: dict[str, dict[str, Any]]) -> None:
     for part in _index_parts(out):
         if part not in finished:
             storage.delete(part)
-            storage.delete(marker_path(out, ENCODE_STAGE, _key(part)))
+            storage.delete(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
 
 
 def merge_shards(out: str, finished: dict[str, dict[str, Any]], meta: dict[str, Any],
@@ -207,8 +196,7 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
         from transformers import AutoConfig
 
         source = local_repo(enc.text.source, enc.text.weights_dir)
-        sub = enc.text.model_subfolder
-        kw = {"subfolder": sub} if sub and not (Path(source).is_dir() and not (Path(source) / sub).is_dir()) else {}
+        kw = subfolder_kwargs(source, enc.text.source, enc.text.model_subfolder)
         try:
             c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
         except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's
@@ -238,7 +226,7 @@ def _meta(enc: EncodeConfig, out: str, cfg_hash: str, reuse: bool) -> dict[str, 
 
 
 def main(cfg: EncodeJobConfig) -> dict:
-    from jobs.adapter import (
+    from jobs.runtime.adapter import (
         Resources,
         clip_ids_ref,
         init_ray,
@@ -252,7 +240,7 @@ def main(cfg: EncodeJobConfig) -> dict:
     check_range("batch_size", cfg.batch_size, 1, fix="pass --batch-size >= 1")
     check_range("concurrency", cfg.concurrency, 1, fix="pass --actors >= 1")
     check_range("num_gpus", cfg.num_gpus, 0, fix="pass --gpus >= 0")
-    flags.check_stage_folder("--input", cfg.input, "captions", "jobs.caption")
+    guards.check_input("encode", cfg.input)
     inputs = storage.list_parts(cfg.input)  # names only: the workers read the rows
     if not inputs:
         raise UsageError(f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
@@ -297,10 +285,10 @@ def main(cfg: EncodeJobConfig) -> dict:
         "errors_by_reason": dict(errors.most_common(10)),
         "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
         "vae": manifest["vae"]["vae_id"], "smoke": manifest["smoke"],
-        "manifest": storage.join(out, MANIFEST_NAME), "wall_seconds": round(time.perf_counter() - t0, 2),
+        "manifest": layout.manifest_path(out), "wall_seconds": round(time.perf_counter() - t0, 2),
         "config_hash": cfg_hash,
     }
-    write_json_atomic(summary, storage.join(storage.parent(out), "summary", "encode.json"))  # next to OUT/summary/split.json
+    write_json_atomic(summary, layout.summary_path(layout.run_root(out), "encode"))  # next to OUT/summary/split.json
     return summary
 
 
@@ -333,7 +321,8 @@ def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     flags.check_float("--gpus", args.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", args.cpus, 0, strict=True)
     flags.check_device(args.device, args.gpus)
-    flags.check_stage_folder("--input", args.input, "captions", "jobs.caption")
+    guards.check_input("encode", flags.canonical(args.input))
+    guards.check_output(flags.canonical(args.output), stage="encode")
     enc = with_weights_dir(PRESETS[args.preset], args.weights_dir)
     if args.device != "auto":
         enc = replace(enc, vae=replace(enc.vae, device=args.device))

@@ -2,7 +2,7 @@
 
 Reads the scored parts (every clip, with its scores and embedding), applies the preset's
 filter cascade with the same distributed code `jobs.score` and `jobs.curate` use
-(`jobs/decide.py`), and writes one decided part per input part plus `_funnel.json`. No
+(`jobs/runtime/decide.py`), and writes one decided part per input part plus `_funnel.json`. No
 model runs: a changed threshold costs a pass over the scores.
 
 Resumable: each written part has its marker (OUT/_done/filter/<part>) carrying a hash of
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from curate import decide as D
-from curate import filters, score, storage
+from curate import filters, layout, score, storage
 from curate.errors import UsageError
 from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
-from jobs import flags
+from jobs import guards, rule_flags
+from jobs.runtime import flags
 
 STAGE = "filter"
 # the presets' filters, without importing the model stages (torch) into this driver
@@ -38,6 +39,7 @@ class FilterJob:
     near: D.NearDupConfig = dataclasses.field(default_factory=D.NearDupConfig)
     address: str | None = None
     num_cpus: int | None = None  # local Ray instance only
+    smoke: bool = False  # the scores came from random models (the input's _funnel.json says so)
 
 
 def scored_parts(directory: str) -> list[str]:
@@ -81,7 +83,7 @@ def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupCon
 
     Returns (funnel, parts written). With `marker_root`, each written part gets its marker.
     """
-    from jobs.decide import decide_parts
+    from jobs.runtime.decide import decide_parts
 
     src, dst = str(src), str(dst)
     parts = scored_parts(src)
@@ -102,17 +104,17 @@ def main(job: FilterJob) -> dict[str, Any]:
     src, dst = job.input, job.output
     parts = scored_parts(src)
     check_writable(dst)
-    root = storage.parent(dst)
+    root = layout.run_root(dst)
     h = inputs_hash(parts, job.filters, job.near)
-    funnel_path = storage.join(dst, "_funnel.json")
+    funnel_path = layout.funnel_path(dst)
     if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
         print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
         return read_json(funnel_path)
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     init_ray(job.address, num_cpus=job.num_cpus)
     funnel, n = decide_dir(src, dst, job.filters, job.near, root)
-    report = funnel_report(funnel, job.filters, smoke=False)
+    report = funnel_report(funnel, job.filters, smoke=job.smoke)
     write_json_atomic(report, funnel_path)
     print(format_funnel(report))
     print(f"filter: {n} parts -> {dst}")
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.filter", __doc__.splitlines()[0])
     flags.add_io(p, "scored directory (OUT/scored)", "decided directory (e.g. OUT/filtered)")
     flags.add_preset(p, sorted(PRESET_FILTERS))
+    rule_flags.add_rule_flags(p)
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
                    help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
     p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
@@ -136,11 +139,27 @@ def config_from_args(a: argparse.Namespace) -> FilterJob:
     """Every check that needs no Ray."""
     flags.check_int("--cluster-rows", a.cluster_rows, 1, "e.g. --cluster-rows 2000")
     flags.check_float("--border-margin", a.border_margin, 0, fix="pass --border-margin 1 (the default)")
+    cfg = rule_flags.filters_from_args(a, PRESET_FILTERS[a.preset])
+    src, dst = flags.canonical(a.input), flags.canonical(a.output)
+    guards.check_input(STAGE, src)
+    guards.check_output(dst, stage=STAGE, same_as=src)
+    smoke = scores_are_smoke(src)
+    if smoke and a.preset == "default" and not rule_flags.edited(a):
+        raise flags.fail("--preset default has thresholds for real-model scores; these scores come from the smoke "
+                         "preset's random models", f"{src!r} (its _funnel.json says smoke)",
+                         "pass --preset smoke, give your own --rule/--filters, or score with jobs.score --preset default")
     flags.quiet_logs(a.verbose)
-    return FilterJob(input=flags.canonical(a.input), output=flags.canonical(a.output),
-                     filters=PRESET_FILTERS[a.preset], near=D.NearDupConfig(cluster_rows=a.cluster_rows,
-                                          border_margin=a.border_margin or None),
-                     address=a.address)
+    return FilterJob(input=src, output=dst, filters=cfg,
+                     near=D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None),
+                     address=a.address, smoke=smoke)
+
+
+def scores_are_smoke(src: str) -> bool:
+    """Whether the input's scores came from random models, as the stage that scored them recorded."""
+    try:
+        return bool(read_json(storage.join(src, "_funnel.json")).get("smoke", False))
+    except (OSError, ValueError, AttributeError):
+        return False  # no funnel beside the parts: nothing says so
 
 
 def parse_args(argv: Sequence[str] | None = None) -> FilterJob:

@@ -8,7 +8,9 @@ revision, dtype) the shard manifest in RUN/config.json records; once loaded, the
 normalisation constants (latents mean/std, scaling factor) and text width are checked against
 the manifest, and a mismatch stops the job (its latents would decode wrongly). --weights-dir
 points at a folder of downloaded weights (DIR/<hub repo id>). --init-video runs SDEdit: the
-video's latents are noised to strength s and denoised under the new prompt.
+video's latents are noised to strength s and denoised under the new prompt; s is one
+signal-to-noise ratio under every objective (that of rectified-flow time s: s=0.6 keeps the
+same signal whether the run is rflow or ddpm). The sampling grid uses the run's timestep shift.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from curate import storage
 from curate.errors import UsageError
 from curate.weights import expand
-from jobs import flags
+from jobs.runtime import flags
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,10 @@ def main(job: SampleJob) -> dict:
     elif job.strength != 1.0:
         raise UsageError(f"--strength {job.strength} needs --init-video (SDEdit); drop --strength or add a video")
     objective = run_config["train"]["objective"]
+    # the timestep shift the run trained with (a number or "auto"); runs from before it: none
+    shift = run_config["train"].get("shift", 1.0)
     z = sample(model, text, mask, shape, steps=job.steps, cfg_scale=job.cfg_scale, objective=objective,
-               generator=torch.Generator().manual_seed(job.seed), init=init, strength=job.strength)
+               generator=torch.Generator().manual_seed(job.seed), init=init, strength=job.strength, shift=shift)
     pixels = vae.decode(z.cpu())  # (1, 3, F, H, W) in [-1, 1]
     frames = ((pixels[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     # (3, F, H, W) -> (F, H, W, 3) uint8; libx264 needs even sides
@@ -188,7 +192,7 @@ def main(job: SampleJob) -> dict:
     summary = {"out": job.out, "caption": caption, "vae": vae.info.vae_id,
                "text_encoder": text_encoder.info.text_encoder_id, "upsampled": upsampled, "latent_shape": list(shape),
                "frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
-               "sdedit_strength": job.strength if init is not None else None,
+               "sdedit_strength": job.strength if init is not None else None, "timestep_shift": shift,
                "checkpoint": run_config["checkpoint"], "smoke_random_models": smoke}
     print(f"[sample] {json.dumps(summary)}", flush=True)
     return summary
@@ -216,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--upsample", action="store_true", help="expand the prompt with the captioner first")
     p.add_argument("--init-video", help="SDEdit: start from this video's latents")
-    p.add_argument("--strength", type=float, default=1.0, help="SDEdit noise level in (0, 1]")
+    p.add_argument("--strength", type=float, default=1.0, help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective")
     for name in ("frames", "height", "width"):
         p.add_argument(f"--{name}", type=int, help="pixels; with the other two, or none (the run's most common shape)")
     p.add_argument("--steps", type=int, default=SampleJob.steps)

@@ -6,8 +6,8 @@ Ray Data plan (streaming; the workers read the clip parts, the driver lists file
             ─▶ actor pool: CLIP embeddings + aesthetic (only clips passing the cheap gate)
             ─▶ writer tasks: atomic score parts OUT/scored/_scores/part-<key>.parquet + markers
 then every clip row joined with its score row by a hash shuffle on clip_id in Ray tasks
-(`jobs/score_merge.py`), which write OUT/scored/part-*.parquet, and the run-level decisions
-(exact/near dedup, percentile and absolute rules), distributed by `jobs/decide.py` (the code
+(`jobs/runtime/score_merge.py`), which write OUT/scored/part-*.parquet, and the run-level decisions
+(exact/near dedup, percentile and absolute rules), distributed by `jobs/runtime/decide.py` (the code
 `python -m jobs.filter` uses): every clip, kept or not, with reasons + OUT/scored/_funnel.json.
 The driver holds file names, object refs and counts: O(files), not O(clips).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from curate import decide as D
-from curate import filters, score, score_frames, storage
+from curate import filters, layout, score, score_frames, storage
 from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
@@ -47,8 +46,9 @@ from curate.storage import (
     write_parquet_atomic,
 )
 from curate.weights import expand
-from jobs import flags, presets
-from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
+from jobs import guards, rule_flags
+from jobs.runtime import flags, presets
+from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
 STAGE = "score"
 DECODE_CPUS = 1.0  # per decode task
@@ -76,15 +76,11 @@ def scoring_hash(cfg: score.ScoreConfig) -> str:
     return config_hash(dataclasses.replace(cfg, filters=filters.FilterConfig()))
 
 
-def _part_key(clip_ids: Sequence[str]) -> str:
-    return hashlib.blake2b("\n".join(sorted(clip_ids)).encode(), digest_size=10).hexdigest()
-
-
 def finished_score_parts(scores_dir: str, root: str, cfg: score.ScoreConfig) -> list[str]:
     """Score parts with a marker under the current scoring config, oldest first (names only)."""
     h = scoring_hash(cfg)
     parts = sorted(storage.list_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))
-    return [p for p in parts if is_done(root, STAGE, storage.stem(p).removeprefix("part-"), h)]
+    return [p for p in parts if is_done(root, STAGE, layout.key_of(p), h)]
 
 
 def finished_ids(paths: Sequence[str], cfg: score.ScoreConfig) -> frozenset[str]:
@@ -106,7 +102,7 @@ def finished_ids(paths: Sequence[str], cfg: score.ScoreConfig) -> frozenset[str]
 
 def pending(batch: pa.Table, finished: Any) -> pa.Table:
     """Map task: ok clips of a block without a usable score row, once per clip_id."""
-    from jobs.adapter import resolve
+    from jobs.runtime.adapter import resolve
 
     done = resolve(finished)
     ids = batch.column(CLIP_ID).to_pylist()
@@ -122,7 +118,7 @@ def pending(batch: pa.Table, finished: Any) -> pa.Table:
 
 def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
     """Stream the pending clips (a Dataset the workers read) through CPU tasks and the model pool."""
-    from jobs.adapter import Resources, map_stage, map_task
+    from jobs.runtime.adapter import Resources, map_stage, map_task
 
     cfg = job.score
     if cfg.smoke:
@@ -150,8 +146,8 @@ def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Tab
     if batch.num_rows == 0:
         return pa.table({"rows": pa.array([], pa.int64())})
     part = batch.select(SCORE_PART_COLUMNS)
-    key = _part_key(part.column(CLIP_ID).to_pylist())
-    write_parquet_atomic(part, storage.join(scores_dir, f"part-{key}.parquet"))
+    key = layout.part_key(part.column(CLIP_ID).to_pylist())
+    write_parquet_atomic(part, layout.part_path(scores_dir, key))
     mark_done(root, STAGE, key, h, rows=part.num_rows)  # important: marker after the part
     return pa.table({"rows": [part.num_rows]})
 
@@ -182,14 +178,14 @@ def format_funnel(report: dict[str, Any]) -> str:
 def main(job: ScoreJob) -> dict[str, Any]:
     import ray
 
-    from jobs.adapter import Resources, init_ray, map_task, read_parts_dataset, row_counts
     from jobs.filter import decide_dir
+    from jobs.runtime.adapter import Resources, init_ray, map_task, read_parts_dataset, row_counts
 
     filters.check_config(job.score.filters)
     score.check_weights(job.score)
     out = job.output  # a local folder or a URI: every location below goes through curate.storage
-    root = storage.parent(out)
-    scores_dir = storage.join(out, "_scores")
+    root = layout.run_root(out)
+    scores_dir = layout.scores_dir(out)
     check_writable(out)
     clip_parts = storage.list_parts(job.input)
     if not clip_parts:
@@ -215,7 +211,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
     funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
     report = funnel_report(funnel, job.score)
-    funnel_path = storage.join(out, "_funnel.json")
+    funnel_path = layout.funnel_path(out)
     write_json_atomic(report, funnel_path)
     print(format_funnel(report))
     print(f"funnel: {funnel_path}")
@@ -226,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.score", __doc__.splitlines()[0])
     flags.add_io(p, "clips directory (OUT/clips)", "scored directory (OUT/scored)")
     flags.add_preset(p, sorted(PRESETS))
+    rule_flags.add_rule_flags(p)
     flags.add_resources(p, actors=1, gpus=0.0, cpus=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
     p.add_argument("--cpu-batch", type=int, default=4, help="clips per decode task")
@@ -251,8 +248,10 @@ def config_from_args(a: argparse.Namespace) -> ScoreJob:
     flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1")
     flags.check_float("--cpus", a.cpus, 0, strict=True)
     flags.check_device(a.device, a.gpus)
-    flags.check_stage_folder("--input", a.input, "clips", "jobs.split")
+    guards.check_input(STAGE, flags.canonical(a.input))
+    guards.check_output(flags.canonical(a.output), stage=STAGE)
     cfg = PRESETS[a.preset]
+    cfg = dataclasses.replace(cfg, filters=rule_flags.filters_from_args(a, cfg.filters))
     overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
                                    "aesthetic_head": a.aesthetic_head,
                                    "weights_dir": expand(a.weights_dir)}.items() if v}

@@ -23,16 +23,16 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate import layout
 from curate import schema as S
 from curate.errors import error_key
 from curate.ids import video_id_of_file
-from curate.split import DETECTORS, SplitConfig, split_video
+from curate.split import SplitConfig, split_video
 from curate.storage import (
     check_writable,
     config_hash,
     exists,
     is_done,
-    join,
     list_files,
     local_copy,
     mark_done,
@@ -40,8 +40,9 @@ from curate.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from jobs import flags
-from jobs.inputs import list_inputs
+from jobs import guards, stage_flags
+from jobs.runtime import flags
+from jobs.runtime.inputs import list_inputs
 
 STAGE = "split"
 SUMMARY_SCHEMA = pa.schema(
@@ -59,17 +60,23 @@ class SplitJobConfig:
     num_cpus: float = 1.0  # per video task
     concurrency: int = 0  # max parallel video tasks (0: as many as CPUs allow)
     verbose: bool = False
+    limit: int | None = None  # only the first N inputs (a trial run)
 
 
 def source_key(uri: str) -> str:
     return hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()
 
 
+def clips_part(out: str, video_id: str) -> str:
+    """OUT/clips/part-<video_id>.parquet: one video's clip records."""
+    return layout.part_path(layout.folder(out, layout.CLIPS), video_id)
+
+
 def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
     """Split one input and write its parts atomically; the unit of work and of resume."""
     t0 = time.perf_counter()
     cfg_hash = config_hash(cfg)
-    video_part = join(out, "videos", f"part-{source_key(uri)}.parquet")
+    video_part = layout.part_path(layout.folder(out, layout.VIDEOS), source_key(uri))
     # a remote video is fetched once into this worker's temp dir (removed on exit), hashed and
     # split there; a missing object or bucket falls through to probe's error row
     with contextlib.ExitStack() as stack:
@@ -82,7 +89,7 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
             return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
                     "seconds": time.perf_counter() - t0}
         video, clips = split_video(local, cfg, video_id=vid, source_uri=uri)  # the file is hashed once
-    write_parquet_atomic(S.table_from_rows(clips), join(out, "clips", f"part-{video[S.VIDEO_ID]}.parquet"))
+    write_parquet_atomic(S.table_from_rows(clips), clips_part(out, video[S.VIDEO_ID]))
     write_parquet_atomic(S.table_from_rows([video], S.VIDEO_SCHEMA), video_part)
     # important: the marker goes last; a kill before it just redoes this video.
     mark_done(out, STAGE, video[S.VIDEO_ID], cfg_hash, source_uri=uri, num_clips=video.get(S.NUM_CLIPS))
@@ -104,7 +111,7 @@ def clips_in_output(out: str) -> tuple[int, float]:
     """(ok clips, their seconds) over OUT/clips, folded part by part on three columns: the
     driver holds one part, never the run's clips (O(clips) time, O(one part) memory)."""
     n, seconds = 0, 0.0
-    for part in list_files(join(out, "clips"), ".parquet"):
+    for part in list_files(layout.folder(out, layout.CLIPS), layout.SUFFIX):
         t = read_table(part, columns=[S.STATUS, S.START_PTS, S.END_PTS])
         ok = t.filter(pc.equal(t.column(S.STATUS), S.STATUS_OK))
         n += ok.num_rows
@@ -133,9 +140,10 @@ def summarize(rows: list[dict], out: str, wall: float) -> dict:
 def main(cfg: SplitJobConfig) -> dict:
     import ray
 
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    inputs = inputs[:cfg.limit] if cfg.limit else inputs
     check_writable(cfg.output)
     t0 = time.perf_counter()
     init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
@@ -149,7 +157,7 @@ def main(cfg: SplitJobConfig) -> dict:
     summary = summarize(rows, cfg.output, time.perf_counter() - t0)
     summary["config"] = asdict(cfg.split)
     summary["config_hash"] = config_hash(cfg.split)
-    write_json_atomic(summary, join(cfg.output, "summary", "split.json"))
+    write_json_atomic(summary, layout.summary_path(cfg.output, "split"))
     return summary
 
 
@@ -164,10 +172,8 @@ def print_summary(summary: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.split", __doc__.split("\n\n")[0])
     flags.add_io(p, "directory, glob, list file (.txt) or one video", "output root OUT (videos/, clips/, _done/)")
-    p.add_argument("--detector", default="content", choices=DETECTORS)
-    p.add_argument("--min-seconds", type=float, default=2.0)
-    p.add_argument("--max-seconds", type=float, default=20.0)
-    p.add_argument("--trim-seconds", type=float, default=0.0)
+    stage_flags.add_split_options(p)
+    stage_flags.add_limit(p)
     flags.add_resources(p, actors=0, gpus=None, cpus=1.0, actors_help="max parallel video tasks (0: Ray decides)",
                       cpus_help="CPUs per video task")
     flags.add_ray(p)
@@ -178,10 +184,12 @@ def config_from_args(args: argparse.Namespace) -> SplitJobConfig:
     """Every check that needs no Ray: flags, input paths, the output folder, this machine's CPUs."""
     flags.check_int("--actors", args.actors, 0, "pass --actors 0 to let Ray decide")
     flags.check_float("--cpus", args.cpus, 0, strict=True, fix="pass --cpus 1")
-    split = SplitConfig(detector=args.detector, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
-                        trim_seconds=args.trim_seconds)
+    stage_flags.check_limit(args)
+    split = stage_flags.split_config(args)
     cfg = SplitJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), split=split,
-                         address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose)
+                         address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose,
+                         limit=args.limit)
+    guards.check_output(cfg.output)  # a run root: not a stage's folder, nor inside one
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 
@@ -198,7 +206,7 @@ def cli(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         summary = main(cfg)
         print_summary(summary)
-        print(json.dumps({"summary": join(cfg.output, "summary", "split.json")}))
+        print(json.dumps({"summary": layout.summary_path(cfg.output, "split")}))
         return 0
 
     return flags.run_cli(body)

@@ -27,23 +27,26 @@ from collections.abc import Sequence
 from curate import storage
 from curate.errors import UsageError
 from curate.storage import check_writable
-from jobs import flags, presets
+from jobs.runtime import flags, presets
 from latents import run_sync
 from latents.dit.train import TrainConfig, longest_sample, train
 
 TRAIN_PRESETS = {name: p.train for name, p in presets.PRESETS.items()}
 
 
-MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")  # latents.shards writes the first
+def read_shards_manifest(shards: str) -> dict:
+    """The shards' manifest through the one validating reader (`latents.shards.read_manifest`):
+    a folder without one, or with a corrupt or foreign one, is a usage error that says so."""
+    from latents.shards import ShardError, read_manifest
 
-
-def _manifest_path(shards: str) -> str | None:
     try:
-        found = [storage.join(shards, n) for n in MANIFEST_NAMES if storage.is_file(storage.join(shards, n))]
+        return read_manifest(shards)
+    except ShardError as e:
+        raise UsageError(f"--input must be a finished latents folder (written by jobs.encode), got {shards}: "
+                         f"{e}") from e
     except (OSError, ValueError) as e:
         raise UsageError(f"--input {shards!r} must be readable, got: {storage.one_line(e)}; check the path, "
                          "the bucket and the AWS_* credentials") from e
-    return found[0] if found else None
 
 
 def open_dataset(shards: str) -> Sequence[dict]:
@@ -57,9 +60,7 @@ def open_dataset(shards: str) -> Sequence[dict]:
         from latents.dit.synthetic import synthetic_samples
 
         return synthetic_samples(int(shards.split(":", 1)[1]), shapes=[(2, 4, 4), (1, 4, 6), (3, 2, 4)])
-    if _manifest_path(shards) is None:
-        raise UsageError(f"--input must be a finished latents folder with {MANIFEST_NAMES[0]} (written by "
-                         f"jobs.encode), got {shards}; run jobs.encode first or pass its OUT/latents")
+    read_shards_manifest(shards)  # the usage error for a folder that is not a finished shard set
     from latents.samples import ShardSamples
 
     # row groups read on demand into a bounded cache (memory flat in the number of shards);
@@ -70,12 +71,12 @@ def open_dataset(shards: str) -> Sequence[dict]:
 def data_facts(shards: str, data: Sequence[dict]) -> dict:
     """What the sampler needs from the data: the manifest (VAE, text encoder, normalisation) and
     the training latent shapes (JSON keys) with their counts."""
-    path = _manifest_path(shards) if not shards.startswith("synthetic:") else None
+    manifest = read_shards_manifest(shards) if not shards.startswith("synthetic:") else None
     if hasattr(data, "latent_shapes"):  # from the manifest: no sample read
         shapes = Counter({json.dumps(list(k)): v for k, v in data.latent_shapes().items()})
     else:
         shapes = Counter(json.dumps(list(d["latent"].shape)) for d in data)
-    return {"shards": shards, "manifest": storage.read_json(path) if path else None,
+    return {"shards": shards, "manifest": manifest,
             "latent_shapes": dict(sorted(shapes.items()))}
 
 
@@ -83,10 +84,7 @@ def latent_shapes(shards: str) -> list[tuple[int, ...]]:
     """Every latent shape [C, T, H, W] in the shards, from the manifest alone (no shard is read)."""
     if shards.startswith("synthetic:"):
         return sorted({tuple(d["latent"].shape) for d in open_dataset(shards)})
-    path = _manifest_path(shards)
-    if path is None:
-        open_dataset(shards)  # raises the usage error for a folder without a manifest
-    by_shape = storage.read_json(path).get("counts", {}).get("by_latent_shape", {})
+    by_shape = read_shards_manifest(shards).get("counts", {}).get("by_latent_shape", {})
     return sorted(tuple(int(x) for x in key.split("x")) for key, rows in by_shape.items() if rows)
 
 
@@ -150,7 +148,7 @@ def run_distributed(cfg: TrainConfig, shards: str, out: str, workers: int, use_g
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     init_ray(address, quiet=not verbose, need=need_of(workers, use_gpu))
     threads = 1 if use_gpu else max(1, (os.cpu_count() or 1) // workers)
@@ -205,7 +203,7 @@ def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | 
 
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.train", __doc__.split("\n")[0])
-    flags.add_io(p, "OUT/latents (_manifest.json + shard-*.parquet) or synthetic:N",
+    flags.add_io(p, "OUT/latents (.manifest.json + shard-*.parquet) or synthetic:N",
                  "run directory (config, checkpoints, loss.csv/png)", input_alias="--shards")
     flags.add_preset(p, sorted(TRAIN_PRESETS))
     p.add_argument("--workers", type=int, default=1, help="DDP workers (1: this process, no Ray); 1 CPU, "
@@ -252,8 +250,8 @@ def check_args(a: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if a.lr is not None:
         flags.check_float("--lr", a.lr, 0, strict=True, fix="pass e.g. --lr 1e-4")
     a.input, a.output = flags.canonical(a.input), flags.canonical(a.output)
-    if not a.input.startswith("synthetic:") and _manifest_path(a.input) is None:
-        open_dataset(a.input)  # raises the UsageError that says what the folder lacks
+    if not a.input.startswith("synthetic:"):
+        read_shards_manifest(a.input)  # raises the UsageError that says what the folder lacks
     flags.check_writable_file("--output", storage.join(a.output, "config.json"))
     gpu = use_gpu_of(a)
     if a.workers > 1:

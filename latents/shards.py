@@ -8,7 +8,7 @@ Layout (OUT/latents/):
 important: the manifest's name starts with "." because folder readers read every other file
 of a directory as Parquet: pyarrow (pandas.read_parquet) and ray.data.read_parquet skip names
 starting with "." or "_", but Hugging Face `datasets` skips only "." (hidden) files and
-"__" folders, so "_manifest.json" (the old name, still read) broke `load_dataset("parquet")`.
+"__" folders, so a "_manifest.json" would break `load_dataset("parquet")`.
 
 Latents and text embeddings are raw little-endian bytes plus shape and dtype columns, so
 fp16/bf16/fp32 round-trip exactly and any reader (pandas, Ray, `datasets`) can open them.
@@ -32,14 +32,13 @@ import pyarrow.parquet as pq
 import torch
 import xxhash
 
+from curate import layout, storage
 from curate import schema as S
-from curate import storage
 from curate.storage import write_json_atomic
 
-MANIFEST_NAME = ".manifest.json"
-LEGACY_MANIFEST_NAMES = ("_manifest.json",)  # read when MANIFEST_NAME is absent (folders written before)
+MANIFEST_NAME = layout.MANIFEST
 MANIFEST_FORMAT = "tubelet.latent-shards/1"
-SHARD_PREFIX = "shard-"
+SHARD_PREFIX = layout.SHARD_PREFIX
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -210,7 +209,7 @@ class ShardWriter:
         self._cur["row_groups"].append({"rows": n, "latent_shape": shape, "digests": digests})
 
     def _open_shard(self) -> None:
-        name = f"{SHARD_PREFIX}{self.run_id}-{len(self.shards):05d}.parquet"
+        name = layout.shard_name(self.run_id, len(self.shards))
         tmp = storage.temp_output(storage.join(self.root, name))
         self._tmp = tmp
         # raw tensor bytes do not compress; everything else does
@@ -291,7 +290,7 @@ def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str
     write_json_atomic(manifest, manifest_path(root))
     keep = {s["file"] for s in shards}
     for old in storage.list_files(root, ".parquet"):
-        if storage.basename(old).startswith(SHARD_PREFIX) and storage.basename(old) not in keep:
+        if layout.is_shard(old) and storage.basename(old) not in keep:
             storage.delete(old)
     return manifest
 
@@ -300,10 +299,9 @@ def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The one validating manifest reader (train, sample, report and the dataset use it):
+    present, JSON, this format, a schema major version this tubelet reads; else ShardError."""
     path = manifest_path(root)
-    for legacy in LEGACY_MANIFEST_NAMES:
-        if not storage.exists(path) and storage.exists(storage.join(root, legacy)):
-            path = storage.join(root, legacy)
     try:
         manifest = storage.read_json(path)
     except FileNotFoundError as e:
@@ -354,7 +352,7 @@ def shard_files(root: str | Path, manifest: dict[str, Any] | None = None) -> lis
 
 
 def manifest_path(root: str | Path) -> str:
-    return storage.join(root, MANIFEST_NAME)
+    return layout.manifest_path(root)
 
 
 _RAW_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as uint16 bits

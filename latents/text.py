@@ -21,7 +21,9 @@ byte-level tokenizer built offline (ENVIRONMENT.md section 5 recipe); random, me
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 
 from curate.errors import UsageError
-from curate.weights import Weights, expand, local_repo
+from curate.weights import Weights, expand, local_repo, subfolder_kwargs
 from latents.vae import SMOKE_CACHE, WAN_ID, TorchDtype
 
 
@@ -74,6 +76,15 @@ def text_config_from_manifest(manifest: dict[str, Any], **overrides: Any) -> Tex
     return replace(TextConfig(**cfg), **overrides)
 
 
+def prompt_clean(text: str) -> str:
+    """Wan 2.1's text cleaning before UMT5 (diffusers pipeline_wan.py `prompt_clean`, from Wan2.1):
+    ftfy.fix_text, html.unescape twice (doubly escaped web text), whitespace runs to one space."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
 class TextEncoder:
     """Tokenizer + encoder. See the module docstring for the contract."""
 
@@ -90,7 +101,9 @@ class TextEncoder:
         """Captions -> (emb [B, L, D] float32, zero past each caption's tokens; mask [B, L] bool)."""
         embs, masks = [], []
         for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(list(texts[i : i + self.batch_size]), padding="max_length",
+            # as the reference pipeline feeds UMT5: cleaned text (stored and live embeddings alike)
+            batch = [prompt_clean(t) for t in texts[i : i + self.batch_size]]
+            tok = self.tokenizer(batch, padding="max_length",
                                  max_length=self.info.max_length, truncation=True, return_tensors="pt")
             ids = tok["input_ids"].to(self.device)
             mask = tok["attention_mask"].to(self.device).bool()
@@ -118,19 +131,15 @@ def pad_embedding(emb: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.T
     return out, mask
 
 
-def _resolve(source: str, sub: str) -> dict[str, Any]:
-    local = Path(source)
-    if local.is_dir() and not (local / sub).is_dir():
-        return {}
-    return {"subfolder": sub} if sub else {}
-
-
 def text_weights(cfg: TextConfig) -> list[Weights]:
     """The hub weights this config loads (none for smoke models and local folders)."""
     if cfg.smoke or Path(expand(cfg.source) or "").is_dir():  # a folder given as source: the loader checks it
         return []
     m, t = (f"{s}/" if s else "" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder))
+    # every file load_text_encoder opens: the encoder config + weights, the tokenizer (fast json or
+    # the sentencepiece model it is built from)
     return [Weights("text encoder", cfg.source, cfg.revision, files=(f"{m}config.json", f"{t}tokenizer_config.json"),
+                    one_of=((f"{t}tokenizer.json", f"{t}spiece.model"),),
                     any_of=((f"{m}model.safetensors",), (f"{m}model.safetensors.index.json",),
                             (f"{m}pytorch_model.bin",), (f"{m}pytorch_model.bin.index.json",)),
                     include=tuple(f"{s}*" for s in (m, t) if s))]
@@ -139,14 +148,15 @@ def text_weights(cfg: TextConfig) -> list[Weights]:
 def load_text_encoder(cfg: TextConfig) -> TextEncoder:
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    source = local_repo(cfg.source, cfg.weights_dir)  # `~` expanded; <weights_dir>/<hub id> when present
-    if cfg.smoke and not (Path(source) / cfg.model_subfolder / "config.json").is_file():
-        build_smoke_text_encoder(source)
+    if cfg.smoke and not (Path(cfg.source) / cfg.model_subfolder / "config.json").is_file():
+        build_smoke_text_encoder(cfg.source)
+    # the one weights rule (curate.weights): the check looked at the very same folder
+    source = local_repo(cfg.source, cfg.weights_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                  **_resolve(source, cfg.tokenizer_subfolder))
+                                                  **subfolder_kwargs(source, cfg.source, cfg.tokenizer_subfolder))
         model = UMT5EncoderModel.from_pretrained(source, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
-                                                 **_resolve(source, cfg.model_subfolder))
+                                                 **subfolder_kwargs(source, cfg.source, cfg.model_subfolder))
     except (OSError, ValueError) as e:
         fetch = Weights("", cfg.source, cfg.revision,
                         include=tuple(f"{s}/*" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder) if s))

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 
 from curate.errors import UsageError
-from curate.weights import Weights, expand, local_repo
+from curate.weights import Weights, expand, local_repo, subfolder_kwargs
 
 VaeKind = Literal["wan", "ltx"]
 TorchDtype = Literal["float32", "bfloat16", "float16"]
@@ -55,7 +55,10 @@ class VAEConfig:
     revision: str | None = None
     dtype: TorchDtype = "float32"
     device: str = "auto"  # auto = cuda if available
-    tiling: bool = True  # spatial (and for LTX temporal) tiles keep memory bounded at high resolution
+    # important: off by default, as diffusers' Wan / LTX pipelines and Wan2.1 encode (tiles blend
+    # overlaps, so tiled latents differ from the reference encoder's); on: bounded memory at high
+    # resolution (README, "Weights and model inputs", for the measured untiled peak)
+    tiling: bool = False
     tile_px: int | None = None  # tile side in pixels (overlap 1/4); None: diffusers' default (Wan 256, LTX 512)
     slicing: bool = True  # one clip of a batch at a time through the VAE
     smoke: bool = False  # tiny random model: build it at `source` if missing
@@ -222,15 +225,9 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
     if cfg.smoke and not (Path(cfg.source) / "config.json").is_file():
         build_smoke_vae(cfg.source, cfg.kind)
     cls = _model_class(cfg.kind)
-    source = local_repo(cfg.source, cfg.weights_dir)  # `~` expanded; <weights_dir>/<hub id> when present
-    local = Path(source)
-    kwargs: dict[str, Any] = {"revision": cfg.revision}
-    if local.is_dir():
-        # a local pipeline folder holds the VAE under `subfolder`; a VAE folder holds config.json itself
-        if cfg.subfolder and (local / cfg.subfolder / "config.json").is_file():
-            kwargs["subfolder"] = cfg.subfolder
-    elif cfg.subfolder:
-        kwargs["subfolder"] = cfg.subfolder
+    # the one weights rule (curate.weights): the check looked at the very same folder
+    source = local_repo(cfg.source, cfg.weights_dir)
+    kwargs: dict[str, Any] = {"revision": cfg.revision, **subfolder_kwargs(source, cfg.source, cfg.subfolder)}
     try:
         model = cls.from_pretrained(source, torch_dtype=getattr(torch, cfg.dtype), **kwargs)
     except (OSError, ValueError) as e:

@@ -28,16 +28,17 @@ def stage_weights(score: ScoreConfig | None = None, caption: CaptionConfig | Non
     if score is not None:
         found += clip_weights(score)
     if caption is not None:
-        found += vlm_weights(caption.model, caption.weights_dir)
+        if getattr(caption, "engine", "transformers") == "transformers":  # a server holds its own weights
+            found += vlm_weights(caption.model, caption.weights_dir)
         if caption.clip_model and caption.clip_pretrained and not caption.clip_smoke:  # caption_clip_score
             found += clip_tag_weights(caption.clip_model, caption.clip_pretrained)
-    if upsample is not None:
+    if upsample is not None and getattr(upsample, "engine", "transformers") == "transformers":
         found += vlm_weights(upsample.model, upsample.weights_dir)
     if encode is not None:
         found += vae_weights(encode.vae) + text_weights(encode.text)
     out: list[Weights] = []
     for w in found:
-        if all((w.repo, w.files, w.any_of) != (o.repo, o.files, o.any_of) for o in out):
+        if all((w.repo, w.files, w.one_of, w.any_of) != (o.repo, o.files, o.one_of, o.any_of) for o in out):
             out.append(w)
     return out
 

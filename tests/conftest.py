@@ -58,3 +58,20 @@ def s3(s3_server, monkeypatch):
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def real_shape_models(tmp_path_factory) -> dict:
+    """The `default` preset's real-shape models in one hub-layout weights folder (tests/real_shapes.py),
+    built once per session and shared by the in-process and the job-level real-shape tests (~6 GB of
+    random weights in a temporary folder; $TUBELET_REAL_SHAPES_MODELS keeps them there across runs)."""
+    import time
+
+    from tests import real_shapes
+
+    keep = os.environ.get("TUBELET_REAL_SHAPES_MODELS")
+    root = Path(keep) if keep else tmp_path_factory.mktemp("real-shapes")
+    t = time.perf_counter()
+    dirs = real_shapes.build_all(root)
+    print(f"[real-shapes] models ready in {time.perf_counter() - t:.1f} s ({root})")
+    return dirs

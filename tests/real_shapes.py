@@ -1,22 +1,31 @@
 """Real-shape copies of the `default` preset's models: real widths, reduced depth, random weights.
 
 Each model is built from its real configuration (tests/real_configs/, or the config open_clip
-ships for the default CLIP), with only its depth cut, random weights, and saved in the on-disk
-layout its real weights have, so the project's own loaders read it: an open_clip local dir, a
-Qwen2.5-VL-7B-Instruct model folder (config.json, preprocessor_config.json, tokenizer, chat
-template, safetensors), and a Wan2.1 Diffusers pipeline folder (`vae/`, `text_encoder/`,
-`tokenizer/`). `real_shape_preset(root)` is `jobs.presets.DEFAULT` with `dataclasses.replace`
-pointing its sources at those folders; widths, buckets, frame rules, dtypes and normalisation
-constants stay those of the real preset. Outputs are meaningless (random weights).
+ships for the default CLIP), with only its depth cut (not the CLIP's: open_clip builds
+`ViT-L-14` from its own config, so its weights file must be the full model), random weights,
+and saved into ONE weights folder laid out as `hf download <repo> --local-dir DIR/<repo>` lays
+out the real repos (every file the loaders open: configs, tokenizer files, chat template,
+preprocessor and generation configs, safetensors index + shards), plus the aesthetic head file
+as the README's curl line saves it. `jobs.check --preset default --weights-dir DIR` passes on it
+and every job loads from it, exactly as with real weights.
+
+Two deliberate departures from "random", so that the default preset's own rules let a clip through
+(its outputs stay meaningless): the aesthetic head's last bias is 6.0 (the default keeps >= 4.5),
+and the VLM's decoder writes nothing into the residual stream (attention and MLP output
+projections are zero) while its embeddings and LM head form a successor table: greedy decoding
+after the prompt writes a fixed sentence of CHAIN_WORDS distinct words, a full stop and
+<|im_end|>, which the default caption QA (>= 25 words, finished, no loops) accepts. The vision
+tower, the text encoder, the VAE and the CLIP are plainly random.
+`real_shape_preset(dirs)` is `jobs.runtime.presets.DEFAULT` with `--weights-dir` at that folder; widths,
+buckets, frame rules, dtypes and normalisation constants stay those of the real preset.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
+import itertools
 import json
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +33,8 @@ import torch
 
 from captioner import stage as caption_stage
 from curate import score
-from jobs import presets
+from jobs.runtime import presets
+from latents.weights import with_weights_dir
 
 CONFIGS = Path(__file__).resolve().parent / "real_configs"
 QWEN = CONFIGS / "qwen2_5_vl_7b_instruct"
@@ -32,8 +42,11 @@ WAN_VAE = CONFIGS / "wan2_1_vae" / "config.json"
 UMT5 = CONFIGS / "umt5_xxl" / "config.json"
 # the real LAION head: Linear sizes after the CLIP embedding (see curate.score.make_head)
 AESTHETIC_HIDDEN = (1024, 128, 64, 16, 1)
-VERSION = 1  # bump when a builder changes, so kept folders ($TUBELET_REAL_SHAPES_MODELS) are rebuilt
-DIT_KEY = "B-real-shapes"  # model.PRESETS key the test registers: DiT-B widths, reduced depth
+VERSION = 2  # bump when a builder changes, so kept folders ($TUBELET_REAL_SHAPES_MODELS) are rebuilt
+DIT_KEY = "B-real-shapes"
+CHAIN_WORDS = 30  # words of the VLM's fixed caption (the default QA needs 25-300)
+VAE_BASE_DIM, VAE_RES_BLOCKS = 16, 1  # the VAE's inner width and depth (real: 96, 2), see build_wan
+SHARD = "1GB"  # safetensors shard size: the big models are saved as index + shards, as on the hub  # model.PRESETS key the test registers: DiT-B widths, reduced depth
 # Qwen2's added tokens, in id order from 151643 (= the size of its regular byte-level BPE vocabulary)
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -76,31 +89,27 @@ class _DefaultDtype:
 # --- CLIP + aesthetic head ------------------------------------------------------------------
 
 
-def build_clip(out: Path, layers: int = 1, seed: int = 0) -> Path:
-    """The default CLIP (open_clip's own config of DEFAULT.clip_model, with what its pretrained tag
-    asks for: QuickGELU, mean/std) with `layers` vision and text blocks, + a real-size random head."""
+def build_clip(out: Path, head_file: Path, seed: int = 0) -> Path:
+    """The default CLIP as its hub repo holds it for open_clip (`open_clip_model.safetensors`, fp16,
+    + `open_clip_config.json`), full depth, random; and the real-size aesthetic head at `head_file`."""
     import open_clip
     from safetensors.torch import save_file
 
     name, tag = score.DEFAULT.clip_model, score.DEFAULT.clip_pretrained
-    model_cfg = copy.deepcopy(open_clip.get_model_config(name))
-    pre = open_clip.get_pretrained_cfg(name, tag)
-    model_cfg["quick_gelu"] = bool(pre.get("quick_gelu", False))
-    model_cfg["vision_cfg"]["layers"] = layers
-    model_cfg["text_cfg"]["layers"] = layers
-    preprocess = {"size": model_cfg["vision_cfg"]["image_size"], "mean": list(pre["mean"]), "std": list(pre["std"]),
-                  "interpolation": pre.get("interpolation", "bicubic"), "resize_mode": pre.get("resize_mode", "shortest")}
+    arch = score.clip_architecture(name, tag)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_file = Path(tmp) / "real-shape-clip.json"
-        cfg_file.write_text(json.dumps(model_cfg))
-        open_clip.add_model_config(cfg_file)
-        net = open_clip.create_model("real-shape-clip", pretrained=None)
-    (out / score.OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "open_clip_model.safetensors"))
-    head = score.make_head((model_cfg["embed_dim"], *AESTHETIC_HIDDEN))
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / score.HEAD_FILE))
+    net = open_clip.create_model(name, pretrained=None, force_quick_gelu=arch.quick_gelu)
+    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    model_cfg = {**open_clip.get_model_config(name), "quick_gelu": arch.quick_gelu}
+    (out / score.OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": arch.preprocess}))
+    embed_dim = model_cfg["embed_dim"]
+    del net
+    head = score.make_head((embed_dim, *AESTHETIC_HIDDEN))
+    with torch.no_grad():
+        head.layers[7].bias.fill_(6.0)  # a score the default rule (>= 4.5) keeps; see the module docstring
+    head_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(head.state_dict(), head_file)  # a .pth state dict, as the published head
     return out
 
 
@@ -145,18 +154,42 @@ def build_vlm(out: Path, text_layers: int = 1, vision_depth: int = 2, seed: int 
     (out / "preprocessor_config.json").write_text((QWEN / "preprocessor_config.json").read_text())
     (out / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_CHAT_TEMPLATE}))
     qwen_tokenizer(raw).save_pretrained(out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)  # the hub repo has chat_template.json only
+    tok = qwen_tokenizer(raw)
     config = AutoConfig.from_pretrained(out)
     torch.manual_seed(seed)
     with _DefaultDtype(torch.bfloat16):  # the checkpoint's torch_dtype
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    _successor_chain(model, tok)
+    # generation_config.json with the checkpoint's two end tokens (<|im_end|>, <|endoftext|>)
     model.generation_config = GenerationConfig(bos_token_id=raw["bos_token_id"], pad_token_id=raw["bos_token_id"],
                                                eos_token_id=[raw["eos_token_id"], raw["bos_token_id"]])
-    model.save_pretrained(out)
+    model.save_pretrained(out, max_shard_size=SHARD)
     # the loader reads the Hub's own config text (transformers rewrote it in its current layout)
     (out / "config.json").write_text(json.dumps(raw, indent=2))
     del model
     gc.collect()
     return out
+
+
+def _successor_chain(model, tok) -> None:
+    """Greedy decoding after "...assistant\n" writes " w1000 ... w<1000+CHAIN_WORDS-1>." then <|im_end|>.
+
+    With the decoder's output projections zero, the last hidden state is the current token's
+    embedding, so the next token is argmax_j lm_head[j] . norm(E[current]): setting
+    lm_head[next] = E[current] (random rows of E are near-orthogonal at width 3584) makes a
+    successor table. The vision tower still runs at full width; its output does not steer the text.
+    """
+    lm = model.language_model if hasattr(model, "language_model") else model.model.language_model
+    with torch.no_grad():
+        for layer in lm.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        newline, stop, end = (tok.convert_tokens_to_ids(t) for t in ("\u010a", ".", "<|im_end|>"))
+        chain = [newline, *range(1000, 1000 + CHAIN_WORDS), stop, end]
+        for cur, nxt in itertools.pairwise(chain):
+            head[nxt] = emb[cur] * 4.0  # a margin far above any random row's dot product
 
 
 # --- Wan2.1 pipeline folder: vae/ + text_encoder/ + tokenizer/ -----------------------------
@@ -198,7 +231,7 @@ def build_wan(out: Path, text_layers: int = 1, vae_base_dim: int | None = None, 
     raw.update(num_layers=text_layers, num_decoder_layers=text_layers)
     with _DefaultDtype(torch.bfloat16):
         text = UMT5EncoderModel(UMT5Config(**raw)).eval()
-    text.save_pretrained(out / "text_encoder")
+    text.save_pretrained(out / "text_encoder", max_shard_size=SHARD)
     (out / "text_encoder" / "config.json").write_text(json.dumps({**_load_json(UMT5), **raw}, indent=2))
     del text
     gc.collect()
@@ -209,39 +242,41 @@ def build_wan(out: Path, text_layers: int = 1, vae_base_dim: int | None = None, 
 # --- the preset --------------------------------------------------------------------------------
 
 
-def build_all(root: Path, vae_base_dim: int | None = None, vae_res_blocks: int | None = None) -> dict[str, Path]:
-    """All three folders under `root`; a folder already holding its marker file is reused."""
-    marker = f"built-v{VERSION}-{vae_base_dim}-{vae_res_blocks}.json"
-    dirs = {"clip": root / "clip", "vlm": root / "qwen2.5-vl-7b", "wan": root / "wan2.1"}
-    builders = {"clip": lambda d: build_clip(d), "vlm": lambda d: build_vlm(d),
-                "wan": lambda d: build_wan(d, vae_base_dim=vae_base_dim, vae_res_blocks=vae_res_blocks)}
-    for name, d in dirs.items():
-        if not (d / marker).is_file():
-            shutil.rmtree(d, ignore_errors=True)
-            builders[name](d)
-            (d / marker).write_text(json.dumps({"random_weights": True}))
+def build_all(root: Path, vae_base_dim: int | None = VAE_BASE_DIM,
+              vae_res_blocks: int | None = VAE_RES_BLOCKS) -> dict[str, Path]:
+    """The weights folder `root/weights` (hub layout, see the module docstring); reused when its
+    marker file says it was built by this version with these VAE sizes."""
+    d = presets.DEFAULT
+    weights = root / "weights"
+    clip_repo = score.clip_tag_weights(d.score.clip_model, d.score.clip_pretrained)[0].repo
+    dirs = {"weights": weights, "clip": weights / clip_repo, "head": weights / Path(d.score.aesthetic_head).name,
+            "vlm": weights / d.caption.model, "wan": weights / d.encode.vae.source}
+    assert d.encode.text.source == d.encode.vae.source  # one Wan pipeline repo: vae/, text_encoder/, tokenizer/
+    marker = weights / f"built-v{VERSION}-{vae_base_dim}-{vae_res_blocks}.json"
+    if not marker.is_file():
+        shutil.rmtree(weights, ignore_errors=True)
+        for build in (lambda: build_clip(dirs["clip"], dirs["head"]), lambda: build_vlm(dirs["vlm"]),
+                      lambda: build_wan(dirs["wan"], vae_base_dim=vae_base_dim, vae_res_blocks=vae_res_blocks)):
+            build()
             gc.collect()
+        marker.write_text(json.dumps({"random_weights": True}))
     return dirs
 
 
 def real_shape_preset(dirs: dict[str, Path], *, max_frames: int, new_tokens: int = 24,
                       train_steps: int = 2) -> presets.Preset:
-    """`presets.DEFAULT` loading the real-shape folders. Besides the sources, only values change:
-    the clip length cap and VAE tile size (CPU time), generated tokens and caption QA (random text), steps."""
-    d = presets.DEFAULT
+    """`presets.DEFAULT` reading the weights folder. Besides --weights-dir, only values change:
+    the clip length cap (CPU time), generated tokens and caption QA, train steps."""
+    d = with_weights_dir(presets.DEFAULT, str(dirs["weights"]))
     sampling = replace(d.caption.sampling, max_new_tokens=new_tokens)
     return replace(
         d,
         name="default-real-shapes",
         random_models=True,
-        score=replace(d.score, clip_model=str(dirs["clip"]), clip_pretrained=None, aesthetic_head=None),
-        caption=replace(d.caption, model=str(dirs["vlm"]), sampling=sampling,
-                        clip_model=str(dirs["clip"]), clip_pretrained=None,  # caption_clip_score: the same CLIP
+        caption=replace(d.caption, sampling=sampling,
                         retry_sampling=replace(d.caption.retry_sampling, max_new_tokens=new_tokens),
                         short_max_new_tokens=new_tokens // 2, qa=caption_stage.SMOKE.qa),
-        # 512 px tiles: 2 tiles per 848x480 frame instead of diffusers' 15 of 256 px (CPU time); still tiled
-        encode=replace(d.encode, vae=replace(d.encode.vae, source=str(dirs["wan"]), tile_px=512),
-                       text=replace(d.encode.text, source=str(dirs["wan"])), max_frames=max_frames),
+        encode=replace(d.encode, max_frames=max_frames),
         train=replace(d.train, model=DIT_KEY, steps=train_steps, batch_size=1, warmup=1, log_every=1,
                       ckpt_every=train_steps),
     )

@@ -7,7 +7,7 @@ import pytest
 
 from curate import schema as S
 from curate.split import SplitConfig, split_video
-from jobs.inputs import list_inputs
+from jobs.runtime.inputs import list_inputs
 from tests.media import bad_inputs, two_shot_video
 
 EXPECT = {

@@ -1,4 +1,4 @@
-"""One command line for every job (jobs/flags.py): every bad argument exits 2 with one line,
+"""One command line for every job (jobs/runtime/flags.py): every bad argument exits 2 with one line,
 `error: <rule>, got <value>; <fix>`, before Ray starts; asking for more GPUs/CPUs than the
 machine has fails at once; relative paths work from any directory.
 
@@ -30,12 +30,20 @@ MANY = "4096"  # more GPUs / CPUs than any machine this runs on
 def out(tmp_path_factory) -> Path:
     """A run folder with one (empty-schema) Parquet part per stage, a video, a training run and a file."""
     root = tmp_path_factory.mktemp("cli")
-    for stage in ("clips", "scored", "captions"):
-        write_parquet_atomic(S.table_from_rows([]), root / stage / "part-00000.parquet")
+    # one row per stage holding what that stage writes: the jobs check the content, not the names
+    row = {S.CLIP_ID: "c0", S.VIDEO_ID: "v0", S.STATUS: S.STATUS_OK}
+    filled = {"clips": row, "scored": {**row, S.MOTION: 1.0, S.KEPT: True},
+              "captions": {**row, S.MOTION: 1.0, S.KEPT: True, S.CAPTION: "a cat"}}
+    for stage, r in filled.items():
+        write_parquet_atomic(S.table_from_rows([r]), root / stage / "part-00000.parquet")
     two_shot_video(root / "in" / "a.mp4")
     (root / "run").mkdir()
     (root / "run" / "config.json").write_text("{}")
     (root / "a-file").write_text("not a folder")
+    (root / "bad.toml").write_text("rules = [\"aesthetic>=5\"\n")
+    (root / "unknown-key.toml").write_text("rulez = []\n")
+    write_parquet_atomic(S.table_from_rows([filled["scored"]]), root / "smoke-scored" / "part-00000.parquet")
+    (root / "smoke-scored" / "_funnel.json").write_text(json.dumps({"smoke": True}))
     return root
 
 
@@ -66,14 +74,14 @@ BAD = [
     ("score", ["--actor-cpus", MANY], "CPU(s) and this machine"),
     ("score", ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("score", ["--device", "cuda"], "--device cuda needs GPUs given to the actors"),
-    ("score", ["--input", "{o}/scored"], "must be the clips folder"),
+    ("score", ["--input", "{o}/scored"], "must hold clips to score"),
     ("score", ["--preset", "huge"], "invalid choice"),
     ("caption", ["--actors", "0"], "--actors must be >= 1, got 0"),
     ("caption", ["--gpus", MANY], "GPU(s) in all"),
     ("caption", ["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    ("caption", ["--input", "{o}/clips"], "must be the scored folder"),
+    ("caption", ["--input", "{o}/clips"], "--input must hold decision columns (kept, drop_reason)"),
     ("caption", ["--cpus", "-1"], "--cpus must be > 0, got -1"),
-    ("encode", ["--input", "{o}/scored"], "must be the captions folder"),
+    ("encode", ["--input", "{o}/scored"], "--input must hold captions"),
     ("encode", ["--input", "{o}/in"], "no Parquet parts"),
     ("encode", ["--concurrency", "0"], "--actors must be >= 1, got 0"),
     ("encode", ["--num-gpus", MANY], "GPU(s) in all"),
@@ -101,6 +109,35 @@ BAD = [
     ("filter", ["--cluster-rows", "0"], "--cluster-rows must be >= 1, got 0"),
     ("filter", ["--border-margin", "-1"], "--border-margin must be >= 0, got -1"),
     ("filter", ["--preset", "huge"], "invalid choice"),
+    # rules from the command line and a file, validated against the score columns
+    ("filter", ["--rule", "aesthtic>=5"], "column must be a score column"),
+    ("filter", ["--rule", "aesthetic>5"], "--rule must be COLUMN>=VALUE"),
+    ("filter", ["--rule", "aesthetic>=high"], "--rule value must be a finite number, got 'aesthetic>=high'"),
+    ("filter", ["--rule", "aesthetic top 150%"], "percentage must be in (0, 100]"),
+    ("filter", ["--filters", "{o}/missing.toml"], "--filters must be an existing file"),
+    ("filter", ["--filters", "{o}/bad.toml"], "--filters must be a TOML file"),
+    ("score", ["--rule", "sharpness>=x"], "--rule value must be a finite number"),
+    ("curate", ["--rule", "nsfw<=2 extra"], "--rule must be COLUMN>=VALUE"),
+    ("curate", ["--filters", "{o}/unknown-key.toml"], "--filters keys must be known"),
+    # mis-aimed commands: the input is checked for what it holds, the output for where it is
+    ("filter", ["--input", "{o}/clips"], "--input must hold score columns"),
+    ("filter", ["--input", "{o}/in"], "no Parquet parts"),
+    ("filter", ["--output", "{o}/clips"], "--output must be a new folder or one jobs.filter wrote"),
+    ("filter", ["--preset", "default", "--input", "{o}/smoke-scored"], "these scores come from the smoke preset"),
+    ("score", ["--output", "{o}/clips/scored"], "--output must not be inside another stage's folder"),
+    ("score", ["--output", "{o}/captions"], "--output must be a new folder or one jobs.score wrote"),
+    ("caption", ["--output", "{o}/scored/captions"], "must not be inside another stage's folder"),
+    ("encode", ["--output", "{o}/captions/latents"], "must not be inside another stage's folder"),
+    ("encode", ["--input", "{o}/clips"], "--input must hold captions"),
+    ("split", ["--output", "{o}/clips"], "--output must be a run folder (OUT), not a stage's folder"),
+    ("curate", ["--output", "{o}/scored"], "--output must be a run folder (OUT), not a stage's folder"),
+    ("report", ["--output", "{o}/scored"], "--output must be a run folder (OUT), not a stage's folder"),
+    ("report", ["--output", "{o}/in"], "no stage output in it"),
+    ("split", ["--limit", "0"], "--limit must be >= 1, got 0"),
+    ("curate", ["--limit", "0"], "--limit must be >= 1, got 0"),
+    ("curate", ["--num-frames", "0"], "--num-frames must be >= 1, got 0"),
+    ("curate", ["--min-seconds", "0"], "min_seconds must be > 0, got 0"),
+    ("curate", ["--max-rows-per-shard", "2048"], "--max-rows-per-shard must be <= 256"),
 ]
 if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda.is_available():
     BAD += [("train", ["--device", "cuda"], "needs a CUDA GPU"), ("sample", ["--device", "cuda"], "needs a CUDA GPU")]
@@ -182,8 +219,8 @@ def test_cluster_over_ask_fails_right_after_connecting():
     import ray
 
     from curate.errors import UsageError
-    from jobs.adapter import init_ray
-    from jobs.flags import Need
+    from jobs.runtime.adapter import init_ray
+    from jobs.runtime.flags import Need
 
     try:
         with pytest.raises(UsageError, match=r"asks for 4096 GPU\(s\) in all and the Ray cluster must have them"):

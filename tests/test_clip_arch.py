@@ -14,7 +14,7 @@ open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
 from curate import score  # noqa: E402
-from jobs.presets import PRESETS  # noqa: E402
+from jobs.runtime.presets import PRESETS  # noqa: E402
 
 
 def _preset_pairs() -> list[tuple[str, str, int | None]]:

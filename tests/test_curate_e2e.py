@@ -18,6 +18,7 @@ import psutil
 import pyarrow as pa
 import pytest
 
+from curate import layout
 from curate import schema as S
 from curate.storage import read_parts
 from jobs.demo import make_samples
@@ -64,6 +65,8 @@ def test_curate_outputs_follow_the_contract(submitted):
     S.validate(captions, upto="caption")
     # phase 2 saw the kept clips only, each once: nothing is captioned or encoded in vain
     assert sorted(captions.column(S.CLIP_ID).to_pylist()) == sorted(kept)
+    # phase 2 reads clip_embedding from the scored parts: every ok caption has its CLIP score
+    assert all(r[S.CAPTION_CLIP_SCORE] is not None for r in captions.to_pylist() if r[S.STATUS] == S.STATUS_OK)
     summary = json.loads((out / "summary" / "curate.json").read_text())
     assert summary["rows_phase2"] == summary["kept"] == len(kept)
     manifest = read_manifest(out / "latents")
@@ -78,6 +81,10 @@ def test_curate_outputs_follow_the_contract(submitted):
         assert n_bytes == int(pd.Series(shape).prod()) * {"float16": 2, "bfloat16": 2, "float32": 4}[dtype]
     report = (out / "report" / "index.html").read_text()
     assert "random" in report.splitlines()[0].lower()
+    # every file of the run is an entry of the layout map, and every marker lives under OUT/_done
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert [f for f in files if layout.kind_of(f) is None] == []
+    assert {f.split("/")[1] for f in files if layout.kind_of(f) == "marker"} >= {"split", "curate-score", "curate-write"}
 
 
 def test_train_and_sample_from_the_shards(submitted, tmp_path):

@@ -1,4 +1,4 @@
-"""Distributed run-level decisions (jobs/decide.py) equal the in-memory cascade, part by part."""
+"""Distributed run-level decisions (jobs/runtime/decide.py) equal the in-memory cascade, part by part."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ CFG = FilterConfig(
 def ray_local():
     import ray
 
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -87,7 +87,7 @@ def _write_parts(rows: list[dict], folder, sizes: list[int]) -> list[str]:
 
 @pytest.mark.ray
 def test_distributed_decisions_equal_the_in_memory_cascade(tmp_path, ray_local):
-    from jobs.decide import decide_parts
+    from jobs.runtime.decide import decide_parts
 
     rows = _run_rows(240, seed=0)
     sizes = [100, 1, 0, len(rows) - 101]  # an empty part and a one-row part too
@@ -155,7 +155,7 @@ NEAR_ONLY = FilterConfig(rules=(), exact_dedup=False, near_dup_cosine=0.95)
 
 
 def _near_step(paths: list[str], centroids: np.ndarray, margin: float | None, buckets: int = 2) -> list[pa.Table]:
-    """The near-duplicate step of `jobs.decide` with fixed centroids, run in this process."""
+    """The near-duplicate step of `jobs.runtime.decide` with fixed centroids, run in this process."""
     states = [D.part_state(pq.read_table(p), i) for i, p in enumerate(paths)]
     keys = [D.near_keys(p, s, centroids, buckets, 0.95, margin) for p, s in zip(paths, states)]
     border = margin is not None
@@ -274,7 +274,7 @@ def test_kmeans_centroids_do_not_depend_on_part_order(tmp_path):
 def test_clustered_decisions_do_not_depend_on_part_order(tmp_path, ray_local):
     """Several clusters: the k-means sample is chosen by content, so splitting and ordering the
     parts differently gives the same decisions row for row."""
-    from jobs.decide import decide_parts
+    from jobs.runtime.decide import decide_parts
 
     rows = _run_rows(600, seed=4)
     near = D.NearDupConfig(cluster_rows=60, sample_rows=150)
@@ -296,7 +296,7 @@ def test_clustered_near_duplicates_keep_what_the_exact_greedy_keeps(tmp_path, ra
     """Ten k-means clusters over 16-d groups: pass 1 alone keeps rows whose duplicate lies
     across a border; with the border pass the kept rows are the exact greedy's. (A dropped
     row may still name another keeper: residual (2) of the `curate/decide.py` docstring.)"""
-    from jobs.decide import decide_parts
+    from jobs.runtime.decide import decide_parts
 
     rows = _run_rows(600, seed=3)
     cfg = FilterConfig(rules=(), near_dup_cosine=0.95)

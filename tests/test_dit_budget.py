@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from curate import layout
+from curate import schema as S
 from curate.errors import UsageError
 from jobs.train import TRAIN_PRESETS, latent_shapes, main, resolve_budget
 from latents.dit.packing import num_tokens
 from latents.dit.synthetic import synthetic_samples
 from latents.dit.train import TrainConfig, train
 from latents.encode import DEFAULT as ENCODE_DEFAULT
+from latents.shards import MANIFEST_FORMAT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +32,12 @@ def _default_latent_shapes() -> list[tuple[int, int, int, int]]:
 
 
 def _manifest(folder: Path, shapes: list[tuple[int, ...]]) -> Path:
+    """A manifest the validating reader accepts (format, schema version), listing only counts."""
     folder.mkdir(parents=True, exist_ok=True)
     counts = {"x".join(map(str, s)): 3 for s in shapes}
-    (folder / "_manifest.json").write_text(json.dumps({"counts": {"rows": 3 * len(shapes), "by_latent_shape": counts}}))
+    manifest = {"format": MANIFEST_FORMAT, "schema_version": S.SCHEMA_VERSION,
+                "counts": {"rows": 3 * len(shapes), "by_latent_shape": counts}}
+    Path(layout.manifest_path(folder)).write_text(json.dumps(manifest))
     return folder
 
 

@@ -28,7 +28,7 @@ def _losses(run: Path) -> list[float]:
 def test_two_ddp_workers_follow_the_single_worker_curve(tmp_path):
     import ray
 
-    from jobs.adapter import _pythonpath
+    from jobs.runtime.adapter import _pythonpath
 
     # important: a fresh local instance; a bare ray.init() would join any cluster that another
     # process started on this machine with `ray start`, whose CPUs may all be taken. An instance

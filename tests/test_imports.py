@@ -112,7 +112,7 @@ def test_no_import_circles():
 
 def test_the_checker_sees_violations(tmp_path):
     f = tmp_path / "x.py"
-    f.write_text("import ray\nfrom jobs.adapter import init_ray\n")
+    f.write_text("import ray\nfrom jobs.runtime.adapter import init_ray\n")
     assert {"ray", "jobs"} <= _imports(f)
 
 

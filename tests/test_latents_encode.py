@@ -111,7 +111,7 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys, monkeypatch):
     assert "6 encoded now" in first and "SMOKE" in first
     m = verify_shards(out, checksum=True)
     assert m["counts"]["rows"] == 6 and m["counts"]["eligible"] == 6 and m["counts"]["errors"] == 0
-    markers = sorted((out / "_done" / "encode").iterdir())
+    markers = sorted((out.parent / "_done" / "encode").iterdir())
     assert len(markers) == len(list((out / "_index").iterdir())) == m["counts"]["shards"] == 3
     rows = _shard_rows(out)
     # a rerun with the same config encodes nothing, loads no model and leaves the shards as they are
@@ -188,7 +188,7 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
     assert again["encoded_this_run"] == 6 and again["skipped_already_done"] == 0 and again["shard_rows"] == 6
     assert again["config_hash"] != summary["config_hash"]
     now = {p.name for p in out.glob("shard-*.parquet")} | {p.name for p in (out / "_index").iterdir()}
-    assert not now & old and len(list((out / "_done" / "encode").iterdir())) == len(list((out / "_index").iterdir()))
+    assert not now & old and len(list((out.parent / "_done" / "encode").iterdir())) == len(list((out / "_index").iterdir()))
     assert read_manifest(out)["encode"]["config_hash"] == again["config_hash"]
     assert sorted(_shard_rows(out)) == sorted(want.column(S.CLIP_ID).to_pylist())
 

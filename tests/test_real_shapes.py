@@ -13,8 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +46,6 @@ CLIP_SECONDS = 2.2  # just above SplitConfig.min_seconds (2 s), so split keeps o
 # important: the full-width Wan VAE costs minutes per frame chunk at 848x480 on 2 CPU cores, so the
 # clip is capped at 9 frames (the 4k+1 rule's third value: 3 latent frames). A real run keeps 81.
 MAX_FRAMES = 9
-VAE_BASE_DIM, VAE_RES_BLOCKS = 16, 1  # the VAE's inner width and depth (real: 96, 2), see real_shapes.build_wan
 
 
 def _rss_peak_mb() -> float:
@@ -73,26 +70,11 @@ def _cut(src: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def model_dirs():
-    """The real-shape models, built once per run into a temporary folder (~5 GB of random bf16
-    weights, removed afterwards); $TUBELET_REAL_SHAPES_MODELS keeps them in that folder instead."""
-    keep = os.environ.get("TUBELET_REAL_SHAPES_MODELS")
-    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="tubelet-real-shapes-"))
-    try:
-        t = time.perf_counter()
-        dirs = R.build_all(root, vae_base_dim=VAE_BASE_DIM, vae_res_blocks=VAE_RES_BLOCKS)
-        print(f"[real-shapes] models ready in {time.perf_counter() - t:.1f} s, peak RSS {_rss_peak_mb():.0f} MB")
-        yield dirs
-    finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def test_default_chain_with_real_shapes(real_videos: Path, model_dirs: dict, tmp_path: Path,
+def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: dict, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     times: dict[str, float] = {}
     t = time.perf_counter()
+    model_dirs = real_shape_models
     preset = R.real_shape_preset(model_dirs, max_frames=MAX_FRAMES)
     monkeypatch.setitem(dit_model.PRESETS, R.DIT_KEY, replace(dit_model.PRESETS["B"], depth=1))
     src = _cut(real_videos / SOURCE, tmp_path / "src.mp4", CLIP_SECONDS)
@@ -146,7 +128,8 @@ def test_default_chain_with_real_shapes(real_videos: Path, model_dirs: dict, tmp
     gc.collect()
     cap = captioned.to_pylist()[0]
     assert cap[S.STATUS] == S.STATUS_OK, cap[S.ERROR]
-    assert cap[S.CAPTION] and cap[S.CAPTION_MODEL] == str(model_dirs["vlm"])
+    assert cap[S.CAPTION] and cap[S.CAPTION_MODEL] == preset.caption.model
+    assert cap[S.CAPTION_CLIP_SCORE] is not None  # the score stage's CLIP, from the weights folder
     _lap(times, "caption", t)
 
     # --- encode (CPU step, VAE + text actor, shards + manifest as jobs.encode writes them) -------

@@ -32,6 +32,7 @@ from curate.schema import (
     KEPT,
     MOTION,
     PROMPT_VERSION,
+    SCHEMA_VERSION,
     SHARPNESS,
     STATUS,
     STATUS_ERROR,
@@ -46,6 +47,7 @@ from jobs import report
 from jobs.report.html import RANDOM_MODELS_WARNING
 from jobs.score import funnel_report
 from jobs.split import process_one
+from latents.shards import MANIFEST_FORMAT
 
 EVIL = "<script>alert('x')</script> a red & blue ball"
 FILTERS = FilterConfig(rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(SHARPNESS, ">=", 100.0),
@@ -189,7 +191,9 @@ def test_report_after_split_only_says_what_has_not_run(tmp_path, capsys):
     assert _count(page, "key", "videos_error") == 1 and "&lt;file&gt;" in page and "broken.mp4" not in page
 
     # a later stage's output alone: counted, and its smoke flag alone puts the warning first
-    write_json_atomic({"format": "x", "smoke": True, "counts": {"rows": 3, "shards": 1}, "shards": []},
+    # (a manifest of this format and schema: the report reads it through the validating reader)
+    write_json_atomic({"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "smoke": True,
+                       "counts": {"rows": 3, "shards": 1}, "shards": []},
                       out / "latents" / ".manifest.json")
     page = report.write_report(out, max_previews=2).read_text()
     assert RANDOM_MODELS_WARNING in page.splitlines()[0]

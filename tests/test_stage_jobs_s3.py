@@ -16,7 +16,7 @@ from curate import schema as S
 from curate import storage
 from curate.errors import UsageError
 from curate.synth import Segment, make_video
-from jobs import flags
+from jobs.runtime import flags
 from tests.media import two_shot_video
 
 BUCKET = "tubelet-stages"
@@ -120,9 +120,9 @@ def test_stage_jobs_s3_round_trip_equals_local(s3, tmp_path, monkeypatch):
         scored = {o: _parts_table(storage.join(o, "scored")).sort_by(S.CLIP_ID) for o in (local, remote)}
         assert scored[local].column(S.KEPT).to_pylist() == scored[remote].column(S.KEPT).to_pylist()
         assert storage.exists(storage.join(remote, "scored", "_funnel.json"))
-        # markers in the bucket: score's under OUT/_done, caption's inside OUT/captions
-        assert storage.list_files(storage.join(remote, "_done", "score"))
-        assert storage.list_files(storage.join(remote, "captions", "_done", "caption"))
+        # markers in the bucket, every stage's under OUT/_done
+        for stage in ("score", "caption", "encode"):
+            assert storage.list_files(storage.join(remote, "_done", stage)), stage
         sa, sb = _shard_rows(storage.join(local, "latents")), _shard_rows(storage.join(remote, "latents"))
         assert len(sa) == len(sb) > 0
         for col in (S.CLIP_ID, S.START_FRAME, S.END_FRAME, S.LATENT_DTYPE):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jobs.presets import DEFAULT
+from jobs.runtime.presets import DEFAULT
 from latents import encode as E
 from latents.vae import LTX_DECODE_TIMESTEP, VAEConfig, load_vae
 

@@ -6,6 +6,7 @@ all `curate.weights.locate` looks at.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +17,8 @@ import pytest
 from curate import schema as S
 from curate.errors import UsageError
 from curate.storage import write_parquet_atomic
-from curate.weights import Weights, locate, require
-from jobs.presets import DEFAULT
+from curate.weights import Weights, locate, missing_files, require
+from jobs.runtime.presets import DEFAULT
 from latents.weights import stage_weights, with_weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _fill(root: Path, weights: list[Weights]) -> None:
     """Lay out every file the weights ask for (first alternative) as `hf download --local-dir` would."""
     for w in weights:
         base = root if w.url else root / w.repo
-        for rel in (*w.files, *(w.any_of[0] if w.any_of else ())):
+        for rel in (*w.files, *(alts[0] for alts in w.one_of), *(w.any_of[0] if w.any_of else ())):
             _touch(base, rel, '{"weight_map": {}}' if rel.endswith(".index.json") else "")
 
 
@@ -155,3 +156,54 @@ def test_weights_dir_reaches_every_loader_config():
     dirs = {p.score.weights_dir, p.caption.weights_dir, p.upsample.weights_dir, p.encode.vae.weights_dir,
             p.encode.text.weights_dir}
     assert dirs == {os.path.expanduser("~/w")}
+
+
+def _cache_snapshot(cache: Path, repo: str, rels: list[str]) -> None:
+    """An HF cache holding `rels` of `repo` (empty files; index files with an empty weight map)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    _touch(folder, "refs/main", "abc123")
+    for rel in rels:
+        _touch(folder / "snapshots" / "abc123", rel, '{"weight_map": {}}' if rel.endswith(".index.json") else "")
+
+
+def test_check_and_loaders_agree_on_a_weights_folder_with_only_vae(offline_home, tmp_path):
+    """The text encoder is complete in the HF cache, but DIR/<repo> holds only `vae/`: the loaders
+    read DIR/<repo> (it exists), so the check must judge that folder too and name what it lacks."""
+    import huggingface_hub.constants as C
+
+    from jobs.check import main
+    from latents.text import load_text_encoder, text_weights
+
+    text = with_weights_dir(DEFAULT, str(tmp_path / "w")).encode.text
+    [w] = text_weights(text)
+    _cache_snapshot(Path(C.HF_HUB_CACHE), w.repo, [*w.files, *(a[0] for a in w.one_of), *w.any_of[0]])
+    assert locate(w) is not None  # the cache alone would do
+    vae_only = tmp_path / "w" / w.repo / "vae"
+    _touch(vae_only, "config.json", "{}")
+    assert locate(w, text.weights_dir) is None
+    assert missing_files(w, text.weights_dir)[:2] == ["text_encoder/config.json", "tokenizer/tokenizer_config.json"]
+    assert main(["--preset", "default", "--stages", "encode", "--weights-dir", str(tmp_path / "w")]) == 2
+    with pytest.raises(UsageError, match="text encoder weights"):
+        load_text_encoder(text)  # the loader looks in the same folder (never its root as the encoder)
+
+
+def test_vlm_check_names_every_file_the_loader_opens(tmp_path):
+    from captioner.vlm import vlm_weights
+
+    [w] = vlm_weights(DEFAULT.caption.model, str(tmp_path))
+    repo = tmp_path / w.repo
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for rel in ("config.json", "generation_config.json", "preprocessor_config.json", "chat_template.json",
+                "tokenizer_config.json", "tokenizer.json", *shards):
+        _touch(repo, rel)
+    _touch(repo, "model.safetensors.index.json", json.dumps({"weight_map": dict(zip("ab", shards))}))
+    assert missing_files(w, str(tmp_path)) == [] and locate(w, str(tmp_path)) == repo
+    for rel, named in (("generation_config.json", "generation_config.json"),
+                       ("preprocessor_config.json", "preprocessor_config.json or video_preprocessor_config.json"),
+                       ("chat_template.json", "chat_template.json or chat_template.jinja"),
+                       ("tokenizer.json", "tokenizer.json"), (shards[1], shards[1])):
+        (repo / rel).rename(repo / f"{rel}.part")
+        assert missing_files(w, str(tmp_path)) == [named]
+        with pytest.raises(UsageError, match=f"lacks {named}"):
+            require([w], str(tmp_path))
+        (repo / f"{rel}.part").rename(repo / rel)

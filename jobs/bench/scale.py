@@ -7,7 +7,7 @@ parts by Ray tasks, never built on the driver. For each size the decision step (
 reports: seconds, seconds per 10^5 clips, the growth exponent between sizes
 (log t2/t1 / log N2/N1) and the driver's peak RSS during the step (psutil, sampled every
 20 ms). With `--join` it also times the score job's join of clip rows and score rows
-(the hash shuffle of `jobs/score_merge.py`) with the same measures. At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
+(the hash shuffle of `jobs/runtime/score_merge.py`) with the same measures. At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
 (default `--cluster-rows` and `--border-margin`; 0: no border pass) and as one cluster
 (the exact greedy over the whole run), and reports the clustered run's recall and precision
 of dropped near-duplicates against the exact one. `--spread` makes that harder: groups lie
@@ -180,8 +180,8 @@ def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
 
 
 def join_step(src: Path, root: Path) -> dict:
-    """The score job's join (clip rows + score rows by clip_id, `jobs/score_merge.py`) over `src`."""
-    from jobs.score_merge import SCORE_PART_COLUMNS, join_scores, merge_scores
+    """The score job's join (clip rows + score rows by clip_id, `jobs/runtime/score_merge.py`) over `src`."""
+    from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, merge_scores
 
     parts = sorted(str(p) for p in src.glob("part-*.parquet"))
     dst = root / "joined"
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "bench_curate_rss.json").write_text(json.dumps(runs, indent=2))
         if not sizes:
             return 0
-    from jobs.adapter import init_ray
+    from jobs.runtime.adapter import init_ray
 
     init_ray()
     near = D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None)

@@ -8,7 +8,7 @@ says which) and writes OUT/report/index.html plus its pictures under OUT/report/
   OUT/scored/*.parquet        scores, kept / drop_reason (+ OUT/scored/_funnel.json: the filter
                               cascade, its rule names give the thresholds drawn on the histograms)
   OUT/captions/*.parquet      captions of kept clips
-  OUT/latents/.manifest.json  (or _manifest.json) rows and shards encoded
+  OUT/latents/.manifest.json  rows and shards encoded
 
 The page opens from disk: relative links only, no script, no network. Every string that comes
 from data (paths, captions, errors) is HTML-escaped. The run config and stage timings given to
@@ -31,11 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from curate import layout, storage
 from curate import schema as S
-from curate import storage
 from curate.errors import UsageError, one_line
 from curate.storage import write_json_atomic
-from jobs import flags
+from jobs import guards
 from jobs.report import html as report_html
 from jobs.report.fold import (
     SCORE_COLUMNS,
@@ -48,12 +48,12 @@ from jobs.report.fold import (
 )
 from jobs.report.media import Line, clip_preview, preview_name, score_histogram
 from jobs.report.outputs import RunOutputs, ScoredTally
+from jobs.runtime import flags
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
 RUN_FILE = "run.json"  # the run config / timings / preset given to write_report (reused by a rebuild)
 FUNNEL_FILE = "funnel.json"  # the page's funnel numbers, for machines
-MANIFEST_NAMES = (".manifest.json", "_manifest.json", "manifest.json")
 _ABS_RULE = re.compile(r"^(\w+) (>=|<=) (\S+)$")  # filters.Rule.name of an absolute rule
 _PCT_RULE = re.compile(r"^((\w+) (?:top|bottom) \d+%) \(cutoff ([^)]+)\)")  # a percentile drop reason
 
@@ -66,6 +66,19 @@ def _load_json(uri: str, problems: list[str]) -> dict[str, Any] | None:
         return None
 
 
+def _load_manifest(latents_dir: str, problems: list[str]) -> dict[str, Any] | None:
+    """The shards' manifest through the one validating reader; none yet is no problem."""
+    from latents.shards import ShardError, read_manifest
+
+    if not storage.is_file(layout.manifest_path(latents_dir)):
+        return None
+    try:
+        return read_manifest(latents_dir)
+    except (ShardError, OSError) as e:
+        problems.append(f"unreadable {layout.manifest_path(latents_dir)}: {one_line(e)}")
+        return None
+
+
 def load_outputs(out: str | Path, *, thresholds: Mapping[str, float] | None = None,
                  max_previews: int = 24) -> RunOutputs:
     """Fold OUT's stage outputs (a local folder or a URI), one Parquet part at a time: memory is
@@ -73,18 +86,17 @@ def load_outputs(out: str | Path, *, thresholds: Mapping[str, float] | None = No
     `thresholds` (as in `write_report`) widen the histogram bins so their lines show."""
     out = str(out)
     r = RunOutputs(out)
-    r.funnel = _load_json(storage.join(out, "scored", "_funnel.json"), r.problems)
-    for name in MANIFEST_NAMES:
-        r.manifest = r.manifest or _load_json(storage.join(out, "latents", name), r.problems)
-    r.videos = fold_videos(storage.join(out, "videos"), r.problems)
+    r.funnel = _load_json(layout.funnel_path(layout.folder(out, layout.SCORED)), r.problems)
+    r.manifest = _load_manifest(layout.folder(out, layout.LATENTS), r.problems)
+    r.videos = fold_videos(layout.folder(out, layout.VIDEOS), r.problems)
     sample = PreviewSample(max_previews, max_previews)
     # the lines known before any row is read (rules, `thresholds`): r.scored is still None here
-    r.scored = fold_scored(storage.join(out, "scored"), thresholds_of(r, thresholds), sample, r.problems)
+    r.scored = fold_scored(layout.folder(out, layout.SCORED), thresholds_of(r, thresholds), sample, r.problems)
     # nothing scored yet: the cards show split's clips
-    r.clips = fold_clips(storage.join(out, "clips"), r.problems, sample=None if r.scored is not None else sample)
+    r.clips = fold_clips(layout.folder(out, layout.CLIPS), r.problems, sample=None if r.scored is not None else sample)
     r.shown_kept, r.shown_dropped = sample.picks()
     shown = {str(x[S.CLIP_ID]) for x in r.shown_kept + r.shown_dropped}
-    r.captions = fold_captions(storage.join(out, "captions"), shown, r.problems)
+    r.captions = fold_captions(layout.folder(out, layout.CAPTIONS), shown, r.problems)
     return r
 
 
@@ -269,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         out = flags.canonical(a.output)
         if not storage.is_dir(out):
             raise UsageError(f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run")
+        guards.check_run_folder(out)  # not OUT/scored (the page would land among its parts), not empty
         if a.max_previews < 0:
             raise UsageError(f"--max-previews must be >= 0, got {a.max_previews}; e.g. 24")
         path = write_report_to(out, random_models=a.random_models, max_previews=a.max_previews)

@@ -2,11 +2,23 @@
 
 Per block: adaLN-Zero modulated self-attention (3D RoPE, per packed sample: `attention.py`),
 cross-attention to the sample's own text tokens (keys/values from text, as in LDM/PixArt-α),
-adaLN-Zero modulated MLP. The conditioning vector is timestep embedding + pooled text.
+adaLN-Zero modulated MLP. The conditioning vector is timestep embedding + pooled text; each
+block's modulation (shift, scale, gate) is computed once per sample (S, 6D) and broadcast to
+that sample's tokens, as in DiT (one conditioning vector per image), not a D -> 6D matmul per token.
 A final adaLN layer maps tokens back to tubelet values (unpatchified by `packing.unpack`).
 
+Positions: RoPE (relative) in self-attention, plus a fixed factorised sin-cos absolute embedding
+of each token's *fractional* position (t, y, x) in its own sample's grid, added to the tubelet
+embedding. RoPE alone is translation-equivariant: it cannot tell where in the frame a token
+is, and a model with RoPE only learns "which colour" but not "which track" of a moving square
+(the learning test in tests/test_dit_learning.py). Fractional positions ((i + 0.5) / grid, scaled
+to a reference grid of `POS_SCALE`) make the embedding resolution- and duration-agnostic:
+any latent size maps onto the same range, so no table is interpolated.
+
 References: Peebles & Xie 2023, "Scalable Diffusion Models with Transformers" (facebookresearch/DiT
-models.py: adaLN-Zero, TimestepEmbedder, FinalLayer); Rombach et al. 2022 (LDM cross-attention);
+models.py: adaLN-Zero, TimestepEmbedder, FinalLayer, get_2d_sincos_pos_embed); Dehghani et al.
+2023, "Patch n' Pack: NaViT" (fractional positional embeddings); Chen et al. 2023, PixArt-α
+(sin-cos positions scaled to a base grid size); Rombach et al. 2022 (LDM cross-attention);
 Su et al. 2021 (RoPE), factorised per axis as in Lumina/Open-Sora for (t, y, x).
 """
 
@@ -14,12 +26,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from latents.dit.attention import Backend, DocAttention
 from latents.dit.packing import Packed, pack, unpack
+
+# Test-only switches that remove one mechanism, to show the learning test fails without it
+# (tests/test_dit_learning.py): "pos_embed" (no absolute position embedding), "leak" (attention
+# across the samples packed into a row), "timestep" (the model sees t = 0), "text" (no text at all).
+Ablation = Literal["pos_embed", "leak", "timestep", "text"]
+ABLATIONS: tuple[str, ...] = ("pos_embed", "leak", "timestep", "text")
+# fractional positions in [0, 1) are scaled to this reference grid before the sin-cos embedding
+POS_SCALE = 32.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,9 @@ class DiTConfig:
     # and resolution, added to the adaLN conditioning (as PixArt-α's size / Open-Sora's hw + frames
     # embedders). RoPE is relative, so without it the model cannot tell a crop from a whole clip.
     size_cond: bool = False
+    # fixed sin-cos embedding of each token's fractional (t, y, x) added to the tubelet embedding
+    pos_embed: bool = True
+    ablate: tuple[Ablation, ...] = ()  # test-only (see ABLATIONS); empty in every real run
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
@@ -44,6 +68,9 @@ class DiTConfig:
                 f"hidden must split into heads of even width: hidden={self.hidden}, heads={self.heads}; "
                 f"choose hidden = heads * an even number"
             )
+        bad = [a for a in self.ablate if a not in ABLATIONS]
+        if bad:
+            raise ValueError(f"ablate must name parts of {ABLATIONS}: got {bad}; leave it empty outside tests")
 
     @property
     def patch_dim(self) -> int:
@@ -54,7 +81,8 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DiTConfig:
-        return cls(**{**d, "patch": tuple(d["patch"])})
+        # a run saved before the position embedding existed was trained without it: keep it off
+        return cls(**{"pos_embed": False, **d, "patch": tuple(d["patch"]), "ablate": tuple(d.get("ablate", ()))})
 
     def sized(self, in_channels: int, text_dim: int) -> DiTConfig:
         """The same architecture for a given latent channel count and text width."""
@@ -101,6 +129,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def fractional_pos_embedding(pos: torch.Tensor, grid: torch.Tensor, dim: int) -> torch.Tensor:
+    """Integer positions (..., 3) in grids (..., 3) of (t, y, x) -> fixed sin-cos embedding (..., dim).
+
+    Each axis gets its part of `dim` (split as `rope_axes`: y and x 3/8 each, t the rest), half
+    cos, half sin of the fractional position (i + 0.5) / grid * POS_SCALE at DiT's frequencies.
+    """
+    parts = []
+    for axis, d in enumerate(rope_axes(dim)):
+        frac = (pos[..., axis].float() + 0.5) / grid[..., axis].float() * POS_SCALE  # (...,) in (0, POS_SCALE)
+        # max_period 100: over positions in (0, 32) the slowest wave still turns ~0.3 rad
+        parts.append(timestep_embedding(frac.reshape(-1), d, 100.0).view(*frac.shape, d))  # (...,) -> (..., d)
+    return torch.cat(parts, dim=-1)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -144,14 +186,32 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor, self_attend: DocAttention,
-                cross_attend: DocAttention, has_text: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # per token (R, N, D) each
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """x (R, N, D); mod (R, N, 6D): this block's adaLN output for each token's sample."""
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)  # (R, N, D) each
         h = modulate(self.norm1(x), sh1, sc1)
-        x = x + g1 * self.attn(h, h, self_attend, rope)
+        x = x + g1 * self.attn(h, h, ctx.self_attend, ctx.rope)
         # a token whose sample has no text (dropped caption) gets no cross-attention update.
-        x = x + self.cross(self.norm2(x), text, cross_attend) * has_text
+        x = x + self.cross(self.norm2(x), ctx.text, ctx.cross_attend) * ctx.has_text
         return x + g2 * self.mlp(modulate(self.norm3(x), sh2, sc2))
+
+
+@dataclass
+class Context:
+    """What every block of one forward shares: per-sample conditioning and the attention plans."""
+
+    x: torch.Tensor  # (R, N, D) embedded tokens (tubelet + position embedding)
+    c: torch.Tensor  # (S, D) per-sample conditioning (timestep + pooled text [+ size])
+    text: torch.Tensor  # (R, M, text_dim)
+    has_text: torch.Tensor  # (R, N, 1) 1.0 where the token's sample has text
+    self_attend: DocAttention
+    cross_attend: DocAttention
+    rope: tuple[torch.Tensor, torch.Tensor]
+    packed: Packed
+
+    def per_token(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """(S, K) -> (R, N, K): each token gets its sample's row (an index, no matmul per token)."""
+        return self.packed.gather_rows(per_sample)
 
 
 class DiT(nn.Module):
@@ -193,31 +253,55 @@ class DiT(nn.Module):
 
     def forward(self, packed: Packed, t: torch.Tensor) -> torch.Tensor:
         """Packed tokens and per-sample timesteps t (S,) in [0, 1000) -> per-token prediction (R, N, patch_dim)."""
+        ctx = self.context(packed, t)
+        x = ctx.x
+        for blk in self.blocks:
+            # adaLN per sample: (S, D) -> (S, 6D), broadcast to the sample's tokens (R, N, 6D)
+            x = blk(x, ctx.per_token(blk.ada(ctx.c)), ctx)
+        shift, scale = ctx.per_token(self.final_ada(ctx.c)).chunk(2, dim=-1)  # (R, N, D) each
+        return self.final(modulate(self.final_norm(x), shift, scale))
+
+    def context(self, packed: Packed, t: torch.Tensor) -> Context:
+        """Embeddings, per-sample conditioning and attention plans of one packed batch."""
+        ablate = self.cfg.ablate
         s = packed.num_samples
+        if "timestep" in ablate:
+            t = torch.zeros_like(t)
         c = self.t_embed(timestep_embedding(t, 256).to(self.x_embed.weight.dtype))  # (S, D)
         if self.cfg.size_cond:
             c = c + self.size_embed(self.size_features(packed.shapes, t.device))
         valid = packed.text_seg >= 0  # (R, M)
+        if "text" in ablate:
+            valid = torch.zeros_like(valid)
         owner = packed.text_seg.clamp(min=0)
         counts = torch.zeros(s, device=t.device).index_add_(0, owner[valid], torch.ones_like(owner[valid], dtype=torch.float))
         if self.cfg.pooled_text:
             sums = torch.zeros(s, packed.text.shape[-1], device=t.device, dtype=packed.text.dtype)
             sums.index_add_(0, owner[valid], packed.text[valid])
             c = c + self.text_pool(sums / counts.clamp(min=1)[:, None]) * (counts > 0)[:, None]
-        c_tok = packed.gather_rows(c)  # (S, D) -> (R, N, D)
         seg = packed.seg
-        # attention never crosses samples: self over the sample's tokens, cross over its own text
-        self_attend = DocAttention(self.attention, packed.places, packed.places, seg, seg)
-        cross_attend = DocAttention(self.attention, packed.places, packed.text_places, seg, packed.text_seg)
+        if "leak" in ablate:  # every real token of a row attends to the whole row and all its text
+            leak = lambda ids: torch.where(ids >= 0, 0, -1)  # noqa: E731
+            self_attend = DocAttention("dense", packed.places, packed.places, leak(seg), leak(seg))
+            cross_attend = DocAttention("dense", packed.places, packed.text_places, leak(seg), leak(packed.text_seg))
+        else:
+            # attention never crosses samples: self over the sample's tokens, cross over its own text
+            self_attend = DocAttention(self.attention, packed.places, packed.places, seg, seg)
+            cross_attend = DocAttention(self.attention, packed.places, packed.text_places, seg, packed.text_seg)
         # important: a token of a sample without text (or padding) takes no cross-attention update.
         has_text = (packed.gather_rows(counts > 0) & (seg >= 0)).unsqueeze(-1).to(c.dtype)  # (R, N) -> (R, N, 1)
         rope = rope_angles(packed.pos, self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta)
         x = self.x_embed(packed.tokens)
-        text = packed.text.to(x.dtype)
-        for blk in self.blocks:
-            x = blk(x, c_tok, text, self_attend, cross_attend, has_text, rope)
-        shift, scale = self.final_ada(c_tok).chunk(2, dim=-1)
-        return self.final(modulate(self.final_norm(x), shift, scale))
+        if self.cfg.pos_embed and "pos_embed" not in ablate:
+            x = x + self.pos_features(packed).to(x.dtype)
+        return Context(x, c, packed.text.to(x.dtype), has_text, self_attend, cross_attend, rope, packed)
+
+    def pos_features(self, packed: Packed) -> torch.Tensor:
+        """Fixed fractional (t, y, x) sin-cos embedding of every packed token in its own sample's grid: (R, N, D)."""
+        p = self.cfg.patch
+        grids = torch.tensor([[sh[1] // p[0], sh[2] // p[1], sh[3] // p[2]] for sh in packed.shapes],
+                             device=packed.pos.device)  # (S, 3) tubelet grid per sample
+        return fractional_pos_embedding(packed.pos, packed.gather_rows(grids), self.cfg.hidden)
 
     def size_features(self, shapes: list[tuple[int, int, int, int]], device: torch.device) -> torch.Tensor:
         """Per sample latent [C, T, H, W] -> sinusoidal embeddings of its tubelet grid (gt, gh, gw): (S, 768)."""

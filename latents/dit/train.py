@@ -51,20 +51,24 @@ class TrainConfig:
     ckpt_every: int = 500
     bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
     size_cond: bool = False  # condition on each sample's latent grid (duration, resolution); DiTConfig.size_cond
+    # timestep shift of the rectified-flow draws, a number or "auto" (per sample from its grid:
+    # diffusion.resolve_shift); recorded in config.json, so jobs.sample / SDEdit use the same
+    shift: D.Shift = 1.0
+    ablate: tuple[str, ...] = ()  # test-only: DiTConfig.ablate (tests/test_dit_learning.py)
 
     def model_config(self, in_channels: int, text_dim: int) -> DiTConfig:
         if self.model not in PRESETS:
             raise ValueError(f"model must be one of {sorted(PRESETS)}: got {self.model!r}")
         base = PRESETS[self.model]
-        return DiTConfig.from_dict({**base.to_dict(), "patch": tuple(self.patch), "size_cond": self.size_cond}
-                                   ).sized(in_channels, text_dim)
+        return DiTConfig.from_dict({**base.to_dict(), "patch": tuple(self.patch), "size_cond": self.size_cond,
+                                    "ablate": tuple(self.ablate)}).sized(in_channels, text_dim)
 
 
 SMOKE = TrainConfig(model="tiny", steps=20, batch_size=4, max_tokens=256, warmup=5, log_every=5, ckpt_every=10)
 # max_tokens: a 2 s clip of the default encode preset is 12,720 tokens, an 81-frame one 33,390;
 # jobs.train raises an unset budget to the longest sample of the shards' manifest at start-up.
 DEFAULT = TrainConfig(model="B", steps=100_000, batch_size=64, max_tokens=16_384, lr=1e-4, warmup=1000,
-                      ckpt_every=5000, ema_decay=0.9999, size_cond=True)
+                      ckpt_every=5000, ema_decay=0.9999, size_cond=True, shift="auto")
 
 
 def longest_sample(shapes: Sequence[Sequence[int]], patch: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
@@ -135,7 +139,7 @@ def batch_loss(model: nn.Module, samples: list[dict], positions: list[int], cfg:
         g = sample_generator(cfg.seed, step, pos)
         x0 = s["latent"].float()
         eps = torch.randn(x0.shape, generator=g)
-        u = D.draw_u(cfg.objective, 1, g)
+        u = D.draw_u(cfg.objective, 1, g, D.resolve_shift(cfg.shift, x0.shape, cfg.patch))
         x_t, target, t = D.training_inputs(cfg.objective, x0[None], eps[None], u)
         xs.append(x_t[0])
         targets.append(target[0])

@@ -20,9 +20,10 @@ import pyarrow as pa
 # Ray must be importable only from jobs/.
 import ray
 
-from jobs.flags import Need, check_cluster, quiet_logs
+from jobs.runtime import local_ray
+from jobs.runtime.flags import Need, check_cluster, quiet_logs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # jobs/runtime/adapter.py -> the checkout
 
 
 class Stage(Protocol):
@@ -49,22 +50,31 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     """Connect to `address` / RAY_ADDRESS / a `ray job submit` driver, or start a local instance;
     then fail at once (UsageError) when the cluster has fewer GPUs/CPUs than `need`.
 
-    important: the local instance binds to 127.0.0.1 and its dashboard is off unless asked for;
+    important: every socket of the local instance is on 127.0.0.1 (`jobs.runtime.local_ray`), its
+    processes die with this driver, and its dashboard is off;
     workers get this checkout on PYTHONPATH so `python -m jobs.x` works without installing.
     """
     if ray.is_initialized():
         if need is not None:
             check_cluster(need)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
+    source = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # A cluster (or `ray job submit`) brings its own runtime env (working_dir, env vars);
         # adding ours would conflict with the job's, which Ray refuses to merge.
+        # Its RAY_AUTH_MODE is the user's to set (README "Ray authentication"), never switched off here.
+        local_ray.check_reachable(address, source)
+        local_ray.loopback_only(False)
         ray.init(address=address, log_to_driver=not quiet)
     else:
+        # important: the instance this job starts for itself listens on 127.0.0.1 only and dies
+        # with this driver, so turning token auth off for it opens nothing to other machines
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        local_ray.loopback_only(True)
+        local_ray.start_reaper()
         # important: address="local" always starts a fresh instance; a bare ray.init() would
         # join whatever `ray start` cluster /tmp/ray/ray_current_cluster names, even a dead one.
         ray.init(

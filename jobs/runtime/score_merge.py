@@ -41,7 +41,7 @@ from curate.schema import (
     set_columns,
     validate,
 )
-from jobs.adapter import row_counts
+from jobs.runtime.adapter import row_counts
 
 SCORE_PART_COLUMNS = [CLIP_ID, *columns_of(SCORE), STATUS, ERROR, FAILED_STAGE]  # what the score parts hold
 ORDER = "_order"  # position of a score part, oldest first: a newer score row wins in the merge

@@ -58,8 +58,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+        d = action.default
+        # important: `is`, not `in`: 0.0 == False, and a GPU count of 0 is a default worth showing
+        if "%(default)" in text or not action.option_strings or d is None or d is False or d is argparse.SUPPRESS:
             return text
+        if d == []:  # a repeatable flag given no times
+            return f"{text} (default: none)".strip()
         return f"{text} (default: %(default)s)".strip()
 
 
@@ -274,3 +278,70 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+
+
+# --- caption engine ---------------------------------------------------------------------------
+
+
+def add_caption_engine(p: argparse.ArgumentParser, model_flag: bool = False) -> None:
+    """--engine and the OpenAI-compatible server's flags (jobs.caption, jobs.curate, jobs.sample)."""
+    p.add_argument("--engine", choices=["transformers", "openai"], default=None,
+                   help="caption engine: transformers (generate in the actors; the preset's) or openai "
+                        "(any OpenAI-compatible chat-completions server: vLLM, SGLang, transformers serve, hosted)")
+    if model_flag:
+        p.add_argument("--model", default=None, help="the VLM: with --engine openai the model's name on the server; "
+                       "else a hub id, local folder or smoke:<family> (default: the preset's)")
+    p.add_argument("--base-url", default=None, help="--engine openai: the server's API root, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="--engine openai: NAME of the environment variable that holds the API key (never the key)")
+    p.add_argument("--max-in-flight", type=int, default=None, help="--engine openai: requests open at once per actor "
+                   "(default 16)")
+    p.add_argument("--frames", choices=["auto", "video", "images"], default=None,
+                   help="--engine openai: video_url (one mp4) or image_url (one JPEG per frame); auto: video where "
+                        "the server takes it")
+    p.add_argument("--request-timeout", type=float, default=None, help="--engine openai: seconds per request (300)")
+    p.add_argument("--request-retries", type=int, default=None, help="--engine openai: extra tries on 429/5xx/"
+                   "connection errors, with exponential backoff (4)")
+
+
+def caption_engine_config(a: argparse.Namespace, cap: Any) -> Any:
+    """A CaptionConfig (or UpsampleConfig) with the --engine flags applied; checks that need no server."""
+    from dataclasses import replace
+
+    if getattr(a, "model", None):
+        cap = replace(cap, model=a.model)
+    server_flags = [f for f, v in (("--base-url", a.base_url), ("--api-key-env", a.api_key_env),
+                                   ("--max-in-flight", a.max_in_flight), ("--frames", a.frames),
+                                   ("--request-timeout", a.request_timeout), ("--request-retries", a.request_retries))
+                    if v is not None]
+    if a.engine:
+        cap = replace(cap, engine=a.engine)
+    if cap.engine != "openai":
+        if server_flags:
+            raise fail(f"{server_flags[0]} needs --engine openai", f"--engine {cap.engine}", "add --engine openai")
+        return cap
+    if not a.base_url:
+        raise fail("--engine openai needs --base-url", "none", "pass --base-url http://HOST:PORT/v1")
+    if not re.match(r"^https?://[^\s/]+", a.base_url):
+        raise fail("--base-url must be an http(s) URL", repr(a.base_url), "pass e.g. http://127.0.0.1:8000/v1")
+    if "@" in a.base_url.split("//", 1)[1].split("/", 1)[0]:
+        raise fail("--base-url must not carry credentials", "a user:password@ URL",
+                   "put the key in an environment variable and pass --api-key-env VAR")
+    if a.api_key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", a.api_key_env):
+        raise fail("--api-key-env must be the NAME of an environment variable (letters, digits, _)",
+                   "something else (not shown: it may be the key)", "export VAR=<key> and pass --api-key-env VAR")
+    if a.max_in_flight is not None:
+        check_int("--max-in-flight", a.max_in_flight, 1)
+    if a.request_retries is not None:
+        check_int("--request-retries", a.request_retries, 0)
+    if a.request_timeout is not None:
+        check_float("--request-timeout", a.request_timeout, 0, strict=True, fix="pass --request-timeout 300")
+    server = replace(cap.openai, base_url=a.base_url, api_key_env=a.api_key_env)
+    for name, v in (("max_in_flight", a.max_in_flight), ("frames", a.frames), ("timeout_s", a.request_timeout),
+                    ("max_retries", a.request_retries)):
+        if v is not None:
+            server = replace(server, **{name: v})
+    if getattr(a, "model", None) is None and cap.model.startswith("smoke:"):
+        raise fail("--engine openai needs --model, the model's name on the server", repr(cap.model),
+                   "pass --model NAME (GET BASE_URL/models lists them)")
+    return replace(cap, openai=server)
