@@ -263,10 +263,14 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
                 busy = np.nonzero(step >= max(0.3 * float(step.max()), 1e-3))[0]
                 if len(busy):
                     # step k is the change from frame ai+k to ai+k+1
-                    first, last = ai + int(busy[0]) + 1, ai + int(busy[-1])
-                    if not _no_dissolve(flat, first, last, cfg):
-                        hits.append((first, last))
-    return _merge([(x, y) for x, y in hits])
+                    hits.append((ai + int(busy[0]) + 1, ai + int(busy[-1])))
+    out = []
+    for x, y in _merge(hits):
+        if not _no_dissolve(flat, x, y, cfg):
+            out.append((x, y))
+        else:  # a flash or pan merged with a dissolve next to it: judge the window hits one by one
+            out += _merge([h for h in set(hits) if x <= h[0] and h[1] <= y and not _no_dissolve(flat, *h, cfg)])
+    return sorted(out)
 
 
 def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) -> bool:
