@@ -163,7 +163,13 @@ def draw_step(rng: np.random.Generator) -> Step:
 
 
 def draw_steps(rng: np.random.Generator, n: int) -> tuple[Step, ...]:
-    return tuple(draw_step(rng) for _ in range(n))
+    """`n` drawn steps; a jump cut right after a jump cut becomes a hard cut (the source of a
+    jump's first shot holds room for one jump, not a chain of them)."""
+    steps: list[Step] = []
+    for _ in range(n):
+        st = draw_step(rng)
+        steps.append(Step("cut") if st.kind == "jump" and steps and steps[-1].kind == "jump" else st)
+    return tuple(steps)
 
 
 def draw_negatives(rng: np.random.Generator, body: int) -> list[Negative]:
