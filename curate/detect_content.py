@@ -30,7 +30,7 @@ import numpy as np
 
 from curate.decode import SmallFrame
 from curate.detect import TransitionKind, Transitions
-from curate.wipes import WipeConfig, find_wipes
+from curate.wipes import WipeConfig, find_wipes, shift_error
 
 THUMB = (32, 18)  # (w, h) of the luma thumbnails used by the dissolve test
 
@@ -49,7 +49,15 @@ class ContentConfig:
     dissolve_windows: tuple[int, ...] = (12, 20, 30, 45)  # window lengths tried (frames)
     dissolve_min_change: float = 12.0  # end frames of a dissolve differ at least this much
     dissolve_max_residual: float = 0.22  # blend residual / end-frame difference, at most
-    margin: int = 2  # frames added on each side of a gradual transition (safety)
+    dissolve_edge_levels: float = 2.0  # a dissolve grows while the next frame holds this much of the other shot
+    dissolve_stand_out: float = 1.5  # end-frame change / the least of the same change just before and after
+    margin: int = 2  # frames added on each side of a gradual transition (safety) ...
+    dissolve_grow: float = 0.15  # ... plus this share of a dissolve's detected length (`span_margin`)
+    wipe_grow: float = 0.1  # ... plus this share of a wipe's detected length
+    flash_frames: int = 3  # a change whose old look returns within this many frames is a flash
+    flash_keep: float = 0.5  # a blend-like span whose outside frames are closer than this share of
+    # its departure from them is a flash, not a dissolve
+    pan_reach: tuple[int, int] = (6, 3)  # thumbnail shifts (dx, dy) tried: a span explained by one is a pan
     wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py); None: off
 
 
@@ -97,12 +105,16 @@ def gather(frames: Iterator[SmallFrame]) -> _Series:
 
 
 def cut_ratio(diff: np.ndarray, k: int) -> np.ndarray:
-    """diff[i] / (median of diff over i-k..i+k without i, + 1)."""
+    """diff[i] / (the larger of the medians of diff over i-k..i-1 and over i+1..i+k, + 1).
+
+    The larger one-sided median, not the median of both sides: a burst of fast motion (a
+    shaking camera) starts and ends with calm frames on one side only, and a cut is a change
+    that stands out from both of its shots."""
     n = len(diff)
     ratio = np.zeros(n, np.float32)
     for i in range(1, n):
-        nb = np.concatenate([diff[max(1, i - k) : i], diff[i + 1 : i + 1 + k]])
-        ratio[i] = diff[i] / (float(np.median(nb)) + 1.0) if len(nb) else diff[i]
+        sides = [x for x in (diff[max(1, i - k) : i], diff[i + 1 : i + 1 + k]) if len(x)]
+        ratio[i] = diff[i] / (max(float(np.median(x)) for x in sides) + 1.0) if sides else diff[i]
     return ratio
 
 
@@ -115,7 +127,7 @@ def find_cuts(s: _Series, cfg: ContentConfig) -> tuple[list[int], np.ndarray]:
     for i in range(1, n):
         if ratio[i] < cfg.cut_ratio or s.diff[i] < cfg.min_cut_diff:
             continue
-        if is_flash(s, i):
+        if is_flash(s, i) or thumb_flash(s.thumbs, i, cfg.flash_frames):
             continue
         if cuts and i - cuts[-1] < 2:
             continue
@@ -132,6 +144,29 @@ def is_flash(s: _Series, i: int, keep: float = 0.5) -> bool:
     if any(j < n and d[j] < change for j, d in back):
         return True
     return (i >= 2 and s.diff2[i] < change) or (i >= 3 and s.diff3[i] < change)
+
+
+def thumb_flash(thumbs: np.ndarray, i: int, reach: int, keep: float = 0.5) -> bool:
+    """`is_flash` for flashes of up to `reach` frames (a decaying flash, a strobe), on the luma
+    thumbnails: some frame of the `reach + 1` before frame i looks like some frame of the
+    `reach + 1` from i on ("like": closer than `keep` times the change at i), the pair
+    (i - 1, i) itself left out. Across a cut, hard or jump, no frame after looks like one before."""
+    n = len(thumbs)
+
+    def dist(x: int, y: int) -> float:
+        return float(np.abs(thumbs[x].astype(np.int16) - thumbs[y]).mean())
+
+    change = keep * dist(i, i - 1)
+    return any(dist(x, y) < change for x in range(max(0, i - reach - 1), i)
+               for y in range(i, min(n, i + reach + 1)) if (x, y) != (i - 1, i))
+
+
+def span_margin(first: int, last: int, base: int, share: float) -> int:
+    """Frames added on each side of a detected gradual span [first, last]: `base` plus `share`
+    of its length. The detected span is where the change is measurable on the small frames;
+    eased (slow-in, slow-out) progress and feathered edges carry faint change further out,
+    by an amount that grows with the transition's length."""
+    return base + int(np.ceil(share * (last - first + 1)))
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -201,7 +236,15 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
             np.abs(flat[a[k : k + 4096] + w].astype(np.int16) - flat[a[k : k + 4096]]).mean(axis=1)
             for k in range(0, len(a), 4096)
         ])  # (M,)
-        for j in np.nonzero(ends >= cfg.dissolve_min_change)[0]:
+        # the same change over the windows just before and after (stride 2: w // 2 positions away);
+        # a steady drift (a slow pan, a moving pattern) changes as much there, a dissolve does not
+        half = w // 2
+        before, after = np.full(len(ends), np.inf), np.full(len(ends), np.inf)
+        if half < len(ends):
+            before[half:], after[: len(ends) - half] = ends[: len(ends) - half], ends[half:]
+        calm = np.fmin(before, after)  # (M,) inf only where neither window exists
+        stands_out = ends >= cfg.dissolve_stand_out * np.where(np.isinf(calm), 0.0, calm)
+        for j in np.nonzero((ends >= cfg.dissolve_min_change) & stands_out)[0]:
             ai, bi = int(a[j]), int(a[j]) + w
             if any(c in cut_set for c in range(ai + 1, bi + 1)):
                 continue  # a hard cut inside explains the change
@@ -221,7 +264,74 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
                 if len(busy):
                     # step k is the change from frame ai+k to ai+k+1
                     hits.append((ai + int(busy[0]) + 1, ai + int(busy[-1])))
-    return _merge([(x, y) for x, y in hits])
+    out = []
+    for x, y in _merge(hits):
+        if not _no_dissolve(flat, x, y, cfg):
+            out.append((x, y))
+        else:  # a flash or pan merged with a dissolve next to it: judge the window hits one by one
+            out += _merge([h for h in set(hits) if x <= h[0] and h[1] <= y and not _no_dissolve(flat, *h, cfg)])
+    return sorted(out)
+
+
+def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) -> bool:
+    """Whether a blend-like span [first, last] is no change of shot: the frames just outside it
+    look alike (a flash of a few frames: a blend with white and back), or its middle frame is
+    one end frame moved (a camera pan: thumbnails of shifted frames look like blends)."""
+    n = len(flat)
+    if last < first:
+        return False
+    a, b = max(0, first - 1), min(n - 1, last + 1)
+    fa, fb = flat[a].astype(np.float32), flat[b].astype(np.float32)
+    # a flash's rise or decay may be all the blend test saw: look `flash_frames` further out
+    r = cfg.flash_frames
+    pre, post = range(max(0, a - r), a + 1), range(b, min(n, b + r + 1))
+    ref = flat[pre[0]].astype(np.float32)
+    away = max(float(np.abs(flat[i].astype(np.float32) - ref).mean()) for i in range(pre[0], post[-1] + 1))
+    alike = min(float(np.abs(flat[x].astype(np.float32) - flat[y]).mean()) for x in pre for y in post)
+    if alike < cfg.flash_keep * away:
+        return True
+    mid = flat[(first + last) // 2].astype(np.float32)
+    delta = fb - fa
+    alpha = float(np.clip((mid - fa) @ delta / (float(delta @ delta) + 1e-6), 0.0, 1.0))
+    blend = float(np.abs(mid - (fa + alpha * delta)).mean())
+    hw = THUMB[::-1]
+    moved = min(shift_error(mid.reshape(hw), f.reshape(hw), cfg.pan_reach) for f in (fa, fb))
+    return moved < blend
+
+
+def grow_dissolve(flat: np.ndarray, first: int, last: int, levels: float, stop: np.ndarray) -> tuple[int, int]:
+    """Grow a dissolve [first, last] of (N, 576) luma thumbnails `flat` frame by frame while the frame just outside it still holds
+    the other shot: past its end, frame j is fitted as a mix of the frame before the dissolve
+    and frame j + 2 (the incoming shot as it plays on) and holds at least `levels` (mean
+    luma, 0-255) of the outgoing one; before its start, the same mirrored. At most
+    the span's length each way; `stop`: (N,) bool, frames no dissolve grows into (cuts, other spans).
+
+    The blend test sees a dissolve where both shots are steady over its window; a moving
+    shot on one side hides the faint start or end of the mix from it, but not from this
+    frame-by-frame fit."""
+    n, span = len(flat), last - first + 1
+
+    def other_share(frame: int, keep: int, toward: int) -> float:
+        fk, ft = flat[keep].astype(np.float32), flat[toward].astype(np.float32)
+        delta = ft - fk
+        d2 = float(delta @ delta)
+        if d2 <= 0:
+            return 0.0
+        alpha = float((flat[frame].astype(np.float32) - fk) @ delta) / d2  # share of `toward`
+        return (1.0 - alpha) * float(np.abs(delta).mean())  # levels of `keep` left in the frame
+
+    lo, hi, g = first, last, 2
+    if first >= 1:
+        while hi + 1 + g < n and hi + 1 - last <= span and not stop[hi + 1 : hi + 2 + g].any():
+            if other_share(hi + 1, first - 1, hi + 1 + g) < levels:
+                break
+            hi += 1
+    if last + 1 < n:
+        while lo - 1 - g >= 0 and first - (lo - 1) <= span and not stop[lo - 1 - g : lo].any():
+            if other_share(lo - 1, last + 1, lo - 1 - g) < levels:
+                break
+            lo -= 1
+    return lo, hi
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -259,15 +369,21 @@ class ContentDetector:
         black_or_fade = np.zeros(n, bool)
         for a, b, _ in excluded:
             black_or_fade[a : b + 1] = True
+        stop = black_or_fade.copy()
+        stop[[c for c in cuts if c < n]] = True
+        flat = s.thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576)
         for a, b in find_dissolves(s, cfg, cuts):
             if b >= a and black_or_fade[a : b + 1].mean() < 0.5:  # fades already cover blends with black
-                excluded.append((max(0, a - cfg.margin), min(n - 1, b + cfg.margin), "dissolve"))
+                a, b = grow_dissolve(flat, a, b, cfg.dissolve_edge_levels, stop)
+                m = span_margin(a, b, cfg.margin, cfg.dissolve_grow)
+                excluded.append((max(0, a - m), min(n - 1, b + m), "dissolve"))
         if cfg.wipes is not None:
             skip = np.zeros(n, bool)
             for a, b, _ in excluded:
                 skip[a : b + 1] = True
             for a, b, _ in find_wipes(s.thumbs, cuts, cfg.wipes, skip):
-                excluded.append((max(0, a - cfg.margin), min(n - 1, b + cfg.margin), "wipe"))
+                m = span_margin(a, b, cfg.margin, cfg.wipe_grow)
+                excluded.append((max(0, a - m), min(n - 1, b + m), "wipe"))
         for a, b, _ in excluded:
             score[a : b + 1] = np.maximum(score[a : b + 1], 0.5)
         # a "cut" inside a gradual transition is its first frame: not a hard cut

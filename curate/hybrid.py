@@ -43,6 +43,7 @@ import numpy as np
 
 from curate.decode import SmallFrame
 from curate.detect import Transitions
+from curate.detect_content import grow_dissolve, span_margin
 from curate.transitions import LumaStats, build_transitions, luma_fades, runs
 from curate.transnet import (
     FRAME_SIZE,
@@ -75,7 +76,8 @@ class HybridConfig:
     # cuts accepted have spike ratios 7.7-33, every non-cut candidate <= 2.5 (module docstring)
     cheap_cuts: bool = True  # False: every candidate goes to the model (the previous behaviour)
     cut_ratio: float = 5.0  # diff >= ratio * (mean diff of the +-neighbourhood, spike left out, + diff_floor)
-    cut_min_diff: float = 10.0  # ... and diff >= this: a large change, not noise on static footage
+    cut_min_diff: float = 6.0  # ... and diff >= this: not noise on static footage (a jump cut in one
+    # scene changes 6-9 on the 48x27 frames; the ratio above keeps noise out)
     cut_calm_frames: int = 3  # the frames this close on each side are the spike's neighbours ...
     cut_calm_ratio: float = 3.0  # ... diff >= ratio * (their largest diff + diff_floor): not a short dissolve
     cut_hist_frames: int = 3  # histograms of this many frames on each side are steady: the change
@@ -84,9 +86,15 @@ class HybridConfig:
     cut_flash_keep: float = 0.5  # from the old (new) shot's by >= this share of the cut's change (no flash)
     cut_black_gap: int = 3  # no black frame, luma fade or wipe within this many frames (cuts to/from black)
     wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py)
-    wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin)
+    wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin) ...
+    wipe_grow: float = 0.1  # ... plus this share of its detected length (curate/detect_content.py `span_margin`)
     flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
     # of the cut's change) is a flash, for the model's cuts as for the cheap ones
+    dissolve_edge_levels: float = 2.0  # model dissolves grow while the next frame holds this much of
+    # the other shot (curate/detect_content.py `grow_dissolve`)
+    burst_frames: int = 4  # a model cut must stand out from the median difference of this many frames ...
+    burst_ratio: float = 2.0  # ... on each side by this factor (`in_motion_burst`)
+    dissolve_margin: int = 2  # frames added on each side of a grown dissolve
     flash_span: int = 12  # model spans shorter than this whose sides look alike are flashes too
 
 
@@ -236,6 +244,15 @@ def is_flash(yuv: np.ndarray, c: int, keep: float) -> bool:
     return any(dist(i, j) < change for i, j in pairs)
 
 
+def in_motion_burst(d: np.ndarray, c: int, cfg: HybridConfig) -> bool:
+    """Whether the change at frame c fails to stand out from the larger of the median frame
+    differences of the `burst_frames` before and after it: a shaking camera, whose start and
+    end have calm frames on one side only (a cut stands out from both of its shots)."""
+    k = cfg.burst_frames
+    sides = [x for x in (d[max(1, c - k) : c], d[c + 1 : c + 1 + k]) if len(x)]
+    return bool(sides) and d[c] < cfg.burst_ratio * (max(float(np.median(x)) for x in sides) + cfg.diff_floor)
+
+
 def no_shot_change(yuv: np.ndarray, a: int, b: int, keep: float) -> bool:
     """Whether the frames just outside [a, b] look alike (closer than `keep` times the most any
     inner frame departs from them): a flash or a passing disturbance, no transition between shots."""
@@ -312,10 +329,11 @@ class HybridDetector:
         for a, b, _ in luma_fades(luma, spans):
             near_black[a : b + 1] = True
         wipes = []
+        thumbs = thumbnails(yuv[..., 0])  # (N, 18, 32)
         if cfg.wipes is not None:
-            m = cfg.wipe_margin
-            wipes = [(max(0, a - m), min(n - 1, b + m), "wipe") for a, b, _ in
-                     find_wipes(thumbnails(yuv[..., 0]), [int(c) for c in sharp], cfg.wipes, near_black)]
+            for a, b, _ in find_wipes(thumbs, [int(c) for c in sharp], cfg.wipes, near_black):
+                m = span_margin(a, b, cfg.wipe_margin, cfg.wipe_grow)
+                wipes.append((max(0, a - m), min(n - 1, b + m), "wipe"))
         sure: dict[int, float] = {}
         if cfg.cheap_cuts:
             near = near_black.copy()
@@ -343,8 +361,24 @@ class HybridDetector:
         for k in done:
             scored[k * STEP : (k + 1) * STEP] = True
         tr = build_transitions(pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes, scored=scored)
-        tr.cuts = [c for c in tr.cuts if c in known or not is_flash(yuv, c, cfg.flash_keep)]
+        tr.cuts = [c for c in tr.cuts if c in known or not (
+            is_flash(yuv, c, cfg.flash_keep) or in_motion_burst(d, c, cfg))]
         # a short model span whose two sides look alike is a flash, not a transition: the shot goes on
         tr.excluded = [(a, b, k) for a, b, k in tr.excluded if not (
             k == "dissolve" and b - a < cfg.flash_span and no_shot_change(yuv, a, b, cfg.flash_keep))]
+        # the model's span of a dissolve next to a moving shot stops short: grow it frame by frame
+        stop = near_black.copy()
+        stop[[c for c in tr.cuts if c < n]] = True
+        for a, b, _ in tr.excluded:
+            stop[a : b + 1] = True
+        flat = thumbs.reshape(n, -1)  # (N, 18, 32) -> (N, 576)
+        grown = []
+        for a, b, k in tr.excluded:
+            if k == "dissolve":
+                stop[a : b + 1] = False
+                a, b = grow_dissolve(flat, a, b, cfg.dissolve_edge_levels, stop)
+                a, b = max(0, a - cfg.dissolve_margin), min(n - 1, b + cfg.dissolve_margin)
+                stop[a : b + 1] = True
+            grown.append((a, b, k))
+        tr.excluded = grown
         return tr

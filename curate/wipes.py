@@ -54,6 +54,13 @@ class WipeConfig:
     progress_slack: float = 0.12  # the B share may fall back this much between explained frames
     grow_pads: tuple[int, ...] = (2, 5, 9)  # a hit is re-measured between frames this far outside it
     max_window: int = 48  # ... in windows up to this length
+    pan_reach: tuple[int, int] = (10, 6)  # thumbnail shifts (dx, dy) tried between a window's end frames ...
+    pan_ratio: float = 0.5  # ... a window whose frame b is frame a shifted (error below this share of
+    # their difference) is a pan
+    # a found span then grows while the frame outside it changes some cell more than its shot does:
+    edge_ratio_stat: float = 2.0  # ... more than this times the shot's median largest cell change ...
+    edge_floor: float = 2.0  # ... plus this (luma levels) ...
+    edge_stat_frames: int = 10  # ... measured over this many frames of that shot
 
 
 @dataclass(frozen=True)
@@ -172,12 +179,27 @@ def fit_frames(frames: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: WipeConfig
     return out
 
 
+def shift_error(k: np.ndarray, ref: np.ndarray, reach: tuple[int, int]) -> float:
+    """Least mean |k - ref shifted| over shifts up to `reach` (dx, dy) pixels, on the overlap."""
+    h, w = k.shape
+    best = np.inf
+    for dy in range(-reach[1], reach[1] + 1):
+        for dx in range(-reach[0], reach[0] + 1):
+            a = k[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
+            b = ref[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
+            best = min(best, float(np.abs(a - b).mean()))
+    return best
+
+
 def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tuple[int, int, str] | None:
     """The span [first, last] and direction of a spatial transition between frames a and b, if any."""
     cells = np.abs(thumbs[b].astype(np.float32) - thumbs[a]).reshape(6, 3, 8, 4).mean(axis=(1, 3))  # (18, 32) -> (6, 8)
     if (cells >= cfg.cell_change).mean() < cfg.changed_share:
         return None  # part of the frame stays: an object crossing or a local change, not a new shot
     fa, fb = thumbs[a].astype(np.float32).ravel(), thumbs[b].astype(np.float32).ravel()
+    ta, tb = thumbs[a].astype(np.float32), thumbs[b].astype(np.float32)
+    if shift_error(tb, ta, cfg.pan_reach) < cfg.pan_ratio * float(np.abs(tb - ta).mean()):
+        return None  # frame b is frame a moved: a camera pan (a push's composites fit it), not a new shot
     inner = thumbs[a + 1 : b].reshape(b - a - 1, -1).astype(np.float32)  # (F, 18, 32) -> (F, 576)
     mid = fit_frames(inner[len(inner) // 2 : len(inner) // 2 + 1], fa, fb, cfg)[0]
     if not mid.explained:
@@ -226,6 +248,39 @@ def _grown(thumbs: np.ndarray, hit: tuple[int, int, str], cfg: WipeConfig) -> tu
     return best
 
 
+def _cell_steps(flat: np.ndarray) -> np.ndarray:
+    """(N,) the largest change of a cell's mean luma (6 x 8 cells) from frame i - 1 to i; 0 at 0."""
+    n = len(flat)
+    cells = flat.reshape(n, 6, 3, 8, 4).astype(np.float32).mean(axis=(2, 4))  # (N, 576) -> (N, 6, 8)
+    out = np.zeros(n, np.float32)
+    out[1:] = np.abs(cells[1:] - cells[:-1]).reshape(n - 1, -1).max(axis=1)
+    return out
+
+
+def grow_edges(steps: np.ndarray, first: int, last: int, taken: np.ndarray, cfg: WipeConfig) -> tuple[int, int]:
+    """Grow a spatial transition [first, last] frame by frame while the frame just outside it
+    still changes locally more than the shot on that side does (the sweep's first or last
+    cells: a corner, a thin ring), by at most the span's length each way.
+
+    `steps`: `_cell_steps`; the side's level is the median over `edge_stat_frames` frames
+    beyond the span's length (inside that shot); `taken`: frames other spans hold."""
+    n, k, span = len(steps), cfg.edge_stat_frames, last - first + 1
+
+    def level(lo: int, hi: int) -> float:
+        lo, hi = max(1, lo), min(n, hi)
+        return float(np.median(steps[lo:hi])) if hi > lo else np.inf
+
+    before = cfg.edge_ratio_stat * level(first - 2 * span - k, first - 2 * span) + cfg.edge_floor
+    after = cfg.edge_ratio_stat * level(last + 2 * span + 1, last + 2 * span + 1 + k) + cfg.edge_floor
+    lo, hi = first, last
+    # steps[i] is the change into frame i: frame lo - 1 changes when steps[lo - 1] does (it differs from lo - 2)
+    while lo - 1 > 0 and first - lo < span and not taken[lo - 1] and steps[lo - 1] > before:
+        lo -= 1
+    while hi + 1 < n and hi - last < span and not taken[hi + 1] and steps[hi + 1] > after:
+        hi += 1
+    return lo, hi
+
+
 def find_wipes(
     thumbs: np.ndarray, cuts: list[int], cfg: WipeConfig, skip: np.ndarray | None = None
 ) -> list[tuple[int, int, str]]:
@@ -246,6 +301,7 @@ def find_wipes(
     taken = np.zeros(n, bool) if skip is None else skip.copy()
     for c in sharp:
         taken[c] = True  # no window holds a hard cut
+    cells = _cell_steps(flat)
     for w in cfg.windows:
         if n <= w:
             continue
@@ -269,6 +325,7 @@ def find_wipes(
             hit = window_transition(thumbs, ai, bi, cfg)
             if hit is not None:
                 hit = _grown(thumbs, hit, cfg)
+                hit = (*grow_edges(cells, hit[0], hit[1], taken, cfg), hit[2])
                 found.append(hit)
                 taken[hit[0] : hit[1] + 1] = True
     return sorted(found)

@@ -15,6 +15,7 @@ BENCHES = {
     "train": "jobs.bench.train",
     "curate": "jobs.bench.curate",
     "detect": "jobs.bench.detect",
+    "transitions": "jobs.bench.transitions",  # content and hybrid on seeded composites
     "scale": "jobs.bench.scale",
     "split_s3": "jobs.bench.split_s3",  # also `split --s3`
     "frames": "jobs.bench.frames",  # a table of the frame-model scores per video, no baseline
