@@ -156,11 +156,12 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench transitions", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.bench transitions", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", default="100-119", help="e.g. 100-119 or 1,5,9 (0-29 were used for tuning)")
-    p.add_argument("--detectors", default="content,hybrid")
-    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)))
-    p.add_argument("--out", default="bench-out")
+    p.add_argument("--detectors", default="content,hybrid", help="comma-separated split detectors to judge")
+    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)), help="folder of source videos the composites are cut from")
+    p.add_argument("--out", default="bench-out", help="scratch folder for the composites")
     p.add_argument("--quiet", action="store_true", help="no line per seed")
     args = p.parse_args(argv)
     try:

@@ -228,10 +228,11 @@ def _world() -> tuple[int, int]:
 
 def split_units(units: Sequence[tuple[int, tuple[int, ...]]], val_rows: int) -> tuple[list[int], list[int]]:
     """(training unit ids, held-out unit ids): the last units in stored order until they hold
-    `val_rows` rows. Metadata only; the same split on every rank and every resume."""
+    `val_rows` rows, never the first one: a run smaller than its validation split still trains
+    (on one unit, with the rest held out). Metadata only; the same split on every rank and every resume."""
     val: list[int] = []
     rows = 0
-    for u in range(len(units) - 1, -1, -1):
+    for u in range(len(units) - 1, 0, -1):
         if rows >= val_rows:
             break
         val.append(u)
