@@ -75,3 +75,15 @@ def real_shape_models(tmp_path_factory) -> dict:
     dirs = real_shapes.build_all(root)
     print(f"[real-shapes] models ready in {time.perf_counter() - t:.1f} s ({root})")
     return dirs
+
+
+@pytest.fixture
+def local_ray(monkeypatch, tmp_path_factory):
+    """A job in this process starts its own fresh local Ray (no RAY_ADDRESS), with a private
+    model cache that its workers inherit; shut down after the test."""
+    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield
+    import ray
+
+    ray.shutdown()

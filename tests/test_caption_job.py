@@ -59,15 +59,6 @@ def test_parts_of_another_config_or_without_marker_are_removed(tmp_path):
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-new.parquet"]
 
 
-@pytest.fixture
-def local_ray(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))  # inherited by workers
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # job.main starts a fresh local instance
-    yield
-    import ray
-
-    ray.shutdown()
-
 
 @pytest.mark.ray
 def test_job_captions_kept_clips_and_resumes(tmp_path, local_ray):

@@ -20,15 +20,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 N = 6  # clips; clip i has motion i, so a motion rule picks the kept set
 
 
-@pytest.fixture
-def local_ray(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))  # inherited by workers
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    yield
-    import ray
-
-    ray.shutdown()
-
 
 def _scored(tmp):
     spans = [(i * 16, i * 16 + 15) for i in range(N)]  # 15 frames: the smoke encode needs 5 at 8 fps

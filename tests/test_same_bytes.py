@@ -14,15 +14,6 @@ from jobs.demo import make_samples
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture
-def local_ray(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("TUBELET_CACHE", str(tmp_path_factory.mktemp("tubelet-cache")))  # inherited by workers
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    yield
-    import ray
-
-    ray.shutdown()
-
 
 def _digests(folder: Path, pattern: str) -> list[str]:
     return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob(pattern))
