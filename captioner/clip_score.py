@@ -33,7 +33,7 @@ def sentences(text: str, max_sentences: int = 12) -> list[str]:
 class CaptionClipScorer:
     """`CaptionClipScorer(model, pretrained, device, smoke, weights_dir)`, `load()`, `scores(captions, image_embeddings)`.
 
-    `model`/`pretrained`/`weights_dir` as in `curate.score.load_clip` (the score stage's CLIP: same
+    `model`/`pretrained`/`weights_dir` as in `curate.clip_models.load_clip` (the score stage's CLIP: same
     loader, same weights folder: the check on the driver looked there too);
     `smoke`: the smoke preset's tiny random CLIP directory, built offline when missing.
     """
@@ -47,11 +47,12 @@ class CaptionClipScorer:
     def load(self) -> None:
         import open_clip
 
-        from curate.score import _device, build_smoke_clip, load_clip
+        from curate.clip_models import build_smoke_clip, load_clip
+        from curate.score import resolve_device
 
         if self.smoke:
             build_smoke_clip(self.model_name)  # no-op when present
-        self.device = _device(self.device)
+        self.device = resolve_device(self.device)
         self.model, _ = load_clip(self.model_name, self.pretrained, self.device, self.weights_dir)
         d = Path(self.model_name).expanduser()
         self.tokenizer = open_clip.get_tokenizer(f"local-dir:{d}" if d.is_dir() else self.model_name)

@@ -30,8 +30,7 @@ from captioner.engine import EngineName, EngineUnavailable
 from captioner.openai_engine import OpenAIConfig, resource_free
 from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short
 from captioner.vlm import Failed, Generation, Request, Sampling, derive_seed, load_vlm
-from curate import __version__
-from curate import score as clip_score_cfg
+from curate import __version__, score_config
 from curate.decode import decode_clip, sample_uniform
 from curate.errors import OnError, StageError, one_line
 from curate.schema import (
@@ -112,8 +111,8 @@ class CaptionConfig:
 # The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
 # actor). Fetch once with `hf download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` / --weights-dir
 # at a local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
-DEFAULT = CaptionConfig(clip_model=clip_score_cfg.DEFAULT.clip_model,
-                        clip_pretrained=clip_score_cfg.DEFAULT.clip_pretrained)
+DEFAULT = CaptionConfig(clip_model=score_config.DEFAULT.clip_model,
+                        clip_pretrained=score_config.DEFAULT.clip_pretrained)
 # Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
 # real QA bounds, so QA only rejects empty output and loops here; rows say `smoke-random`.
 SMOKE = CaptionConfig(
@@ -123,7 +122,7 @@ SMOKE = CaptionConfig(
     qa=QAConfig(min_words=1, max_words=1000, short_min_words=1, short_max_words=1000, trim_truncated=True,
                 require_finished=False),
     device="cpu",
-    clip_model=clip_score_cfg.SMOKE.clip_model, clip_pretrained=None, clip_smoke=True,
+    clip_model=score_config.SMOKE.clip_model, clip_pretrained=None, clip_smoke=True,
 )
 
 

@@ -51,7 +51,7 @@ def make_head(dims: tuple[int, ...]) -> Any:
 HEAD_URL = f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{DEFAULT_HEAD}"
 
 
-def _resolve_head(source: str, weights_dir: str | None = None) -> Path:
+def resolve_head(source: str, weights_dir: str | None = None) -> Path:
     p = Path(source).expanduser()
     if p.is_dir() and (p / HEAD_FILE).is_file():
         return p / HEAD_FILE
@@ -89,7 +89,7 @@ def load_aesthetic_head(source: str, weights_dir: str | None = None) -> Any:
     """Load the head from a file/dir/cache name/hub id; layer sizes come from the weights."""
     import torch
 
-    path = _resolve_head(source, weights_dir)
+    path = resolve_head(source, weights_dir)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -134,7 +134,7 @@ def clip_architecture(model: str, pretrained: str | None) -> ClipArchitecture:
     if d.is_dir():
         if not (d / OPEN_CLIP_CONFIG).is_file():
             raise UsageError(f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
-                             "found neither; build one with curate.score.build_smoke_clip(dir)")
+                             "found neither; build one with curate.clip_models.build_smoke_clip(dir)")
         return ClipArchitecture(f"local-dir:{d}", None, False, {}, None)
     if model.startswith("hf-hub:") or not pretrained:
         return ClipArchitecture(model, None, False, {}, None)

@@ -34,7 +34,8 @@ import av
 import cv2
 import numpy as np
 
-from curate.synth import pattern_frame, write_video
+from curate.mp4 import write_video
+from curate.synth import pattern_frame
 
 SIZE = (320, 180)  # (w, h) of the composite
 FPS = 25

@@ -228,7 +228,7 @@ def keep_share(values: Sequence[Any], ids: Sequence[str], share: float, top: boo
     return mask, (vals[order[k - 1]] if k else None)
 
 
-def _steps(cfg: FilterConfig) -> list[tuple[str, Rule | None]]:
+def cascade_steps(cfg: FilterConfig) -> list[tuple[str, Rule | None]]:
     order = {c: i for i, c in enumerate(FRAME_COLUMNS)}  # frame rules in scorer cost order
     cheap_abs = [r for r in cfg.rules if r.cheap and r.threshold is not None]
     cheap_pct = [r for r in cfg.rules if r.cheap and r.share is not None]
@@ -258,7 +258,7 @@ def apply_cascade(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, list[di
     drop: list[str | None] = [None] * n
     dup_of: list[str | None] = [None] * n
     funnel = []
-    for name, rule in _steps(cfg):
+    for name, rule in cascade_steps(cfg):
         before = int(alive.sum())
         live = np.flatnonzero(alive)
         if name == "status":

@@ -1,4 +1,4 @@
-"""THE Arrow schema of a clip record (DESIGN.md section 3) and of a probed video.
+"""THE Arrow schema of a clip record (README, "The clip record") and of a probed video.
 
 Every table tubelet writes has the full clip schema: a stage fills its own column group
 and leaves later groups null. Stages import the column-name constants below; a column

@@ -33,25 +33,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-# the models themselves live in curate/clip_models.py; re-exported here, where callers look
-from curate.clip_models import (  # noqa: F401
-    HEAD_FILE,
-    HEAD_URL,
-    OPEN_CLIP_CONFIG,
-    SMOKE_CLIP_CFG,
-    ClipArchitecture,
-    _resolve_head,
+from curate.clip_models import (
     build_smoke_clip,
     clip_architecture,
     clip_tag_weights,
     head_weights,
     load_aesthetic_head,
     load_clip,
-    make_head,
+    resolve_head,
 )
 from curate.errors import UsageError
 from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
-from curate.score_config import DEFAULT, DEFAULT_HEAD, SMOKE, SMOKE_CLIP_DIR, ScoreConfig  # noqa: F401 (re-exported)
+from curate.score_config import ScoreConfig
 from curate.score_frames import FRAMES, FRAMES_SHAPE
 from curate.weights import Weights, expand
 
@@ -94,14 +87,14 @@ def check_weights(cfg: ScoreConfig) -> None:
         return
     if cfg.aesthetic_head is None or Path(expand(cfg.aesthetic_head) or "").exists() \
             or cfg.aesthetic_head.startswith("hf-hub:"):
-        _resolve_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir)
+        resolve_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir)
     require(clip_weights(cfg), cfg.weights_dir)
 
 
 # --- the stage -----------------------------------------------------------------------------
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
     import torch
 
     if name == "auto":
@@ -127,7 +120,7 @@ class ClipScoreStage:
         cfg = self.cfg
         if cfg.smoke:
             build_smoke_clip(cfg.clip_model)  # no-op when present; actors on any node can build it
-        self.device = _device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device, cfg.weights_dir)
         if self.pre["size"] != cfg.image_size:
             raise UsageError(f"image_size must match the CLIP input size {self.pre['size']}, "

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 
 from curate import __version__
 from curate import schema as S
@@ -258,23 +257,3 @@ def split_video_detailed(
     rows = clip_rows(video, tr, spans, detector.name, cfg_hash)
     video[S.NUM_CLIPS] = len(rows)
     return video, rows, tr
-
-
-class SplitStage:
-    """Ray-friendly stage: a batch of `source_uri` rows in, clip rows out."""
-
-    def __init__(self, cfg: SplitConfig):
-        self.cfg = cfg
-        self.detector: Detector | None = None
-
-    def load(self) -> None:
-        self.detector = make_detector(self.cfg)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.detector is None:
-            self.load()
-        rows: list[dict] = []
-        for uri in batch.column(S.SOURCE_URI).to_pylist():
-            _, clips = split_video(uri, self.cfg, self.detector)
-            rows.extend(clips)
-        return S.table_from_rows(rows)

@@ -1,4 +1,4 @@
-"""Synthetic test videos with exactly known shot boundaries (used by tests, bench and demo).
+"""Synthetic videos with exactly known shot boundaries (tests, benchmarks and `jobs.demo`).
 
 Each segment is a moving pattern of its own (different content, colours and motion), so
 a hard cut between segments is unambiguous; fades to/from black and a cross-dissolve can
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
+
+from curate.mp4 import write_video
 
 
 @dataclass(frozen=True)
@@ -55,27 +56,6 @@ def pattern_frame(pattern: int, t: float, width: int, height: int) -> np.ndarray
         v = np.where(disc, 1.0, v * 0.5)
     rgb = np.stack([base[c] + 40 * v * (1 if c == pattern % 3 else 0.5) for c in range(3)], axis=-1)
     return np.clip(rgb, 0, 255).astype(np.uint8)
-
-
-def write_video(path: str | Path, frames, fps: int, codec: str = "libx264") -> Path:
-    """Encode an iterable of (H, W, 3) uint8 RGB frames."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as out:
-        stream = None
-        for img in frames:
-            if stream is None:
-                stream = out.add_stream(codec, rate=fps)
-                stream.width, stream.height = img.shape[1], img.shape[0]
-                stream.pix_fmt = "yuv420p"
-                if codec == "libx264":
-                    stream.options = {"preset": "ultrafast", "crf": "20", "g": str(2 * fps)}
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        if stream is not None:
-            for packet in stream.encode():
-                out.mux(packet)
-    return path
 
 
 def make_video(

@@ -38,8 +38,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate import clip_models, filters, layout, storage
 from curate import decide as D
-from curate import filters, layout, storage
 from curate import schema as S
 from curate.decide import read_columns
 from curate.errors import UsageError, check_range
@@ -105,7 +105,7 @@ def finished_parts(folder: str, root: str, stage: str, h: str) -> list[str]:
 def _split_task(batch: pa.Table, preset: Preset, out: str, done: Any) -> pa.Table:
     """Probe + split one video (or reuse its finished split), minus clips already scored."""
     from jobs.runtime.adapter import resolve
-    from jobs.split import clips_part, process_one  # the same parts and markers as jobs.split
+    from jobs.runtime.split_parts import clips_part, process_one  # the same parts and markers as jobs.split
 
     done = resolve(done)
     rows: list[pa.Table] = []
@@ -210,7 +210,7 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task
 
     if preset.score.smoke:
-        score.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
+        clip_models.build_smoke_clip(preset.score.clip_model)  # once on the driver: actors must not race
     done = clip_ids_ref(finished_parts(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h))
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
@@ -229,7 +229,7 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
 
 def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     """Run-level decisions over the scored parts, in place; parts of other runs are removed first."""
-    from jobs.filter import decide_dir, funnel_report
+    from jobs.runtime.filter_plan import decide_dir, funnel_report
 
     scored = layout.folder(out, layout.SCORED)
     finished = set(finished_parts(scored, out, SCORED_STAGE, h))
@@ -239,8 +239,7 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     if not finished:
         raise UsageError(f"no clips were scored in {scored!r}; check the inputs and the log")
     funnel, _ = decide_dir(scored, scored, preset.score.filters, D.NearDupConfig(), marker_root=None)
-    report = funnel_report(funnel, preset.score.filters, smoke=preset.random_models)
-    report["config_hash"] = config_hash(preset.score)
+    report = funnel_report(funnel, preset.score, smoke=preset.random_models)
     write_json_atomic(report, layout.funnel_path(scored))
     return report
 
@@ -306,8 +305,8 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
 
 
 def _manifest_meta(preset: Preset) -> dict:
-    from jobs.encode import vae_and_text_info
     from latents.encode import manifest_meta
+    from latents.models_info import vae_and_text_info
 
     vae_info, text_info = vae_and_text_info(preset.encode)
     meta = manifest_meta(preset.encode, vae_info, text_info)

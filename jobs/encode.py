@@ -32,7 +32,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -49,10 +49,11 @@ from curate.storage import (
     read_json,
     write_json_atomic,
 )
-from curate.weights import local_repo, require, subfolder_kwargs
+from curate.weights import require
 from jobs import guards
 from jobs.runtime import flags, parts, presets
 from jobs.runtime.current import check_parts, wanted_ref
+from latents import models_info
 from latents.encode import (
     LTX,
     ROUNDTRIP_PSNR,
@@ -65,7 +66,6 @@ from latents.encode import (
 )
 from latents.encode import STAGE as ENCODE_STAGE
 from latents.shards import ShardError, merge_manifest, read_manifest
-from latents.text import text_weights
 from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
@@ -182,33 +182,6 @@ def merge_shards(out: str, finished: dict[str, dict[str, Any]], meta: dict[str, 
     return merge_manifest(out, {**meta, "counts": counts}, shards)
 
 
-def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
-    """Constants for the manifest, from the models themselves (CPU; the text encoder's config only)."""
-    from latents.text import load_text_encoder
-    from latents.vae import load_vae
-
-    vae = load_vae(replace(enc.vae, device="cpu", tiling=False))
-    if enc.text.smoke:
-        text_info = load_text_encoder(replace(enc.text, device="cpu")).info.to_dict()
-    else:
-        from transformers import AutoConfig
-
-        source = local_repo(enc.text.source, enc.text.weights_dir)
-        kw = subfolder_kwargs(source, enc.text.source, enc.text.model_subfolder)
-        try:
-            c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
-        except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's
-            require(text_weights(enc.text), enc.text.weights_dir)
-            raise UsageError(f"text encoder config of {enc.text.source!r} must be readable, got: "
-                             f"{str(e).splitlines()[0][:200]}; pass a complete folder with --weights-dir") from e
-        text_info = {"text_encoder_id": enc.text.source, "revision": enc.text.revision,
-                     "max_length": enc.text.max_length, "dim": int(c.d_model), "smoke": False,
-                     "config": asdict(enc.text)}
-    vae_info = vae.info.to_dict()
-    vae_info["config"] = asdict(enc.vae)  # the preset's own loader config (the driver used CPU, no tiling)
-    return vae_info, text_info
-
-
 def _meta(enc: EncodeConfig, out: str, cfg_hash: str, reuse: bool) -> dict[str, Any]:
     """The manifest's model constants: from the current manifest when `reuse` and it was made
     with this config (a rerun with nothing new loads no model), else from the models (CPU)."""
@@ -219,7 +192,7 @@ def _meta(enc: EncodeConfig, out: str, cfg_hash: str, reuse: bool) -> dict[str, 
             current = {}
         if current.get("encode", {}).get("config_hash") == cfg_hash:
             return {k: current[k] for k in ("vae", "text_encoder", "buckets", "encode", "smoke")}  # manifest_meta's
-    vae_info, text_info = vae_and_text_info(enc)
+    vae_info, text_info = models_info.vae_and_text_info(enc)
     return manifest_meta(enc, vae_info, text_info)
 
 

@@ -20,15 +20,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from curate import decide as D
-from curate import filters, layout, score, storage
-from curate.errors import UsageError
-from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
+from curate import filters, layout, score_config, storage
+from curate.storage import check_writable, is_done, read_json, write_json_atomic
 from jobs import guards, rule_flags
 from jobs.runtime import flags
+from jobs.runtime.filter_plan import (
+    STAGE,
+    decide_dir,
+    format_funnel,
+    funnel_report,
+    inputs_hash,
+    part_name,
+    scored_parts,
+)
 
-STAGE = "filter"
 # the presets' filters, without importing the model stages (torch) into this driver
-PRESET_FILTERS = {"smoke": score.SMOKE.filters, "default": score.DEFAULT.filters}
+PRESET_FILTERS = {"smoke": score_config.SMOKE.filters, "default": score_config.DEFAULT.filters}
 
 
 @dataclass(frozen=True)
@@ -42,63 +49,6 @@ class FilterJob:
     smoke: bool = False  # the scores came from random models (the input's _funnel.json says so)
 
 
-def scored_parts(directory: str) -> list[str]:
-    """The scored parts (part-*.parquet) of a folder or prefix, local or object storage."""
-    parts = storage.list_parts(directory)
-    if not parts:
-        raise UsageError(f"--input must hold scored parts (part-*.parquet), found none in {str(directory)!r}; "
-                         "run python -m jobs.score (or jobs.curate) first")
-    return parts
-
-
-def _key(part: str) -> str:
-    return storage.basename(part).removesuffix(".parquet")
-
-
-def inputs_hash(parts: Sequence[str], cfg: filters.FilterConfig, near: D.NearDupConfig) -> str:
-    """Decisions depend on the filters and on every input part (any changed part changes all)."""
-    files = [(storage.basename(p), storage.file_size(p)) for p in parts]
-    return config_hash({"filters": dataclasses.asdict(cfg), "near": dataclasses.asdict(near), "inputs": files})
-
-
-def funnel_report(funnel: list[dict[str, Any]], cfg: filters.FilterConfig, smoke: bool) -> dict[str, Any]:
-    clips = funnel[0]["in"] if funnel else 0
-    kept = funnel[-1]["out"] if funnel else 0
-    return {"clips_in": clips, "steps": funnel, "kept": kept, "dropped": clips - kept, "smoke": smoke,
-            "config_hash": config_hash(cfg)}
-
-
-def format_funnel(report: dict[str, Any]) -> str:
-    lines = [f"{'step':<36}{'in':>8}{'dropped':>9}{'out':>8}"]
-    for s in report["steps"]:
-        lines.append(f"{s['step'][:35]:<36}{s['in']:>8}{s['dropped']:>9}{s['out']:>8}")
-    lines.append(f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
-                 + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else ""))
-    return "\n".join(lines)
-
-
-def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupConfig,
-               marker_root: str | None, stage: str = STAGE) -> tuple[list[dict[str, Any]], int]:
-    """Decide every part of `src` into `dst` (may be the same folder); Ray must be initialised.
-
-    Returns (funnel, parts written). With `marker_root`, each written part gets its marker.
-    """
-    from jobs.runtime.decide import decide_parts
-
-    src, dst = str(src), str(dst)
-    parts = scored_parts(src)
-    h = inputs_hash(parts, cfg, near)
-    markers = [(marker_root, stage, _key(p), h) for p in parts] if marker_root is not None else None
-    outputs = [storage.join(dst, storage.basename(p)) for p in parts]
-    funnel, written = decide_parts(parts, outputs, cfg, near, markers=markers)
-    if src.rstrip("/") != dst.rstrip("/"):
-        names = {storage.basename(p) for p in parts}
-        for stale in storage.list_parts(dst):  # a previous run over more parts
-            if storage.basename(stale) not in names:
-                storage.delete(stale)
-    return funnel, len(written)
-
-
 def main(job: FilterJob) -> dict[str, Any]:
     filters.check_config(job.filters)
     src, dst = job.input, job.output
@@ -107,7 +57,7 @@ def main(job: FilterJob) -> dict[str, Any]:
     root = layout.run_root(dst)
     h = inputs_hash(parts, job.filters, job.near)
     funnel_path = layout.funnel_path(dst)
-    if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
+    if storage.exists(funnel_path) and all(is_done(root, STAGE, part_name(p), h) for p in parts):
         print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
         return read_json(funnel_path)
     from jobs.runtime.adapter import init_ray

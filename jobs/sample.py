@@ -1,6 +1,6 @@
 """Sample a video from a trained DiT run: prompt -> (upsampled) -> text embedding -> latents -> mp4.
 
-    python -m jobs.sample --run RUN --prompt "a red car at night" --out x.mp4
+    python -m jobs.sample --input RUN --prompt "a red car at night" --output x.mp4
         [--upsample] [--frames F --height H --width W] [--init-video FILE --strength s]
 
 The VAE and text encoder are the ones that made the run's shards: the loader configs (id,
@@ -189,7 +189,7 @@ def main(job: SampleJob) -> dict:
     frames = ((pixels[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     # (3, F, H, W) -> (F, H, W, 3) uint8; libx264 needs even sides
     frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-    from curate.synth import write_video
+    from curate.mp4 import write_video
 
     _write_mp4(job.out, list(frames), round(job.fps or fps), write_video)
     smoke = bool(vae.info.smoke or text_cfg.smoke or (run_config.get("manifest") or {}).get("smoke", False))
@@ -219,8 +219,7 @@ def _write_mp4(out: str, frames: list, fps: int, write_video) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.sample", __doc__.split("\n")[0])
-    flags.add_io(p, "training run folder (config.json, checkpoints/) written by jobs.train", "output .mp4",
-                 input_alias="--run")
+    flags.add_io(p, "training run folder (config.json, checkpoints/) written by jobs.train", "output .mp4")
     p.add_argument("--prompt", required=True, help="the text to sample a video for")
     p.add_argument("--upsample", action="store_true", help="expand the prompt with the captioner first")
     p.add_argument("--upsample-engine", choices=["transformers", "openai"], default=None,

@@ -28,8 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from curate import clip_models, filters, layout, score, score_config, score_frames, storage
 from curate import decide as D
-from curate import filters, layout, score, score_frames, storage
 from curate.errors import UsageError
 from curate.schema import (
     CLIP_EMBEDDING,
@@ -59,7 +59,7 @@ PRESETS = {name: preset.score for name, preset in presets.PRESETS.items()}
 class ScoreJob:
     input: str
     output: str
-    score: score.ScoreConfig
+    score: score_config.ScoreConfig
     concurrency: int = 1  # model actors
     num_gpus: float = 0.0  # per model actor
     batch_size: int = 16  # clips per model batch
@@ -70,19 +70,19 @@ class ScoreJob:
     verbose: bool = False
 
 
-def scoring_hash(cfg: score.ScoreConfig) -> str:
+def scoring_hash(cfg: score_config.ScoreConfig) -> str:
     """What the score parts depend on: everything but the filters (re-applied on every run)."""
     return config_hash(dataclasses.replace(cfg, filters=filters.FilterConfig()))
 
 
-def finished_score_parts(scores_dir: str, root: str, cfg: score.ScoreConfig) -> list[str]:
+def finished_score_parts(scores_dir: str, root: str, cfg: score_config.ScoreConfig) -> list[str]:
     """Score parts with a marker under the current scoring config, oldest first (names only)."""
     h = scoring_hash(cfg)
     parts = sorted(storage.list_parts(scores_dir), key=lambda p: (storage.mtime_ns(p), storage.basename(p)))
     return [p for p in parts if is_done(root, STAGE, layout.key_of(p), h)]
 
 
-def finished_ids(paths: Sequence[str], cfg: score.ScoreConfig) -> frozenset[str]:
+def finished_ids(paths: Sequence[str], cfg: score_config.ScoreConfig) -> frozenset[str]:
     """Runs as a Ray task: clip ids with a usable score row under the current gate.
 
     A clip cheap-gated out by an earlier run has no embedding; if the gate has loosened since,
@@ -121,7 +121,7 @@ def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
 
     cfg = job.score
     if cfg.smoke:
-        score.build_smoke_clip(cfg.clip_model)  # once on the driver, so the actors don't race
+        clip_models.build_smoke_clip(cfg.clip_model)  # once on the driver, so the actors don't race
     # important: Ray Data fuses a task step into the next actor step when their remote args
     # are equal; the decode tasks then run inside the model actors, serialised behind the
     # model. A CPU-only actor asking for the same CPUs is nudged so the steps stay separate.
@@ -152,34 +152,11 @@ def _score_columns(batch: pa.Table) -> pa.Table:
     return batch.select(SCORE_PART_COLUMNS)
 
 
-def funnel_report(funnel: list[dict[str, Any]], cfg: score.ScoreConfig) -> dict[str, Any]:
-    clips = funnel[0]["in"] if funnel else 0
-    kept = funnel[-1]["out"] if funnel else 0
-    return {
-        "clips_in": clips,
-        "steps": funnel,
-        "kept": kept,
-        "dropped": clips - kept,
-        "model": score.model_label(cfg),
-        "smoke": cfg.smoke,
-        "config_hash": config_hash(cfg),
-    }
-
-
-def format_funnel(report: dict[str, Any]) -> str:
-    lines = [f"{'step':<36}{'in':>8}{'dropped':>9}{'out':>8}"]
-    for s in report["steps"]:
-        lines.append(f"{s['step'][:35]:<36}{s['in']:>8}{s['dropped']:>9}{s['out']:>8}")
-    lines.append(f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
-                 + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else ""))
-    return "\n".join(lines)
-
-
 def main(job: ScoreJob) -> dict[str, Any]:
     import ray
 
-    from jobs.filter import decide_dir
     from jobs.runtime.adapter import Resources, init_ray, map_task, read_parts_dataset, row_counts
+    from jobs.runtime.filter_plan import decide_dir, format_funnel, funnel_report
 
     filters.check_config(job.score.filters)
     score.check_weights(job.score)
@@ -210,7 +187,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
         storage.delete(stale)
     # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
     funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
-    report = funnel_report(funnel, job.score)
+    report = funnel_report(funnel, job.score, smoke=job.score.smoke, model=score.model_label(job.score))
     funnel_path = layout.funnel_path(out)
     write_json_atomic(report, funnel_path)
     print(format_funnel(report))

@@ -12,8 +12,6 @@ Locally, a Ray instance is started on 127.0.0.1; with RAY_ADDRESS (or under
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -26,25 +24,19 @@ import pyarrow.compute as pc
 from curate import layout
 from curate import schema as S
 from curate.errors import error_key
-from curate.ids import video_id_of_file
-from curate.split import SplitConfig, split_video
+from curate.split import SplitConfig
 from curate.storage import (
     check_writable,
     config_hash,
-    exists,
-    is_done,
     list_files,
-    local_copy,
-    mark_done,
     read_table,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from jobs import guards, stage_flags
 from jobs.runtime import flags
 from jobs.runtime.inputs import list_inputs
+from jobs.runtime.split_parts import process_one
 
-STAGE = "split"
 SUMMARY_SCHEMA = pa.schema(
     [("source_uri", pa.string()), ("video_id", pa.string()), ("status", pa.string()), ("failed_stage", pa.string()),
      ("error", pa.string()), ("num_clips", pa.int64()), ("skipped", pa.bool_()), ("seconds", pa.float64())]
@@ -61,42 +53,6 @@ class SplitJobConfig:
     concurrency: int = 0  # max parallel video tasks (0: as many as CPUs allow)
     verbose: bool = False
     limit: int | None = None  # only the first N inputs (a trial run)
-
-
-def source_key(uri: str) -> str:
-    return hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()
-
-
-def clips_part(out: str, video_id: str) -> str:
-    """OUT/clips/part-<video_id>.parquet: one video's clip records."""
-    return layout.part_path(layout.folder(out, layout.CLIPS), video_id)
-
-
-def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
-    """Split one input and write its parts atomically; the unit of work and of resume."""
-    t0 = time.perf_counter()
-    cfg_hash = config_hash(cfg)
-    video_part = layout.part_path(layout.folder(out, layout.VIDEOS), source_key(uri))
-    # a remote video is fetched once into this worker's temp dir (removed on exit), hashed and
-    # split there; a missing object or bucket falls through to probe's error row
-    with contextlib.ExitStack() as stack:
-        try:
-            local = stack.enter_context(local_copy(uri))
-            vid: str | None = video_id_of_file(local)
-        except OSError:
-            local, vid = uri, None
-        if vid is not None and is_done(out, STAGE, vid, cfg_hash) and exists(video_part):
-            return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
-                    "seconds": time.perf_counter() - t0}
-        video, clips = split_video(local, cfg, video_id=vid, source_uri=uri)  # the file is hashed once
-    write_parquet_atomic(S.table_from_rows(clips), clips_part(out, video[S.VIDEO_ID]))
-    write_parquet_atomic(S.table_from_rows([video], S.VIDEO_SCHEMA), video_part)
-    # important: the marker goes last; a kill before it just redoes this video.
-    mark_done(out, STAGE, video[S.VIDEO_ID], cfg_hash, source_uri=uri, num_clips=video.get(S.NUM_CLIPS))
-    return {"source_uri": uri, "video_id": video[S.VIDEO_ID], "status": video[S.STATUS],
-            "failed_stage": video.get(S.FAILED_STAGE), "error": video.get(S.ERROR),
-            "num_clips": sum(1 for c in clips if c[S.STATUS] == S.STATUS_OK), "skipped": False,
-            "seconds": time.perf_counter() - t0}
 
 
 def _task(cfg: SplitConfig, out: str):

@@ -144,7 +144,7 @@ class Previewer:
     def __call__(self, ema, step: int, samples: list[dict]) -> None:
         import torch
 
-        from curate.synth import write_video
+        from curate.mp4 import write_video
         from latents.dit.sample import sample
         from latents.vae import load_vae, vae_config_from_manifest
 
@@ -252,7 +252,7 @@ def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | 
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.train", __doc__.split("\n")[0])
     flags.add_io(p, "OUT/latents (.manifest.json + shard-*.parquet) or synthetic:N",
-                 "run directory (config, checkpoints, loss.csv/png)", input_alias="--shards")
+                 "run directory (config, checkpoints, loss.csv/png)")
     flags.add_preset(p, sorted(TRAIN_PRESETS))
     p.add_argument("--workers", type=int, default=1, help="DDP workers (1: this process, no Ray); 1 CPU, "
                    "and 1 GPU when training on GPU, each")
@@ -270,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "each sample's tokens per frame and frames); recorded in config.json, so jobs.sample and "
                    "SDEdit use the same (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
-    p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
     flags.add_ray(p)
     return p
 

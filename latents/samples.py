@@ -85,7 +85,7 @@ class ListSource:
 
     def __init__(self, samples: Sequence[dict[str, Any]]):
         if not len(samples):
-            raise ValueError("no training samples: the dataset is empty; check --shards")
+            raise ValueError("no training samples: the dataset is empty; check --input")
         self._samples = samples
         self.units: list[tuple[int, Shape]] = [(1, tuple(int(x) for x in s["latent"].shape)) for s in samples]
         self.in_channels = int(samples[0]["latent"].shape[0])
@@ -114,7 +114,7 @@ class ShardSource:
         self.manifest = self._ds.manifest
         self.units = [(rows, shape) for _, _, rows, shape in self._ds.units]
         if not self.units:
-            raise ValueError(f"no training samples: the manifest of {root} lists no row groups; check --shards")
+            raise ValueError(f"no training samples: the manifest of {root} lists no row groups; check --input")
         self.in_channels = int(self.units[0][1][0])
         self.text_dim = int(self.manifest["text_encoder"]["dim"])
         self.loads = 0  # row groups decoded so far (for tests and benchmarks)

@@ -198,7 +198,7 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _vae_constants(kind: VaeKind, model: torch.nn.Module) -> tuple[int, int, int, list[float], list[float], float]:
+def vae_constants(kind: VaeKind, model: torch.nn.Module) -> tuple[int, int, int, list[float], list[float], float]:
     cfg = model.config
     if kind == "wan":
         c = int(cfg.z_dim)
@@ -252,7 +252,7 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
             model.enable_tiling()
     if cfg.slicing:
         model.enable_slicing()
-    c, s, t, mean, std, factor = _vae_constants(cfg.kind, model)
+    c, s, t, mean, std, factor = vae_constants(cfg.kind, model)
     vae_id = cfg.source if not cfg.smoke else f"smoke-random-{cfg.kind}-vae"
     info = VAEInfo(
         vae_id=vae_id + (f"/{cfg.subfolder}" if cfg.subfolder and not cfg.smoke else ""),

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from captioner import stage as caption_stage
-from curate import score
+from curate import clip_models, score_config
 from jobs.runtime import presets
 from latents.weights import with_weights_dir
 
@@ -40,7 +40,7 @@ CONFIGS = Path(__file__).resolve().parent / "real_configs"
 QWEN = CONFIGS / "qwen2_5_vl_7b_instruct"
 WAN_VAE = CONFIGS / "wan2_1_vae" / "config.json"
 UMT5 = CONFIGS / "umt5_xxl" / "config.json"
-# the real LAION head: Linear sizes after the CLIP embedding (see curate.score.make_head)
+# the real LAION head: Linear sizes after the CLIP embedding (see curate.clip_models.make_head)
 AESTHETIC_HIDDEN = (1024, 128, 64, 16, 1)
 VERSION = 2  # bump when a builder changes, so kept folders ($TUBELET_REAL_SHAPES_MODELS) are rebuilt
 DIT_KEY = "B-real-shapes"
@@ -95,17 +95,17 @@ def build_clip(out: Path, head_file: Path, seed: int = 0) -> Path:
     import open_clip
     from safetensors.torch import save_file
 
-    name, tag = score.DEFAULT.clip_model, score.DEFAULT.clip_pretrained
-    arch = score.clip_architecture(name, tag)
+    name, tag = score_config.DEFAULT.clip_model, score_config.DEFAULT.clip_pretrained
+    arch = clip_models.clip_architecture(name, tag)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = open_clip.create_model(name, pretrained=None, force_quick_gelu=arch.quick_gelu)
     save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(out / "open_clip_model.safetensors"))
     model_cfg = {**open_clip.get_model_config(name), "quick_gelu": arch.quick_gelu}
-    (out / score.OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": arch.preprocess}))
+    (out / clip_models.OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": arch.preprocess}))
     embed_dim = model_cfg["embed_dim"]
     del net
-    head = score.make_head((embed_dim, *AESTHETIC_HIDDEN))
+    head = clip_models.make_head((embed_dim, *AESTHETIC_HIDDEN))
     with torch.no_grad():
         head.layers[7].bias.fill_(6.0)  # a score the default rule (>= 4.5) keeps; see the module docstring
     head_file.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def build_all(root: Path, vae_base_dim: int | None = VAE_BASE_DIM,
     marker file says it was built by this version with these VAE sizes."""
     d = presets.DEFAULT
     weights = root / "weights"
-    clip_repo = score.clip_tag_weights(d.score.clip_model, d.score.clip_pretrained)[0].repo
+    clip_repo = clip_models.clip_tag_weights(d.score.clip_model, d.score.clip_pretrained)[0].repo
     dirs = {"weights": weights, "clip": weights / clip_repo, "head": weights / Path(d.score.aesthetic_head).name,
             "vlm": weights / d.caption.model, "wan": weights / d.encode.vae.source}
     assert d.encode.text.source == d.encode.vae.source  # one Wan pipeline repo: vae/, text_encoder/, tokenizer/

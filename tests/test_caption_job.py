@@ -10,8 +10,8 @@ import pytest
 
 from captioner.stage import SMOKE, caption_hash
 from curate import schema as S
+from curate.clip_models import SMOKE_CLIP_CFG
 from curate.errors import UsageError
-from curate.score import SMOKE_CLIP_CFG
 from curate.storage import mark_done, read_parts, write_parquet_atomic
 from jobs import caption as job
 from tests.caption_helpers import make_clips
@@ -33,7 +33,7 @@ def _scored(tmp: Path, n: int = 6) -> tuple[Path, list[dict]]:
 
 @pytest.mark.parametrize(("args", "msg"), [
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--num-gpus", "-1"], "--gpus must be >= 0, got -1"),  # the old spelling still parses
+    (["--gpus", "-1"], "--gpus must be >= 0, got -1"),
     (["--actors", "0"], "--actors must be >= 1, got 0"),
 ])
 def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):

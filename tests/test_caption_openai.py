@@ -172,7 +172,7 @@ def test_prompt_upsampling_through_the_server(server, smoke_dir, key_env, monkey
     from captioner.upsample import PromptUpsampler
     from jobs import sample
 
-    a = sample.build_parser().parse_args(["--run", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample",
+    a = sample.build_parser().parse_args(["--input", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample",
                                           "--upsample-engine", "openai", "--upsample-model", str(smoke_dir),
                                           "--upsample-base-url", server, "--upsample-api-key-env", KEY_ENV])
     cfg = sample.upsample_config(a)
@@ -194,4 +194,4 @@ def test_prompt_upsampling_through_the_server(server, smoke_dir, key_env, monkey
                      (["--upsample-base-url", server], "need --upsample-engine openai")):
         with pytest.raises(UsageError, match=msg):
             sample.upsample_config(sample.build_parser().parse_args(
-                ["--run", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample", *bad]))
+                ["--input", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample", *bad]))

@@ -15,7 +15,7 @@ from curate.decode import decode_clip
 from curate.errors import StageError
 from curate.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import BLACK_FRACTION, DROP_REASON, IS_STATIC, KEPT, MOTION, SHARPNESS, table_from_rows
-from curate.score import SMOKE
+from curate.score_config import SMOKE
 from curate.score_frames import prepare_batch
 
 CHEAP_ONLY = FilterConfig(rules=(Rule(BLACK_FRACTION, "<=", 0.5),), near_dup_cosine=None)

@@ -61,17 +61,17 @@ GOOD = {
 }
 
 BAD = [
-    ("split", ["--concurrency", "-2"], "--actors must be >= 0, got -2"),
+    ("split", ["--actors", "-2"], "--actors must be >= 0, got -2"),
     ("split", ["--cpus", "0"], "--cpus must be > 0, got 0"),
-    ("split", ["--num-cpus", MANY], "must have them, got"),
+    ("split", ["--cpus", MANY], "must have them, got"),
     ("split", ["--input", "{o}/missing"], "must be an existing directory"),
     ("split", ["--min-seconds", "0"], "min_seconds must be > 0, got 0"),
     ("split", ["--detector", "nope"], "invalid choice"),
     ("split", ["--bogus"], "unrecognized arguments"),
     ("score", ["--actors", "0"], "--actors must be >= 1, got 0"),
-    ("score", ["--num-gpus", "-1"], "--gpus must be >= 0, got -1"),
+    ("score", ["--gpus", "-1"], "--gpus must be >= 0, got -1"),
     ("score", ["--gpus", MANY], "GPU(s) in all and this machine"),
-    ("score", ["--actor-cpus", MANY], "CPU(s) and this machine"),
+    ("score", ["--cpus", MANY], "CPU(s) and this machine"),
     ("score", ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     ("score", ["--device", "cuda"], "--device cuda needs GPUs given to the actors"),
     ("score", ["--input", "{o}/scored"], "must hold clips to score"),
@@ -83,10 +83,10 @@ BAD = [
     ("caption", ["--cpus", "-1"], "--cpus must be > 0, got -1"),
     ("encode", ["--input", "{o}/scored"], "--input must hold captions"),
     ("encode", ["--input", "{o}/in"], "no Parquet parts"),
-    ("encode", ["--concurrency", "0"], "--actors must be >= 1, got 0"),
-    ("encode", ["--num-gpus", MANY], "GPU(s) in all"),
+    ("encode", ["--actors", "0"], "--actors must be >= 1, got 0"),
+    ("encode", ["--gpus", MANY], "GPU(s) in all"),
     ("encode", ["--max-shard-mb", "0"], "--max-shard-mb must be >= 1, got 0"),
-    ("curate", ["--actor-cpus", "-1"], "--cpus must be > 0, got -1"),
+    ("curate", ["--cpus", "-1"], "--cpus must be > 0, got -1"),
     ("curate", ["--score-gpus", MANY], "GPU(s) in all"),
     ("curate", ["--caption-actors", "0"], "--caption-actors must be >= 1, got 0"),
     ("curate", ["--cpus", MANY], "CPU(s) and this machine"),
@@ -95,14 +95,15 @@ BAD = [
     ("train", ["--workers", "0"], "--workers must be >= 1, got 0"),
     ("train", ["--workers", MANY], "CPU(s) and this machine"),
     ("train", ["--steps", "0"], "--steps must be >= 1, got 0"),
-    ("train", ["--shards", "{o}/in"], "must be a finished latents folder"),
-    ("train", ["--out", "{o}/a-file/run"], "--output must be in a writable folder"),
+    ("train", ["--input", "{o}/in"], "must be a finished latents folder"),
+    ("train", ["--output", "{o}/a-file/run"], "--output must be in a writable folder"),
     ("train", ["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    ("train", ["--out", "{o}/run"], "unrecognized arguments: --out"),  # no prefix matching of --output
     ("sample", ["--init-video", "{o}/missing.mp4"], "--init-video must be an existing video file"),
     ("sample", ["--frames", "0"], "--frames must be >= 1, got 0"),
-    ("sample", ["--out", "{o}/a-file/s.mp4"], "--output must be in a writable folder"),
+    ("sample", ["--output", "{o}/a-file/s.mp4"], "--output must be in a writable folder"),
     ("sample", ["--strength", "2"], "--strength must be in (0, 1], got 2"),
-    ("sample", ["--run", "{o}/in"], "must be a training run folder"),
+    ("sample", ["--input", "{o}/in"], "must be a training run folder"),
     ("sample", ["--steps", "0"], "--steps must be >= 1, got 0"),
     ("sample", ["--output", "{o}/s.gif"], "--output must be an .mp4 file, got"),
     ("report", ["--output", "{o}/missing"], "must be an existing run folder"),
@@ -146,15 +147,12 @@ if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda
 
 
 def _argv(job: str, extra: list[str], o: Path) -> list[str]:
-    """GOOD[job] with each flag of `extra` replacing the same flag (or its old spelling), else added."""
-    old = {"--concurrency": "--actors", "--num-gpus": "--gpus", "--actor-cpus": "--cpus", "--num-cpus": "--cpus",
-           "--shards": "--input", "--out": "--output", "--run": "--input"}
+    """GOOD[job] with each flag of `extra` replacing the same flag, else added."""
     args = list(GOOD[job])
     for i in range(0, len(extra), 2):
         flag, val = extra[i], (extra[i + 1] if i + 1 < len(extra) else None)
-        canon = old.get(flag, flag)
-        if canon in args and val is not None:
-            j = args.index(canon)
+        if flag in args and val is not None:
+            j = args.index(flag)
             args[j: j + 2] = [flag, val]
         else:
             args += [flag] if val is None else [flag, val]
@@ -192,8 +190,6 @@ def test_help_shows_defaults_and_the_shared_flags(job, capsys):
     assert e.value.code == 0 and "--output" in text and "(default:" in text
     if job not in ("report", "sample"):
         assert "--address" in text and "--verbose" in text and "--input" in text
-    for hidden in ("--concurrency", "--num-gpus", "--actor-cpus", "--num-cpus", "--shards", "--out "):
-        assert hidden not in text
     if job in ("score", "caption", "encode", "curate", "train"):
         assert "(default: smoke)" in text  # one preset default for every job
 
@@ -202,8 +198,8 @@ def test_real_commands_exit_2_fast_without_traceback(out):
     """The issue's cases as typed: GPUs the machine lacks fail at once instead of hanging."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     cases = [
-        ["jobs.score", "--input", str(out / "clips"), "--output", str(out / "s"), "--num-gpus", MANY],
-        ["jobs.split", "--input", str(out / "in"), "--output", str(out / "o"), "--concurrency", "-2"],
+        ["jobs.score", "--input", str(out / "clips"), "--output", str(out / "s"), "--gpus", MANY],
+        ["jobs.split", "--input", str(out / "in"), "--output", str(out / "o"), "--actors", "-2"],
         ["jobs.encode", "--input", str(out / "scored"), "--output", str(out / "latents")],
     ]
     for args in cases:
@@ -243,9 +239,9 @@ def test_relative_paths_resolve_against_the_cwd(out, tmp_path, monkeypatch):
     assert c.input == str(out / "scored")
     e = encode.config_from_args(encode.build_parser().parse_args(["--input", "captions", "--output", "latents"]))
     assert e.input == str(out / "captions")
-    monkeypatch.chdir(tmp_path)  # `jobs.train --workers 2 --shards ../OUT/latents`: workers run elsewhere
+    monkeypatch.chdir(tmp_path)  # `jobs.train --workers 2 --input ../OUT/latents`: workers run elsewhere
     rel = os.path.relpath(out, tmp_path)
-    args = train.build_parser().parse_args(["--shards", "synthetic:4", "--out", f"{rel}/dit", "--workers", "2",
+    args = train.build_parser().parse_args(["--input", "synthetic:4", "--output", f"{rel}/dit", "--workers", "2",
                                             "--device", "cpu", "--batch-size", "2"])
     train.check_args(args)
     assert args.output == str(out / "dit") and Path(args.output).is_absolute()

@@ -13,7 +13,7 @@ import pytest
 open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
-from curate import score  # noqa: E402
+from curate import clip_models  # noqa: E402
 from jobs.runtime.presets import PRESETS  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def test_presets_name_an_open_clip_tag():
 def test_architecture_follows_the_pretrained_tag(model, tag, preset_size):
     pcfg = open_clip.get_pretrained_cfg(model, tag)
     with torch.device("meta"):
-        net, pre = score.load_clip(model, tag, device="meta", load_weights=False)
+        net, pre = clip_models.load_clip(model, tag, device="meta", load_weights=False)
     acts = {type(m).__name__ for m in net.modules() if "GELU" in type(m).__name__}
     want = "QuickGELU" if pcfg.get("quick_gelu", False) else "GELU"
     assert acts == {want}, f"{model}/{tag}: tag asks for {want}, model built with {acts}"
@@ -48,7 +48,7 @@ def test_architecture_follows_the_pretrained_tag(model, tag, preset_size):
 
 
 def test_smoke_directory_builds_its_own_config(tmp_path):
-    d = score.build_smoke_clip(tmp_path / "smoke")
-    net, pre = score.load_clip(str(d), None)
-    assert pre["size"] == score.SMOKE_CLIP_CFG["vision_cfg"]["image_size"]
+    d = clip_models.build_smoke_clip(tmp_path / "smoke")
+    net, pre = clip_models.load_clip(str(d), None)
+    assert pre["size"] == clip_models.SMOKE_CLIP_CFG["vision_cfg"]["image_size"]
     assert not any(type(m).__name__ == "QuickGELU" for m in net.modules())

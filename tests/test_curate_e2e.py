@@ -91,14 +91,14 @@ def test_train_and_sample_from_the_shards(submitted, tmp_path):
     out, _ = submitted
     run = tmp_path / "dit"
     env = ray_env()
-    r = subprocess.run([sys.executable, "-m", "jobs.train", "--shards", str(out / "latents"), "--out", str(run),
+    r = subprocess.run([sys.executable, "-m", "jobs.train", "--input", str(out / "latents"), "--output", str(run),
                         "--steps", "6"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     losses = [float(x.split(",")[1]) for x in (run / "loss.csv").read_text().splitlines()[1:]]
     assert losses and all(v == v for v in losses)  # logged, finite
     mp4 = tmp_path / "sample.mp4"
-    r = subprocess.run([sys.executable, "-m", "jobs.sample", "--run", str(run), "--prompt", "a boat under a bridge",
-                        "--out", str(mp4), "--steps", "4"], capture_output=True, text=True, env=env, cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "jobs.sample", "--input", str(run), "--prompt", "a boat under a bridge",
+                        "--output", str(mp4), "--steps", "4"], capture_output=True, text=True, env=env, cwd=REPO,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     with av.open(str(mp4)) as c:

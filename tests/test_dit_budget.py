@@ -71,8 +71,8 @@ def test_unset_budget_is_derived_and_training_runs(tmp_path):
 
 def test_cli_too_small_max_tokens_exits_2_naming_both_numbers(tmp_path):
     shards = _manifest(tmp_path / "latents", [(16, 21, 60, 106), (16, 9, 60, 106)])
-    r = subprocess.run([sys.executable, "-m", "jobs.train", "--shards", str(shards), "--out", str(tmp_path / "run"),
-                        "--preset", "default", "--max-tokens", "4096", "--cpu"], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "jobs.train", "--input", str(shards), "--output", str(tmp_path / "run"),
+                        "--preset", "default", "--max-tokens", "4096", "--device", "cpu"], cwd=REPO, capture_output=True,
                        text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2, r.stderr
     assert "got 4096, longest sample 33390 tokens" in r.stderr and "--max-tokens 33390" in r.stderr

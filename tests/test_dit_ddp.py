@@ -63,7 +63,7 @@ def test_batch_must_split_over_workers(tmp_path):
 
 
 def test_cli_missing_shards_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jobs.train", "--shards", str(tmp_path / "nope"), "--out",
+    r = subprocess.run([sys.executable, "-m", "jobs.train", "--input", str(tmp_path / "nope"), "--output",
                         str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2
@@ -71,8 +71,8 @@ def test_cli_missing_shards_exits_2(tmp_path):
 
 
 def test_cli_trains_synthetic_run_and_resumes(tmp_path):
-    args = [sys.executable, "-m", "jobs.train", "--shards", "synthetic:6", "--out", str(tmp_path / "run"),
-            "--steps", "4", "--batch-size", "2", "--ckpt-every", "2", "--shift", "3", "--cpu"]
+    args = [sys.executable, "-m", "jobs.train", "--input", "synthetic:6", "--output", str(tmp_path / "run"),
+            "--steps", "4", "--batch-size", "2", "--ckpt-every", "2", "--shift", "3", "--device", "cpu"]
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
@@ -92,5 +92,5 @@ def test_cli_trains_synthetic_run_and_resumes(tmp_path):
 def test_cli_bad_shift_exits_2(tmp_path, capsys):
     from jobs.train import cli
 
-    assert cli(["--shards", "synthetic:6", "--out", str(tmp_path / "run"), "--shift", "-1", "--cpu"]) == 2
+    assert cli(["--input", "synthetic:6", "--output", str(tmp_path / "run"), "--shift", "-1", "--device", "cpu"]) == 2
     assert "--shift must be a positive number or auto, got '-1'" in capsys.readouterr().err

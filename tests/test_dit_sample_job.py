@@ -28,8 +28,8 @@ def _frames(path) -> tuple[int, int, int]:
 
 def _train(out, enc) -> dict:
     """A 3-step run whose config.json records the manifest jobs.encode writes for `enc`."""
-    from jobs.encode import vae_and_text_info
     from latents.encode import manifest_meta
+    from latents.models_info import vae_and_text_info
 
     manifest = manifest_meta(enc, *vae_and_text_info(enc))
     c = manifest["vae"]["latent_channels"]

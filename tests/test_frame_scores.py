@@ -14,6 +14,7 @@ import pytest
 from curate import filters, flow, nsfw, ocr, score_frames
 from curate.decode import decode_clip
 from curate.filters import FilterConfig, Rule, apply_cascade
+from curate.mp4 import write_video
 from curate.schema import (
     CAMERA_MOTION,
     CLIP_ID,
@@ -37,9 +38,8 @@ from curate.schema import (
     WIDTH,
     table_from_rows,
 )
-from curate.score import SMOKE
+from curate.score_config import SMOKE
 from curate.score_frames import FRAMES, prepare_batch
-from curate.synth import write_video
 from tests.camera_media import MOVES, camera_clip, draw_text, textured_image
 from tests.conftest import _videos_dir
 

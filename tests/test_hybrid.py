@@ -26,7 +26,8 @@ from curate.hybrid import (
     hist_change,
     proposals,
 )
-from curate.synth import pattern_frame, write_video
+from curate.mp4 import write_video
+from curate.synth import pattern_frame
 from curate.transitions import LumaStats, luma_fades
 from curate.transnet import FRAME_SIZE, STEP, TransNetConfig, TransNetDetector
 from tests.test_transnet import RecordingScorer, ReplayScorer

@@ -1,4 +1,4 @@
-"""DESIGN.md: imports go one way (curate <- captioner <- latents <- jobs); only jobs/ imports ray;
+"""Imports go one way (curate <- captioner <- latents <- jobs); only jobs/ imports ray;
 latents/dit imports only latents and torch (plus the standard library and numerics); and no two
 modules of the repo import each other, directly or through others (imports under
 `if TYPE_CHECKING:` and inside functions count too: a circle is a circle)."""
@@ -127,3 +127,56 @@ def test_the_checker_sees_circles(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     (tmp_path / "pkg" / "a.py").write_text("")
     assert find_cycle(import_graph(tmp_path, ("pkg",))) is None
+
+
+# the job entry points (`python -m jobs.X`; the report's is jobs/report/__main__.py, its package is
+# the library that curate also calls): each is parse -> config -> main(cfg) over shared runtime and
+# library code, so none imports another; jobs.demo runs the pipeline the way a user
+# does (curate, then train, then sample) and the benchmarks drive the jobs they measure
+JOBS = {f"jobs.{j}" for j in ("split", "score", "filter", "caption", "encode", "curate", "train", "sample",
+                              "check", "status", "report.__main__", "demo")}
+DEMO_RUNS = {"jobs.curate", "jobs.train", "jobs.sample"}
+
+
+def test_entry_points_never_import_each_other():
+    graph = import_graph()
+    assert set(graph) >= JOBS, sorted(JOBS - set(graph))  # every entry point is still where the test looks
+    entry = JOBS | {m for m in graph if m.startswith("jobs.bench")}
+    bad = {m: sorted(graph[m] & (entry - {m})) for m in sorted(JOBS - {"jobs.demo"})}
+    assert not {m: v for m, v in bad.items() if v}, "move what they share into jobs/runtime/"
+    assert graph["jobs.demo"] & entry <= DEMO_RUNS
+    library = [m for m in graph if m.startswith("jobs.") and m not in entry and m != "jobs"]
+    assert library and not {m: sorted(graph[m] & entry) for m in library if graph[m] & entry}
+
+
+def _private_uses(path: Path, modules: set[str]) -> list[str]:
+    """`from repo.mod import _x` and `mod._x` where `mod` was imported from the repo."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"{node.module}.{a.name}")
+                elif f"{node.module}.{a.name}" in modules:
+                    aliases.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.asname and a.name in modules}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_names_across_modules():
+    """A name one module needs from another is public: `_x` is that module's own business."""
+    modules = set(import_graph())
+    bad = {str(f.relative_to(REPO)): u for p in PACKAGES[:-1] for f in _files(p) if (u := _private_uses(f, modules))}
+    assert not bad
+
+
+def test_the_private_name_check_sees_them(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("from curate import filters\nfrom curate.score import _hidden\nfilters._steps(1)\n")
+    assert sorted(_private_uses(f, {"curate.filters", "curate.score"})) == ["curate.score._hidden", "filters._steps"]

@@ -85,7 +85,7 @@ def test_rerun_skips_everything(reference, inputs, tmp_path):
 def test_sigkill_then_resume_gives_the_same_clips(reference, inputs, tmp_path):
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out),
-                          "--concurrency", "1"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                          "--actors", "1"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     try:

@@ -116,7 +116,7 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys, monkeypatch):
     rows = _shard_rows(out)
     # a rerun with the same config encodes nothing, loads no model and leaves the shards as they are
     with monkeypatch.context() as mp:
-        mp.setattr(encode, "vae_and_text_info", lambda enc: pytest.fail("a rerun with nothing new loaded a model"))
+        mp.setattr(encode.models_info, "vae_and_text_info", lambda enc: pytest.fail("a rerun with nothing new loaded a model"))
         assert cli(args) == 0
     assert "0 encoded now, 6 already done" in capsys.readouterr().out
     assert read_manifest(out) == m

@@ -123,8 +123,8 @@ def test_pandas_reads_the_shards_and_train_runs_5_steps_from_s3(reference):
     manifest = storage.read_json(storage.join(reference, "latents", ".manifest.json"))
     assert len(df) == manifest["counts"]["rows"] > 0
     run = f"s3://{BUCKET}/runs/five"
-    r = job("jobs.train", "--shards", storage.join(reference, "latents"), "--out", run, "--steps", "5",
-            "--ckpt-every", "5", "--cpu")
+    r = job("jobs.train", "--input", storage.join(reference, "latents"), "--output", run, "--steps", "5",
+            "--ckpt-every", "5", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     assert storage.exists(storage.join(run, "checkpoints", "step-0000005", "state.json"))
     rows = storage.read_bytes(storage.join(run, "loss.csv")).decode().strip().splitlines()
@@ -148,7 +148,7 @@ def test_bad_bucket_and_credentials_are_one_line_errors(raw, s3env):
     msg = _one_line_error(job("jobs.curate", *curate_args(f"s3://{BUCKET}/never"), env=bad))
     assert "SIGNATURE" in msg or "credentials" in msg
     assert "wrong-secret-0123" not in msg and s3env.secret_key not in msg
-    msg = _one_line_error(job("jobs.train", "--shards", f"s3://{BUCKET}/nothing", "--out",
+    msg = _one_line_error(job("jobs.train", "--input", f"s3://{BUCKET}/nothing", "--output",
                               f"s3://{BUCKET}/runs/never", "--steps", "1"))
     assert "--input" in msg and "s3://" in msg
 

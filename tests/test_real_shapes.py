@@ -25,10 +25,10 @@ from captioner import stage as caption_stage
 from curate import filters, score, score_frames
 from curate import schema as S
 from curate.decode import decode_clip
+from curate.mp4 import write_video
 from curate.probe import probe
 from curate.split import split_video
 from curate.storage import config_hash
-from curate.synth import write_video
 from jobs import encode as encode_job
 from jobs import sample as sample_job
 from jobs import train as train_job
@@ -36,6 +36,7 @@ from latents import encode as E
 from latents.buckets import nearest_bucket, valid_frame_count
 from latents.dit import model as dit_model
 from latents.dit.packing import num_tokens
+from latents.models_info import vae_and_text_info
 from latents.shards import read_manifest
 from tests import real_shapes as R
 
@@ -157,7 +158,7 @@ def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: di
     out = tmp_path / "latents"
     # the writer task's batch (shards, index part, marker), then the driver's manifest merge
     encode_job.write_batch(encoded, str(out), config_hash(enc))
-    meta = E.manifest_meta(enc, *encode_job.vae_and_text_info(enc))
+    meta = E.manifest_meta(enc, *vae_and_text_info(enc))
     manifest = encode_job.merge_shards(str(out), encode_job.finished_batches(str(out), config_hash(enc)), meta,
                                        {"input_rows": 1, "eligible": 1, "errors": 0})
     lat = encoded.to_pylist()[0]

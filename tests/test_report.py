@@ -1,8 +1,8 @@
 """The run report: funnel numbers equal the tables, links resolve, previews animate, data is escaped.
 
-OUT is built without Ray: jobs.split.process_one (the split job's unit of work) on two generated
+OUT is built without Ray: jobs.runtime.split_parts.process_one (the split job's unit of work) on two generated
 videos and one bad file, then deterministic scores through the real filter cascade and
-jobs.score.funnel_report (what the score job writes), then a captions part.
+jobs.runtime.filter_plan.funnel_report (what the score job writes), then a captions part.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curate import score
+from curate import score, score_config
 from curate.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import (
     AESTHETIC,
@@ -45,8 +45,8 @@ from curate.storage import read_parts, write_json_atomic, write_parquet_atomic
 from curate.synth import Segment, make_video
 from jobs import report
 from jobs.report.html import RANDOM_MODELS_WARNING
-from jobs.score import funnel_report
-from jobs.split import process_one
+from jobs.runtime.filter_plan import funnel_report
+from jobs.runtime.split_parts import process_one
 from latents.shards import MANIFEST_FORMAT
 
 EVIL = "<script>alert('x')</script> a red & blue ball"
@@ -84,8 +84,8 @@ def _score_out(out: Path) -> pa.Table:
     }
     table, steps = apply_cascade(set_columns(clips, scores), FILTERS)
     write_parquet_atomic(table, out / "scored" / "part-00000.parquet")
-    cfg = dataclasses.replace(score.SMOKE, filters=FILTERS)
-    write_json_atomic(funnel_report(steps, cfg), out / "scored" / "_funnel.json")
+    cfg = dataclasses.replace(score_config.SMOKE, filters=FILTERS)
+    write_json_atomic(funnel_report(steps, cfg, smoke=cfg.smoke, model=score.model_label(cfg)), out / "scored" / "_funnel.json")
     assert n >= 8 and sum(table.column(KEPT).to_pylist()) >= 2  # the fixture exercises both groups
     return table
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from curate import score
+from curate import clip_models, score, score_config
 from curate.clip_rows import clip_rows
 from curate.decode import DECODE_STATS
 from curate.errors import StageError
@@ -35,9 +35,9 @@ from curate.score_frames import FRAMES, FRAMES_SHAPE, prepare_batch
 
 
 @pytest.fixture(scope="module")
-def smoke_cfg(tmp_path_factory) -> score.ScoreConfig:
-    d = score.build_smoke_clip(tmp_path_factory.mktemp("models") / "smoke-clip")
-    return dataclasses.replace(score.SMOKE, clip_model=str(d), on_error="raise")
+def smoke_cfg(tmp_path_factory) -> score_config.ScoreConfig:
+    d = clip_models.build_smoke_clip(tmp_path_factory.mktemp("models") / "smoke-clip")
+    return dataclasses.replace(score_config.SMOKE, clip_model=str(d), on_error="raise")
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +62,20 @@ def test_smoke_clip_round_trips_through_the_loader(smoke_cfg, stage):
 def test_missing_weights_name_them_and_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TUBELET_WEIGHTS", str(tmp_path))
     with pytest.raises(score.UsageError, match=r"sac\+logos\+ava1-l14-linearMSE\.pth.*curl -L -o"):
-        score.load_aesthetic_head(score.DEFAULT.aesthetic_head)
+        clip_models.load_aesthetic_head(score_config.DEFAULT.aesthetic_head)
     (tmp_path / "empty").mkdir()
     with pytest.raises(score.UsageError, match=r"open_clip_config\.json"):
-        score.load_clip(str(tmp_path / "empty"))
+        clip_models.load_clip(str(tmp_path / "empty"))
     with pytest.raises(score.UsageError, match=r"ViT-B-32/laion2b_s34b_b79k.*`hf download laion/CLIP-ViT-B-32-laion2B"):
-        score.load_clip("ViT-B-32", "laion2b_s34b_b79k")
+        clip_models.load_clip("ViT-B-32", "laion2b_s34b_b79k")
     with pytest.raises(score.UsageError, match=r"--local-dir .*/laion/CLIP-ViT-B-32-laion2B"):
-        score.load_clip("ViT-B-32", "laion2b_s34b_b79k", weights_dir=str(tmp_path))
+        clip_models.load_clip("ViT-B-32", "laion2b_s34b_b79k", weights_dir=str(tmp_path))
 
 
 def test_head_loads_from_a_cache_name(smoke_cfg, tmp_path, monkeypatch):
-    shutil.copy(f"{smoke_cfg.clip_model}/{score.HEAD_FILE}", tmp_path / "my-head.safetensors")
+    shutil.copy(f"{smoke_cfg.clip_model}/{clip_models.HEAD_FILE}", tmp_path / "my-head.safetensors")
     monkeypatch.setenv("TUBELET_WEIGHTS", str(tmp_path))
-    head = score.load_aesthetic_head("my-head.safetensors")
+    head = clip_models.load_aesthetic_head("my-head.safetensors")
     assert head.layers[0].in_features == 64
 
 

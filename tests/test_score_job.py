@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curate import score
+from curate import score_config
 from curate.clip_rows import clip_rows
 from curate.filters import FilterConfig, Rule
 from curate.schema import (
@@ -41,7 +41,7 @@ def test_score_job_funnel_and_resume(real_videos, tmp_path, capsys):
     rows += clip_rows(real_videos / "flipping_a_pancake.mkv", [(0, 150)])
     write_parquet_atomic(table_from_rows(rows), out / "clips" / "part-00000.parquet")
     model_dir = tmp_path / "smoke-clip"
-    cfg = dataclasses.replace(score.SMOKE, clip_model=str(model_dir))
+    cfg = dataclasses.replace(score_config.SMOKE, clip_model=str(model_dir))
     job = job_score.ScoreJob(input=str(out / "clips"), output=str(out / "scored"), score=cfg, cpu_batch=2, batch_size=4)
 
     with driver_reads_no_rows():

@@ -111,7 +111,7 @@ def test_train_two_workers_on_two_nodes_resumes_from_object_storage(cluster):
     if not storage.exists(storage.join(one, "latents", ".manifest.json")):
         pytest.skip("needs the one-node run's shards")
     shards, runs = storage.join(one, "latents"), f"s3://{BUCKET}/runs/ddp"
-    args = ["--shards", shards, "--out", runs, "--workers", "2", "--batch-size", "4", "--ckpt-every", "2", "--cpu"]
+    args = ["--input", shards, "--output", runs, "--workers", "2", "--batch-size", "4", "--ckpt-every", "2", "--device", "cpu"]
     run("jobs.train", *args, "--steps", "2", address=c.local_address)
     workers = _actors(c, "RayTrainWorker")
     assert len({a["Address"]["NodeID"] for a in workers}) == 2  # one worker per node

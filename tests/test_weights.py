@@ -142,8 +142,8 @@ def test_caption_cli_missing_weights_is_one_message_not_a_traceback(tmp_path):
 def test_encode_driver_info_turns_a_missing_text_encoder_into_the_message(tmp_path):
     import dataclasses
 
-    from jobs.encode import vae_and_text_info
     from latents.encode import SMOKE
+    from latents.models_info import vae_and_text_info
     from latents.text import TextConfig
 
     enc = dataclasses.replace(SMOKE, text=TextConfig(source="tubelet-test/no-such-umt5"))

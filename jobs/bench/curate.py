@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = {
         "split": ["jobs.split", "--input", str(inputs), "--output", str(s)],
         "score": ["jobs.score", "--input", str(s / "clips"), "--output", str(s / "scored"), "--preset", "smoke",
-                  "--actor-cpus", "0.5"],
+                  "--cpus", "0.5"],
         "caption": ["jobs.caption", "--input", str(s / "scored"), "--output", str(s / "captions"),
                     "--preset", "smoke"],
         "encode": ["jobs.encode", "--input", str(s / "captions"), "--output", str(s / "latents"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate import score
+from curate import score, score_config
 from curate.errors import UsageError
 from curate.filters import FilterConfig
 from curate.schema import (
@@ -41,7 +41,7 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 def score_folder(directory: Path) -> list[dict]:
     """One dict per video: its clips' CPU-step scores (every scorer run on every clip)."""
-    cfg = dataclasses.replace(score.DEFAULT, filters=FilterConfig(near_dup_cosine=None))
+    cfg = dataclasses.replace(score_config.DEFAULT, filters=FilterConfig(near_dup_cosine=None))
     out = []
     for p in sorted(directory.iterdir()):
         if p.suffix.lower() not in VIDEO_SUFFIXES:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not d.is_dir():
             raise UsageError(f"--input must be a folder of videos, got {a.input!r}; pass a folder")
-        score.check_weights(dataclasses.replace(score.DEFAULT, smoke=True))  # the frame models' weights only
+        score.check_weights(dataclasses.replace(score_config.DEFAULT, smoke=True))  # the frame models' weights only
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -143,7 +143,7 @@ class PeakRSS:
 
 
 def _decide(src: Path, dst: Path, cfg: filters.FilterConfig, near: D.NearDupConfig) -> dict:
-    from jobs.filter import decide_dir
+    from jobs.runtime.filter_plan import decide_dir
 
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import cheap_scores as cs
-from curate import flow, nsfw, ocr, score
+from curate import clip_models, flow, nsfw, ocr, score, score_config
 from curate.clip_rows import window_rows
 from curate.decode import DECODE_STATS, decode_clip
 from curate.filters import FilterConfig
@@ -65,14 +65,14 @@ def synth_clips(directory: Path, videos: int, seconds: int, clip_s: int, size: t
     return table_from_rows(rows)
 
 
-def run_stage(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreConfig, batch: int) -> float:
+def run_stage(clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config.ScoreConfig, batch: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, clips.num_rows, batch):
         stage(prepare_batch(clips.slice(i, batch), cfg))
     return time.perf_counter() - t0
 
 
-def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreConfig, batch: int) -> float:
+def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config.ScoreConfig, batch: int) -> float:
     """Every scorer decodes for itself; same frames, sizes and model work as the stage."""
     t0 = time.perf_counter()
     rows = clips.to_pylist()
@@ -99,7 +99,7 @@ def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score.ScoreC
     return time.perf_counter() - t0
 
 
-def scorer_costs(clips: pa.Table, cfg: score.ScoreConfig, repeats: int) -> dict[str, Any]:
+def scorer_costs(clips: pa.Table, cfg: score_config.ScoreConfig, repeats: int) -> dict[str, Any]:
     """Milliseconds per clip of the decode and of each CPU-step scorer, on the same frames (best of
     `repeats` per clip), and each scorer's cost as a ratio to the decode."""
     fl, det, rd = cfg.flow, nsfw.detector(cfg.nsfw), ocr.reader(cfg.ocr)
@@ -139,13 +139,13 @@ def real_clips(directory: Path, limit: int) -> pa.Table:
     return table_from_rows(rows[:limit])
 
 
-def vit_l_config(tmp: Path) -> score.ScoreConfig:
+def vit_l_config(tmp: Path) -> score_config.ScoreConfig:
     """Real-size ViT-L/14, random init (no weights), and a random 768-d aesthetic head."""
     from safetensors.torch import save_file
 
-    head = score.make_head((768, 1024, 128, 64, 16, 1))
+    head = clip_models.make_head((768, 1024, 128, 64, 16, 1))
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "random-head.safetensors"))
-    return dataclasses.replace(score.DEFAULT, clip_pretrained=None, aesthetic_head=str(tmp / "random-head.safetensors"),
+    return dataclasses.replace(score_config.DEFAULT, clip_pretrained=None, aesthetic_head=str(tmp / "random-head.safetensors"),
                                device="cuda", precision="fp16", filters=FilterConfig(near_dup_cosine=None))
 
 
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp_s:
         tmp = Path(tmp_s)
         if a.model == "smoke":
-            cfg = dataclasses.replace(score.SMOKE, clip_model=str(score.build_smoke_clip(tmp / "smoke")))
+            cfg = dataclasses.replace(score_config.SMOKE, clip_model=str(clip_models.build_smoke_clip(tmp / "smoke")))
         else:
             cfg = vit_l_config(tmp)
         stage = score.ClipScoreStage(cfg)
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpu_threads": os.cpu_count(),
         }
         cost_clips = real_clips(Path(a.real_videos), a.cost_clips) if a.real_videos else clips
-        cost_cfg = dataclasses.replace(score.DEFAULT, filters=FilterConfig(near_dup_cosine=None))
+        cost_cfg = dataclasses.replace(score_config.DEFAULT, filters=FilterConfig(near_dup_cosine=None))
         report["frame_model_costs"] = {"clips": cost_clips.num_rows,
                                        "source": a.real_videos or f"synthetic {w}x{h}",
                                        **scorer_costs(cost_clips, cost_cfg, a.repeats)}

@@ -109,10 +109,10 @@ def bench_encode_ltx_full(clips: int, frames: int, size: int) -> dict:
     """The full-size LTX-Video VAE config (random weights: speed only), through VideoVAE."""
     from diffusers import AutoencoderKLLTXVideo
 
-    from latents.vae import VAEInfo, VideoVAE, _vae_constants
+    from latents.vae import VAEInfo, VideoVAE, vae_constants
 
     model = AutoencoderKLLTXVideo().eval()
-    c, s, k, mean, std, factor = _vae_constants("ltx", model)
+    c, s, k, mean, std, factor = vae_constants("ltx", model)
     info = VAEInfo("ltx-full-config-random", "ltx", None, c, s, k, f"{k}k+1", mean, std, factor, True)
     vae = VideoVAE(model, info, torch.device("cpu"), torch.float32)
     x = torch.rand(1, 3, frames, size, size) * 2 - 1

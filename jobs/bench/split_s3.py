@@ -28,7 +28,7 @@ from curate import schema as S
 from curate import storage
 from curate.split import SplitConfig
 from jobs.bench.split import DEFAULT_VIDEOS
-from jobs.split import process_one
+from jobs.runtime.split_parts import process_one
 
 
 @contextlib.contextmanager
@@ -108,7 +108,7 @@ def run(files: list[Path], cfg: SplitConfig, bucket: str, local_out: str) -> dic
 
 
 def _key(uri: str) -> str:
-    from jobs.split import source_key
+    from jobs.runtime.split_parts import source_key
 
     return source_key(uri)
 

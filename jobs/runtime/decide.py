@@ -185,7 +185,7 @@ def decide_parts(
     counts = ray.get([c for _, c in pairs])
     total, alive = sum(c[0] for c in counts), sum(c[1] for c in counts)
     funnel: list[dict[str, Any]] = []
-    for name, rule in filters._steps(cfg):
+    for name, rule in filters.cascade_steps(cfg):
         before = total if name == "status" else alive
         if name == EXACT_DUP and p:
             keys = [_refs(_exact_keys.options(num_returns=buckets).remote(s, buckets), buckets) for s in states]

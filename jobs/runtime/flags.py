@@ -16,8 +16,7 @@ from these helpers, so the same thing has the same name and meaning everywhere:
 
 Every bad argument exits 2 before Ray starts with one line, `error: <rule>, got <value>; <fix>`,
 and asking for more GPUs or CPUs than this machine (no --address) or the cluster has fails at
-once instead of waiting forever. Old spellings (--out, --concurrency, --num-gpus, --num-cpus,
---actor-cpus, --cpu, --shards) still parse but are hidden from --help.
+once instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -36,9 +35,6 @@ from typing import Any
 from curate.errors import UsageError
 
 PRESET_DEFAULT = "smoke"
-# old spellings of required flags: extra option strings of the same action (so they satisfy
-# `required`), left out of --help by HelpFormatter
-HIDDEN_SPELLINGS = frozenset({"--out", "--shards", "--run"})
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -48,14 +44,7 @@ def fail(rule: str, value: Any, fix: str) -> UsageError:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show every option's default, also for options without a help text; hide old spellings."""
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        shown = [o for o in action.option_strings if o not in HIDDEN_SPELLINGS]
-        if shown == action.option_strings:
-            return super()._format_action_invocation(action)
-        return super()._format_action_invocation(argparse.Action(shown, action.dest, action.nargs,
-                                                                 metavar=action.metavar))
+    """Show every option's default, also for options without a help text."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -72,22 +61,18 @@ class JobParser(argparse.ArgumentParser):
     """argparse with defaults in --help and a one-line `error: ...` (exit 2) instead of usage + error."""
 
     def __init__(self, prog: str, description: str | None = None):
-        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter)
+        # important: no prefix matching: `--out` must not silently mean `--output` (or a future
+        # `--output-format`); every flag is spelled in full
+        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"error: {message}; see `{self.prog} --help`\n")
         sys.exit(2)
 
 
-def _alias(p: argparse.ArgumentParser, old: str, dest: str, **kw: Any) -> None:
-    """An old spelling that still parses but is not shown in --help."""
-    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
-
-
-def add_io(p: argparse.ArgumentParser, input_help: str, output_help: str, *, input_alias: str | None = None) -> None:
-    assert input_alias is None or input_alias in HIDDEN_SPELLINGS
-    p.add_argument("--input", *([input_alias] if input_alias else []), dest="input", required=True, help=input_help)
-    p.add_argument("--output", "--out", dest="output", required=True, help=output_help)
+def add_io(p: argparse.ArgumentParser, input_help: str, output_help: str) -> None:
+    p.add_argument("--input", dest="input", required=True, help=input_help)
+    p.add_argument("--output", dest="output", required=True, help=output_help)
 
 
 def add_preset(p: argparse.ArgumentParser, choices: Sequence[str], default: str | None = PRESET_DEFAULT) -> None:
@@ -102,23 +87,17 @@ def add_resources(p: argparse.ArgumentParser, stages: Sequence[str] = (), *, act
     gpus=None: a CPU-only job (no --gpus flag)."""
     if not stages:
         p.add_argument("--actors", type=int, default=actors, help=actors_help)
-        _alias(p, "--concurrency", "actors", type=int)
         if gpus is not None:
             p.add_argument("--gpus", type=float, default=gpus, help="GPUs per actor")
-            _alias(p, "--num-gpus", "gpus", type=float)
     for s in stages:
         p.add_argument(f"--{s}-actors", type=int, default=actors, help=f"{s} model actors")
         p.add_argument(f"--{s}-gpus", type=float, default=gpus, help=f"GPUs per {s} actor")
     p.add_argument("--cpus", type=float, default=cpus, help=cpus_help)
-    for old in ("--num-cpus", "--actor-cpus"):
-        _alias(p, old, "cpus", type=float)
 
 
-def add_device(p: argparse.ArgumentParser, default: str = "auto", cpu_alias: bool = False) -> None:
+def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help="where models run: auto | cpu | cuda | cuda:N "
                    "(auto: cuda when the job has GPUs)")
-    if cpu_alias:
-        p.add_argument("--cpu", dest="device", action="store_const", const="cpu", help=argparse.SUPPRESS)
 
 
 def add_ray(p: argparse.ArgumentParser) -> None:

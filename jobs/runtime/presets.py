@@ -1,4 +1,4 @@
-"""Named presets: plain dataclass instances, one field per stage (DESIGN.md section 5).
+"""Named presets: plain dataclass instances, one field per stage (README, "Presets and weights").
 
 - `smoke`: tiny random models built offline (CPU, seconds). For tests, CI and trying the
   plumbing. Its scores and captions are meaningless, and every output says so.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from captioner import stage as caption_stage
 from captioner import upsample
-from curate import score
+from curate import score_config
 from curate.split import SplitConfig
 from latents import encode
 from latents.dit import train
@@ -22,7 +22,7 @@ class Preset:
     name: str
     random_models: bool  # True: every model is random; outputs say their content is meaningless
     split: SplitConfig
-    score: score.ScoreConfig
+    score: score_config.ScoreConfig
     caption: caption_stage.CaptionConfig
     upsample: upsample.UpsampleConfig
     encode: encode.EncodeConfig
@@ -33,7 +33,7 @@ SMOKE = Preset(
     name="smoke",
     random_models=True,
     split=SplitConfig(),
-    score=score.SMOKE,
+    score=score_config.SMOKE,
     caption=caption_stage.SMOKE,
     upsample=upsample.SMOKE,
     encode=encode.SMOKE,
@@ -44,7 +44,7 @@ DEFAULT = Preset(
     name="default",
     random_models=False,
     split=SplitConfig(),
-    score=score.DEFAULT,
+    score=score_config.DEFAULT,
     caption=caption_stage.DEFAULT,
     upsample=upsample.DEFAULT,
     encode=encode.DEFAULT,

@@ -121,7 +121,7 @@ def load_model(run: str | Path, ema: bool = True, device: str | torch.device = "
     if not cfg_path.is_file() or ckpt is None:
         raise FileNotFoundError(
             f"no trained run at {run}: need config.json and {CKPT_DIR}/step-*/ from "
-            f"`python -m jobs.train --shards OUT/latents --out {run}`"
+            f"`python -m jobs.train --input OUT/latents --output {run}`"
         )
     config = json.loads(cfg_path.read_text())
     model = DiT(DiTConfig.from_dict(config["model"]))

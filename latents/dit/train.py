@@ -119,7 +119,7 @@ DEFAULT = TrainConfig(model="B", steps=100_000, batch_size=64, step_tokens=524_2
 def longest_sample(shapes: Sequence[Sequence[int]], patch: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
     """(token count, latent shape [C, T, H, W]) of the sample with the most tokens."""
     if not shapes:
-        raise ValueError("no latent shapes to size the token budget from: the dataset is empty; check --shards")
+        raise ValueError("no latent shapes to size the token budget from: the dataset is empty; check --input")
     best = max((num_tokens(tuple(s), patch), tuple(int(x) for x in s)) for s in shapes)
     return best
 
@@ -400,7 +400,7 @@ def _check_same_step(step: int, world: int, device: torch.device) -> None:
     seen = [int(s.item()) for s in steps]
     if len(set(seen)) > 1:
         raise RuntimeError(f"workers must resume from the same checkpoint step, got steps {seen} (by rank): the "
-                           "run folder must be storage every worker sees; pass --out on a shared filesystem or "
+                           "run folder must be storage every worker sees; pass --output on a shared filesystem or "
                            "an object store URI (s3://bucket/runs/NAME)")
 
 
