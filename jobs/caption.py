@@ -60,6 +60,7 @@ from curate.weights import expand, require
 from jobs import guards
 from jobs.runtime import flags, parts, presets
 from jobs.runtime.current import check_parts, wanted_ref
+from jobs.runtime.progress import Progress
 from latents.weights import stage_weights
 
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
@@ -168,7 +169,7 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"input_clips": counts["rows"], "kept": counts["kept"], "skipped_done": counts["done"],
                                "captioned": 0, "errors": 0, "config_hash": h}
     if counts["kept"] > counts["done"]:
-        summary.update(_run(cfg, todo, out, h))
+        summary.update(_run(cfg, todo, out, h, counts["kept"] - counts["done"]))
     elif not counts["kept"] and not finished:  # 0 kept: one empty part, so encode writes an empty manifest
         _write(CLIP_SCHEMA.empty_table(), out, h)
     summary["wall_s"] = time.perf_counter() - t0
@@ -246,7 +247,7 @@ def need_of(cfg: CaptionJobConfig) -> flags.Need:
                       max_cpus_one=cfg.actor_cpus, what=f"caption ({cfg.concurrency} actor(s) + decode tasks)")
 
 
-def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
+def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str, todo_count: int | None = None) -> dict[str, Any]:
     from jobs.runtime.adapter import Resources, map_stage, map_task
 
     stats_dir = layout.stats_dir(layout.run_root(out), STAGE)
@@ -263,7 +264,7 @@ def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str) -> dict[str, Any]:
     ds = map_task(ds, functools.partial(_write_part, out=out, h=h),
                   Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
     t0 = time.perf_counter()
-    n = parts.drain(ds)
+    n = parts.drain(ds, Progress("caption", todo_count, "clips"), counted=("ok", "error"))
     return {"captioned": n.get("ok", 0), "errors": n.get("error", 0), "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
 
 

@@ -55,6 +55,7 @@ from jobs import guards, rule_flags, stage_flags
 from jobs.runtime import flags, parts
 from jobs.runtime.inputs import list_inputs
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
+from jobs.runtime.progress import Progress
 from latents.encode import WRITE_ROWS
 
 SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
@@ -197,9 +198,9 @@ def _actors(cfg: CurateConfig, n: int, gpus: float, cpus: float):
     return Resources(num_cpus=cpus, num_gpus=gpus, concurrency=n, batch_size=cfg.batch_size, resources=pin)
 
 
-def _drain(ds: Any) -> tuple[dict[str, int], dict[str, float]]:
+def _drain(ds: Any, progress: Progress) -> tuple[dict[str, int], dict[str, float]]:
     """Run a plan whose last step returns per-part counts: the driver sees counts only."""
-    return parts.drain(ds), _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
+    return parts.drain(ds, progress), _stage_timings(ds.stats() if hasattr(ds, "stats") else "")
 
 
 def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     ds = map_task(ds, functools.partial(_write_scored, out=str(out), h=h),
                   Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
     t0 = time.perf_counter()
-    totals, timings = _drain(ds)
+    totals, timings = _drain(ds, Progress("split+score", None, "clips"))
     return {"rows_streamed": totals.get("rows", 0), "phase1_seconds": round(time.perf_counter() - t0, 2),
             "stage_seconds": timings}
 
@@ -278,7 +279,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
                   Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0,
                             batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
     t0 = time.perf_counter()
-    totals, timings = _drain(ds)
+    totals, timings = _drain(ds, Progress("caption+encode", kept - written, "clips"))
     return {"rows_phase2": totals.get("rows", 0), "phase2_seconds": round(time.perf_counter() - t0, 2),
             "stage_seconds": timings}
 

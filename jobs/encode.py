@@ -53,6 +53,7 @@ from curate.weights import require
 from jobs import guards
 from jobs.runtime import flags, parts, presets
 from jobs.runtime.current import check_parts, wanted_ref
+from jobs.runtime.progress import Progress
 from latents import models_info
 from latents.encode import (
     LTX,
@@ -249,7 +250,8 @@ def main(cfg: EncodeJobConfig) -> dict:
                         max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
         ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0,
                                            batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
-        new_rows = parts.drain(ds).get("rows", 0)
+        progress = Progress("encode", seen["eligible"] - seen["skipped"], "clips")
+        new_rows = parts.drain(ds, progress).get("rows", 0)
     finished = finished_batches(out, cfg_hash)
     drop_stale(out, finished)
     errors = sum(run_tasks(_count_errors, list(finished)), Counter())

@@ -47,6 +47,7 @@ from curate.weights import expand
 from jobs import guards, rule_flags
 from jobs.runtime import flags, presets
 from jobs.runtime.parts import PartSpec, counts, drain, no_counts, write_part
+from jobs.runtime.progress import Progress
 from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
 
 STAGE = "score"
@@ -115,7 +116,7 @@ def pending(batch: pa.Table, finished: Any) -> pa.Table:
     return batch.take(pa.array(keep, pa.int64()))
 
 
-def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
+def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str, total: int | None = None) -> int:
     """Stream the pending clips (a Dataset the workers read) through CPU tasks and the model pool."""
     from jobs.runtime.adapter import Resources, map_stage, map_task
 
@@ -137,7 +138,7 @@ def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str) -> int:
     # writer batches of WRITE_ROWS: score parts of a few hundred rows, not one per model batch
     ds = map_task(ds, functools.partial(_write_scores, scores_dir=scores_dir, root=root, h=scoring_hash(cfg)),
                   Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
-    return drain(ds).get("rows", 0)
+    return drain(ds, Progress("score", total, "clips")).get("rows", 0)
 
 
 def _write_scores(batch: pa.Table, scores_dir: str, root: str, h: str) -> pa.Table:
@@ -177,7 +178,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
     n_todo = todo.count()
     print(f"score: {n_clips} clips in, {n_todo} to score, model: {score.model_label(job.score)}")
     if n_todo:
-        run_plan(job, todo, scores_dir, root)
+        run_plan(job, todo, scores_dir, root, n_todo)
     # every clip row with its score row, joined by clip_id in Ray tasks that write the parts
     n_parts = max(1, -(-n_clips // job.part_rows))
     outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]

@@ -35,6 +35,7 @@ from curate.storage import (
 from jobs import guards, stage_flags
 from jobs.runtime import flags
 from jobs.runtime.inputs import list_inputs
+from jobs.runtime.progress import Progress
 from jobs.runtime.split_parts import process_one
 
 SUMMARY_SCHEMA = pa.schema(
@@ -108,8 +109,11 @@ def main(cfg: SplitJobConfig) -> dict:
     ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
                         num_cpus=cfg.num_cpus, **kwargs)
     rows: list[dict] = []
+    progress = Progress("split", len(inputs), "videos")
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         rows.extend(batch.to_pylist())
+        progress.add(batch.num_rows)
+    progress.close()
     summary = summarize(rows, cfg.output, time.perf_counter() - t0)
     summary["config"] = asdict(cfg.split)
     summary["config_hash"] = config_hash(cfg.split)

@@ -77,11 +77,13 @@ def test_cli_trains_synthetic_run_and_resumes(tmp_path):
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert latest_checkpoint(tmp_path / "run").name == "step-0000004"
+    assert "[train] step 4/4  loss " in r.stdout  # the progress line's last state
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["shift"] == 3  # jobs.sample reads it
     args[args.index("--steps") + 1] = "6"
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert "start step 4" in r.stdout  # extending --steps resumes the same run
+    assert "[train] step 6/6  loss " in r.stdout and "steps/s" in r.stdout
     assert latest_checkpoint(tmp_path / "run").name == "step-0000006"
     assert torch.isfinite(torch.tensor(_losses(tmp_path / "run"))).all()
     with pytest.raises(ValueError, match="differs in: lr"):

@@ -43,15 +43,16 @@ def inputs(tmp_path_factory):
     return d
 
 
-def _run(inputs, out, **kw):
+def _run(inputs, out, env=None, **kw):
     return subprocess.run([sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out)],
-                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300, **kw)
+                          capture_output=True, text=True, env=env or _env(), cwd=REPO, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
 def reference(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    r = _run(inputs, out)
+    # a progress line on every video (not a TTY: one line each, none rewritten in place)
+    r = _run(inputs, out, env={**_env(), "TUBELET_PROGRESS_EVERY": "0"})
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r.stdout
 
@@ -69,6 +70,9 @@ def test_local_run_writes_the_contract(reference, inputs):
     summary = json.loads((out / "summary" / "split.json").read_text())
     assert summary["videos_error"] == 5 and summary["clips_total_in_output"] == 12
     assert "5 error" in stdout
+    progress = [ln for ln in stdout.splitlines() if ln.startswith("[split] ")]
+    assert [int(ln.split()[1].split("/")[0]) for ln in progress] == list(range(1, 12))
+    assert all(ln.split()[1].endswith("/11") and "\r" not in ln for ln in progress)
     assert not list(out.rglob(".*.tmp"))  # no temporary files left behind
 
 

@@ -90,7 +90,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
             logging_level="ERROR" if quiet else "INFO",
         )
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    # quiet: the job's own progress line (jobs/runtime/progress.py), not a bar per Ray operator
+    ctx.enable_progress_bars = not quiet
     ctx.verbose_stats_logs = False
     quiet_logs(not quiet)
     if need is not None:

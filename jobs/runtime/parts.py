@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from curate import layout, storage
 from curate import schema as S
+from jobs.runtime.progress import Progress
 
 SHARD_ROW_GROUP_ROWS = 64  # rows per row group of a latent shard (both writers of shards)
 
@@ -104,10 +105,15 @@ def no_counts(*names: str) -> pa.Table:
     return pa.table({k: pa.array([], pa.int64()) for k in names})
 
 
-def drain(ds: Any) -> dict[str, int]:
-    """Run a plan whose last step returns rows of counts: the driver sees the sums only."""
+def drain(ds: Any, progress: Progress | None = None, counted: tuple[str, ...] = ("rows",)) -> dict[str, int]:
+    """Run a plan whose last step returns rows of counts: the driver sees the sums only; the
+    `counted` columns move `progress` as each batch of counts arrives."""
     totals: dict[str, int] = {}
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for c in b.column_names:
             totals[c] = totals.get(c, 0) + int(pc.sum(b.column(c)).as_py() or 0)
+        if progress is not None:
+            progress.add(sum(int(pc.sum(b.column(c)).as_py() or 0) for c in counted if c in b.column_names))
+    if progress is not None:
+        progress.close()
     return totals

@@ -31,6 +31,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -307,6 +308,7 @@ def train(
     val_samples: list[dict] | None = None
     t0 = time.perf_counter()
     t_log, tokens_since, last = t0, 0, None
+    t_shown, first_step = t0, step
     for st in loader:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
@@ -339,6 +341,9 @@ def train(
             log.write(step, last, lr_at(cfg, step - 1), float(gnorm), int(stats[1]), float(stats[1] / stats[2]),
                       tokens_since / max(now - t_log, 1e-9), now - t0, buckets)
             t_log, tokens_since = now, 0
+            if now - t_shown >= progress_every_s() or step == end:
+                print(progress_line(step, first_step, end, last, now - t0), flush=True)
+                t_shown = now
         do_val = bool(cfg.val_every) and step % cfg.val_every == 0
         do_preview = bool(cfg.preview_every) and preview is not None and step % cfg.preview_every == 0
         if rank == 0 and val_ids and (do_val or do_preview):
@@ -407,6 +412,27 @@ def _check_same_step(step: int, world: int, device: torch.device) -> None:
 # Settings a resumed run may change without changing what it computes (micro-batching and
 # checkpointing change only float summation order). `steps` extends a run: with a decaying LR
 # schedule the rest of the run follows the schedule of the new length.
+def progress_every_s() -> float:
+    """Seconds between the trainer's progress lines (TUBELET_PROGRESS_EVERY, as the curation jobs)."""
+    try:
+        return max(0.0, float(os.environ.get("TUBELET_PROGRESS_EVERY", "30")))
+    except ValueError:
+        return 30.0
+
+
+def progress_line(step: int, first: int, end: int, loss: float | None, elapsed: float) -> str:
+    """`[train] step 120/1000  loss 0.4132  2.31 steps/s  ETA 6m21s`."""
+    rate = (step - first) / max(elapsed, 1e-9)
+    text = f"[train] step {step}/{end}"
+    if loss is not None:
+        text += f"  loss {loss:.4f}"
+    text += f"  {rate:.2f} steps/s"
+    if step < end and rate > 0:
+        left = round((end - step) / rate)
+        text += f"  ETA {left // 60}m{left % 60:02d}s"
+    return text
+
+
 RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "keep_last", "val_every", "preview_every", "preview_count",
                      "prefetch", "tensorboard", "micro_tokens", "checkpointing")
 
