@@ -6,9 +6,28 @@ Task (`latents.dit.synthetic`): a square of one of 4 colours moves along one of 
 fixed random vector (no text encoder: both factors are linearly present in the text). 4 of the 16
 pairs (one per colour and per track) are never trained on; sampling them asks the model to
 compose a colour with a track it never saw it on. Decoding is an exact rule (`decode_squares`).
+The CFG null (all-False text mask, scale 1) is scored against the same requested pairs: it
+must stay near chance, so the test cannot pass without reading the caption.
 
-The mechanisms it needs are switched off one at a time by `TrainConfig.ablate` (test-only):
-each makes held-out accuracy fall, shown by hand, not in CI (each is a full training run):
+Figures (400 steps of 16 samples, model "tiny", 1 CPU thread, ~20 s of training a seed):
+held-out accuracy colour / track 1.00 / 1.00 for seeds 0, 1 and 2; the null 0.22 / 0.00,
+0.25 / 0.00, 0.22 / 0.00 (its draws decode to no track at all: the brightest cells of its
+frames are not one track, a blend of the trained pairs; its colour is at chance). At 300 steps
+seed 2 reaches only 0.91 on track, so 400 keeps a margin.
+
+The mechanisms it needs are switched off one at a time by `TrainConfig.ablate` (test-only),
+seed 0, held-out colour / track, cond (CFG 3) and null:
+
+    ablate      cond         null
+    (none)      1.00 / 1.00  0.22 / 0.00
+    pos_embed   1.00 / 0.00  0.22 / 0.00   RoPE alone is translation-equivariant: no track
+    leak        0.88 / 0.03  0.25 / 0.00   attention across the samples packed into a row
+    timestep    1.00 / 1.00  0.25 / 0.00   no drop: the noise level is readable from the input
+    text        0.28 / 0.00  0.28 / 0.00   no text: the cond is the null
+
+The timestep ablation does not lower accuracy: x_t = (1 - t) x0 + t eps on a zero background
+shows its noise level, so the model infers t without being told. Each row is a full training
+run, shown by hand, not in CI:
 
     python -m tests.test_dit_learning --seeds 0 1 2             # the figures of the real model
     python -m tests.test_dit_learning --ablate pos_embed        # or leak, timestep, text
@@ -44,8 +63,9 @@ TRACK_NAMES = tuple(TRACKS)
 HELD_OUT = [(COLOURS[i], TRACK_NAMES[(i + 1) % 4]) for i in range(4)]
 TRAIN_PAIRS = [(c, k) for c in COLOURS for k in TRACK_NAMES if (c, k) not in HELD_OUT]
 TOKENS = num_tokens(SQUARE_SHAPE, (1, 2, 2))  # 27 per sample
-# 4 samples per packed row in training (16 a step); shift "auto" from the 3 x 3 x 3 grid
-CFG = TrainConfig(model="tiny", patch=(1, 2, 2), steps=1500, batch_size=16, max_tokens=4 * TOKENS, lr=2e-3,
+# 4 samples per packed row in training (16 a step); shift "auto" from the 3 x 3 x 3 grid; 400 steps:
+# every seed composes all held-out pairs, in ~30 s on 1 CPU thread
+CFG = TrainConfig(model="tiny", patch=(1, 2, 2), steps=400, batch_size=16, max_tokens=4 * TOKENS, lr=2e-3,
                   warmup=50, ema_decay=0.99, caption_dropout=0.1, shift="auto", log_every=100,
                   ckpt_every=100_000, seed=0)
 PER_PAIR = 8  # training samples per pair
@@ -85,17 +105,20 @@ def learn(seed: int = 0, ablate: tuple[str, ...] = (), steps: int | None = None,
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="not tuned yet: 1500 steps exceed the CI time budget on 2 shared cores and the "
-                  "held-out track accuracy is unmeasured at that length (0.06 at 200 steps)")
 def test_dit_composes_held_out_colour_and_track():
-    torch.set_num_threads(2)
     rows = plan_rows([TOKENS] * CFG.batch_size, CFG.max_tokens)
     assert min(len(r) for r in rows) >= 2, "packing must be active: several samples per training row"
-    res = learn(seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the figures above are 1 thread's; more only adds contention on a shared box
+    try:
+        res = learn(seed=0)
+    finally:
+        torch.set_num_threads(threads)
     print(json.dumps(res))
     assert res["held_out"]["colour"] >= 0.9 and res["held_out"]["track"] >= 0.9, res
-    # the null (no text) does not make the requested held-out pair: it is not what the prompt drives
-    assert res["null"]["both"] <= 0.25, res
+    # the null (no text) does not make the requested held-out pair: the caption drives both factors
+    # (chance is 0.25 a factor; measured 0.22 colour, 0.00 track)
+    assert res["null"]["colour"] <= 0.5 and res["null"]["track"] <= 0.5 and res["null"]["both"] <= 0.25, res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablate", nargs="*", default=[], help="pos_embed | leak | timestep | text")
     p.add_argument("--steps", type=int)
     a = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     results = [learn(s, tuple(a.ablate), a.steps) for s in a.seeds]
     for r in results:
         print(json.dumps(r), flush=True)

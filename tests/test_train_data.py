@@ -3,13 +3,15 @@ streaming order (seeded, seekable) and the step plan (token budget -> ranks -> m
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from jobs.bench.shards import make_shards
 from latents.dataset import LatentDataset
-from latents.dit.loader import assign_ranks, micro_batches, step_end
+from latents.dit.loader import StepLoader, assign_ranks, micro_batches, step_end
 from latents.samples import ShardSamples, StreamOrder
 
 SHAPES = [(4, 2, 4, 4), (4, 1, 4, 6)]
@@ -118,3 +120,38 @@ def test_micro_batch_accumulation_equals_one_big_batch():
     assert len(one) == len(three) and any(g.abs().sum() > 0 for g in one)
     for a, b in zip(one, three):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_start_up_reads_no_latent_row(tmp_path, monkeypatch):
+    """jobs.train on a shard folder: the source, the token budget, the split, the order, the
+    loader and the first step's plan come from the manifest and footers; the first row group is
+    read once the loader's stream starts. Counted at `LatentDataset._read`, the one function
+    that reads row groups (every checked and unchecked read goes through it)."""
+    from jobs.train import TRAIN_PRESETS, main
+
+    shards = tmp_path / "latents"
+    make_shards(shards, 128, SHAPES, text_tokens=8, text_dim=16, rows_per_shard=64)
+    rows_read: list[int] = []
+    read = LatentDataset._read
+
+    def counting_read(self, *args, **kwargs):
+        table = read(self, *args, **kwargs)
+        rows_read.append(table.num_rows)
+        return table
+
+    at_first_step: list[int] = []
+    iterate = StepLoader.__iter__
+
+    def first_step(self):  # the loader is built; plan its first step, then count, then stream
+        end, micro = self.plan(self.start_step, self.start_pos)
+        assert end == self.start_pos + 4 and sum(map(len, micro)) == 4
+        at_first_step.append(sum(rows_read))
+        yield from iterate(self)
+
+    monkeypatch.setattr(LatentDataset, "_read", counting_read)
+    monkeypatch.setattr(StepLoader, "__iter__", first_step)
+    cfg = dataclasses.replace(TRAIN_PRESETS["smoke"], steps=1, batch_size=4, ckpt_every=1, tensorboard=False)
+    summary = main(cfg, str(shards), str(tmp_path / "run"), gpu=False)
+    assert summary["step"] == 1
+    assert at_first_step == [0]  # start-up read no latent row
+    assert sum(rows_read) >= 64  # the step itself did read through the counted function (a whole row group)
