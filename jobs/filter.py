@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     rule_flags.add_rule_flags(p)
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
                    help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
-    p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
+    p.add_argument("--border-margin", type=flags.float_or_inf, default=D.NearDupConfig.border_margin,
                    help="border pass: kept clips within this many pair bounds of their second-nearest cluster "
                         "are compared there too (0: no border pass; inf: every kept clip)")
     flags.add_ray(p)

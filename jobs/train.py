@@ -258,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and 1 GPU when training on GPU, each")
     p.add_argument("--model", choices=["tiny", "S", "B", "L"], help="DiT size (default: the preset's)")
     p.add_argument("--objective", choices=["rflow", "ddpm"], help="training objective (default: the preset's)")
-    for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", float),
-                      ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", float),
-                      ("step-tokens", int), ("micro-tokens", int), ("weight-decay", float), ("window", int),
+    for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", flags.finite_float),
+                      ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", flags.finite_float),
+                      ("step-tokens", int), ("micro-tokens", int), ("weight-decay", flags.finite_float), ("window", int),
                       ("val-rows", int), ("val-every", int), ("preview-every", int), ("keep-last", int)):
         p.add_argument(f"--{name}", type=typ, help="(default: the preset's)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="(default: the preset's)")
