@@ -24,7 +24,7 @@ from curate import filters, layout, score, storage
 from curate.errors import UsageError
 from curate.storage import check_writable, config_hash, is_done, read_json, write_json_atomic
 from jobs import guards, rule_flags
-from jobs.runtime import flags
+from jobs.runtime import flags, lease
 
 STAGE = "filter"
 # the presets' filters, without importing the model stages (torch) into this driver
@@ -93,6 +93,7 @@ def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupCon
     funnel, written = decide_parts(parts, outputs, cfg, near, markers=markers)
     if src.rstrip("/") != dst.rstrip("/"):
         names = {storage.basename(p) for p in parts}
+        # safe: the output's lease (jobs/runtime/lease.py) means no other run writes here
         for stale in storage.list_parts(dst):  # a previous run over more parts
             if storage.basename(stale) not in names:
                 storage.delete(stale)
@@ -105,20 +106,22 @@ def main(job: FilterJob) -> dict[str, Any]:
     parts = scored_parts(src)
     check_writable(dst)
     root = layout.run_root(dst)
-    h = inputs_hash(parts, job.filters, job.near)
-    funnel_path = layout.funnel_path(dst)
-    if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
-        print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
-        return read_json(funnel_path)
-    from jobs.runtime.adapter import init_ray
+    # OUT (curate or split on it) and the input (a score run still writing it) must be free too
+    with lease.hold(dst, "jobs.filter", watch=[root, *([src] if src != dst else [])]):
+        h = inputs_hash(parts, job.filters, job.near)
+        funnel_path = layout.funnel_path(dst)
+        if storage.exists(funnel_path) and all(is_done(root, STAGE, _key(p), h) for p in parts):
+            print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
+            return read_json(funnel_path)
+        from jobs.runtime.adapter import init_ray
 
-    init_ray(job.address, num_cpus=job.num_cpus)
-    funnel, n = decide_dir(src, dst, job.filters, job.near, root)
-    report = funnel_report(funnel, job.filters, smoke=job.smoke)
-    write_json_atomic(report, funnel_path)
-    print(format_funnel(report))
-    print(f"filter: {n} parts -> {dst}")
-    return report
+        init_ray(job.address, num_cpus=job.num_cpus)
+        funnel, n = decide_dir(src, dst, job.filters, job.near, root)
+        report = funnel_report(funnel, job.filters, smoke=job.smoke)
+        write_json_atomic(report, funnel_path)
+        print(format_funnel(report))
+        print(f"filter: {n} parts -> {dst}")
+        return report
 
 
 def build_parser() -> argparse.ArgumentParser:
