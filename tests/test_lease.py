@@ -77,6 +77,17 @@ def test_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, capsys):
         assert json.loads((tmp_path / "_lease.json").read_text())["run_id"] == got.holder.run_id
 
 
+def test_a_killed_unreaped_process_is_gone(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while lease._process_started(p.pid) and time.monotonic() < deadline:  # a zombie until wait()
+            time.sleep(0.05)
+        assert "no longer runs" in lease.why_stale(_write(tmp_path, pid=p.pid))
+    finally:
+        p.wait()
+
+
 def test_a_reused_pid_is_not_the_holder(tmp_path):
     h = _write(tmp_path, pid=os.getpid())
     assert lease.why_stale(h) is None

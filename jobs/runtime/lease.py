@@ -93,8 +93,10 @@ def _now() -> tuple[str, float]:
 
 
 def _process_started(pid: int) -> float:
+    """The start time of process `pid` (0: no such process, or a zombie: killed, not yet reaped)."""
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        return 0.0 if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0.0
 
