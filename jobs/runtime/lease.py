@@ -143,11 +143,9 @@ def _create(path: str, data: bytes) -> bool:
     """Write `data` at `path` only if nothing is there; False if something is."""
     if storage.is_remote(path):
         if storage.scheme(path) in ("s3", "s3a"):
-            import s3fs
-
-            fs = s3fs.S3FileSystem(**storage.storage_options(path))
+            fs, key = storage.s3_filesystem(path)
             try:
-                fs.pipe_file(path.split("://", 1)[1], data, mode="create")  # If-None-Match: *
+                fs.pipe_file(key, data, mode="create")  # If-None-Match: *
             except FileExistsError:
                 return False
             return True
