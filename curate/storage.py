@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,6 +50,7 @@ from curate.uri import (
     open_input,
     parent,
     read_bytes,
+    s3_filesystem,
     scheme,
     storage_options,
     temp_name,
@@ -108,12 +109,37 @@ def temp_output(uri: PathLike) -> str:
     return os.path.join(d, temp_name(name))
 
 
+UPLOAD_CHUNK = 1 << 24  # bytes per read and per multipart part (S3 parts are 5 MiB at least)
+SINGLE_PUT_BYTES = 5 << 20  # pyarrow's S3 stream starts a multipart upload only above 10 MiB
+
+
 def _upload(local: str, uri: PathLike) -> None:
-    """One object upload of a local file; S3 makes the object visible only when complete."""
+    """One object upload of a local file: whole, or nothing at `uri`."""
+    with open(local, "rb") as src:
+        _upload_stream(src, uri)
+
+
+def _upload_stream(src: BinaryIO, uri: PathLike) -> None:
+    """One object from the stream `src`. On S3 an error anywhere (a read, a part, the completion,
+    Ctrl-C) aborts the multipart upload, so no truncated object appears at `uri`: pyarrow's
+    stream has no abort and completes the upload when its `with` block is left by an exception.
+    Other object stores: pyarrow's stream, which may leave a truncated object on an error."""
+    if scheme(uri) in ("s3", "s3a"):
+        fs, path = s3_filesystem(uri)
+        dst = fs.open(path, "wb", block_size=UPLOAD_CHUNK)
+        try:
+            while chunk := src.read(UPLOAD_CHUNK):
+                dst.write(chunk)
+            dst.close()  # completes the multipart upload (one PUT when small)
+        except BaseException:
+            dst.discard()  # abort_multipart_upload: the parts sent so far are dropped
+            dst.closed = True  # never completed later by the file object's __del__
+            raise
+        return
     fs, path = filesystem(uri)
-    with open(local, "rb") as src, fs.open_output_stream(path) as dst:
-        while chunk := src.read(1 << 24):
-            dst.write(chunk)
+    with fs.open_output_stream(path) as out:
+        while chunk := src.read(UPLOAD_CHUNK):
+            out.write(chunk)
 
 
 def publish(tmp: str, uri: PathLike) -> None:
@@ -190,6 +216,11 @@ def write_bytes_atomic(data: bytes, uri: PathLike) -> str:
     """Write `data` to `uri`: temp + fsync + rename locally, one whole PUT remotely."""
     uri = str(uri)
     if is_remote(uri):
+        if len(data) > SINGLE_PUT_BYTES:
+            _upload_stream(io.BytesIO(data), uri)
+            return uri
+        # below its part size pyarrow sends one PUT at close: nothing partial can appear (and its
+        # error messages are the ones check_writable's probe shows)
         fs, path = filesystem(uri)
         with fs.open_output_stream(path) as f:
             f.write(data)
@@ -318,6 +349,6 @@ __all__ = [
     "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
-    "read_bytes", "read_json", "read_parts", "read_table", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
+    "read_bytes", "read_json", "read_parts", "read_table", "s3_filesystem", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

@@ -100,6 +100,25 @@ def _fsspec(proto: str) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(proto)))
 
 
+@functools.lru_cache(maxsize=16)
+def _s3fs(endpoint: str | None, region: str | None, _creds_id: str):
+    import s3fs
+
+    opts: dict = {"endpoint_url": endpoint} if endpoint else {}
+    if region:
+        opts["client_kwargs"] = {"region_name": region}
+    # no keys here either (botocore's chain reads them); a new client when they change (_creds_id)
+    return s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+
+
+def s3_filesystem(uri: PathLike):
+    """(s3fs filesystem, bucket/key) for an s3:// URI: the writes pyarrow cannot do, an aborted
+    multipart upload (storage._upload_stream) and a conditional PUT (jobs/runtime/lease.py)."""
+    s = str(uri)
+    return (_s3fs(_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), _env("AWS_REGION", "AWS_DEFAULT_REGION"),
+                  _creds_id()), s[len(scheme(s)) + 3:])
+
+
 def _creds_id() -> str:
     """A digest of the credential variables: a changed key gets a new client (the key is not kept)."""
     blob = "\0".join(os.environ.get(n, "") for n in

@@ -58,7 +58,7 @@ from curate.storage import (
 )
 from curate.weights import expand, require
 from jobs import guards
-from jobs.runtime import flags, parts, presets
+from jobs.runtime import flags, lease, parts, presets
 from jobs.runtime.current import check_parts, wanted_ref
 from jobs.runtime.progress import Progress
 from latents.weights import stage_weights
@@ -151,30 +151,31 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     cfg = replace(cfg, caption=resolve_engine(cfg.caption))  # engine openai: probe the server, before any actor
     out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
-    inputs = storage.list_parts(cfg.input)
-    if not inputs:
-        raise UsageError(f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first")
-    h = caption_hash(cfg.caption)
-    finished = finished_parts(out, h)
-    init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
-    # decisions propagate: captions of clips no longer kept leave the finished parts first
-    finished = supersede(finished, wanted_ref(inputs, [KEPT, STATUS], _kept), out, h)
-    # the workers read the scored parts and pick the kept clips not captioned yet; the driver
-    # holds file names, the finished set's object ref and counts
-    done = clip_ids_ref(finished)
-    columns = list(CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
-    todo = read_parts_dataset(inputs, columns).map_batches(
-        functools.partial(_todo, done=done, cfg=cfg.caption), batch_format="pyarrow", batch_size=None, num_cpus=0.25)
-    counts = _count(read_parts_dataset(inputs, [CLIP_ID, KEPT, STATUS]), done)
-    summary: dict[str, Any] = {"input_clips": counts["rows"], "kept": counts["kept"], "skipped_done": counts["done"],
-                               "captioned": 0, "errors": 0, "config_hash": h}
-    if counts["kept"] > counts["done"]:
-        summary.update(_run(cfg, todo, out, h, counts["kept"] - counts["done"]))
-    elif not counts["kept"] and not finished:  # 0 kept: one empty part, so encode writes an empty manifest
-        _write(CLIP_SCHEMA.empty_table(), out, h)
-    summary["wall_s"] = time.perf_counter() - t0
-    summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
-    return summary
+    with lease.hold(out, "jobs.caption", watch=[layout.run_root(out)]):  # curate on OUT writes here too
+        inputs = storage.list_parts(cfg.input)
+        if not inputs:
+            raise UsageError(f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first")
+        h = caption_hash(cfg.caption)
+        finished = finished_parts(out, h)
+        init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
+        # decisions propagate: captions of clips no longer kept leave the finished parts first
+        finished = supersede(finished, wanted_ref(inputs, [KEPT, STATUS], _kept), out, h)
+        # the workers read the scored parts and pick the kept clips not captioned yet; the driver
+        # holds file names, the finished set's object ref and counts
+        done = clip_ids_ref(finished)
+        columns = list(CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
+        todo = read_parts_dataset(inputs, columns).map_batches(
+            functools.partial(_todo, done=done, cfg=cfg.caption), batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+        counts = _count(read_parts_dataset(inputs, [CLIP_ID, KEPT, STATUS]), done)
+        summary: dict[str, Any] = {"input_clips": counts["rows"], "kept": counts["kept"], "skipped_done": counts["done"],
+                                   "captioned": 0, "errors": 0, "config_hash": h}
+        if counts["kept"] > counts["done"]:
+            summary.update(_run(cfg, todo, out, h, counts["kept"] - counts["done"]))
+        elif not counts["kept"] and not finished:  # 0 kept: one empty part, so encode writes an empty manifest
+            _write(CLIP_SCHEMA.empty_table(), out, h)
+        summary["wall_s"] = time.perf_counter() - t0
+        summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
+        return summary
 
 
 def supersede(finished: list[str], wanted: Any, out: str, h: str) -> list[str]:

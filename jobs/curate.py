@@ -52,7 +52,7 @@ from curate.storage import (
 )
 from curate.weights import expand
 from jobs import guards, rule_flags, stage_flags
-from jobs.runtime import flags, parts
+from jobs.runtime import flags, lease, parts
 from jobs.runtime.inputs import list_inputs
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 from jobs.runtime.progress import Progress
@@ -234,6 +234,7 @@ def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
 
     scored = layout.folder(out, layout.SCORED)
     finished = set(finished_parts(scored, out, SCORED_STAGE, h))
+    # safe: the output's lease (jobs/runtime/lease.py) means no other run writes here
     for stale in storage.list_parts(scored):  # a part whose marker never came, or another config
         if stale not in finished:
             storage.delete(stale)
@@ -291,6 +292,7 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
 
     captions = layout.folder(out, layout.CAPTIONS)
     finished = finished_parts(captions, out, WRITE_STAGE, h2)
+    # safe: the output's lease (jobs/runtime/lease.py) means no other run writes here
     for stale in set(storage.list_parts(captions)) - set(finished):
         storage.delete(stale)
     shards: list[dict] = []
@@ -343,49 +345,50 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     inputs = inputs[:cfg.limit] if cfg.limit else inputs
     out = flags.canonical(cfg.output)
     check_writable(out)
-    filters.check_config(preset.score.filters)
-    from curate.weights import require
+    with lease.hold(out, "jobs.curate", watch=lease.stage_folders(out)):
+        filters.check_config(preset.score.filters)
+        from curate.weights import require
 
-    # every model of the run, on the driver before Ray: a missing one is this exit-2 message, not an actor traceback
-    require(stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir)
-    h = config_hash({"preset": dataclasses.asdict(preset)})
-    meta = _manifest_meta(preset)
-    t0 = time.perf_counter()
-    import ray
+        # every model of the run, on the driver before Ray: a missing one is this exit-2 message, not an actor traceback
+        require(stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir)
+        h = config_hash({"preset": dataclasses.asdict(preset)})
+        meta = _manifest_meta(preset)
+        t0 = time.perf_counter()
+        import ray
 
-    from jobs.runtime.adapter import init_ray
+        from jobs.runtime.adapter import init_ray
 
-    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
-    if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
-        raise UsageError(f"--model-resource must name a custom resource of a node in the cluster, got "
-                         f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
-                         f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
-    p1 = phase1(cfg, preset, inputs, out, h)
-    t_decide = time.perf_counter()
-    report = decide(preset, out, h)
-    decide_seconds = round(time.perf_counter() - t_decide, 2)
-    # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
-    h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(layout.folder(out, layout.SCORED))]})
-    p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
-    summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
-               **{k: v for k, v in p1.items() if k != "stage_seconds"},
-               **{k: v for k, v in p2.items() if k != "stage_seconds"},
-               "stage_seconds": {"split+score": p1["phase1_seconds"], "decide": decide_seconds,
-                                 "caption+encode": p2["phase2_seconds"], **p1["stage_seconds"], **p2["stage_seconds"]},
-               # an error row is one per failed input or clip, not a clip: counted apart
-               "clips": report["clips_in"] - errors_of(report), "errors": errors_of(report),
-               "scored": report["clips_in"], "kept": report["kept"],
-               **finalize(out, h2, meta)}
-    summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    write_json_atomic(summary, layout.summary_path(out, "curate"))
-    if cfg.report:
-        from jobs.report import write_report_to
+        init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+        if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
+            raise UsageError(f"--model-resource must name a custom resource of a node in the cluster, got "
+                             f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
+                             f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
+        p1 = phase1(cfg, preset, inputs, out, h)
+        t_decide = time.perf_counter()
+        report = decide(preset, out, h)
+        decide_seconds = round(time.perf_counter() - t_decide, 2)
+        # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
+        h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(layout.folder(out, layout.SCORED))]})
+        p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
+        summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
+                   **{k: v for k, v in p1.items() if k != "stage_seconds"},
+                   **{k: v for k, v in p2.items() if k != "stage_seconds"},
+                   "stage_seconds": {"split+score": p1["phase1_seconds"], "decide": decide_seconds,
+                                     "caption+encode": p2["phase2_seconds"], **p1["stage_seconds"], **p2["stage_seconds"]},
+                   # an error row is one per failed input or clip, not a clip: counted apart
+                   "clips": report["clips_in"] - errors_of(report), "errors": errors_of(report),
+                   "scored": report["clips_in"], "kept": report["kept"],
+                   **finalize(out, h2, meta)}
+        summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        write_json_atomic(summary, layout.summary_path(out, "curate"))
+        if cfg.report:
+            from jobs.report import write_report_to
 
-        summary["report"] = write_report_to(out, run_config={"curate": dataclasses.asdict(cfg),
-                                                             "preset": dataclasses.asdict(preset)},
-                                            stage_timings=summary["stage_seconds"], preset_name=preset.name,
-                                            random_models=preset.random_models)
-    return summary
+            summary["report"] = write_report_to(out, run_config={"curate": dataclasses.asdict(cfg),
+                                                                 "preset": dataclasses.asdict(preset)},
+                                                stage_timings=summary["stage_seconds"], preset_name=preset.name,
+                                                random_models=preset.random_models)
+        return summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,7 @@ from curate.storage import (
 )
 from curate.weights import require
 from jobs import guards
-from jobs.runtime import flags, parts, presets
+from jobs.runtime import flags, lease, parts, presets
 from jobs.runtime.current import check_parts, wanted_ref
 from jobs.runtime.progress import Progress
 from latents import models_info
@@ -221,55 +221,56 @@ def main(cfg: EncodeJobConfig) -> dict:
     require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
     out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
     check_writable(out)
-    t0 = time.perf_counter()
-    cfg_hash = config_hash(cfg.encode)
-    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
-    # decisions propagate: a finished batch holding a clip no longer eligible (re-decided, or no
-    # longer captioned) is dropped, and its still-eligible clips are encoded again below
-    finished = finished_batches(out, cfg_hash)
-    batches = list(finished)
-    for part, ok in zip(batches, check_parts(batches, wanted_ref(inputs, COUNT_COLUMNS, eligible_mask))):
-        if not ok:
-            storage.delete(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
-            storage.delete(part)
-    done = clip_ids_ref(list(finished_batches(out, cfg_hash)))  # the set stays in the object store
-    # important: counted before the plan runs, against the same done set the plan skips
-    seen = sum(run_tasks(_count_input, inputs, done), Counter())
-    new_rows = 0
-    if seen["eligible"] > seen["skipped"]:
-        columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]  # scores' embeddings: not needed
-        ds = read_parts_dataset(inputs, columns)
-        ds = map_task(ds, partial(_todo, done=done), Resources(num_cpus=0.25, concurrency=0))
-        ds = map_task(ds, partial(prepare_batch, cfg=cfg.encode),
-                      Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
-        ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
-                                                              concurrency=cfg.concurrency, batch_size=cfg.batch_size))
-        # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer holds its batch);
-        # the driver sums counts
-        write = partial(write_batch, out=out, cfg_hash=cfg_hash, max_rows=cfg.max_rows_per_shard,
-                        max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
-        ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0,
-                                           batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
-        progress = Progress("encode", seen["eligible"] - seen["skipped"], "clips")
-        new_rows = parts.drain(ds, progress).get("rows", 0)
-    finished = finished_batches(out, cfg_hash)
-    drop_stale(out, finished)
-    errors = sum(run_tasks(_count_errors, list(finished)), Counter())
-    counts = {"input_rows": seen["input_rows"], "eligible": seen["eligible"], "errors": int(sum(errors.values()))}
-    manifest = merge_shards(out, finished, _meta(cfg.encode, out, cfg_hash, reuse=new_rows == 0), counts)
-    psnr = [v for s in manifest["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
-    summary = {
-        "input_rows": seen["input_rows"], "eligible": seen["eligible"], "encoded_this_run": new_rows,
-        "skipped_already_done": seen["skipped"], "shard_rows": manifest["counts"]["rows"],
-        "shards": manifest["counts"]["shards"], "errors": counts["errors"],
-        "errors_by_reason": dict(errors.most_common(10)),
-        "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
-        "vae": manifest["vae"]["vae_id"], "smoke": manifest["smoke"],
-        "manifest": layout.manifest_path(out), "wall_seconds": round(time.perf_counter() - t0, 2),
-        "config_hash": cfg_hash,
-    }
-    write_json_atomic(summary, layout.summary_path(layout.run_root(out), "encode"))  # next to OUT/summary/split.json
-    return summary
+    with lease.hold(out, "jobs.encode", watch=[layout.run_root(out)]):  # curate on OUT writes here too
+        t0 = time.perf_counter()
+        cfg_hash = config_hash(cfg.encode)
+        init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+        # decisions propagate: a finished batch holding a clip no longer eligible (re-decided, or no
+        # longer captioned) is dropped, and its still-eligible clips are encoded again below
+        finished = finished_batches(out, cfg_hash)
+        batches = list(finished)
+        for part, ok in zip(batches, check_parts(batches, wanted_ref(inputs, COUNT_COLUMNS, eligible_mask))):
+            if not ok:
+                storage.delete(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
+                storage.delete(part)
+        done = clip_ids_ref(list(finished_batches(out, cfg_hash)))  # the set stays in the object store
+        # important: counted before the plan runs, against the same done set the plan skips
+        seen = sum(run_tasks(_count_input, inputs, done), Counter())
+        new_rows = 0
+        if seen["eligible"] > seen["skipped"]:
+            columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]  # scores' embeddings: not needed
+            ds = read_parts_dataset(inputs, columns)
+            ds = map_task(ds, partial(_todo, done=done), Resources(num_cpus=0.25, concurrency=0))
+            ds = map_task(ds, partial(prepare_batch, cfg=cfg.encode),
+                          Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
+            ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
+                                                                  concurrency=cfg.concurrency, batch_size=cfg.batch_size))
+            # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer holds its batch);
+            # the driver sums counts
+            write = partial(write_batch, out=out, cfg_hash=cfg_hash, max_rows=cfg.max_rows_per_shard,
+                            max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
+            ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0,
+                                               batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
+            progress = Progress("encode", seen["eligible"] - seen["skipped"], "clips")
+            new_rows = parts.drain(ds, progress).get("rows", 0)
+        finished = finished_batches(out, cfg_hash)
+        drop_stale(out, finished)
+        errors = sum(run_tasks(_count_errors, list(finished)), Counter())
+        counts = {"input_rows": seen["input_rows"], "eligible": seen["eligible"], "errors": int(sum(errors.values()))}
+        manifest = merge_shards(out, finished, _meta(cfg.encode, out, cfg_hash, reuse=new_rows == 0), counts)
+        psnr = [v for s in manifest["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
+        summary = {
+            "input_rows": seen["input_rows"], "eligible": seen["eligible"], "encoded_this_run": new_rows,
+            "skipped_already_done": seen["skipped"], "shard_rows": manifest["counts"]["rows"],
+            "shards": manifest["counts"]["shards"], "errors": counts["errors"],
+            "errors_by_reason": dict(errors.most_common(10)),
+            "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
+            "vae": manifest["vae"]["vae_id"], "smoke": manifest["smoke"],
+            "manifest": layout.manifest_path(out), "wall_seconds": round(time.perf_counter() - t0, 2),
+            "config_hash": cfg_hash,
+        }
+        write_json_atomic(summary, layout.summary_path(layout.run_root(out), "encode"))  # next to OUT/summary/split.json
+        return summary
 
 
 def build_parser() -> argparse.ArgumentParser:

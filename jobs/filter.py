@@ -23,7 +23,7 @@ from curate import decide as D
 from curate import filters, layout, score_config, storage
 from curate.storage import check_writable, is_done, read_json, write_json_atomic
 from jobs import guards, rule_flags
-from jobs.runtime import flags
+from jobs.runtime import flags, lease
 from jobs.runtime.filter_plan import (
     STAGE,
     decide_dir,
@@ -55,20 +55,21 @@ def main(job: FilterJob) -> dict[str, Any]:
     parts = scored_parts(src)
     check_writable(dst)
     root = layout.run_root(dst)
-    h = inputs_hash(parts, job.filters, job.near)
-    funnel_path = layout.funnel_path(dst)
-    if storage.exists(funnel_path) and all(is_done(root, STAGE, part_name(p), h) for p in parts):
-        print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
-        return read_json(funnel_path)
-    from jobs.runtime.adapter import init_ray
+    with lease.hold(dst, "jobs.filter", watch=[root, *([src] if src != dst else [])]):
+        h = inputs_hash(parts, job.filters, job.near)
+        funnel_path = layout.funnel_path(dst)
+        if storage.exists(funnel_path) and all(is_done(root, STAGE, part_name(p), h) for p in parts):
+            print(f"filter: {len(parts)} parts already decided under this config; nothing to do")
+            return read_json(funnel_path)
+        from jobs.runtime.adapter import init_ray
 
-    init_ray(job.address, num_cpus=job.num_cpus)
-    funnel, n = decide_dir(src, dst, job.filters, job.near, root)
-    report = funnel_report(funnel, job.filters, smoke=job.smoke)
-    write_json_atomic(report, funnel_path)
-    print(format_funnel(report))
-    print(f"filter: {n} parts -> {dst}")
-    return report
+        init_ray(job.address, num_cpus=job.num_cpus)
+        funnel, n = decide_dir(src, dst, job.filters, job.near, root)
+        report = funnel_report(funnel, job.filters, smoke=job.smoke)
+        write_json_atomic(report, funnel_path)
+        print(format_funnel(report))
+        print(f"filter: {n} parts -> {dst}")
+        return report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     rule_flags.add_rule_flags(p)
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
                    help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
-    p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
+    p.add_argument("--border-margin", type=flags.float_or_inf, default=D.NearDupConfig.border_margin,
                    help="border pass: kept clips within this many pair bounds of their second-nearest cluster "
                         "are compared there too (0: no border pass; inf: every kept clip)")
     flags.add_ray(p)

@@ -230,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsample-api-key-env", default=None, metavar="VAR",
                    help="--upsample-engine openai: NAME of the environment variable holding the key (never the key)")
     p.add_argument("--init-video", help="SDEdit: start from this video's latents")
-    p.add_argument("--strength", type=float, default=1.0, help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective")
+    p.add_argument("--strength", type=flags.finite_float, default=1.0, help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective")
     for name in ("frames", "height", "width"):
         p.add_argument(f"--{name}", type=int, help="pixels; with the other two, or none (the run's most common shape)")
     p.add_argument("--steps", type=int, default=SampleJob.steps, help="denoising steps")
     p.add_argument("--seed", type=int, default=SampleJob.seed, help="noise seed (same seed, same video)")
-    p.add_argument("--cfg-scale", type=float, default=SampleJob.cfg_scale, help="classifier-free guidance scale (1: no guidance)")
-    p.add_argument("--fps", type=float, help="(default: the run's data fps)")
+    p.add_argument("--cfg-scale", type=flags.finite_float, default=SampleJob.cfg_scale, help="classifier-free guidance scale (1: no guidance)")
+    p.add_argument("--fps", type=flags.finite_float, help="(default: the run's data fps)")
     flags.add_weights_dir(p)
     p.add_argument("--no-ema", action="store_true", help="sample with the raw weights, not the EMA ones")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda | cuda:N")

@@ -45,7 +45,7 @@ from curate.storage import (
 )
 from curate.weights import expand
 from jobs import guards, rule_flags
-from jobs.runtime import flags, presets
+from jobs.runtime import flags, lease, presets
 from jobs.runtime.parts import PartSpec, counts, drain, no_counts, write_part
 from jobs.runtime.progress import Progress
 from jobs.runtime.score_merge import SCORE_PART_COLUMNS, join_scores, scored_part
@@ -165,35 +165,36 @@ def main(job: ScoreJob) -> dict[str, Any]:
     root = layout.run_root(out)
     scores_dir = layout.scores_dir(out)
     check_writable(out)
-    clip_parts = storage.list_parts(job.input)
-    if not clip_parts:
-        raise UsageError(f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first")
-    init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
-    counts = row_counts(clip_parts)  # from the footers, read by Ray tasks: no rows
-    n_clips = sum(counts)
-    # the workers read the clip parts and skip clips scored before; the driver sees counts
-    finished = ray.remote(finished_ids).remote(finished_score_parts(scores_dir, root, job.score), job.score)
-    todo = map_task(read_parts_dataset(clip_parts), functools.partial(pending, finished=finished),
-                    Resources(num_cpus=0.25, concurrency=0))
-    n_todo = todo.count()
-    print(f"score: {n_clips} clips in, {n_todo} to score, model: {score.model_label(job.score)}")
-    if n_todo:
-        run_plan(job, todo, scores_dir, root, n_todo)
-    # every clip row with its score row, joined by clip_id in Ray tasks that write the parts
-    n_parts = max(1, -(-n_clips // job.part_rows))
-    outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]
-    join_scores(clip_parts, finished_score_parts(scores_dir, root, job.score), SCORE_PART_COLUMNS,
-                functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs, clip_counts=counts)
-    for stale in set(storage.list_parts(out)) - set(outputs):  # a previous run with more parts
-        storage.delete(stale)
-    # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
-    funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
-    report = funnel_report(funnel, job.score, smoke=job.score.smoke, model=score.model_label(job.score))
-    funnel_path = layout.funnel_path(out)
-    write_json_atomic(report, funnel_path)
-    print(format_funnel(report))
-    print(f"funnel: {funnel_path}")
-    return report
+    with lease.hold(out, "jobs.score", watch=[root]):  # curate/split on OUT write here too
+        clip_parts = storage.list_parts(job.input)
+        if not clip_parts:
+            raise UsageError(f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first")
+        init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
+        counts = row_counts(clip_parts)  # from the footers, read by Ray tasks: no rows
+        n_clips = sum(counts)
+        # the workers read the clip parts and skip clips scored before; the driver sees counts
+        finished = ray.remote(finished_ids).remote(finished_score_parts(scores_dir, root, job.score), job.score)
+        todo = map_task(read_parts_dataset(clip_parts), functools.partial(pending, finished=finished),
+                        Resources(num_cpus=0.25, concurrency=0))
+        n_todo = todo.count()
+        print(f"score: {n_clips} clips in, {n_todo} to score, model: {score.model_label(job.score)}")
+        if n_todo:
+            run_plan(job, todo, scores_dir, root, n_todo)
+        # every clip row with its score row, joined by clip_id in Ray tasks that write the parts
+        n_parts = max(1, -(-n_clips // job.part_rows))
+        outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]
+        join_scores(clip_parts, finished_score_parts(scores_dir, root, job.score), SCORE_PART_COLUMNS,
+                    functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs, clip_counts=counts)
+        for stale in set(storage.list_parts(out)) - set(outputs):  # a previous run with more parts
+            storage.delete(stale)
+        # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
+        funnel, _ = decide_dir(out, out, job.score.filters, D.NearDupConfig(), marker_root=None)
+        report = funnel_report(funnel, job.score, smoke=job.score.smoke, model=score.model_label(job.score))
+        funnel_path = layout.funnel_path(out)
+        write_json_atomic(report, funnel_path)
+        print(format_funnel(report))
+        print(f"funnel: {funnel_path}")
+        return report
 
 
 def build_parser() -> argparse.ArgumentParser:

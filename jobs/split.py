@@ -33,7 +33,7 @@ from curate.storage import (
     write_json_atomic,
 )
 from jobs import guards, stage_flags
-from jobs.runtime import flags
+from jobs.runtime import flags, lease
 from jobs.runtime.inputs import list_inputs
 from jobs.runtime.progress import Progress
 from jobs.runtime.split_parts import process_one
@@ -102,23 +102,24 @@ def main(cfg: SplitJobConfig) -> dict:
     inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
     inputs = inputs[:cfg.limit] if cfg.limit else inputs
     check_writable(cfg.output)
-    t0 = time.perf_counter()
-    init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
-    ds = ray.data.from_items([{S.SOURCE_URI: u} for u in inputs], override_num_blocks=max(1, len(inputs)))
-    kwargs = {"compute": ray.data.TaskPoolStrategy(size=cfg.concurrency)} if cfg.concurrency else {}
-    ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
-                        num_cpus=cfg.num_cpus, **kwargs)
-    rows: list[dict] = []
-    progress = Progress("split", len(inputs), "videos")
-    for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
-        rows.extend(batch.to_pylist())
-        progress.add(batch.num_rows)
-    progress.close()
-    summary = summarize(rows, cfg.output, time.perf_counter() - t0)
-    summary["config"] = asdict(cfg.split)
-    summary["config_hash"] = config_hash(cfg.split)
-    write_json_atomic(summary, layout.summary_path(cfg.output, "split"))
-    return summary
+    with lease.hold(cfg.output, "jobs.split", watch=lease.stage_folders(cfg.output)):
+        t0 = time.perf_counter()
+        init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
+        ds = ray.data.from_items([{S.SOURCE_URI: u} for u in inputs], override_num_blocks=max(1, len(inputs)))
+        kwargs = {"compute": ray.data.TaskPoolStrategy(size=cfg.concurrency)} if cfg.concurrency else {}
+        ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
+                            num_cpus=cfg.num_cpus, **kwargs)
+        rows: list[dict] = []
+        progress = Progress("split", len(inputs), "videos")
+        for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
+            rows.extend(batch.to_pylist())
+            progress.add(batch.num_rows)
+        progress.close()
+        summary = summarize(rows, cfg.output, time.perf_counter() - t0)
+        summary["config"] = asdict(cfg.split)
+        summary["config_hash"] = config_hash(cfg.split)
+        write_json_atomic(summary, layout.summary_path(cfg.output, "split"))
+        return summary
 
 
 def print_summary(summary: dict) -> None:

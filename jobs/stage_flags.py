@@ -23,10 +23,10 @@ _SPLIT = SplitConfig()
 def add_split_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", default=_SPLIT.detector, choices=DETECTORS,
                    help="shot detector: content (PySceneDetect), transnetv2 (neural) or hybrid")
-    p.add_argument("--min-seconds", type=float, default=_SPLIT.min_seconds, help="shots shorter than this give no clip")
-    p.add_argument("--max-seconds", type=float, default=_SPLIT.max_seconds,
+    p.add_argument("--min-seconds", type=flags.finite_float, default=_SPLIT.min_seconds, help="shots shorter than this give no clip")
+    p.add_argument("--max-seconds", type=flags.finite_float, default=_SPLIT.max_seconds,
                    help="longer shots are cut into equal windows (at least twice --min-seconds)")
-    p.add_argument("--trim-seconds", type=float, default=_SPLIT.trim_seconds, help="dropped at each end of every shot")
+    p.add_argument("--trim-seconds", type=flags.finite_float, default=_SPLIT.trim_seconds, help="dropped at each end of every shot")
 
 
 def split_config(a: argparse.Namespace, base: SplitConfig = _SPLIT) -> SplitConfig:
@@ -65,7 +65,7 @@ def caption_config(a: argparse.Namespace, base: CaptionConfig) -> CaptionConfig:
 def add_encode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None,
                    help="pixel frames per clip at most, before the VAE (default: the preset's)")
-    p.add_argument("--target-fps", type=float, default=None, help="frame rate clips are resampled to (default: the preset's)")
+    p.add_argument("--target-fps", type=flags.finite_float, default=None, help="frame rate clips are resampled to (default: the preset's)")
 
 
 def encode_config(a: argparse.Namespace, base: EncodeConfig) -> EncodeConfig:

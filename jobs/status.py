@@ -105,7 +105,20 @@ def run_status(out: str) -> dict[str, Any]:
         raise UsageError(f"OUT must hold a run (stage folders, markers or summaries), got {out!r} (none); "
                          "pass the --output of a job")
     return {"out": str(out), "stages": stages, "markers": {k: dict(v) for k, v in markers.items()},
-            "funnel": funnel, "summaries": summaries, "rerun_would_redo": redo or ["nothing"]}
+            "funnel": funnel, "summaries": summaries, "held": _leases(out), "rerun_would_redo": redo or ["nothing"]}
+
+
+def _leases(out: str) -> list[str]:
+    """Who holds OUT or one of its stage folders now (a run in progress, or a stale lease a rerun takes over)."""
+    from jobs.runtime import lease
+
+    held = []
+    for folder in [out, *lease.stage_folders(out)]:
+        h = lease.read_holder(folder)
+        if h is not None:
+            why = lease.why_stale(h)
+            held.append(f"{lease.lease_path(folder)}: {h.describe()}" + (f" (stale: {why})" if why else ""))
+    return held
 
 
 def format_status(st: dict[str, Any]) -> str:
@@ -123,6 +136,7 @@ def format_status(st: dict[str, Any]) -> str:
     for job, s in st["summaries"].items():
         secs = ", ".join(f"{k} {v:g}s" for k, v in (s.get("stage_seconds") or {}).items())
         lines.append(f"summary {job}: wall {s.get('wall_seconds', '?')}s" + (f" ({secs})" if secs else ""))
+    lines += [f"held: {h}" for h in st["held"]]
     lines += [f"rerun would redo: {r}" for r in st["rerun_would_redo"]]
     return "\n".join(lines)
 

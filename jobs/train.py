@@ -31,7 +31,7 @@ from collections import Counter
 from curate import storage
 from curate.errors import UsageError
 from curate.storage import check_writable
-from jobs.runtime import flags, presets
+from jobs.runtime import flags, lease, presets
 from latents import run_sync
 from latents.dit.loader import Source
 from latents.dit.train import TrainConfig, longest_sample, train
@@ -234,16 +234,17 @@ def main(cfg: TrainConfig, shards: str, out: str, workers: int = 1, gpu: bool | 
 
         gpu = torch.cuda.is_available()
     check_writable(out)  # before the data is read, not after training
-    if workers == 1:
-        data = open_dataset(shards)
-        summary = _train_into(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
-                              extra_config=data_facts(shards, data), preview=previewer(shards))
-    else:
-        run_distributed(cfg, shards, out, workers, gpu, stop_after, address, verbose)
-        rows = storage.read_bytes(storage.join(out, "loss.csv")).decode().strip().splitlines()
-        last = rows[-1].split(",") if len(rows) > 1 else [None, None]
-        summary = {"step": int(last[0]) if last[0] else 0, "loss": float(last[1]) if last[1] else None,
-                   "run": str(out), "workers": workers}
+    with lease.hold(out, "jobs.train"):  # two trainings in one run folder would mix checkpoints
+        if workers == 1:
+            data = open_dataset(shards)
+            summary = _train_into(cfg, data, out, device="cuda" if gpu else "cpu", stop_after=stop_after,
+                                  extra_config=data_facts(shards, data), preview=previewer(shards))
+        else:
+            run_distributed(cfg, shards, out, workers, gpu, stop_after, address, verbose)
+            rows = storage.read_bytes(storage.join(out, "loss.csv")).decode().strip().splitlines()
+            last = rows[-1].split(",") if len(rows) > 1 else [None, None]
+            summary = {"step": int(last[0]) if last[0] else 0, "loss": float(last[1]) if last[1] else None,
+                       "run": str(out), "workers": workers}
     print(f"[train] done: {summary}; log {storage.join(out, 'loss.csv')}, curve {storage.join(out, 'loss.png')}",
           flush=True)
     return summary
@@ -258,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and 1 GPU when training on GPU, each")
     p.add_argument("--model", choices=["tiny", "S", "B", "L"], help="DiT size (default: the preset's)")
     p.add_argument("--objective", choices=["rflow", "ddpm"], help="training objective (default: the preset's)")
-    for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", float),
-                      ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", float),
-                      ("step-tokens", int), ("micro-tokens", int), ("weight-decay", float), ("window", int),
+    for name, typ in (("steps", int), ("batch-size", int), ("max-tokens", int), ("lr", flags.finite_float),
+                      ("warmup", int), ("ckpt-every", int), ("seed", int), ("caption-dropout", flags.finite_float),
+                      ("step-tokens", int), ("micro-tokens", int), ("weight-decay", flags.finite_float), ("window", int),
                       ("val-rows", int), ("val-every", int), ("preview-every", int), ("keep-last", int)):
         p.add_argument(f"--{name}", type=typ, help="(default: the preset's)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="(default: the preset's)")

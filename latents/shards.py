@@ -289,6 +289,7 @@ def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str
     manifest = build_manifest(meta, shards, schema)
     write_json_atomic(manifest, manifest_path(root))
     keep = {s["file"] for s in shards}
+    # safe: the job's lease on this folder (jobs/runtime/lease.py) means no other run writes shards here
     for old in storage.list_files(root, ".parquet"):
         if layout.is_shard(old) and storage.basename(old) not in keep:
             storage.delete(old)

@@ -141,6 +141,16 @@ BAD = [
     ("curate", ["--min-seconds", "0"], "min_seconds must be > 0, got 0"),
     ("curate", ["--max-rows-per-shard", "2048"], "--max-rows-per-shard must be <= 256"),
     ("encode", ["--max-rows-per-shard", "2048"], "--max-rows-per-shard must be <= 256"),
+    # nan passes every < / > check after it, and float() reads "inf" and "1e999": refused by the flag's type
+    ("split", ["--max-seconds", "nan"], "--max-seconds must be a finite number, got 'nan'"),
+    ("split", ["--cpus", "nan"], "--cpus must be a finite number, got 'nan'"),
+    ("score", ["--gpus", "inf"], "--gpus must be a finite number, got 'inf'"),
+    ("curate", ["--min-seconds", "1e999"], "--min-seconds must be a finite number, got '1e999'"),
+    ("curate", ["--target-fps", "inf"], "--target-fps must be a finite number, got 'inf'"),
+    ("train", ["--lr", "NaN"], "--lr must be a finite number, got 'NaN'"),
+    ("sample", ["--strength", "nan"], "--strength must be a finite number"),
+    ("caption", ["--cpus", "many"], "--cpus must be a number, got 'many'"),
+    ("filter", ["--border-margin", "nan"], "--border-margin must be a number or inf, got 'nan'"),
 ]
 if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda.is_available():
     BAD += [("train", ["--device", "cuda"], "needs a CUDA GPU"), ("sample", ["--device", "cuda"], "needs a CUDA GPU")]

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from curate import layout
 from curate import schema as S
 from curate.storage import mark_done, write_json_atomic
+from jobs.runtime import lease
 from jobs.status import format_status, run_status
 
 
@@ -48,6 +49,10 @@ def test_status_counts_errors_redo_and_kept_by_rule(tmp_path):
     assert st["rerun_would_redo"] == ["scored: 1 of 2 parts have no marker and would be redone"]
     text = format_status(st)
     assert "kept 3 of 7  [SMOKE]" in text and "decide 1.5s" in text
+    assert st["held"] == []
+    with lease.hold(str(out / layout.CAPTIONS), "jobs.caption") as held:
+        text = format_status(run_status(str(out)))
+    assert f"held: {out / layout.CAPTIONS / '_lease.json'}: {held.holder.describe()}" in text
 
 
 def test_status_cli_on_an_empty_folder_is_exit_2(tmp_path):

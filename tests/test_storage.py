@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import stat
@@ -97,6 +98,38 @@ def test_s3_round_trip(s3):
     st.delete(st.join(out, "raw", "v.mp4"))
     assert not st.exists(st.join(out, "raw", "v.mp4"))
     assert st.storage_options(out)["endpoint_url"] == s3.endpoint and st.storage_options("/tmp") == {}
+
+
+class _FailsOnSecondRead(io.RawIOBase):
+    """A 40 MiB source whose second read fails (a full disk, a dead worker): the upload stops after
+    its first multipart part."""
+
+    def __init__(self, on_fail):
+        self.reads, self.on_fail = 0, on_fail
+
+    def read(self, n=-1):
+        self.reads += 1
+        if self.reads == 2:
+            self.on_fail()
+            raise OSError("injected: the source died mid-upload")
+        return b"x" * n
+
+
+def test_an_upload_failing_mid_way_leaves_no_object_and_no_parts(s3, tmp_path):
+    c = s3.client()
+    bucket = s3.make_bucket("abort-bucket")
+    uri = st.join(bucket, "out", "latents", "shard-a-00000.parquet")
+    started: list = []  # the multipart upload in flight when the failure comes
+    src = _FailsOnSecondRead(lambda: started.extend(c.list_multipart_uploads(Bucket="abort-bucket").get("Uploads", [])))
+    with pytest.raises(OSError, match="injected"):
+        st._upload_stream(src, uri)
+    assert len(started) == 1  # the first 16 MiB part was sent
+    assert not st.exists(uri)  # not a 16 MiB object at the final key
+    assert not c.list_multipart_uploads(Bucket="abort-bucket").get("Uploads")  # aborted, not left to bill
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(1 << 20) * 20)  # 20 MiB: two parts
+    st.publish_copy(str(local), uri)
+    assert st.read_bytes(uri) == local.read_bytes()
 
 
 def test_s3_filesystem_pickles_without_secrets(s3):

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from curate import decide as D
 from curate import filters
 from curate import schema as S
+from jobs.runtime import flags
 
 DIM = 768
 GROUP = 3  # rows per near-duplicate group (some groups are three unrelated clips)
@@ -250,10 +251,10 @@ def _growth(results: list[dict], i: int, key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench scale", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated clip counts")
-    p.add_argument("--recall-at", type=float, default=1e5, help="size at which to compare with the exact greedy "
+    p.add_argument("--recall-at", type=flags.finite_float, default=1e5, help="size at which to compare with the exact greedy "
                    "(0: skip)")
     p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows, help="rows per near-dup cluster")
-    p.add_argument("--border-margin", type=float, default=D.NearDupConfig.border_margin,
+    p.add_argument("--border-margin", type=flags.float_or_inf, default=D.NearDupConfig.border_margin,
                    help="near-duplicate border pass: a kept row joins its second-nearest cluster within this "
                    "multiple of the pair bound (inf: every kept row; 0: none, pass 1 alone)")
     p.add_argument("--spread", action="store_true", help="harder near-duplicate data: groups lie between two "

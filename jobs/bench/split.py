@@ -24,6 +24,7 @@ import imageio_ffmpeg
 from curate import schema as S
 from curate.shot_metrics import CutScore, clips_touching, forbidden_frames, match_cuts
 from curate.split import SplitConfig, make_detector, split_video_detailed
+from jobs.runtime import flags
 
 DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "videos"
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench split", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)), help="folder of input videos")
     p.add_argument("--detectors", default="content,transnetv2,hybrid", help="comma-separated detectors to compare")
-    p.add_argument("--long-minutes", type=float, default=60.0, help="length of the generated memory-test video (0: skip)")
+    p.add_argument("--long-minutes", type=flags.finite_float, default=60.0, help="length of the generated memory-test video (0: skip)")
     p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
     args = p.parse_args(argv)
     vdir = Path(args.videos)

@@ -48,7 +48,7 @@ from jobs.report.fold import (
 )
 from jobs.report.media import Line, clip_preview, preview_name, score_histogram
 from jobs.report.outputs import RunOutputs, ScoredTally
-from jobs.runtime import flags
+from jobs.runtime import flags, lease
 
 REPORT_DIR = "report"
 MEDIA_DIR = "media"
@@ -284,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         guards.check_run_folder(out)  # not OUT/scored (the page would land among its parts), not empty
         if a.max_previews < 0:
             raise UsageError(f"--max-previews must be >= 0, got {a.max_previews}; e.g. 24")
-        path = write_report_to(out, random_models=a.random_models, max_previews=a.max_previews)
+        # OUT/report is this job's; a run still writing OUT (curate writes the report too) must end first
+        with lease.hold(storage.join(out, REPORT_DIR), "jobs.report", watch=[out]):
+            path = write_report_to(out, random_models=a.random_models, max_previews=a.max_previews)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import re
 import sys
@@ -66,8 +67,38 @@ class JobParser(argparse.ArgumentParser):
         super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        # a type's own rule (finite_float): "argument --cpus: must be ..." reads "--cpus must be ..."
+        message = re.sub(r"^argument (-[\w-]+)(?:/-[\w-]+)*: must be ", r"\1 must be ", message)
         sys.stderr.write(f"error: {message}; see `{self.prog} --help`\n")
         sys.exit(2)
+
+
+def finite_float(text: str) -> float:
+    """argparse type of every float flag: a finite number. float() takes "nan", "inf" and "1e999"
+    (inf), and nan passes every `<` / `>` check after it (`--max-seconds nan` made every video an
+    error row, `--cpus nan` a traceback once Ray started), so they are refused at parse time."""
+    value = _number(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}; pass e.g. 1 "
+                                         "(or leave the flag out for its default)")
+    return value
+
+
+def float_or_inf(text: str) -> float:
+    """argparse type of a float flag where inf means "no limit": a number or inf, never nan."""
+    value = _number(text)
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number or inf, got {text!r}; pass e.g. 1 or inf "
+                                         "(or leave the flag out for its default)")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}; pass e.g. 1 "
+                                         "(or leave the flag out for its default)") from None
 
 
 def add_io(p: argparse.ArgumentParser, input_help: str, output_help: str) -> None:
@@ -88,11 +119,11 @@ def add_resources(p: argparse.ArgumentParser, stages: Sequence[str] = (), *, act
     if not stages:
         p.add_argument("--actors", type=int, default=actors, help=actors_help)
         if gpus is not None:
-            p.add_argument("--gpus", type=float, default=gpus, help="GPUs per actor")
+            p.add_argument("--gpus", type=finite_float, default=gpus, help="GPUs per actor")
     for s in stages:
         p.add_argument(f"--{s}-actors", type=int, default=actors, help=f"{s} model actors")
-        p.add_argument(f"--{s}-gpus", type=float, default=gpus, help=f"GPUs per {s} actor")
-    p.add_argument("--cpus", type=float, default=cpus, help=cpus_help)
+        p.add_argument(f"--{s}-gpus", type=finite_float, default=gpus, help=f"GPUs per {s} actor")
+    p.add_argument("--cpus", type=finite_float, default=cpus, help=cpus_help)
 
 
 def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -313,7 +344,7 @@ def add_caption_engine(p: argparse.ArgumentParser, model_flag: bool = False) -> 
     p.add_argument("--frames", choices=["auto", "video", "images"], default=None,
                    help="--engine openai: video_url (one mp4) or image_url (one JPEG per frame); auto: video where "
                         "the server takes it")
-    p.add_argument("--request-timeout", type=float, default=None, help="--engine openai: seconds per request (300)")
+    p.add_argument("--request-timeout", type=finite_float, default=None, help="--engine openai: seconds per request (300)")
     p.add_argument("--request-retries", type=int, default=None, help="--engine openai: extra tries on 429/5xx/"
                    "connection errors, with exponential backoff (4)")
 
