@@ -21,6 +21,7 @@ from curate import schema as S
 from curate.decode import geometry_of, open_video
 from curate.errors import StageError, one_line
 from curate.ids import video_id_of_file, video_id_of_missing
+from curate.retry import is_infrastructure
 from curate.uri import is_remote, local_copy
 
 VFR_SPREAD = 0.10  # frame intervals spreading more than 10% around the median: variable frame rate
@@ -57,6 +58,8 @@ def probe(path: str | Path, count_frames: bool = False, video_id: str | None = N
             with local_copy(path) as local:
                 return probe(local, count_frames, video_id, source_uri=uri)
         except OSError as e:
+            if is_infrastructure(e):  # the store or the disk, not this input: the job ends, a rerun reads it
+                raise
             return error_row(uri, video_id_of_missing(uri), "probe", f"cannot read object: {one_line(e)}")
     try:
         size = os.stat(path).st_size

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from curate import layout
 from curate.errors import UsageError
+from curate.retry import remote_io, retrying
 
 # re-exported (see __all__): callers import the whole storage layer from here
 from curate.uri import (
@@ -146,7 +147,7 @@ def publish(tmp: str, uri: PathLike) -> None:
     """Make the finished local file `tmp` appear at `uri` in one step, then drop `tmp`."""
     try:
         if is_remote(uri):
-            _upload(tmp, uri)
+            retrying(_upload, tmp, uri, what=f"upload({uri!r})")  # each try uploads the whole file
         else:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -159,7 +160,7 @@ def publish(tmp: str, uri: PathLike) -> None:
 def publish_copy(src: str, uri: PathLike) -> str:
     """Copy the local file `src` to `uri` atomically (`src` is kept)."""
     if is_remote(uri):
-        _upload(src, uri)
+        retrying(_upload, src, uri, what=f"upload({uri!r})")
     else:
         with atomic_output(uri) as tmp:
             shutil.copyfile(src, tmp)
@@ -212,6 +213,7 @@ def _create_new(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
 
 
+@remote_io(1)  # a retry PUTs the whole object again
 def write_bytes_atomic(data: bytes, uri: PathLike) -> str:
     """Write `data` to `uri`: temp + fsync + rename locally, one whole PUT remotely."""
     uri = str(uri)
@@ -276,6 +278,7 @@ def mark_done(out: PathLike, stage: str, key: str, cfg_hash: str, **info: Any) -
     write_json_atomic({"config_hash": cfg_hash, **info}, marker_path(out, stage, key))
 
 
+@remote_io()
 def read_table(uri: PathLike, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file (local or remote) as a table."""
     fs, path = filesystem(uri)

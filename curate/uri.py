@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from curate.retry import remote_io, retrying
+
 PathLike = str | os.PathLike
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
@@ -169,16 +171,19 @@ def _to_uri(uri: PathLike, path: str) -> str:
     return f"{scheme(uri)}://{path}"
 
 
+@remote_io()
 def exists(uri: PathLike) -> bool:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+@remote_io()
 def is_file(uri: PathLike) -> bool:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+@remote_io()
 def is_dir(uri: PathLike) -> bool:
     """A local directory, or a remote prefix with at least one object under it."""
     fs, path = filesystem(uri)
@@ -190,6 +195,7 @@ def is_dir(uri: PathLike) -> bool:
     return bool(fs.get_file_info(sel))
 
 
+@remote_io()
 def list_files(uri: PathLike, suffix: str = "", *, recursive: bool = False, hidden: bool = False) -> list[str]:
     """Sorted files directly under `uri` (or all below it) whose name ends with `suffix`.
 
@@ -208,6 +214,7 @@ def list_files(uri: PathLike, suffix: str = "", *, recursive: bool = False, hidd
     return sorted(out)
 
 
+@remote_io()
 def file_size(uri: PathLike) -> int:
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)
@@ -216,6 +223,7 @@ def file_size(uri: PathLike) -> int:
     return int(info.size)
 
 
+@remote_io()
 def mtime_ns(uri: PathLike) -> int:
     """Last modification time in ns (S3: the upload time, second resolution); 0 when unknown."""
     fs, path = filesystem(uri)
@@ -225,6 +233,7 @@ def mtime_ns(uri: PathLike) -> int:
     return int(info.mtime_ns or 0)
 
 
+@remote_io()
 def read_bytes(uri: PathLike) -> bytes:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
@@ -233,12 +242,14 @@ def read_bytes(uri: PathLike) -> bytes:
         return f.read()
 
 
+@remote_io()
 def open_input(uri: PathLike):
     """A seekable binary file object (pyarrow NativeFile) for reading `uri`."""
     fs, path = filesystem(uri)
     return fs.open_input_file(path)
 
 
+@remote_io()
 def delete(uri: PathLike, missing_ok: bool = True) -> None:
     fs, path = filesystem(uri)
     try:
@@ -259,13 +270,19 @@ def local_copy(uri: PathLike, suffix: str | None = None) -> Iterator[str]:
     fs, path = filesystem(uri)
     sfx = suffix if suffix is not None else Path(path).suffix
     fd, tmp = tempfile.mkstemp(prefix="tubelet-", suffix=sfx)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as dst, fs.open_input_stream(path) as src:
-            shutil.copyfileobj(src, dst, 1 << 22)
+        retrying(_download, fs, path, tmp, what=f"download({str(uri)!r})")
         yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _download(fs: pafs.FileSystem, path: str, local: str) -> None:
+    """The whole object into `local`, from its first byte (a retry rewrites the file)."""
+    with open(local, "wb") as dst, fs.open_input_stream(path) as src:
+        shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def temp_name(name: str) -> str:

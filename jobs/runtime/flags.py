@@ -297,14 +297,28 @@ def quiet_logs(verbose: bool) -> None:
 
 
 def run_cli(fn: Callable[[], int | None]) -> int:
-    """Run a job's body; a UsageError (bad argument, found before or after parsing) exits 2 with one line."""
+    """Run a job's body; a UsageError (bad argument, found before or after parsing) exits 2 with one line.
+
+    An infrastructure failure (a full disk, object storage unreachable after its retries, a lost Ray
+    cluster; `curate.retry.infrastructure_failure`) exits 1 with one line naming the cause: finished
+    parts keep their markers, so the rerun resumes. Any other error keeps its traceback (a bug)."""
+    from curate import retry
+
     try:
+        retry.policy()  # a bad TUBELET_IO_* variable: exit 2 now, not in a worker mid-run
         return fn() or 0
     except UsageError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except KeyboardInterrupt:
         return interrupted()
+    except Exception as e:
+        line = retry.infrastructure_failure(e)
+        if line is None:
+            raise
+        sys.stderr.write(f"error: {line}\n")
+        sys.stderr.flush()
+        return 1
 
 
 INTERRUPTED = "interrupted; rerun to resume"

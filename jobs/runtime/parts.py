@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from curate import layout, storage
 from curate import schema as S
+from curate.retry import remote_io
 from jobs.runtime.progress import Progress
 
 SHARD_ROW_GROUP_ROWS = 64  # rows per row group of a latent shard (both writers of shards)
@@ -88,6 +89,7 @@ def finished(spec: PartSpec, remove_others: bool = False) -> list[str]:
     return done
 
 
+@remote_io()  # one request on object storage: retried when it stalls
 def footer(part: str) -> pq.FileMetaData:
     """A part's Parquet footer (row counts, per-column statistics and null counts): one request
     on object storage, no rows read. The one footer reader of the jobs."""

@@ -13,6 +13,7 @@ import time
 from curate import layout
 from curate import schema as S
 from curate.ids import video_id_of_file
+from curate.retry import is_infrastructure
 from curate.split import SplitConfig, split_video
 from curate.storage import config_hash, exists, is_done, local_copy, mark_done, write_parquet_atomic
 
@@ -34,12 +35,17 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
     cfg_hash = config_hash(cfg)
     video_part = layout.part_path(layout.folder(out, layout.VIDEOS), source_key(uri))
     # a remote video is fetched once into this worker's temp dir (removed on exit), hashed and
-    # split there; a missing object or bucket falls through to probe's error row
+    # split there; a missing object or bucket falls through to probe's error row. A read that
+    # still fails after its retries (or a full temp disk) ends the job instead: a row written
+    # for it would be taken as this input's result (later stages mark their parts), so nothing
+    # is written and the rerun reads it again.
     with contextlib.ExitStack() as stack:
         try:
             local = stack.enter_context(local_copy(uri))
             vid: str | None = video_id_of_file(local)
-        except OSError:
+        except OSError as e:
+            if is_infrastructure(e):
+                raise
             local, vid = uri, None
         if vid is not None and is_done(out, STAGE, vid, cfg_hash) and exists(video_part):
             return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
