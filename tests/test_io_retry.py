@@ -4,7 +4,6 @@ use it (on a real S3 API server, moto), and run_cli's one line for infrastructur
 from __future__ import annotations
 
 import errno
-import itertools
 import socket
 
 import pyarrow as pa
@@ -91,7 +90,9 @@ def test_two_transient_failures_are_retried_with_growing_bounded_waits(waits):
 
     p = retry.Policy(attempts=12, base_delay=1.0)
     delays = list(p.delays())
-    assert len(delays) == 11 and all(b >= a for a, b in itertools.pairwise(delays))
+    # each wait lies in [d/2, d], d doubling from the base delay up to the cap
+    bounds = [min(retry.MAX_DELAY, 2.0**i) for i in range(11)]
+    assert len(delays) == 11 and all(d / 2 <= w <= d for w, d in zip(delays, bounds, strict=True)), delays
     assert max(delays) <= retry.MAX_DELAY and delays[-1] >= retry.MAX_DELAY / 2  # capped, not still doubling
 
 

@@ -178,10 +178,11 @@ def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: di
     tcfg = preset.train
     tokens = num_tokens(tuple(latent_shape), tcfg.patch)
     assert tokens == 3 * 30 * 53
-    if tcfg.max_tokens is not None and tokens > tcfg.max_tokens:
-        # the default DiT packs at most 4096 tokens per row; a 9-frame default clip has 4770
-        # (issue 15 item 3): the budget comes from the shard shapes here until that fix lands
-        tcfg = replace(tcfg, max_tokens=tokens)
+    # the default's token budget scaled to this one clip: rows of one sample, two micro-batches
+    # accumulated per step (the default's 65,536-slot rows and 2^19-token steps, ~110 samples
+    # at real width, take tens of minutes a step on a CPU)
+    assert tcfg.step_tokens and tcfg.micro_tokens and tcfg.checkpointing
+    tcfg = replace(tcfg, max_tokens=tokens, micro_tokens=tokens, step_tokens=2 * tokens)
     run = tmp_path / "run"
     summary = train_job.main(tcfg, str(out), run, workers=1, gpu=False)
     assert summary["step"] == tcfg.steps and np.isfinite(summary["loss"])

@@ -28,6 +28,7 @@ from curate import schema as S
 from curate.decode import decode_clip
 from curate.probe import probe
 from jobs.runtime.presets import DEFAULT
+from latents.dit.packing import num_tokens
 from tests import real_shapes as R
 from tests.test_real_shapes import _cut
 
@@ -109,9 +110,12 @@ def test_default_preset_through_the_job_clis(real_videos: Path, real_shape_model
 
     # --- jobs.train: two steps on the shards ---------------------------------------------------------
     run = tmp_path / "run"
+    # the default's token budget scaled to this clip: rows of one sample, two micro-batches a step
+    # (its 65,536-slot rows and 2^19-token steps take minutes a step on a CPU, even the tiny DiT)
+    tokens = num_tokens((c, t, h, w), DEFAULT.train.patch)
     r = _run(["jobs.train", "--input", str(out / "latents"), "--output", str(run), "--preset", "default",
-              "--model", "tiny", "--steps", "2", "--batch-size", "1", "--warmup", "1", "--ckpt-every", "2",
-              "--device", "cpu"], env)
+              "--model", "tiny", "--steps", "2", "--max-tokens", str(tokens), "--micro-tokens", str(tokens),
+              "--step-tokens", str(2 * tokens), "--warmup", "1", "--ckpt-every", "2", "--device", "cpu"], env)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     run_cfg = json.loads((run / "config.json").read_text())
     assert run_cfg["model"]["in_channels"] == 16 and run_cfg["model"]["text_dim"] == 4096
