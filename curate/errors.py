@@ -32,6 +32,13 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def io_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an I/O error (a storage or network failure), without a server's request id."""
+    text = str(exc).strip()
+    msg = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"\s*\(Request ID: [^)]*\)?", "", msg)[:limit]
+
+
 # a quoted string holding a path separator, a bare absolute/relative path, a bare file name with an extension
 _QUOTED_PATH = re.compile(r"""(['"])[^'"\n]*[/\\][^'"\n]*\1""")
 _BARE_PATH = re.compile(r"(?<![\w:/])(?:[A-Za-z]:\\|\.{0,2}/)[^\s'\",;()]+")

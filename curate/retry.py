@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from curate.errors import UsageError
+from curate.errors import UsageError, io_line
 
 ATTEMPTS_ENV = "TUBELET_IO_ATTEMPTS"
 BASE_DELAY_ENV = "TUBELET_IO_BASE_DELAY"
@@ -196,28 +195,9 @@ def retrying(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) ->
                 raise
             wait = next(delays)
             log.warning("%s failed (%s), try %d of %d in %.1f s", what or getattr(fn, "__name__", "storage call"),
-                        one_line(e), attempt + 1, p.attempts, wait)
+                        io_line(e), attempt + 1, p.attempts, wait)
             _sleep(wait)
     raise AssertionError("unreachable")
-
-
-def remote_io(uri_arg: int = 0) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorator: retry the function when its location argument (positional `uri_arg`) is remote;
-    a local path goes straight through. Decorate the leaf calls only (retries would multiply)."""
-
-    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> T:
-            from curate.uri import is_remote  # here, not at import: curate.uri decorates with this
-
-            uri = args[uri_arg] if len(args) > uri_arg else kwargs.get("uri", kwargs.get("path"))
-            if uri is None or not is_remote(uri):
-                return fn(*args, **kwargs)
-            return retrying(fn, *args, what=f"{fn.__name__}({str(uri)!r})", **kwargs)
-
-        return call
-
-    return wrap
 
 
 # --- infrastructure failures: what run_cli turns into one line ----------------------------------
@@ -226,13 +206,6 @@ RERUN = "rerun the same command to resume (finished parts are kept)"
 _RAY_LOST = frozenset({"LocalRayletDiedError", "NodeDiedError", "RaySystemError", "RpcError", "ObjectLostError",
                        "OwnerDiedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError"})
 _RAY_WRAPPERS = frozenset({"RayTaskError", "UserCodeException", "RayDataUserCodeException"})
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an error, without a server's request id."""
-    text = str(e).strip()
-    msg = text.splitlines()[0] if text else type(e).__name__
-    return re.sub(r"\s*\(Request ID: [^)]*\)?", "", msg)[:limit]
 
 
 def _names(e: BaseException) -> set[str]:
@@ -246,15 +219,15 @@ def infrastructure_failure(exc: BaseException) -> str | None:
     chain = [x for x in _chain(exc) if not _names(x) & _RAY_WRAPPERS]
     for x in chain:
         if disk_full(x) or "OutOfDiskError" in _names(x):
-            return f"disk full: {one_line(x)}; free space (or pass another --output), then {RERUN}"
+            return f"disk full: {io_line(x)}; free space (or pass another --output), then {RERUN}"
     for x in chain:
         if _names(x) & _RAY_LOST:
-            return f"lost the Ray cluster ({type(x).__name__}: {one_line(x)}); {RERUN}"
+            return f"lost the Ray cluster ({type(x).__name__}: {io_line(x)}); {RERUN}"
     for x in chain:
         tries = getattr(x, "tubelet_io_attempts", None)
         if tries is not None:
-            return f"object storage unreachable after {tries} attempts: {one_line(x)}; when it answers again, {RERUN}"
+            return f"object storage unreachable after {tries} attempts: {io_line(x)}; when it answers again, {RERUN}"
     for x in chain:
         if is_transient(x):  # not through `retrying` (a reader of another library): the same outage
-            return f"storage or network unreachable: {one_line(x)}; when it answers again, {RERUN}"
+            return f"storage or network unreachable: {io_line(x)}; when it answers again, {RERUN}"
     return None

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import layout
-from curate.errors import UsageError
-from curate.retry import remote_io, retrying
+from curate.errors import UsageError, io_line
+from curate.retry import retrying
 
 # re-exported (see __all__): callers import the whole storage layer from here
 from curate.uri import (
@@ -51,6 +50,7 @@ from curate.uri import (
     open_input,
     parent,
     read_bytes,
+    remote_io,
     s3_filesystem,
     scheme,
     storage_options,
@@ -303,12 +303,6 @@ def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table
     return pa.concat_tables(tables)
 
 
-def one_line(e: BaseException) -> str:
-    """The first line of an I/O error, without the server's request id."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return re.sub(r"\s*\(Request ID: [^)]*\)?", "", msg)[:300]
-
-
 def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
     """Fail fast on an unwritable output or a (nearly) full disk, before any work starts."""
     out = str(out)
@@ -319,7 +313,7 @@ def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
             delete(probe)
         except (OSError, ValueError) as e:
             raise UsageError(f"output {out!r} must be writable (bucket exists, AWS_* credentials allow writing, "
-                             f"AWS_ENDPOINT_URL points at the server), got: {one_line(e)}; "
+                             f"AWS_ENDPOINT_URL points at the server), got: {io_line(e)}; "
                              "create the bucket, fix the credentials or pass another --output") from e
         return
     try:
@@ -344,14 +338,14 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
         fs, path = filesystem(uri)
         fs.get_file_info(path)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{what} {str(uri)!r} must be readable, got: {one_line(e)}; "
+        raise UsageError(f"{what} {str(uri)!r} must be readable, got: {io_line(e)}; "
                          "check the path, the bucket and the AWS_* credentials") from e
 
 
 __all__ = [
     "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
-    "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "one_line", "open_input", "parent", "publish", "publish_copy",
+    "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "open_input", "parent", "publish", "publish_copy",
     "read_bytes", "read_json", "read_parts", "read_table", "s3_filesystem", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

@@ -21,14 +21,16 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
-from curate.retry import remote_io, retrying
+from curate.retry import retrying
 
 PathLike = str | os.PathLike
+T = TypeVar("T")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -41,6 +43,23 @@ def scheme(uri: PathLike) -> str:
 def is_remote(uri: PathLike) -> bool:
     """True for anything that is not on a local (or locally mounted) filesystem."""
     return scheme(uri) != "file"
+
+
+def remote_io(uri_arg: int = 0) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator: retry the function when its location argument (positional `uri_arg`) is remote;
+    a local path goes straight through. Decorate the leaf calls only (retries would multiply)."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> T:
+            uri = args[uri_arg] if len(args) > uri_arg else kwargs.get("uri", kwargs.get("path"))
+            if uri is None or not is_remote(uri):
+                return fn(*args, **kwargs)
+            return retrying(fn, *args, what=f"{getattr(fn, '__name__', 'storage call')}({str(uri)!r})", **kwargs)
+
+        return call
+
+    return wrap
 
 
 def _local(uri: PathLike) -> str:

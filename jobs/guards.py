@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from curate import schema as S
 from curate import storage
+from curate.errors import io_line
 from jobs.runtime.flags import fail
 from jobs.runtime.parts import footer
 
@@ -57,7 +58,7 @@ def holds(folder: str) -> Holds | None:
     try:
         parts = storage.list_parts(folder) if storage.is_remote(folder) or os.path.isdir(folder) else []
     except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
-        raise fail("--input must be a readable folder of Parquet parts", f"{folder!r} ({storage.one_line(e)})",
+        raise fail("--input must be a readable folder of Parquet parts", f"{folder!r} ({io_line(e)})",
                    "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials") from e
     if not parts:
         return None
@@ -69,7 +70,7 @@ def holds(folder: str) -> Holds | None:
         try:
             md = footer(p)
         except pa.ArrowInvalid as e:  # an empty or foreign file named part-*.parquet
-            raise fail("--input parts must be Parquet files written by tubelet", f"{p!r} ({storage.one_line(e)})",
+            raise fail("--input parts must be Parquet files written by tubelet", f"{p!r} ({io_line(e)})",
                        "remove the file, or rerun the stage that writes this folder") from e
         rows += md.num_rows
         for g in range(md.num_row_groups):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from curate import storage
-from curate.errors import UsageError
+from curate.errors import UsageError, io_line
 from curate.weights import expand
 from jobs.runtime import flags
 
@@ -264,7 +264,7 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
     try:
         has_config = storage.is_file(storage.join(run, "config.json"))
     except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
-        raise flags.fail("--input must be a readable training run folder", f"{a.input!r} ({storage.one_line(e)})",
+        raise flags.fail("--input must be a readable training run folder", f"{a.input!r} ({io_line(e)})",
                          "check the path, the bucket, AWS_ENDPOINT_URL and the AWS_* credentials") from e
     if not has_config:
         raise flags.fail("--input must be a training run folder with config.json", repr(a.input),
@@ -277,7 +277,7 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
         try:
             found = storage.is_file(init)  # a URI is decoded straight from the object store (curate.decode)
         except (OSError, ValueError) as e:
-            raise flags.fail("--init-video must be a readable video file", f"{a.init_video!r} ({storage.one_line(e)})",
+            raise flags.fail("--init-video must be a readable video file", f"{a.init_video!r} ({io_line(e)})",
                              "check the path, the bucket and the AWS_* credentials") from e
         if not found:
             raise flags.fail("--init-video must be an existing video file", repr(a.init_video), "check the path")

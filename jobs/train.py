@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 
 from curate import storage
-from curate.errors import UsageError
+from curate.errors import UsageError, io_line
 from curate.storage import check_writable
 from jobs.runtime import flags, lease, presets
 from latents import run_sync
@@ -50,7 +50,7 @@ def read_shards_manifest(shards: str) -> dict:
         raise UsageError(f"--input must be a finished latents folder (written by jobs.encode), got {shards}: "
                          f"{e}") from e
     except (OSError, ValueError) as e:
-        raise UsageError(f"--input {shards!r} must be readable, got: {storage.one_line(e)}; check the path, "
+        raise UsageError(f"--input {shards!r} must be readable, got: {io_line(e)}; check the path, "
                          "the bucket and the AWS_* credentials") from e
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.errors import UsageError
+from curate.errors import UsageError, io_line
 
 PRESET_DEFAULT = "smoke"
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -192,7 +192,7 @@ def check_writable_file(flag: str, path: str) -> None:
             storage.delete(probe)
         except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
             raise fail(f"{flag} must be in a writable bucket (it exists, the AWS_* credentials allow writing)",
-                       f"{path!r} ({storage.one_line(e)})",
+                       f"{path!r} ({io_line(e)})",
                        f"create the bucket, fix AWS_ENDPOINT_URL / the credentials or pass another {flag}") from e
         return
     parent = Path(path).parent
@@ -216,7 +216,7 @@ def check_stage_folder(flag: str, path: str, want: str, made_by: str) -> None:
         misplaced = bool(parts) and storage.basename(path) != want and storage.is_dir(sibling)
     except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
         raise fail(f"{flag} must be a readable folder of Parquet parts written by {made_by} (OUT/{want})",
-                   f"{path!r} ({storage.one_line(e)})",
+                   f"{path!r} ({io_line(e)})",
                    "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials") from e
     if not parts:
         raise fail(f"{flag} must be a folder of Parquet parts written by {made_by} (OUT/{want})",

@@ -9,7 +9,7 @@ import glob
 from pathlib import Path
 
 from curate import storage
-from curate.errors import UsageError
+from curate.errors import UsageError, io_line
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv",
@@ -71,7 +71,7 @@ def _list_remote(spec: str) -> list[str]:
             return [spec]
         found = [u for u in storage.list_files(spec, recursive=True) if Path(u).suffix.lower() in VIDEO_EXTENSIONS]
     except (OSError, ValueError) as e:
-        raise UsageError(f"--input {spec!r} must be listable, got: {storage.one_line(e)}; check the bucket name, "
+        raise UsageError(f"--input {spec!r} must be listable, got: {io_line(e)}; check the bucket name, "
                          "AWS_ENDPOINT_URL and the AWS_* credentials") from e
     bucket = spec.split("://", 1)[1].split("/", 1)[0]
     if not found and not storage.exists(f"{storage.scheme(spec)}://{bucket}"):

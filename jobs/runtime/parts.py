@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from curate import layout, storage
 from curate import schema as S
-from curate.retry import remote_io
+from curate.uri import remote_io
 from jobs.runtime.progress import Progress
 
 SHARD_ROW_GROUP_ROWS = 64  # rows per row group of a latent shard (both writers of shards)
