@@ -409,11 +409,9 @@ def _check_same_step(step: int, world: int, device: torch.device) -> None:
                            "an object store URI (s3://bucket/runs/NAME)")
 
 
-# Settings a resumed run may change without changing what it computes (micro-batching and
-# checkpointing change only float summation order). `steps` extends a run: with a decaying LR
-# schedule the rest of the run follows the schedule of the new length.
 def progress_every_s() -> float:
-    """Seconds between the trainer's progress lines (TUBELET_PROGRESS_EVERY, as the curation jobs)."""
+    """Seconds between the trainer's progress lines: TUBELET_PROGRESS_EVERY, as the curation jobs'
+    progress (read here too: latents/dit imports nothing of jobs/ or curate/)."""
     try:
         return max(0.0, float(os.environ.get("TUBELET_PROGRESS_EVERY", "30")))
     except ValueError:
@@ -433,6 +431,9 @@ def progress_line(step: int, first: int, end: int, loss: float | None, elapsed: 
     return text
 
 
+# Settings a resumed run may change without changing what it computes (micro-batching and
+# checkpointing change only float summation order). `steps` extends a run: with a decaying LR
+# schedule the rest of the run follows the schedule of the new length.
 RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "keep_last", "val_every", "preview_every", "preview_count",
                      "prefetch", "tensorboard", "micro_tokens", "checkpointing")
 
