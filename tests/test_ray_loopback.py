@@ -106,14 +106,28 @@ def videos(tmp_path_factory) -> Path:
     return d
 
 
-def test_split_listens_on_loopback_only_and_leaves_nothing(videos, tmp_path):
-    w, rc, out = run_watched(["jobs.split", "--input", str(videos), "--output", str(tmp_path / "out")], REPO)
+def _only_loopback(job: str, w: Watch, rc: int, out: str) -> None:
     assert rc == 0, out[-3000:]
     off = sorted(s for s in w.sockets if not is_loopback(s[1]))
-    print(f"split: {len(w.sockets)} listening sockets, {len(off)} off loopback, {len(w.ray)} Ray processes")
+    print(f"{job}: {len(w.sockets)} listening sockets, {len(off)} off loopback, {len(w.ray)} Ray processes")
     assert w.sockets, "no listening socket seen: the watch did not see Ray running"
     assert not off, off
     assert not w.wait_gone(30), "Ray processes outlived the job"
+
+
+def test_split_and_score_listen_on_loopback_only_and_leave_nothing(videos, tmp_path):
+    out = tmp_path / "out"
+    _only_loopback("split", *run_watched(["jobs.split", "--input", str(videos), "--output", str(out)], REPO))
+    # score: its model actors (the smoke CLIP) are Ray workers too
+    _only_loopback("score", *run_watched(["jobs.score", "--input", str(out / "clips"), "--output",
+                                          str(out / "scored"), "--preset", "smoke"], REPO))
+
+
+@pytest.mark.slow
+def test_curate_listens_on_loopback_only_and_leaves_nothing(videos, tmp_path):
+    """Every stage in one job: split, score, caption and encode actors, the report."""
+    _only_loopback("curate", *run_watched(["jobs.curate", "--input", str(videos), "--output",
+                                           str(tmp_path / "out"), "--preset", "smoke"], REPO, limit_s=600))
 
 
 @pytest.mark.slow
