@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ class S3Server:
     access_key: str
     secret_key: str
     log: Path
+    pid: int = 0  # the server process (tests stall it with SIGSTOP)
     env: dict[str, str] = field(default_factory=dict)
 
     def client(self):
@@ -62,6 +64,19 @@ class S3Server:
                 c.upload_file(str(p), bucket, key)
                 keys.append(f"s3://{bucket}/{key}")
         return keys
+
+    @contextlib.contextmanager
+    def stalled(self, seconds: float) -> Iterator[None]:
+        """The server stops answering (SIGSTOP: connections are accepted, nothing is answered) for
+        `seconds` from entry, then goes on (SIGCONT), as an overloaded or failing-over store does."""
+        os.kill(self.pid, signal.SIGSTOP)
+        timer = threading.Timer(seconds, os.kill, (self.pid, signal.SIGCONT))
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            os.kill(self.pid, signal.SIGCONT)
 
     def secrets(self) -> list[str]:
         return [self.access_key, self.secret_key]
@@ -96,7 +111,7 @@ def s3_server(workdir: Path) -> Iterator[S3Server]:
         iam.create_user(UserName="tubelet")
         iam.put_user_policy(UserName="tubelet", PolicyName="all", PolicyDocument=_POLICY)
         key = iam.create_access_key(UserName="tubelet")["AccessKey"]
-        server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], log)
+        server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], log, proc.pid)
         server.env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": server.access_key,
                       "AWS_SECRET_ACCESS_KEY": server.secret_key, "AWS_REGION": "us-east-1",
                       "AWS_EC2_METADATA_DISABLED": "true"}

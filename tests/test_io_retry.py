@@ -4,7 +4,9 @@ use it (on a real S3 API server, moto), and run_cli's one line for infrastructur
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import time
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -237,6 +239,28 @@ def test_storage_calls_on_s3_survive_failing_requests(s3, waits, monkeypatch, me
     st.delete(part)
     assert not st.exists(part)
     assert len(calls) >= 2 and len(waits) == len(calls)  # every injected failure was waited for and retried
+
+
+@pytest.mark.slow
+def test_a_10_s_stall_of_the_server_is_survived(s3, caplog):
+    """A real stall: the S3 server process is stopped for 10 s (connections accepted, nothing
+    answered) while a part is read and an object written; both get through once it answers.
+    Two layers retry: the AWS SDK inside pyarrow (a request with no byte for 3 s is dropped and
+    tried again, 3 tries) absorbs about 10 s; a longer stall reaches `curate.retry` (measured:
+    a 25 s stall took 2 of its retries, STALL=25 runs it)."""
+    bucket = s3.make_bucket("retry-stall")
+    table = pa.table({"x": list(range(100))})
+    part = st.write_parquet_atomic(table, f"{bucket}/out/part-a.parquet")
+    stall = float(os.environ.get("STALL", "10"))
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="tubelet.io"), s3.stalled(stall):
+        got = st.read_table(part)
+        st.write_json_atomic({"k": 1}, f"{bucket}/out/m.json")
+        waited = time.monotonic() - t0
+    assert got.equals(table) and st.read_json(f"{bucket}/out/m.json") == {"k": 1}
+    assert waited >= stall - 0.5, waited  # the calls did meet the stall, and waited it out
+    retried = [r.getMessage() for r in caplog.records if " failed (" in r.getMessage()]
+    print(f"stall of {stall:g} s: read + write took {waited:.1f} s, {len(retried)} retries by curate.retry")
 
 
 def test_a_missing_object_is_not_retried(s3, waits):
