@@ -152,3 +152,41 @@ def test_a_second_job_on_a_held_output_exits_2_and_writes_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --output must not be in use by another run, got "), r.stderr
     assert f"held by jobs.curate on host {socket.gethostname()} pid {os.getpid()} since " in lines[0]
     assert "wait for it to finish" in lines[0] and "Traceback" not in r.stderr
+
+
+def _split(inp: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", str(inp), "--output", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    """Every data file of a split output (parts and markers; not the summaries' timings)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.parquet")) if "summary" not in p.parts}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_real_runs_on_one_output_the_second_exits_2_and_the_first_completes(tmp_path):
+    from tests.media import two_shot_video
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    two_shot_video(inp / "a.mp4", seconds=2.5)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each run starts its own local Ray
+    first = _split(inp, tmp_path / "out", env)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / lease.LEASE_FILE).exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert first.poll() is None, "the first run ended before the second could start"
+    second = _split(inp, tmp_path / "out", env)
+    err = second.communicate(timeout=120)[1]
+    assert second.returncode == 2 and "must not be in use by another run" in err, err
+    err1 = first.communicate(timeout=300)[1]
+    assert first.returncode == 0, err1[-3000:]
+    assert not (tmp_path / "out" / lease.LEASE_FILE).exists()  # released at the end
+    # the first run's output is whole: the same files and bytes as a run that had the output alone
+    solo = _split(inp, tmp_path / "solo", env)
+    err_solo = solo.communicate(timeout=300)[1]
+    assert solo.returncode == 0, err_solo[-3000:]
+    got, want = _tree(tmp_path / "out"), _tree(tmp_path / "solo")
+    assert got and got.keys() == want.keys() and got == want
