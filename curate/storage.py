@@ -36,6 +36,7 @@ from curate.retry import retrying
 from curate.uri import (
     PathLike,
     basename,
+    check_scheme,
     delete,
     exists,
     file_size,
@@ -307,6 +308,7 @@ def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
     """Fail fast on an unwritable output or a (nearly) full disk, before any work starts."""
     out = str(out)
     if is_remote(out):
+        check_scheme(out, "--output")
         probe = join(out, f".write-test-{os.getpid()}")
         try:
             write_bytes_atomic(b"x", probe)
@@ -343,7 +345,7 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
 
 
 __all__ = [
-    "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_writable", "config_hash",
+    "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_scheme", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "open_input", "parent", "publish", "publish_copy",
     "read_bytes", "read_json", "read_parts", "read_table", "s3_filesystem", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",

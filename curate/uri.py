@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
+from curate.errors import UsageError
 from curate.retry import retrying
 
 PathLike = str | os.PathLike
@@ -60,6 +61,29 @@ def remote_io(uri_arg: int = 0) -> Callable[[Callable[..., T]], Callable[..., T]
         return call
 
     return wrap
+
+
+# read through pyarrow's own filesystems; any other scheme needs an fsspec implementation
+PYARROW_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
+
+
+def check_scheme(uri: PathLike, flag: str) -> None:
+    """A UsageError naming the scheme when neither pyarrow nor an installed fsspec filesystem
+    reads it (before any listing: an unknown scheme otherwise reads as a bucket problem)."""
+    sch = scheme(uri)
+    if sch in PYARROW_SCHEMES:
+        return
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(sch)
+    except ImportError as e:
+        raise UsageError(f"{flag} scheme {sch}:// needs its filesystem package, got {str(uri)!r} ({e}); "
+                         "install it, or use a local path or s3://") from None
+    except ValueError:
+        raise UsageError(f"{flag} scheme must be one pyarrow or fsspec reads (a local path, s3://, gs://, hdfs://, "
+                         f"an installed fsspec protocol), got {sch}:// in {str(uri)!r}; "
+                         "check the spelling or copy the data to a supported store") from None
 
 
 def _local(uri: PathLike) -> str:

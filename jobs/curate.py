@@ -433,6 +433,7 @@ def config_from_args(a: argparse.Namespace) -> CurateConfig:
     base = PRESETS[a.preset]
     cap, enc = stage_flags.caption_config(a, base.caption), stage_flags.encode_config(a, base.encode)
     guards.check_output(flags.canonical(a.output))  # a run root: not a stage's folder, nor inside one
+    guards.check_outside_input(flags.canonical(a.input), flags.canonical(a.output))
     cfg = CurateConfig(
         input=flags.canonical(a.input), output=flags.canonical(a.output), preset=a.preset, address=a.address,
         score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,

@@ -17,8 +17,10 @@ storage), on the driver: metadata only.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -26,6 +28,7 @@ from curate import schema as S
 from curate import storage
 from curate.errors import io_line
 from jobs.runtime.flags import fail
+from jobs.runtime.inputs import LIST_EXTENSIONS, VIDEO_EXTENSIONS
 from jobs.runtime.parts import footer
 
 SAMPLE_PARTS = 4  # footers read per folder: the first and last parts (a folder is written by one stage)
@@ -163,3 +166,19 @@ def check_run_folder(out: str, flag: str = "--output") -> list[str]:
                    f"{out!r} (no stage output in it)", "run jobs.split (or jobs.curate) into it first")
     return found
 
+
+def check_outside_input(inp: str, out: str) -> None:
+    """`--output` must not be inside the `--input` folder (or prefix, or a glob's folder): the next
+    run would search it and take the run's own files (samples, report previews) for inputs."""
+    root = inp
+    if glob.has_magic(inp):  # the folder the glob searches: its path before the first wildcard
+        first = min(i for i, ch in enumerate(inp) if ch in "*?[")
+        root = inp[:first].rsplit("/", 1)[0] if "/" in inp[:first] else "."
+    elif Path(inp).suffix.lower() in VIDEO_EXTENSIONS | LIST_EXTENSIONS:
+        return  # one video or a list file: nothing is searched
+    elif not storage.is_remote(inp) and not os.path.isdir(inp):
+        return  # not found: the input check names it
+    r, o = root.rstrip("/"), out.rstrip("/")
+    if o == r or o.startswith(r + "/"):
+        raise fail("--output must not be inside --input (a rerun would search the run's own files as inputs)",
+                   f"{out!r} (inside {inp!r})", f"pass a folder beside it, e.g. {storage.join(storage.parent(r), 'out')}")

@@ -151,6 +151,7 @@ def config_from_args(args: argparse.Namespace) -> SplitJobConfig:
                          address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose,
                          limit=args.limit)
     guards.check_output(cfg.output)  # a run root: not a stage's folder, nor inside one
+    guards.check_outside_input(cfg.input, cfg.output)
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 

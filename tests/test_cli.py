@@ -151,6 +151,13 @@ BAD = [
     ("sample", ["--strength", "nan"], "--strength must be a finite number"),
     ("caption", ["--cpus", "many"], "--cpus must be a number, got 'many'"),
     ("filter", ["--border-margin", "nan"], "--border-margin must be a number or inf, got 'nan'"),
+    # an output inside the searched input folder: the next run would take its files for inputs
+    ("split", ["--output", "{o}/in/out"], "--output must not be inside --input"),
+    ("curate", ["--output", "{o}/in/runs/a"], "--output must not be inside --input"),
+    ("split", ["--input", "{o}/*/*.mp4", "--output", "{o}/o"], "--output must not be inside --input"),
+    # a scheme nothing reads is named as such, not as a bucket or credentials problem
+    ("split", ["--input", "ftpx://bucket/raw"], "--input scheme must be one pyarrow or fsspec reads"),
+    ("score", ["--output", "ftpx://bucket/scored"], "--output scheme must be one pyarrow or fsspec reads"),
 ]
 if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda.is_available():
     BAD += [("train", ["--device", "cuda"], "needs a CUDA GPU"), ("sample", ["--device", "cuda"], "needs a CUDA GPU")]

@@ -60,6 +60,7 @@ def _resolve(line: str, base: str) -> str:
 
 def _list_remote(spec: str) -> list[str]:
     """An object prefix (searched recursively), a list file object, or one video object."""
+    storage.check_scheme(spec, "--input")
     if glob.has_magic(spec):
         raise UsageError(f"--input on object storage must be a prefix, a list file or one object, got the glob "
                          f"{spec!r}; pass the prefix (s3://bucket/raw) or a list file")
