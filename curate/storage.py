@@ -55,6 +55,7 @@ from curate.uri import (
     s3_filesystem,
     scheme,
     storage_options,
+    sweep_temporaries,
     temp_name,
 )
 
@@ -348,6 +349,6 @@ __all__ = [
     "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_scheme", "check_writable", "config_hash",
     "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
     "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "open_input", "parent", "publish", "publish_copy",
-    "read_bytes", "read_json", "read_parts", "read_table", "s3_filesystem", "scheme", "storage_options", "temp_output", "upload_tree", "write_bytes_atomic",
+    "read_bytes", "read_json", "read_parts", "read_table", "s3_filesystem", "scheme", "storage_options", "sweep_temporaries", "temp_output", "upload_tree", "write_bytes_atomic",
     "write_json_atomic", "write_parquet_atomic",
 ]

@@ -331,3 +331,23 @@ def _download(fs: pafs.FileSystem, path: str, local: str) -> None:
 def temp_name(name: str) -> str:
     """A unique hidden temporary name next to `name` (skipped by every folder reader)."""
     return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # what temp_name makes
+
+
+def sweep_temporaries(folder: PathLike) -> list[str]:
+    """Remove the temporaries (`temp_name`) a killed run left anywhere under a local `folder`;
+    the removed paths. Only for a folder this run holds (its lease): another run's temporaries
+    would be files it is still writing. Object storage has none (every object is one whole PUT)."""
+    if is_remote(folder) or not os.path.isdir(_local(folder)):
+        return []
+    gone = []
+    for root, _dirs, files in os.walk(_local(folder)):
+        for f in files:
+            if _TEMP_NAME.match(f):
+                path = os.path.join(root, f)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    gone.append(path)
+    return sorted(gone)

@@ -190,3 +190,19 @@ def test_two_real_runs_on_one_output_the_second_exits_2_and_the_first_completes(
     assert solo.returncode == 0, err_solo[-3000:]
     got, want = _tree(tmp_path / "out"), _tree(tmp_path / "solo")
     assert got and got.keys() == want.keys() and got == want
+
+
+def test_a_held_output_loses_the_temporaries_a_killed_run_left(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "clips").mkdir(parents=True)
+    left = out / "clips" / storage.temp_name("part-a.parquet")  # a write cut by kill -9
+    left.write_bytes(b"half a part")
+    keep = [out / "clips" / "part-b.parquet", out / ".notes", out / "clips" / ".part-c.parquet.tmp"]
+    other = tmp_path / "elsewhere" / storage.temp_name("part-d.parquet")  # not this run's folder
+    other.parent.mkdir()
+    for p in [*keep, other]:
+        p.write_bytes(b"x")
+    with lease.hold(str(out), "jobs.split"):
+        assert not left.exists()
+        assert all(p.exists() for p in [*keep, other])
+    assert "removed 1 temporary file(s) a killed run left in" in capsys.readouterr().err

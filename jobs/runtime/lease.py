@@ -246,6 +246,10 @@ def hold(folder: str, job: str, *, watch: Sequence[str] = ()) -> Iterator[Lease]
     """`claim` for the `with` block: released on exit, on an error and on Ctrl-C."""
     lease = claim(folder, job, watch=watch)
     try:
+        # held: no other run writes here, so temporaries left in it are a killed run's
+        gone = storage.sweep_temporaries(folder)
+        if gone:
+            sys.stderr.write(f"lease: removed {len(gone)} temporary file(s) a killed run left in {folder}\n")
         yield lease
     finally:
         lease.release()
