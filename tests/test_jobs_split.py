@@ -145,3 +145,24 @@ def test_summary_folds_the_clip_parts(tmp_path, monkeypatch):
     assert summary["clip_seconds_total"] == pytest.approx(sum(r[S.END_PTS] - r[S.START_PTS] for r in ok))
     assert [n for n, _ in seen] == [4, 11, 8]
     assert all(sorted(c) == sorted([S.STATUS, S.START_PTS, S.END_PTS]) for _, c in seen)
+
+
+def test_a_source_replaced_by_a_video_split_before_gets_its_row_rewritten(tmp_path):
+    """a.mp4 is overwritten with b.mp4's bytes (a video already split under another name): its
+    content is done, yet a's row must now name b's clips, not keep the old ones."""
+    from curate import layout
+    from curate.split import SplitConfig
+    from jobs.runtime.split_parts import process_one, source_key
+
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    two_shot_video(a, seconds=2.5)
+    two_shot_video(b, seconds=3.0)
+    out, cfg = str(tmp_path / "out"), SplitConfig()
+    first, other = process_one(str(a), cfg, out), process_one(str(b), cfg, out)
+    assert first["video_id"] != other["video_id"]
+    shutil.copy(b, a)
+    again = process_one(str(a), cfg, out)
+    assert not again["skipped"] and again["video_id"] == other["video_id"]
+    row = pq.read_table(layout.part_path(layout.folder(out, layout.VIDEOS), source_key(str(a)))).to_pylist()
+    assert [r[S.VIDEO_ID] for r in row] == [other["video_id"]] and row[0][S.SOURCE_URI] == str(a)
+    assert process_one(str(a), cfg, out)["skipped"]  # and then it resumes as before

@@ -15,7 +15,15 @@ from curate import schema as S
 from curate.ids import video_id_of_file
 from curate.retry import is_infrastructure
 from curate.split import SplitConfig, split_video
-from curate.storage import config_hash, exists, is_done, local_copy, mark_done, write_parquet_atomic
+from curate.storage import (
+    config_hash,
+    exists,
+    is_done,
+    local_copy,
+    mark_done,
+    read_table,
+    write_parquet_atomic,
+)
 
 STAGE = "split"
 
@@ -47,7 +55,9 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
             if is_infrastructure(e):
                 raise
             local, vid = uri, None
-        if vid is not None and is_done(out, STAGE, vid, cfg_hash) and exists(video_part):
+        # skipped only when this source's row already names this content: a file replaced by
+        # another video that was split before (under another name) must get its row rewritten
+        if vid is not None and is_done(out, STAGE, vid, cfg_hash) and _names(video_part, vid):
             return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
                     "seconds": time.perf_counter() - t0}
         video, clips = split_video(local, cfg, video_id=vid, source_uri=uri)  # the file is hashed once
@@ -59,3 +69,10 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
             "failed_stage": video.get(S.FAILED_STAGE), "error": video.get(S.ERROR),
             "num_clips": sum(1 for c in clips if c[S.STATUS] == S.STATUS_OK), "skipped": False,
             "seconds": time.perf_counter() - t0}
+
+
+def _names(video_part: str, video_id: str) -> bool:
+    """The source's videos part exists and its row is `video_id`'s (one row, one column read)."""
+    if not exists(video_part):
+        return False
+    return read_table(video_part, columns=[S.VIDEO_ID]).column(S.VIDEO_ID).to_pylist() == [video_id]
