@@ -20,6 +20,7 @@ BENCHES = {
     "split_s3": "jobs.bench.split_s3",  # also `split --s3`
     "frames": "jobs.bench.frames",  # a table of the frame-model scores per video, no baseline
     "loader": "jobs.bench.loader",  # the trainer's streaming loader: RSS vs dataset size, rows/s vs read_table
+    "kill": "jobs.bench.kill",  # kill -9 of curate at N points + rerun: byte-identical captions and shards
 }
 
 
