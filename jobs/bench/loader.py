@@ -1,7 +1,7 @@
 """Bench: the trainer's streaming loader: host memory against dataset size, and throughput
 against `pyarrow.parquet.read_table`.
 
-    python -m jobs.bench loader [--rows 256] [--scales 1 8] [--steps 24] [--shape 16 5 30 53]
+    python -m jobs.bench loader [--rows 256] [--scales 1 8] [--steps 128] [--shape 16 5 30 53]
 
 For each scale a shard folder of `rows * scale` random rows (the real schema, written by the real
 ShardWriter) is read by a fresh process: first `StepLoader` (`ShardSource` + `StreamOrder`, as
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--rows", type=int, default=256, help="rows at scale 1")
     p.add_argument("--scales", type=int, nargs="+", default=[1, 8], help="dataset sizes, in multiples of --rows")
-    p.add_argument("--steps", type=int, default=24, help="loader steps timed per scale")
+    p.add_argument("--steps", type=int, default=128, help="loader steps timed per scale (128 x 16: one pass of the 8x folder; shorter runs time start-up)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per step")
     p.add_argument("--window", type=int, default=4, help="row groups shuffled together (the trainer's window)")
     p.add_argument("--shape", type=int, nargs=4, default=[16, 5, 30, 53], metavar=("C", "T", "H", "W"),
