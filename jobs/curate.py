@@ -53,7 +53,7 @@ from curate.storage import (
 from curate.weights import expand
 from jobs import guards, rule_flags, stage_flags
 from jobs.runtime import flags, lease, parts
-from jobs.runtime.inputs import list_inputs
+from jobs.runtime.inputs import list_inputs, skipped_line, skipped_summary
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 from jobs.runtime.progress import Progress
 from latents.encode import WRITE_ROWS
@@ -341,8 +341,11 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
     preset = with_device(with_weights_dir(with_options(PRESETS[cfg.preset], cfg), cfg.weights_dir), cfg.device)
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
-    inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    skipped: list[str] = []
+    inputs = [flags.canonical(u) for u in list_inputs(cfg.input, skipped)]  # source_uri is absolute (or a URI)
     inputs = inputs[:cfg.limit] if cfg.limit else inputs
+    if line := skipped_line(skipped_summary(skipped)):
+        print(line)
     out = flags.canonical(cfg.output)
     check_writable(out)
     with lease.hold(out, "jobs.curate", watch=lease.stage_folders(out)):
@@ -380,6 +383,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
                    "scored": report["clips_in"], "kept": report["kept"],
                    **finalize(out, h2, meta)}
         summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        summary.update(skipped_summary(skipped))
         write_json_atomic(summary, layout.summary_path(out, "curate"))
         if cfg.report:
             from jobs.report import write_report_to

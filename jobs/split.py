@@ -34,7 +34,7 @@ from curate.storage import (
 )
 from jobs import guards, stage_flags
 from jobs.runtime import flags, lease
-from jobs.runtime.inputs import list_inputs
+from jobs.runtime.inputs import list_inputs, skipped_line, skipped_summary
 from jobs.runtime.progress import Progress
 from jobs.runtime.split_parts import process_one
 
@@ -99,7 +99,8 @@ def main(cfg: SplitJobConfig) -> dict:
 
     from jobs.runtime.adapter import init_ray
 
-    inputs = [flags.canonical(u) for u in list_inputs(cfg.input)]  # source_uri is absolute (or a URI)
+    skipped: list[str] = []
+    inputs = [flags.canonical(u) for u in list_inputs(cfg.input, skipped)]  # source_uri is absolute (or a URI)
     inputs = inputs[:cfg.limit] if cfg.limit else inputs
     check_writable(cfg.output)
     with lease.hold(cfg.output, "jobs.split", watch=lease.stage_folders(cfg.output)):
@@ -118,6 +119,7 @@ def main(cfg: SplitJobConfig) -> dict:
         summary = summarize(rows, cfg.output, time.perf_counter() - t0)
         summary["config"] = asdict(cfg.split)
         summary["config_hash"] = config_hash(cfg.split)
+        summary.update(skipped_summary(skipped))
         write_json_atomic(summary, layout.summary_path(cfg.output, "split"))
         return summary
 
@@ -128,6 +130,8 @@ def print_summary(summary: dict) -> None:
           f"({summary['clip_seconds_total']:.1f} s) in {summary['wall_seconds']:.1f} s")
     for reason, n in summary["errors_by_reason"].items():
         print(f"  error x{n}: {reason}")
+    if line := skipped_line(summary):
+        print(f"  {line}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,9 @@ def inputs(tmp_path_factory):
         two_shot_video(d / f"v{i}.mp4", seconds=2.5 + 0.25 * i)
     bad = bad_inputs(d / "bad", d / "v0.mp4")
     bad["missing"].unlink(missing_ok=True)
+    (d / "notes.txt").write_text("not a video: skipped, and named in the summary")
+    (d / "bad" / "poster.jpg").write_bytes(b"\xff\xd8 not a video either")
+    (d / ".DS_Store").write_bytes(b"hidden: not listed")
     return d
 
 
@@ -69,6 +72,10 @@ def test_local_run_writes_the_contract(reference, inputs):
     assert ok.num_rows == 12  # 6 videos x 2 shots
     summary = json.loads((out / "summary" / "split.json").read_text())
     assert summary["videos_error"] == 5 and summary["clips_total_in_output"] == 12
+    # the folder's other files are not inputs, and the summary says which were passed over
+    assert summary["inputs_skipped"] == 2
+    assert sorted(Path(u).name for u in summary["inputs_skipped_examples"]) == ["notes.txt", "poster.jpg"]
+    assert "skipped 2 non-video file(s) in --input: " in stdout
     assert "5 error" in stdout
     progress = [ln for ln in stdout.splitlines() if ln.startswith("[split] ")]
     assert [int(ln.split()[1].split("/")[0]) for ln in progress] == list(range(1, 12))

@@ -18,17 +18,22 @@ VIDEO_EXTENSIONS = frozenset(
 LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 
 
-def list_inputs(spec: str) -> list[str]:
+def list_inputs(spec: str, skipped: list[str] | None = None) -> list[str]:
     """A directory (searched recursively for video extensions), a glob, a list file (one path
     per line, '#' comments) or one video file. Paths listed in a list file are kept even if
-    they do not exist: each becomes an error row, so nothing is silently lost."""
+    they do not exist: each becomes an error row, so nothing is silently lost. The other files
+    a directory or prefix holds (not hidden, not a video extension) are appended to `skipped`,
+    for the summary to name."""
     if not spec:
         raise UsageError("--input must name a directory, a glob, a list file or a video; got an empty value")
     if storage.is_remote(spec):
-        return _list_remote(spec)
+        return _list_remote(spec, skipped)
     p = Path(spec)
     if p.is_dir():
-        found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and not f.is_dir())
+        files = sorted(f for f in p.rglob("*") if not f.is_dir())
+        found = [str(f) for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
+        if skipped is not None:
+            skipped += [str(f) for f in files if f.suffix.lower() not in VIDEO_EXTENSIONS and not f.name.startswith(".")]
         if not found:
             raise UsageError(
                 f"--input directory must contain videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
@@ -58,7 +63,7 @@ def _resolve(line: str, base: str) -> str:
     return storage.join(base, line)
 
 
-def _list_remote(spec: str) -> list[str]:
+def _list_remote(spec: str, skipped: list[str] | None = None) -> list[str]:
     """An object prefix (searched recursively), a list file object, or one video object."""
     storage.check_scheme(spec, "--input")
     if glob.has_magic(spec):
@@ -70,7 +75,10 @@ def _list_remote(spec: str) -> list[str]:
                 lines = [ln.strip() for ln in storage.read_bytes(spec).decode("utf-8").splitlines()]
                 return [_resolve(ln, storage.parent(spec)) for ln in lines if ln and not ln.startswith("#")]
             return [spec]
-        found = [u for u in storage.list_files(spec, recursive=True) if Path(u).suffix.lower() in VIDEO_EXTENSIONS]
+        listed = storage.list_files(spec, recursive=True)
+        found = [u for u in listed if Path(u).suffix.lower() in VIDEO_EXTENSIONS]
+        if skipped is not None:
+            skipped += [u for u in listed if Path(u).suffix.lower() not in VIDEO_EXTENSIONS]
     except (OSError, ValueError) as e:
         raise UsageError(f"--input {spec!r} must be listable, got: {io_line(e)}; check the bucket name, "
                          "AWS_ENDPOINT_URL and the AWS_* credentials") from e
@@ -82,3 +90,20 @@ def _list_remote(spec: str) -> list[str]:
         raise UsageError(f"--input prefix must contain videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), found none "
                          f"under {spec!r}; check the bucket and prefix")
     return found
+
+
+SKIPPED_EXAMPLES = 20  # names kept in a summary (the count is exact)
+
+
+def skipped_summary(skipped: list[str]) -> dict:
+    """The summary fields for the files an --input folder held that are not videos."""
+    return {"inputs_skipped": len(skipped), "inputs_skipped_examples": skipped[:SKIPPED_EXAMPLES]}
+
+
+def skipped_line(summary: dict) -> str | None:
+    """`skipped 2 non-video file(s) in --input: a.txt, b.jpg` (or None when there were none)."""
+    n = summary.get("inputs_skipped", 0)
+    if not n:
+        return None
+    names = ", ".join(storage.basename(u) for u in summary.get("inputs_skipped_examples", [])[:5])
+    return f"skipped {n} non-video file(s) in --input: {names}{', ...' if n > 5 else ''}"
