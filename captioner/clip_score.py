@@ -33,7 +33,7 @@ def sentences(text: str, max_sentences: int = 12) -> list[str]:
 class CaptionClipScorer:
     """`CaptionClipScorer(model, pretrained, device, smoke, weights_dir)`, `load()`, `scores(captions, image_embeddings)`.
 
-    `model`/`pretrained`/`weights_dir` as in `curate.clip_models.load_clip` (the score stage's CLIP: same
+    `model`/`pretrained`/`weights_dir` as in `curate.scores.clip_models.load_clip` (the score stage's CLIP: same
     loader, same weights folder: the check on the driver looked there too);
     `smoke`: the smoke preset's tiny random CLIP directory, built offline when missing.
     """
@@ -47,8 +47,8 @@ class CaptionClipScorer:
     def load(self) -> None:
         import open_clip
 
-        from curate.clip_models import build_smoke_clip, load_clip
-        from curate.score import resolve_device
+        from curate.scores.clip_models import build_smoke_clip, load_clip
+        from curate.scores.score import resolve_device
 
         if self.smoke:
             build_smoke_clip(self.model_name)  # no-op when present

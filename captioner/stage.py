@@ -30,9 +30,9 @@ from captioner.engine import EngineName, EngineUnavailable
 from captioner.openai_engine import OpenAIConfig, resource_free
 from captioner.qa import QAConfig, QAResult, check_caption, check_grounding, check_short
 from captioner.vlm import Failed, Generation, Request, Sampling, derive_seed, load_vlm
-from curate import __version__, score_config
-from curate.decode import decode_clip, sample_uniform
+from curate import __version__
 from curate.errors import OnError, StageError, one_line
+from curate.io.storage import config_hash
 from curate.schema import (
     CAMERA_MOTION,
     CAPTION,
@@ -63,7 +63,8 @@ from curate.schema import (
     conform,
     set_columns,
 )
-from curate.storage import config_hash
+from curate.scores import score_config
+from curate.video.decode import decode_clip, sample_uniform
 
 STAGE = "caption"
 

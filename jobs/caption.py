@@ -40,8 +40,12 @@ from captioner.stage import (
     planned_frames,
     resolve_engine,
 )
-from curate import layout, storage
 from curate.errors import UsageError
+from curate.io import layout, storage
+from curate.io.storage import (
+    check_writable,
+    write_json_atomic,
+)
 from curate.schema import (
     CLIP_ID,
     CLIP_SCHEMA,
@@ -51,10 +55,6 @@ from curate.schema import (
     STATUS,
     STATUS_ERROR,
     STATUS_OK,
-)
-from curate.storage import (
-    check_writable,
-    write_json_atomic,
 )
 from curate.weights import expand, require
 from jobs import guards
@@ -149,7 +149,7 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
     cfg = replace(cfg, caption=resolve_engine(cfg.caption))  # engine openai: probe the server, before any actor
-    out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
+    out = cfg.output  # a local folder or a URI: every location below goes through curate.io.storage
     check_writable(out)
     with lease.hold(out, "jobs.caption", watch=[layout.run_root(out)]):  # curate on OUT writes here too
         inputs = storage.list_parts(cfg.input)

@@ -38,18 +38,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import clip_models, filters, layout, storage
-from curate import decide as D
 from curate import schema as S
-from curate.decide import read_columns
+from curate.decisions import decide as D
+from curate.decisions import filters
+from curate.decisions.decide import read_columns
 from curate.errors import UsageError, check_range
-from curate.storage import (
+from curate.io import layout, storage
+from curate.io.storage import (
     check_writable,
     config_hash,
     marker_path,
     read_json,
     write_json_atomic,
 )
+from curate.scores import clip_models
 from curate.weights import expand
 from jobs import guards, rule_flags, stage_flags
 from jobs.runtime import flags, lease, parts
@@ -86,7 +88,7 @@ class CurateConfig:
     model_resource: str | None = None  # custom Ray resource the model actors need (pins them to such nodes)
     # the stage options (--rule, --detector, --num-frames, ...) applied over the preset; None: the preset's
     filters: filters.FilterConfig | None = None
-    split: Any = None  # curate.split.SplitConfig
+    split: Any = None  # curate.shots.split.SplitConfig
     caption_edits: tuple[tuple[str, Any], ...] = ()  # CaptionConfig fields to replace
     encode_edits: tuple[tuple[str, Any], ...] = ()  # EncodeConfig fields to replace
     limit: int | None = None  # only the first N inputs (a trial run)
@@ -207,7 +209,7 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     """Probe, split and score every input; workers write the scored parts."""
     import ray
 
-    from curate import score, score_frames
+    from curate.scores import score, score_frames
     from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task
 
     if preset.score.smoke:

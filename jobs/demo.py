@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from curate.synth import Segment, make_video
+from curate.synthetic.synth import Segment, make_video
 
 SAMPLES: dict[str, list[Segment]] = {
     "cuts_and_fades.mp4": [

@@ -39,10 +39,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import layout, storage
 from curate import schema as S
 from curate.errors import UsageError, check_range, error_key
-from curate.storage import (
+from curate.io import layout, storage
+from curate.io.storage import (
     check_writable,
     config_hash,
     marker_path,
@@ -219,7 +219,7 @@ def main(cfg: EncodeJobConfig) -> dict:
                          "(Parquet files with other names); pass OUT/captions")
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
-    out = cfg.output  # a local folder or a URI: every location below goes through curate.storage
+    out = cfg.output  # a local folder or a URI: every location below goes through curate.io.storage
     check_writable(out)
     with lease.hold(out, "jobs.encode", watch=[layout.run_root(out)]):  # curate on OUT writes here too
         t0 = time.perf_counter()

@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from curate import decide as D
-from curate import filters, layout, score_config, storage
-from curate.storage import check_writable, is_done, read_json, write_json_atomic
+from curate.decisions import decide as D
+from curate.decisions import filters
+from curate.io import layout, storage
+from curate.io.storage import check_writable, is_done, read_json, write_json_atomic
+from curate.scores import score_config
 from jobs import guards, rule_flags
 from jobs.runtime import flags, lease
 from jobs.runtime.filter_plan import (

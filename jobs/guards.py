@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from curate import schema as S
-from curate import storage
 from curate.errors import io_line
+from curate.io import storage
 from jobs.runtime.flags import fail
 from jobs.runtime.inputs import LIST_EXTENSIONS, VIDEO_EXTENSIONS
 from jobs.runtime.parts import footer

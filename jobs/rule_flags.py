@@ -1,6 +1,6 @@
 """`--rule` and `--filters`: filter rules from the command line and a file, on score, filter and curate.
 
-The text is parsed by `curate/rules.py` into the same FilterConfig the presets hold; a bad
+The text is parsed by `curate/decisions/rules.py` into the same FilterConfig the presets hold; a bad
 rule exits 2 with the rule, the value and the fix, before Ray starts.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from curate import rules
-from curate.filters import FilterConfig
+from curate.decisions import rules
+from curate.decisions.filters import FilterConfig
 
 
 def add_rule_flags(p: argparse.ArgumentParser) -> None:

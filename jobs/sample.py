@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from curate import storage
 from curate.errors import UsageError, io_line
+from curate.io import storage
 from curate.weights import expand
 from jobs.runtime import flags
 
@@ -108,7 +108,7 @@ def latent_shape(job: SampleJob, run_config: dict, vae_info) -> tuple[int, int, 
 
 def init_latents(path: str, vae, shape: tuple[int, int, int, int], fps: float) -> torch.Tensor:
     """The first F frames of a video at `fps`, resized to the bucket, VAE-encoded: (1, C, T, h, w)."""
-    from curate.decode import decode_clip
+    from curate.video.decode import decode_clip
 
     info = vae.info
     _, t, h, w = shape
@@ -189,7 +189,7 @@ def main(job: SampleJob) -> dict:
     frames = ((pixels[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     # (3, F, H, W) -> (F, H, W, 3) uint8; libx264 needs even sides
     frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-    from curate.mp4 import write_video
+    from curate.video.mp4 import write_video
 
     _write_mp4(job.out, list(frames), round(job.fps or fps), write_video)
     smoke = bool(vae.info.smoke or text_cfg.smoke or (run_config.get("manifest") or {}).get("smoke", False))
@@ -275,7 +275,7 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
     if a.init_video is not None:
         init = flags.canonical(a.init_video)
         try:
-            found = storage.is_file(init)  # a URI is decoded straight from the object store (curate.decode)
+            found = storage.is_file(init)  # a URI is decoded straight from the object store (curate.video.decode)
         except (OSError, ValueError) as e:
             raise flags.fail("--init-video must be a readable video file", f"{a.init_video!r} ({io_line(e)})",
                              "check the path, the bucket and the AWS_* credentials") from e

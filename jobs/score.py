@@ -28,21 +28,23 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate import clip_models, filters, layout, score, score_config, score_frames, storage
-from curate import decide as D
+from curate.decisions import decide as D
+from curate.decisions import filters
 from curate.errors import UsageError
+from curate.io import layout, storage
+from curate.io.storage import (
+    check_writable,
+    config_hash,
+    is_done,
+    write_json_atomic,
+)
 from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
     STATUS,
     STATUS_OK,
 )
-from curate.storage import (
-    check_writable,
-    config_hash,
-    is_done,
-    write_json_atomic,
-)
+from curate.scores import clip_models, score, score_config, score_frames
 from curate.weights import expand
 from jobs import guards, rule_flags
 from jobs.runtime import flags, lease, presets
@@ -161,7 +163,7 @@ def main(job: ScoreJob) -> dict[str, Any]:
 
     filters.check_config(job.score.filters)
     score.check_weights(job.score)
-    out = job.output  # a local folder or a URI: every location below goes through curate.storage
+    out = job.output  # a local folder or a URI: every location below goes through curate.io.storage
     root = layout.run_root(out)
     scores_dir = layout.scores_dir(out)
     check_writable(out)

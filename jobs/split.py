@@ -21,17 +21,17 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import layout
 from curate import schema as S
 from curate.errors import error_key
-from curate.split import SplitConfig
-from curate.storage import (
+from curate.io import layout
+from curate.io.storage import (
     check_writable,
     config_hash,
     list_files,
     read_table,
     write_json_atomic,
 )
+from curate.shots.split import SplitConfig
 from jobs import guards, stage_flags
 from jobs.runtime import flags, lease
 from jobs.runtime.inputs import list_inputs, skipped_line, skipped_summary

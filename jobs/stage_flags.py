@@ -10,7 +10,7 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from curate.split import DETECTORS, SplitConfig
+from curate.shots.split import DETECTORS, SplitConfig
 from jobs.runtime import flags
 
 if TYPE_CHECKING:  # torch-importing modules: not loaded by jobs.split just for a type

@@ -18,9 +18,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from curate import layout, storage
 from curate import schema as S
 from curate.errors import UsageError
+from curate.io import layout, storage
 
 
 def footer_counts(part: str) -> tuple[int, Counter[str]]:

@@ -28,9 +28,9 @@ import sys
 import tempfile
 from collections import Counter
 
-from curate import storage
 from curate.errors import UsageError, io_line
-from curate.storage import check_writable
+from curate.io import storage
+from curate.io.storage import check_writable
 from jobs.runtime import flags, lease, presets
 from latents import run_sync
 from latents.dit.loader import Source
@@ -144,7 +144,7 @@ class Previewer:
     def __call__(self, ema, step: int, samples: list[dict]) -> None:
         import torch
 
-        from curate.mp4 import write_video
+        from curate.video.mp4 import write_video
         from latents.dit.sample import sample
         from latents.vae import load_vae, vae_config_from_manifest
 

@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate import schema as S
-from curate import storage
+from curate.io import storage
 from latents.shards import (
     ShardError,
     binary_column_padded,

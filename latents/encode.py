@@ -23,9 +23,9 @@ import pyarrow as pa
 import torch
 
 from curate import schema as S
-from curate.decode import decode_clip
 from curate.errors import OnError, StageError, one_line
-from curate.storage import config_hash
+from curate.io.storage import config_hash
+from curate.video.decode import decode_clip
 from latents.buckets import Bucket, decode_size, make_buckets, nearest_bucket, plan_frames, resize_to_bucket
 from latents.shards import tensor_to_bytes
 from latents.text import TEXT_DEFAULT, TEXT_SMOKE, TextConfig, load_text_encoder

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from curate import storage
+from curate.io import storage
 
 CKPT_DIR = "checkpoints"  # latents.dit.checkpoint.CKPT_DIR (not imported: latents/dit stays torch-only)
 STATE = "state.json"

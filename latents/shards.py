@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 import torch
 import xxhash
 
-from curate import layout, storage
 from curate import schema as S
-from curate.storage import write_json_atomic
+from curate.io import layout, storage
+from curate.io.storage import write_json_atomic
 
 MANIFEST_NAME = layout.MANIFEST
 MANIFEST_FORMAT = "tubelet.latent-shards/1"
@@ -142,7 +142,7 @@ class ShardWriter:
                  metric_columns: tuple[str, ...] = (), run_id: str | None = None, write_manifest: bool = True):
         if max_rows < 1 or max_bytes < 1 or row_group_rows < 1:
             raise ValueError(f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}")
-        self.root = str(root)  # a local path or a URI (s3://...): see curate.storage
+        self.root = str(root)  # a local path or a URI (s3://...): see curate.io.storage
         self.meta = meta
         self.schema = schema
         self.max_rows = max_rows

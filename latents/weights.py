@@ -14,9 +14,9 @@ from typing import Any
 from captioner.stage import CaptionConfig
 from captioner.upsample import UpsampleConfig
 from captioner.vlm import vlm_weights
-from curate.clip_models import clip_tag_weights
-from curate.score import clip_weights
-from curate.score_config import ScoreConfig
+from curate.scores.clip_models import clip_tag_weights
+from curate.scores.score import clip_weights
+from curate.scores.score_config import ScoreConfig
 from curate.weights import Weights, expand
 from latents.encode import EncodeConfig
 from latents.text import text_weights

@@ -3,7 +3,7 @@
 Camera motion: a crop window moves over one still source image at a known speed (pans,
 tilts), grows or shrinks about its centre (zooms), or stays put (static); each output frame
 is the window resampled to the output size, so the true motion is exact. Speeds are in
-short sides of the output frame per second, the unit of `curate.flow` (for a zoom: how fast
+short sides of the output frame per second, the unit of `curate.scores.flow` (for a zoom: how fast
 the frame corners move). Text: a subtitle line or a watermark drawn with PIL's bundled
 font, whose pixel box gives the true text area.
 """

@@ -9,7 +9,7 @@ import numpy as np
 from captioner.vlm import Generation, Request, Sampling
 from curate import schema as S
 from curate.ids import clip_id
-from curate.synth import Segment, make_video
+from curate.synthetic.synth import Segment, make_video
 
 
 def make_clips(tmp: Path, spans: list[tuple[int, int]], kept: list[bool] | None = None,

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from curate import schema as S
 from curate.ids import clip_id
-from curate.synth import Segment, make_video
+from curate.synthetic.synth import Segment, make_video
 
 # (width, height) of the generated sources: landscape, square, portrait
 SIZES = ((160, 90), (96, 96), (90, 160))

@@ -7,8 +7,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from curate.mp4 import write_video
-from curate.synth import Segment, SynthVideo, make_video
+from curate.synthetic.synth import Segment, SynthVideo, make_video
+from curate.video.mp4 import write_video
 
 
 def two_shot_video(path: Path, fps: int = 24, seconds: float = 3.0, size=(160, 96)) -> SynthVideo:

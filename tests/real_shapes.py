@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from captioner import stage as caption_stage
-from curate import clip_models, score_config
+from curate.scores import clip_models, score_config
 from jobs.runtime import presets
 from latents.weights import with_weights_dir
 
@@ -40,7 +40,7 @@ CONFIGS = Path(__file__).resolve().parent / "real_configs"
 QWEN = CONFIGS / "qwen2_5_vl_7b_instruct"
 WAN_VAE = CONFIGS / "wan2_1_vae" / "config.json"
 UMT5 = CONFIGS / "umt5_xxl" / "config.json"
-# the real LAION head: Linear sizes after the CLIP embedding (see curate.clip_models.make_head)
+# the real LAION head: Linear sizes after the CLIP embedding (see curate.scores.clip_models.make_head)
 AESTHETIC_HIDDEN = (1024, 128, 64, 16, 1)
 VERSION = 2  # bump when a builder changes, so kept folders ($TUBELET_REAL_SHAPES_MODELS) are rebuilt
 DIT_KEY = "B-real-shapes"

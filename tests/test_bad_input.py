@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from curate import schema as S
-from curate.split import SplitConfig, split_video
+from curate.shots.split import SplitConfig, split_video
 from jobs.runtime.inputs import list_inputs
 from tests.media import bad_inputs, two_shot_video
 
@@ -87,7 +87,7 @@ def test_unwritable_output_fails_fast(tmp_path):
 
 def test_full_disk_fails_fast(tmp_path):
     from curate.errors import UsageError
-    from curate.storage import check_writable
+    from curate.io.storage import check_writable
 
     with pytest.raises(UsageError, match="MiB free"):
         check_writable(tmp_path, min_free_bytes=1 << 62)

@@ -10,9 +10,9 @@ import pytest
 
 from captioner.stage import SMOKE, caption_hash
 from curate import schema as S
-from curate.clip_models import SMOKE_CLIP_CFG
 from curate.errors import UsageError
-from curate.storage import mark_done, read_parts, write_parquet_atomic
+from curate.io.storage import mark_done, read_parts, write_parquet_atomic
+from curate.scores.clip_models import SMOKE_CLIP_CFG
 from jobs import caption as job
 from tests.caption_helpers import make_clips
 from tests.driver_guard import driver_reads_no_rows

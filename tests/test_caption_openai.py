@@ -22,7 +22,7 @@ from captioner.stage import SMOKE, CaptionStage, resolve_engine
 from captioner.vlm import build_smoke_vlm
 from curate import schema as S
 from curate.errors import UsageError
-from curate.storage import read_parts, write_parquet_atomic
+from curate.io.storage import read_parts, write_parquet_atomic
 from jobs.bench import openai_server
 from jobs.bench.openai_server import LocalServer
 from tests.caption_helpers import make_clips

@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import cheap_scores as cs
-from curate.clip_rows import clip_rows, frame_pts
-from curate.decode import decode_clip
+from curate.decisions.filters import FilterConfig, Rule, apply_cascade
 from curate.errors import StageError
-from curate.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import BLACK_FRACTION, DROP_REASON, IS_STATIC, KEPT, MOTION, SHARPNESS, table_from_rows
-from curate.score_config import SMOKE
-from curate.score_frames import prepare_batch
+from curate.scores import cheap_scores as cs
+from curate.scores.score_config import SMOKE
+from curate.scores.score_frames import prepare_batch
+from curate.shots.clip_rows import clip_rows, frame_pts
+from curate.video.decode import decode_clip
 
 CHEAP_ONLY = FilterConfig(rules=(Rule(BLACK_FRACTION, "<=", 0.5),), near_dup_cosine=None)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from curate import schema as S
-from curate.storage import write_parquet_atomic
+from curate.io.storage import write_parquet_atomic
 from tests.media import two_shot_video
 
 REPO = Path(__file__).resolve().parent.parent

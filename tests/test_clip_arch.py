@@ -13,7 +13,7 @@ import pytest
 open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
-from curate import clip_models  # noqa: E402
+from curate.scores import clip_models  # noqa: E402
 from jobs.runtime.presets import PRESETS  # noqa: E402
 
 

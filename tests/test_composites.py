@@ -1,4 +1,4 @@
-"""Every detector judged on composites of the real videos (curate/composite.py): hard and jump
+"""Every detector judged on composites of the real videos (curate/synthetic/composite.py): hard and jump
 cuts, dissolves, fades through black, wipes, iris, slides and pushes, and 1-2 frame flashes.
 
 `content` and `hybrid` must keep every transition frame out of clips, cover >= 90% of shot
@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curate.composite import DEFAULT_STEPS, Composite, draw_steps, make_composite
-from curate.decode import iter_small_yuv
-from curate.detect import Transitions
-from curate.detect_content import ContentDetector
-from curate.hybrid import DEFAULT as HYBRID
-from curate.hybrid import HybridDetector
-from curate.shot_metrics import LabelScore, judge_labels
-from curate.split import SplitConfig, clip_spans
-from curate.transnet import FRAME_SIZE, TransNetDetector
-from curate.wipes import WipeConfig, find_wipes, thumbnails
+from curate.shots.detect import Transitions
+from curate.shots.detect_content import ContentDetector
+from curate.shots.hybrid import DEFAULT as HYBRID
+from curate.shots.hybrid import HybridDetector
+from curate.shots.shot_metrics import LabelScore, judge_labels
+from curate.shots.split import SplitConfig, clip_spans
+from curate.shots.transnet import FRAME_SIZE, TransNetDetector
+from curate.shots.wipes import WipeConfig, find_wipes, thumbnails
+from curate.synthetic.composite import DEFAULT_STEPS, Composite, draw_steps, make_composite
+from curate.video.decode import iter_small_yuv
 from tests.test_transnet import RecordingScorer, ReplayScorer
 
 CFG = SplitConfig()

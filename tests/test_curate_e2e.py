@@ -18,9 +18,9 @@ import psutil
 import pyarrow as pa
 import pytest
 
-from curate import layout
 from curate import schema as S
-from curate.storage import read_parts
+from curate.io import layout
+from curate.io.storage import read_parts
 from jobs.demo import make_samples
 from latents.shards import read_manifest, verify_shards
 from tests.raycluster import REPO, ray_env, ray_head, submit

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import decide as D
-from curate.filters import FilterConfig, Rule, apply_cascade
+from curate.decisions import decide as D
+from curate.decisions.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import (
     AESTHETIC,
     BLACK_FRACTION,
@@ -234,7 +234,7 @@ def test_border_pass_keeps_the_most_similar_keeper_when_found_twice(tmp_path):
 
 
 def test_near_duplicates_between_groups_is_the_greedy_on_cross_group_pairs():
-    from curate import dedup
+    from curate.decisions import dedup
 
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(30, 8))[rng.integers(0, 30, 120)] + 0.15 * rng.normal(size=(120, 8))  # (120, 8)
@@ -296,7 +296,7 @@ def test_clustered_decisions_do_not_depend_on_part_order(tmp_path, ray_local):
 def test_clustered_near_duplicates_keep_what_the_exact_greedy_keeps(tmp_path, ray_local):
     """Ten k-means clusters over 16-d groups: pass 1 alone keeps rows whose duplicate lies
     across a border; with the border pass the kept rows are the exact greedy's. (A dropped
-    row may still name another keeper: residual (2) of the `curate/decide.py` docstring.)"""
+    row may still name another keeper: residual (2) of the `curate/decisions/decide.py` docstring.)"""
     from jobs.runtime.decide import decide_parts
 
     rows = _run_rows(600, seed=3)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from curate import layout
 from curate import schema as S
 from curate.errors import UsageError
+from curate.io import layout
 from jobs.train import TRAIN_PRESETS, latent_shapes, main, resolve_budget
 from latents.dit.packing import num_tokens
 from latents.dit.synthetic import synthetic_samples

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from curate.errors import UsageError
-from curate.synth import Segment, make_video
+from curate.synthetic.synth import Segment, make_video
 from latents.dit.synthetic import synthetic_samples
 from latents.dit.train import TrainConfig, train
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate import dedup
+from curate.decisions import dedup
+from curate.decisions.filters import (
+    EXACT_DUP,
+    NEAR_DUP,
+    FilterConfig,
+    Rule,
+    apply_cascade,
+    cheap_gate,
+    keep_share,
+)
 from curate.errors import UsageError
-from curate.filters import EXACT_DUP, NEAR_DUP, FilterConfig, Rule, apply_cascade, cheap_gate, keep_share
 from curate.schema import (
     AESTHETIC,
     BLACK_FRACTION,

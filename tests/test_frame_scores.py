@@ -11,10 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from curate import filters, flow, nsfw, ocr, score_frames
-from curate.decode import decode_clip
-from curate.filters import FilterConfig, Rule, apply_cascade
-from curate.mp4 import write_video
+from curate.decisions import filters
+from curate.decisions.filters import FilterConfig, Rule, apply_cascade
 from curate.schema import (
     CAMERA_MOTION,
     CLIP_ID,
@@ -38,8 +36,11 @@ from curate.schema import (
     WIDTH,
     table_from_rows,
 )
-from curate.score_config import SMOKE
-from curate.score_frames import FRAMES, prepare_batch
+from curate.scores import flow, nsfw, ocr, score_frames
+from curate.scores.score_config import SMOKE
+from curate.scores.score_frames import FRAMES, prepare_batch
+from curate.video.decode import decode_clip
+from curate.video.mp4 import write_video
 from tests.camera_media import MOVES, camera_clip, draw_text, textured_image
 from tests.conftest import _videos_dir
 

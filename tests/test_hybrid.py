@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curate.decode import iter_small_yuv
-from curate.hybrid import (
+from curate.shots.hybrid import (
     HybridConfig,
     HybridDetector,
     colour_histograms,
@@ -26,10 +25,11 @@ from curate.hybrid import (
     hist_change,
     proposals,
 )
-from curate.mp4 import write_video
-from curate.synth import pattern_frame
-from curate.transitions import LumaStats, luma_fades
-from curate.transnet import FRAME_SIZE, STEP, TransNetConfig, TransNetDetector
+from curate.shots.transitions import LumaStats, luma_fades
+from curate.shots.transnet import FRAME_SIZE, STEP, TransNetConfig, TransNetDetector
+from curate.synthetic.synth import pattern_frame
+from curate.video.decode import iter_small_yuv
+from curate.video.mp4 import write_video
 from tests.test_transnet import RecordingScorer, ReplayScorer
 
 W, H = 96, 54
@@ -118,7 +118,7 @@ def _ratio(yuv: np.ndarray) -> float:
 
 
 def test_frames_the_model_never_scored_get_a_null_boundary_score(video: tuple[np.ndarray, np.ndarray]) -> None:
-    from curate.split import SplitConfig, clip_rows, clip_spans
+    from curate.shots.split import SplitConfig, clip_rows, clip_spans
 
     yuv, pts = video
     single = np.random.default_rng(0).uniform(0.01, 0.2, len(pts)).astype(np.float32)  # no cut from the model

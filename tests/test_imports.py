@@ -178,5 +178,5 @@ def test_no_private_names_across_modules():
 
 def test_the_private_name_check_sees_them(tmp_path):
     f = tmp_path / "x.py"
-    f.write_text("from curate import filters\nfrom curate.score import _hidden\nfilters._steps(1)\n")
-    assert sorted(_private_uses(f, {"curate.filters", "curate.score"})) == ["curate.score._hidden", "filters._steps"]
+    f.write_text("from curate.decisions import filters\nfrom curate.scores.score import _hidden\nfilters._steps(1)\n")
+    assert sorted(_private_uses(f, {"curate.decisions.filters", "curate.scores.score"})) == ["curate.scores.score._hidden", "filters._steps"]

@@ -1,4 +1,4 @@
-"""curate.retry: which storage errors are retried, the backoff, the env vars, the storage calls that
+"""curate.io.retry: which storage errors are retried, the backoff, the env vars, the storage calls that
 use it (on a real S3 API server, moto), and run_cli's one line for infrastructure failures."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from curate import retry
-from curate import storage as st
-from curate import uri as U
 from curate.errors import UsageError
+from curate.io import retry
+from curate.io import storage as st
+from curate.io import uri as U
 from jobs.runtime import parts
 from jobs.runtime.flags import run_cli
 
@@ -246,7 +246,7 @@ def test_a_10_s_stall_of_the_server_is_survived(s3, caplog):
     """A real stall: the S3 server process is stopped for 10 s (connections accepted, nothing
     answered) while a part is read and an object written; both get through once it answers.
     Two layers retry: the AWS SDK inside pyarrow (a request with no byte for 3 s is dropped and
-    tried again, 3 tries) absorbs about 10 s; a longer stall reaches `curate.retry` (measured:
+    tried again, 3 tries) absorbs about 10 s; a longer stall reaches `curate.io.retry` (measured:
     a 25 s stall took 2 of its retries, STALL=25 runs it)."""
     bucket = s3.make_bucket("retry-stall")
     table = pa.table({"x": list(range(100))})
@@ -260,7 +260,7 @@ def test_a_10_s_stall_of_the_server_is_survived(s3, caplog):
     assert got.equals(table) and st.read_json(f"{bucket}/out/m.json") == {"k": 1}
     assert waited >= stall - 0.5, waited  # the calls did meet the stall, and waited it out
     retried = [r.getMessage() for r in caplog.records if " failed (" in r.getMessage()]
-    print(f"stall of {stall:g} s: read + write took {waited:.1f} s, {len(retried)} retries by curate.retry")
+    print(f"stall of {stall:g} s: read + write took {waited:.1f} s, {len(retried)} retries by curate.io.retry")
 
 
 def test_a_missing_object_is_not_retried(s3, waits):
@@ -322,7 +322,7 @@ def test_run_cli_keeps_other_errors_and_refuses_bad_env(capsys, monkeypatch):
 
 
 def test_a_transient_input_failure_ends_split_and_writes_no_row(tmp_path, monkeypatch, waits):
-    from curate.split import SplitConfig
+    from curate.shots.split import SplitConfig
     from jobs.runtime import split_parts as J
 
     out = str(tmp_path / "out")

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import schema as S
-from curate.storage import read_parts
+from curate.io.storage import read_parts
 from tests.media import bad_inputs, two_shot_video
 from tests.raycluster import ray_head, submit
 
@@ -129,7 +129,7 @@ def test_ray_job_submit_on_loopback(inputs, tmp_path):
 def test_summary_folds_the_clip_parts(tmp_path, monkeypatch):
     """The summary's clip totals equal those of the concatenated parts, read one part at a time
     and three columns only (no Ray: `summarize` on parts written by hand)."""
-    from curate import storage
+    from curate.io import storage
     from jobs import split
 
     rows = [{S.CLIP_ID: f"c{i}", S.STATUS: S.STATUS_ERROR if i % 5 == 0 else S.STATUS_OK,
@@ -157,8 +157,8 @@ def test_summary_folds_the_clip_parts(tmp_path, monkeypatch):
 def test_a_source_replaced_by_a_video_split_before_gets_its_row_rewritten(tmp_path):
     """a.mp4 is overwritten with b.mp4's bytes (a video already split under another name): its
     content is done, yet a's row must now name b's clips, not keep the old ones."""
-    from curate import layout
-    from curate.split import SplitConfig
+    from curate.io import layout
+    from curate.shots.split import SplitConfig
     from jobs.runtime.split_parts import process_one, source_key
 
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from curate import schema as S
-from curate.decode import DECODE_STATS
-from curate.storage import write_parquet_atomic
+from curate.io.storage import write_parquet_atomic
+from curate.video.decode import DECODE_STATS
 from latents.buckets import Bucket, nearest_bucket
 from latents.encode import PIXELS, ROUNDTRIP_PSNR, SMOKE, SMOKE_LTX, EncodeStage, prepare_batch, psnr
 from latents.shards import MANIFEST_NAME, bytes_to_tensor, read_manifest, verify_shards
@@ -158,7 +158,7 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
     import pyarrow.parquet as pq
     import ray
 
-    from curate import storage
+    from curate.io import storage
     from jobs import encode
 
     table = _captions(tmp_path)
@@ -196,7 +196,7 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
 
 @pytest.mark.parametrize(("name", "portrait"), [("issue-134-rotate.mp4", True), ("issue-195-aspect-ratio.mp4", False)])
 def test_real_rotated_and_anamorphic_videos_keep_their_display_aspect(real_videos, tmp_path, name, portrait):
-    from curate.probe import probe
+    from curate.video.probe import probe
 
     info = probe(real_videos / name)
     w, h = info[S.WIDTH], info[S.HEIGHT]  # display size: rotation and SAR applied

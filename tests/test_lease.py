@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from curate import storage
 from curate.errors import UsageError
+from curate.io import storage
 from jobs.runtime import lease
 
 REPO = Path(__file__).resolve().parent.parent

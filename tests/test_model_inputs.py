@@ -22,8 +22,8 @@ import torch
 
 from captioner import prompts
 from captioner.vlm import Request, build_smoke_vlm, load_vlm
-from curate.decode import Geometry
-from curate.probe import probe
+from curate.video.decode import Geometry
+from curate.video.probe import probe
 from latents.text import TEXT_SMOKE, load_text_encoder, prompt_clean
 from latents.vae import WAN_DEFAULT, build_smoke_vae, load_vae
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from curate import schema as S
-from curate import storage
+from curate.io import storage
 from jobs.demo import make_samples
 from tests.raycluster import REPO, ray_env
 

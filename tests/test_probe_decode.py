@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from curate import schema as S
-from curate.decode import DECODE_STATS, decode_clip, iter_small_yuv, sample_uniform
-from curate.probe import probe
+from curate.video.decode import DECODE_STATS, decode_clip, iter_small_yuv, sample_uniform
+from curate.video.probe import probe
 
 # (file, display w x h, rotation (ccw, 0-359), vfr, has_audio, decoded frames) from MANIFEST.md
 EXPECTED = [
@@ -49,7 +49,7 @@ def test_display_orientation_matches_ffmpeg(real_videos, name, index):
     ours = None
     for _, fr in iter_small_yuv(path, size=(w, h)):
         if fr.index == index:
-            from curate.detect import yuv_to_rgb
+            from curate.shots.detect import yuv_to_rgb
 
             ours = yuv_to_rgb(fr.yuv).astype(np.float32)
             break

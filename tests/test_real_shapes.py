@@ -22,13 +22,14 @@ import pytest
 import torch
 
 from captioner import stage as caption_stage
-from curate import filters, score, score_frames
 from curate import schema as S
-from curate.decode import decode_clip
-from curate.mp4 import write_video
-from curate.probe import probe
-from curate.split import split_video
-from curate.storage import config_hash
+from curate.decisions import filters
+from curate.io.storage import config_hash
+from curate.scores import score, score_frames
+from curate.shots.split import split_video
+from curate.video.decode import decode_clip
+from curate.video.mp4 import write_video
+from curate.video.probe import probe
 from jobs import encode as encode_job
 from jobs import sample as sample_job
 from jobs import train as train_job

@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 
 from curate import schema as S
-from curate.decode import decode_clip
-from curate.probe import probe
+from curate.video.decode import decode_clip
+from curate.video.probe import probe
 from jobs.runtime.presets import DEFAULT
 from latents.dit.packing import num_tokens
 from tests import real_shapes as R

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import schema as S
-from curate.storage import read_parts, write_parquet_atomic
+from curate.io.storage import read_parts, write_parquet_atomic
 from latents.shards import read_manifest
 from tests.caption_helpers import make_clips
 

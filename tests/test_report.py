@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curate import score, score_config
-from curate.filters import FilterConfig, Rule, apply_cascade
+from curate.decisions.filters import FilterConfig, Rule, apply_cascade
+from curate.io.storage import read_parts, write_json_atomic, write_parquet_atomic
 from curate.schema import (
     AESTHETIC,
     BLACK_FRACTION,
@@ -40,9 +40,9 @@ from curate.schema import (
     VIDEO_SCHEMA,
     set_columns,
 )
-from curate.split import SplitConfig
-from curate.storage import read_parts, write_json_atomic, write_parquet_atomic
-from curate.synth import Segment, make_video
+from curate.scores import score, score_config
+from curate.shots.split import SplitConfig
+from curate.synthetic.synth import Segment, make_video
 from jobs import report
 from jobs.report.html import RANDOM_MODELS_WARNING
 from jobs.runtime.filter_plan import funnel_report

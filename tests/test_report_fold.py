@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import schema as S
-from curate import storage
+from curate.decisions.filters import FilterConfig, Rule, apply_cascade
 from curate.errors import error_key
-from curate.filters import FilterConfig, Rule, apply_cascade
-from curate.flow import CAMERA_CLASSES
-from curate.storage import write_json_atomic
+from curate.io import storage
+from curate.io.storage import write_json_atomic
+from curate.scores.flow import CAMERA_CLASSES
 from jobs import report
 from jobs.report import build, fold, parts
 from jobs.report.media import histogram_edges

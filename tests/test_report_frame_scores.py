@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from curate import filters
 from curate import schema as S
-from curate.filters import FilterConfig, Rule, apply_cascade
-from curate.storage import write_json_atomic, write_parquet_atomic
+from curate.decisions import filters
+from curate.decisions.filters import FilterConfig, Rule, apply_cascade
+from curate.io.storage import write_json_atomic, write_parquet_atomic
 from jobs import report
 
 

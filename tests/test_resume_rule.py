@@ -13,8 +13,8 @@ from dataclasses import replace
 import pytest
 
 from captioner.stage import caption_hash
-from curate import filters
-from curate.storage import config_hash
+from curate.decisions import filters
+from curate.io.storage import config_hash
 from jobs.runtime import presets
 from jobs.score import scoring_hash
 

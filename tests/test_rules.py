@@ -1,4 +1,4 @@
-"""Filter rules as text (curate/rules.py) and the jobs that take them (--rule, --filters).
+"""Filter rules as text (curate/decisions/rules.py) and the jobs that take them (--rule, --filters).
 
 The text only edits the preset's FilterConfig: the same decisions as the equivalent
 `dataclasses.replace`, on the same cascade code.
@@ -10,11 +10,11 @@ import dataclasses
 
 import pytest
 
-from curate import filters, rules
 from curate import schema as S
+from curate.decisions import filters, rules
+from curate.decisions.filters import Rule
 from curate.errors import UsageError
-from curate.filters import Rule
-from curate.storage import write_parquet_atomic
+from curate.io.storage import write_parquet_atomic
 
 
 def test_each_form_parses_to_the_rule_it_names():

@@ -9,11 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from curate import clip_models, score, score_config
-from curate.clip_rows import clip_rows
-from curate.decode import DECODE_STATS
+from curate.decisions.filters import EXACT_DUP, FilterConfig, Rule, apply_cascade
 from curate.errors import StageError
-from curate.filters import EXACT_DUP, FilterConfig, Rule, apply_cascade
 from curate.schema import (
     AESTHETIC,
     BLACK_FRACTION,
@@ -31,7 +28,10 @@ from curate.schema import (
     table_from_rows,
     validate,
 )
-from curate.score_frames import FRAMES, FRAMES_SHAPE, prepare_batch
+from curate.scores import clip_models, score, score_config
+from curate.scores.score_frames import FRAMES, FRAMES_SHAPE, prepare_batch
+from curate.shots.clip_rows import clip_rows
+from curate.video.decode import DECODE_STATS
 
 
 @pytest.fixture(scope="module")

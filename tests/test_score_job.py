@@ -13,9 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curate import score_config
-from curate.clip_rows import clip_rows
-from curate.filters import FilterConfig, Rule
+from curate.decisions.filters import FilterConfig, Rule
+from curate.io.storage import read_parts, write_parquet_atomic
 from curate.schema import (
     AESTHETIC,
     BLACK_FRACTION,
@@ -26,7 +25,8 @@ from curate.schema import (
     table_from_rows,
     validate,
 )
-from curate.storage import read_parts, write_parquet_atomic
+from curate.scores import score_config
+from curate.shots.clip_rows import clip_rows
 from jobs import score as job_score
 from tests.driver_guard import driver_reads_no_rows
 

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 from curate import schema as S
-from curate.shot_metrics import CutScore, clips_crossing_cuts, clips_touching, forbidden_frames, match_cuts
-from curate.split import SplitConfig, make_detector, split_video
+from curate.shots.shot_metrics import (
+    CutScore,
+    clips_crossing_cuts,
+    clips_touching,
+    forbidden_frames,
+    match_cuts,
+)
+from curate.shots.split import SplitConfig, make_detector, split_video
 
 CFG = SplitConfig()
 _CACHE: dict = {}
@@ -18,7 +24,7 @@ def _split(real_videos, name):
     if name not in _CACHE:
         video, rows = split_video(real_videos / name, CFG)
         # the detector's own cut list, to score hard cuts independently of the clip policy
-        from curate.decode import iter_small_yuv
+        from curate.video.decode import iter_small_yuv
 
         det = make_detector(CFG)
         tr = det.detect(fr for _, fr in iter_small_yuv(real_videos / name, target_area=det.target_area))

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from curate import schema as S
-from curate.detect import Transitions
 from curate.errors import UsageError
-from curate.shot_metrics import clips_touching, match_cuts
-from curate.split import SplitConfig, clip_spans, split_video
-from curate.synth import Segment, make_video
+from curate.shots.detect import Transitions
+from curate.shots.shot_metrics import clips_touching, match_cuts
+from curate.shots.split import SplitConfig, clip_spans, split_video
+from curate.synthetic.synth import Segment, make_video
 
 
 @pytest.fixture(scope="module")

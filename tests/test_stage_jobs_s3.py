@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from curate import schema as S
-from curate import storage
 from curate.errors import UsageError
-from curate.synth import Segment, make_video
+from curate.io import storage
+from curate.synthetic.synth import Segment, make_video
 from jobs.runtime import flags
 from tests.media import two_shot_video
 

@@ -8,9 +8,9 @@ import sys
 
 import pyarrow.parquet as pq
 
-from curate import layout
 from curate import schema as S
-from curate.storage import mark_done, write_json_atomic
+from curate.io import layout
+from curate.io.storage import mark_done, write_json_atomic
 from jobs.runtime import lease
 from jobs.status import format_status, run_status
 

@@ -1,4 +1,4 @@
-"""curate.storage / curate.uri on local disk and on a real S3 API server (moto, 127.0.0.1)."""
+"""curate.io.storage / curate.io.uri on local disk and on a real S3 API server (moto, 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from curate import storage as st
 from curate.errors import UsageError
+from curate.io import storage as st
 
 
 def _mode(p) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from curate.filters import EXACT_DUP, FilterConfig, Rule, apply_cascade, rule_of
+from curate.decisions.filters import EXACT_DUP, FilterConfig, Rule, apply_cascade, rule_of
 from curate.schema import (
     AESTHETIC,
     DROP_REASON,

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from curate.decode import iter_small_yuv
-from curate.hybrid import HybridConfig, HybridDetector, candidates, frame_diff
-from curate.shot_metrics import CutScore, forbidden_frames, match_cuts
-from curate.transitions import LumaStats, SpanConfig, luma_fades, merge_excluded
-from curate.transnet import (
+from curate.shots.hybrid import HybridConfig, HybridDetector, candidates, frame_diff
+from curate.shots.shot_metrics import CutScore, forbidden_frames, match_cuts
+from curate.shots.transitions import LumaStats, SpanConfig, luma_fades, merge_excluded
+from curate.shots.transnet import (
     FRAME_SIZE,
     STEP,
     TransNetConfig,
@@ -29,6 +28,7 @@ from curate.transnet import (
     load_transnet,
     num_windows,
 )
+from curate.video.decode import iter_small_yuv
 
 CFG = TransNetConfig(batch_size=8)
 
@@ -210,8 +210,8 @@ def test_batching_does_not_change_scores(decoded: dict, full_runs: dict) -> None
 
 
 def test_bench_detectors_times_and_scores(tmp_path: Path) -> None:
-    from curate.detect import Transitions
-    from curate.synth import Segment, make_video
+    from curate.shots.detect import Transitions
+    from curate.synthetic.synth import Segment, make_video
     from jobs.bench.detect import bench_detectors, format_rows
 
     video = make_video(tmp_path / "two.mp4", [Segment("shot", 12, 1), Segment("shot", 12, 2)], width=96, height=54)
@@ -233,7 +233,7 @@ def test_bench_detectors_times_and_scores(tmp_path: Path) -> None:
 
 def test_dissolve_between_moving_shots(tmp_path: Path) -> None:
     """Generated: moving shots, a dissolve (frame differences hide it), a cut, a fade through black."""
-    from curate.synth import Segment, make_video
+    from curate.synthetic.synth import Segment, make_video
 
     segs = [Segment("shot", 60, 1), Segment("dissolve", 20), Segment("shot", 60, 2), Segment("shot", 50, 3),
             Segment("fade_out", 15), Segment("black", 10), Segment("fade_in", 15), Segment("shot", 60, 4)]
@@ -266,9 +266,9 @@ def test_gpu_matches_cpu(decoded: dict) -> None:
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
 def test_split_clips_avoid_transitions_and_cover_single_shots(detector: str, full_runs: dict, hybrid_runs: dict,
                                                                ground_truth: dict) -> None:
-    """Through split's clip policy (curate.split.clip_spans), on the detectors' outputs."""
-    from curate.shot_metrics import clips_crossing_cuts, clips_touching
-    from curate.split import SplitConfig, clip_spans
+    """Through split's clip policy (curate.shots.split.clip_spans), on the detectors' outputs."""
+    from curate.shots.shot_metrics import clips_crossing_cuts, clips_touching
+    from curate.shots.split import SplitConfig, clip_spans
 
     cfg = SplitConfig(detector=detector)
     for name, tr in _results(detector, full_runs, hybrid_runs).items():

@@ -16,7 +16,7 @@ import pytest
 
 from curate import schema as S
 from curate.errors import UsageError
-from curate.storage import write_parquet_atomic
+from curate.io.storage import write_parquet_atomic
 from curate.weights import Weights, locate, missing_files, require
 from jobs.runtime.presets import DEFAULT
 from latents.weights import stage_weights, with_weights_dir

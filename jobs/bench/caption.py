@@ -36,8 +36,8 @@ from captioner.stage import DEFAULT, FRAMES_SHAPE, SMOKE, CaptionStage, attach_f
 from captioner.vlm import Sampling, build_smoke_vlm
 from curate import schema as S
 from curate.ids import clip_id
-from curate.storage import write_parquet_atomic
-from curate.synth import Segment, make_video
+from curate.io.storage import write_parquet_atomic
+from curate.synthetic.synth import Segment, make_video
 from jobs import caption as job
 from jobs.bench import openai_server
 

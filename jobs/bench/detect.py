@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.decode import SmallFrame, iter_small_yuv
-from curate.detect import Detector
-from curate.shot_metrics import CutScore, forbidden_frames, match_cuts
+from curate.shots.detect import Detector
+from curate.shots.shot_metrics import CutScore, forbidden_frames, match_cuts
+from curate.video.decode import SmallFrame, iter_small_yuv
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi"}
 
@@ -44,10 +44,10 @@ def _uncovered_frames(tr, gt: dict) -> int:
 
 
 def default_detectors(device: str = "auto") -> list[Detector]:
-    from curate.hybrid import DEFAULT as HYBRID
-    from curate.hybrid import HybridConfig, HybridDetector
-    from curate.transnet import DEFAULT as TRANSNET
-    from curate.transnet import TransNetDetector
+    from curate.shots.hybrid import DEFAULT as HYBRID
+    from curate.shots.hybrid import HybridConfig, HybridDetector
+    from curate.shots.transnet import DEFAULT as TRANSNET
+    from curate.shots.transnet import TransNetDetector
 
     tn = TRANSNET.__class__(**{**TRANSNET.__dict__, "device": device})
     hy = HybridConfig(**{**HYBRID.__dict__, "transnet": tn})

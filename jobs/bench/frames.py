@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from curate import score, score_config
+from curate.decisions.filters import FilterConfig
 from curate.errors import UsageError
-from curate.filters import FilterConfig
 from curate.schema import (
     CAMERA_MOTION,
     FLOW_MAGNITUDE,
@@ -33,8 +32,9 @@ from curate.schema import (
     TEXT_BOXES,
     table_from_rows,
 )
-from curate.score_frames import prepare_batch
-from curate.split import SplitConfig, split_video
+from curate.scores import score, score_config
+from curate.scores.score_frames import prepare_batch
+from curate.shots.split import SplitConfig, split_video
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 

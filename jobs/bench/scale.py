@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import decide as D
-from curate import filters
 from curate import schema as S
+from curate.decisions import decide as D
+from curate.decisions import filters
 from jobs.runtime import flags
 
 DIM = 768
@@ -201,7 +201,7 @@ def join_step(src: Path, root: Path) -> dict:
 
 def make_videos(folder: Path, n: int) -> None:
     """n small generated videos (three shots, hard cuts), each with its own patterns."""
-    from curate.synth import Segment, make_video
+    from curate.synthetic.synth import Segment, make_video
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):

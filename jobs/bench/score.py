@@ -1,7 +1,7 @@
 """Benchmark of the score stage: `python -m jobs.bench score [--clips N] [--model smoke|vit-l-14]`.
 
 Measures, in one process and on the same clips:
-- stage: each clip decoded once (curate/score_frames.py) -> cheap scores -> CLIP + aesthetic;
+- stage: each clip decoded once (curate/scores/score_frames.py) -> cheap scores -> CLIP + aesthetic;
 - baseline: the same scores, but every scorer decodes the clip itself (CLIP frames, motion
   pairs, sharpness frames, brightness/black frames, flow, NSFW, OCR: 7 decodes per clip).
 Reports clips/s of both and their ratio (the decode-once gain), and the cost per clip of
@@ -28,11 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate import cheap_scores as cs
-from curate import clip_models, flow, nsfw, ocr, score, score_config
-from curate.clip_rows import window_rows
-from curate.decode import DECODE_STATS, decode_clip
-from curate.filters import FilterConfig
+from curate.decisions.filters import FilterConfig
 from curate.schema import (
     END_FRAME,
     END_PTS,
@@ -45,14 +41,18 @@ from curate.schema import (
     WIDTH,
     table_from_rows,
 )
-from curate.score_frames import (
+from curate.scores import cheap_scores as cs
+from curate.scores import clip_models, flow, nsfw, ocr, score, score_config
+from curate.scores.score_frames import (
     analysis_size,
     center_crop_square,
     decode_frames,
     prepare_batch,
     sample_offsets,
 )
-from curate.synth import Segment, make_video
+from curate.shots.clip_rows import window_rows
+from curate.synthetic.synth import Segment, make_video
+from curate.video.decode import DECODE_STATS, decode_clip
 
 
 def synth_clips(directory: Path, videos: int, seconds: int, clip_s: int, size: tuple[int, int], fps: int) -> pa.Table:
@@ -130,7 +130,7 @@ def scorer_costs(clips: pa.Table, cfg: score_config.ScoreConfig, repeats: int) -
 
 def real_clips(directory: Path, limit: int) -> pa.Table:
     """Clips of the real videos in `directory`, split with the default detector (ok rows only)."""
-    from curate.split import SplitConfig, split_video
+    from curate.shots.split import SplitConfig, split_video
 
     rows = []
     for p in sorted(directory.iterdir()):

@@ -82,7 +82,7 @@ def bench_read(root: Path, batch_size: int | None, repeats: int, pad_text: str =
 
 
 def bench_encode_smoke(tmp: Path, clips: int) -> dict:
-    from curate.synth import Segment, make_video
+    from curate.synthetic.synth import Segment, make_video
     from latents.encode import SMOKE, EncodeStage, prepare_batch
 
     rows = []

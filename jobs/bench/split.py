@@ -22,8 +22,8 @@ from pathlib import Path
 import imageio_ffmpeg
 
 from curate import schema as S
-from curate.shot_metrics import CutScore, clips_touching, forbidden_frames, match_cuts
-from curate.split import SplitConfig, make_detector, split_video_detailed
+from curate.shots.shot_metrics import CutScore, clips_touching, forbidden_frames, match_cuts
+from curate.shots.split import SplitConfig, make_detector, split_video_detailed
 from jobs.runtime import flags
 
 DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "videos"
@@ -114,7 +114,7 @@ def peak_rss_of_split(path: Path) -> tuple[float, float]:
     `ru_maxrss` would not do: Linux carries it over from the parent across fork and exec, so
     after the detectors ran here the child reported this process's peak, not its own.
     """
-    code = ("import sys, time; from curate.split import split_video, SplitConfig; "
+    code = ("import sys, time; from curate.shots.split import split_video, SplitConfig; "
             "t = time.perf_counter(); v, r = split_video(sys.argv[1], SplitConfig(on_error='raise')); "
             "hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')).split()[1]; "
             "print(time.perf_counter() - t, hwm, v['frame_count'])")

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from curate import schema as S
-from curate import storage
-from curate.split import SplitConfig
+from curate.io import storage
+from curate.shots.split import SplitConfig
 from jobs.bench.split import DEFAULT_VIDEOS
 from jobs.runtime.split_parts import process_one
 

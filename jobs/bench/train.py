@@ -65,7 +65,7 @@ def load_encoder(kind: str):
 
 def pixel_clips(n: int, fhw: tuple[int, int, int]) -> list[torch.Tensor]:
     """n moving-pattern clips [3, F, H, W] in [-1, 1]."""
-    from curate.synth import pattern_frame
+    from curate.synthetic.synth import pattern_frame
 
     f, h, w = fhw
     clips = []

@@ -2,7 +2,7 @@
 
     python -m jobs.bench transitions --seeds 100-119 [--detectors content,hybrid] [--videos DIR]
 
-Each seed draws a composite of the real test videos (curate/composite.py: shots cut where
+Each seed draws a composite of the real test videos (curate/synthetic/composite.py: shots cut where
 their ground truth says, joined by drawn transitions: hard and jump cuts, dissolves, fades,
 wipes of every shape, slides, pushes; pans, shakes and flashes inside shots as negatives)
 and every detector splits it with the default clip policy. Per detector, over all seeds:
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.decode import iter_small_yuv
-from curate.shot_metrics import judge_labels
-from curate.split import SplitConfig, clip_spans
+from curate.shots.shot_metrics import judge_labels
+from curate.shots.split import SplitConfig, clip_spans
+from curate.video.decode import iter_small_yuv
 
 DEFAULT_VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "videos"
 TUNING_SEEDS = range(0, 30)
@@ -69,7 +69,7 @@ def judge_one(comp, tr, cfg: SplitConfig) -> dict:
 
 
 def _detectors(names: list[str]):
-    from curate.split import make_detector
+    from curate.shots.split import make_detector
 
     out = []
     for n in names:
@@ -81,7 +81,7 @@ def _detectors(names: list[str]):
 
 
 def run(seeds: list[int], detectors: list[str], videos: Path, out: Path, verbose: bool = True) -> dict:
-    from curate.composite import make_composite
+    from curate.synthetic.composite import make_composite
 
     cfg = SplitConfig()
     dets = _detectors(detectors)

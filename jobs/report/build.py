@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from curate import layout, storage
 from curate import schema as S
 from curate.errors import UsageError, one_line
-from curate.storage import write_json_atomic
+from curate.io import layout, storage
+from curate.io.storage import write_json_atomic
 from jobs import guards
 from jobs.report import html as report_html
 from jobs.report.fold import (

@@ -151,7 +151,9 @@ def fold_scored(directory: str, lines: Mapping[str, Sequence[Line]], sample: Pre
     The histogram edges are fixed before any row is read: each column's range from the parts'
     footers, widened to the `lines` known up front (rules, thresholds given by hand). A
     percentile cutoff, known only from the drop reasons, lies inside the data's range anyway."""
-    from curate.flow import CAMERA_CLASSES  # the page's class order; lazy: curate.flow imports cv2
+    from curate.scores.flow import (
+        CAMERA_CLASSES,  # the page's class order; lazy: curate.scores.flow imports cv2
+    )
 
     bounded = [c for c in SCORE_COLUMNS if not is_boolean(c)]
     found, bounds = parts.scan(directory, bounded, S.CLIP_SCHEMA, problems)

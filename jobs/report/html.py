@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from curate import schema as S
-from curate import storage
+from curate.io import storage
 from jobs.report.outputs import RunOutputs
 
 RANDOM_MODELS_WARNING = "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from curate import storage
-from curate.decode import decode_clip, sample_uniform
+from curate.io import storage
+from curate.video.decode import decode_clip, sample_uniform
 
 PREVIEW_FRAMES = 8  # frames per animated preview
 PREVIEW_SIDE = 160  # longer side of a preview, pixels

@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate import storage
 from curate.errors import one_line
+from curate.io import storage
 
 Bounds = tuple[float, float]  # finite (min, max) of a column
 

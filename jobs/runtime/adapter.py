@@ -163,7 +163,7 @@ def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
     The driver passes file names only, never rows: its memory stays O(files). `schema`
     (default: the clip schema, restricted to `columns`) conforms parts written by older versions.
     """
-    from curate import storage
+    from curate.io import storage
     from curate.schema import CLIP_SCHEMA
 
     schema = schema or CLIP_SCHEMA
@@ -189,7 +189,7 @@ def row_counts(paths: list[str], chunk: int = 256) -> list[int]:
 
 
 def _clip_ids_of(paths: list[str]) -> frozenset[str]:
-    from curate.decide import read_columns
+    from curate.decisions.decide import read_columns
     from curate.schema import CLIP_ID
 
     ids: set[str] = set()

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate import storage
+from curate.io import storage
 from curate.schema import CLIP_ID
 
 Mask = Callable[[pa.Table], Any]  # a table -> one bool per row (a list or a pyarrow array)

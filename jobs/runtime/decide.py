@@ -1,4 +1,4 @@
-"""Run-level decisions as Ray tasks (`curate/decide.py` holds the steps): the one code path
+"""Run-level decisions as Ray tasks (`curate/decisions/decide.py` holds the steps): the one code path
 that `jobs.score`, `jobs.curate` and `jobs.filter` decide with.
 
 Workers read the scored parts, keep each part's decision state (no embeddings, ~150 B per
@@ -16,9 +16,9 @@ from typing import Any
 
 import ray
 
-from curate import decide as D
-from curate import filters
-from curate.filters import EXACT_DUP, NEAR_DUP, FilterConfig
+from curate.decisions import decide as D
+from curate.decisions import filters
+from curate.decisions.filters import EXACT_DUP, NEAR_DUP, FilterConfig
 
 PCT_SAMPLE = 50_000  # keys sampled to bracket a percentile cut-off (the cut itself is exact)
 
@@ -118,8 +118,8 @@ def _border_decide(parts: int, threshold: float, home, *guests):
 
 @ray.remote
 def _write(src: str, state, dst: str, marker: tuple | None) -> Written:
+    from curate.io.storage import mark_done, write_parquet_atomic
     from curate.schema import conform
-    from curate.storage import mark_done, write_parquet_atomic
 
     table = D.decided(conform(D.read_columns(src)), state)
     write_parquet_atomic(table, dst)

@@ -10,10 +10,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from curate import decide as D
-from curate import filters, storage
+from curate.decisions import decide as D
+from curate.decisions import filters
 from curate.errors import UsageError
-from curate.storage import config_hash
+from curate.io import storage
+from curate.io.storage import config_hash
 
 STAGE = "filter"
 

@@ -183,7 +183,7 @@ def check_device(device: str, gpus: float) -> None:
 def check_writable_file(flag: str, path: str) -> None:
     """An output file's folder must exist (or be creatable) and be writable, before any work.
     On object storage: the bucket must exist and take a write (a probe object, then deleted)."""
-    from curate import storage
+    from curate.io import storage
 
     if storage.is_remote(path):
         probe = storage.join(storage.parent(path), f".write-test-{os.getpid()}")
@@ -207,7 +207,7 @@ def check_writable_file(flag: str, path: str) -> None:
 def check_stage_folder(flag: str, path: str, want: str, made_by: str) -> None:
     """A stage's input folder (local or a URI prefix) must hold Parquet parts and be the folder
     that stage reads: `encode --input OUT/scored` would silently encode nothing."""
-    from curate import storage
+    from curate.io import storage
 
     try:
         # a local non-folder has no parts (FileSelector would raise on a file)
@@ -300,9 +300,9 @@ def run_cli(fn: Callable[[], int | None]) -> int:
     """Run a job's body; a UsageError (bad argument, found before or after parsing) exits 2 with one line.
 
     An infrastructure failure (a full disk, object storage unreachable after its retries, a lost Ray
-    cluster; `curate.retry.infrastructure_failure`) exits 1 with one line naming the cause: finished
+    cluster; `curate.io.retry.infrastructure_failure`) exits 1 with one line naming the cause: finished
     parts keep their markers, so the rerun resumes. Any other error keeps its traceback (a bug)."""
-    from curate import retry
+    from curate.io import retry
 
     try:
         retry.policy()  # a bad TUBELET_IO_* variable: exit 2 now, not in a worker mid-run

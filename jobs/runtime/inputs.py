@@ -8,8 +8,8 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from curate import storage
 from curate.errors import UsageError, io_line
+from curate.io import storage
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv",

@@ -43,8 +43,8 @@ from datetime import UTC, datetime
 
 import psutil
 
-from curate import layout, storage
 from curate.errors import UsageError
+from curate.io import layout, storage
 from jobs.runtime.flags import fail
 
 LEASE_FILE = "_lease.json"  # "_": skipped by every folder reader (pyarrow, Ray Data)

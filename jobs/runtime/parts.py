@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import layout, storage
 from curate import schema as S
-from curate.uri import remote_io
+from curate.io import layout, storage
+from curate.io.uri import remote_io
 from jobs.runtime.progress import Progress
 
 SHARD_ROW_GROUP_ROWS = 64  # rows per row group of a latent shard (both writers of shards)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 from captioner import stage as caption_stage
 from captioner import upsample
-from curate import score_config
-from curate.split import SplitConfig
+from curate.scores import score_config
+from curate.shots.split import SplitConfig
 from latents import encode
 from latents.dit import train
 

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray
 
 import curate
-from curate.decide import read_columns
+from curate.decisions.decide import read_columns
 from curate.schema import (
     CLIP_EMBEDDING,
     CLIP_ID,
@@ -84,7 +84,7 @@ def group_parts(paths: Sequence[str], counts: Sequence[int], rows: int) -> list[
 def _map_clips(paths: list[str], skip: list[str], buckets: int):
     import pyarrow.parquet as pq
 
-    from curate import storage
+    from curate.io import storage
 
     tables = []
     for path in paths:
@@ -106,7 +106,7 @@ def _map_scores(paths: list[str], orders: list[int], columns: list[str], buckets
 
 @ray.remote
 def _reduce(merge: Callable[[pa.Table, pa.Table], pa.Table], dst: str, n_clips: int, *tables: pa.Table) -> int:
-    from curate.storage import write_parquet_atomic
+    from curate.io.storage import write_parquet_atomic
 
     clips = pa.concat_tables(tables[:n_clips])
     scores = pa.concat_tables(tables[n_clips:]) if len(tables) > n_clips else None

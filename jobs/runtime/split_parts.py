@@ -10,12 +10,11 @@ import contextlib
 import hashlib
 import time
 
-from curate import layout
 from curate import schema as S
 from curate.ids import video_id_of_file
-from curate.retry import is_infrastructure
-from curate.split import SplitConfig, split_video
-from curate.storage import (
+from curate.io import layout
+from curate.io.retry import is_infrastructure
+from curate.io.storage import (
     config_hash,
     exists,
     is_done,
@@ -24,6 +23,7 @@ from curate.storage import (
     read_table,
     write_parquet_atomic,
 )
+from curate.shots.split import SplitConfig, split_video
 
 STAGE = "split"
 

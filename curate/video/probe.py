@@ -18,11 +18,11 @@ import numpy as np
 
 from curate import __version__
 from curate import schema as S
-from curate.decode import geometry_of, open_video
 from curate.errors import StageError, one_line
 from curate.ids import video_id_of_file, video_id_of_missing
-from curate.retry import is_infrastructure
-from curate.uri import is_remote, local_copy
+from curate.io.retry import is_infrastructure
+from curate.io.uri import is_remote, local_copy
+from curate.video.decode import geometry_of, open_video
 
 VFR_SPREAD = 0.10  # frame intervals spreading more than 10% around the median: variable frame rate
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pyarrow.fs as pafs
 
 from curate.errors import UsageError
-from curate.retry import retrying
+from curate.io.retry import retrying
 
 PathLike = str | os.PathLike
 T = TypeVar("T")

@@ -1,8 +1,8 @@
 """Scene detection -> spans -> clip records (min/max length, trims, windows).
 
 Each video is decoded once, at a few thousand pixels per frame, and streamed through the
-configured detector (`content`: ours; `transnetv2` and `hybrid`: curate/transnet.py,
-curate/hybrid.py). Frames of gradual transitions and black segments never enter a clip;
+configured detector (`content`: ours; `transnetv2` and `hybrid`: curate/shots/transnet.py,
+curate/shots/hybrid.py). Frames of gradual transitions and black segments never enter a clip;
 a clip starts on the first frame of its shot. Times come from presentation timestamps.
 """
 
@@ -18,13 +18,13 @@ import numpy as np
 
 from curate import __version__
 from curate import schema as S
-from curate.decode import SmallFrame, iter_small_yuv
-from curate.detect import Detector, Transitions
-from curate.detect_content import ContentConfig, ContentDetector
 from curate.errors import OnError, StageError, UsageError, check_choice, one_line
 from curate.ids import clip_id, error_clip_id
-from curate.probe import finish_probe, probe
-from curate.storage import config_hash
+from curate.io.storage import config_hash
+from curate.shots.detect import Detector, Transitions
+from curate.shots.detect_content import ContentConfig, ContentDetector
+from curate.video.decode import SmallFrame, iter_small_yuv
+from curate.video.probe import finish_probe, probe
 
 DetectorName = Literal["content", "transnetv2", "hybrid"]
 DETECTORS: tuple[str, ...] = ("content", "transnetv2", "hybrid")
@@ -57,10 +57,10 @@ def make_detector(cfg: SplitConfig) -> Detector:
     if cfg.detector == "content":
         return ContentDetector(cfg.content)
     if cfg.detector == "transnetv2":
-        from curate.transnet import TransNetDetector
+        from curate.shots.transnet import TransNetDetector
 
         return TransNetDetector(device=cfg.device)
-    from curate.hybrid import HybridDetector
+    from curate.shots.hybrid import HybridDetector
 
     return HybridDetector(device=cfg.device)
 

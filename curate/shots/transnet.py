@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-from curate.decode import SmallFrame
-from curate.detect import Transitions, yuv_to_rgb
-from curate.transitions import LumaStats, SpanConfig, build_transitions
+from curate.shots.detect import Transitions, yuv_to_rgb
+from curate.shots.transitions import LumaStats, SpanConfig, build_transitions
+from curate.video.decode import SmallFrame
 
 FRAME_SIZE = (48, 27)  # (w, h) the model was trained on
 WINDOW, CONTEXT, STEP = 100, 25, 50  # window frames, context each side, predicted frames

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.mp4 import write_video
+from curate.video.mp4 import write_video
 
 
 @dataclass(frozen=True)

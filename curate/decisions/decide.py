@@ -64,8 +64,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from curate import dedup, storage
-from curate.filters import EXACT_DUP, NEAR_DUP, FilterConfig, Rule, reason, rule_of
+from curate.decisions import dedup
+from curate.decisions.filters import EXACT_DUP, NEAR_DUP, FilterConfig, Rule, reason, rule_of
+from curate.io import storage
 from curate.schema import (
     AESTHETIC,
     CLIP_EMBEDDING,
@@ -103,7 +104,7 @@ class NearDupConfig:
 
 
 def read_columns(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet part (local path or URI, through `curate.storage`), only `columns`."""
+    """A Parquet part (local path or URI, through `curate.io.storage`), only `columns`."""
     fs, path = storage.filesystem(uri)
     return pq.read_table(path, columns=columns, filesystem=fs)
 

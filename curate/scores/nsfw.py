@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from curate.errors import UsageError
-from curate.ocr import INSTALL_HINT
 from curate.schema import NSFW
+from curate.scores.ocr import INSTALL_HINT
 
 MODEL = "320n.onnx"
 # NudeNet v3 class order (the model's 18 outputs after the 4 box coordinates)

@@ -13,7 +13,7 @@ measure better on the real test videos (see README, "Shot detection"):
   a window whose middle frames are convex mixes of its end frames, while the end frames
   differ as much as two shots do. Pans and zooms fail the blend test;
 - spatial transitions (wipes, iris, slides, pushes) are fitted as composites of the frames
-  before and after them, on the same thumbnails (curate/wipes.py);
+  before and after them, on the same thumbnails (curate/shots/wipes.py);
 - a change that returns to the previous look within two frames is a flash, not a cut.
 
 Everything streams: per frame we keep a few scalars and a 32x18 luma thumbnail
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from curate.decode import SmallFrame
-from curate.detect import TransitionKind, Transitions
-from curate.wipes import WipeConfig, find_wipes, shift_error
+from curate.shots.detect import TransitionKind, Transitions
+from curate.shots.wipes import WipeConfig, find_wipes, shift_error
+from curate.video.decode import SmallFrame
 
 THUMB = (32, 18)  # (w, h) of the luma thumbnails used by the dissolve test
 
@@ -58,7 +58,7 @@ class ContentConfig:
     flash_keep: float = 0.5  # a blend-like span whose outside frames are closer than this share of
     # its departure from them is a flash, not a dissolve
     pan_reach: tuple[int, int] = (6, 3)  # thumbnail shifts (dx, dy) tried: a span explained by one is a pan
-    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py); None: off
+    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/shots/wipes.py); None: off
 
 
 @dataclass

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from curate.errors import StageError
-from curate.uri import is_remote, open_input
+from curate.io.uri import is_remote, open_input
 
 cv2.setNumThreads(1)  # tiny per-frame resizes: a thread pool costs more than it saves
 

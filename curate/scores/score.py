@@ -2,7 +2,7 @@
 
 A few frames per clip (default 3: near start, middle, near end, inside a margin that
 avoids trimmed edges) arrive already decoded, resized and centre-cropped to the model's
-input size by the CPU step (curate/score_frames.py), so only small arrays reach the
+input size by the CPU step (curate/scores/score_frames.py), so only small arrays reach the
 model actors. Per clip we store the unit-norm mean of the frames' unit-norm embeddings
 (`clip_embedding`, float16) and the mean of the per-frame aesthetic scores.
 
@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curate.clip_models import (
+from curate.errors import UsageError
+from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
+from curate.scores.clip_models import (
     build_smoke_clip,
     clip_architecture,
     clip_tag_weights,
@@ -42,10 +44,8 @@ from curate.clip_models import (
     load_clip,
     resolve_head,
 )
-from curate.errors import UsageError
-from curate.schema import AESTHETIC, CLIP_EMBEDDING, CLIP_SCHEMA, conform, set_columns
-from curate.score_config import ScoreConfig
-from curate.score_frames import FRAMES, FRAMES_SHAPE
+from curate.scores.score_config import ScoreConfig
+from curate.scores.score_frames import FRAMES, FRAMES_SHAPE
 from curate.weights import Weights, expand
 
 # Images embedded in this process; tests use it to prove cheap-dropped clips never reach the model.
@@ -76,7 +76,7 @@ def check_weights(cfg: ScoreConfig) -> None:
 
     Checks files only (weights folder, HF cache), builds nothing; see curate/weights.py.
     """
-    from curate import nsfw, ocr
+    from curate.scores import nsfw, ocr
     from curate.weights import require
 
     if cfg.ocr.enabled:

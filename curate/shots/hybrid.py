@@ -41,11 +41,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from curate.decode import SmallFrame
-from curate.detect import Transitions
-from curate.detect_content import grow_dissolve, span_margin
-from curate.transitions import LumaStats, build_transitions, luma_fades, runs
-from curate.transnet import (
+from curate.shots.detect import Transitions
+from curate.shots.detect_content import grow_dissolve, span_margin
+from curate.shots.transitions import LumaStats, build_transitions, luma_fades, runs
+from curate.shots.transnet import (
     FRAME_SIZE,
     STEP,
     TransNetConfig,
@@ -54,7 +53,8 @@ from curate.transnet import (
     empty_transitions,
     num_windows,
 )
-from curate.wipes import WipeConfig, find_wipes, thumbnails
+from curate.shots.wipes import WipeConfig, find_wipes, thumbnails
+from curate.video.decode import SmallFrame
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,13 @@ class HybridConfig:
     cut_flash_frames: int = 10  # over this many frames after (before) the cut the histogram must stay away
     cut_flash_keep: float = 0.5  # from the old (new) shot's by >= this share of the cut's change (no flash)
     cut_black_gap: int = 3  # no black frame, luma fade or wipe within this many frames (cuts to/from black)
-    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/wipes.py)
+    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/shots/wipes.py)
     wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin) ...
-    wipe_grow: float = 0.1  # ... plus this share of its detected length (curate/detect_content.py `span_margin`)
+    wipe_grow: float = 0.1  # ... plus this share of its detected length (curate/shots/detect_content.py `span_margin`)
     flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
     # of the cut's change) is a flash, for the model's cuts as for the cheap ones
     dissolve_edge_levels: float = 2.0  # model dissolves grow while the next frame holds this much of
-    # the other shot (curate/detect_content.py `grow_dissolve`)
+    # the other shot (curate/shots/detect_content.py `grow_dissolve`)
     burst_frames: int = 4  # a model cut must stand out from the median difference of this many frames ...
     burst_ratio: float = 2.0  # ... on each side by this factor (`in_motion_burst`)
     dissolve_margin: int = 2  # frames added on each side of a grown dissolve

@@ -26,7 +26,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from curate.uri import PathLike, basename, join, parent
+from curate.io.uri import PathLike, basename, join, parent
 
 VIDEOS = "videos"
 CLIPS = "clips"

@@ -9,7 +9,7 @@ was, and `run_cli` turns it into one line (`infrastructure_failure`): the rerun 
     TUBELET_IO_BASE_DELAY   seconds before the 2nd try, doubled for each later one (default 0.5),
                             at most MAX_DELAY; each wait is drawn in [delay / 2, delay]
 
-Only remote locations are retried (`curate.uri.is_remote`): a local path has nothing to wait for,
+Only remote locations are retried (`curate.io.uri.is_remote`): a local path has nothing to wait for,
 so its calls go straight through. Every retried call is whole: a read starts over, a write
 uploads the whole object again (never a resumed half).
 """

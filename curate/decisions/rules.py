@@ -1,7 +1,7 @@
 """Filter rules as text: `--rule 'aesthetic>=5.0'` and `--filters rules.toml` -> a FilterConfig.
 
 The text only edits the existing filter config (`dataclasses.replace`), so the decision code
-(`curate/filters.py`) is the same whichever way the rules came. One rule reads:
+(`curate/decisions/filters.py`) is the same whichever way the rules came. One rule reads:
 
   COLUMN>=VALUE  COLUMN<=VALUE      absolute: keep when it holds ("sharpness>=100")
   COLUMN top N%  COLUMN bottom N%   percentile of the run: keep the best N% ("aesthetic top 80%")
@@ -31,8 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from curate.decisions.filters import CHEAP_COLUMNS, FRAME_COLUMNS, MODEL_COLUMNS, FilterConfig, Rule
 from curate.errors import UsageError
-from curate.filters import CHEAP_COLUMNS, FRAME_COLUMNS, MODEL_COLUMNS, FilterConfig, Rule
 
 COLUMNS = CHEAP_COLUMNS + FRAME_COLUMNS + MODEL_COLUMNS
 NEAR = "near_dup_cosine"

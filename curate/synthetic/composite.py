@@ -2,7 +2,7 @@
 
 Shots are cut from real videos at frames that their ground truth (`shot_boundaries.json`,
 see tests/conftest.py) marks as inside one shot, decoded with PyAV at a small size, plus a
-few generated moving patterns (curate/synth.py), and joined the way an editor's timeline
+few generated moving patterns (curate/synthetic/synth.py), and joined the way an editor's timeline
 does: during a gradual transition the outgoing shot keeps playing under the incoming one.
 
 `draw_steps(rng, n)` draws a programme of transitions (seeded, nothing fixed):
@@ -34,8 +34,8 @@ import av
 import cv2
 import numpy as np
 
-from curate.mp4 import write_video
-from curate.synth import pattern_frame
+from curate.synthetic.synth import pattern_frame
+from curate.video.mp4 import write_video
 
 SIZE = (320, 180)  # (w, h) of the composite
 FPS = 25

@@ -1,6 +1,6 @@
 """Atomic Parquet parts, completion markers and config hashes: what makes a rerun resume.
 
-Every function takes a local path or a URI (`s3://bucket/out`, see `curate.uri`).
+Every function takes a local path or a URI (`s3://bucket/out`, see `curate.io.uri`).
 On local disk a part is written under a hidden temporary name in its directory and renamed
 into place; on object storage, where there is no rename, the object is written whole (one
 upload that becomes visible only when complete). Either way its `_done/<stage>/<key>` marker
@@ -28,12 +28,12 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import layout
 from curate.errors import UsageError, io_line
-from curate.retry import retrying
+from curate.io import layout
+from curate.io.retry import retrying
 
 # re-exported (see __all__): callers import the whole storage layer from here
-from curate.uri import (
+from curate.io.uri import (
     PathLike,
     basename,
     check_scheme,

@@ -1,6 +1,6 @@
 """The shot-boundary detector interface shared by every detector (content, transnetv2, hybrid).
 
-Split decodes each video once (`curate.decode.iter_small_yuv`) and streams the small
+Split decodes each video once (`curate.video.decode.iter_small_yuv`) and streams the small
 frames through a detector, which returns where shots change and which frames belong to
 gradual transitions or black segments (left out of clips).
 """
@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from curate.decode import SmallFrame
+from curate.video.decode import SmallFrame
 
 TransitionKind = Literal["fade_in", "fade_out", "dissolve", "wipe", "black"]
 

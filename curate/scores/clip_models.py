@@ -1,6 +1,6 @@
 """open_clip CLIP and the LAION aesthetic head: architecture, weights lookup, loading, smoke build.
 
-Used by the score stage (curate/score.py, which documents the weights). The CLIP
+Used by the score stage (curate/scores/score.py, which documents the weights). The CLIP
 architecture follows the pretrained tag's config (`clip_architecture`): OpenAI's weights need
 QuickGELU and the tag's mean/std, which a plain `ViT-L-14` lacks.
 """
@@ -134,7 +134,7 @@ def clip_architecture(model: str, pretrained: str | None) -> ClipArchitecture:
     if d.is_dir():
         if not (d / OPEN_CLIP_CONFIG).is_file():
             raise UsageError(f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
-                             "found neither; build one with curate.clip_models.build_smoke_clip(dir)")
+                             "found neither; build one with curate.scores.clip_models.build_smoke_clip(dir)")
         return ClipArchitecture(f"local-dir:{d}", None, False, {}, None)
     if model.startswith("hf-hub:") or not pretrained:
         return ClipArchitecture(model, None, False, {}, None)

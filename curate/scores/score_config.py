@@ -1,18 +1,18 @@
-"""The score stage's config and its presets, apart from the stage (curate/score.py) and its CPU
-step (curate/score_frames.py) so that both import it and neither imports the other."""
+"""The score stage's config and its presets, apart from the stage (curate/scores/score.py) and its CPU
+step (curate/scores/score_frames.py) so that both import it and neither imports the other."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from curate import filters
-from curate.cheap_scores import CheapConfig
-from curate.clip_models import DEFAULT_HEAD
+from curate.decisions import filters
 from curate.errors import OnError
-from curate.flow import FlowConfig
-from curate.nsfw import NsfwConfig
-from curate.ocr import OcrConfig
+from curate.scores.cheap_scores import CheapConfig
+from curate.scores.clip_models import DEFAULT_HEAD
+from curate.scores.flow import FlowConfig
+from curate.scores.nsfw import NsfwConfig
+from curate.scores.ocr import OcrConfig
 
 SMOKE_CLIP_DIR = "~/.cache/tubelet/smoke-clip-v1"
 

@@ -1,7 +1,7 @@
 """Cheap technical scores of a clip, no model: motion, sharpness, brightness, black frames, static flag.
 
 Pure numpy/OpenCV functions on (T, H, W, 3) uint8 RGB frames that the score stage decoded
-once (curate/score_frames.py). Every score is normalised so that clips of different size
+once (curate/scores/score_frames.py). Every score is normalised so that clips of different size
 and frame rate compare:
 - motion: dense optical flow (Farneback) between *adjacent* decoded frames at a fixed low
   resolution, in short-sides per second (a value of 0.5 means content crosses half the

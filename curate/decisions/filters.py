@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from curate import dedup
+from curate.decisions import dedup
 from curate.errors import UsageError
 from curate.schema import (
     AESTHETIC,

@@ -1,6 +1,6 @@
 """Turn per-frame transition scores and luma statistics into cuts and excluded spans.
 
-Shared by the `transnetv2` and `hybrid` detectors (curate/transnet.py, curate/hybrid.py).
+Shared by the `transnetv2` and `hybrid` detectors (curate/shots/transnet.py, curate/shots/hybrid.py).
 
 TransNetV2 (Souček & Lokoč 2020, arXiv:2008.04838) has two heads per frame:
 - `single`: probability that frame i is the last frame of a shot (a spike at the middle of
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.detect import TransitionKind, Transitions
+from curate.shots.detect import TransitionKind, Transitions
 
 
 @dataclass(frozen=True)

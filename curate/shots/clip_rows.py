@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from curate import ids
-from curate.decode import geometry_of, open_video
 from curate.schema import (
     CLIP_ID,
     END_FRAME,
@@ -32,6 +31,7 @@ from curate.schema import (
     VIDEO_ID,
     WIDTH,
 )
+from curate.video.decode import geometry_of, open_video
 
 
 def frame_pts(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:

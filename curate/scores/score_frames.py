@@ -6,8 +6,8 @@ One `decode_clip` call per clip selects the union of
 all converted straight to the analysis size (short side `analysis_short_side`). The cheap
 scores come from those frames. A clip passing the cheap gate then meets the frame models,
 cheapest first, each only if the rules before it passed (`filters.FRAME_SCORERS`): optical
-flow and camera motion on the adjacent pairs (curate/flow.py), NSFW (curate/nsfw.py) and
-OCR (curate/ocr.py) on the CLIP frames at analysis size. The CLIP frames are then
+flow and camera motion on the adjacent pairs (curate/scores/flow.py), NSFW (curate/scores/nsfw.py) and
+OCR (curate/scores/ocr.py) on the CLIP frames at analysis size. The CLIP frames are then
 centre-cropped to the model input (`image_size`) and travel on to the model actors as a
 small uint8 array in a transient column. A clip failing an absolute cheap or frame-model
 rule gets no frames, so it is never sent to the model.
@@ -21,9 +21,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curate import filters, flow, nsfw, ocr
-from curate.cheap_scores import cheap_scores, pair_offsets
-from curate.decode import ClipFrames, decode_clip, sample_uniform
+from curate.decisions import filters
 from curate.errors import one_line
 from curate.schema import (
     CAMERA_MOTION,
@@ -44,7 +42,10 @@ from curate.schema import (
     conform,
     set_columns,
 )
-from curate.score_config import ScoreConfig
+from curate.scores import flow, nsfw, ocr
+from curate.scores.cheap_scores import cheap_scores, pair_offsets
+from curate.scores.score_config import ScoreConfig
+from curate.video.decode import ClipFrames, decode_clip, sample_uniform
 
 # Transient columns between the CPU step and the model actors; never written to disk.
 FRAMES = "_score_frames"  # bytes of a (T, S, S, 3) uint8 array

@@ -1,0 +1,1 @@
+"""Keep/drop decisions: filter predicates, rules as text, dedup, the run-level cascade."""

@@ -1,0 +1,1 @@
+"""Where a run's bytes live: paths and URIs, atomic parts and markers, retries, the output layout."""

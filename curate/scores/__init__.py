@@ -1,0 +1,1 @@
+"""Per-clip scores: open_clip/aesthetic, cheap technical scores, flow, OCR, NSFW."""

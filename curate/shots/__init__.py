@@ -1,0 +1,1 @@
+"""Shot detection and splitting: the detectors, transitions, spans -> clip records."""

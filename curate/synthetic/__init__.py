@@ -1,0 +1,1 @@
+"""Synthetic inputs with exact ground truth: videos and composites (tests, benchmarks, jobs.demo)."""

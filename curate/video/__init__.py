@@ -1,0 +1,1 @@
+"""Video files: probe, decode in display orientation, write mp4."""
