@@ -29,6 +29,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m jobs.bench split

@@ -38,8 +38,14 @@ class CaptionClipScorer:
     `smoke`: the smoke preset's tiny random CLIP directory, built offline when missing.
     """
 
-    def __init__(self, model: str, pretrained: str | None, device: str = "auto", smoke: bool = False,
-                 weights_dir: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        pretrained: str | None,
+        device: str = "auto",
+        smoke: bool = False,
+        weights_dir: str | None = None,
+    ):
         self.model_name, self.pretrained, self.device, self.smoke = model, pretrained, device, smoke
         self.weights_dir = weights_dir
         self.model: Any = None
@@ -86,4 +92,3 @@ class CaptionClipScorer:
             img = img / max(float(np.linalg.norm(img)), 1e-12)
             out[i] = float(t @ img)
         return out
-

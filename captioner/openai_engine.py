@@ -64,8 +64,10 @@ def api_key(cfg: OpenAIConfig) -> str | None:
         return None
     key = os.environ.get(cfg.api_key_env, "")
     if not key:
-        raise UsageError(f"--api-key-env must name a set, non-empty environment variable, got {cfg.api_key_env!r} "
-                         f"(unset or empty); export {cfg.api_key_env}=<key> or drop --api-key-env")
+        raise UsageError(
+            f"--api-key-env must name a set, non-empty environment variable, got {cfg.api_key_env!r} "
+            f"(unset or empty); export {cfg.api_key_env}=<key> or drop --api-key-env"
+        )
     return key
 
 
@@ -115,9 +117,17 @@ def to_openai_messages(request: Request, mode: Literal["video", "images"], quali
                 parts.append({"type": "text", "text": c["text"]})
             elif c["type"] == "video" and request.frames is not None:
                 if mode == "video":
-                    parts.append({"type": "video_url", "video_url": {"url": mp4_data_url(request.frames, request.fps or 2.0)}})
+                    parts.append(
+                        {
+                            "type": "video_url",
+                            "video_url": {"url": mp4_data_url(request.frames, request.fps or 2.0)},
+                        }
+                    )
                 else:
-                    parts += [{"type": "image_url", "image_url": {"url": jpeg_data_url(f, quality)}} for f in request.frames]
+                    parts += [
+                        {"type": "image_url", "image_url": {"url": jpeg_data_url(f, quality)}}
+                        for f in request.frames
+                    ]
         out.append({"role": m["role"], "content": parts})
     return out
 
@@ -126,8 +136,10 @@ def sampling_body(sampling: Sampling, seed: int | None) -> dict[str, Any]:
     """Sampling -> request fields. The repetition penalty goes as frequency_penalty = penalty - 1
     (what `transformers serve` maps back exactly; vLLM / hosted APIs read it as their additive
     penalty of the same small size)."""
-    body: dict[str, Any] = {"max_tokens": sampling.max_new_tokens,
-                            "seed": sampling.seed if seed is None else seed}
+    body: dict[str, Any] = {
+        "max_tokens": sampling.max_new_tokens,
+        "seed": sampling.seed if seed is None else seed,
+    }
     if sampling.do_sample:
         body.update(temperature=sampling.temperature, top_p=sampling.top_p)
     else:
@@ -149,9 +161,12 @@ class _Client:
         self.cfg, self.model = cfg, model
         self._key = api_key(cfg)
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        self.http = httpx.Client(base_url=cfg.base_url.rstrip("/") + "/", headers=headers,
-                                 timeout=httpx.Timeout(cfg.timeout_s, connect=min(10.0, cfg.timeout_s)),
-                                 limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
+        self.http = httpx.Client(
+            base_url=cfg.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(cfg.timeout_s, connect=min(10.0, cfg.timeout_s)),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        )
 
     def scrub(self, text: str) -> str:
         """One line, bounded, and never the key (some servers echo a part of a bad key)."""
@@ -178,8 +193,10 @@ class OpenAIEngine:
 
     def __init__(self, cfg: OpenAIConfig, model: str):
         if cfg.frames == "auto":
-            raise UsageError("OpenAIConfig.frames must be resolved (video or images) before the engine starts, "
-                             "got 'auto'; call openai_engine.probe() on the driver first")
+            raise UsageError(
+                "OpenAIConfig.frames must be resolved (video or images) before the engine starts, "
+                "got 'auto'; call openai_engine.probe() on the driver first"
+            )
         self.cfg, self.model = cfg, model
         self.model_id = f"openai:{model}:{_PART[cfg.frames]}"
         self.client = _Client(cfg, model, pool=cfg.max_in_flight)
@@ -202,8 +219,11 @@ class OpenAIEngine:
     def _one(self, request: Request, sampling: Sampling) -> Generation | Failed:
         import httpx
 
-        body = {"model": self.model, "messages": to_openai_messages(request, self.cfg.frames, self.cfg.jpeg_quality),
-                **sampling_body(sampling, request.seed)}
+        body = {
+            "model": self.model,
+            "messages": to_openai_messages(request, self.cfg.frames, self.cfg.jpeg_quality),
+            **sampling_body(sampling, request.seed),
+        }
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
@@ -229,8 +249,10 @@ class OpenAIEngine:
             if attempt < self.cfg.max_retries:
                 time.sleep(wait)
         if not self.client.alive():
-            raise EngineUnavailable(f"caption server {self.cfg.base_url} stopped answering ({last}); "
-                                    "restart it and rerun: the run resumes where it stopped")
+            raise EngineUnavailable(
+                f"caption server {self.cfg.base_url} stopped answering ({last}); "
+                "restart it and rerun: the run resumes where it stopped"
+            )
         self._count("http_failed")
         return Failed(f"caption request failed after {self.cfg.max_retries + 1} tries ({last})")
 
@@ -241,11 +263,17 @@ class OpenAIEngine:
             text = choice["message"].get("content") or ""
             usage = data.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            return Failed(f"caption server sent an unreadable completion ({type(e).__name__}: "
-                          f"{self.client.scrub(r.text)})")
+            return Failed(
+                f"caption server sent an unreadable completion ({type(e).__name__}: "
+                f"{self.client.scrub(r.text)})"
+            )
         completion = usage.get("completion_tokens")
-        return Generation(text.strip(), int(completion) if completion is not None else len(text.split()),
-                          choice.get("finish_reason") == "stop", usage.get("prompt_tokens"))
+        return Generation(
+            text.strip(),
+            int(completion) if completion is not None else len(text.split()),
+            choice.get("finish_reason") == "stop",
+            usage.get("prompt_tokens"),
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
@@ -266,27 +294,36 @@ def probe(cfg: OpenAIConfig, model: str, text_only: bool = False) -> OpenAIConfi
         text = Request([{"role": "user", "content": [{"type": "text", "text": "Reply with OK."}]}])
         r = _probe_post(client, text, "video" if cfg.frames == "video" else "images")
         if r.status_code in (401, 403):
-            raise UsageError(f"--api-key-env must hold a key {cfg.base_url} accepts, got HTTP {r.status_code} with "
-                             f"{'the key in ' + repr(cfg.api_key_env) if cfg.api_key_env else 'no key'}; "
-                             "export the right key in that variable (or pass --api-key-env VAR)")
+            raise UsageError(
+                f"--api-key-env must hold a key {cfg.base_url} accepts, got HTTP {r.status_code} with "
+                f"{'the key in ' + repr(cfg.api_key_env) if cfg.api_key_env else 'no key'}; "
+                "export the right key in that variable (or pass --api-key-env VAR)"
+            )
         if r.status_code != 200:
             served = _served(client)
             # 404 (vLLM, OpenAI), an unlisted id, or a 4xx that names the id (transformers serve
             # answers 400 for a model it cannot load): the model, not the server, is wrong
             named = 400 <= r.status_code < 500 and model in r.text
             if r.status_code == 404 or named or (served is not None and model not in served):
-                raise UsageError(f"--model must be a model {cfg.base_url} serves, got {model!r} "
-                                 f"(HTTP {r.status_code}: {client.scrub(r.text)[:120]}); "
-                                 f"pass one of {served[:8] if served else '[...]'} or check that --base-url ends in /v1")
-            raise UsageError(f"--base-url must be an OpenAI-compatible server that completes a chat request, got "
-                             f"HTTP {r.status_code} from {cfg.base_url} ({client.scrub(r.text)[:160]}); "
-                             "check --base-url and the server's log")
+                raise UsageError(
+                    f"--model must be a model {cfg.base_url} serves, got {model!r} "
+                    f"(HTTP {r.status_code}: {client.scrub(r.text)[:120]}); "
+                    f"pass one of {served[:8] if served else '[...]'} or check that --base-url ends in /v1"
+                )
+            raise UsageError(
+                f"--base-url must be an OpenAI-compatible server that completes a chat request, got "
+                f"HTTP {r.status_code} from {cfg.base_url} ({client.scrub(r.text)[:160]}); "
+                "check --base-url and the server's log"
+            )
         if text_only:
             return replace(cfg, frames="images" if cfg.frames == "auto" else cfg.frames)
         mode = cfg.frames
         frames = np.full((2, 56, 56, 3), 128, np.uint8)
-        seen = Request([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Reply with OK."}]}],
-                       frames, 2.0)
+        seen = Request(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Reply with OK."}]}],
+            frames,
+            2.0,
+        )
         if mode in ("auto", "video"):
             try:
                 r = _probe_post(client, seen, "video")
@@ -299,26 +336,36 @@ def probe(cfg: OpenAIConfig, model: str, text_only: bool = False) -> OpenAIConfi
             if status == 200:
                 mode = "video"
             elif mode == "video":
-                raise UsageError(f"--frames video needs a server that takes video_url parts, got HTTP {status} "
-                                 f"({why}); pass --frames images (or auto)")
+                raise UsageError(
+                    f"--frames video needs a server that takes video_url parts, got HTTP {status} "
+                    f"({why}); pass --frames images (or auto)"
+                )
         if mode in ("auto", "images"):
             r = _probe_post(client, seen, "images")
             if r.status_code != 200:
-                raise UsageError(f"--model must be a vision model that takes image_url (or video_url) parts, got "
-                                 f"HTTP {r.status_code} for {model!r} ({client.scrub(r.text)[:120]}); "
-                                 "serve a vision-language model")
+                raise UsageError(
+                    f"--model must be a vision model that takes image_url (or video_url) parts, got "
+                    f"HTTP {r.status_code} for {model!r} ({client.scrub(r.text)[:120]}); "
+                    "serve a vision-language model"
+                )
             mode = "images"
         return replace(cfg, frames=mode)
     except httpx.HTTPError as e:
-        raise UsageError(f"--base-url must reach an OpenAI-compatible server, got {cfg.base_url!r} "
-                         f"({type(e).__name__}: {client.scrub(str(e))[:120]}); start the server or fix --base-url") from e
+        raise UsageError(
+            f"--base-url must reach an OpenAI-compatible server, got {cfg.base_url!r} "
+            f"({type(e).__name__}: {client.scrub(str(e))[:120]}); start the server or fix --base-url"
+        ) from e
     finally:
         client.close()
 
 
 def _probe_post(client: _Client, request: Request, mode: Literal["video", "images"]) -> Any:
-    body = {"model": client.model, "messages": to_openai_messages(request, mode), "max_tokens": 1,
-            "temperature": 0.0}
+    body = {
+        "model": client.model,
+        "messages": to_openai_messages(request, mode),
+        "max_tokens": 1,
+        "temperature": 0.0,
+    }
     return client.http.post("chat/completions", json=body, timeout=min(60.0, client.cfg.timeout_s))
 
 

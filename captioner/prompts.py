@@ -88,23 +88,30 @@ _HINTS_V2 = (
 
 PROMPTS: dict[str, PromptSet] = {
     "dense-v1": PromptSet("dense-v1", _SYSTEM_V1, _DENSE_V1, _SHORT_V1, _UPSAMPLE_SYSTEM_V1, _UPSAMPLE_V1),
-    "dense-v2": PromptSet("dense-v2", _SYSTEM_V1, _DENSE_V1, _SHORT_V1, _UPSAMPLE_SYSTEM_V1, _UPSAMPLE_V1,
-                          hints=_HINTS_V2),
+    "dense-v2": PromptSet(
+        "dense-v2", _SYSTEM_V1, _DENSE_V1, _SHORT_V1, _UPSAMPLE_SYSTEM_V1, _UPSAMPLE_V1, hints=_HINTS_V2
+    ),
 }
 LATEST = "dense-v2"
 
 # camera_motion class -> words for the hint
 _CAMERA_WORDS = {
-    "static": "static (no camera movement)", "pan_left": "pan left", "pan_right": "pan right",
-    "tilt_up": "tilt up", "tilt_down": "tilt down", "zoom_in": "zoom in", "zoom_out": "zoom out",
+    "static": "static (no camera movement)",
+    "pan_left": "pan left",
+    "pan_right": "pan right",
+    "tilt_up": "tilt up",
+    "tilt_down": "tilt down",
+    "zoom_in": "zoom in",
+    "zoom_out": "zoom out",
     "complex": "moving (handheld or combined movement)",
 }
 SLOW_BELOW = 0.15  # flow_magnitude (short sides / s) below this: "slow"
 FAST_ABOVE = 0.6  # above this: "fast"
 
 
-def facts(camera_motion: str | None, flow_magnitude: float | None, ocr_text: list[str] | None,
-          max_text: int = 4) -> list[str]:
+def facts(
+    camera_motion: str | None, flow_magnitude: float | None, ocr_text: list[str] | None, max_text: int = 4
+) -> list[str]:
     """The measured facts of a clip as hint lines ("camera: slow pan left", 'on-screen text: "SALE"')."""
     out = []
     if camera_motion in _CAMERA_WORDS:
@@ -120,8 +127,10 @@ def facts(camera_motion: str | None, flow_magnitude: float | None, ocr_text: lis
 
 def get(version: str) -> PromptSet:
     if version not in PROMPTS:
-        raise UsageError(f"prompt_version must be one of {sorted(PROMPTS)}, got {version!r}; "
-                         "add a new PromptSet to captioner/prompts.py or pick an existing one")
+        raise UsageError(
+            f"prompt_version must be one of {sorted(PROMPTS)}, got {version!r}; "
+            "add a new PromptSet to captioner/prompts.py or pick an existing one"
+        )
     return PROMPTS[version]
 
 

@@ -167,15 +167,16 @@ def check_short(text: str, finished: bool, cfg: QAConfig) -> QAResult:
     if loop:
         return QAResult(out, False, loop, tuple(fixes))
     m = _SENTENCE_END.search(out)
-    if m and out[m.end():].strip():
+    if m and out[m.end() :].strip():
         out = out[: m.end()]
         fixes.append("first_sentence")
     elif not m and not finished and cfg.require_finished:
         return QAResult(out, False, "truncated: hit the token limit", tuple(fixes))
     n = len(words(out))
     if not cfg.short_min_words <= n <= cfg.short_max_words:
-        return QAResult(out, False, f"length: {n} words, need {cfg.short_min_words}-{cfg.short_max_words}",
-                        tuple(fixes))
+        return QAResult(
+            out, False, f"length: {n} words, need {cfg.short_min_words}-{cfg.short_max_words}", tuple(fixes)
+        )
     return QAResult(out, True, None, tuple(fixes))
 
 
@@ -195,8 +196,11 @@ _SAYS_STATIC = re.compile(
     r"|\b(?:no|without(?: any)?)\s+camera\s+(?:movement|motion)\b",
     re.IGNORECASE,
 )
-_SAYS_MOVING = re.compile(r"\b(?:pan(?:s|ning|ned)?|tilt(?:s|ing|ed)?|zoom(?:s|ing|ed)?|dolly|tracking shot|"
-                          r"camera (?:moves|follows|tracks|sweeps|glides))\b", re.IGNORECASE)
+_SAYS_MOVING = re.compile(
+    r"\b(?:pan(?:s|ning|ned)?|tilt(?:s|ing|ed)?|zoom(?:s|ing|ed)?|dolly|tracking shot|"
+    r"camera (?:moves|follows|tracks|sweeps|glides))\b",
+    re.IGNORECASE,
+)
 _MOVING_CLASSES = ("pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out")
 
 
@@ -204,8 +208,9 @@ def _alnum(s: str) -> str:
     return "".join(ch for ch in s.lower() if ch.isalnum())
 
 
-def check_grounding(caption: str, camera_motion: str | None, ocr_text: list[str] | None,
-                    min_text_chars: int = 3) -> list[str]:
+def check_grounding(
+    caption: str, camera_motion: str | None, ocr_text: list[str] | None, min_text_chars: int = 3
+) -> list[str]:
     """Flags where a caption contradicts the measured facts (empty when it agrees or there are none).
 
     - camera: says static while the flow measured a pan/tilt/zoom, or describes a pan/tilt/zoom

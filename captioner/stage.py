@@ -79,14 +79,18 @@ FRAMES_ERROR = "_caption_frames_error"  # str: why decoding failed (then FRAMES 
 # Greedy with a mild repetition penalty first; a QA failure is retried with sampling, which
 # breaks the loops and refusals greedy decoding falls into.
 _GREEDY = Sampling(max_new_tokens=320, repetition_penalty=1.05)
-_RETRY = Sampling(max_new_tokens=320, do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=1)
+_RETRY = Sampling(
+    max_new_tokens=320, do_sample=True, temperature=0.7, top_p=0.9, repetition_penalty=1.1, seed=1
+)
 
 
 @dataclass(frozen=True)
 class CaptionConfig:
     # transformers: hub id, local folder, or smoke:<family>; openai: the model's name on the server
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    engine: EngineName = "transformers"  # transformers: generate in the actor; openai: a chat-completions server
+    engine: EngineName = (
+        "transformers"  # transformers: generate in the actor; openai: a chat-completions server
+    )
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)  # the server, when engine="openai"
     prompt_version: str = prompts.LATEST
     num_frames: int = 16  # uniform over the clip (fewer if the clip is shorter or the context small)
@@ -112,18 +116,32 @@ class CaptionConfig:
 # The default preset: Qwen/Qwen2.5-VL-7B-Instruct (Apache-2.0; ~16 GB of weights, bf16 on one GPU per
 # actor). Fetch once with `hf download Qwen/Qwen2.5-VL-7B-Instruct` (or point `model` / --weights-dir
 # at a local folder). The other family works the same way: model="llava-hf/llava-onevision-qwen2-7b-ov-hf".
-DEFAULT = CaptionConfig(clip_model=score_config.DEFAULT.clip_model,
-                        clip_pretrained=score_config.DEFAULT.clip_pretrained)
+DEFAULT = CaptionConfig(
+    clip_model=score_config.DEFAULT.clip_model, clip_pretrained=score_config.DEFAULT.clip_pretrained
+)
 # Smoke: a tiny random model built offline. Its captions are random bytes that would fail the
 # real QA bounds, so QA only rejects empty output and loops here; rows say `smoke-random`.
 SMOKE = CaptionConfig(
-    model="smoke:qwen2_5_vl", num_frames=8, max_side=160, max_context=4096, batch_size=4,
-    sampling=Sampling(max_new_tokens=24), retry_sampling=Sampling(max_new_tokens=24, do_sample=True, seed=1),
+    model="smoke:qwen2_5_vl",
+    num_frames=8,
+    max_side=160,
+    max_context=4096,
+    batch_size=4,
+    sampling=Sampling(max_new_tokens=24),
+    retry_sampling=Sampling(max_new_tokens=24, do_sample=True, seed=1),
     short_max_new_tokens=12,
-    qa=QAConfig(min_words=1, max_words=1000, short_min_words=1, short_max_words=1000, trim_truncated=True,
-                require_finished=False),
+    qa=QAConfig(
+        min_words=1,
+        max_words=1000,
+        short_min_words=1,
+        short_max_words=1000,
+        trim_truncated=True,
+        require_finished=False,
+    ),
     device="cpu",
-    clip_model=score_config.SMOKE.clip_model, clip_pretrained=None, clip_smoke=True,
+    clip_model=score_config.SMOKE.clip_model,
+    clip_pretrained=None,
+    clip_smoke=True,
 )
 
 
@@ -151,14 +169,16 @@ def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
 
 
 def _path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def decode_row(row: dict[str, Any], cfg: CaptionConfig) -> tuple[np.ndarray, float]:
     """Uniformly sampled frames of one clip: ((T, H, W, 3) uint8, sampled fps)."""
     span = int(row[END_FRAME]) - int(row[START_FRAME])
     offsets = sample_uniform(span, cfg.num_frames, cfg.frame_margin)
-    clip = decode_clip(_path(row[SOURCE_URI]), row[START_PTS], row[END_PTS], offsets=offsets, max_side=cfg.max_side)
+    clip = decode_clip(
+        _path(row[SOURCE_URI]), row[START_PTS], row[END_PTS], offsets=offsets, max_side=cfg.max_side
+    )
     duration = max(1e-3, float(row[END_PTS]) - float(row[START_PTS]))
     return clip.frames, len(clip.frames) / duration
 
@@ -183,8 +203,12 @@ def attach_frames(table: pa.Table, cfg: CaptionConfig) -> pa.Table:
             blobs[i], shapes[i], fps[i] = frames.tobytes(), list(frames.shape), rate
         except Exception as e:  # a bad clip is data: recorded by the model actor
             errors[i] = one_line(e)
-    for name, col, typ in ((FRAMES, blobs, pa.binary()), (FRAMES_SHAPE, shapes, pa.list_(pa.int32())),
-                           (FRAMES_FPS, fps, pa.float64()), (FRAMES_ERROR, errors, pa.string())):
+    for name, col, typ in (
+        (FRAMES, blobs, pa.binary()),
+        (FRAMES_SHAPE, shapes, pa.list_(pa.int32())),
+        (FRAMES_FPS, fps, pa.float64()),
+        (FRAMES_ERROR, errors, pa.string()),
+    ):
         if name in table.column_names:
             table = table.drop_columns([name])
         table = table.append_column(name, pa.array(col, type=typ))
@@ -208,14 +232,26 @@ class CaptionStage:
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
         self.vlm: Any = None  # a captioner.vlm.VLM (tests may put a stub with the same methods here)
-        self.clip: CaptionClipScorer | None = (CaptionClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device,
-                                                                 cfg.clip_smoke, cfg.weights_dir)
-                                               if cfg.clip_model else None)
+        self.clip: CaptionClipScorer | None = (
+            CaptionClipScorer(
+                cfg.clip_model, cfg.clip_pretrained, cfg.device, cfg.clip_smoke, cfg.weights_dir
+            )
+            if cfg.clip_model
+            else None
+        )
         self.hash = caption_hash(cfg)
         prompts.get(cfg.prompt_version)  # fail fast on an unknown version
         # model-side timing: busy (inside __call__) and waiting (between calls, for frames)
-        self.stats: dict[str, Any] = {"calls": 0, "clips": 0, "busy_s": 0.0, "wait_s": 0.0, "requests": 0,
-                                      "prompt_tokens": 0, "completion_tokens": 0, "engine_s": 0.0}
+        self.stats: dict[str, Any] = {
+            "calls": 0,
+            "clips": 0,
+            "busy_s": 0.0,
+            "wait_s": 0.0,
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "engine_s": 0.0,
+        }
         self._last_end: float | None = None
 
     def load(self) -> None:
@@ -225,8 +261,13 @@ class CaptionStage:
 
                 self.vlm = OpenAIEngine(self.cfg.openai, self.cfg.model)
             else:
-                self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
-                                    self.cfg.weights_dir)
+                self.vlm = load_vlm(
+                    self.cfg.model,
+                    self.cfg.device,
+                    self.cfg.dtype,
+                    self.cfg.max_context,
+                    self.cfg.weights_dir,
+                )
         if self.clip is not None and self.clip.model is None:
             self.clip.load()
 
@@ -252,7 +293,9 @@ class CaptionStage:
                 raise StageError(STAGE, r[FRAMES_ERROR])
             if r.get(FRAMES) is not None:
                 shape = tuple(r[FRAMES_SHAPE])
-                return np.frombuffer(r[FRAMES], np.uint8).reshape(shape), float(r[FRAMES_FPS])  # bytes -> (T,H,W,3)
+                return np.frombuffer(r[FRAMES], np.uint8).reshape(shape), float(
+                    r[FRAMES_FPS]
+                )  # bytes -> (T,H,W,3)
         return decode_row(r, self.cfg)
 
     def _fail(self, errors: dict[int, str], row: int, exc: BaseException) -> None:
@@ -273,7 +316,9 @@ class CaptionStage:
         for i in todo:
             try:
                 frames, fps = self._frames(rows[i])
-                hints = prompts.facts(rows[i].get(CAMERA_MOTION), rows[i].get(FLOW_MAGNITUDE), rows[i].get(OCR_TEXT))
+                hints = prompts.facts(
+                    rows[i].get(CAMERA_MOTION), rows[i].get(FLOW_MAGNITUDE), rows[i].get(OCR_TEXT)
+                )
                 messages = prompts.dense_messages(cfg.prompt_version, hints)
                 req, dropped = self.vlm.fit_frames(Request(messages, frames, fps), max_new)
                 item = _Item(i, str(rows[i][CLIP_ID]), req)
@@ -310,11 +355,19 @@ class CaptionStage:
             return {}
         if self.clip.model is None:
             self.clip.load()
-        vals = self.clip.scores([it.result.text for it in good], [rows[it.row].get(CLIP_EMBEDDING) for it in good])
+        vals = self.clip.scores(
+            [it.result.text for it in good], [rows[it.row].get(CLIP_EMBEDDING) for it in good]
+        )
         return {it.row: v for it, v in zip(good, vals)}
 
-    def _generate(self, batch: list[_Item], requests: list[Request], sampling: Sampling,
-                  errors: dict[int, str], what: str) -> list[Generation | None]:
+    def _generate(
+        self,
+        batch: list[_Item],
+        requests: list[Request],
+        sampling: Sampling,
+        errors: dict[int, str],
+        what: str,
+    ) -> list[Generation | None]:
         """Generate for a batch; if the batch call fails, isolate the culprit one request at a time.
         `what` names the request in caption_qa["tokens"] (dense, retry, short)."""
         try:
@@ -345,7 +398,9 @@ class CaptionStage:
                 raise
             return [self._generate([it], [r], sampling, errors, what)[0] for it, r in zip(batch, requests)]
 
-    def _dense(self, items: list[_Item], sampling: Sampling, errors: dict[int, str], what: str) -> list[_Item]:
+    def _dense(
+        self, items: list[_Item], sampling: Sampling, errors: dict[int, str], what: str
+    ) -> list[_Item]:
         """Dense captions + QA for items, in batches; returns the items that failed QA."""
         failed = []
         for b in range(0, len(items), self.cfg.batch_size):
@@ -368,8 +423,13 @@ class CaptionStage:
         sampling = replace(cfg.sampling, max_new_tokens=cfg.short_max_new_tokens)
         for b in range(0, len(items), cfg.batch_size):
             batch = items[b : b + cfg.batch_size]
-            reqs = [Request(prompts.short_messages(cfg.prompt_version, it.result.text),
-                            seed=derive_seed(sampling.seed, it.clip_id, "short")) for it in batch]
+            reqs = [
+                Request(
+                    prompts.short_messages(cfg.prompt_version, it.result.text),
+                    seed=derive_seed(sampling.seed, it.clip_id, "short"),
+                )
+                for it in batch
+            ]
             gens = self._generate(batch, reqs, sampling, errors, "short")
             for it, g in zip(batch, gens):
                 res = check_short(g.text, g.finished, cfg.qa) if g is not None else None
@@ -381,26 +441,48 @@ class CaptionStage:
                     # important: no stand-in (e.g. the dense caption's first sentence): a short caption that
                     # failed is null and caption_qa says why; the clip stays ok, its dense caption passed QA
                     it.short = None
-                    it.qa["short_failed"] = res.reason if res is not None else f"generation failed: {errors.get(it.row)}"
+                    it.qa["short_failed"] = (
+                        res.reason if res is not None else f"generation failed: {errors.get(it.row)}"
+                    )
                 errors.pop(it.row, None)  # a failed short generation does not fail the clip
 
-    def _write(self, table: pa.Table, good: list[_Item], errors: dict[int, str],
-               clip_scores: dict[int, float | None]) -> pa.Table:
+    def _write(
+        self, table: pa.Table, good: list[_Item], errors: dict[int, str], clip_scores: dict[int, float | None]
+    ) -> pa.Table:
         base = conform(table)  # drops transport columns
-        cols = {name: base.column(name).to_pylist() for name in
-                (CAPTION, CAPTION_SHORT, CAPTION_MODEL, PROMPT_VERSION, CAPTION_QA, CAPTION_CLIP_SCORE,
-                 CAPTION_PROMPT_TOKENS, CAPTION_COMPLETION_TOKENS, STATUS, ERROR, FAILED_STAGE, CONFIG_HASH,
-                 TUBELET_VERSION)}
+        cols = {
+            name: base.column(name).to_pylist()
+            for name in (
+                CAPTION,
+                CAPTION_SHORT,
+                CAPTION_MODEL,
+                PROMPT_VERSION,
+                CAPTION_QA,
+                CAPTION_CLIP_SCORE,
+                CAPTION_PROMPT_TOKENS,
+                CAPTION_COMPLETION_TOKENS,
+                STATUS,
+                ERROR,
+                FAILED_STAGE,
+                CONFIG_HASH,
+                TUBELET_VERSION,
+            )
+        }
         model_id = getattr(self.vlm, "model_id", "unknown")
         for it in good:
             qa = {"fixes": list(it.result.fixes), **it.qa, "tokens": it.tokens}
             prompt = [t[0] for t in it.tokens.values()]
             cols[CAPTION_PROMPT_TOKENS][it.row] = None if None in prompt else sum(prompt)
             cols[CAPTION_COMPLETION_TOKENS][it.row] = sum(t[1] for t in it.tokens.values())
-            for name, v in ((CAPTION, it.result.text), (CAPTION_SHORT, it.short), (CAPTION_MODEL, model_id),
-                            (PROMPT_VERSION, self.cfg.prompt_version), (STATUS, STATUS_OK),
-                            (CAPTION_QA, json.dumps(qa, sort_keys=True)),
-                            (CAPTION_CLIP_SCORE, clip_scores.get(it.row))):
+            for name, v in (
+                (CAPTION, it.result.text),
+                (CAPTION_SHORT, it.short),
+                (CAPTION_MODEL, model_id),
+                (PROMPT_VERSION, self.cfg.prompt_version),
+                (STATUS, STATUS_OK),
+                (CAPTION_QA, json.dumps(qa, sort_keys=True)),
+                (CAPTION_CLIP_SCORE, clip_scores.get(it.row)),
+            ):
                 cols[name][it.row] = v
         for row, reason in errors.items():
             cols[STATUS][row], cols[ERROR][row], cols[FAILED_STAGE][row] = STATUS_ERROR, reason, STAGE

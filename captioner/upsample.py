@@ -44,8 +44,11 @@ class UpsampleConfig:
 
 DEFAULT = UpsampleConfig()
 SMOKE = UpsampleConfig(
-    model="smoke:qwen2_5_vl", sampling=Sampling(max_new_tokens=24, do_sample=True),
-    qa=QAConfig(min_words=1, max_words=1000, require_finished=False), max_context=4096, device="cpu",
+    model="smoke:qwen2_5_vl",
+    sampling=Sampling(max_new_tokens=24, do_sample=True),
+    qa=QAConfig(min_words=1, max_words=1000, require_finished=False),
+    max_context=4096,
+    device="cpu",
 )
 
 
@@ -85,10 +88,13 @@ class PromptUpsampler:
             from captioner.openai_engine import OpenAIEngine
 
             # text only: no frames are sent, so the frames mode needs no probe
-            self.vlm = OpenAIEngine(replace(self.cfg.openai, frames="images", max_in_flight=1), self.cfg.model)
+            self.vlm = OpenAIEngine(
+                replace(self.cfg.openai, frames="images", max_in_flight=1), self.cfg.model
+            )
         if self.vlm is None:
-            self.vlm = load_vlm(self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context,
-                                self.cfg.weights_dir)
+            self.vlm = load_vlm(
+                self.cfg.model, self.cfg.device, self.cfg.dtype, self.cfg.max_context, self.cfg.weights_dir
+            )
 
     def __call__(self, user_prompts: list[str], seed: int = 0) -> list[Upsampled]:
         if self.vlm is None:
@@ -97,7 +103,9 @@ class PromptUpsampler:
 
     def _one(self, prompt: str, seed: int) -> Upsampled:
         if not prompt or not prompt.strip():
-            raise UsageError(f"prompt must be non-empty text, got {prompt!r}; pass what the video should show")
+            raise UsageError(
+                f"prompt must be non-empty text, got {prompt!r}; pass what the video should show"
+            )
         req = Request(prompts.upsample_messages(self.cfg.prompt_version, prompt))
         reason = None
         for attempt in range(2):
@@ -107,5 +115,6 @@ class PromptUpsampler:
             if res.ok:
                 return Upsampled(prompt, res.text, True, None, self.vlm.model_id, seed)
             reason = res.reason
-        return Upsampled(prompt, prompt.strip(), False, f"upsampling failed QA twice: {reason}",
-                         self.vlm.model_id, seed)
+        return Upsampled(
+            prompt, prompt.strip(), False, f"upsampling failed QA twice: {reason}", self.vlm.model_id, seed
+        )

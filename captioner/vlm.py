@@ -127,7 +127,9 @@ class RowSampler:
 class VLM:
     """A loaded model + processor. Use `load_vlm` to build one."""
 
-    def __init__(self, model: Any, processor: Any, model_id: str, family: Family, max_context: int | None = None):
+    def __init__(
+        self, model: Any, processor: Any, model_id: str, family: Family, max_context: int | None = None
+    ):
         self.model = model
         self.processor = processor
         self.model_id = model_id
@@ -143,7 +145,9 @@ class VLM:
         eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
         self._token_cache: dict[tuple, int] = {}
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        )
 
     @property
     def device(self) -> torch.device:
@@ -151,12 +155,19 @@ class VLM:
 
     # --- prompt size -----------------------------------------------------------------------
     def _inputs(self, requests: list[Request]) -> Any:
-        texts = [self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-                 for r in requests]
+        texts = [
+            self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
         step = _FRAME_MULTIPLE[self.family]
         # Qwen packs frames in pairs (Qwen3-VL refuses a single frame): repeat the last frame to fill a pair
-        videos = [r.frames if len(r.frames) >= step else np.concatenate([r.frames] + [r.frames[-1:]] * (step - len(r.frames)))
-                  for r in requests if r.frames is not None]
+        videos = [
+            r.frames
+            if len(r.frames) >= step
+            else np.concatenate([r.frames] + [r.frames[-1:]] * (step - len(r.frames)))
+            for r in requests
+            if r.frames is not None
+        ]
         if videos and len(videos) != len(requests):
             raise ValueError("a batch must be all video requests or all text requests")
         kwargs: dict[str, Any] = {}
@@ -167,7 +178,11 @@ class VLM:
 
                 # frames are already sampled: tell the processor their real rate, not to resample
                 kwargs["video_metadata"] = [
-                    VideoMetadata(total_num_frames=len(r.frames), fps=r.fps or 2.0, frames_indices=list(range(len(r.frames))))
+                    VideoMetadata(
+                        total_num_frames=len(r.frames),
+                        fps=r.fps or 2.0,
+                        frames_indices=list(range(len(r.frames))),
+                    )
                     for r in requests
                 ]
                 kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' total-pixels budget per frame
@@ -215,8 +230,11 @@ class VLM:
             idx = np.round(np.linspace(0, n0 - 1, n)).astype(np.int64)
             fps = request.fps * n / n0 if request.fps else None
             cur = Request(request.messages, request.frames[idx], fps)  # (n0,H,W,3) -> (n,H,W,3)
-        raise StageError("caption", f"context overflow: {tokens} prompt tokens + {max_new_tokens} new tokens "
-                                    f"> context {self.context} even with {n} frame(s); lower max_side or max_new_tokens")
+        raise StageError(
+            "caption",
+            f"context overflow: {tokens} prompt tokens + {max_new_tokens} new tokens "
+            f"> context {self.context} even with {n} frame(s); lower max_side or max_new_tokens",
+        )
 
     # --- generation ------------------------------------------------------------------------
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
@@ -242,15 +260,21 @@ class VLM:
         for k in ("pixel_values_videos", "pixel_values"):
             if k in inputs:
                 inputs[k] = inputs[k].to(dtype)
-        kw: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": False,
-                              "pad_token_id": self.pad_id, "repetition_penalty": sampling.repetition_penalty,
-                              "temperature": None, "top_p": None, "top_k": None}
+        kw: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.pad_id,
+            "repetition_penalty": sampling.repetition_penalty,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
         if sampling.do_sample:
             # per-row generators: a request's sample depends on its own seed only, never on its batch
             seeds = [sampling.seed if r.seed is None else r.seed for r in requests]
             kw["logits_processor"] = [RowSampler(seeds, sampling.temperature, sampling.top_p)]
         out = self.model.generate(**inputs, **kw)
-        new = out[:, inputs["input_ids"].shape[1]:].cpu()  # (B, prompt+new) -> (B, new)
+        new = out[:, inputs["input_ids"].shape[1] :].cpu()  # (B, prompt+new) -> (B, new)
         prompt_lens = inputs["attention_mask"].sum(dim=1).tolist()  # (B,): without the left padding
         gens = []
         for row, n_prompt in zip(new.tolist(), prompt_lens):
@@ -284,10 +308,12 @@ def resolve_source(source: str) -> str:
     """`smoke:<family>` -> its cache dir (built once, atomically); anything else unchanged."""
     if not source.startswith(SMOKE_PREFIX):
         return source
-    family = source[len(SMOKE_PREFIX):] or "qwen2_5_vl"
+    family = source[len(SMOKE_PREFIX) :] or "qwen2_5_vl"
     if family not in SMOKE_KINDS:
-        raise UsageError(f"smoke model family must be one of {list(SMOKE_KINDS)}, got {family!r}; "
-                         f"use e.g. 'smoke:qwen2_5_vl'")
+        raise UsageError(
+            f"smoke model family must be one of {list(SMOKE_KINDS)}, got {family!r}; "
+            f"use e.g. 'smoke:qwen2_5_vl'"
+        )
     d = smoke_dir(family)  # type: ignore[arg-type]
     if not (d / SMOKE_MARKER).is_file():
         d.parent.mkdir(parents=True, exist_ok=True)
@@ -306,10 +332,19 @@ def resolve_source(source: str) -> str:
 
 def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
     """The hub weights `load_vlm(source)` needs (none for smoke models and local folders)."""
-    if source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir():  # a folder: the loader checks it
+    if (
+        source.startswith(SMOKE_PREFIX) or Path(expand(source) or "").is_dir()
+    ):  # a folder: the loader checks it
         return []
-    return [Weights(f"VLM {source}", source, files=VLM_FILES, one_of=VLM_ONE_OF,
-                    any_of=(("model.safetensors.index.json",), ("model.safetensors",)))]
+    return [
+        Weights(
+            f"VLM {source}",
+            source,
+            files=VLM_FILES,
+            one_of=VLM_ONE_OF,
+            any_of=(("model.safetensors.index.json",), ("model.safetensors",)),
+        )
+    ]
 
 
 # Every file `load_vlm` opens (AutoConfig, AutoProcessor: image + video processor, tokenizer, chat
@@ -317,8 +352,10 @@ def vlm_weights(source: str, weights_dir: str | None = None) -> list[Weights]:
 # important: without generation_config.json, generate() stops only on the tokenizer's eos
 # (<|im_end|>), not on the checkpoint's list of end tokens, and uses no repo sampling defaults.
 VLM_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json")
-VLM_ONE_OF = (("preprocessor_config.json", "video_preprocessor_config.json"),
-              ("chat_template.json", "chat_template.jinja"))
+VLM_ONE_OF = (
+    ("preprocessor_config.json", "video_preprocessor_config.json"),
+    ("chat_template.json", "chat_template.jinja"),
+)
 
 
 # qwen-vl-utils (vision_process.py) sizes VIDEO frames with its own limits, not the image ones:
@@ -326,8 +363,10 @@ VLM_ONE_OF = (("preprocessor_config.json", "video_preprocessor_config.json"),
 # (VIDEO_TOTAL_PIXELS = 128000*28*28*0.9) shared by the frames (`cap_pixels_per_frame`, the same
 # formula). Qwen2-VL / Qwen2.5-VL repos ship only preprocessor_config.json (image limits:
 # 4*28*28 .. 16384*28*28), which transformers then also gives the video processor.
-_QWEN_VIDEO_LIMITS: dict[str, tuple[int, int]] = {"qwen2_5_vl": (128 * 28 * 28, 768 * 28 * 28),
-                                                  "qwen2_vl": (128 * 28 * 28, 768 * 28 * 28)}
+_QWEN_VIDEO_LIMITS: dict[str, tuple[int, int]] = {
+    "qwen2_5_vl": (128 * 28 * 28, 768 * 28 * 28),
+    "qwen2_vl": (128 * 28 * 28, 768 * 28 * 28),
+}
 
 
 def _has_video_config(path: str) -> bool:
@@ -358,8 +397,13 @@ def _use_video_limits(video_processor: Any, min_pixels: int, max_pixels: int) ->
     video_processor.size = SizeDict(shortest_edge=min_pixels, longest_edge=max_pixels)
 
 
-def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context: int | None = None,
-             weights_dir: str | None = None) -> VLM:
+def load_vlm(
+    source: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_context: int | None = None,
+    weights_dir: str | None = None,
+) -> VLM:
     """Load a VLM from a hub id (local HF cache offline), a local directory (`~` expanded; or
     `<weights_dir>/<hub id>`), or `smoke:<family>`."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -370,9 +414,11 @@ def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context
     local = Path(path)
     fetch = Weights("", source).download_line(expand(weights_dir))
     if (path.startswith(("/", "./", "../", "~")) or local.exists()) and not (local / "config.json").is_file():
-        raise UsageError(f"VLM source {source!r} must be a model folder with config.json, a hub id, or "
-                         f"'smoke:<family>'; no config.json in {local}; pass the folder you saved with "
-                         "save_pretrained / downloaded with `hf download <id> --local-dir DIR`")
+        raise UsageError(
+            f"VLM source {source!r} must be a model folder with config.json, a hub id, or "
+            f"'smoke:<family>'; no config.json in {local}; pass the folder you saved with "
+            "save_pretrained / downloaded with `hf download <id> --local-dir DIR`"
+        )
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as e:
@@ -384,15 +430,19 @@ def load_vlm(source: str, device: str = "auto", dtype: str = "auto", max_context
         ) from e
     family = _MODEL_TYPES.get(config.model_type)
     if family is None:
-        raise UsageError(f"VLM model_type must be one of {sorted(_MODEL_TYPES)}, got {config.model_type!r} "
-                         f"for {source!r}; pick a Qwen2.5-VL or LLaVA-OneVision checkpoint")
+        raise UsageError(
+            f"VLM model_type must be one of {sorted(_MODEL_TYPES)}, got {config.model_type!r} "
+            f"for {source!r}; pick a Qwen2.5-VL or LLaVA-OneVision checkpoint"
+        )
     dev = _device(device)
     try:
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=_dtype(dtype, dev)).to(dev).eval()
     except OSError as e:
-        raise UsageError(f"VLM weights {source!r} are incomplete in the local cache ({e.__class__.__name__}); "
-                         f"re-run `{fetch}`") from e
+        raise UsageError(
+            f"VLM weights {source!r} are incomplete in the local cache ({e.__class__.__name__}); "
+            f"re-run `{fetch}`"
+        ) from e
     if config.model_type in _QWEN_VIDEO_LIMITS and not _has_video_config(path):
         _use_video_limits(processor.video_processor, *_QWEN_VIDEO_LIMITS[config.model_type])
     model_id = source
@@ -416,14 +466,35 @@ def build_random_vlm_7b(device: str = "cuda", max_pixels: int = 448 * 448) -> VL
     _, processor = _smoke_qwen(tok, ids, {}, max_pixels=max_pixels, build_model=False)
     rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
-                         rope_parameters=rope, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[7, 15, 23, 31]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        text_config=dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=128000,
+            rope_parameters=rope,
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=3584,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -438,8 +509,17 @@ def build_random_vlm_7b(device: str = "cuda", max_pixels: int = 448 * 448) -> VL
 
 # --- smoke models (tiny, random, offline) --------------------------------------------------
 
-_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-             "<|image_pad|>", "<|video_pad|>", "<image>", "<video>"]
+_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<image>",
+    "<video>",
+]
 
 # A ChatML template that understands {"type": "video"|"image"|"text"} parts; the `video_token`
 # variable is what each family's processor expands into visual tokens.
@@ -485,9 +565,18 @@ def build_smoke_vlm(directory: str | Path, family: SmokeKind = "qwen2_5_vl", see
     torch.manual_seed(seed)
     tok = _smoke_tokenizer()
     ids = {s: tok.convert_tokens_to_ids(s) for s in _SPECIALS}
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
     if family == "qwen2_5_vl":
         model, processor = _smoke_qwen(tok, ids, text)
     elif family == "qwen3_vl":
@@ -501,32 +590,54 @@ def build_smoke_vlm(directory: str | Path, family: SmokeKind = "qwen2_5_vl", see
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    (directory / SMOKE_MARKER).write_text(json.dumps({"family": family, "seed": seed, "version": _SMOKE_VERSION}))
+    (directory / SMOKE_MARKER).write_text(
+        json.dumps({"family": family, "seed": seed, "version": _SMOKE_VERSION})
+    )
     return directory
 
 
-def _smoke_qwen(tok: Any, ids: dict[str, int], text: dict[str, Any], max_pixels: int = 28 * 28 * 16,
-                build_model: bool = True) -> tuple[Any, Any]:
+def _smoke_qwen(
+    tok: Any,
+    ids: dict[str, int],
+    text: dict[str, Any],
+    max_pixels: int = 28 * 28 * 16,
+    build_model: bool = True,
+) -> tuple[Any, Any]:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     px = {"min_pixels": 28 * 28 * 4, "max_pixels": max_pixels}
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**px), tokenizer=tok,
+        image_processor=Qwen2VLImageProcessor(**px),
+        tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(**px, fps=2),
-        chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>")
-        .replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"))
+        chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>").replace(
+            "IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"
+        ),
+    )
     if not build_model:
         return None, processor
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
     cfg = Qwen2_5_VLConfig(
         text_config={**text, "rope_parameters": rope},
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     return Qwen2_5_VLForConditionalGeneration(cfg).eval(), processor
 
 
@@ -537,17 +648,34 @@ def _smoke_qwen3(tok: Any, ids: dict[str, int], text: dict[str, Any]) -> tuple[A
 
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 16),
-        video_processor=Qwen3VLVideoProcessor(size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}),
-        tokenizer=tok, chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>")
-        .replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"))
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64}
+        ),
+        tokenizer=tok,
+        chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<|vision_start|><|video_pad|><|vision_end|>").replace(
+            "IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"
+        ),
+    )
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
     cfg = Qwen3VLConfig(
         text_config={**text, "head_dim": 16, "rope_parameters": rope},
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     return Qwen3VLForConditionalGeneration(cfg).eval(), processor
 
 
@@ -562,14 +690,30 @@ def _smoke_llava_ov(tok: Any, ids: dict[str, int], text: dict[str, Any]) -> tupl
 
     size = {"height": 56, "width": 56}
     processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, crop_size=size, image_grid_pinpoints=[[56, 56]]),
+        image_processor=LlavaOnevisionImageProcessor(
+            size=size, crop_size=size, image_grid_pinpoints=[[56, 56]]
+        ),
         video_processor=LlavaOnevisionVideoProcessor(size=size),
-        tokenizer=tok, num_image_tokens=16, vision_feature_select_strategy="full",
-        chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<video>").replace("IMAGE", "<image>"))
+        tokenizer=tok,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        chat_template=_CHAT_TEMPLATE.replace("VIDEO", "<video>").replace("IMAGE", "<image>"),
+    )
     cfg = LlavaOnevisionConfig(
         text_config={**text, "model_type": "qwen2"},
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14),
-        image_token_id=ids["<image>"], video_token_id=ids["<video>"],
-        vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=[[56, 56]])
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        ),
+        image_token_id=ids["<image>"],
+        video_token_id=ids["<video>"],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[56, 56]],
+    )
     return LlavaOnevisionForConditionalGeneration(cfg).eval(), processor

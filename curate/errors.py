@@ -60,7 +60,9 @@ def check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
         raise UsageError(f"{name} must be one of {list(allowed)}, got {value!r}; pick one of those")
 
 
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, fix: str = "") -> None:
+def check_range(
+    name: str, value: float, lo: float | None = None, hi: float | None = None, fix: str = ""
+) -> None:
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rule = f"{name} must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise UsageError(f"{rule}, got {value!r}" + (f"; {fix}" if fix else ""))

@@ -46,14 +46,18 @@ TEXT_AREA = "text_area"  # share of the frame covered by OCR text boxes, max ove
 TEXT_BOXES = "text_boxes"  # OCR text boxes in the frame with the most, i32
 OCR_TEXT = "ocr_text"  # recognised strings, deduplicated and capped, list<str>
 FLOW_MAGNITUDE = "flow_magnitude"  # mean dense optical flow, short sides per second
-CAMERA_MOTION = "camera_motion"  # static | pan_left | pan_right | tilt_up | tilt_down | zoom_in | zoom_out | complex
+CAMERA_MOTION = (
+    "camera_motion"  # static | pan_left | pan_right | tilt_up | tilt_down | zoom_in | zoom_out | complex
+)
 NSFW = "nsfw"  # highest exposed-body-part detector confidence over the frames, 0..1
 DUPLICATE_OF = "duplicate_of"
 
 # --- decision ---------------------------------------------------------------------------
 KEPT = "kept"
 DROP_REASON = "drop_reason"
-DROP_RULE = "drop_rule"  # the rule name alone (e.g. "aesthetic", "status", "near_duplicate"), for value_counts
+DROP_RULE = (
+    "drop_rule"  # the rule name alone (e.g. "aesthetic", "status", "near_duplicate"), for value_counts
+)
 
 # --- caption ----------------------------------------------------------------------------
 CAPTION = "caption"
@@ -337,7 +341,9 @@ def validate(table: pa.Table, upto: Stage = "split", schema: pa.Schema = CLIP_SC
         raise SchemaError(f"upto must be one of {list(_GROUPS_UPTO)}, got {upto!r}")
     for field in schema:
         if field.name not in table.column_names:
-            raise SchemaError(f"column {field.name!r} is missing; tables carry the full schema (use conform())")
+            raise SchemaError(
+                f"column {field.name!r} is missing; tables carry the full schema (use conform())"
+            )
         seen = table.schema.field(field.name).type
         if seen != field.type:
             raise SchemaError(f"column {field.name!r} must be {field.type}, got {seen}")
@@ -368,7 +374,9 @@ def validate(table: pa.Table, upto: Stage = "split", schema: pa.Schema = CLIP_SC
         ends = table.column(END_FRAME).to_pylist()
         bad = [i for i, (o, s, e) in enumerate(zip(ok, starts, ends)) if o and not (0 <= s < e)]
         if bad:
-            raise SchemaError(f"row {bad[0]}: need 0 <= start_frame < end_frame, got {starts[bad[0]]}, {ends[bad[0]]}")
+            raise SchemaError(
+                f"row {bad[0]}: need 0 <= start_frame < end_frame, got {starts[bad[0]]}, {ends[bad[0]]}"
+            )
 
 
 def columns_of(group: ColumnGroup) -> list[str]:

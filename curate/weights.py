@@ -215,8 +215,10 @@ def require(weights: Iterable[Weights], weights_dir: str | None = None) -> None:
     if not absent:
         return
     where = f"--weights-dir {weights_dir} or the HF cache" if weights_dir else "the HF cache (HF_HOME)"
-    fetch = "; ".join(f"{w.what} (lacks {', '.join(missing_files(w, weights_dir))}): `{w.download_line(weights_dir)}`"
-                      for w in absent)
+    fetch = "; ".join(
+        f"{w.what} (lacks {', '.join(missing_files(w, weights_dir))}): `{w.download_line(weights_dir)}`"
+        for w in absent
+    )
     raise UsageError(
         f"model weights must be present locally before the job starts, {len(absent)} missing from {where}: "
         f"{fetch}; fetch them on a connected machine (`python -m jobs.check --preset NAME` lists them), "

@@ -66,8 +66,14 @@ from latents.weights import stage_weights
 PRESETS: dict[str, CaptionConfig] = {name: p.caption for name, p in presets.PRESETS.items()}
 WRITE_ROWS = 256  # captions per part (what a kill loses per writer in flight)
 # actor counters -> the summary's caption_usage (tokens as the engine reported them; retries: HTTP retries)
-USAGE_KEYS = {"prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens", "requests": "requests",
-              "http_retries": "retries", "http_failed": "failed_requests", "engine_s": "seconds"}
+USAGE_KEYS = {
+    "prompt_tokens": "prompt_tokens",
+    "completion_tokens": "completion_tokens",
+    "requests": "requests",
+    "http_retries": "retries",
+    "http_failed": "failed_requests",
+    "engine_s": "seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,11 @@ def _spec(out: str, h: str) -> parts.PartSpec:
 
 
 def _stats_files(out: str) -> list[str]:
-    return [f for f in storage.list_files(layout.stats_dir(layout.run_root(out), STAGE), ".json")
-            if storage.basename(f).startswith("actor-")]
+    return [
+        f
+        for f in storage.list_files(layout.stats_dir(layout.run_root(out), STAGE), ".json")
+        if storage.basename(f).startswith("actor-")
+    ]
 
 
 def _model_wait(out: str) -> dict[str, float]:
@@ -130,16 +139,27 @@ def _model_wait(out: str) -> dict[str, float]:
     usage = dict.fromkeys(USAGE_KEYS.values(), 0.0)
     for f in _stats_files(out):
         s = storage.read_json(f)
-        busy, wait, calls, clips = busy + s["busy_s"], wait + s["wait_s"], calls + s["calls"], clips + s["clips"]
+        busy, wait, calls, clips = (
+            busy + s["busy_s"],
+            wait + s["wait_s"],
+            calls + s["calls"],
+            clips + s["clips"],
+        )
         for k, name in USAGE_KEYS.items():
             usage[name] += s.get(k, 0)
         starts.append(s["first_start"])
         ends.append(s["last_end"])
     share = wait / (busy + wait) if busy + wait > 0 else 0.0
     steady = max(ends) - min(starts) if starts else 0.0
-    return {"model_busy_s": busy, "model_wait_s": wait, "model_wait_share": share, "model_calls": calls,
-            "steady_s": steady, "steady_clips_per_s": clips / steady if steady > 0 else 0.0,
-            "caption_usage": {k: round(v, 2) if k == "seconds" else int(v) for k, v in usage.items()}}
+    return {
+        "model_busy_s": busy,
+        "model_wait_s": wait,
+        "model_wait_share": share,
+        "model_calls": calls,
+        "steady_s": steady,
+        "steady_clips_per_s": clips / steady if steady > 0 else 0.0,
+        "caption_usage": {k: round(v, 2) if k == "seconds" else int(v) for k, v in usage.items()},
+    }
 
 
 def main(cfg: CaptionJobConfig) -> dict[str, Any]:
@@ -148,13 +168,17 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(caption=cfg.caption), cfg.caption.weights_dir)
-    cfg = replace(cfg, caption=resolve_engine(cfg.caption))  # engine openai: probe the server, before any actor
+    cfg = replace(
+        cfg, caption=resolve_engine(cfg.caption)
+    )  # engine openai: probe the server, before any actor
     out = cfg.output  # a local folder or a URI: every location below goes through curate.io.storage
     check_writable(out)
     with lease.hold(out, "jobs.caption", watch=[layout.run_root(out)]):  # curate on OUT writes here too
         inputs = storage.list_parts(cfg.input)
         if not inputs:
-            raise UsageError(f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first")
+            raise UsageError(
+                f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first"
+            )
         h = caption_hash(cfg.caption)
         finished = finished_parts(out, h)
         init_ray(cfg.address, cfg.num_cpus, quiet=not cfg.verbose, need=need_of(cfg))
@@ -165,13 +189,25 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
         done = clip_ids_ref(finished)
         columns = list(CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
         todo = read_parts_dataset(inputs, columns).map_batches(
-            functools.partial(_todo, done=done, cfg=cfg.caption), batch_format="pyarrow", batch_size=None, num_cpus=0.25)
+            functools.partial(_todo, done=done, cfg=cfg.caption),
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=0.25,
+        )
         counts = _count(read_parts_dataset(inputs, [CLIP_ID, KEPT, STATUS]), done)
-        summary: dict[str, Any] = {"input_clips": counts["rows"], "kept": counts["kept"], "skipped_done": counts["done"],
-                                   "captioned": 0, "errors": 0, "config_hash": h}
+        summary: dict[str, Any] = {
+            "input_clips": counts["rows"],
+            "kept": counts["kept"],
+            "skipped_done": counts["done"],
+            "captioned": 0,
+            "errors": 0,
+            "config_hash": h,
+        }
         if counts["kept"] > counts["done"]:
             summary.update(_run(cfg, todo, out, h, counts["kept"] - counts["done"]))
-        elif not counts["kept"] and not finished:  # 0 kept: one empty part, so encode writes an empty manifest
+        elif (
+            not counts["kept"] and not finished
+        ):  # 0 kept: one empty part, so encode writes an empty manifest
             _write(CLIP_SCHEMA.empty_table(), out, h)
         summary["wall_s"] = time.perf_counter() - t0
         summary["clips_per_s"] = (summary["captioned"] + summary["errors"]) / summary["wall_s"]
@@ -203,8 +239,10 @@ def _rewrite_part(part: str, wanted: Any, out: str, h: str) -> str | None:
 
 
 def _kept(batch: pa.Table) -> pa.Array:
-    return pc.and_(pc.fill_null(batch.column(KEPT), False),
-                   pc.equal(pc.fill_null(batch.column(STATUS), STATUS_OK), STATUS_OK))
+    return pc.and_(
+        pc.fill_null(batch.column(KEPT), False),
+        pc.equal(pc.fill_null(batch.column(STATUS), STATUS_OK), STATUS_OK),
+    )
 
 
 def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
@@ -218,8 +256,10 @@ def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
     ids = resolve(done)
     todo = batch.filter(_kept(batch))
     todo = todo.filter(pa.array([c not in ids for c in todo.column(CLIP_ID).to_pylist()], pa.bool_()))
-    frames = [planned_frames(s, e, cfg) for s, e in
-              zip(todo.column(START_FRAME).to_pylist(), todo.column(END_FRAME).to_pylist())]
+    frames = [
+        planned_frames(s, e, cfg)
+        for s, e in zip(todo.column(START_FRAME).to_pylist(), todo.column(END_FRAME).to_pylist())
+    ]
     todo = todo.append_column("_planned", pa.array(frames, pa.int32()))
     todo = todo.sort_by([("_planned", "ascending"), (CLIP_ID, "ascending")])  # batches by clip id (issue 26)
     return todo.drop_columns(["_planned"])
@@ -227,16 +267,20 @@ def _todo(batch: pa.Table, done: Any, cfg: CaptionConfig) -> pa.Table:
 
 def _count(ds: Any, done: Any) -> dict[str, int]:
     """Rows, kept clips and kept clips already captioned, counted by the workers."""
+
     def count(batch: pa.Table) -> pa.Table:
         from jobs.runtime.adapter import resolve
 
         ids = resolve(done)
         kept = batch.filter(_kept(batch)).column(CLIP_ID).to_pylist()
-        return pa.table({"rows": [batch.num_rows], "kept": [len(kept)], "done": [sum(c in ids for c in kept)]})
+        return pa.table(
+            {"rows": [batch.num_rows], "kept": [len(kept)], "done": [sum(c in ids for c in kept)]}
+        )
 
     totals = {"rows": 0, "kept": 0, "done": 0}
     for b in ds.map_batches(count, batch_format="pyarrow", batch_size=None, num_cpus=0.25).iter_batches(
-            batch_format="pyarrow", batch_size=None):
+        batch_format="pyarrow", batch_size=None
+    ):
         for k in totals:
             totals[k] += int(pc.sum(b.column(k)).as_py() or 0)
     return totals
@@ -244,8 +288,12 @@ def _count(ds: Any, done: Any) -> dict[str, int]:
 
 def need_of(cfg: CaptionJobConfig) -> flags.Need:
     """important: actors asking for more than the cluster has wait forever instead of failing."""
-    return flags.Need(gpus=cfg.num_gpus * cfg.concurrency, cpus=cfg.actor_cpus * cfg.concurrency + cfg.decode_cpus,
-                      max_cpus_one=cfg.actor_cpus, what=f"caption ({cfg.concurrency} actor(s) + decode tasks)")
+    return flags.Need(
+        gpus=cfg.num_gpus * cfg.concurrency,
+        cpus=cfg.actor_cpus * cfg.concurrency + cfg.decode_cpus,
+        max_cpus_one=cfg.actor_cpus,
+        what=f"caption ({cfg.concurrency} actor(s) + decode tasks)",
+    )
 
 
 def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str, todo_count: int | None = None) -> dict[str, Any]:
@@ -255,18 +303,32 @@ def _run(cfg: CaptionJobConfig, todo: Any, out: str, h: str, todo_count: int | N
     for f in _stats_files(out):
         storage.delete(f)
     bs = cfg.caption.batch_size
-    ds = map_task(todo, functools.partial(attach_frames, cfg=cfg.caption),
-                  Resources(num_cpus=cfg.decode_cpus, concurrency=cfg.decode_concurrency, batch_size=bs))
-    ds = map_stage(ds, TimedCaptionStage, _ActorCfg(cfg.caption, stats_dir),
-                   Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus, concurrency=cfg.concurrency,
-                             batch_size=bs))
+    ds = map_task(
+        todo,
+        functools.partial(attach_frames, cfg=cfg.caption),
+        Resources(num_cpus=cfg.decode_cpus, concurrency=cfg.decode_concurrency, batch_size=bs),
+    )
+    ds = map_stage(
+        ds,
+        TimedCaptionStage,
+        _ActorCfg(cfg.caption, stats_dir),
+        Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus, concurrency=cfg.concurrency, batch_size=bs),
+    )
     # the workers write the parts; the driver only sums their counts
     # writer batches of WRITE_ROWS: parts of a few hundred captions, not one per model batch
-    ds = map_task(ds, functools.partial(_write_part, out=out, h=h),
-                  Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
+    ds = map_task(
+        ds,
+        functools.partial(_write_part, out=out, h=h),
+        Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS),
+    )
     t0 = time.perf_counter()
     n = parts.drain(ds, Progress("caption", todo_count, "clips"), counted=("ok", "error"))
-    return {"captioned": n.get("ok", 0), "errors": n.get("error", 0), "pipeline_s": time.perf_counter() - t0, **_model_wait(out)}
+    return {
+        "captioned": n.get("ok", 0),
+        "errors": n.get("error", 0),
+        "pipeline_s": time.perf_counter() - t0,
+        **_model_wait(out),
+    }
 
 
 def _write(batch: pa.Table, out: str, h: str) -> str:
@@ -294,7 +356,9 @@ def engine_unavailable(e: BaseException) -> str | None:
         seen = getattr(seen, "cause", None) or seen.__cause__
     text = str(e)
     if "EngineUnavailable" in text:
-        return next(ln.split("EngineUnavailable: ", 1)[1] for ln in text.splitlines() if "EngineUnavailable: " in ln)
+        return next(
+            ln.split("EngineUnavailable: ", 1)[1] for ln in text.splitlines() if "EngineUnavailable: " in ln
+        )
     return None
 
 
@@ -303,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_io(p, "folder of scored parts (OUT/scored)", "folder for caption parts (OUT/captions)")
     flags.add_preset(p, sorted(PRESETS))
     flags.add_resources(p, actors=1, gpus=0.0, cpus=1.0)
-    p.add_argument("--batch-size", type=int, default=None, help="clips per generate call (default: the preset's)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="clips per generate call (default: the preset's)"
+    )
     p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the preset's)")
     p.add_argument("--decode-concurrency", type=int, default=0, help="max decode tasks (0: Ray decides)")
     flags.add_caption_engine(p, model_flag=True)
@@ -315,8 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
     """Every check that needs no Ray: flags, the input folder, this machine's GPUs and CPUs."""
-    for flag, v, lo in (("--batch-size", a.batch_size, 1), ("--num-frames", a.num_frames, 1),
-                        ("--actors", a.actors, 1), ("--decode-concurrency", a.decode_concurrency, 0)):
+    for flag, v, lo in (
+        ("--batch-size", a.batch_size, 1),
+        ("--num-frames", a.num_frames, 1),
+        ("--actors", a.actors, 1),
+        ("--decode-concurrency", a.decode_concurrency, 0),
+    ):
         if v is not None:
             flags.check_int(flag, v, lo)
     flags.check_float("--gpus", a.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
@@ -333,9 +403,17 @@ def config_from_args(a: argparse.Namespace) -> CaptionJobConfig:
         cap = replace(cap, num_frames=a.num_frames)
     if a.device != "auto":
         cap = replace(cap, device=a.device)
-    cfg = CaptionJobConfig(input=flags.canonical(a.input), output=flags.canonical(a.output), caption=cap,
-                           concurrency=a.actors, num_gpus=a.gpus, actor_cpus=a.cpus,
-                           decode_concurrency=a.decode_concurrency, address=a.address, verbose=a.verbose)
+    cfg = CaptionJobConfig(
+        input=flags.canonical(a.input),
+        output=flags.canonical(a.output),
+        caption=cap,
+        concurrency=a.actors,
+        num_gpus=a.gpus,
+        actor_cpus=a.cpus,
+        decode_concurrency=a.decode_concurrency,
+        address=a.address,
+        verbose=a.verbose,
+    )
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 
@@ -358,12 +436,16 @@ def cli(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"error: {line}\n")
             return 1
         if not summary["kept"]:
-            print("caption: no clip is kept in --input; the captions hold 0 rows (encode then writes an empty "
-                  "manifest); re-decide with jobs.filter --rule ... to keep some")
-        print(f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
-              f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
-              f"{summary['clips_per_s']:.2f} clips/s; model waited "
-              f"{100 * summary.get('model_wait_share', 0.0):.1f}% of its time for frames -> {cfg.output}")
+            print(
+                "caption: no clip is kept in --input; the captions hold 0 rows (encode then writes an empty "
+                "manifest); re-decide with jobs.filter --rule ... to keep some"
+            )
+        print(
+            f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
+            f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
+            f"{summary['clips_per_s']:.2f} clips/s; model waited "
+            f"{100 * summary.get('model_wait_share', 0.0):.1f}% of its time for frames -> {cfg.output}"
+        )
         return 0
 
     return flags.run_cli(body)

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     stages = tuple(s for s in a.stages.split(",") if s)
     if not set(stages) <= set(STAGES):
-        p.error(f"--stages must be a subset of {','.join(STAGES)}, got {a.stages!r}; e.g. --stages score,caption")
+        p.error(
+            f"--stages must be a subset of {','.join(STAGES)}, got {a.stages!r}; e.g. --stages score,caption"
+        )
     wd = expand(a.weights_dir)
     lines, absent = report(preset_weights(a.preset, wd, stages), wd)
     print(f"preset {a.preset}: {len(lines)} model(s), weights dir {wd or '-'} then the HF cache")

@@ -126,8 +126,9 @@ def _write_scored(batch: pa.Table, out: str, h: str) -> pa.Table:
     table = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]))
     if not table.num_rows:
         return parts.no_counts("rows")
-    parts.write_part(table, parts.PartSpec(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h),
-                     clips=table.num_rows)
+    parts.write_part(
+        table, parts.PartSpec(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h), clips=table.num_rows
+    )
     return parts.counts(rows=table.num_rows)
 
 
@@ -153,11 +154,19 @@ def _write_outputs(batch: pa.Table, out: str, h: str, meta: dict, max_rows: int,
         # jobs.encode's shard writer: the same clips give the same shard bytes on both paths
         shards.extend(parts.write_shards(rows, layout.folder(out, layout.LATENTS), key, meta, max_rows))
         captioned = rows.num_rows - rows.column(S.CAPTION).null_count
-        return {"clips": rows.num_rows, "captioned": captioned, "encoded": sum(s["rows"] for s in shards),
-                "shards": shards}
+        return {
+            "clips": rows.num_rows,
+            "captioned": captioned,
+            "encoded": sum(s["rows"] for s in shards),
+            "shards": shards,
+        }
 
-    parts.write_part(batch, parts.PartSpec(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h),
-                     select=functools.partial(_caption_columns, caption_h=caption_h), beside=beside)
+    parts.write_part(
+        batch,
+        parts.PartSpec(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h),
+        select=functools.partial(_caption_columns, caption_h=caption_h),
+        beside=beside,
+    )
     return parts.counts(rows=batch.num_rows, encoded=sum(s["rows"] for s in shards))
 
 
@@ -165,8 +174,11 @@ def _caption_columns(batch: pa.Table, caption_h: str) -> pa.Table:
     """A captions part: the clip rows without the latent columns (those go to the shards), with
     the caption stage's config hash (the encode stage has since put its own in the rows), as
     jobs.caption writes them."""
-    t = S.conform(batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names])
-                  .drop_columns(S.columns_of(S.LATENT_GROUP)))
+    t = S.conform(
+        batch.select([c for c in batch.column_names if c in S.CLIP_SCHEMA.names]).drop_columns(
+            S.columns_of(S.LATENT_GROUP)
+        )
+    )
     i = t.schema.get_field_index(S.CONFIG_HASH)
     return t.set_column(i, t.schema.field(i), pa.array([caption_h] * t.num_rows, t.schema.field(i).type))
 
@@ -217,17 +229,28 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     done = clip_ids_ref(finished_parts(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h))
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     ds = ray.data.from_items([{S.SOURCE_URI: u} for u in todo], override_num_blocks=max(1, len(todo)))
-    ds = ds.map_batches(functools.partial(_split_task, preset=preset, out=str(out), done=done),
-                        batch_format="pyarrow", batch_size=1, num_cpus=1)
+    ds = ds.map_batches(
+        functools.partial(_split_task, preset=preset, out=str(out), done=done),
+        batch_format="pyarrow",
+        batch_size=1,
+        num_cpus=1,
+    )
     ds = map_task(ds, functools.partial(score_frames.prepare_batch, cfg=preset.score), task)
-    ds = map_stage(ds, score.ClipScoreStage, preset.score,
-                   _actors(cfg, cfg.score_actors, cfg.score_gpus, cfg.actor_cpus))
-    ds = map_task(ds, functools.partial(_write_scored, out=str(out), h=h),
-                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    ds = map_stage(
+        ds, score.ClipScoreStage, preset.score, _actors(cfg, cfg.score_actors, cfg.score_gpus, cfg.actor_cpus)
+    )
+    ds = map_task(
+        ds,
+        functools.partial(_write_scored, out=str(out), h=h),
+        Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0),
+    )
     t0 = time.perf_counter()
     totals, timings = _drain(ds, Progress("split+score", None, "clips"))
-    return {"rows_streamed": totals.get("rows", 0), "phase1_seconds": round(time.perf_counter() - t0, 2),
-            "stage_seconds": timings}
+    return {
+        "rows_streamed": totals.get("rows", 0),
+        "phase1_seconds": round(time.perf_counter() - t0, 2),
+        "stage_seconds": timings,
+    }
 
 
 def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
@@ -262,29 +285,54 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     from latents.encode import prepare_batch as encode_prepare
 
     finished = finished_parts(layout.folder(out, layout.CAPTIONS), out, WRITE_STAGE, h2)
-    written = sum(read_json(marker_path(out, WRITE_STAGE, layout.key_of(p))).get("clips", 0) for p in finished)
+    written = sum(
+        read_json(marker_path(out, WRITE_STAGE, layout.key_of(p))).get("clips", 0) for p in finished
+    )
     if written >= kept:  # every kept clip is in a finished part: no model needs loading
         return {"rows_phase2": 0, "phase2_seconds": 0.0, "stage_seconds": {}}
     done = clip_ids_ref(finished)
     task = Resources(num_cpus=cfg.task_cpus, concurrency=0, batch_size=cfg.batch_size)
     columns = list(S.CLIP_SCHEMA.names)  # clip_embedding included: caption_clip_score is computed from it
     ds = read_parts_dataset(storage.list_parts(layout.folder(out, layout.SCORED)), columns)
-    ds = map_task(ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0))
+    ds = map_task(
+        ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0)
+    )
     ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
-    ds = map_stage(ds, CaptionStage, preset.caption,
-                   _actors(cfg, cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01))
+    ds = map_stage(
+        ds,
+        CaptionStage,
+        preset.caption,
+        _actors(cfg, cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01),
+    )
     ds = map_task(ds, functools.partial(encode_prepare, cfg=preset.encode), task)
-    ds = map_stage(ds, EncodeStage, preset.encode,
-                   _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02))
+    ds = map_stage(
+        ds,
+        EncodeStage,
+        preset.encode,
+        _actors(cfg, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus * 1.02),
+    )
     # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer task holds its batch)
-    ds = map_task(ds, functools.partial(_write_outputs, out=str(out), h=h2, meta=meta, max_rows=cfg.max_rows_per_shard,
-                                        caption_h=caption_hash(preset.caption)),
-                  Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0,
-                            batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
+    ds = map_task(
+        ds,
+        functools.partial(
+            _write_outputs,
+            out=str(out),
+            h=h2,
+            meta=meta,
+            max_rows=cfg.max_rows_per_shard,
+            caption_h=caption_hash(preset.caption),
+        ),
+        Resources(
+            num_cpus=cfg.task_cpus * 0.5, concurrency=0, batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)
+        ),
+    )
     t0 = time.perf_counter()
     totals, timings = _drain(ds, Progress("caption+encode", kept - written, "clips"))
-    return {"rows_phase2": totals.get("rows", 0), "phase2_seconds": round(time.perf_counter() - t0, 2),
-            "stage_seconds": timings}
+    return {
+        "rows_phase2": totals.get("rows", 0),
+        "phase2_seconds": round(time.perf_counter() - t0, 2),
+        "stage_seconds": timings,
+    }
 
 
 def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
@@ -304,9 +352,17 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
         shards += info["shards"]
         captioned += info["captioned"]
     manifest = merge_manifest(layout.folder(out, layout.LATENTS), meta, shards)
-    psnr = [v for sh in manifest["shards"] for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
-    return {"captioned": captioned, "encoded": manifest["counts"]["rows"], "shards": manifest["counts"]["shards"],
-            "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None}  # as jobs.encode's summary
+    psnr = [
+        v
+        for sh in manifest["shards"]
+        for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])
+    ]
+    return {
+        "captioned": captioned,
+        "encoded": manifest["counts"]["rows"],
+        "shards": manifest["counts"]["shards"],
+        "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
+    }  # as jobs.encode's summary
 
 
 def _manifest_meta(preset: Preset) -> dict:
@@ -322,30 +378,46 @@ def _manifest_meta(preset: Preset) -> dict:
 
 def with_options(preset: Preset, cfg: CurateConfig) -> Preset:
     """The preset with the command line's stage options (rules, split, caption, encode) applied."""
-    score = dataclasses.replace(preset.score, filters=cfg.filters) if cfg.filters is not None else preset.score
-    return dataclasses.replace(preset, score=score, split=cfg.split or preset.split,
-                               caption=dataclasses.replace(preset.caption, **dict(cfg.caption_edits)),
-                               encode=dataclasses.replace(preset.encode, **dict(cfg.encode_edits)))
+    score = (
+        dataclasses.replace(preset.score, filters=cfg.filters) if cfg.filters is not None else preset.score
+    )
+    return dataclasses.replace(
+        preset,
+        score=score,
+        split=cfg.split or preset.split,
+        caption=dataclasses.replace(preset.caption, **dict(cfg.caption_edits)),
+        encode=dataclasses.replace(preset.encode, **dict(cfg.encode_edits)),
+    )
 
 
 def need_of(cfg: CurateConfig) -> flags.Need:
     """All three actor pools stream at once, beside the split and decode tasks."""
-    pools = [(cfg.score_actors, cfg.score_gpus), (cfg.caption_actors, cfg.caption_gpus),
-             (cfg.encode_actors, cfg.encode_gpus)]
-    return flags.Need(gpus=sum(n * g for n, g in pools),
-                      cpus=sum(n for n, _ in pools) * cfg.actor_cpus * 1.02 + cfg.task_cpus,
-                      max_cpus_one=max(cfg.actor_cpus * 1.02, 1.0), what="curate (3 actor pools + tasks)")
+    pools = [
+        (cfg.score_actors, cfg.score_gpus),
+        (cfg.caption_actors, cfg.caption_gpus),
+        (cfg.encode_actors, cfg.encode_gpus),
+    ]
+    return flags.Need(
+        gpus=sum(n * g for n, g in pools),
+        cpus=sum(n for n, _ in pools) * cfg.actor_cpus * 1.02 + cfg.task_cpus,
+        max_cpus_one=max(cfg.actor_cpus * 1.02, 1.0),
+        what="curate (3 actor pools + tasks)",
+    )
 
 
 def main(cfg: CurateConfig) -> dict[str, Any]:
     from latents.weights import stage_weights, with_weights_dir
 
-    preset = with_device(with_weights_dir(with_options(PRESETS[cfg.preset], cfg), cfg.weights_dir), cfg.device)
+    preset = with_device(
+        with_weights_dir(with_options(PRESETS[cfg.preset], cfg), cfg.weights_dir), cfg.device
+    )
     if preset.random_models:
         print(RANDOM_MODELS_WARNING)
     skipped: list[str] = []
-    inputs = [flags.canonical(u) for u in list_inputs(cfg.input, skipped)]  # source_uri is absolute (or a URI)
-    inputs = inputs[:cfg.limit] if cfg.limit else inputs
+    inputs = [
+        flags.canonical(u) for u in list_inputs(cfg.input, skipped)
+    ]  # source_uri is absolute (or a URI)
+    inputs = inputs[: cfg.limit] if cfg.limit else inputs
     if line := skipped_line(skipped_summary(skipped)):
         print(line)
     out = flags.canonical(cfg.output)
@@ -355,7 +427,9 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
         from curate.weights import require
 
         # every model of the run, on the driver before Ray: a missing one is this exit-2 message, not an actor traceback
-        require(stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir)
+        require(
+            stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir
+        )
         h = config_hash({"preset": dataclasses.asdict(preset)})
         meta = _manifest_meta(preset)
         t0 = time.perf_counter()
@@ -365,35 +439,58 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
 
         init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
         if cfg.model_resource and cfg.model_resource not in ray.cluster_resources():
-            raise UsageError(f"--model-resource must name a custom resource of a node in the cluster, got "
-                             f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
-                             f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag")
+            raise UsageError(
+                f"--model-resource must name a custom resource of a node in the cluster, got "
+                f"{cfg.model_resource!r} (cluster has {sorted(ray.cluster_resources())}); start a node "
+                f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag"
+            )
         p1 = phase1(cfg, preset, inputs, out, h)
         t_decide = time.perf_counter()
         report = decide(preset, out, h)
         decide_seconds = round(time.perf_counter() - t_decide, 2)
         # phase 2 depends on the decisions: on the set of scored parts (their names hash their clips)
-        h2 = config_hash({"preset": h, "scored": [storage.basename(p) for p in storage.list_parts(layout.folder(out, layout.SCORED))]})
+        h2 = config_hash(
+            {
+                "preset": h,
+                "scored": [
+                    storage.basename(p) for p in storage.list_parts(layout.folder(out, layout.SCORED))
+                ],
+            }
+        )
         p2 = phase2(cfg, preset, out, h2, meta, report["kept"])
-        summary = {"preset": cfg.preset, "random_models": preset.random_models, "videos": len(inputs),
-                   **{k: v for k, v in p1.items() if k != "stage_seconds"},
-                   **{k: v for k, v in p2.items() if k != "stage_seconds"},
-                   "stage_seconds": {"split+score": p1["phase1_seconds"], "decide": decide_seconds,
-                                     "caption+encode": p2["phase2_seconds"], **p1["stage_seconds"], **p2["stage_seconds"]},
-                   # an error row is one per failed input or clip, not a clip: counted apart
-                   "clips": report["clips_in"] - errors_of(report), "errors": errors_of(report),
-                   "scored": report["clips_in"], "kept": report["kept"],
-                   **finalize(out, h2, meta)}
+        summary = {
+            "preset": cfg.preset,
+            "random_models": preset.random_models,
+            "videos": len(inputs),
+            **{k: v for k, v in p1.items() if k != "stage_seconds"},
+            **{k: v for k, v in p2.items() if k != "stage_seconds"},
+            "stage_seconds": {
+                "split+score": p1["phase1_seconds"],
+                "decide": decide_seconds,
+                "caption+encode": p2["phase2_seconds"],
+                **p1["stage_seconds"],
+                **p2["stage_seconds"],
+            },
+            # an error row is one per failed input or clip, not a clip: counted apart
+            "clips": report["clips_in"] - errors_of(report),
+            "errors": errors_of(report),
+            "scored": report["clips_in"],
+            "kept": report["kept"],
+            **finalize(out, h2, meta),
+        }
         summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
         summary.update(skipped_summary(skipped))
         write_json_atomic(summary, layout.summary_path(out, "curate"))
         if cfg.report:
             from jobs.report import write_report_to
 
-            summary["report"] = write_report_to(out, run_config={"curate": dataclasses.asdict(cfg),
-                                                                 "preset": dataclasses.asdict(preset)},
-                                                stage_timings=summary["stage_seconds"], preset_name=preset.name,
-                                                random_models=preset.random_models)
+            summary["report"] = write_report_to(
+                out,
+                run_config={"curate": dataclasses.asdict(cfg), "preset": dataclasses.asdict(preset)},
+                stage_timings=summary["stage_seconds"],
+                preset_name=preset.name,
+                random_models=preset.random_models,
+            )
         return summary
 
 
@@ -406,18 +503,32 @@ def build_parser() -> argparse.ArgumentParser:
     stage_flags.add_split_options(p)
     stage_flags.add_caption_options(p)
     stage_flags.add_encode_options(p)
-    p.add_argument("--max-rows-per-shard", type=int, default=WRITE_ROWS,
-                   help=f"rows per latent shard at most ({WRITE_ROWS} at most: a writer batch holds its clips)")
+    p.add_argument(
+        "--max-rows-per-shard",
+        type=int,
+        default=WRITE_ROWS,
+        help=f"rows per latent shard at most ({WRITE_ROWS} at most: a writer batch holds its clips)",
+    )
     # important: CPU-only actors ask for a quarter core each, so the decode tasks keep the cores
-    flags.add_resources(p, ("score", "caption", "encode"), actors=1, gpus=0.0, cpus=0.25,
-                        cpus_help="CPUs per actor (every stage)")
+    flags.add_resources(
+        p,
+        ("score", "caption", "encode"),
+        actors=1,
+        gpus=0.0,
+        cpus=0.25,
+        cpus_help="CPUs per actor (every stage)",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="clips per actor call")
     p.add_argument("--no-report", action="store_true", help="skip OUT/report/index.html")
     flags.add_device(p)
     flags.add_weights_dir(p)
-    p.add_argument("--model-resource", default=None, metavar="NAME",
-                   help="run the model actors (score, caption, encode) only on Ray nodes that have the custom "
-                        "resource NAME (ray start --resources '{\"NAME\": 1}')")
+    p.add_argument(
+        "--model-resource",
+        default=None,
+        metavar="NAME",
+        help="run the model actors (score, caption, encode) only on Ray nodes that have the custom "
+        "resource NAME (ray start --resources '{\"NAME\": 1}')",
+    )
     flags.add_ray(p)
     return p
 
@@ -434,29 +545,51 @@ def config_from_args(a: argparse.Namespace) -> CurateConfig:
     stage_flags.check_limit(a)
     flags.check_int("--max-rows-per-shard", a.max_rows_per_shard, 1)
     if a.max_rows_per_shard > WRITE_ROWS:
-        raise flags.fail(f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
-                         a.max_rows_per_shard, f"pass --max-rows-per-shard {WRITE_ROWS} or less")
+        raise flags.fail(
+            f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
+            a.max_rows_per_shard,
+            f"pass --max-rows-per-shard {WRITE_ROWS} or less",
+        )
     base = PRESETS[a.preset]
     cap, enc = stage_flags.caption_config(a, base.caption), stage_flags.encode_config(a, base.encode)
     guards.check_output(flags.canonical(a.output))  # a run root: not a stage's folder, nor inside one
     guards.check_outside_input(flags.canonical(a.input), flags.canonical(a.output))
     cfg = CurateConfig(
-        input=flags.canonical(a.input), output=flags.canonical(a.output), preset=a.preset, address=a.address,
-        score_actors=a.score_actors, caption_actors=a.caption_actors, encode_actors=a.encode_actors,
-        score_gpus=a.score_gpus, caption_gpus=a.caption_gpus, encode_gpus=a.encode_gpus,
-        actor_cpus=a.cpus, batch_size=a.batch_size, report=not a.no_report, device=a.device, verbose=a.verbose,
-        weights_dir=expand(a.weights_dir), model_resource=a.model_resource,
-        max_rows_per_shard=a.max_rows_per_shard, limit=a.limit,
-        filters=rule_flags.filters_from_args(a, base.score.filters), split=stage_flags.split_config(a, base.split),
-        caption_edits=_edits(cap, base.caption), encode_edits=_edits(enc, base.encode))
+        input=flags.canonical(a.input),
+        output=flags.canonical(a.output),
+        preset=a.preset,
+        address=a.address,
+        score_actors=a.score_actors,
+        caption_actors=a.caption_actors,
+        encode_actors=a.encode_actors,
+        score_gpus=a.score_gpus,
+        caption_gpus=a.caption_gpus,
+        encode_gpus=a.encode_gpus,
+        actor_cpus=a.cpus,
+        batch_size=a.batch_size,
+        report=not a.no_report,
+        device=a.device,
+        verbose=a.verbose,
+        weights_dir=expand(a.weights_dir),
+        model_resource=a.model_resource,
+        max_rows_per_shard=a.max_rows_per_shard,
+        limit=a.limit,
+        filters=rule_flags.filters_from_args(a, base.score.filters),
+        split=stage_flags.split_config(a, base.split),
+        caption_edits=_edits(cap, base.caption),
+        encode_edits=_edits(enc, base.encode),
+    )
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 
 
 def _edits(new: Any, old: Any) -> tuple[tuple[str, Any], ...]:
     """The fields of a stage config the options changed (a small, hashable record for CurateConfig)."""
-    return tuple((f.name, getattr(new, f.name)) for f in dataclasses.fields(new)
-                 if getattr(new, f.name) != getattr(old, f.name))
+    return tuple(
+        (f.name, getattr(new, f.name))
+        for f in dataclasses.fields(new)
+        if getattr(new, f.name) != getattr(old, f.name)
+    )
 
 
 def cli(argv: list[str] | None = None) -> int:

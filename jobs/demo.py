@@ -15,11 +15,17 @@ from curate.synthetic.synth import Segment, make_video
 
 SAMPLES: dict[str, list[Segment]] = {
     "cuts_and_fades.mp4": [
-        Segment("shot", 72, 0), Segment("shot", 60, 1), Segment("fade_out", 18), Segment("black", 12),
-        Segment("fade_in", 18), Segment("shot", 84, 2),
+        Segment("shot", 72, 0),
+        Segment("shot", 60, 1),
+        Segment("fade_out", 18),
+        Segment("black", 12),
+        Segment("fade_in", 18),
+        Segment("shot", 84, 2),
     ],
     "dissolve.mp4": [
-        Segment("shot", 72, 3, speed=0.1), Segment("dissolve", 24), Segment("shot", 72, 0, speed=0.1),
+        Segment("shot", 72, 3, speed=0.1),
+        Segment("dissolve", 24),
+        Segment("shot", 72, 0, speed=0.1),
         Segment("shot", 60, 2),
     ],
     "long_shot.mp4": [Segment("shot", 200, 1)],
@@ -59,16 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.runtime.presets import RANDOM_MODELS_WARNING, SMOKE
 
     run = out / "run"
-    summary = curate.main(curate.CurateConfig(input=str(out / "input"), output=str(run), preset="smoke",
-                                              verbose=args.verbose))
-    print(f"demo: curated {summary['videos']} videos -> {summary['clips']} clips, {summary['kept']} kept, "
-          f"{summary['encoded']} encoded into {summary['shards']} shard(s), "
-          f"round-trip PSNR {summary['roundtrip_psnr_mean']} dB")
+    summary = curate.main(
+        curate.CurateConfig(input=str(out / "input"), output=str(run), preset="smoke", verbose=args.verbose)
+    )
+    print(
+        f"demo: curated {summary['videos']} videos -> {summary['clips']} clips, {summary['kept']} kept, "
+        f"{summary['encoded']} encoded into {summary['shards']} shard(s), "
+        f"round-trip PSNR {summary['roundtrip_psnr_mean']} dB"
+    )
     train_dir = out / "dit"
-    train.main(replace(SMOKE.train, steps=args.train_steps), str(run / "latents"), train_dir, workers=1, gpu=False)
+    train.main(
+        replace(SMOKE.train, steps=args.train_steps), str(run / "latents"), train_dir, workers=1, gpu=False
+    )
     mp4 = out / "sample.mp4"
-    sample.main(sample.SampleJob(run=str(train_dir), prompt="a red ball rolls across a wooden table",
-                                 out=str(mp4)))
+    sample.main(
+        sample.SampleJob(run=str(train_dir), prompt="a red ball rolls across a wooden table", out=str(mp4))
+    )
     print()
     print(RANDOM_MODELS_WARNING)
     print(f"demo: report   -> {summary['report']}")

@@ -70,8 +70,11 @@ from latents.shards import ShardError, merge_manifest, read_manifest
 from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
-PRESETS: dict[str, EncodeConfig] = {**{name: p.encode for name, p in presets.PRESETS.items()},
-                                     "smoke-ltx": SMOKE_LTX, "ltx": LTX}
+PRESETS: dict[str, EncodeConfig] = {
+    **{name: p.encode for name, p in presets.PRESETS.items()},
+    "smoke-ltx": SMOKE_LTX,
+    "ltx": LTX,
+}
 INDEX_SCHEMA = pa.schema([S.CLIP_SCHEMA.field(c) for c in (S.CLIP_ID, S.STATUS, S.FAILED_STAGE, S.ERROR)])
 # what the eligible/done counts read of an input part (eligible_mask's columns)
 COUNT_COLUMNS = [S.CLIP_ID, S.STATUS, S.KEPT, S.CAPTION]
@@ -141,8 +144,14 @@ def _todo(batch: pa.Table, done: Any) -> pa.Table:
     return S.conform(batch.filter(pa.array(keep, pa.bool_())))
 
 
-def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = WRITE_ROWS, max_bytes: int = 1 << 30,
-                row_group_rows: int = 64) -> pa.Table:
+def write_batch(
+    batch: pa.Table,
+    out: str,
+    cfg_hash: str,
+    max_rows: int = WRITE_ROWS,
+    max_bytes: int = 1 << 30,
+    row_group_rows: int = 64,
+) -> pa.Table:
     """Writer task: a batch's latent shards (ok rows), its index part (every row), then its
     marker carrying the shard entries (the manifest fragment). Returns its row counts."""
     if not batch.num_rows:
@@ -157,8 +166,12 @@ def write_batch(batch: pa.Table, out: str, cfg_hash: str, max_rows: int = WRITE_
     # the config in the key (salt): another config never reuses a name (its shards and markers
     # stay apart until the new manifest replaces the old one); a kill before the marker
     # re-encodes this batch's clips, and the shards it left are dropped by the next run
-    parts.write_part(batch, parts.PartSpec(layout.index_dir(out), layout.run_root(out), ENCODE_STAGE, cfg_hash,
-                                           salt=cfg_hash), select=_index_rows, beside=beside)
+    parts.write_part(
+        batch,
+        parts.PartSpec(layout.index_dir(out), layout.run_root(out), ENCODE_STAGE, cfg_hash, salt=cfg_hash),
+        select=_index_rows,
+        beside=beside,
+    )
     return parts.counts(rows=batch.num_rows, encoded=sum(s["rows"] for s in shards))
 
 
@@ -175,8 +188,9 @@ def drop_stale(out: str, finished: dict[str, dict[str, Any]]) -> None:
             storage.delete(marker_path(layout.run_root(out), ENCODE_STAGE, layout.key_of(part)))
 
 
-def merge_shards(out: str, finished: dict[str, dict[str, Any]], meta: dict[str, Any],
-                 counts: dict[str, int]) -> dict[str, Any]:
+def merge_shards(
+    out: str, finished: dict[str, dict[str, Any]], meta: dict[str, Any], counts: dict[str, int]
+) -> dict[str, Any]:
     """The manifest of the finished batches' shard entries, written to OUT/.manifest.json; every
     shard file no entry lists is deleted. Metadata only: O(shards), no shard is opened."""
     shards = [s for marker in finished.values() for s in marker.get("shards", [])]
@@ -192,7 +206,9 @@ def _meta(enc: EncodeConfig, out: str, cfg_hash: str, reuse: bool) -> dict[str, 
         except ShardError:
             current = {}
         if current.get("encode", {}).get("config_hash") == cfg_hash:
-            return {k: current[k] for k in ("vae", "text_encoder", "buckets", "encode", "smoke")}  # manifest_meta's
+            return {
+                k: current[k] for k in ("vae", "text_encoder", "buckets", "encode", "smoke")
+            }  # manifest_meta's
     vae_info, text_info = models_info.vae_and_text_info(enc)
     return manifest_meta(enc, vae_info, text_info)
 
@@ -215,8 +231,10 @@ def main(cfg: EncodeJobConfig) -> dict:
     guards.check_input("encode", cfg.input)
     inputs = storage.list_parts(cfg.input)  # names only: the workers read the rows
     if not inputs:
-        raise UsageError(f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
-                         "(Parquet files with other names); pass OUT/captions")
+        raise UsageError(
+            f"--input must hold part-*.parquet files written by jobs.caption, got {cfg.input!r} "
+            "(Parquet files with other names); pass OUT/captions"
+        )
     # important: on the driver, before Ray: missing weights must not surface as an actor traceback
     require(stage_weights(encode=cfg.encode), cfg.encode.vae.weights_dir or cfg.encode.text.weights_dir)
     out = cfg.output  # a local folder or a URI: every location below goes through curate.io.storage
@@ -238,38 +256,77 @@ def main(cfg: EncodeJobConfig) -> dict:
         seen = sum(run_tasks(_count_input, inputs, done), Counter())
         new_rows = 0
         if seen["eligible"] > seen["skipped"]:
-            columns = [c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING]  # scores' embeddings: not needed
+            columns = [
+                c for c in S.CLIP_SCHEMA.names if c != S.CLIP_EMBEDDING
+            ]  # scores' embeddings: not needed
             ds = read_parts_dataset(inputs, columns)
             ds = map_task(ds, partial(_todo, done=done), Resources(num_cpus=0.25, concurrency=0))
-            ds = map_task(ds, partial(prepare_batch, cfg=cfg.encode),
-                          Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size))
-            ds = map_stage(ds, EncodeStage, cfg.encode, Resources(num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus,
-                                                                  concurrency=cfg.concurrency, batch_size=cfg.batch_size))
+            ds = map_task(
+                ds,
+                partial(prepare_batch, cfg=cfg.encode),
+                Resources(num_cpus=1, concurrency=cfg.prepare_concurrency, batch_size=cfg.batch_size),
+            )
+            ds = map_stage(
+                ds,
+                EncodeStage,
+                cfg.encode,
+                Resources(
+                    num_cpus=cfg.actor_cpus,
+                    num_gpus=cfg.num_gpus,
+                    concurrency=cfg.concurrency,
+                    batch_size=cfg.batch_size,
+                ),
+            )
             # writer batches of up to a shard's rows, capped at WRITE_ROWS (a writer holds its batch);
             # the driver sums counts
-            write = partial(write_batch, out=out, cfg_hash=cfg_hash, max_rows=cfg.max_rows_per_shard,
-                            max_bytes=cfg.max_shard_bytes, row_group_rows=cfg.row_group_rows)
-            ds = map_task(ds, write, Resources(num_cpus=0.1, concurrency=0,
-                                               batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)))
+            write = partial(
+                write_batch,
+                out=out,
+                cfg_hash=cfg_hash,
+                max_rows=cfg.max_rows_per_shard,
+                max_bytes=cfg.max_shard_bytes,
+                row_group_rows=cfg.row_group_rows,
+            )
+            ds = map_task(
+                ds,
+                write,
+                Resources(num_cpus=0.1, concurrency=0, batch_size=min(cfg.max_rows_per_shard, WRITE_ROWS)),
+            )
             progress = Progress("encode", seen["eligible"] - seen["skipped"], "clips")
             new_rows = parts.drain(ds, progress).get("rows", 0)
         finished = finished_batches(out, cfg_hash)
         drop_stale(out, finished)
         errors = sum(run_tasks(_count_errors, list(finished)), Counter())
-        counts = {"input_rows": seen["input_rows"], "eligible": seen["eligible"], "errors": int(sum(errors.values()))}
+        counts = {
+            "input_rows": seen["input_rows"],
+            "eligible": seen["eligible"],
+            "errors": int(sum(errors.values())),
+        }
         manifest = merge_shards(out, finished, _meta(cfg.encode, out, cfg_hash, reuse=new_rows == 0), counts)
-        psnr = [v for s in manifest["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
+        psnr = [
+            v
+            for s in manifest["shards"]
+            for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])
+        ]
         summary = {
-            "input_rows": seen["input_rows"], "eligible": seen["eligible"], "encoded_this_run": new_rows,
-            "skipped_already_done": seen["skipped"], "shard_rows": manifest["counts"]["rows"],
-            "shards": manifest["counts"]["shards"], "errors": counts["errors"],
+            "input_rows": seen["input_rows"],
+            "eligible": seen["eligible"],
+            "encoded_this_run": new_rows,
+            "skipped_already_done": seen["skipped"],
+            "shard_rows": manifest["counts"]["rows"],
+            "shards": manifest["counts"]["shards"],
+            "errors": counts["errors"],
             "errors_by_reason": dict(errors.most_common(10)),
             "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
-            "vae": manifest["vae"]["vae_id"], "smoke": manifest["smoke"],
-            "manifest": layout.manifest_path(out), "wall_seconds": round(time.perf_counter() - t0, 2),
+            "vae": manifest["vae"]["vae_id"],
+            "smoke": manifest["smoke"],
+            "manifest": layout.manifest_path(out),
+            "wall_seconds": round(time.perf_counter() - t0, 2),
             "config_hash": cfg_hash,
         }
-        write_json_atomic(summary, layout.summary_path(layout.run_root(out), "encode"))  # next to OUT/summary/split.json
+        write_json_atomic(
+            summary, layout.summary_path(layout.run_root(out), "encode")
+        )  # next to OUT/summary/split.json
         return summary
 
 
@@ -280,9 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     # important: CPU actors ask for half a core, so the CPU prepare tasks still get one on small machines
     flags.add_resources(p, actors=1, gpus=0.0, cpus=0.5)
     p.add_argument("--batch-size", type=int, default=8, help="clips per actor call")
-    p.add_argument("--max-rows-per-shard", type=int, default=WRITE_ROWS,
-                   help=f"rows per shard at most, default and cap {WRITE_ROWS} (each writer batch of up to "
-                        f"{WRITE_ROWS} clips writes its own shards)")
+    p.add_argument(
+        "--max-rows-per-shard",
+        type=int,
+        default=WRITE_ROWS,
+        help=f"rows per shard at most, default and cap {WRITE_ROWS} (each writer batch of up to "
+        f"{WRITE_ROWS} clips writes its own shards)",
+    )
     p.add_argument("--max-shard-mb", type=int, default=1024, help="close a shard at about this many MB")
     flags.add_device(p)
     flags.add_weights_dir(p)
@@ -291,18 +352,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def need_of(cfg: EncodeJobConfig) -> flags.Need:
-    return flags.Need(gpus=cfg.num_gpus * cfg.concurrency, cpus=cfg.actor_cpus * cfg.concurrency + 1,
-                      max_cpus_one=cfg.actor_cpus, what=f"encode ({cfg.concurrency} actor(s) + prepare tasks)")
+    return flags.Need(
+        gpus=cfg.num_gpus * cfg.concurrency,
+        cpus=cfg.actor_cpus * cfg.concurrency + 1,
+        max_cpus_one=cfg.actor_cpus,
+        what=f"encode ({cfg.concurrency} actor(s) + prepare tasks)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     """Every check that needs no Ray: flags, the input folder, this machine's GPUs and CPUs."""
-    for flag, v in (("--actors", args.actors), ("--batch-size", args.batch_size),
-                    ("--max-rows-per-shard", args.max_rows_per_shard), ("--max-shard-mb", args.max_shard_mb)):
+    for flag, v in (
+        ("--actors", args.actors),
+        ("--batch-size", args.batch_size),
+        ("--max-rows-per-shard", args.max_rows_per_shard),
+        ("--max-shard-mb", args.max_shard_mb),
+    ):
         flags.check_int(flag, v, 1)
     if args.max_rows_per_shard > WRITE_ROWS:  # as jobs.curate's: a writer batch holds at most that many clips
-        raise flags.fail(f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
-                         args.max_rows_per_shard, f"pass --max-rows-per-shard {WRITE_ROWS} or less")
+        raise flags.fail(
+            f"--max-rows-per-shard must be <= {WRITE_ROWS} (a writer batch holds at most that many clips)",
+            args.max_rows_per_shard,
+            f"pass --max-rows-per-shard {WRITE_ROWS} or less",
+        )
     flags.check_float("--gpus", args.gpus, 0, fix="pass --gpus 0 (CPU) or 1 per actor")
     flags.check_float("--cpus", args.cpus, 0, strict=True)
     flags.check_device(args.device, args.gpus)
@@ -311,11 +383,19 @@ def config_from_args(args: argparse.Namespace) -> EncodeJobConfig:
     enc = with_weights_dir(PRESETS[args.preset], args.weights_dir)
     if args.device != "auto":
         enc = replace(enc, vae=replace(enc.vae, device=args.device))
-    cfg = EncodeJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), encode=enc,
-                          address=args.address, concurrency=args.actors, num_gpus=args.gpus,
-                          actor_cpus=args.cpus, batch_size=args.batch_size,
-                          max_rows_per_shard=args.max_rows_per_shard, max_shard_bytes=args.max_shard_mb << 20,
-                          verbose=args.verbose)
+    cfg = EncodeJobConfig(
+        input=flags.canonical(args.input),
+        output=flags.canonical(args.output),
+        encode=enc,
+        address=args.address,
+        concurrency=args.actors,
+        num_gpus=args.gpus,
+        actor_cpus=args.cpus,
+        batch_size=args.batch_size,
+        max_rows_per_shard=args.max_rows_per_shard,
+        max_shard_bytes=args.max_shard_mb << 20,
+        verbose=args.verbose,
+    )
     flags.check_local(need_of(cfg), cfg.address)
     return cfg
 
@@ -328,13 +408,17 @@ def cli(argv: list[str] | None = None) -> int:
 def _run_cli(args: argparse.Namespace) -> int:
     summary = main(config_from_args(args))
     smoke = " (SMOKE: random models, latents meaningless)" if summary["smoke"] else ""
-    print(f"encode: {summary['eligible']} eligible clips, {summary['encoded_this_run']} encoded now, "
-          f"{summary['skipped_already_done']} already done, {summary['errors']} errors -> "
-          f"{summary['shard_rows']} rows in {summary['shards']} shards, round-trip PSNR "
-          f"{summary['roundtrip_psnr_mean']} dB, {summary['wall_seconds']} s{smoke}")
+    print(
+        f"encode: {summary['eligible']} eligible clips, {summary['encoded_this_run']} encoded now, "
+        f"{summary['skipped_already_done']} already done, {summary['errors']} errors -> "
+        f"{summary['shard_rows']} rows in {summary['shards']} shards, round-trip PSNR "
+        f"{summary['roundtrip_psnr_mean']} dB, {summary['wall_seconds']} s{smoke}"
+    )
     if not summary["eligible"]:
-        print("encode: no clip is kept and captioned in --input, so the manifest lists 0 rows; "
-              "re-decide with jobs.filter --rule ... (then jobs.caption) to keep some")
+        print(
+            "encode: no clip is kept and captioned in --input, so the manifest lists 0 rows; "
+            "re-decide with jobs.filter --rule ... (then jobs.caption) to keep some"
+        )
     for reason, n in summary["errors_by_reason"].items():
         print(f"  error x{n}: {reason}")
     print(json.dumps({"manifest": summary["manifest"]}))

@@ -79,11 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_io(p, "scored directory (OUT/scored)", "decided directory (e.g. OUT/filtered)")
     flags.add_preset(p, sorted(PRESET_FILTERS))
     rule_flags.add_rule_flags(p)
-    p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows,
-                   help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)")
-    p.add_argument("--border-margin", type=flags.float_or_inf, default=D.NearDupConfig.border_margin,
-                   help="border pass: kept clips within this many pair bounds of their second-nearest cluster "
-                        "are compared there too (0: no border pass; inf: every kept clip)")
+    p.add_argument(
+        "--cluster-rows",
+        type=int,
+        default=D.NearDupConfig.cluster_rows,
+        help="target clips per near-duplicate cluster (bigger: closer to exact greedy, slower)",
+    )
+    p.add_argument(
+        "--border-margin",
+        type=flags.float_or_inf,
+        default=D.NearDupConfig.border_margin,
+        help="border pass: kept clips within this many pair bounds of their second-nearest cluster "
+        "are compared there too (0: no border pass; inf: every kept clip)",
+    )
     flags.add_ray(p)
     return p
 
@@ -98,13 +106,21 @@ def config_from_args(a: argparse.Namespace) -> FilterJob:
     guards.check_output(dst, stage=STAGE, same_as=src)
     smoke = scores_are_smoke(src)
     if smoke and a.preset == "default" and not rule_flags.edited(a):
-        raise flags.fail("--preset default has thresholds for real-model scores; these scores come from the smoke "
-                         "preset's random models", f"{src!r} (its _funnel.json says smoke)",
-                         "pass --preset smoke, give your own --rule/--filters, or score with jobs.score --preset default")
+        raise flags.fail(
+            "--preset default has thresholds for real-model scores; these scores come from the smoke "
+            "preset's random models",
+            f"{src!r} (its _funnel.json says smoke)",
+            "pass --preset smoke, give your own --rule/--filters, or score with jobs.score --preset default",
+        )
     flags.quiet_logs(a.verbose)
-    return FilterJob(input=src, output=dst, filters=cfg,
-                     near=D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None),
-                     address=a.address, smoke=smoke)
+    return FilterJob(
+        input=src,
+        output=dst,
+        filters=cfg,
+        near=D.NearDupConfig(cluster_rows=a.cluster_rows, border_margin=a.border_margin or None),
+        address=a.address,
+        smoke=smoke,
+    )
 
 
 def scores_are_smoke(src: str) -> bool:

@@ -61,8 +61,11 @@ def holds(folder: str) -> Holds | None:
     try:
         parts = storage.list_parts(folder) if storage.is_remote(folder) or os.path.isdir(folder) else []
     except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
-        raise fail("--input must be a readable folder of Parquet parts", f"{folder!r} ({io_line(e)})",
-                   "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials") from e
+        raise fail(
+            "--input must be a readable folder of Parquet parts",
+            f"{folder!r} ({io_line(e)})",
+            "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials",
+        ) from e
     if not parts:
         return None
     half = SAMPLE_PARTS // 2
@@ -73,8 +76,11 @@ def holds(folder: str) -> Holds | None:
         try:
             md = footer(p)
         except pa.ArrowInvalid as e:  # an empty or foreign file named part-*.parquet
-            raise fail("--input parts must be Parquet files written by tubelet", f"{p!r} ({io_line(e)})",
-                       "remove the file, or rerun the stage that writes this folder") from e
+            raise fail(
+                "--input parts must be Parquet files written by tubelet",
+                f"{p!r} ({io_line(e)})",
+                "remove the file, or rerun the stage that writes this folder",
+            ) from e
         rows += md.num_rows
         for g in range(md.num_row_groups):
             rg = md.row_group(g)
@@ -107,26 +113,43 @@ def check_input(stage: str, folder: str, flag: str = "--input") -> Holds:
     cols, what, made_by, typical = NEEDS[stage]
     h = holds(folder)
     if h is None:
-        raise fail(f"{flag} must be a folder of Parquet parts written by {made_by} ({typical})",
-                   f"{folder!r} (no Parquet parts)", f"run python -m {made_by} first or pass {typical}")
+        raise fail(
+            f"{flag} must be a folder of Parquet parts written by {made_by} ({typical})",
+            f"{folder!r} (no Parquet parts)",
+            f"run python -m {made_by} first or pass {typical}",
+        )
     if h.rows and not h.only_errors and not (h.filled & set(cols)):
-        raise fail(f"{flag} must hold {what} (written by {made_by})",
-                   f"{folder!r} ({h.level} rows without them)", f"pass {typical} or run {made_by} first")
+        raise fail(
+            f"{flag} must hold {what} (written by {made_by})",
+            f"{folder!r} ({h.level} rows without them)",
+            f"pass {typical} or run {made_by} first",
+        )
     if stage == "score" and h.level in ("scored", "captions"):
-        raise fail(f"{flag} must hold clips to score (written by jobs.split, OUT/clips)",
-                   f"{folder!r} ({h.level} rows: already scored)", "pass OUT/clips")
+        raise fail(
+            f"{flag} must hold clips to score (written by jobs.split, OUT/clips)",
+            f"{folder!r} ({h.level} rows: already scored)",
+            "pass OUT/clips",
+        )
     return h
 
 
 def _parts_in(folder: str) -> bool:
     try:
-        return bool(storage.list_parts(folder)) if storage.is_remote(folder) or os.path.isdir(folder) else False
+        return (
+            bool(storage.list_parts(folder)) if storage.is_remote(folder) or os.path.isdir(folder) else False
+        )
     except (OSError, ValueError):
         return False  # unreadable here: the writability check names the problem
 
 
-def check_output(folder: str, *, stage: str | None = None, same_as: str | None = None, flag: str = "--output",
-                 depth: int = 2) -> None:
+def check_output(
+    folder: str,
+    *,
+    stage: str | None = None,
+    same_as: str | None = None,
+    flag: str = "--output",
+    depth: int = 2,
+) -> None:
     """`folder` must not be inside a stage's folder; with `stage`, parts already in it must be
     that stage's (a rerun) unless it is the input (`same_as`: in place); without, it must hold none.
     """
@@ -138,32 +161,45 @@ def check_output(folder: str, *, stage: str | None = None, same_as: str | None =
             break
         up = nxt
         if _parts_in(up):
-            raise fail(f"{flag} must not be inside another stage's folder", f"{folder!r} ({up} holds Parquet parts)",
-                       f"pass a folder beside it, e.g. {storage.join(storage.parent(up), storage.basename(here))}")
+            raise fail(
+                f"{flag} must not be inside another stage's folder",
+                f"{folder!r} ({up} holds Parquet parts)",
+                f"pass a folder beside it, e.g. {storage.join(storage.parent(up), storage.basename(here))}",
+            )
     if same_as is not None and here == same_as.rstrip("/"):
         return
     if not _parts_in(here):
         return
     if stage is None:
-        raise fail(f"{flag} must be a run folder (OUT), not a stage's folder", f"{folder!r} (it holds Parquet parts)",
-                   f"pass its parent, {storage.parent(here)}")
+        raise fail(
+            f"{flag} must be a run folder (OUT), not a stage's folder",
+            f"{folder!r} (it holds Parquet parts)",
+            f"pass its parent, {storage.parent(here)}",
+        )
     h = holds(here)
     want = PRODUCES.get(stage)  # None: the stage writes no part-*.parquet (encode writes shards)
     if h is not None and h.level not in (None, want):
-        raise fail(f"{flag} must be a new folder or one jobs.{stage} wrote", f"{folder!r} (it holds {h.level} parts)",
-                   f"pass another folder, e.g. {storage.join(storage.parent(here), OUTPUT_NAME.get(stage, stage))}")
+        raise fail(
+            f"{flag} must be a new folder or one jobs.{stage} wrote",
+            f"{folder!r} (it holds {h.level} parts)",
+            f"pass another folder, e.g. {storage.join(storage.parent(here), OUTPUT_NAME.get(stage, stage))}",
+        )
 
 
 def check_run_folder(out: str, flag: str = "--output") -> list[str]:
     """A run root OUT with at least one stage's output in it; returns the stage folders found."""
     check_output(out, flag=flag)
-    found = [name for name in ("videos", "clips", "scored", "captions")
-             if _parts_in(storage.join(out, name))]
-    if storage.exists(storage.join(out, "latents")) and storage.list_files(storage.join(out, "latents"), ".parquet"):
+    found = [name for name in ("videos", "clips", "scored", "captions") if _parts_in(storage.join(out, name))]
+    if storage.exists(storage.join(out, "latents")) and storage.list_files(
+        storage.join(out, "latents"), ".parquet"
+    ):
         found.append("latents")
     if not found:
-        raise fail(f"{flag} must be a run folder with some stage's output (OUT/clips, OUT/scored, ...)",
-                   f"{out!r} (no stage output in it)", "run jobs.split (or jobs.curate) into it first")
+        raise fail(
+            f"{flag} must be a run folder with some stage's output (OUT/clips, OUT/scored, ...)",
+            f"{out!r} (no stage output in it)",
+            "run jobs.split (or jobs.curate) into it first",
+        )
     return found
 
 
@@ -180,5 +216,8 @@ def check_outside_input(inp: str, out: str) -> None:
         return  # not found: the input check names it
     r, o = root.rstrip("/"), out.rstrip("/")
     if o == r or o.startswith(r + "/"):
-        raise fail("--output must not be inside --input (a rerun would search the run's own files as inputs)",
-                   f"{out!r} (inside {inp!r})", f"pass a folder beside it, e.g. {storage.join(storage.parent(r), 'out')}")
+        raise fail(
+            "--output must not be inside --input (a rerun would search the run's own files as inputs)",
+            f"{out!r} (inside {inp!r})",
+            f"pass a folder beside it, e.g. {storage.join(storage.parent(r), 'out')}",
+        )

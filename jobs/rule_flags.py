@@ -13,13 +13,22 @@ from curate.decisions.filters import FilterConfig
 
 
 def add_rule_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rule", action="append", default=[], metavar="RULE",
-                   help="edit the preset's filters (repeatable): 'aesthetic>=5.0', 'aesthetic top 80%%', "
-                        "'nsfw off', 'near_dup_cosine=0.98'; replaces the preset's rule of the same column and "
-                        f"kind; columns: {', '.join(rules.COLUMNS)}")
-    p.add_argument("--filters", default=None, metavar="RULES.toml",
-                   help="a TOML file of rules (rules = [...], replace, near_dup_cosine, exact_dedup), "
-                        "applied before --rule")
+    p.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="edit the preset's filters (repeatable): 'aesthetic>=5.0', 'aesthetic top 80%%', "
+        "'nsfw off', 'near_dup_cosine=0.98'; replaces the preset's rule of the same column and "
+        f"kind; columns: {', '.join(rules.COLUMNS)}",
+    )
+    p.add_argument(
+        "--filters",
+        default=None,
+        metavar="RULES.toml",
+        help="a TOML file of rules (rules = [...], replace, near_dup_cosine, exact_dedup), "
+        "applied before --rule",
+    )
 
 
 def filters_from_args(a: argparse.Namespace, base: FilterConfig) -> FilterConfig:

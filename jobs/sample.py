@@ -51,7 +51,9 @@ class SampleJob:
     weights_dir: str | None = None  # DIR/<hub repo id> of downloaded weights; None: HF cache only
     ema: bool = True
     device: str = "auto"  # auto: cuda when present
-    upsampler: Any = None  # an UpsampleConfig from the --upsample-* flags; None: the preset for the run's text encoder
+    upsampler: Any = (
+        None  # an UpsampleConfig from the --upsample-* flags; None: the preset for the run's text encoder
+    )
 
 
 def codec_configs(run_config: dict, weights_dir: str | None = None):
@@ -61,9 +63,11 @@ def codec_configs(run_config: dict, weights_dir: str | None = None):
 
     manifest = run_config.get("manifest") or {}
     if not manifest.get("vae") or not manifest.get("text_encoder"):
-        raise UsageError("the run's config.json must record the shard manifest (VAE and text encoder) its "
-                         f"latents were encoded with, got keys {sorted(manifest)}; train on shards written by "
-                         "jobs.encode / jobs.curate")
+        raise UsageError(
+            "the run's config.json must record the shard manifest (VAE and text encoder) its "
+            f"latents were encoded with, got keys {sorted(manifest)}; train on shards written by "
+            "jobs.encode / jobs.curate"
+        )
     over = {"weights_dir": expand(weights_dir)} if weights_dir else {}
     vae_cfg = vae_config_from_manifest(manifest, **over)  # id, revision, dtype as encoded
     text_cfg = text_config_from_manifest(manifest, **over)
@@ -76,9 +80,18 @@ def check_codecs(manifest: dict, vae_info, text_info) -> None:
     want_vae, want_text = manifest.get("vae") or {}, manifest.get("text_encoder") or {}
     got_vae, got_text = vae_info.to_dict(), text_info.to_dict()
     diffs = []
-    for key in ("latent_channels", "spatial_compression", "temporal_compression", "scaling_factor",
-                "latents_mean", "latents_std"):
-        a, b = np.atleast_1d(np.asarray(want_vae.get(key), dtype=float)), np.atleast_1d(np.asarray(got_vae[key], float))
+    for key in (
+        "latent_channels",
+        "spatial_compression",
+        "temporal_compression",
+        "scaling_factor",
+        "latents_mean",
+        "latents_std",
+    ):
+        a, b = (
+            np.atleast_1d(np.asarray(want_vae.get(key), dtype=float)),
+            np.atleast_1d(np.asarray(got_vae[key], float)),
+        )
         if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6):
             diffs.append(f"VAE {key}: manifest {want_vae.get(key)}, loaded {got_vae[key]}")
     for key in ("dim", "max_length"):
@@ -89,14 +102,17 @@ def check_codecs(manifest: dict, vae_info, text_info) -> None:
             f"the VAE / text encoder loaded for sampling ({got_vae['vae_id']}, {got_text['text_encoder_id']}) must "
             f"match the ones the run's shards were encoded with ({want_vae.get('vae_id')}, "
             f"{want_text.get('text_encoder_id')}), got: {'; '.join(diffs)}; load the recorded revision "
-            "(or re-encode the shards with this VAE)")
+            "(or re-encode the shards with this VAE)"
+        )
 
 
 def latent_shape(job: SampleJob, run_config: dict, vae_info) -> tuple[int, int, int, int]:
     if job.frames and job.height and job.width:
         if vae_info.valid_frames(job.frames) != job.frames:
-            raise UsageError(f"--frames must follow the VAE frame rule {vae_info.frame_rule}: got {job.frames}; "
-                             f"use {vae_info.valid_frames(job.frames)}")
+            raise UsageError(
+                f"--frames must follow the VAE frame rule {vae_info.frame_rule}: got {job.frames}; "
+                f"use {vae_info.valid_frames(job.frames)}"
+            )
         return vae_info.latent_shape(job.frames, job.height, job.width)
     if job.frames or job.height or job.width:
         raise UsageError("--frames, --height and --width go together: pass all three or none")
@@ -172,19 +188,34 @@ def main(job: SampleJob) -> dict:
     check_codecs(run_config["manifest"], vae.info, text_encoder.info)
     text, mask = text_encoder.encode([caption])
     if text.shape[-1] != model.cfg.text_dim:
-        raise UsageError(f"text encoder width {text.shape[-1]} must equal the run's text_dim {model.cfg.text_dim}; "
-                         "the run was trained on other shards than its manifest says: retrain")
+        raise UsageError(
+            f"text encoder width {text.shape[-1]} must equal the run's text_dim {model.cfg.text_dim}; "
+            "the run was trained on other shards than its manifest says: retrain"
+        )
     shape = latent_shape(job, run_config, vae.info)
     init = None
     if job.init_video:
         init = init_latents(job.init_video, vae, shape, job.fps or fps)
     elif job.strength != 1.0:
-        raise UsageError(f"--strength {job.strength} needs --init-video (SDEdit); drop --strength or add a video")
+        raise UsageError(
+            f"--strength {job.strength} needs --init-video (SDEdit); drop --strength or add a video"
+        )
     objective = run_config["train"]["objective"]
     # the timestep shift the run trained with (a number or "auto"); runs from before it: none
     shift = run_config["train"].get("shift", 1.0)
-    z = sample(model, text, mask, shape, steps=job.steps, cfg_scale=job.cfg_scale, objective=objective,
-               generator=torch.Generator().manual_seed(job.seed), init=init, strength=job.strength, shift=shift)
+    z = sample(
+        model,
+        text,
+        mask,
+        shape,
+        steps=job.steps,
+        cfg_scale=job.cfg_scale,
+        objective=objective,
+        generator=torch.Generator().manual_seed(job.seed),
+        init=init,
+        strength=job.strength,
+        shift=shift,
+    )
     pixels = vae.decode(z.cpu())  # (1, 3, F, H, W) in [-1, 1]
     frames = ((pixels[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     # (3, F, H, W) -> (F, H, W, 3) uint8; libx264 needs even sides
@@ -193,11 +224,20 @@ def main(job: SampleJob) -> dict:
 
     _write_mp4(job.out, list(frames), round(job.fps or fps), write_video)
     smoke = bool(vae.info.smoke or text_cfg.smoke or (run_config.get("manifest") or {}).get("smoke", False))
-    summary = {"out": job.out, "caption": caption, "vae": vae.info.vae_id,
-               "text_encoder": text_encoder.info.text_encoder_id, "upsampled": upsampled, "latent_shape": list(shape),
-               "frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
-               "sdedit_strength": job.strength if init is not None else None, "timestep_shift": shift,
-               "checkpoint": run_config["checkpoint"], "smoke_random_models": smoke}
+    summary = {
+        "out": job.out,
+        "caption": caption,
+        "vae": vae.info.vae_id,
+        "text_encoder": text_encoder.info.text_encoder_id,
+        "upsampled": upsampled,
+        "latent_shape": list(shape),
+        "frames": int(frames.shape[0]),
+        "size": [int(frames.shape[2]), int(frames.shape[1])],
+        "sdedit_strength": job.strength if init is not None else None,
+        "timestep_shift": shift,
+        "checkpoint": run_config["checkpoint"],
+        "smoke_random_models": smoke,
+    }
     print(f"[sample] {json.dumps(summary)}", flush=True)
     return summary
 
@@ -222,20 +262,45 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_io(p, "training run folder (config.json, checkpoints/) written by jobs.train", "output .mp4")
     p.add_argument("--prompt", required=True, help="the text to sample a video for")
     p.add_argument("--upsample", action="store_true", help="expand the prompt with the captioner first")
-    p.add_argument("--upsample-engine", choices=["transformers", "openai"], default=None,
-                   help="--upsample with an OpenAI-compatible server (openai) instead of the model in this process")
-    p.add_argument("--upsample-model", default=None, help="--upsample-engine openai: the model's name on the server")
-    p.add_argument("--upsample-base-url", default=None, help="--upsample-engine openai: the API root, e.g. "
-                   "http://127.0.0.1:8000/v1")
-    p.add_argument("--upsample-api-key-env", default=None, metavar="VAR",
-                   help="--upsample-engine openai: NAME of the environment variable holding the key (never the key)")
+    p.add_argument(
+        "--upsample-engine",
+        choices=["transformers", "openai"],
+        default=None,
+        help="--upsample with an OpenAI-compatible server (openai) instead of the model in this process",
+    )
+    p.add_argument(
+        "--upsample-model", default=None, help="--upsample-engine openai: the model's name on the server"
+    )
+    p.add_argument(
+        "--upsample-base-url",
+        default=None,
+        help="--upsample-engine openai: the API root, e.g. http://127.0.0.1:8000/v1",
+    )
+    p.add_argument(
+        "--upsample-api-key-env",
+        default=None,
+        metavar="VAR",
+        help="--upsample-engine openai: NAME of the environment variable holding the key (never the key)",
+    )
     p.add_argument("--init-video", help="SDEdit: start from this video's latents")
-    p.add_argument("--strength", type=flags.finite_float, default=1.0, help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective")
+    p.add_argument(
+        "--strength",
+        type=flags.finite_float,
+        default=1.0,
+        help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective",
+    )
     for name in ("frames", "height", "width"):
-        p.add_argument(f"--{name}", type=int, help="pixels; with the other two, or none (the run's most common shape)")
+        p.add_argument(
+            f"--{name}", type=int, help="pixels; with the other two, or none (the run's most common shape)"
+        )
     p.add_argument("--steps", type=int, default=SampleJob.steps, help="denoising steps")
     p.add_argument("--seed", type=int, default=SampleJob.seed, help="noise seed (same seed, same video)")
-    p.add_argument("--cfg-scale", type=flags.finite_float, default=SampleJob.cfg_scale, help="classifier-free guidance scale (1: no guidance)")
+    p.add_argument(
+        "--cfg-scale",
+        type=flags.finite_float,
+        default=SampleJob.cfg_scale,
+        help="classifier-free guidance scale (1: no guidance)",
+    )
     p.add_argument("--fps", type=flags.finite_float, help="(default: the run's data fps)")
     flags.add_weights_dir(p)
     p.add_argument("--no-ema", action="store_true", help="sample with the raw weights, not the EMA ones")
@@ -264,54 +329,103 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
     try:
         has_config = storage.is_file(storage.join(run, "config.json"))
     except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
-        raise flags.fail("--input must be a readable training run folder", f"{a.input!r} ({io_line(e)})",
-                         "check the path, the bucket, AWS_ENDPOINT_URL and the AWS_* credentials") from e
+        raise flags.fail(
+            "--input must be a readable training run folder",
+            f"{a.input!r} ({io_line(e)})",
+            "check the path, the bucket, AWS_ENDPOINT_URL and the AWS_* credentials",
+        ) from e
     if not has_config:
-        raise flags.fail("--input must be a training run folder with config.json", repr(a.input),
-                         f"train one with `python -m jobs.train --input OUT/latents --output {a.input}`")
+        raise flags.fail(
+            "--input must be a training run folder with config.json",
+            repr(a.input),
+            f"train one with `python -m jobs.train --input OUT/latents --output {a.input}`",
+        )
     init = None
     if a.strength != 1.0 and a.init_video is None:
-        raise flags.fail("--strength needs --init-video (SDEdit)", a.strength, "drop --strength or add a video")
+        raise flags.fail(
+            "--strength needs --init-video (SDEdit)", a.strength, "drop --strength or add a video"
+        )
     if a.init_video is not None:
         init = flags.canonical(a.init_video)
         try:
-            found = storage.is_file(init)  # a URI is decoded straight from the object store (curate.video.decode)
+            found = storage.is_file(
+                init
+            )  # a URI is decoded straight from the object store (curate.video.decode)
         except (OSError, ValueError) as e:
-            raise flags.fail("--init-video must be a readable video file", f"{a.init_video!r} ({io_line(e)})",
-                             "check the path, the bucket and the AWS_* credentials") from e
+            raise flags.fail(
+                "--init-video must be a readable video file",
+                f"{a.init_video!r} ({io_line(e)})",
+                "check the path, the bucket and the AWS_* credentials",
+            ) from e
         if not found:
-            raise flags.fail("--init-video must be an existing video file", repr(a.init_video), "check the path")
+            raise flags.fail(
+                "--init-video must be an existing video file", repr(a.init_video), "check the path"
+            )
     out = flags.canonical(a.output)
     flags.check_writable_file("--output", out)
     up = upsample_config(a)
-    return SampleJob(upsampler=up, run=run, prompt=a.prompt, out=out, upsample=a.upsample, init_video=init,
-                     strength=a.strength, frames=a.frames, height=a.height, width=a.width, steps=a.steps,
-                     cfg_scale=a.cfg_scale, seed=a.seed, fps=a.fps, weights_dir=expand(a.weights_dir), ema=not a.no_ema,
-                     device=a.device)
+    return SampleJob(
+        upsampler=up,
+        run=run,
+        prompt=a.prompt,
+        out=out,
+        upsample=a.upsample,
+        init_video=init,
+        strength=a.strength,
+        frames=a.frames,
+        height=a.height,
+        width=a.width,
+        steps=a.steps,
+        cfg_scale=a.cfg_scale,
+        seed=a.seed,
+        fps=a.fps,
+        weights_dir=expand(a.weights_dir),
+        ema=not a.no_ema,
+        device=a.device,
+    )
 
 
 def upsample_config(a: argparse.Namespace) -> Any:
     """The --upsample-* flags -> an UpsampleConfig (None: the preset), checked as jobs.caption checks its own."""
-    named = [f"--upsample-{n}" for n in ("engine", "model", "base-url", "api-key-env")
-             if getattr(a, "upsample_" + n.replace("-", "_")) is not None]
+    named = [
+        f"--upsample-{n}"
+        for n in ("engine", "model", "base-url", "api-key-env")
+        if getattr(a, "upsample_" + n.replace("-", "_")) is not None
+    ]
     if named and not a.upsample:
         raise flags.fail(f"{named[0]} needs --upsample", "no --upsample", "add --upsample")
     if a.upsample_engine != "openai":
         if a.upsample_base_url or a.upsample_api_key_env or a.upsample_model:
-            raise flags.fail("--upsample-base-url/-model/-api-key-env need --upsample-engine openai",
-                             f"--upsample-engine {a.upsample_engine or 'transformers'}", "add --upsample-engine openai")
+            raise flags.fail(
+                "--upsample-base-url/-model/-api-key-env need --upsample-engine openai",
+                f"--upsample-engine {a.upsample_engine or 'transformers'}",
+                "add --upsample-engine openai",
+            )
         return None
     from captioner.upsample import DEFAULT as UP_DEFAULT
 
     if not a.upsample_model:
-        raise flags.fail("--upsample-engine openai needs --upsample-model, the model's name on the server", "none",
-                         "pass --upsample-model NAME (GET BASE_URL/models lists them)")
-    ns = argparse.Namespace(engine="openai", model=a.upsample_model, base_url=a.upsample_base_url,
-                            api_key_env=a.upsample_api_key_env, max_in_flight=None, frames=None,
-                            request_timeout=None, request_retries=None)
+        raise flags.fail(
+            "--upsample-engine openai needs --upsample-model, the model's name on the server",
+            "none",
+            "pass --upsample-model NAME (GET BASE_URL/models lists them)",
+        )
+    ns = argparse.Namespace(
+        engine="openai",
+        model=a.upsample_model,
+        base_url=a.upsample_base_url,
+        api_key_env=a.upsample_api_key_env,
+        max_in_flight=None,
+        frames=None,
+        request_timeout=None,
+        request_retries=None,
+    )
     if not a.upsample_base_url:
-        raise flags.fail("--upsample-engine openai needs --upsample-base-url", "none",
-                         "pass --upsample-base-url http://HOST:PORT/v1")
+        raise flags.fail(
+            "--upsample-engine openai needs --upsample-base-url",
+            "none",
+            "pass --upsample-base-url http://HOST:PORT/v1",
+        )
     return flags.caption_engine_config(ns, UP_DEFAULT)
 
 

@@ -131,15 +131,26 @@ def run_plan(job: ScoreJob, todo: Any, scores_dir: str, root: str, total: int | 
     actor_cpus = job.actor_cpus
     if job.num_gpus == 0 and actor_cpus == DECODE_CPUS:
         actor_cpus = DECODE_CPUS - 0.01
-    ds = map_task(todo, functools.partial(score_frames.prepare_batch, cfg=cfg),
-                  Resources(num_cpus=DECODE_CPUS, concurrency=0, batch_size=job.cpu_batch))
-    ds = map_stage(ds, score.ClipScoreStage, cfg,
-                   Resources(num_cpus=actor_cpus, num_gpus=job.num_gpus,
-                             concurrency=job.concurrency, batch_size=job.batch_size))
+    ds = map_task(
+        todo,
+        functools.partial(score_frames.prepare_batch, cfg=cfg),
+        Resources(num_cpus=DECODE_CPUS, concurrency=0, batch_size=job.cpu_batch),
+    )
+    ds = map_stage(
+        ds,
+        score.ClipScoreStage,
+        cfg,
+        Resources(
+            num_cpus=actor_cpus, num_gpus=job.num_gpus, concurrency=job.concurrency, batch_size=job.batch_size
+        ),
+    )
     # the workers write the score parts; the driver only sums their row counts
     # writer batches of WRITE_ROWS: score parts of a few hundred rows, not one per model batch
-    ds = map_task(ds, functools.partial(_write_scores, scores_dir=scores_dir, root=root, h=scoring_hash(cfg)),
-                  Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS))
+    ds = map_task(
+        ds,
+        functools.partial(_write_scores, scores_dir=scores_dir, root=root, h=scoring_hash(cfg)),
+        Resources(num_cpus=0.1, concurrency=0, batch_size=WRITE_ROWS),
+    )
     return drain(ds, Progress("score", total, "clips")).get("rows", 0)
 
 
@@ -170,14 +181,21 @@ def main(job: ScoreJob) -> dict[str, Any]:
     with lease.hold(out, "jobs.score", watch=[root]):  # curate/split on OUT write here too
         clip_parts = storage.list_parts(job.input)
         if not clip_parts:
-            raise UsageError(f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first")
+            raise UsageError(
+                f"--input must hold part-*.parquet clip parts, got none in {job.input}; run jobs.split first"
+            )
         init_ray(address=job.address, quiet=not job.verbose, need=need_of(job))
         counts = row_counts(clip_parts)  # from the footers, read by Ray tasks: no rows
         n_clips = sum(counts)
         # the workers read the clip parts and skip clips scored before; the driver sees counts
-        finished = ray.remote(finished_ids).remote(finished_score_parts(scores_dir, root, job.score), job.score)
-        todo = map_task(read_parts_dataset(clip_parts), functools.partial(pending, finished=finished),
-                        Resources(num_cpus=0.25, concurrency=0))
+        finished = ray.remote(finished_ids).remote(
+            finished_score_parts(scores_dir, root, job.score), job.score
+        )
+        todo = map_task(
+            read_parts_dataset(clip_parts),
+            functools.partial(pending, finished=finished),
+            Resources(num_cpus=0.25, concurrency=0),
+        )
         n_todo = todo.count()
         print(f"score: {n_clips} clips in, {n_todo} to score, model: {score.model_label(job.score)}")
         if n_todo:
@@ -185,8 +203,14 @@ def main(job: ScoreJob) -> dict[str, Any]:
         # every clip row with its score row, joined by clip_id in Ray tasks that write the parts
         n_parts = max(1, -(-n_clips // job.part_rows))
         outputs = [storage.join(out, f"part-{k:05d}.parquet") for k in range(n_parts)]
-        join_scores(clip_parts, finished_score_parts(scores_dir, root, job.score), SCORE_PART_COLUMNS,
-                    functools.partial(scored_part, cfg_hash=config_hash(job.score)), outputs, clip_counts=counts)
+        join_scores(
+            clip_parts,
+            finished_score_parts(scores_dir, root, job.score),
+            SCORE_PART_COLUMNS,
+            functools.partial(scored_part, cfg_hash=config_hash(job.score)),
+            outputs,
+            clip_counts=counts,
+        )
         for stale in set(storage.list_parts(out)) - set(outputs):  # a previous run with more parts
             storage.delete(stale)
         # run-level decisions: the distributed code `python -m jobs.filter` re-decides with, in place
@@ -218,8 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def need_of(job: ScoreJob) -> flags.Need:
     # the decode tasks need one CPU besides the actors, or the plan starves
-    return flags.Need(gpus=job.num_gpus * job.concurrency, cpus=job.actor_cpus * job.concurrency + DECODE_CPUS,
-                      max_cpus_one=job.actor_cpus, what=f"score ({job.concurrency} actor(s) + decode tasks)")
+    return flags.Need(
+        gpus=job.num_gpus * job.concurrency,
+        cpus=job.actor_cpus * job.concurrency + DECODE_CPUS,
+        max_cpus_one=job.actor_cpus,
+        what=f"score ({job.concurrency} actor(s) + decode tasks)",
+    )
 
 
 def config_from_args(a: argparse.Namespace) -> ScoreJob:
@@ -233,17 +261,32 @@ def config_from_args(a: argparse.Namespace) -> ScoreJob:
     guards.check_output(flags.canonical(a.output), stage=STAGE)
     cfg = PRESETS[a.preset]
     cfg = dataclasses.replace(cfg, filters=rule_flags.filters_from_args(a, cfg.filters))
-    overrides = {k: v for k, v in {"clip_model": a.clip_model, "clip_pretrained": a.clip_pretrained,
-                                   "aesthetic_head": a.aesthetic_head,
-                                   "weights_dir": expand(a.weights_dir)}.items() if v}
+    overrides = {
+        k: v
+        for k, v in {
+            "clip_model": a.clip_model,
+            "clip_pretrained": a.clip_pretrained,
+            "aesthetic_head": a.aesthetic_head,
+            "weights_dir": expand(a.weights_dir),
+        }.items()
+        if v
+    }
     if a.device != "auto":
         overrides["device"] = a.device
     elif a.gpus > 0:
         overrides["device"] = "cuda"
-    job = ScoreJob(input=flags.canonical(a.input), output=flags.canonical(a.output),
-                   score=dataclasses.replace(cfg, **overrides), concurrency=a.actors, num_gpus=a.gpus,
-                   batch_size=a.batch_size, cpu_batch=a.cpu_batch, actor_cpus=a.cpus, address=a.address,
-                   verbose=a.verbose)
+    job = ScoreJob(
+        input=flags.canonical(a.input),
+        output=flags.canonical(a.output),
+        score=dataclasses.replace(cfg, **overrides),
+        concurrency=a.actors,
+        num_gpus=a.gpus,
+        batch_size=a.batch_size,
+        cpu_batch=a.cpu_batch,
+        actor_cpus=a.cpus,
+        address=a.address,
+        verbose=a.verbose,
+    )
     flags.check_local(need_of(job), job.address)
     return job
 

@@ -39,8 +39,16 @@ from jobs.runtime.progress import Progress
 from jobs.runtime.split_parts import process_one
 
 SUMMARY_SCHEMA = pa.schema(
-    [("source_uri", pa.string()), ("video_id", pa.string()), ("status", pa.string()), ("failed_stage", pa.string()),
-     ("error", pa.string()), ("num_clips", pa.int64()), ("skipped", pa.bool_()), ("seconds", pa.float64())]
+    [
+        ("source_uri", pa.string()),
+        ("video_id", pa.string()),
+        ("status", pa.string()),
+        ("failed_stage", pa.string()),
+        ("error", pa.string()),
+        ("num_clips", pa.int64()),
+        ("skipped", pa.bool_()),
+        ("seconds", pa.float64()),
+    ]
 )
 
 
@@ -80,7 +88,9 @@ def summarize(rows: list[dict], out: str, wall: float) -> dict:
     """The run's summary: `rows` are this run's per-video results (one small dict per input), the
     clip totals are folded from OUT/clips (`clips_in_output`)."""
     clips, clip_seconds = clips_in_output(out)
-    errors = Counter(f"{r['failed_stage']}: {error_key(r['error'])}" for r in rows if r["status"] == S.STATUS_ERROR)
+    errors = Counter(
+        f"{r['failed_stage']}: {error_key(r['error'])}" for r in rows if r["status"] == S.STATUS_ERROR
+    )
     return {
         "videos": len(rows),
         "videos_ok": sum(r["status"] == S.STATUS_OK for r in rows),
@@ -100,16 +110,23 @@ def main(cfg: SplitJobConfig) -> dict:
     from jobs.runtime.adapter import init_ray
 
     skipped: list[str] = []
-    inputs = [flags.canonical(u) for u in list_inputs(cfg.input, skipped)]  # source_uri is absolute (or a URI)
-    inputs = inputs[:cfg.limit] if cfg.limit else inputs
+    inputs = [
+        flags.canonical(u) for u in list_inputs(cfg.input, skipped)
+    ]  # source_uri is absolute (or a URI)
+    inputs = inputs[: cfg.limit] if cfg.limit else inputs
     check_writable(cfg.output)
     with lease.hold(cfg.output, "jobs.split", watch=lease.stage_folders(cfg.output)):
         t0 = time.perf_counter()
         init_ray(cfg.address, quiet=not cfg.verbose, need=need_of(cfg))
         ds = ray.data.from_items([{S.SOURCE_URI: u} for u in inputs], override_num_blocks=max(1, len(inputs)))
         kwargs = {"compute": ray.data.TaskPoolStrategy(size=cfg.concurrency)} if cfg.concurrency else {}
-        ds = ds.map_batches(_task(cfg.split, cfg.output), batch_format="pyarrow", batch_size=1,
-                            num_cpus=cfg.num_cpus, **kwargs)
+        ds = ds.map_batches(
+            _task(cfg.split, cfg.output),
+            batch_format="pyarrow",
+            batch_size=1,
+            num_cpus=cfg.num_cpus,
+            **kwargs,
+        )
         rows: list[dict] = []
         progress = Progress("split", len(inputs), "videos")
         for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
@@ -125,9 +142,11 @@ def main(cfg: SplitJobConfig) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"split: {summary['videos']} videos ({summary['videos_ok']} ok, {summary['videos_error']} error, "
-          f"{summary['videos_skipped_already_done']} already done) -> {summary['clips_total_in_output']} clips "
-          f"({summary['clip_seconds_total']:.1f} s) in {summary['wall_seconds']:.1f} s")
+    print(
+        f"split: {summary['videos']} videos ({summary['videos_ok']} ok, {summary['videos_error']} error, "
+        f"{summary['videos_skipped_already_done']} already done) -> {summary['clips_total_in_output']} clips "
+        f"({summary['clip_seconds_total']:.1f} s) in {summary['wall_seconds']:.1f} s"
+    )
     for reason, n in summary["errors_by_reason"].items():
         print(f"  error x{n}: {reason}")
     if line := skipped_line(summary):
@@ -136,11 +155,19 @@ def print_summary(summary: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = flags.JobParser("python -m jobs.split", __doc__.split("\n\n")[0])
-    flags.add_io(p, "directory, glob, list file (.txt) or one video", "output root OUT (videos/, clips/, _done/)")
+    flags.add_io(
+        p, "directory, glob, list file (.txt) or one video", "output root OUT (videos/, clips/, _done/)"
+    )
     stage_flags.add_split_options(p)
     stage_flags.add_limit(p)
-    flags.add_resources(p, actors=0, gpus=None, cpus=1.0, actors_help="max parallel video tasks (0: Ray decides)",
-                      cpus_help="CPUs per video task")
+    flags.add_resources(
+        p,
+        actors=0,
+        gpus=None,
+        cpus=1.0,
+        actors_help="max parallel video tasks (0: Ray decides)",
+        cpus_help="CPUs per video task",
+    )
     flags.add_ray(p)
     return p
 
@@ -151,9 +178,16 @@ def config_from_args(args: argparse.Namespace) -> SplitJobConfig:
     flags.check_float("--cpus", args.cpus, 0, strict=True, fix="pass --cpus 1")
     stage_flags.check_limit(args)
     split = stage_flags.split_config(args)
-    cfg = SplitJobConfig(input=flags.canonical(args.input), output=flags.canonical(args.output), split=split,
-                         address=args.address, num_cpus=args.cpus, concurrency=args.actors, verbose=args.verbose,
-                         limit=args.limit)
+    cfg = SplitJobConfig(
+        input=flags.canonical(args.input),
+        output=flags.canonical(args.output),
+        split=split,
+        address=args.address,
+        num_cpus=args.cpus,
+        concurrency=args.actors,
+        verbose=args.verbose,
+        limit=args.limit,
+    )
     guards.check_output(cfg.output)  # a run root: not a stage's folder, nor inside one
     guards.check_outside_input(cfg.input, cfg.output)
     flags.check_local(need_of(cfg), cfg.address)

@@ -49,7 +49,7 @@ def _markers(out: str) -> dict[str, Counter[str]]:
     done = storage.join(out, layout.DONE)
     got: dict[str, Counter[str]] = {}
     for m in storage.list_files(done, recursive=True):
-        stage = m[len(str(done).rstrip("/")) + 1:].split("/", 1)[0]
+        stage = m[len(str(done).rstrip("/")) + 1 :].split("/", 1)[0]
         try:
             h = storage.read_json(m).get("config_hash", "?")
         except (OSError, ValueError):
@@ -80,32 +80,53 @@ def run_status(out: str) -> dict[str, Any]:
             rows += n
             errors.update(e)
         unmarked = [p for p in parts if layout.key_of(p) not in keys]
-        stages[name] = {"parts": len(parts), "done": len(parts) - len(unmarked), "rows": rows,
-                        "errors": sum(errors.values()), "errors_by_stage": dict(errors)}
+        stages[name] = {
+            "parts": len(parts),
+            "done": len(parts) - len(unmarked),
+            "rows": rows,
+            "errors": sum(errors.values()),
+            "errors_by_stage": dict(errors),
+        }
         if unmarked:
             redo.append(f"{name}: {len(unmarked)} of {len(parts)} parts have no marker and would be redone")
     markers = _markers(out)
     for stage, hashes in markers.items():
         if len(hashes) > 1:
-            redo.append(f"{stage}: markers of {len(hashes)} configs ({dict(hashes)}); a rerun keeps only the "
-                        "current config's and redoes the rest")
+            redo.append(
+                f"{stage}: markers of {len(hashes)} configs ({dict(hashes)}); a rerun keeps only the "
+                "current config's and redoes the rest"
+            )
     funnel = None
     fpath = layout.funnel_path(layout.folder(out, layout.SCORED))
     if storage.exists(fpath):
         f = storage.read_json(fpath)
-        funnel = {"clips_in": f.get("clips_in"), "kept": f.get("kept"), "smoke": f.get("smoke"),
-                  "config_hash": f.get("config_hash"),
-                  "dropped_by_rule": {s["step"]: s["dropped"] for s in f.get("steps", []) if s["dropped"]}}
+        funnel = {
+            "clips_in": f.get("clips_in"),
+            "kept": f.get("kept"),
+            "smoke": f.get("smoke"),
+            "config_hash": f.get("config_hash"),
+            "dropped_by_rule": {s["step"]: s["dropped"] for s in f.get("steps", []) if s["dropped"]},
+        }
     summaries = {}
     for s in storage.list_files(storage.join(out, layout.SUMMARY), ".json"):
         d = storage.read_json(s)
         summaries[storage.basename(s).removesuffix(".json")] = {
-            k: d[k] for k in ("wall_seconds", "stage_seconds", "errors", "kept") if k in d}
+            k: d[k] for k in ("wall_seconds", "stage_seconds", "errors", "kept") if k in d
+        }
     if not stages and not markers and not summaries:
-        raise UsageError(f"OUT must hold a run (stage folders, markers or summaries), got {out!r} (none); "
-                         "pass the --output of a job")
-    return {"out": str(out), "stages": stages, "markers": {k: dict(v) for k, v in markers.items()},
-            "funnel": funnel, "summaries": summaries, "held": _leases(out), "rerun_would_redo": redo or ["nothing"]}
+        raise UsageError(
+            f"OUT must hold a run (stage folders, markers or summaries), got {out!r} (none); "
+            "pass the --output of a job"
+        )
+    return {
+        "out": str(out),
+        "stages": stages,
+        "markers": {k: dict(v) for k, v in markers.items()},
+        "funnel": funnel,
+        "summaries": summaries,
+        "held": _leases(out),
+        "rerun_would_redo": redo or ["nothing"],
+    }
 
 
 def _leases(out: str) -> list[str]:
@@ -128,8 +149,11 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"{name:<10}{s['done']:>6}/{s['parts']:<5}{s['rows']:>9}{s['errors']:>8}  {by}")
     if st["funnel"]:
         f = st["funnel"]
-        lines.append(f"kept {f['kept']} of {f['clips_in']}" + ("  [SMOKE]" if f["smoke"] else "")
-                     + f"  (filter config {f['config_hash']})")
+        lines.append(
+            f"kept {f['kept']} of {f['clips_in']}"
+            + ("  [SMOKE]" if f["smoke"] else "")
+            + f"  (filter config {f['config_hash']})"
+        )
         lines += [f"  dropped by {k}: {v}" for k, v in f["dropped_by_rule"].items()]
     for stage, hashes in st["markers"].items():
         lines.append(f"markers {stage}: " + ", ".join(f"{h} x{n}" for h, n in hashes.items()))
@@ -142,8 +166,11 @@ def format_status(st: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m jobs.status", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.status",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("out", help="the run folder (a job's --output), local path or URI")
     ap.add_argument("--json", action="store_true", help="print the status as JSON instead of a table")
     return ap

@@ -38,13 +38,19 @@ def make_buckets(area: int, aspects: tuple[float, ...], multiple: int) -> tuple[
     Buckets that round to the same size are merged; the result is sorted by aspect.
     """
     if area <= 0 or multiple <= 0 or not aspects:
-        raise UsageError(f"buckets need area > 0, multiple > 0 and at least one aspect, got area={area}, "
-                         f"multiple={multiple}, aspects={aspects}; fix the encode config")
+        raise UsageError(
+            f"buckets need area > 0, multiple > 0 and at least one aspect, got area={area}, "
+            f"multiple={multiple}, aspects={aspects}; fix the encode config"
+        )
     out = set()
     for a in aspects:
         h = math.sqrt(area / a)
         w = a * h
-        out.add(Bucket(max(multiple, round(w / multiple) * multiple), max(multiple, round(h / multiple) * multiple)))
+        out.add(
+            Bucket(
+                max(multiple, round(w / multiple) * multiple), max(multiple, round(h / multiple) * multiple)
+            )
+        )
     return tuple(sorted(out, key=lambda b: b.aspect))
 
 
@@ -74,7 +80,9 @@ def resize_to_bucket(frames: np.ndarray, bucket: Bucket) -> np.ndarray:
     # area interpolation when shrinking (no aliasing), cubic when growing
     interp = cv2.INTER_AREA if cw >= bucket.width else cv2.INTER_CUBIC
     for i in range(t):
-        out[i] = cv2.resize(frames[i, y0 : y0 + ch, x0 : x0 + cw], (bucket.width, bucket.height), interpolation=interp)
+        out[i] = cv2.resize(
+            frames[i, y0 : y0 + ch, x0 : x0 + cw], (bucket.width, bucket.height), interpolation=interp
+        )
     return out
 
 
@@ -102,8 +110,15 @@ class FramePlan:
     num_frames: int
 
 
-def plan_frames(start_pts: float, end_pts: float, clip_fps: float, target_fps: float, max_frames: int,
-                k: int, min_frames: int = 1) -> FramePlan:
+def plan_frames(
+    start_pts: float,
+    end_pts: float,
+    clip_fps: float,
+    target_fps: float,
+    max_frames: int,
+    k: int,
+    min_frames: int = 1,
+) -> FramePlan:
     """Frame times of a clip resampled to `target_fps` (never above the clip's own fps: no made-up
     frames), as many as the span holds up to `max_frames`, cut to the rule k*m + 1.
 
@@ -115,7 +130,9 @@ def plan_frames(start_pts: float, end_pts: float, clip_fps: float, target_fps: f
     available = math.floor(span * fps + 1e-6)
     n = valid_frame_count(min(available, max_frames), k)
     if n < max(1, min_frames):
-        raise ValueError(f"clip of {span:.3f} s holds {available} frames at {fps:g} fps; "
-                         f"need at least {max(1, min_frames)} of the form {k}k+1")
+        raise ValueError(
+            f"clip of {span:.3f} s holds {available} frames at {fps:g} fps; "
+            f"need at least {max(1, min_frames)} of the form {k}k+1"
+        )
     times = start_pts + (np.arange(n, dtype=np.float64) + 0.5) / fps  # mid-interval: robust to pts jitter
     return FramePlan(times=times, sample_fps=fps, num_frames=n)

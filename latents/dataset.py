@@ -53,7 +53,14 @@ from latents.shards import (
 )
 
 _BIG = [S.LATENT, S.TEXT_EMBEDDING]
-_SMALL = [S.CLIP_ID, S.CAPTION, S.LATENT_SHAPE, S.LATENT_DTYPE, S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE]
+_SMALL = [
+    S.CLIP_ID,
+    S.CAPTION,
+    S.LATENT_SHAPE,
+    S.LATENT_DTYPE,
+    S.TEXT_EMBEDDING_SHAPE,
+    S.TEXT_EMBEDDING_DTYPE,
+]
 _COLUMNS = _BIG + _SMALL
 Verify = Literal["checksum", "size", "none"]
 PadText = Literal["max_length", "longest"]
@@ -82,10 +89,22 @@ class LatentDataset(IterableDataset):
     bucket batching can leave a few extra partial batches at the very end of an epoch).
     """
 
-    def __init__(self, root: str | Path, batch_size: int | None = None, *, shuffle: bool = True, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
-                 verify: Verify = "size", pad_text: PadText = "longest", prefetch: int = 2,
-                 latent_dtype: LatentOut = "stored", threads: int = 2):
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int | None = None,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        verify: Verify = "size",
+        pad_text: PadText = "longest",
+        prefetch: int = 2,
+        latent_dtype: LatentOut = "stored",
+        threads: int = 2,
+    ):
         self.root = str(root)  # a local folder or a URI (s3://bucket/out/latents)
         self.manifest = read_manifest(self.root)
         # "checksum": sha256 of every shard file up front; "size": sizes + footers up front, and
@@ -102,7 +121,9 @@ class LatentDataset(IterableDataset):
         self.rank = dr if rank is None else rank
         self.world_size = dw if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank={self.rank}, world_size={self.world_size}")
+            raise ValueError(
+                f"rank must be in [0, world_size), got rank={self.rank}, world_size={self.world_size}"
+            )
         self.drop_last = drop_last
         self.pad_text = pad_text
         self.latent_dtype = latent_dtype
@@ -169,8 +190,10 @@ class LatentDataset(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"state was saved with seed {state['seed']}, this dataset has seed {self.seed}; "
-                             "build the dataset with the same seed to resume")
+            raise ValueError(
+                f"state was saved with seed {state['seed']}, this dataset has seed {self.seed}; "
+                "build the dataset with the same seed to resume"
+            )
         self.epoch = int(state["epoch"])
         self._consumed = int(state["consumed"])
 
@@ -187,8 +210,10 @@ class LatentDataset(IterableDataset):
             # use_threads=False: row groups are already decoded `threads` at a time
             return pf.read_row_group(g, columns=columns, use_threads=False)
         except (OSError, pa.ArrowException) as e:
-            raise ShardError(f"shard {path} row group {g} is unreadable ({e}); it is corrupt or truncated, "
-                             "re-run the encode job") from e
+            raise ShardError(
+                f"shard {path} row group {g} is unreadable ({e}); it is corrupt or truncated, "
+                "re-run the encode job"
+            ) from e
 
     def _read_checked(self, u: int) -> pa.Table:
         """Unit `u`'s columns; checked the first time this dataset reads it (see `verify`)."""
@@ -207,8 +232,10 @@ class LatentDataset(IterableDataset):
             for name, want in digests.items():
                 got = value_digest(t.column(name))
                 if got != want:
-                    raise ShardError(f"{path} row group {g}: column {name} failed its checksum (manifest {want}, "
-                                     f"read {got}): the shard is corrupt; re-run the encode job")
+                    raise ShardError(
+                        f"{path} row group {g}: column {name} failed its checksum (manifest {want}, "
+                        f"read {got}): the shard is corrupt; re-run the encode job"
+                    )
             for name in _SMALL:
                 t = t.append_column(small.schema.field(name), small.column(name))
         self._verified.add(u)
@@ -227,8 +254,15 @@ class LatentDataset(IterableDataset):
         # reader's buffer in storage order: nothing copied at all
         by_row = stored and (self.batch_size is None or rows == sorted(rows))
         dtypes = t.column(S.LATENT_DTYPE).to_pylist()
-        lat = binary_column_stacked(t.column(S.LATENT), shape, t.column(S.LATENT_SHAPE).to_pylist(), dtypes,
-                                    f"{where} latent", as_float32=not stored, rows=None if by_row else idx)
+        lat = binary_column_stacked(
+            t.column(S.LATENT),
+            shape,
+            t.column(S.LATENT_SHAPE).to_pylist(),
+            dtypes,
+            f"{where} latent",
+            as_float32=not stored,
+            rows=None if by_row else idx,
+        )
         lat_t = torch.from_numpy(lat)
         if lat.dtype == np.uint16:
             lat_t = lat_t.view(torch.bfloat16)  # uint16 bit patterns -> bf16, no copy
@@ -236,15 +270,28 @@ class LatentDataset(IterableDataset):
         length = self.text_length
         if self.pad_text == "longest":  # the unit's longest caption: far fewer zeros to write and move
             length = min(length, max((int(t_shapes[r][0]) for r in rows if t_shapes[r]), default=1))
-        emb, mask = binary_column_padded(t.column(S.TEXT_EMBEDDING), t_shapes,
-                                         t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(), f"{where} text_embedding",
-                                         idx, length, as_float32=not stored)  # (N, L, D), (N, L)
+        emb, mask = binary_column_padded(
+            t.column(S.TEXT_EMBEDDING),
+            t_shapes,
+            t.column(S.TEXT_EMBEDDING_DTYPE).to_pylist(),
+            f"{where} text_embedding",
+            idx,
+            length,
+            as_float32=not stored,
+        )  # (N, L, D), (N, L)
         emb_t = torch.from_numpy(emb)
         if emb.dtype == np.uint16:
             emb_t = emb_t.view(torch.bfloat16)
         ids, caps = t.column(S.CLIP_ID).to_pylist(), t.column(S.CAPTION).to_pylist()
-        return _Unit([ids[r] for r in rows], [caps[r] for r in rows], lat_t, emb_t, torch.from_numpy(mask),
-                     {r: k for k, r in enumerate(rows)}, lat_by_row=by_row)
+        return _Unit(
+            [ids[r] for r in rows],
+            [caps[r] for r in rows],
+            lat_t,
+            emb_t,
+            torch.from_numpy(mask),
+            {r: k for k, r in enumerate(rows)},
+            lat_by_row=by_row,
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -308,15 +355,28 @@ class _Unit:
     (row r at r, a view of the Parquet reader's buffer: nothing copied for samples).
     """
 
-    def __init__(self, ids: list[str], caps: list[str], lat: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor,
-                 pos: dict[int, int], lat_by_row: bool = False):
+    def __init__(
+        self,
+        ids: list[str],
+        caps: list[str],
+        lat: torch.Tensor,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        pos: dict[int, int],
+        lat_by_row: bool = False,
+    ):
         self.ids, self.caps, self.lat, self.emb, self.mask, self.pos = ids, caps, lat, emb, mask, pos
         self.lat_by_row = lat_by_row
 
     def sample(self, r: int) -> dict[str, Any]:
         k = self.pos[r]
-        return {"clip_id": self.ids[k], "caption": self.caps[k], "latent": self.lat[r if self.lat_by_row else k],
-                "text_embedding": self.emb[k], "text_mask": self.mask[k]}
+        return {
+            "clip_id": self.ids[k],
+            "caption": self.caps[k],
+            "latent": self.lat[r if self.lat_by_row else k],
+            "text_embedding": self.emb[k],
+            "text_mask": self.mask[k],
+        }
 
     def batch(self, rows: list[int]) -> dict[str, Any]:
         ks = [self.pos[r] for r in rows]
@@ -329,8 +389,13 @@ class _Unit:
             lat = self.lat[rows[0] : rows[0] + len(rows)]  # unshuffled: storage order is batch order
         else:
             lat = _stack([self.lat[r] for r in rows])  # (B, C, T, H, W): the one copy of a shuffled batch
-        return {"clip_id": self.ids[sl], "caption": self.caps[sl], "latent": lat,
-                "text_embedding": self.emb[sl], "text_mask": self.mask[sl]}
+        return {
+            "clip_id": self.ids[sl],
+            "caption": self.caps[sl],
+            "latent": lat,
+            "text_embedding": self.emb[sl],
+            "text_mask": self.mask[sl],
+        }
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -69,12 +69,25 @@ class EncodeConfig:
 
 
 DEFAULT = EncodeConfig()
-LTX = EncodeConfig(vae=LTX_DEFAULT, bucket_area=512 * 768, bucket_multiple=32, target_fps=24.0, max_frames=121,
-                   min_frames=9)
-SMOKE = EncodeConfig(vae=WAN_SMOKE, text=TEXT_SMOKE, bucket_area=64 * 64, bucket_aspects=(16 / 9, 1.0, 9 / 16),
-                     target_fps=8.0, max_frames=9, min_frames=5, latent_dtype="float16", text_dtype="float16",
-                     vae_batch=2, psnr_every=2)
-SMOKE_LTX = replace(SMOKE, vae=LTX_SMOKE, bucket_area=128 * 128, bucket_multiple=32, max_frames=17, min_frames=9)
+LTX = EncodeConfig(
+    vae=LTX_DEFAULT, bucket_area=512 * 768, bucket_multiple=32, target_fps=24.0, max_frames=121, min_frames=9
+)
+SMOKE = EncodeConfig(
+    vae=WAN_SMOKE,
+    text=TEXT_SMOKE,
+    bucket_area=64 * 64,
+    bucket_aspects=(16 / 9, 1.0, 9 / 16),
+    target_fps=8.0,
+    max_frames=9,
+    min_frames=5,
+    latent_dtype="float16",
+    text_dtype="float16",
+    vae_batch=2,
+    psnr_every=2,
+)
+SMOKE_LTX = replace(
+    SMOKE, vae=LTX_SMOKE, bucket_area=128 * 128, bucket_multiple=32, max_frames=17, min_frames=9
+)
 
 
 def eligible_mask(table: pa.Table) -> list[bool]:
@@ -87,18 +100,33 @@ def eligible_mask(table: pa.Table) -> list[bool]:
 
 def prepare_clip(row: dict[str, Any], cfg: EncodeConfig) -> tuple[np.ndarray, float]:
     """One clip -> ((F, H, W, 3) uint8 frames in its bucket, sample fps). Decodes the span once."""
-    plan = plan_frames(row[S.START_PTS], row[S.END_PTS], row[S.FPS], cfg.target_fps, cfg.max_frames,
-                       cfg.frame_k, cfg.min_frames)
+    plan = plan_frames(
+        row[S.START_PTS],
+        row[S.END_PTS],
+        row[S.FPS],
+        cfg.target_fps,
+        cfg.max_frames,
+        cfg.frame_k,
+        cfg.min_frames,
+    )
     bucket = nearest_bucket(row[S.WIDTH], row[S.HEIGHT], cfg.buckets)
-    clip = decode_clip(row[S.SOURCE_URI], row[S.START_PTS], row[S.END_PTS], times=plan.times,
-                       size=decode_size(row[S.WIDTH], row[S.HEIGHT], bucket))
+    clip = decode_clip(
+        row[S.SOURCE_URI],
+        row[S.START_PTS],
+        row[S.END_PTS],
+        times=plan.times,
+        size=decode_size(row[S.WIDTH], row[S.HEIGHT], bucket),
+    )
     n = clip.frames.shape[0]
     if n != plan.num_frames:
         # the container ended early (span end past the last frame): keep what the rule allows
         n = cfg.frame_k * ((n - 1) // cfg.frame_k) + 1 if n else 0
         if n < cfg.min_frames:
-            raise StageError(STAGE, f"decoded {clip.frames.shape[0]} of {plan.num_frames} planned frames; "
-                                    f"need at least {cfg.min_frames}")
+            raise StageError(
+                STAGE,
+                f"decoded {clip.frames.shape[0]} of {plan.num_frames} planned frames; "
+                f"need at least {cfg.min_frames}",
+            )
     return resize_to_bucket(clip.frames[:n], bucket), plan.sample_fps
 
 
@@ -137,8 +165,16 @@ def prepare_batch(table: pa.Table, cfg: EncodeConfig) -> pa.Table:
         pixels[i] = px.tobytes()
         frames_[i], heights[i], widths[i] = px.shape[:3]
         fps_[i] = fps
-    table = S.set_columns(table, {S.PIXEL_FRAMES: frames_, S.PIXEL_HEIGHT: heights, S.PIXEL_WIDTH: widths,
-                                  S.SAMPLE_FPS: fps_, **_error_cols(table, errors)})
+    table = S.set_columns(
+        table,
+        {
+            S.PIXEL_FRAMES: frames_,
+            S.PIXEL_HEIGHT: heights,
+            S.PIXEL_WIDTH: widths,
+            S.SAMPLE_FPS: fps_,
+            **_error_cols(table, errors),
+        },
+    )
     return table.append_column(PIXELS, pa.array(pixels, type=pa.large_binary()))
 
 
@@ -172,8 +208,10 @@ class EncodeStage:
             if self.cfg.bucket_multiple % s:
                 from curate.errors import UsageError
 
-                raise UsageError(f"bucket_multiple must be a multiple of the VAE's spatial compression {s}, "
-                                 f"got {self.cfg.bucket_multiple}; set bucket_multiple={s} or a multiple of it")
+                raise UsageError(
+                    f"bucket_multiple must be a multiple of the VAE's spatial compression {s}, "
+                    f"got {self.cfg.bucket_multiple}; set bucket_multiple={s} or a multiple of it"
+                )
 
     def __call__(self, table: pa.Table) -> pa.Table:
         self.load()
@@ -181,8 +219,12 @@ class EncodeStage:
             table = prepare_batch(table, self.cfg)
         n = table.num_rows
         px_col = table.column(PIXELS).to_pylist()
-        shapes = list(zip(*(table.column(c).to_pylist() for c in (S.PIXEL_FRAMES, S.PIXEL_HEIGHT, S.PIXEL_WIDTH))))
-        todo = [i for i in range(n) if px_col[i] is not None and table.column(S.STATUS)[i].as_py() == S.STATUS_OK]
+        shapes = list(
+            zip(*(table.column(c).to_pylist() for c in (S.PIXEL_FRAMES, S.PIXEL_HEIGHT, S.PIXEL_WIDTH)))
+        )
+        todo = [
+            i for i in range(n) if px_col[i] is not None and table.column(S.STATUS)[i].as_py() == S.STATUS_OK
+        ]
         latents: dict[int, torch.Tensor] = {}
         psnrs: list[float | None] = [None] * n
         errors: dict[int, str] = {}
@@ -203,21 +245,41 @@ class EncodeStage:
                         errors[i] = one_line(e)
         done = [i for i in todo if i in latents]
         embs = self.text.encode_trimmed([table.column(S.CAPTION)[i].as_py() for i in done]) if done else []
-        cols: dict[str, list] = {c: table.column(c).to_pylist() for c in
-                                 (S.LATENT, S.LATENT_SHAPE, S.LATENT_DTYPE, S.VAE_ID, S.TEXT_EMBEDDING,
-                                  S.TEXT_EMBEDDING_SHAPE, S.TEXT_EMBEDDING_DTYPE, S.CONFIG_HASH)}
+        cols: dict[str, list] = {
+            c: table.column(c).to_pylist()
+            for c in (
+                S.LATENT,
+                S.LATENT_SHAPE,
+                S.LATENT_DTYPE,
+                S.VAE_ID,
+                S.TEXT_EMBEDDING,
+                S.TEXT_EMBEDDING_SHAPE,
+                S.TEXT_EMBEDDING_DTYPE,
+                S.CONFIG_HASH,
+            )
+        }
         ldt, tdt = getattr(torch, self.cfg.latent_dtype), getattr(torch, self.cfg.text_dtype)
         for i, emb in zip(done, embs):
-            cols[S.LATENT][i], cols[S.LATENT_SHAPE][i], cols[S.LATENT_DTYPE][i] = tensor_to_bytes(latents[i].to(ldt))
+            cols[S.LATENT][i], cols[S.LATENT_SHAPE][i], cols[S.LATENT_DTYPE][i] = tensor_to_bytes(
+                latents[i].to(ldt)
+            )
             cols[S.TEXT_EMBEDDING][i], cols[S.TEXT_EMBEDDING_SHAPE][i], cols[S.TEXT_EMBEDDING_DTYPE][i] = (
-                tensor_to_bytes(emb.to(tdt)))
+                tensor_to_bytes(emb.to(tdt))
+            )
             cols[S.VAE_ID][i] = self.vae.info.vae_id
             cols[S.CONFIG_HASH][i] = self.cfg_hash
         out = S.set_columns(table.drop_columns([PIXELS]), {**cols, **_error_cols(table, errors)})
         return out.append_column(ROUNDTRIP_PSNR, pa.array(psnrs, type=pa.float32()))
 
-    def _encode_chunk(self, chunk: list[int], px_col: list, fhw: tuple[int, int, int], clip_ids: list[str],
-                      latents: dict[int, torch.Tensor], psnrs: list[float | None]) -> None:
+    def _encode_chunk(
+        self,
+        chunk: list[int],
+        px_col: list,
+        fhw: tuple[int, int, int],
+        clip_ids: list[str],
+        latents: dict[int, torch.Tensor],
+        psnrs: list[float | None],
+    ) -> None:
         f, h, w = fhw
         arr = np.stack([np.frombuffer(px_col[i], np.uint8).reshape(f, h, w, 3) for i in chunk])
         # (B, F, H, W, 3) uint8 -> (B, 3, F, H, W) in [-1, 1]
@@ -239,9 +301,17 @@ def manifest_meta(cfg: EncodeConfig, vae_info: dict[str, Any], text_info: dict[s
     return {
         "vae": vae_info,
         "text_encoder": text_info,
-        "buckets": [{"width": b.width, "height": b.height, "aspect": round(b.aspect, 4)} for b in cfg.buckets],
-        "encode": {"target_fps": cfg.target_fps, "max_frames": cfg.max_frames, "min_frames": cfg.min_frames,
-                   "latent_dtype": cfg.latent_dtype, "text_dtype": cfg.text_dtype, "config_hash": config_hash(cfg),
-                   "latents_normalised": "z_norm = (z - latents_mean) * scaling_factor / latents_std"},
+        "buckets": [
+            {"width": b.width, "height": b.height, "aspect": round(b.aspect, 4)} for b in cfg.buckets
+        ],
+        "encode": {
+            "target_fps": cfg.target_fps,
+            "max_frames": cfg.max_frames,
+            "min_frames": cfg.min_frames,
+            "latent_dtype": cfg.latent_dtype,
+            "text_dtype": cfg.text_dtype,
+            "config_hash": config_hash(cfg),
+            "latents_normalised": "z_norm = (z - latents_mean) * scaling_factor / latents_std",
+        },
         "smoke": bool(cfg.vae.smoke or cfg.text.smoke),
     }

@@ -32,11 +32,18 @@ def vae_and_text_info(enc: EncodeConfig) -> tuple[dict, dict]:
             c = AutoConfig.from_pretrained(source, revision=enc.text.revision, **kw)
         except (OSError, ValueError) as e:  # not in the cache / folder: the same message as the check's
             require(text_weights(enc.text), enc.text.weights_dir)
-            raise UsageError(f"text encoder config of {enc.text.source!r} must be readable, got: "
-                             f"{str(e).splitlines()[0][:200]}; pass a complete folder with --weights-dir") from e
-        text_info = {"text_encoder_id": enc.text.source, "revision": enc.text.revision,
-                     "max_length": enc.text.max_length, "dim": int(c.d_model), "smoke": False,
-                     "config": asdict(enc.text)}
+            raise UsageError(
+                f"text encoder config of {enc.text.source!r} must be readable, got: "
+                f"{str(e).splitlines()[0][:200]}; pass a complete folder with --weights-dir"
+            ) from e
+        text_info = {
+            "text_encoder_id": enc.text.source,
+            "revision": enc.text.revision,
+            "max_length": enc.text.max_length,
+            "dim": int(c.d_model),
+            "smoke": False,
+            "config": asdict(enc.text),
+        }
     vae_info = vae.info.to_dict()
     vae_info["config"] = asdict(enc.vae)  # the preset's own loader config (the driver used CPU, no tiling)
     return vae_info, text_info

@@ -31,8 +31,16 @@ class ShardSamples(Sequence):
     def __init__(self, root: str | Path, cache_units: int = 64, verify: str = "size"):
         if cache_units < 1:
             raise ValueError(f"cache_units must be >= 1 (row groups kept decoded), got {cache_units}")
-        self._ds = LatentDataset(root, batch_size=None, shuffle=False, rank=0, world_size=1,
-                                 latent_dtype="stored", pad_text="longest", verify=verify)  # type: ignore[arg-type]
+        self._ds = LatentDataset(
+            root,
+            batch_size=None,
+            shuffle=False,
+            rank=0,
+            world_size=1,
+            latent_dtype="stored",
+            pad_text="longest",
+            verify=verify,
+        )  # type: ignore[arg-type]
         self.manifest = self._ds.manifest
         self.cache_units = cache_units
         self._starts = np.cumsum([0] + [u[2] for u in self._ds.units])  # (units + 1,) first row of each unit
@@ -109,12 +117,22 @@ class ShardSource:
     """
 
     def __init__(self, root: str | Path, verify: str = "size"):
-        self._ds = LatentDataset(root, batch_size=None, shuffle=False, rank=0, world_size=1,
-                                 latent_dtype="stored", pad_text="longest", verify=verify)  # type: ignore[arg-type]
+        self._ds = LatentDataset(
+            root,
+            batch_size=None,
+            shuffle=False,
+            rank=0,
+            world_size=1,
+            latent_dtype="stored",
+            pad_text="longest",
+            verify=verify,
+        )  # type: ignore[arg-type]
         self.manifest = self._ds.manifest
         self.units = [(rows, shape) for _, _, rows, shape in self._ds.units]
         if not self.units:
-            raise ValueError(f"no training samples: the manifest of {root} lists no row groups; check --input")
+            raise ValueError(
+                f"no training samples: the manifest of {root} lists no row groups; check --input"
+            )
         self.in_channels = int(self.units[0][1][0])
         self.text_dim = int(self.manifest["text_encoder"]["dim"])
         self.loads = 0  # row groups decoded so far (for tests and benchmarks)
@@ -155,7 +173,9 @@ class StreamOrder:
         if window < 1:
             raise ValueError(f"window must be >= 1 (row groups shuffled together), got {window}")
         if not ids:
-            raise ValueError("no training samples: every row group is held out for validation; lower --val-rows")
+            raise ValueError(
+                "no training samples: every row group is held out for validation; lower --val-rows"
+            )
         self.rows = np.asarray([units[u][0] for u in ids], np.int64)
         self.ids = np.asarray(ids, np.int64)
         self.seed, self.window = seed, window

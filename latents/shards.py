@@ -40,7 +40,11 @@ MANIFEST_NAME = layout.MANIFEST
 MANIFEST_FORMAT = "tubelet.latent-shards/1"
 SHARD_PREFIX = layout.SHARD_PREFIX
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -70,11 +74,15 @@ def _check_len(nbytes: int, shape: list[int], dtype: str, where: str) -> None:
         raise ShardError(f"{where}: dtype must be one of {list(_ITEMSIZE)}, got {dtype!r}")
     want = math.prod(shape) * _ITEMSIZE[dtype]
     if nbytes != want:
-        raise ShardError(f"{where}: {nbytes} bytes do not match shape {shape} of {dtype} ({want} bytes): "
-                         "the shard is corrupt or truncated; re-run the encode job")
+        raise ShardError(
+            f"{where}: {nbytes} bytes do not match shape {shape} of {dtype} ({want} bytes): "
+            "the shard is corrupt or truncated; re-run the encode job"
+        )
 
 
-def bytes_to_tensor(buf: bytes | memoryview, shape: list[int], dtype: str, where: str = "tensor") -> torch.Tensor:
+def bytes_to_tensor(
+    buf: bytes | memoryview, shape: list[int], dtype: str, where: str = "tensor"
+) -> torch.Tensor:
     """Raw bytes -> tensor of exactly that dtype and shape (a copy; raises ShardError on a size mismatch)."""
     _check_len(len(buf), list(shape), dtype, where)
     return torch.frombuffer(bytearray(buf), dtype=DTYPES[dtype]).reshape(list(shape))
@@ -137,11 +145,23 @@ class ShardWriter:
     and not stored in the shard.
     """
 
-    def __init__(self, root: str | Path, meta: dict[str, Any], *, schema: pa.Schema = S.CLIP_SCHEMA,
-                 max_rows: int = 10_000, max_bytes: int = 1 << 30, row_group_rows: int = 256,
-                 metric_columns: tuple[str, ...] = (), run_id: str | None = None, write_manifest: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        meta: dict[str, Any],
+        *,
+        schema: pa.Schema = S.CLIP_SCHEMA,
+        max_rows: int = 10_000,
+        max_bytes: int = 1 << 30,
+        row_group_rows: int = 256,
+        metric_columns: tuple[str, ...] = (),
+        run_id: str | None = None,
+        write_manifest: bool = True,
+    ):
         if max_rows < 1 or max_bytes < 1 or row_group_rows < 1:
-            raise ValueError(f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}")
+            raise ValueError(
+                f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}"
+            )
         self.root = str(root)  # a local path or a URI (s3://...): see curate.io.storage
         self.meta = meta
         self.schema = schema
@@ -177,8 +197,10 @@ class ShardWriter:
             return
         shapes = table.column(S.LATENT_SHAPE).to_pylist()
         if any(s is None for s in shapes) or table.column(S.LATENT).null_count:
-            raise ShardError("every row written to a shard must have a latent and latent_shape; "
-                             "filter to encoded (status ok) rows first")
+            raise ShardError(
+                "every row written to a shard must have a latent and latent_shape; "
+                "filter to encoded (status ok) rows first"
+            )
         keys = np.array([_shape_key(s) for s in shapes])
         for key in dict.fromkeys(keys.tolist()):
             idx = np.flatnonzero(keys == key)
@@ -192,14 +214,17 @@ class ShardWriter:
 
     def _write_group(self, group: pa.Table) -> None:
         n = group.num_rows
-        if self._writer is not None and (self._cur["rows"] + n > self.max_rows or self._cur["bytes"] >= self.max_bytes):
+        if self._writer is not None and (
+            self._cur["rows"] + n > self.max_rows or self._cur["bytes"] >= self.max_bytes
+        ):
             self._finish_shard()
         if self._writer is None:
             self._open_shard()
         for name in self.metric_columns:
             if name in group.column_names:
                 self._metrics.setdefault(name, []).extend(
-                    float(v) for v in group.column(name).to_pylist() if v is not None)
+                    float(v) for v in group.column(name).to_pylist() if v is not None
+                )
         data = group.select(self.schema.names).cast(self.schema)
         self._writer.write_table(data, row_group_size=n)
         shape = group.column(S.LATENT_SHAPE)[0].as_py()
@@ -213,7 +238,9 @@ class ShardWriter:
         tmp = storage.temp_output(storage.join(self.root, name))
         self._tmp = tmp
         # raw tensor bytes do not compress; everything else does
-        compression = {n: ("none" if n in (S.LATENT, S.TEXT_EMBEDDING) else "zstd") for n in self.schema.names}
+        compression = {
+            n: ("none" if n in (S.LATENT, S.TEXT_EMBEDDING) else "zstd") for n in self.schema.names
+        }
         self._writer = pq.ParquetWriter(tmp, self.schema, compression=compression, write_page_checksum=True)
         self._cur = {"file": name, "rows": 0, "bytes": 0, "row_groups": []}
         self._metrics = {}
@@ -224,8 +251,11 @@ class ShardWriter:
         entry = dict(self._cur)
         entry["bytes"] = os.stat(self._tmp).st_size
         entry["sha256"] = _sha256(self._tmp)
-        entry["metrics"] = {k.lstrip("_"): {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
-                            for k, v in self._metrics.items() if v}
+        entry["metrics"] = {
+            k.lstrip("_"): {"n": len(v), "mean": float(np.mean(v)), "values": [round(x, 3) for x in v]}
+            for k, v in self._metrics.items()
+            if v
+        }
         # pyarrow created the temp file with the umask's mode; publish renames (local) or uploads it whole
         storage.publish(self._tmp, storage.join(self.root, entry["file"]))
         self.shards.append(entry)
@@ -260,7 +290,9 @@ class ShardWriter:
         return build_manifest(self.meta, self.shards, self.schema)
 
 
-def build_manifest(meta: dict[str, Any], shards: list[dict[str, Any]], schema: pa.Schema = S.CLIP_SCHEMA) -> dict[str, Any]:
+def build_manifest(
+    meta: dict[str, Any], shards: list[dict[str, Any]], schema: pa.Schema = S.CLIP_SCHEMA
+) -> dict[str, Any]:
     """The manifest of a set of finished shards (their entries: file, sha256, rows, row groups)."""
     by_shape: dict[str, int] = {}
     for s in shards:
@@ -272,14 +304,19 @@ def build_manifest(meta: dict[str, Any], shards: list[dict[str, Any]], schema: p
         "schema_version": S.SCHEMA_VERSION,
         "columns": schema.names,
         **meta,
-        "counts": {"rows": sum(s["rows"] for s in shards), "shards": len(shards),
-                   "by_latent_shape": by_shape, **meta.get("counts", {})},
+        "counts": {
+            "rows": sum(s["rows"] for s in shards),
+            "shards": len(shards),
+            "by_latent_shape": by_shape,
+            **meta.get("counts", {}),
+        },
         "shards": shards,
     }
 
 
-def merge_manifest(root: str | Path, meta: dict[str, Any], shards: list[dict[str, Any]],
-                   schema: pa.Schema = S.CLIP_SCHEMA) -> dict[str, Any]:
+def merge_manifest(
+    root: str | Path, meta: dict[str, Any], shards: list[dict[str, Any]], schema: pa.Schema = S.CLIP_SCHEMA
+) -> dict[str, Any]:
     """Write the manifest of `shards` (entries from one or many writers), then drop shards not in it.
 
     Metadata only: the shards themselves were written (and checksummed) by their writers.
@@ -306,20 +343,26 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     try:
         manifest = storage.read_json(path)
     except FileNotFoundError as e:
-        raise ShardError(f"no {MANIFEST_NAME} in {root}: not a finished latent shard folder; "
-                         "run `python -m jobs.encode` to completion first") from e
+        raise ShardError(
+            f"no {MANIFEST_NAME} in {root}: not a finished latent shard folder; "
+            "run `python -m jobs.encode` to completion first"
+        ) from e
     except ValueError as e:
         raise ShardError(f"{path} is not valid JSON ({e}); re-run `python -m jobs.encode`") from e
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ShardError(f"{path}: format must be {MANIFEST_FORMAT!r}, got {manifest.get('format')!r}")
     major = str(manifest.get("schema_version", "")).split(".")[0]
     if major != S.SCHEMA_VERSION.split(".")[0]:
-        raise ShardError(f"{path}: schema version {manifest.get('schema_version')!r} is not readable by this "
-                         f"tubelet (schema {S.SCHEMA_VERSION}); re-encode or use a matching tubelet")
+        raise ShardError(
+            f"{path}: schema version {manifest.get('schema_version')!r} is not readable by this "
+            f"tubelet (schema {S.SCHEMA_VERSION}); re-encode or use a matching tubelet"
+        )
     return manifest
 
 
-def verify_shards(root: str | Path, manifest: dict[str, Any] | None = None, checksum: bool = True) -> dict[str, Any]:
+def verify_shards(
+    root: str | Path, manifest: dict[str, Any] | None = None, checksum: bool = True
+) -> dict[str, Any]:
     """Check every shard of the manifest: present, same size, sha256 (if `checksum`), Parquet footer rows."""
     manifest = manifest or read_manifest(root)
     fs, _ = storage.filesystem(root)
@@ -328,21 +371,29 @@ def verify_shards(root: str | Path, manifest: dict[str, Any] | None = None, chec
         try:
             size = storage.file_size(path)
         except FileNotFoundError:
-            raise ShardError(f"shard {path} listed in the manifest is missing; re-run the encode job") from None
+            raise ShardError(
+                f"shard {path} listed in the manifest is missing; re-run the encode job"
+            ) from None
         if size != s["bytes"]:
-            raise ShardError(f"shard {path} has {size} bytes, the manifest says {s['bytes']}: truncated or "
-                             "replaced; re-run the encode job")
+            raise ShardError(
+                f"shard {path} has {size} bytes, the manifest says {s['bytes']}: truncated or "
+                "replaced; re-run the encode job"
+            )
         if checksum:
             digest = _sha256(path)
             if digest != s["sha256"]:
-                raise ShardError(f"shard {path} failed its sha256 checksum (manifest {s['sha256'][:16]}..., "
-                                 f"file {digest[:16]}...): the file is corrupt; re-run the encode job")
+                raise ShardError(
+                    f"shard {path} failed its sha256 checksum (manifest {s['sha256'][:16]}..., "
+                    f"file {digest[:16]}...): the file is corrupt; re-run the encode job"
+                )
         try:
             rows = pq.read_metadata(storage.filesystem(path)[1], filesystem=fs).num_rows
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardError(f"shard {path} is not readable Parquet ({e}); re-run the encode job") from e
         if rows != s["rows"]:
-            raise ShardError(f"shard {path} has {rows} rows, the manifest says {s['rows']}; re-run the encode job")
+            raise ShardError(
+                f"shard {path} has {rows} rows, the manifest says {s['rows']}; re-run the encode job"
+            )
     return manifest
 
 
@@ -360,8 +411,13 @@ _RAW_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16} 
 
 
 def binary_column_stacked(
-    arr: pa.Array, shape: tuple[int, ...], shapes: list[list[int] | None], dtypes: list[str | None], where: str,
-    as_float32: bool = True, rows: np.ndarray | None = None,
+    arr: pa.Array,
+    shape: tuple[int, ...],
+    shapes: list[list[int] | None],
+    dtypes: list[str | None],
+    where: str,
+    as_float32: bool = True,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """A binary column whose rows all hold `shape` -> one array (n, *shape), in one pass: float32,
     or (as_float32=False) the stored values as they are (bfloat16 as its uint16 bit patterns).
@@ -377,8 +433,10 @@ def binary_column_stacked(
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if len(set(dtypes)) > 1 or any(list(s or []) != list(shape) for s in shapes):
         bad = next(i for i, s in enumerate(shapes) if list(s or []) != list(shape)) if shapes else 0
-        raise ShardError(f"{where}: row {bad} has shape {shapes[bad]}/dtype {dtypes[bad]}, the manifest says "
-                         f"{list(shape)} for every row of this row group; re-run the encode job")
+        raise ShardError(
+            f"{where}: row {bad} has shape {shapes[bad]}/dtype {dtypes[bad]}, the manifest says "
+            f"{list(shape)} for every row of this row group; re-run the encode job"
+        )
     idx = np.arange(len(arr)) if rows is None else np.asarray(rows, np.int64)
     if not len(arr) or not len(idx):
         return np.zeros((len(idx), *shape), np.float32)
@@ -417,8 +475,13 @@ def widen_into(src: np.ndarray, out: np.ndarray, dtype: str) -> None:
 
 
 def binary_column_padded(
-    arr: pa.Array, shapes: list[list[int] | None], dtypes: list[str | None], where: str, rows: np.ndarray,
-    length: int, as_float32: bool = True,
+    arr: pa.Array,
+    shapes: list[list[int] | None],
+    dtypes: list[str | None],
+    where: str,
+    rows: np.ndarray,
+    length: int,
+    as_float32: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A binary column of (L_i, D) matrices -> rows `rows` as (n, length, D), zero past each row's
     L_i (cut at `length`), and the (n, length) bool mask of real tokens.
@@ -432,8 +495,10 @@ def binary_column_padded(
         raise ShardError(f"{where}: row {first} has no value; the shard is incomplete, re-run the encode job")
     for i, (shape, dtype) in enumerate(zip(shapes, dtypes)):
         if shape is None or dtype is None or len(shape) != 2:
-            raise ShardError(f"{where}: row {i} has shape {shape}/dtype {dtype}, want an (L, D) matrix; "
-                             "the shard is incomplete, re-run the encode job")
+            raise ShardError(
+                f"{where}: row {i} has shape {shape}/dtype {dtype}, want an (L, D) matrix; "
+                "the shard is incomplete, re-run the encode job"
+            )
     dim = shapes[0][1] if shapes else 0
     stored = not as_float32 and len(set(dtypes)) == 1
     out = np.zeros((len(rows), length, dim), _RAW_NP[str(dtypes[0])] if stored else np.float32)

@@ -88,8 +88,14 @@ def prompt_clean(text: str) -> str:
 class TextEncoder:
     """Tokenizer + encoder. See the module docstring for the contract."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, info: TextInfo, device: torch.device,
-                 batch_size: int = 16):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        info: TextInfo,
+        device: torch.device,
+        batch_size: int = 16,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
@@ -103,8 +109,13 @@ class TextEncoder:
         for i in range(0, len(texts), self.batch_size):
             # as the reference pipeline feeds UMT5: cleaned text (stored and live embeddings alike)
             batch = [prompt_clean(t) for t in texts[i : i + self.batch_size]]
-            tok = self.tokenizer(batch, padding="max_length",
-                                 max_length=self.info.max_length, truncation=True, return_tensors="pt")
+            tok = self.tokenizer(
+                batch,
+                padding="max_length",
+                max_length=self.info.max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
             ids = tok["input_ids"].to(self.device)
             mask = tok["attention_mask"].to(self.device).bool()
             h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
@@ -112,7 +123,9 @@ class TextEncoder:
             embs.append(h.cpu())
             masks.append(mask.cpu())
         if not embs:
-            return torch.zeros(0, self.info.max_length, self.info.dim), torch.zeros(0, self.info.max_length, dtype=torch.bool)
+            return torch.zeros(0, self.info.max_length, self.info.dim), torch.zeros(
+                0, self.info.max_length, dtype=torch.bool
+            )
         return torch.cat(embs), torch.cat(masks)
 
     def encode_trimmed(self, texts: list[str]) -> list[torch.Tensor]:
@@ -138,11 +151,22 @@ def text_weights(cfg: TextConfig) -> list[Weights]:
     m, t = (f"{s}/" if s else "" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder))
     # every file load_text_encoder opens: the encoder config + weights, the tokenizer (fast json or
     # the sentencepiece model it is built from)
-    return [Weights("text encoder", cfg.source, cfg.revision, files=(f"{m}config.json", f"{t}tokenizer_config.json"),
-                    one_of=((f"{t}tokenizer.json", f"{t}spiece.model"),),
-                    any_of=((f"{m}model.safetensors",), (f"{m}model.safetensors.index.json",),
-                            (f"{m}pytorch_model.bin",), (f"{m}pytorch_model.bin.index.json",)),
-                    include=tuple(f"{s}*" for s in (m, t) if s))]
+    return [
+        Weights(
+            "text encoder",
+            cfg.source,
+            cfg.revision,
+            files=(f"{m}config.json", f"{t}tokenizer_config.json"),
+            one_of=((f"{t}tokenizer.json", f"{t}spiece.model"),),
+            any_of=(
+                (f"{m}model.safetensors",),
+                (f"{m}model.safetensors.index.json",),
+                (f"{m}pytorch_model.bin",),
+                (f"{m}pytorch_model.bin.index.json",),
+            ),
+            include=tuple(f"{s}*" for s in (m, t) if s),
+        )
+    ]
 
 
 def load_text_encoder(cfg: TextConfig) -> TextEncoder:
@@ -153,24 +177,43 @@ def load_text_encoder(cfg: TextConfig) -> TextEncoder:
     # the one weights rule (curate.weights): the check looked at the very same folder
     source = local_repo(cfg.source, cfg.weights_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                  **subfolder_kwargs(source, cfg.source, cfg.tokenizer_subfolder))
-        model = UMT5EncoderModel.from_pretrained(source, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
-                                                 **subfolder_kwargs(source, cfg.source, cfg.model_subfolder))
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, **subfolder_kwargs(source, cfg.source, cfg.tokenizer_subfolder)
+        )
+        model = UMT5EncoderModel.from_pretrained(
+            source,
+            revision=cfg.revision,
+            dtype=getattr(torch, cfg.dtype),
+            **subfolder_kwargs(source, cfg.source, cfg.model_subfolder),
+        )
     except (OSError, ValueError) as e:
-        fetch = Weights("", cfg.source, cfg.revision,
-                        include=tuple(f"{s}/*" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder) if s))
+        fetch = Weights(
+            "",
+            cfg.source,
+            cfg.revision,
+            include=tuple(f"{s}/*" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder) if s),
+        )
         raise UsageError(
             f"text encoder weights {cfg.source!r} (subfolders {cfg.model_subfolder!r}, {cfg.tokenizer_subfolder!r}) "
             f"must be available locally, got: {str(e).splitlines()[0][:200]}; fetch them with "
             f"`{fetch.download_line(cfg.weights_dir)}` "
             "(or set HF_HOME to a cache that has them), or pass a local directory with --weights-dir"
         ) from e
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.device == "auto"
+        else torch.device(cfg.device)
+    )
     model = model.to(device).eval()
     tid = f"smoke-random-umt5-{model.config.d_model}d" if cfg.smoke else cfg.source
-    info = TextInfo(text_encoder_id=tid, revision=cfg.revision, max_length=cfg.max_length,
-                    dim=int(model.config.d_model), smoke=cfg.smoke, config=asdict(cfg))
+    info = TextInfo(
+        text_encoder_id=tid,
+        revision=cfg.revision,
+        max_length=cfg.max_length,
+        dim=int(model.config.d_model),
+        smoke=cfg.smoke,
+        config=asdict(cfg),
+    )
     return TextEncoder(model, tokenizer, info, device, cfg.batch_size)
 
 
@@ -192,8 +235,18 @@ def build_smoke_text_encoder(directory: str | Path, seed: int = 0) -> Path:
     # like T5's tokenizer: every caption ends with </s>, so even an empty one has a real token
     tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=pad, eos_token=eos, unk_token=unk)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                     relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    cfg = UMT5Config(
+        vocab_size=len(vocab),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     model = UMT5EncoderModel(cfg).eval()
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))

@@ -59,7 +59,9 @@ class VAEConfig:
     # overlaps, so tiled latents differ from the reference encoder's); on: bounded memory at high
     # resolution (README, "Weights and model inputs", for the measured untiled peak)
     tiling: bool = False
-    tile_px: int | None = None  # tile side in pixels (overlap 1/4); None: diffusers' default (Wan 256, LTX 512)
+    tile_px: int | None = (
+        None  # tile side in pixels (overlap 1/4); None: diffusers' default (Wan 256, LTX 512)
+    )
     slicing: bool = True  # one clip of a batch at a time through the VAE
     smoke: bool = False  # tiny random model: build it at `source` if missing
     weights_dir: str | None = None  # folder with <dir>/<hub id> (hf download --local-dir); None: HF cache
@@ -97,7 +99,9 @@ class VAEInfo:
     def vae_config(self) -> VAEConfig:
         """The config that loads this VAE again (e.g. the DiT sampler, from a shard manifest)."""
         if not self.config:
-            raise UsageError(f"VAE info of {self.vae_id!r} records no loader config; re-encode with this tubelet")
+            raise UsageError(
+                f"VAE info of {self.vae_id!r} records no loader config; re-encode with this tubelet"
+            )
         return VAEConfig(**self.config)
 
     def valid_frames(self, n: int) -> int:
@@ -115,7 +119,9 @@ def vae_config_from_manifest(manifest: dict[str, Any], **overrides: Any) -> VAEC
     """The VAEConfig recorded in a latent shard manifest (`manifest["vae"]["config"]`), e.g. device="cuda"."""
     cfg = manifest.get("vae", {}).get("config")
     if not cfg:
-        raise UsageError("the shard manifest records no VAE loader config (vae.config); re-encode with this tubelet")
+        raise UsageError(
+            "the shard manifest records no VAE loader config (vae.config); re-encode with this tubelet"
+        )
     return replace(VAEConfig(**cfg), **overrides)
 
 
@@ -137,9 +143,16 @@ def vae_weights(cfg: VAEConfig) -> list[Weights]:
         return []
     sub = f"{cfg.subfolder}/" if cfg.subfolder else ""
     name = f"{sub}diffusion_pytorch_model"
-    return [Weights(f"{cfg.kind} VAE", cfg.source, cfg.revision, files=(f"{sub}config.json",),
-                    any_of=((f"{name}.safetensors",), (f"{name}.safetensors.index.json",), (f"{name}.bin",)),
-                    include=(f"{sub}*",) if sub else ())]
+    return [
+        Weights(
+            f"{cfg.kind} VAE",
+            cfg.source,
+            cfg.revision,
+            files=(f"{sub}config.json",),
+            any_of=((f"{name}.safetensors",), (f"{name}.safetensors.index.json",), (f"{name}.bin",)),
+            include=(f"{sub}*",) if sub else (),
+        )
+    ]
 
 
 class VideoVAE:
@@ -198,7 +211,9 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def vae_constants(kind: VaeKind, model: torch.nn.Module) -> tuple[int, int, int, list[float], list[float], float]:
+def vae_constants(
+    kind: VaeKind, model: torch.nn.Module
+) -> tuple[int, int, int, list[float], list[float], float]:
     cfg = model.config
     if kind == "wan":
         c = int(cfg.z_dim)
@@ -215,8 +230,10 @@ def vae_constants(kind: VaeKind, model: torch.nn.Module) -> tuple[int, int, int,
         std = [float(v) for v in model.latents_std.float().tolist()]
         factor = float(cfg.scaling_factor)
     if len(mean) != c or len(std) != c:
-        raise UsageError(f"VAE latents_mean/std must have {c} entries (latent channels), got {len(mean)}/{len(std)}; "
-                         "check the VAE config")
+        raise UsageError(
+            f"VAE latents_mean/std must have {c} entries (latent channels), got {len(mean)}/{len(std)}; "
+            "check the VAE config"
+        )
     return c, s, t, mean, std, factor
 
 
@@ -231,7 +248,9 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
     try:
         model = cls.from_pretrained(source, torch_dtype=getattr(torch, cfg.dtype), **kwargs)
     except (OSError, ValueError) as e:
-        fetch = Weights("", cfg.source, cfg.revision, include=(f"{cfg.subfolder}/*",) if cfg.subfolder else ())
+        fetch = Weights(
+            "", cfg.source, cfg.revision, include=(f"{cfg.subfolder}/*",) if cfg.subfolder else ()
+        )
         raise UsageError(
             f"VAE weights {cfg.source!r} (subfolder {cfg.subfolder!r}) must be available locally, got: "
             f"{str(e).splitlines()[0][:200]}; fetch them with `{fetch.download_line(cfg.weights_dir)}` "
@@ -246,8 +265,12 @@ def load_vae(cfg: VAEConfig) -> VideoVAE:
             s = int(getattr(model, "spatial_compression_ratio", 8))
             tile = max(2 * s, cfg.tile_px // s * s)
             stride = max(s, tile * 3 // 4 // s * s)
-            model.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
-                                tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+            model.enable_tiling(
+                tile_sample_min_height=tile,
+                tile_sample_min_width=tile,
+                tile_sample_stride_height=stride,
+                tile_sample_stride_width=stride,
+            )
         else:
             model.enable_tiling()
     if cfg.slicing:
@@ -285,13 +308,24 @@ def build_smoke_vae(directory: str | Path, kind: VaeKind = "wan", seed: int = 0)
     cls = _model_class(kind)
     if kind == "wan":
         c = 4
-        model = cls(base_dim=8, z_dim=c, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                    latents_mean=[0.1 * i for i in range(c)], latents_std=[1.0 + 0.25 * i for i in range(c)])
+        model = cls(
+            base_dim=8,
+            z_dim=c,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=1,
+            latents_mean=[0.1 * i for i in range(c)],
+            latents_std=[1.0 + 0.25 * i for i in range(c)],
+        )
     else:
         c = 8
-        model = cls(block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 32, 32),
-                    latent_channels=c, layers_per_block=(1, 1, 1, 1, 1),
-                    decoder_layers_per_block=(1, 1, 1, 1, 1), scaling_factor=0.5)
+        model = cls(
+            block_out_channels=(8, 16, 32, 32),
+            decoder_block_out_channels=(8, 16, 32, 32),
+            latent_channels=c,
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            scaling_factor=0.5,
+        )
         with torch.no_grad():
             model.latents_mean.copy_(torch.linspace(-0.2, 0.2, c))
             model.latents_std.copy_(torch.linspace(0.8, 1.6, c))

@@ -23,8 +23,12 @@ from latents.text import text_weights
 from latents.vae import vae_weights
 
 
-def stage_weights(score: ScoreConfig | None = None, caption: CaptionConfig | None = None,
-                  encode: EncodeConfig | None = None, upsample: UpsampleConfig | None = None) -> list[Weights]:
+def stage_weights(
+    score: ScoreConfig | None = None,
+    caption: CaptionConfig | None = None,
+    encode: EncodeConfig | None = None,
+    upsample: UpsampleConfig | None = None,
+) -> list[Weights]:
     """Weights of the given stages, each model once (the upsampler usually is the captioner)."""
     found: list[Weights] = []
     if score is not None:
@@ -54,6 +58,9 @@ def with_weights_dir(cfg: Any, weights_dir: str | None) -> Any:
         return replace(cfg, vae=replace(cfg.vae, weights_dir=d), text=replace(cfg.text, weights_dir=d))
     if hasattr(cfg, "weights_dir"):
         return replace(cfg, weights_dir=d)
-    fields = {k: with_weights_dir(getattr(cfg, k), d) for k in ("score", "caption", "upsample", "encode")
-              if hasattr(cfg, k)}
+    fields = {
+        k: with_weights_dir(getattr(cfg, k), d)
+        for k in ("score", "caption", "upsample", "encode")
+        if hasattr(cfg, k)
+    }
     return replace(cfg, **fields)

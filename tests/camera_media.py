@@ -15,8 +15,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 # class -> (dx, dy, zoom sign) of the *camera*: pan_right moves the window right, tilt_up up
 MOVES = {
-    "pan_left": (-1, 0, 0), "pan_right": (1, 0, 0), "tilt_up": (0, -1, 0), "tilt_down": (0, 1, 0),
-    "zoom_in": (0, 0, 1), "zoom_out": (0, 0, -1), "static": (0, 0, 0),
+    "pan_left": (-1, 0, 0),
+    "pan_right": (1, 0, 0),
+    "tilt_up": (0, -1, 0),
+    "tilt_down": (0, 1, 0),
+    "zoom_in": (0, 0, 1),
+    "zoom_out": (0, 0, -1),
+    "static": (0, 0, 0),
 }
 
 
@@ -26,13 +31,21 @@ def textured_image(seed: int, width: int = 1280, height: int = 720) -> np.ndarra
     img = np.zeros((height, width, 3), np.float32)
     for cells, weight in ((8, 0.5), (32, 0.3), (128, 0.2)):
         small = rng.uniform(0, 255, (cells * height // width + 1, cells, 3)).astype(np.float32)
-        img += weight * np.asarray(Image.fromarray(small.astype(np.uint8)).resize((width, height), Image.BICUBIC),
-                                   np.float32)
+        img += weight * np.asarray(
+            Image.fromarray(small.astype(np.uint8)).resize((width, height), Image.BICUBIC), np.float32
+        )
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def camera_clip(source: np.ndarray, kind: str, speed: float, frames: int = 36, fps: int = 24,
-                size: tuple[int, int] = (320, 180), window: float = 0.5) -> np.ndarray:
+def camera_clip(
+    source: np.ndarray,
+    kind: str,
+    speed: float,
+    frames: int = 36,
+    fps: int = 24,
+    size: tuple[int, int] = (320, 180),
+    window: float = 0.5,
+) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of a camera `kind` at `speed` over `source` (see the module docstring)."""
     import cv2
 
@@ -52,13 +65,17 @@ def camera_clip(source: np.ndarray, kind: str, speed: float, frames: int = 36, f
         cy = sh / 2 + dy * speed * ch0 * t
         s = ow / cw  # source -> output scale
         m = np.float32([[s, 0, ow / 2 - s * cx], [0, s, oh / 2 - s * cy]])
-        out.append(cv2.warpAffine(source, m, (ow, oh), flags=cv2.INTER_AREA | cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REFLECT))
+        out.append(
+            cv2.warpAffine(
+                source, m, (ow, oh), flags=cv2.INTER_AREA | cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+            )
+        )
     return np.stack(out)
 
 
-def draw_text(frame: np.ndarray, text: str, height_share: float, where: str = "bottom",
-              boxed: bool = False) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def draw_text(
+    frame: np.ndarray, text: str, height_share: float, where: str = "bottom", boxed: bool = False
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Draw `text` (font size = height_share x frame height) -> (frame, true box x0, y0, x1, y1).
 
     where: "bottom" (a centred subtitle) or "corner" (a top-right watermark).

@@ -12,8 +12,12 @@ from curate.ids import clip_id
 from curate.synthetic.synth import Segment, make_video
 
 
-def make_clips(tmp: Path, spans: list[tuple[int, int]], kept: list[bool] | None = None,
-               patterns: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[Path, list[dict]]:
+def make_clips(
+    tmp: Path,
+    spans: list[tuple[int, int]],
+    kept: list[bool] | None = None,
+    patterns: tuple[int, ...] = (0, 1, 2, 3),
+) -> tuple[Path, list[dict]]:
     """One generated 160x96 video of 4 differently coloured 24-frame shots; a row per span."""
     path = tmp / "clips.mp4"
     if not path.exists():
@@ -21,14 +25,31 @@ def make_clips(tmp: Path, spans: list[tuple[int, int]], kept: list[bool] | None 
     kept = kept if kept is not None else [True] * len(spans)
     rows = []
     for (s, e), k in zip(spans, kept):
-        rows.append({
-            S.CLIP_ID: clip_id("v0", s, e), S.VIDEO_ID: "v0", S.SOURCE_URI: str(path), S.START_FRAME: s,
-            S.END_FRAME: e, S.START_PTS: s / 24, S.END_PTS: e / 24, S.FPS: 24.0, S.WIDTH: 160, S.HEIGHT: 96,
-            S.SHOT_INDEX: s // 24, S.SPLIT_METHOD: "synthetic", S.TRANSITION_BEFORE: "cut",
-            S.MOTION: 1.0, S.SHARPNESS: 1.0, S.BRIGHTNESS: 0.5, S.KEPT: k,
-            S.DROP_REASON: None if k else "too_dark", S.STATUS: S.STATUS_OK,
-            S.CONFIG_HASH: "score", S.TUBELET_VERSION: "0",
-        })
+        rows.append(
+            {
+                S.CLIP_ID: clip_id("v0", s, e),
+                S.VIDEO_ID: "v0",
+                S.SOURCE_URI: str(path),
+                S.START_FRAME: s,
+                S.END_FRAME: e,
+                S.START_PTS: s / 24,
+                S.END_PTS: e / 24,
+                S.FPS: 24.0,
+                S.WIDTH: 160,
+                S.HEIGHT: 96,
+                S.SHOT_INDEX: s // 24,
+                S.SPLIT_METHOD: "synthetic",
+                S.TRANSITION_BEFORE: "cut",
+                S.MOTION: 1.0,
+                S.SHARPNESS: 1.0,
+                S.BRIGHTNESS: 0.5,
+                S.KEPT: k,
+                S.DROP_REASON: None if k else "too_dark",
+                S.STATUS: S.STATUS_OK,
+                S.CONFIG_HASH: "score",
+                S.TUBELET_VERSION: "0",
+            }
+        )
     return path, rows
 
 
@@ -65,6 +86,8 @@ class EchoVLM:
             self.batches.append([len(r.frames) for r in requests])
             texts = [self._dense(frame_stat(r.frames), sampling) for r in reversed(requests)][::-1]
         else:  # short caption: echo the stat out of the dense caption
-            texts = [r.messages[-1]["content"][0]["text"].split("statistic ")[1].split(" ")[0] for r in requests]
+            texts = [
+                r.messages[-1]["content"][0]["text"].split("statistic ")[1].split(" ")[0] for r in requests
+            ]
             texts = [f"A clip with statistic {t}." for t in texts]
         return [Generation(t, len(t.split()), True) for t in texts]

@@ -28,8 +28,10 @@ def real_videos() -> Path:
     """
     d = _videos_dir()
     if not (d / "shot_boundaries.json").is_file():
-        msg = (f"real test videos not found at {d} (need shot_boundaries.json there); "
-               "set TUBELET_TEST_VIDEOS to their folder")
+        msg = (
+            f"real test videos not found at {d} (need shot_boundaries.json there); "
+            "set TUBELET_TEST_VIDEOS to their folder"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(msg)
         pytest.skip(msg)

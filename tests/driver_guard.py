@@ -12,6 +12,7 @@ import pytest
 def driver_reads_no_rows():
     """Parquet rows may be read by the Ray workers only: in this (the driver's) process any
     read of a part's data fails the test; footers (row counts) stay readable."""
+
     def boom(*a, **k):
         raise AssertionError("the driver read Parquet rows")
 

@@ -13,7 +13,9 @@ from curate.video.mp4 import write_video
 
 def two_shot_video(path: Path, fps: int = 24, seconds: float = 3.0, size=(160, 96)) -> SynthVideo:
     n = int(fps * seconds)
-    return make_video(path, [Segment("shot", n, 0), Segment("shot", n, 1)], fps=fps, width=size[0], height=size[1])
+    return make_video(
+        path, [Segment("shot", n, 0), Segment("shot", n, 1)], fps=fps, width=size[0], height=size[1]
+    )
 
 
 def audio_only_mp4(path: Path, seconds: float = 1.0, rate: int = 44100) -> Path:

@@ -60,11 +60,34 @@ def ray_head(log: Path) -> Iterator[str]:
     gcs_port, port, client_port, agent_port = free_ports(4)
     with log.open("w") as out:
         head = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-             "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-             "--dashboard-port", str(port), "--ray-client-server-port", str(client_port),
-             "--dashboard-agent-listen-port", str(agent_port), "--disable-usage-stats"],
-            env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(gcs_port),
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(port),
+                "--ray-client-server-port",
+                str(client_port),
+                "--dashboard-agent-listen-port",
+                str(agent_port),
+                "--disable-usage-stats",
+            ],
+            env=ray_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             _wait_http(f"http://127.0.0.1:{port}/api/version", 120)
             yield f"http://127.0.0.1:{port}"
@@ -80,9 +103,20 @@ def ray_head(log: Path) -> Iterator[str]:
 def submit(address: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     import json
 
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out", "*.mp4"]}),
-           "--", sys.executable, *args]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps({"excludes": [".venv", ".git", "demo-out", "bench-out", "*.mp4"]}),
+        "--",
+        sys.executable,
+        *args,
+    ]
     # important: the dashboard answers before the head's job agent has registered; a submit in
     # that window fails with "No available agent to submit job" and is safe to retry.
     deadline = time.time() + 90

@@ -48,9 +48,22 @@ CHAIN_WORDS = 30  # words of the VLM's fixed caption (the default QA needs 25-30
 VAE_BASE_DIM, VAE_RES_BLOCKS = 16, 1  # the VAE's inner width and depth (real: 96, 2), see build_wan
 SHARD = "1GB"  # safetensors shard size: the big models are saved as index + shards, as on the hub  # model.PRESETS key the test registers: DiT-B widths, reduced depth
 # Qwen2's added tokens, in id order from 151643 (= the size of its regular byte-level BPE vocabulary)
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 # The Qwen2-VL / Qwen2.5-VL chat template (system prompt, vision placeholders per content part).
 QWEN_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -100,9 +113,14 @@ def build_clip(out: Path, head_file: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = open_clip.create_model(name, pretrained=None, force_quick_gelu=arch.quick_gelu)
-    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.half().contiguous() for k, v in net.state_dict().items()},
+        str(out / "open_clip_model.safetensors"),
+    )
     model_cfg = {**open_clip.get_model_config(name), "quick_gelu": arch.quick_gelu}
-    (out / clip_models.OPEN_CLIP_CONFIG).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": arch.preprocess}))
+    (out / clip_models.OPEN_CLIP_CONFIG).write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": arch.preprocess})
+    )
     embed_dim = model_cfg["embed_dim"]
     del net
     head = clip_models.make_head((embed_dim, *AESTHETIC_HIDDEN))
@@ -131,12 +149,21 @@ def qwen_tokenizer(config: dict):
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens(QWEN_SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=QWEN_SPECIALS[1:])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIALS[1:],
+    )
     ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
-    for key, token in (("bos_token_id", "<|endoftext|>"), ("eos_token_id", "<|im_end|>"),
-                       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
-                       ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>")):
+    for key, token in (
+        ("bos_token_id", "<|endoftext|>"),
+        ("eos_token_id", "<|im_end|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"),
+        ("image_token_id", "<|image_pad|>"),
+        ("video_token_id", "<|video_pad|>"),
+    ):
         assert ids[token] == config[key], (key, ids[token], config[key])
     return tok
 
@@ -148,7 +175,11 @@ def build_vlm(out: Path, text_layers: int = 1, vision_depth: int = 2, seed: int 
 
     raw = _load_json(QWEN / "config.json")
     raw.update(num_hidden_layers=text_layers, max_window_layers=text_layers)
-    raw["vision_config"] = {**raw["vision_config"], "depth": vision_depth, "fullatt_block_indexes": [vision_depth - 1]}
+    raw["vision_config"] = {
+        **raw["vision_config"],
+        "depth": vision_depth,
+        "fullatt_block_indexes": [vision_depth - 1],
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(raw, indent=2))
     (out / "preprocessor_config.json").write_text((QWEN / "preprocessor_config.json").read_text())
@@ -162,8 +193,11 @@ def build_vlm(out: Path, text_layers: int = 1, vision_depth: int = 2, seed: int 
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
     _successor_chain(model, tok)
     # generation_config.json with the checkpoint's two end tokens (<|im_end|>, <|endoftext|>)
-    model.generation_config = GenerationConfig(bos_token_id=raw["bos_token_id"], pad_token_id=raw["bos_token_id"],
-                                               eos_token_id=[raw["eos_token_id"], raw["bos_token_id"]])
+    model.generation_config = GenerationConfig(
+        bos_token_id=raw["bos_token_id"],
+        pad_token_id=raw["bos_token_id"],
+        eos_token_id=[raw["eos_token_id"], raw["bos_token_id"]],
+    )
     model.save_pretrained(out, max_shard_size=SHARD)
     # the loader reads the Hub's own config text (transformers rewrote it in its current layout)
     (out / "config.json").write_text(json.dumps(raw, indent=2))
@@ -200,16 +234,25 @@ def umt5_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {c: i for i, c in enumerate(["<pad>", "</s>", "<unk>", *sorted(pre_tokenizers.ByteLevel.alphabet())])}
+    vocab = {
+        c: i for i, c in enumerate(["<pad>", "</s>", "<unk>", *sorted(pre_tokenizers.ByteLevel.alphabet())])
+    }
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
-def build_wan(out: Path, text_layers: int = 1, vae_base_dim: int | None = None, vae_res_blocks: int | None = None,
-              seed: int = 0) -> Path:
+def build_wan(
+    out: Path,
+    text_layers: int = 1,
+    vae_base_dim: int | None = None,
+    vae_res_blocks: int | None = None,
+    seed: int = 0,
+) -> Path:
     """A Wan2.1 Diffusers folder: the real VAE config and the UMT5-XXL encoder config with
     `text_layers` layers (saved bf16; the preset loads it in bf16).
 
@@ -242,29 +285,41 @@ def build_wan(out: Path, text_layers: int = 1, vae_base_dim: int | None = None, 
 # --- the preset --------------------------------------------------------------------------------
 
 
-def build_all(root: Path, vae_base_dim: int | None = VAE_BASE_DIM,
-              vae_res_blocks: int | None = VAE_RES_BLOCKS) -> dict[str, Path]:
+def build_all(
+    root: Path, vae_base_dim: int | None = VAE_BASE_DIM, vae_res_blocks: int | None = VAE_RES_BLOCKS
+) -> dict[str, Path]:
     """The weights folder `root/weights` (hub layout, see the module docstring); reused when its
     marker file says it was built by this version with these VAE sizes."""
     d = presets.DEFAULT
     weights = root / "weights"
     clip_repo = clip_models.clip_tag_weights(d.score.clip_model, d.score.clip_pretrained)[0].repo
-    dirs = {"weights": weights, "clip": weights / clip_repo, "head": weights / Path(d.score.aesthetic_head).name,
-            "vlm": weights / d.caption.model, "wan": weights / d.encode.vae.source}
-    assert d.encode.text.source == d.encode.vae.source  # one Wan pipeline repo: vae/, text_encoder/, tokenizer/
+    dirs = {
+        "weights": weights,
+        "clip": weights / clip_repo,
+        "head": weights / Path(d.score.aesthetic_head).name,
+        "vlm": weights / d.caption.model,
+        "wan": weights / d.encode.vae.source,
+    }
+    assert (
+        d.encode.text.source == d.encode.vae.source
+    )  # one Wan pipeline repo: vae/, text_encoder/, tokenizer/
     marker = weights / f"built-v{VERSION}-{vae_base_dim}-{vae_res_blocks}.json"
     if not marker.is_file():
         shutil.rmtree(weights, ignore_errors=True)
-        for build in (lambda: build_clip(dirs["clip"], dirs["head"]), lambda: build_vlm(dirs["vlm"]),
-                      lambda: build_wan(dirs["wan"], vae_base_dim=vae_base_dim, vae_res_blocks=vae_res_blocks)):
+        for build in (
+            lambda: build_clip(dirs["clip"], dirs["head"]),
+            lambda: build_vlm(dirs["vlm"]),
+            lambda: build_wan(dirs["wan"], vae_base_dim=vae_base_dim, vae_res_blocks=vae_res_blocks),
+        ):
             build()
             gc.collect()
         marker.write_text(json.dumps({"random_weights": True}))
     return dirs
 
 
-def real_shape_preset(dirs: dict[str, Path], *, max_frames: int, new_tokens: int = 24,
-                      train_steps: int = 2) -> presets.Preset:
+def real_shape_preset(
+    dirs: dict[str, Path], *, max_frames: int, new_tokens: int = 24, train_steps: int = 2
+) -> presets.Preset:
     """`presets.DEFAULT` reading the weights folder. Besides --weights-dir, only values change:
     the clip length cap (CPU time), generated tokens and caption QA, train steps."""
     d = with_weights_dir(presets.DEFAULT, str(dirs["weights"]))
@@ -273,10 +328,21 @@ def real_shape_preset(dirs: dict[str, Path], *, max_frames: int, new_tokens: int
         d,
         name="default-real-shapes",
         random_models=True,
-        caption=replace(d.caption, sampling=sampling,
-                        retry_sampling=replace(d.caption.retry_sampling, max_new_tokens=new_tokens),
-                        short_max_new_tokens=new_tokens // 2, qa=caption_stage.SMOKE.qa),
+        caption=replace(
+            d.caption,
+            sampling=sampling,
+            retry_sampling=replace(d.caption.retry_sampling, max_new_tokens=new_tokens),
+            short_max_new_tokens=new_tokens // 2,
+            qa=caption_stage.SMOKE.qa,
+        ),
         encode=replace(d.encode, max_frames=max_frames),
-        train=replace(d.train, model=DIT_KEY, steps=train_steps, batch_size=1, warmup=1, log_every=1,
-                      ckpt_every=train_steps),
+        train=replace(
+            d.train,
+            model=DIT_KEY,
+            steps=train_steps,
+            batch_size=1,
+            warmup=1,
+            log_every=1,
+            ckpt_every=train_steps,
+        ),
     )

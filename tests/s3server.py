@@ -25,8 +25,9 @@ from pathlib import Path
 
 # requests allowed before auth is enforced: create user, attach policy, create access key
 _SETUP_REQUESTS = 3
-_POLICY = json.dumps({"Version": "2012-10-17",
-                      "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+_POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+)
 
 
 def free_port() -> int:
@@ -47,8 +48,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
 
     def make_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -93,8 +99,13 @@ def s3_server(workdir: Path) -> Iterator[S3Server]:
     for k in [k for k in env if k.startswith("AWS_")]:
         env.pop(k)
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -106,15 +117,24 @@ def s3_server(workdir: Path) -> Iterator[S3Server]:
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"moto server did not start; see {log}") from None
                 time.sleep(0.3)
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
         iam.create_user(UserName="tubelet")
         iam.put_user_policy(UserName="tubelet", PolicyName="all", PolicyDocument=_POLICY)
         key = iam.create_access_key(UserName="tubelet")["AccessKey"]
         server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], log, proc.pid)
-        server.env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": server.access_key,
-                      "AWS_SECRET_ACCESS_KEY": server.secret_key, "AWS_REGION": "us-east-1",
-                      "AWS_EC2_METADATA_DISABLED": "true"}
+        server.env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
         yield server
     finally:
         with contextlib.suppress(ProcessLookupError):

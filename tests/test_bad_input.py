@@ -60,16 +60,21 @@ def test_list_file_keeps_missing_paths(tmp_path):
     assert list_inputs(str(lst)) == [str(tmp_path / "rel.mp4"), "/abs/missing.mp4"]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--input", "/no/such/dir", "--output", "OUT"], "must be an existing directory"),
-    (["--input", ".", "--output", "OUT", "--min-seconds", "5", "--max-seconds", "6"], "at least twice"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--input", "/no/such/dir", "--output", "OUT"], "must be an existing directory"),
+        (["--input", ".", "--output", "OUT", "--min-seconds", "5", "--max-seconds", "6"], "at least twice"),
+    ],
+)
 def test_bad_arguments_exit_2_with_the_rule(tmp_path, args, needle):
     args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
     if args[1] == ".":
         two_shot_video(tmp_path / "in" / "a.mp4")
         args[1] = str(tmp_path / "in")
-    r = subprocess.run([sys.executable, "-m", "jobs.split", *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.split", *args], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     assert needle in r.stderr and "got" in r.stderr
 
@@ -79,8 +84,12 @@ def test_unwritable_output_fails_fast(tmp_path):
     blocker.write_text("not a directory")
     two_shot_video(tmp_path / "in" / "a.mp4")
     for job in ("jobs.split", "jobs.curate"):
-        r = subprocess.run([sys.executable, "-m", job, "--input", str(tmp_path / "in"), "--output",
-                            str(blocker / "out")], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", job, "--input", str(tmp_path / "in"), "--output", str(blocker / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2, (job, r.stderr[-2000:])
         assert "must be writable" in r.stderr and "pass a writable --output" in r.stderr
 
@@ -97,7 +106,9 @@ def test_a_truncated_file_keeps_its_decodable_head_flagged(tmp_path):
     """The README's rule: clips of the decodable head are ok, the videos row is ok with a `truncated:` warning."""
     from tests.media import truncated_copy
 
-    good = two_shot_video(tmp_path / "good.mkv", seconds=4.0).path  # Matroska: the head decodes without the tail
+    good = two_shot_video(
+        tmp_path / "good.mkv", seconds=4.0
+    ).path  # Matroska: the head decodes without the tail
     video, clips = split_video(truncated_copy(good, tmp_path / "cut.mkv", keep=0.7), SplitConfig())
     assert video[S.STATUS] == S.STATUS_OK and video[S.ERROR].startswith("truncated: decoded")
     assert clips and all(c[S.STATUS] == S.STATUS_OK for c in clips)

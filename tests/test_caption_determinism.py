@@ -24,8 +24,12 @@ def smoke_vlm(tmp_path_factory):
 
 def _captions(vlm, rows, batch_size):
     # sampled first try (as the retry is): the seed is what could tie a caption to its batch
-    cfg = replace(SMOKE, batch_size=batch_size, clip_model=None,
-                  sampling=Sampling(max_new_tokens=16, do_sample=True, temperature=1.0, top_p=0.95, seed=7))
+    cfg = replace(
+        SMOKE,
+        batch_size=batch_size,
+        clip_model=None,
+        sampling=Sampling(max_new_tokens=16, do_sample=True, temperature=1.0, top_p=0.95, seed=7),
+    )
     stage = CaptionStage(cfg)
     stage.vlm = vlm
     out = stage(S.table_from_rows(rows)).to_pylist()
@@ -34,7 +38,9 @@ def _captions(vlm, rows, batch_size):
 
 
 def test_captions_are_byte_identical_across_batchings_orders_and_resumes(tmp_path, smoke_vlm):
-    spans = [(s, s + n) for s, n in ((0, 8), (5, 12), (20, 6), (30, 16), (41, 9), (50, 20), (64, 7), (70, 14))]
+    spans = [
+        (s, s + n) for s, n in ((0, 8), (5, 12), (20, 6), (30, 16), (41, 9), (50, 20), (64, 7), (70, 14))
+    ]
     _, rows = make_clips(tmp_path, spans)
     ref = _captions(smoke_vlm, rows, batch_size=8)
     assert len(set(ref.values())) == len(rows)  # random but distinct: the comparison can fail

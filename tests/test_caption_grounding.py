@@ -32,16 +32,39 @@ def test_hints_reach_the_v2_prompt_only():
     assert prompts.LATEST == "dense-v2"
 
 
-@pytest.mark.parametrize(("caption", "camera", "texts", "expect"), [
-    ("A harbour at dusk, seen by a static camera.", "pan_left", [], ["camera: caption says static, measured pan_left"]),
-    ("The camera remains stationary while boats drift.", "tilt_up", [], ["camera: caption says static, measured tilt_up"]),
-    ("The camera slowly pans left across a harbour at dusk.", "pan_left", [], []),
-    ("The camera zooms in on a red door.", "static", [], ["camera: caption says 'zooms', measured static"]),
-    ("A fixed shot of a door; the camera is static.", "static", [], []),
-    ("A neon sign reads 'Open 24 hours' above a shop.", "complex", ["OPEN 24 HOURS"], []),
-    ("A neon sign glows above a shop.", None, ["OPEN 24 HOURS", "ok"], ["text: caption omits the on-screen text 'OPEN 24 HOURS'"]),
-    ("A neon sign glows above a shop.", None, ["ok"], []),  # too short to demand
-])
+@pytest.mark.parametrize(
+    ("caption", "camera", "texts", "expect"),
+    [
+        (
+            "A harbour at dusk, seen by a static camera.",
+            "pan_left",
+            [],
+            ["camera: caption says static, measured pan_left"],
+        ),
+        (
+            "The camera remains stationary while boats drift.",
+            "tilt_up",
+            [],
+            ["camera: caption says static, measured tilt_up"],
+        ),
+        ("The camera slowly pans left across a harbour at dusk.", "pan_left", [], []),
+        (
+            "The camera zooms in on a red door.",
+            "static",
+            [],
+            ["camera: caption says 'zooms', measured static"],
+        ),
+        ("A fixed shot of a door; the camera is static.", "static", [], []),
+        ("A neon sign reads 'Open 24 hours' above a shop.", "complex", ["OPEN 24 HOURS"], []),
+        (
+            "A neon sign glows above a shop.",
+            None,
+            ["OPEN 24 HOURS", "ok"],
+            ["text: caption omits the on-screen text 'OPEN 24 HOURS'"],
+        ),
+        ("A neon sign glows above a shop.", None, ["ok"], []),  # too short to demand
+    ],
+)
 def test_grounding_flags(caption, camera, texts, expect):
     assert check_grounding(caption, camera, texts) == expect
 
@@ -56,8 +79,10 @@ class StaticSayingVLM(EchoVLM):
     def generate(self, requests, sampling):
         if requests and requests[0].frames is not None:
             self.prompts += [r.messages[-1]["content"][-1]["text"] for r in requests]
-            text = ("A red shop front at night under neon light, filmed in a static wide shot. People walk past "
-                    "the window from left to right while cars pass behind them on a wet street.")
+            text = (
+                "A red shop front at night under neon light, filmed in a static wide shot. People walk past "
+                "the window from left to right while cars pass behind them on a wet street."
+            )
             return [Generation(text, 40, True) for _ in requests]
         return [Generation("A red shop front at night.", 6, True) for _ in requests]
 
@@ -66,8 +91,14 @@ def test_stage_prompts_flags_and_clip_score(tmp_path):
     _, rows = make_clips(tmp_path, [(0, 24), (24, 48)])
     rng = np.random.default_rng(0)
     emb = [rng.normal(size=64) for _ in rows]
-    rows[0].update({S.CAMERA_MOTION: "pan_left", S.FLOW_MAGNITUDE: 0.1, S.OCR_TEXT: ["OPEN 24 HOURS"],
-                    S.CLIP_EMBEDDING: (emb[0] / np.linalg.norm(emb[0])).astype(np.float16).tolist()})
+    rows[0].update(
+        {
+            S.CAMERA_MOTION: "pan_left",
+            S.FLOW_MAGNITUDE: 0.1,
+            S.OCR_TEXT: ["OPEN 24 HOURS"],
+            S.CLIP_EMBEDDING: (emb[0] / np.linalg.norm(emb[0])).astype(np.float16).tolist(),
+        }
+    )
     rows[1].update({S.CAMERA_MOTION: "static", S.FLOW_MAGNITUDE: 0.0, S.OCR_TEXT: [], S.CLIP_EMBEDDING: None})
     cfg = replace(SMOKE, qa=replace(SMOKE.qa, min_words=5, max_words=100), on_error="raise")
     stage = CaptionStage(cfg)
@@ -76,8 +107,10 @@ def test_stage_prompts_flags_and_clip_score(tmp_path):
     assert "- camera: slow pan left" in stage.vlm.prompts[0] and '"OPEN 24 HOURS"' in stage.vlm.prompts[0]
     assert "- camera: static" in stage.vlm.prompts[1]
     qa0, qa1 = (json.loads(r[S.CAPTION_QA]) for r in out)
-    assert qa0["grounding"] == ["camera: caption says static, measured pan_left",
-                                "text: caption omits the on-screen text 'OPEN 24 HOURS'"]
+    assert qa0["grounding"] == [
+        "camera: caption says static, measured pan_left",
+        "text: caption omits the on-screen text 'OPEN 24 HOURS'",
+    ]
     assert "grounding" not in qa1  # static caption, static camera, no text
     assert all(r[S.PROMPT_VERSION] == "dense-v2" for r in out)
     # the score is the cosine of the sentence-mean text embedding and the clip's image embedding

@@ -31,11 +31,14 @@ def _scored(tmp: Path, n: int = 6) -> tuple[Path, list[dict]]:
     return tmp / "scored", rows
 
 
-@pytest.mark.parametrize(("args", "msg"), [
-    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--gpus", "-1"], "--gpus must be >= 0, got -1"),
-    (["--actors", "0"], "--actors must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--gpus", "-1"], "--gpus must be >= 0, got -1"),
+        (["--actors", "0"], "--actors must be >= 1, got 0"),
+    ],
+)
 def test_bad_arguments_exit_2_with_rule_value_fix(tmp_path, capsys, args, msg):
     scored, _ = _scored(tmp_path, 2)
     rc = job.cli(["--input", str(scored), "--output", str(tmp_path / "out"), "--preset", "smoke", *args])
@@ -51,13 +54,14 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys):
 def test_parts_of_another_config_or_without_marker_are_removed(tmp_path):
     out = tmp_path / "captions"
     for key, h in (("old", "old"), ("new", "new"), ("crash", None)):
-        write_parquet_atomic(S.table_from_rows([{S.CLIP_ID: key, S.CONFIG_HASH: "new"}]), out / f"part-{key}.parquet")
+        write_parquet_atomic(
+            S.table_from_rows([{S.CLIP_ID: key, S.CONFIG_HASH: "new"}]), out / f"part-{key}.parquet"
+        )
         if h is not None:
             mark_done(tmp_path, "caption", key, h)  # markers live under OUT/_done
     # "old": a marker of another config; "crash": written, killed before its marker
     assert [Path(p).name for p in job.finished_parts(str(out), "new")] == ["part-new.parquet"]
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-new.parquet"]
-
 
 
 @pytest.mark.ray

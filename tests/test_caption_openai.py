@@ -54,8 +54,14 @@ def key_env(monkeypatch):
 
 
 def _cfg(url: str, model: str, **kw) -> object:
-    return replace(SMOKE, engine="openai", model=model, clip_model=None, batch_size=8,
-                   openai=OpenAIConfig(base_url=url, api_key_env=KEY_ENV, max_in_flight=4, backoff_s=0.1, **kw))
+    return replace(
+        SMOKE,
+        engine="openai",
+        model=model,
+        clip_model=None,
+        batch_size=8,
+        openai=OpenAIConfig(base_url=url, api_key_env=KEY_ENV, max_in_flight=4, backoff_s=0.1, **kw),
+    )
 
 
 def test_stage_captions_through_the_server_with_usage(tmp_path, server, smoke_dir, key_env):
@@ -74,20 +80,43 @@ def test_stage_captions_through_the_server_with_usage(tmp_path, server, smoke_di
     assert stage.stats["requests"] >= len(rows) + len(ok) and stage.stats["http_retries"] == 0
 
 
-@pytest.mark.parametrize(("change", "msg"), [
-    ({"key": "sk-wrong"}, "--api-key-env must hold a key"),
-    ({"model": "no/such-model"}, "--model must be a model"),
-    ({"url": "http://127.0.0.1:9/v1"}, "--base-url must reach"),
-])
+@pytest.mark.parametrize(
+    ("change", "msg"),
+    [
+        ({"key": "sk-wrong"}, "--api-key-env must hold a key"),
+        ({"model": "no/such-model"}, "--model must be a model"),
+        ({"url": "http://127.0.0.1:9/v1"}, "--base-url must reach"),
+    ],
+)
 def test_bad_key_model_or_url_exit_2_before_any_actor(tmp_path, server, smoke_dir, change, msg):
     scored = tmp_path / "scored"
     _, rows = make_clips(tmp_path, [(0, 10)])
     write_parquet_atomic(S.table_from_rows(rows), scored / "part-0.parquet")
     env = {**os.environ, KEY_ENV: change.get("key", KEY), "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
-    r = subprocess.run([sys.executable, "-m", "jobs.caption", "--input", str(scored), "--output", str(tmp_path / "c"),
-                        "--engine", "openai", "--base-url", change.get("url", server),
-                        "--model", change.get("model", str(smoke_dir)), "--api-key-env", KEY_ENV],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.caption",
+            "--input",
+            str(scored),
+            "--output",
+            str(tmp_path / "c"),
+            "--engine",
+            "openai",
+            "--base-url",
+            change.get("url", server),
+            "--model",
+            change.get("model", str(smoke_dir)),
+            "--api-key-env",
+            KEY_ENV,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0]
@@ -122,17 +151,50 @@ def test_job_through_server_killed_mid_run_then_resumed(tmp_path, smoke_dir):
     srv = start_server(smoke_dir, tmp_path / "serve.log")
 
     def run(base_url):
-        env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp),
-               "TUBELET_CACHE": str(tmp_path / "cache")}
-        return subprocess.Popen([sys.executable, "-m", "jobs.caption", "--input", str(scored), "--output", str(out),
-                                 "--engine", "openai", "--base-url", base_url, "--model", str(smoke_dir),
-                                 "--api-key-env", KEY_ENV, "--max-in-flight", "2", "--batch-size", "4",
-                                 "--request-retries", "2"],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {
+            **os.environ,
+            KEY_ENV: KEY,
+            "PYTHONPATH": str(REPO),
+            "RAY_ADDRESS": "",
+            "RAY_TMPDIR": str(ray_tmp),
+            "TUBELET_CACHE": str(tmp_path / "cache"),
+        }
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jobs.caption",
+                "--input",
+                str(scored),
+                "--output",
+                str(out),
+                "--engine",
+                "openai",
+                "--base-url",
+                base_url,
+                "--model",
+                str(smoke_dir),
+                "--api-key-env",
+                KEY_ENV,
+                "--max-in-flight",
+                "2",
+                "--batch-size",
+                "4",
+                "--request-retries",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     job = run(srv.url)
     try:
-        for _ in range(1500):  # kill the server (as a crash would) once it has answered a few caption requests
+        for _ in range(
+            1500
+        ):  # kill the server (as a crash would) once it has answered a few caption requests
             if srv.completions() >= 6 or job.poll() is not None:
                 break
             time.sleep(0.2)
@@ -172,26 +234,55 @@ def test_prompt_upsampling_through_the_server(server, smoke_dir, key_env, monkey
     from captioner.upsample import PromptUpsampler
     from jobs import sample
 
-    a = sample.build_parser().parse_args(["--input", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample",
-                                          "--upsample-engine", "openai", "--upsample-model", str(smoke_dir),
-                                          "--upsample-base-url", server, "--upsample-api-key-env", KEY_ENV])
+    a = sample.build_parser().parse_args(
+        [
+            "--input",
+            "r",
+            "--output",
+            "o.mp4",
+            "--prompt",
+            "a cat",
+            "--upsample",
+            "--upsample-engine",
+            "openai",
+            "--upsample-model",
+            str(smoke_dir),
+            "--upsample-base-url",
+            server,
+            "--upsample-api-key-env",
+            KEY_ENV,
+        ]
+    )
     cfg = sample.upsample_config(a)
-    assert (cfg.engine, cfg.model, cfg.openai.base_url, cfg.openai.api_key_env) == ("openai", str(smoke_dir),
-                                                                                 server, KEY_ENV)
-    cfg = replace(cfg, sampling=replace(cfg.sampling, max_new_tokens=24), openai=replace(cfg.openai, backoff_s=0.1))
+    assert (cfg.engine, cfg.model, cfg.openai.base_url, cfg.openai.api_key_env) == (
+        "openai",
+        str(smoke_dir),
+        server,
+        KEY_ENV,
+    )
+    cfg = replace(
+        cfg, sampling=replace(cfg.sampling, max_new_tokens=24), openai=replace(cfg.openai, backoff_s=0.1)
+    )
     up = PromptUpsampler(cfg)
     up.probe()
     got = up(["a red kite over a beach", "a cat"], seed=7)
     assert [g.prompt for g in got] == ["a red kite over a beach", "a cat"]
     assert {g.model_id for g in got} == {f"openai:{smoke_dir}:image_url"}
     for g in got:  # an expansion that passed QA, or the user's prompt with the reason: never empty
-        assert g.caption and (g.upsampled or (g.caption == g.prompt and g.reason.startswith("upsampling failed")))
+        assert g.caption and (
+            g.upsampled or (g.caption == g.prompt and g.reason.startswith("upsampling failed"))
+        )
     assert up.vlm.stats["http_requests"] >= 2 and up.vlm.stats["http_failed"] == 0
     monkeypatch.setenv(KEY_ENV, "sk-wrong")
     with pytest.raises(UsageError, match="--api-key-env must hold a key"):
         PromptUpsampler(cfg).probe()
-    for bad, msg in ((["--upsample-engine", "openai"], "needs --upsample-model"),
-                     (["--upsample-base-url", server], "need --upsample-engine openai")):
+    for bad, msg in (
+        (["--upsample-engine", "openai"], "needs --upsample-model"),
+        (["--upsample-base-url", server], "need --upsample-engine openai"),
+    ):
         with pytest.raises(UsageError, match=msg):
-            sample.upsample_config(sample.build_parser().parse_args(
-                ["--input", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample", *bad]))
+            sample.upsample_config(
+                sample.build_parser().parse_args(
+                    ["--input", "r", "--output", "o.mp4", "--prompt", "a cat", "--upsample", *bad]
+                )
+            )

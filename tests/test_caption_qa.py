@@ -20,32 +20,82 @@ GOOD = (
     "on display, and then continues walking as a cyclist passes behind her in the background. Rows of narrow "
     "brick houses with white window frames line the street, and puddles reflect the grey overcast sky. The "
     "camera is static at eye level in a medium-wide shot. Soft, diffuse daylight gives the scene a muted, "
-    "cool palette of greys and blues, broken by the bright yellow coat. A sign above the shop reads \"BAKERY\"."
+    'cool palette of greys and blues, broken by the bright yellow coat. A sign above the shop reads "BAKERY".'
 )
 LOOP = (
     "A man in a blue shirt is standing in a kitchen. He is cutting vegetables on a wooden board. "
     + "He is cutting vegetables on a wooden board and he is cutting vegetables on a wooden board " * 3
 )
-LONG = " ".join(["A red car drives past a row of trees on a sunny day."] * 1) + " " + " ".join(
-    f"Then object number {i} appears near marker {i * 7} at position {i * 13}." for i in range(60))
+LONG = (
+    " ".join(["A red car drives past a row of trees on a sunny day."] * 1)
+    + " "
+    + " ".join(f"Then object number {i} appears near marker {i * 7} at position {i * 13}." for i in range(60))
+)
 
 # (raw text, finished, ok, reason starts with, fix expected, caption starts with)
 CASES = [
     (GOOD, True, True, None, None, "A woman in a yellow"),
-    ("The video shows " + GOOD[0].lower() + GOOD[1:], True, True, None, "stripped_opening", "A woman in a yellow"),
-    ("Sure! Here is a detailed caption of the video:\n\nIn this video, we see " + GOOD[0].lower() + GOOD[1:],
-     True, True, None, "stripped_opening", "A woman in a yellow"),
-    ("**Caption:** This clip depicts " + GOOD[0].lower() + GOOD[1:], True, True, None, "stripped_opening", "A woman"),
+    (
+        "The video shows " + GOOD[0].lower() + GOOD[1:],
+        True,
+        True,
+        None,
+        "stripped_opening",
+        "A woman in a yellow",
+    ),
+    (
+        "Sure! Here is a detailed caption of the video:\n\nIn this video, we see "
+        + GOOD[0].lower()
+        + GOOD[1:],
+        True,
+        True,
+        None,
+        "stripped_opening",
+        "A woman in a yellow",
+    ),
+    (
+        "**Caption:** This clip depicts " + GOOD[0].lower() + GOOD[1:],
+        True,
+        True,
+        None,
+        "stripped_opening",
+        "A woman",
+    ),
     (LOOP, True, False, "repetition", None, None),
     ("A dog dog dog dog dog runs across the field.", True, False, "repetition", None, None),
     ("A bright flash fills the screen!!!!!!!!!!!!!!!!!!!!!!", True, False, "repetition", None, None),
-    (GOOD + " Then the camera slowly pans to the right and reveals a", False, True, None, "trimmed_truncated",
-     "A woman in a yellow"),
-    ("A woman in a yellow raincoat walks along a wet street while the camera follows her and the", False,
-     False, "truncated", None, None),
-    ("I'm sorry, but I can't view videos. Could you describe the content of the video to me?", True, False,
-     "refusal", None, None),
-    ("I cannot see the video you provided, so I am unable to describe it.", True, False, "refusal", None, None),
+    (
+        GOOD + " Then the camera slowly pans to the right and reveals a",
+        False,
+        True,
+        None,
+        "trimmed_truncated",
+        "A woman in a yellow",
+    ),
+    (
+        "A woman in a yellow raincoat walks along a wet street while the camera follows her and the",
+        False,
+        False,
+        "truncated",
+        None,
+        None,
+    ),
+    (
+        "I'm sorry, but I can't view videos. Could you describe the content of the video to me?",
+        True,
+        False,
+        "refusal",
+        None,
+        None,
+    ),
+    (
+        "I cannot see the video you provided, so I am unable to describe it.",
+        True,
+        False,
+        "refusal",
+        None,
+        None,
+    ),
     ("", True, False, "empty", None, None),
     ("  ...  \n ", True, False, "empty", None, None),
     ("A cat sleeps on a sofa.", True, False, "length", None, None),
@@ -68,9 +118,11 @@ def test_check_caption_on_realistic_outputs(text, finished, ok, reason, fix, sta
 
 def test_no_false_positive_on_common_phrases():
     # "in the background" and "on the left side" recur in honest dense captions
-    text = ("A man stands on the left side of a stage in the background of a concert hall. A drummer plays on "
-            "the left side of the stage, and lights flash in the background. A singer walks to the left side "
-            "of the stage while smoke drifts in the background. The camera is static in a wide shot.")
+    text = (
+        "A man stands on the left side of a stage in the background of a concert hall. A drummer plays on "
+        "the left side of the stage, and lights flash in the background. A singer walks to the left side "
+        "of the stage while smoke drifts in the background. The camera is static in a wide shot."
+    )
     assert repetition_loop(text) is None
     assert check_caption(text, True, QAConfig()).ok
 
@@ -83,7 +135,9 @@ def test_strip_boilerplate_keeps_content_that_merely_mentions_video():
 
 
 def test_short_caption_takes_first_sentence_and_rejects_refusals():
-    res = check_short("The video shows a woman walking in the rain. She holds a red umbrella.", True, QAConfig())
+    res = check_short(
+        "The video shows a woman walking in the rain. She holds a red umbrella.", True, QAConfig()
+    )
     assert res.ok and res.text == "A woman walking in the rain."
     assert set(res.fixes) == {"stripped_opening", "first_sentence"}
     assert not check_short("I'm sorry, I cannot help with that.", True, QAConfig()).ok
@@ -97,8 +151,18 @@ def test_first_sentence_fallback_is_bounded():
 
 def test_prompts_are_versioned_and_cover_the_dense_checklist():
     p = prompts.get(prompts.LATEST)
-    for topic in ("subjects", "appearance", "motion", "setting", "camera", "lighting", "colour", "style",
-                  "on-screen text", "chronological"):
+    for topic in (
+        "subjects",
+        "appearance",
+        "motion",
+        "setting",
+        "camera",
+        "lighting",
+        "colour",
+        "style",
+        "on-screen text",
+        "chronological",
+    ):
         assert topic in p.dense
     assert "The video shows" in p.dense  # named as forbidden
     msgs = prompts.dense_messages(prompts.LATEST)

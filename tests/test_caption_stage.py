@@ -56,13 +56,23 @@ def _stub_stage(**kw):
 def test_smoke_stage_fills_kept_clips_only(tmp_path, smoke_stage):
     kept = [True, False, True, True, False, True, True]
     _, rows = make_clips(tmp_path, SPANS, kept)
-    rows.append({**rows[0], S.CLIP_ID: "v0-error-split", S.STATUS: S.STATUS_ERROR, S.ERROR: "boom",
-                 S.FAILED_STAGE: "split"})
+    rows.append(
+        {
+            **rows[0],
+            S.CLIP_ID: "v0-error-split",
+            S.STATUS: S.STATUS_ERROR,
+            S.ERROR: "boom",
+            S.FAILED_STAGE: "split",
+        }
+    )
     out = smoke_stage(S.table_from_rows(rows))
     S.validate(out, "caption")
     recs = out.to_pylist()
     for r, k in zip(recs, [*kept, True]):
-        filled = [r[c] is not None for c in (S.CAPTION, S.CAPTION_SHORT, S.CAPTION_MODEL, S.PROMPT_VERSION, S.CAPTION_QA)]
+        filled = [
+            r[c] is not None
+            for c in (S.CAPTION, S.CAPTION_SHORT, S.CAPTION_MODEL, S.PROMPT_VERSION, S.CAPTION_QA)
+        ]
         if r[S.STATUS] == S.STATUS_ERROR:
             continue
         assert all(filled) if k else not any(filled), r
@@ -97,7 +107,10 @@ def test_captions_follow_their_clip_when_batches_are_reordered(tmp_path):
     for r in out.to_pylist():
         stat = frame_stat(decode_row(r, st.cfg)[0])  # decoded independently of the stage
         assert r[S.STATUS] == S.STATUS_OK
-        assert r[S.CAPTION] == f"A clip with frame statistic {stat} is shown in a static wide shot under even light."
+        assert (
+            r[S.CAPTION]
+            == f"A clip with frame statistic {stat} is shown in a static wide shot under even light."
+        )
         assert r[S.CAPTION_SHORT] == f"A clip with statistic {stat}."
 
 

@@ -104,9 +104,14 @@ def test_testvideo_black_segments_flagged_and_dropped(real_videos, ground_truth)
     assert frac[len(black) :] == [0.0] * len(photos)
     # the photo segments are stills: flagged static
     assert all(out.column(IS_STATIC).to_pylist()[len(black) :])
-    decided, _ = apply_cascade(out.drop_columns([c for c in out.column_names if c.startswith("_")]), CHEAP_ONLY)
+    decided, _ = apply_cascade(
+        out.drop_columns([c for c in out.column_names if c.startswith("_")]), CHEAP_ONLY
+    )
     assert decided.column(KEPT).to_pylist() == [False] * len(black) + [True] * len(photos)
-    assert all(r.startswith("black_fraction <= 0.5: black_fraction=1") for r in decided.column(DROP_REASON).to_pylist()[:4])
+    assert all(
+        r.startswith("black_fraction <= 0.5: black_fraction=1")
+        for r in decided.column(DROP_REASON).to_pylist()[:4]
+    )
     assert isinstance(decided, pa.Table)
 
 
@@ -119,13 +124,18 @@ def test_motion_pairs_adjacent_frames_at_low_fps_and_never_across_the_clip():
     # two adjacent pairs far apart: only the pairs count, not the jump between them
     far = np.stack([frames[0], frames[1], frames[3], frames[3]])
     assert cs.motion(far, np.array([0, 0.5, 10, 10.5]), indices=np.array([0, 1, 20, 21])) == pytest.approx(
-        cs.motion(frames[:2], pts[:2], indices=np.arange(2)) / 2, rel=0.1)
+        cs.motion(frames[:2], pts[:2], indices=np.arange(2)) / 2, rel=0.1
+    )
 
 
 def test_a_clip_without_a_frame_pair_is_an_error_row_not_static(real_videos):
     """Motion unknown is not motion 0.0: a 1-frame clip must not be flagged static and kept/dropped as such."""
     rows = clip_rows(real_videos / "carphone_pristine.mp4", [(10, 11), (20, 60)])
     out = prepare_batch(table_from_rows(rows), SMOKE).to_pylist()
-    assert out[0]["status"] == "error" and out[0]["failed_stage"] == "score" and "motion needs two" in out[0]["error"]
+    assert (
+        out[0]["status"] == "error"
+        and out[0]["failed_stage"] == "score"
+        and "motion needs two" in out[0]["error"]
+    )
     assert out[0][MOTION] is None and out[0][IS_STATIC] is None
     assert out[1]["status"] == "ok" and out[1][MOTION] > 0

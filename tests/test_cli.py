@@ -32,15 +32,18 @@ def out(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
     # one row per stage holding what that stage writes: the jobs check the content, not the names
     row = {S.CLIP_ID: "c0", S.VIDEO_ID: "v0", S.STATUS: S.STATUS_OK}
-    filled = {"clips": row, "scored": {**row, S.MOTION: 1.0, S.KEPT: True},
-              "captions": {**row, S.MOTION: 1.0, S.KEPT: True, S.CAPTION: "a cat"}}
+    filled = {
+        "clips": row,
+        "scored": {**row, S.MOTION: 1.0, S.KEPT: True},
+        "captions": {**row, S.MOTION: 1.0, S.KEPT: True, S.CAPTION: "a cat"},
+    }
     for stage, r in filled.items():
         write_parquet_atomic(S.table_from_rows([r]), root / stage / "part-00000.parquet")
     two_shot_video(root / "in" / "a.mp4")
     (root / "run").mkdir()
     (root / "run" / "config.json").write_text("{}")
     (root / "a-file").write_text("not a folder")
-    (root / "bad.toml").write_text("rules = [\"aesthetic>=5\"\n")
+    (root / "bad.toml").write_text('rules = ["aesthetic>=5"\n')
     (root / "unknown-key.toml").write_text("rulez = []\n")
     write_parquet_atomic(S.table_from_rows([filled["scored"]]), root / "smoke-scored" / "part-00000.parquet")
     (root / "smoke-scored" / "_funnel.json").write_text(json.dumps({"smoke": True}))
@@ -125,7 +128,11 @@ BAD = [
     ("filter", ["--input", "{o}/clips"], "--input must hold score columns"),
     ("filter", ["--input", "{o}/in"], "no Parquet parts"),
     ("filter", ["--output", "{o}/clips"], "--output must be a new folder or one jobs.filter wrote"),
-    ("filter", ["--preset", "default", "--input", "{o}/smoke-scored"], "these scores come from the smoke preset"),
+    (
+        "filter",
+        ["--preset", "default", "--input", "{o}/smoke-scored"],
+        "these scores come from the smoke preset",
+    ),
     ("score", ["--output", "{o}/clips/scored"], "--output must not be inside another stage's folder"),
     ("score", ["--output", "{o}/captions"], "--output must be a new folder or one jobs.score wrote"),
     ("caption", ["--output", "{o}/scored/captions"], "must not be inside another stage's folder"),
@@ -160,7 +167,10 @@ BAD = [
     ("score", ["--output", "ftpx://bucket/scored"], "--output scheme must be one pyarrow or fsspec reads"),
 ]
 if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and not __import__("torch").cuda.is_available():
-    BAD += [("train", ["--device", "cuda"], "needs a CUDA GPU"), ("sample", ["--device", "cuda"], "needs a CUDA GPU")]
+    BAD += [
+        ("train", ["--device", "cuda"], "needs a CUDA GPU"),
+        ("sample", ["--device", "cuda"], "needs a CUDA GPU"),
+    ]
 
 
 def _argv(job: str, extra: list[str], o: Path) -> list[str]:
@@ -170,7 +180,7 @@ def _argv(job: str, extra: list[str], o: Path) -> list[str]:
         flag, val = extra[i], (extra[i + 1] if i + 1 < len(extra) else None)
         if flag in args and val is not None:
             j = args.index(flag)
-            args[j: j + 2] = [flag, val]
+            args[j : j + 2] = [flag, val]
         else:
             args += [flag] if val is None else [flag, val]
     return [a.replace("{o}", str(o)) for a in args]
@@ -222,8 +232,9 @@ def test_real_commands_exit_2_fast_without_traceback(out):
     for args in cases:
         t0 = time.monotonic()
         # important: the timeout is the hang guard; an over-ask used to wait forever in Ray
-        r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, env=env,
-                           cwd=REPO)
+        r = subprocess.run(
+            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, env=env, cwd=REPO
+        )
         assert r.returncode == 2, r.stderr[-2000:]
         assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         print(args[0], f"exit 2 in {time.monotonic() - t0:.1f} s")
@@ -238,7 +249,9 @@ def test_cluster_over_ask_fails_right_after_connecting():
     from jobs.runtime.flags import Need
 
     try:
-        with pytest.raises(UsageError, match=r"asks for 4096 GPU\(s\) in all and the Ray cluster must have them"):
+        with pytest.raises(
+            UsageError, match=r"asks for 4096 GPU\(s\) in all and the Ray cluster must have them"
+        ):
             init_ray(num_cpus=1, need=Need(gpus=4096, what="test"))
     finally:
         ray.shutdown()
@@ -254,12 +267,26 @@ def test_relative_paths_resolve_against_the_cwd(out, tmp_path, monkeypatch):
     assert s.input == str(out / "clips") and Path(s.output) == out.parent / "x" / "scored"
     c = caption.parse_args(["--input", "./scored", "--output", "captions"])
     assert c.input == str(out / "scored")
-    e = encode.config_from_args(encode.build_parser().parse_args(["--input", "captions", "--output", "latents"]))
+    e = encode.config_from_args(
+        encode.build_parser().parse_args(["--input", "captions", "--output", "latents"])
+    )
     assert e.input == str(out / "captions")
     monkeypatch.chdir(tmp_path)  # `jobs.train --workers 2 --input ../OUT/latents`: workers run elsewhere
     rel = os.path.relpath(out, tmp_path)
-    args = train.build_parser().parse_args(["--input", "synthetic:4", "--output", f"{rel}/dit", "--workers", "2",
-                                            "--device", "cpu", "--batch-size", "2"])
+    args = train.build_parser().parse_args(
+        [
+            "--input",
+            "synthetic:4",
+            "--output",
+            f"{rel}/dit",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ]
+    )
     train.check_args(args)
     assert args.output == str(out / "dit") and Path(args.output).is_absolute()
 
@@ -270,8 +297,14 @@ def test_split_stores_absolute_source_uri_and_score_runs_from_elsewhere(tmp_path
     a = tmp_path / "a"
     two_shot_video(a / "in" / "x.mp4")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    r = subprocess.run([sys.executable, "-m", "jobs.split", "--input", "in", "--output", "../OUT"], cwd=a,
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.split", "--input", "in", "--output", "../OUT"],
+        cwd=a,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     import pyarrow.parquet as pq
 
@@ -289,11 +322,13 @@ def test_errors_by_reason_groups_without_file_names():
 
     from curate.errors import error_key
 
-    reasons = ["InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '/data/a.mp4'",
-               "InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '/other/b c.mkv'",
-               "no decodable video frame (h264): clip.mov is truncated",
-               "no decodable video frame (h264): s3://bucket/x.mp4 is truncated",
-               "sharpness >= 100: sharpness=43.2"]
+    reasons = [
+        "InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '/data/a.mp4'",
+        "InvalidDataError: [Errno 1094995529] Invalid data found when processing input: '/other/b c.mkv'",
+        "no decodable video frame (h264): clip.mov is truncated",
+        "no decodable video frame (h264): s3://bucket/x.mp4 is truncated",
+        "sharpness >= 100: sharpness=43.2",
+    ]
     groups = Counter(map(error_key, reasons))
     assert len(groups) == 3 and set(groups.values()) == {2, 1}
     assert "sharpness >= 100: sharpness=43.2" in groups  # numbers are not file names
@@ -303,6 +338,8 @@ def test_filter_border_margin_reaches_the_decisions(out):
     from jobs import filter as job_filter
 
     base = [a.replace("{o}", str(out)) for a in GOOD["filter"]]
-    assert job_filter.parse_args([*base, "--border-margin", "0"]).near.border_margin is None  # 0: no border pass
+    assert (
+        job_filter.parse_args([*base, "--border-margin", "0"]).near.border_margin is None
+    )  # 0: no border pass
     assert job_filter.parse_args([*base, "--border-margin", "inf"]).near.border_margin == float("inf")
     assert job_filter.parse_args([*base, "--cluster-rows", "500"]).near.cluster_rows == 500

@@ -18,8 +18,12 @@ from jobs.runtime.presets import PRESETS  # noqa: E402
 
 
 def _preset_pairs() -> list[tuple[str, str, int | None]]:
-    pairs = {(p.score.clip_model, p.score.clip_pretrained, p.score.image_size) for p in PRESETS.values()
-             if p.score.clip_pretrained and open_clip.get_pretrained_cfg(p.score.clip_model, p.score.clip_pretrained)}
+    pairs = {
+        (p.score.clip_model, p.score.clip_pretrained, p.score.image_size)
+        for p in PRESETS.values()
+        if p.score.clip_pretrained
+        and open_clip.get_pretrained_cfg(p.score.clip_model, p.score.clip_pretrained)
+    }
     return sorted(pairs)
 
 

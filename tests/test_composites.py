@@ -37,8 +37,13 @@ def composite(real_videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Co
 
 def _score(comp: Composite, tr: Transitions) -> LabelScore:
     spans, _ = clip_spans(tr, CFG)
-    score = judge_labels(comp.labels, comp.cuts, [(s.start, s.end) for s in spans], tr.cuts,
-                         [(a, b) for a, b, _ in tr.excluded])
+    score = judge_labels(
+        comp.labels,
+        comp.cuts,
+        [(s.start, s.end) for s in spans],
+        tr.cuts,
+        [(a, b) for a, b, _ in tr.excluded],
+    )
     print(f"\n{score}")
     return score
 
@@ -57,7 +62,9 @@ def test_ground_truth_is_exact(composite: Composite) -> None:
     gradual = [s for s in DEFAULT_STEPS if s.kind not in ("cut", "jump")]
     kinds = [k for k, _, _ in composite.transitions]
     assert len(composite.cuts) == sum(s.kind in ("cut", "jump") for s in DEFAULT_STEPS)
-    assert len(kinds) == len(gradual) + 2 * sum(s.kind == "fade" for s in DEFAULT_STEPS)  # fade: out, black, in
+    assert len(kinds) == len(gradual) + 2 * sum(
+        s.kind == "fade" for s in DEFAULT_STEPS
+    )  # fade: out, black, in
     for kind, a, b in composite.transitions:
         assert (composite.labels[a : b + 1] == -1).all(), kind
     # flashes belong to their shot; every shot is long enough for a clip
@@ -111,7 +118,9 @@ def test_pans_objects_and_flashes_are_no_wipes(composite: Composite) -> None:
     frames = [f for _, f in iter_small_yuv(composite.path, target_area=128 * 72)]
     # real footage only: a pan across the seam between a real frame and a generated pattern
     # is a push, to the eye as to the detector
-    shots = [s for s, (name, _, _) in zip(composite.shots(), composite.sources) if not name.startswith("synth:")]
+    shots = [
+        s for s, (name, _, _) in zip(composite.shots(), composite.sources) if not name.startswith("synth:")
+    ]
     wide = np.concatenate([frames[shots[1][0] + 5].yuv[..., 0], frames[shots[3][0] + 5].yuv[..., 0]], axis=1)
     still = np.repeat(_pan(wide, 1, 0.0), 20, axis=0)
     pan = np.concatenate([still, _pan(wide, 12, 0.6), np.repeat(_pan(wide, 12, 0.6)[-1:], 20, axis=0)])
@@ -119,7 +128,9 @@ def test_pans_objects_and_flashes_are_no_wipes(composite: Composite) -> None:
     crossing = np.repeat(frames[shots[7][0] + 5].yuv[None, ..., 0], 40, axis=0).copy()
     w = crossing.shape[2]
     bw = w // 3
-    for t in range(10, 30):  # an object a third of the frame wide (its look moves with it) crosses in 20 frames
+    for t in range(
+        10, 30
+    ):  # an object a third of the frame wide (its look moves with it) crosses in 20 frames
         x = int((t - 10) / 20 * (w + bw)) - bw
         lo, hi = max(0, x), min(w, x + bw)
         crossing[t, :, lo:hi] = other[:, lo - x : hi - x]
@@ -138,7 +149,9 @@ def test_content_on_drawn_dissolves_fades_and_negatives(real_videos: Path, tmp_p
     steps = tuple(s for s in draw_steps(rng, 40) if s.kind in ("cut", "dissolve", "fade"))[:8]
     assert {s.kind for s in steps} == {"cut", "dissolve", "fade"}
     comp = make_composite(tmp_path / "drawn.mp4", real_videos, steps=steps, seed=seed, negatives=True)
-    assert {k for k, _, _ in comp.negatives} & {"pan", "shake"} and any(k == "flash" for k, _, _ in comp.negatives)
+    assert {k for k, _, _ in comp.negatives} & {"pan", "shake"} and any(
+        k == "flash" for k, _, _ in comp.negatives
+    )
     det = ContentDetector()
     tr = det.detect(f for _, f in iter_small_yuv(comp.path, target_area=det.target_area))
     _assert_targets(_score(comp, tr))

@@ -42,7 +42,9 @@ def submitted(inputs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "out"
     with ray_head(tmp / "head.log") as address:
-        r = submit(address, ["-m", "jobs.curate", "--input", str(inputs), "--output", str(out), "--preset", "smoke"])
+        r = submit(
+            address, ["-m", "jobs.curate", "--input", str(inputs), "--output", str(out), "--preset", "smoke"]
+        )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return out, r.stdout
 
@@ -66,7 +68,9 @@ def test_curate_outputs_follow_the_contract(submitted):
     # phase 2 saw the kept clips only, each once: nothing is captioned or encoded in vain
     assert sorted(captions.column(S.CLIP_ID).to_pylist()) == sorted(kept)
     # phase 2 reads clip_embedding from the scored parts: every ok caption has its CLIP score
-    assert all(r[S.CAPTION_CLIP_SCORE] is not None for r in captions.to_pylist() if r[S.STATUS] == S.STATUS_OK)
+    assert all(
+        r[S.CAPTION_CLIP_SCORE] is not None for r in captions.to_pylist() if r[S.STATUS] == S.STATUS_OK
+    )
     summary = json.loads((out / "summary" / "curate.json").read_text())
     assert summary["rows_phase2"] == summary["kept"] == len(kept)
     manifest = read_manifest(out / "latents")
@@ -84,22 +88,59 @@ def test_curate_outputs_follow_the_contract(submitted):
     # every file of the run is an entry of the layout map, and every marker lives under OUT/_done
     files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
     assert [f for f in files if layout.kind_of(f) is None] == []
-    assert {f.split("/")[1] for f in files if layout.kind_of(f) == "marker"} >= {"split", "curate-score", "curate-write"}
+    assert {f.split("/")[1] for f in files if layout.kind_of(f) == "marker"} >= {
+        "split",
+        "curate-score",
+        "curate-write",
+    }
 
 
 def test_train_and_sample_from_the_shards(submitted, tmp_path):
     out, _ = submitted
     run = tmp_path / "dit"
     env = ray_env()
-    r = subprocess.run([sys.executable, "-m", "jobs.train", "--input", str(out / "latents"), "--output", str(run),
-                        "--steps", "6"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            "--input",
+            str(out / "latents"),
+            "--output",
+            str(run),
+            "--steps",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     losses = [float(x.split(",")[1]) for x in (run / "loss.csv").read_text().splitlines()[1:]]
     assert losses and all(v == v for v in losses)  # logged, finite
     mp4 = tmp_path / "sample.mp4"
-    r = subprocess.run([sys.executable, "-m", "jobs.sample", "--input", str(run), "--prompt", "a boat under a bridge",
-                        "--output", str(mp4), "--steps", "4"], capture_output=True, text=True, env=env, cwd=REPO,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.sample",
+            "--input",
+            str(run),
+            "--prompt",
+            "a boat under a bridge",
+            "--output",
+            str(mp4),
+            "--steps",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with av.open(str(mp4)) as c:
         assert sum(1 for _ in c.decode(video=0)) >= 5
@@ -112,10 +153,28 @@ def _stream_parts(out: Path) -> int:
 
 def test_model_actor_killed_mid_run(inputs, submitted, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(inputs), "--output", str(out),
-                          "--preset", "smoke", "--batch-size", "1", "--no-report"],
-                         env=ray_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.curate",
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--preset",
+            "smoke",
+            "--batch-size",
+            "1",
+            "--no-report",
+        ],
+        env=ray_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     killed = None
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and killed is None:
@@ -132,9 +191,13 @@ def test_model_actor_killed_mid_run(inputs, submitted, tmp_path):
     assert p.returncode == 0, log[-4000:]
     summary = json.loads((out / "summary" / "curate.json").read_text())
     ref = json.loads((submitted[0] / "summary" / "curate.json").read_text())
-    staged = pd.concat([pd.read_parquet(f, columns=["clip_id"]) for f in (out / "scored").glob("part-*.parquet")])
+    staged = pd.concat(
+        [pd.read_parquet(f, columns=["clip_id"]) for f in (out / "scored").glob("part-*.parquet")]
+    )
     assert staged.clip_id.is_unique  # exactly once
-    captioned = pd.concat([pd.read_parquet(f, columns=["clip_id"]) for f in (out / "captions").glob("part-*.parquet")])
+    captioned = pd.concat(
+        [pd.read_parquet(f, columns=["clip_id"]) for f in (out / "captions").glob("part-*.parquet")]
+    )
     assert captioned.clip_id.is_unique
     for key in ("clips", "scored", "kept", "captioned", "encoded"):
         assert summary[key] == ref[key], key
@@ -145,10 +208,27 @@ def test_model_actor_killed_mid_run(inputs, submitted, tmp_path):
 
 def test_whole_run_killed_then_resumed(inputs, submitted, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(inputs), "--output", str(out),
-                          "--preset", "smoke", "--batch-size", "1", "--no-report"],
-                         env=ray_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.curate",
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--preset",
+            "smoke",
+            "--batch-size",
+            "1",
+            "--no-report",
+        ],
+        env=ray_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and p.poll() is None and _stream_parts(out) < 2:
@@ -158,9 +238,25 @@ def test_whole_run_killed_then_resumed(inputs, submitted, tmp_path):
         p.wait()
     staged_before = _stream_parts(out)
     assert staged_before >= 2 and not (out / "summary" / "curate.json").exists(), "the kill must land mid-run"
-    r = subprocess.run([sys.executable, "-m", "jobs.curate", "--input", str(inputs), "--output", str(out),
-                        "--preset", "smoke", "--no-report"], env=ray_env(), cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.curate",
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--preset",
+            "smoke",
+            "--no-report",
+        ],
+        env=ray_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((out / "summary" / "curate.json").read_text())
     ref = json.loads((submitted[0] / "summary" / "curate.json").read_text())

@@ -40,13 +40,18 @@ def _run_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         e = centers[i % len(centers)] + (0.04 if i % 3 else 0.5) * rng.normal(size=DIM)
-        rows.append({
-            CLIP_ID: f"c{i:05d}", SOURCE_URI: f"/v/{i % 7}.mp4", STATUS: STATUS_OK,
-            SHARPNESS: float(rng.choice([50.0, 120.0, 300.0, 300.0])),  # ties at the cut-off
-            BLACK_FRACTION: float(rng.uniform(0, 0.3)), IS_STATIC: bool(i % 17 == 0),
-            AESTHETIC: float(np.round(rng.uniform(2, 8), 1)),
-            CLIP_EMBEDDING: (e / np.linalg.norm(e)).astype(np.float16).tolist(),
-        })
+        rows.append(
+            {
+                CLIP_ID: f"c{i:05d}",
+                SOURCE_URI: f"/v/{i % 7}.mp4",
+                STATUS: STATUS_OK,
+                SHARPNESS: float(rng.choice([50.0, 120.0, 300.0, 300.0])),  # ties at the cut-off
+                BLACK_FRACTION: float(rng.uniform(0, 0.3)),
+                IS_STATIC: bool(i % 17 == 0),
+                AESTHETIC: float(np.round(rng.uniform(2, 8), 1)),
+                CLIP_EMBEDDING: (e / np.linalg.norm(e)).astype(np.float16).tolist(),
+            }
+        )
     for i in range(0, n, 11):
         rows[i][CLIP_EMBEDDING] = None
     for i in range(5, n, 23):
@@ -58,8 +63,13 @@ def _run_rows(n: int, seed: int) -> list[dict]:
 
 
 CFG = FilterConfig(
-    rules=(Rule(BLACK_FRACTION, "<=", 0.25), Rule(IS_STATIC, "<=", 0.0), Rule(SHARPNESS, ">=", share=0.8),
-           Rule(AESTHETIC, ">=", 3.0), Rule(AESTHETIC, ">=", share=0.7)),
+    rules=(
+        Rule(BLACK_FRACTION, "<=", 0.25),
+        Rule(IS_STATIC, "<=", 0.0),
+        Rule(SHARPNESS, ">=", share=0.8),
+        Rule(AESTHETIC, ">=", 3.0),
+        Rule(AESTHETIC, ">=", share=0.7),
+    ),
     near_dup_cosine=0.95,
 )
 
@@ -80,7 +90,7 @@ def _write_parts(rows: list[dict], folder, sizes: list[int]) -> list[str]:
     paths, start = [], 0
     for k, size in enumerate(sizes):
         p = folder / f"part-{k:05d}.parquet"
-        pq.write_table(table_from_rows(rows[start:start + size]), p)
+        pq.write_table(table_from_rows(rows[start : start + size]), p)
         paths.append(str(p))
         start += size
     return paths
@@ -138,15 +148,28 @@ def test_filter_job_redecides_from_scores_and_resumes(tmp_path, ray_local):
     assert report2["kept"] < report["kept"]
     saved = json.loads((tmp_path / "filtered" / "_funnel.json").read_text())
     assert saved["kept"] == report2["kept"]
-    assert F.main(F.FilterJob(input=job.input, output=job.output, filters=strict)) == saved  # all markers: no work
+    assert (
+        F.main(F.FilterJob(input=job.input, output=job.output, filters=strict)) == saved
+    )  # all markers: no work
 
 
 def test_filter_cli_rejects_bad_arguments(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "jobs.filter", "--input", str(tmp_path / "none"),
-                        "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.filter",
+            "--input",
+            str(tmp_path / "none"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "run python -m jobs.score" in r.stderr
 
 
@@ -155,12 +178,17 @@ def test_filter_cli_rejects_bad_arguments(tmp_path):
 NEAR_ONLY = FilterConfig(rules=(), exact_dedup=False, near_dup_cosine=0.95)
 
 
-def _near_step(paths: list[str], centroids: np.ndarray, margin: float | None, buckets: int = 2) -> list[pa.Table]:
+def _near_step(
+    paths: list[str], centroids: np.ndarray, margin: float | None, buckets: int = 2
+) -> list[pa.Table]:
     """The near-duplicate step of `jobs.runtime.decide` with fixed centroids, run in this process."""
     states = [D.part_state(pq.read_table(p), i) for i, p in enumerate(paths)]
     keys = [D.near_keys(p, s, centroids, buckets, 0.95, margin) for p, s in zip(paths, states)]
     border = margin is not None
-    first = [D.near_decide([k[b] for k in keys], len(paths), 0.95, buckets if border else 0) for b in range(buckets)]
+    first = [
+        D.near_decide([k[b] for k in keys], len(paths), 0.95, buckets if border else 0)
+        for b in range(buckets)
+    ]
     dups = [[f[0][i] for f in first] for i in range(len(paths))]
     if border:
         for b in range(buckets):
@@ -178,12 +206,16 @@ def _unit(v: list[float]) -> list[float]:
 def _border_rows() -> list[dict]:
     """Two clusters (centroids e0, e1); a near-duplicate pair on the border between them: `a`
     nearest e0, `b` nearest e1, cosine 0.995; and rows inside each cluster, no duplicates."""
-    rows = [{CLIP_ID: "a", SOURCE_URI: "/v/a.mp4", AESTHETIC: 6.0, CLIP_EMBEDDING: _unit([1.0, 0.9, 0.3])},
-            {CLIP_ID: "b", SOURCE_URI: "/v/b.mp4", AESTHETIC: 5.0, CLIP_EMBEDDING: _unit([0.9, 1.0, 0.3])}]
+    rows = [
+        {CLIP_ID: "a", SOURCE_URI: "/v/a.mp4", AESTHETIC: 6.0, CLIP_EMBEDDING: _unit([1.0, 0.9, 0.3])},
+        {CLIP_ID: "b", SOURCE_URI: "/v/b.mp4", AESTHETIC: 5.0, CLIP_EMBEDDING: _unit([0.9, 1.0, 0.3])},
+    ]
     for j in range(8):  # e0 or e1 plus an own axis: cosine 0.8 with each other, ~0.65 with a and b
         v = [0.0] * DIM
         v[j % 2], v[4 + j] = 1.0, 0.5
-        rows.append({CLIP_ID: f"f{j}", SOURCE_URI: f"/v/f{j}.mp4", AESTHETIC: 7.0 - 0.1 * j, CLIP_EMBEDDING: _unit(v)})
+        rows.append(
+            {CLIP_ID: f"f{j}", SOURCE_URI: f"/v/f{j}.mp4", AESTHETIC: 7.0 - 0.1 * j, CLIP_EMBEDDING: _unit(v)}
+        )
     for r in rows:
         r[STATUS] = STATUS_OK
     return rows
@@ -191,8 +223,10 @@ def _border_rows() -> list[dict]:
 
 def _decisions(states: list[pa.Table]) -> dict[str, tuple]:
     t = pa.concat_tables(states)
-    return {c: (k, r, d) for c, k, r, d in zip(*(t.column(x).to_pylist() for x in (CLIP_ID, KEPT, DROP_REASON,
-                                                                                    DUPLICATE_OF)))}
+    return {
+        c: (k, r, d)
+        for c, k, r, d in zip(*(t.column(x).to_pylist() for x in (CLIP_ID, KEPT, DROP_REASON, DUPLICATE_OF)))
+    }
 
 
 def test_border_pass_catches_a_pair_split_by_a_cluster_border(tmp_path):
@@ -218,9 +252,26 @@ def test_border_pass_keeps_the_most_similar_keeper_when_found_twice(tmp_path):
     other: the border pass finds c in e1's group (with x) and in e0's group (with y); c names
     the more similar keeper, y, as the exact greedy does."""
     rows = _border_rows()[2:]
-    rows += [{CLIP_ID: "x", SOURCE_URI: "/v/x.mp4", AESTHETIC: 6.0, CLIP_EMBEDDING: _unit([0.5, 0.7, 1.0, 2.0, 0.5])},
-             {CLIP_ID: "y", SOURCE_URI: "/v/y.mp4", AESTHETIC: 6.0, CLIP_EMBEDDING: _unit([1.0, 0.7, 0.9, 2.0, -0.5])},
-             {CLIP_ID: "c", SOURCE_URI: "/v/c.mp4", AESTHETIC: 5.0, CLIP_EMBEDDING: _unit([0.7, 0.9, 0.6, 2.0, 0.0])}]
+    rows += [
+        {
+            CLIP_ID: "x",
+            SOURCE_URI: "/v/x.mp4",
+            AESTHETIC: 6.0,
+            CLIP_EMBEDDING: _unit([0.5, 0.7, 1.0, 2.0, 0.5]),
+        },
+        {
+            CLIP_ID: "y",
+            SOURCE_URI: "/v/y.mp4",
+            AESTHETIC: 6.0,
+            CLIP_EMBEDDING: _unit([1.0, 0.7, 0.9, 2.0, -0.5]),
+        },
+        {
+            CLIP_ID: "c",
+            SOURCE_URI: "/v/c.mp4",
+            AESTHETIC: 5.0,
+            CLIP_EMBEDDING: _unit([0.7, 0.9, 0.6, 2.0, 0.0]),
+        },
+    ]
     for r in rows:
         r[STATUS] = STATUS_OK
     centroids = np.eye(3, DIM, dtype=np.float32)  # (3, D): e0, e1, e2
@@ -240,14 +291,17 @@ def test_near_duplicates_between_groups_is_the_greedy_on_cross_group_pairs():
     emb = rng.normal(size=(30, 8))[rng.integers(0, 30, 120)] + 0.15 * rng.normal(size=(120, 8))  # (120, 8)
     order = list(rng.permutation(120))
     one = dedup.near_duplicates(emb, order, 0.9, block=16)
-    assert [(d.index, d.keeper) for d in dedup.near_duplicates_between(emb, order, range(120), 0.9, block=7)] == \
-        [(d.index, d.keeper) for d in one]
+    assert [
+        (d.index, d.keeper) for d in dedup.near_duplicates_between(emb, order, range(120), 0.9, block=7)
+    ] == [(d.index, d.keeper) for d in one]
     # rows already deduplicated within each group: the greedy over the whole equals it
     groups = rng.integers(0, 4, 120)
     keep = np.ones(120, bool)
     for g in range(4):
         idx = np.flatnonzero(groups == g)
-        for d in dedup.near_duplicates(emb[idx], [int(np.flatnonzero(idx == i)[0]) for i in order if i in idx], 0.9):
+        for d in dedup.near_duplicates(
+            emb[idx], [int(np.flatnonzero(idx == i)[0]) for i in order if i in idx], 0.9
+        ):
             keep[idx[d.index]] = False
     kept = np.flatnonzero(keep)
     sub_order = [int(np.flatnonzero(kept == i)[0]) for i in order if keep[i]]
@@ -260,7 +314,10 @@ def test_kmeans_centroids_do_not_depend_on_part_order(tmp_path):
     rows = _run_rows(400, seed=5)
     near = D.NearDupConfig(sample_rows=200)
     got = []
-    for name, order, sizes in (("a", rows, [150, len(rows) - 150]), ("b", rows[::-1], [20, 300, len(rows) - 320])):
+    for name, order, sizes in (
+        ("a", rows, [150, len(rows) - 150]),
+        ("b", rows[::-1], [20, 300, len(rows) - 320]),
+    ):
         paths = _write_parts(order, tmp_path / name, sizes)
         states = [D.part_state(pq.read_table(p), i) for i, p in enumerate(paths)]
         share = near.sample_rows / sum(D.alive_count(s) for s in states)
@@ -280,13 +337,27 @@ def test_clustered_decisions_do_not_depend_on_part_order(tmp_path, ray_local):
     rows = _run_rows(600, seed=4)
     near = D.NearDupConfig(cluster_rows=60, sample_rows=150)
     got = []
-    for name, order, sizes in (("a", rows, [250, 0, len(rows) - 250]), ("b", rows[::-1], [90, 400, len(rows) - 490])):
+    for name, order, sizes in (
+        ("a", rows, [250, 0, len(rows) - 250]),
+        ("b", rows[::-1], [90, 400, len(rows) - 490]),
+    ):
         src = _write_parts(order, tmp_path / name, sizes)
         dst = [str(tmp_path / f"{name}-out" / f"part-{k}.parquet") for k in range(len(src))]
         funnel, _ = decide_parts(src, dst, CFG, near=near, buckets=2)
         t = pa.concat_tables([pq.read_table(p) for p in dst])
-        got.append((funnel, sorted(zip(*(t.column(c).to_pylist() for c in (CLIP_ID, SOURCE_URI, KEPT, DROP_REASON,
-                                                                            DUPLICATE_OF))))))
+        got.append(
+            (
+                funnel,
+                sorted(
+                    zip(
+                        *(
+                            t.column(c).to_pylist()
+                            for c in (CLIP_ID, SOURCE_URI, KEPT, DROP_REASON, DUPLICATE_OF)
+                        )
+                    )
+                ),
+            )
+        )
     assert got[0] == got[1]
     near_step = next(s for s in got[0][0] if s["step"] == "near_duplicate")
     assert near_step["in"] > 2 * near.cluster_rows and near_step["dropped"] > 0  # 3+ clusters, and it fired
@@ -306,8 +377,13 @@ def test_clustered_near_duplicates_keep_what_the_exact_greedy_keeps(tmp_path, ra
     wrong = {}
     for margin in (None, 1.0):
         dst = [str(tmp_path / f"out-{margin}" / f"part-{k}.parquet") for k in range(len(src))]
-        decide_parts(src, dst, cfg, near=D.NearDupConfig(cluster_rows=60, sample_rows=300, border_margin=margin),
-                     buckets=2)
+        decide_parts(
+            src,
+            dst,
+            cfg,
+            near=D.NearDupConfig(cluster_rows=60, sample_rows=300, border_margin=margin),
+            buckets=2,
+        )
         got = pa.concat_tables([pq.read_table(p) for p in dst]).column(KEPT).to_pylist()
         wrong[margin] = sum(a != b for a, b in zip(got, want))
     assert wrong[None] > 0 and wrong[1.0] == 0, wrong

@@ -65,14 +65,28 @@ TRAIN_PAIRS = [(c, k) for c in COLOURS for k in TRACK_NAMES if (c, k) not in HEL
 TOKENS = num_tokens(SQUARE_SHAPE, (1, 2, 2))  # 27 per sample
 # 4 samples per packed row in training (16 a step); shift "auto" from the 3 x 3 x 3 grid; 400 steps:
 # every seed composes all held-out pairs, in ~30 s on 1 CPU thread
-CFG = TrainConfig(model="tiny", patch=(1, 2, 2), steps=400, batch_size=16, max_tokens=4 * TOKENS, lr=2e-3,
-                  warmup=50, ema_decay=0.99, caption_dropout=0.1, shift="auto", log_every=100,
-                  ckpt_every=100_000, seed=0)
+CFG = TrainConfig(
+    model="tiny",
+    patch=(1, 2, 2),
+    steps=400,
+    batch_size=16,
+    max_tokens=4 * TOKENS,
+    lr=2e-3,
+    warmup=50,
+    ema_decay=0.99,
+    caption_dropout=0.1,
+    shift="auto",
+    log_every=100,
+    ckpt_every=100_000,
+    seed=0,
+)
 PER_PAIR = 8  # training samples per pair
 DRAWS = 8  # samples per held-out pair
 
 
-def learn(seed: int = 0, ablate: tuple[str, ...] = (), steps: int | None = None, out: Path | None = None) -> dict:
+def learn(
+    seed: int = 0, ablate: tuple[str, ...] = (), steps: int | None = None, out: Path | None = None
+) -> dict:
     """Train on the 12 training pairs, sample the 4 held-out ones; accuracy per factor, cond and null."""
     cfg = replace(CFG, seed=seed, ablate=tuple(ablate), steps=steps or CFG.steps)
     data = square_samples(TRAIN_PAIRS, PER_PAIR, seed=seed)
@@ -88,20 +102,38 @@ def learn(seed: int = 0, ablate: tuple[str, ...] = (), steps: int | None = None,
     def draw(m: torch.Tensor, scale: float) -> list[tuple]:
         g = torch.Generator().manual_seed(1000 + seed)
         # max_tokens: two cond / uncond pairs per row, so a row mixes samples of different prompts
-        x = sample(model, text, m, SQUARE_SHAPE, steps=20, cfg_scale=scale, shift=config["train"]["shift"],
-                   generator=g, max_tokens=4 * TOKENS)
+        x = sample(
+            model,
+            text,
+            m,
+            SQUARE_SHAPE,
+            steps=20,
+            cfg_scale=scale,
+            shift=config["train"]["shift"],
+            generator=g,
+            max_tokens=4 * TOKENS,
+        )
         return decode_squares(x)
 
     def score(got: list[tuple]) -> dict:
         n = len(want)
-        return {"colour": sum(g[0] == w[0] for g, w in zip(got, want)) / n,
-                "track": sum(g[1] == w[1] for g, w in zip(got, want)) / n,
-                "both": sum(g == w for g, w in zip(got, want)) / n}
+        return {
+            "colour": sum(g[0] == w[0] for g, w in zip(got, want)) / n,
+            "track": sum(g[1] == w[1] for g, w in zip(got, want)) / n,
+            "both": sum(g == w for g, w in zip(got, want)) / n,
+        }
 
     cond = score(draw(mask, 3.0))
     null = score(draw(torch.zeros_like(mask), 1.0))  # the CFG null alone: all-False text mask
-    return {"seed": seed, "ablate": list(ablate), "steps": cfg.steps, "final_loss": summary["loss"],
-            "seconds": round(summary["seconds"], 1), "held_out": cond, "null": null}
+    return {
+        "seed": seed,
+        "ablate": list(ablate),
+        "steps": cfg.steps,
+        "final_loss": summary["loss"],
+        "seconds": round(summary["seconds"], 1),
+        "held_out": cond,
+        "null": null,
+    }
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def test_patchify_roundtrip_and_grid_positions(patch):
     # token k holds exactly the values of its tubelet
     t, y, xx = pos[5].tolist()
     pt, ph, pw = patch
-    block = x[:, t * pt:(t + 1) * pt, y * ph:(y + 1) * ph, xx * pw:(xx + 1) * pw]
+    block = x[:, t * pt : (t + 1) * pt, y * ph : (y + 1) * ph, xx * pw : (xx + 1) * pw]
     assert torch.equal(tokens[5], block.reshape(-1))
 
 
@@ -61,7 +61,7 @@ def test_packed_forward_equals_per_sample_forwards(backend, monkeypatch):
     with torch.no_grad():
         out = unpack(packed, model(packed, t), model.cfg.patch)
         for i in range(len(shapes)):
-            alone = model.forward_latents([lat[i]], t[i:i + 1], txt[i][None], msk[i][None])[0]
+            alone = model.forward_latents([lat[i]], t[i : i + 1], txt[i][None], msk[i][None])[0]
             assert torch.isfinite(alone).all()
             assert (out[i] - alone).abs().max() < 1e-5, f"sample {i} sees other samples"
 
@@ -143,7 +143,6 @@ def test_objectives_invert_with_oracle_predictions():
     assert 0.7 < float(kept) < 0.8
 
 
-
 @pytest.mark.parametrize("objective", ["rflow", "ddpm"])
 @pytest.mark.parametrize("strength", [1.0, 0.4])
 def test_sampler_loops_reach_the_data_with_an_oracle(objective, strength, monkeypatch):
@@ -162,9 +161,18 @@ def test_sampler_loops_reach_the_data_with_an_oracle(objective, strength, monkey
     monkeypatch.setattr(S, "predict", oracle)
     model = torch.nn.Linear(1, 1)  # only its device is read
     init = torch.randn(1, 4, 2, 4, 4) if strength < 1 else None
-    out = S.sample(model, torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool), (4, 2, 4, 4), steps=7,
-                   objective=objective, init=init, strength=strength)
+    out = S.sample(
+        model,
+        torch.zeros(1, 2, 3),
+        torch.ones(1, 2, dtype=torch.bool),
+        (4, 2, 4, 4),
+        steps=7,
+        objective=objective,
+        init=init,
+        strength=strength,
+    )
     assert (out - x0).abs().max() < 1e-4
+
 
 @pytest.mark.gpu
 def test_gpu_bf16_packed_forward_and_train_step(tmp_path):
@@ -177,12 +185,16 @@ def test_gpu_bf16_packed_forward_and_train_step(tmp_path):
     lat, txt, msk = _samples([(2, 4, 4), (1, 6, 4), (3, 2, 2)], [3, 6, 0])
     packed = pack(lat, txt, msk, model.cfg.patch, max_tokens=24).to("cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        out = unpack(packed, model(packed, torch.tensor([10.0, 500.0, 990.0], device="cuda")), model.cfg.patch)
+        out = unpack(
+            packed, model(packed, torch.tensor([10.0, 500.0, 990.0], device="cuda")), model.cfg.patch
+        )
     cpu = _random_model().eval()
     with torch.no_grad():
         ref = cpu.forward_latents([lat[0]], torch.tensor([10.0]), txt[0][None], msk[0][None])[0]
     assert (out[0].float().cpu() - ref).abs().max() < 0.1  # bf16 tolerance
-    summary = train(TrainConfig(steps=5, batch_size=4, ckpt_every=5), synthetic_samples(8), tmp_path, device="cuda")
+    summary = train(
+        TrainConfig(steps=5, batch_size=4, ckpt_every=5), synthetic_samples(8), tmp_path, device="cuda"
+    )
     assert summary["step"] == 5 and summary["loss"] == summary["loss"]  # finite, not NaN
 
 
@@ -208,7 +220,9 @@ def test_size_conditioning_reaches_each_packed_sample_by_its_own_grid():
     t = torch.tensor([100.0, 400.0, 800.0])
     with torch.no_grad():
         packed = model.forward_latents(lat, t, txt, msk, max_tokens=64)
-        alone = [model.forward_latents([lat[i]], t[i:i + 1], txt[i][None], msk[i][None])[0] for i in range(3)]
+        alone = [
+            model.forward_latents([lat[i]], t[i : i + 1], txt[i][None], msk[i][None])[0] for i in range(3)
+        ]
         model.size_embed[-1].weight.zero_()
         model.size_embed[-1].bias.zero_()
         no_size = model.forward_latents([lat[0]], t[:1], txt[0][None], msk[0][None])[0]

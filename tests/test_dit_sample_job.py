@@ -33,9 +33,16 @@ def _train(out, enc) -> dict:
 
     manifest = manifest_meta(enc, *vae_and_text_info(enc))
     c = manifest["vae"]["latent_channels"]
-    data = synthetic_samples(4, shapes=[(2, 4, 4)], channels=c, text_len=8, text_dim=manifest["text_encoder"]["dim"])
-    train(TrainConfig(steps=3, batch_size=2, ckpt_every=100), data, out, device="cpu",
-          extra_config={"manifest": manifest, "latent_shapes": {f"[{c}, 2, 4, 4]": 4}})
+    data = synthetic_samples(
+        4, shapes=[(2, 4, 4)], channels=c, text_len=8, text_dim=manifest["text_encoder"]["dim"]
+    )
+    train(
+        TrainConfig(steps=3, batch_size=2, ckpt_every=100),
+        data,
+        out,
+        device="cpu",
+        extra_config={"manifest": manifest, "latent_shapes": {f"[{c}, 2, 4, 4]": 4}},
+    )
     return manifest
 
 
@@ -54,8 +61,17 @@ def test_text_to_mp4_at_training_and_other_sizes(run, tmp_path):
     s = main(SampleJob(run=str(run), prompt="a red ball", out=str(tmp_path / "a.mp4"), steps=2))
     assert s["latent_shape"] == [4, 2, 4, 4] and s["smoke_random_models"]
     assert _frames(tmp_path / "a.mp4") == (5, 32, 32)  # wan smoke: 4x time, 8x space
-    main(SampleJob(run=str(run), prompt="a red ball", out=str(tmp_path / "b.mp4"), steps=2,
-                   frames=9, height=16, width=48))
+    main(
+        SampleJob(
+            run=str(run),
+            prompt="a red ball",
+            out=str(tmp_path / "b.mp4"),
+            steps=2,
+            frames=9,
+            height=16,
+            width=48,
+        )
+    )
     assert _frames(tmp_path / "b.mp4") == (9, 48, 16)
 
 
@@ -63,8 +79,16 @@ def test_sdedit_from_a_video(run, tmp_path):
     from jobs.sample import SampleJob, main
 
     video = make_video(tmp_path / "init.mp4", [Segment("shot", 12)], fps=8, width=64, height=48).path
-    s = main(SampleJob(run=str(run), prompt="a blue ball", out=str(tmp_path / "e.mp4"), steps=3,
-                       init_video=str(video), strength=0.6))
+    s = main(
+        SampleJob(
+            run=str(run),
+            prompt="a blue ball",
+            out=str(tmp_path / "e.mp4"),
+            steps=3,
+            init_video=str(video),
+            strength=0.6,
+        )
+    )
     assert s["sdedit_strength"] == 0.6
     assert _frames(tmp_path / "e.mp4") == (5, 32, 32)
     with pytest.raises(UsageError, match="needs --init-video"):
@@ -83,9 +107,13 @@ def test_sampler_loads_the_vae_and_text_encoder_the_manifest_names(tmp_path):
 
     vae_dir = build_smoke_vae(tmp_path / "my-vae", "wan")  # a VAE in a folder of its own, not a smoke preset
     text_dir = build_smoke_text_encoder(tmp_path / "my-text")
-    enc = dataclasses.replace(SMOKE, vae=VAEConfig(kind="wan", source=str(vae_dir), subfolder="", tiling=False,
-                                                   dtype="float32", device="cpu"),
-                              text=dataclasses.replace(SMOKE.text, source=str(text_dir), smoke=False))
+    enc = dataclasses.replace(
+        SMOKE,
+        vae=VAEConfig(
+            kind="wan", source=str(vae_dir), subfolder="", tiling=False, dtype="float32", device="cpu"
+        ),
+        text=dataclasses.replace(SMOKE.text, source=str(text_dir), smoke=False),
+    )
     run = tmp_path / "run"
     _train(run, enc)
     s = main(SampleJob(run=str(run), prompt="a red ball", out=str(tmp_path / "a.mp4"), steps=2))

@@ -17,8 +17,19 @@ from latents.dit.train import TrainConfig, train
 
 torch.set_num_threads(1)
 
-MEMO = TrainConfig(model="tiny", steps=1000, batch_size=3, max_tokens=None, lr=2e-3, warmup=20,
-                   ema_decay=0.9, caption_dropout=0.1, log_every=20, ckpt_every=10_000, seed=0)
+MEMO = TrainConfig(
+    model="tiny",
+    steps=1000,
+    batch_size=3,
+    max_tokens=None,
+    lr=2e-3,
+    warmup=20,
+    ema_decay=0.9,
+    caption_dropout=0.1,
+    log_every=20,
+    ckpt_every=10_000,
+    seed=0,
+)
 
 
 def _losses(run: Path) -> list[float]:
@@ -48,7 +59,9 @@ def test_memorisation_loss_falls_and_each_caption_recalls_its_clip(memorised):
     assert end < 0.3 * start, f"loss {start:.3f} -> {end:.3f}: did not fall below 30% of its start"
     text = torch.stack([d["text_embedding"] for d in data])
     mask = torch.stack([d["text_mask"] for d in data])
-    x = sample(model, text, mask, (4, 2, 4, 4), steps=20, cfg_scale=3.0, generator=torch.Generator().manual_seed(0))
+    x = sample(
+        model, text, mask, (4, 2, 4, 4), steps=20, cfg_scale=3.0, generator=torch.Generator().manual_seed(0)
+    )
     cos = _cosines(x, data)
     assert cos.argmax(1).tolist() == [0, 1, 2], f"cosine to training clips:\n{cos}"
     assert cos.diagonal().min() > 0.8
@@ -118,7 +131,12 @@ def test_run_files_safetensors_config_and_curve(memorised):
     assert config["model"]["in_channels"] == 4 and config["model"]["text_dim"] == 16
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and ckpt.name == "step-0001000"
-    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "ema.safetensors", "optim.safetensors", "state.json"}
+    assert {p.name for p in ckpt.iterdir()} == {
+        "model.safetensors",
+        "ema.safetensors",
+        "optim.safetensors",
+        "state.json",
+    }
     assert json.loads((ckpt / "state.json").read_text())["samples_seen"] == 3000
     assert (run / "loss.png").stat().st_size > 1000
     # a different config in the same run dir is refused instead of silently mixing runs
@@ -128,8 +146,17 @@ def test_run_files_safetensors_config_and_curve(memorised):
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     data = synthetic_samples(7, shapes=[(2, 4, 4), (1, 2, 6), (3, 2, 2)], seed=2)
-    cfg = TrainConfig(model="tiny", steps=12, batch_size=4, max_tokens=40, warmup=4, caption_dropout=0.5,
-                      log_every=1, ckpt_every=100, seed=3)
+    cfg = TrainConfig(
+        model="tiny",
+        steps=12,
+        batch_size=4,
+        max_tokens=40,
+        warmup=4,
+        caption_dropout=0.5,
+        log_every=1,
+        ckpt_every=100,
+        seed=3,
+    )
     train(cfg, data, tmp_path / "full", device="cpu")
     part = train(cfg, data, tmp_path / "cut", device="cpu", stop_after=5)  # "interrupted" after step 5
     assert part["step"] == 5
@@ -156,11 +183,28 @@ def test_ema_warmup_forgets_the_initial_model(tmp_path):
     for step in range(2000):
         update_ema(ema, model, ema_decay_at(cfg, step))
     init_share = 1 - float(ema.weight)
-    assert init_share < 1e-6, f"{init_share:.3g} of the EMA is still the init (0.999^2000 = 0.135 without warm-up)"
+    assert init_share < 1e-6, (
+        f"{init_share:.3g} of the EMA is still the init (0.999^2000 = 0.135 without warm-up)"
+    )
     assert ema_decay_at(cfg, 100_000) == 0.999  # capped at ema_decay
     # wired into train(): after 10 steps at 0.9999 the EMA's output layer is near the model's, not ~0
-    train(TrainConfig(model="tiny", steps=10, batch_size=2, max_tokens=None, ema_decay=0.9999, ckpt_every=10,
-                      log_every=10), synthetic_samples(4), tmp_path, device="cpu")
+    train(
+        TrainConfig(
+            model="tiny",
+            steps=10,
+            batch_size=2,
+            max_tokens=None,
+            ema_decay=0.9999,
+            ckpt_every=10,
+            log_every=10,
+        ),
+        synthetic_samples(4),
+        tmp_path,
+        device="cpu",
+    )
     ckpt = latest_checkpoint(tmp_path)
-    w_model, w_ema = load_file(ckpt / "model.safetensors")["final.weight"], load_file(ckpt / "ema.safetensors")["final.weight"]
+    w_model, w_ema = (
+        load_file(ckpt / "model.safetensors")["final.weight"],
+        load_file(ckpt / "ema.safetensors")["final.weight"],
+    )
     assert float(w_model.norm()) > 0 and float(w_ema.norm()) > 0.3 * float(w_model.norm())

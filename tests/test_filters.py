@@ -43,12 +43,20 @@ def _rows(n: int, seed: int = 0, dim: int = 16) -> list[dict]:
     rows = []
     for i in range(n):
         e = rng.normal(size=dim)
-        rows.append({
-            CLIP_ID: f"v{i % 3}-{i:04d}", SOURCE_URI: f"/data/v{i % 3}.mp4", STATUS: STATUS_OK,
-            MOTION: 0.1, SHARPNESS: float(rng.uniform(50, 500)), BRIGHTNESS: 0.4, BLACK_FRACTION: 0.0,
-            IS_STATIC: False, AESTHETIC: float(rng.uniform(2, 8)),
-            CLIP_EMBEDDING: (e / np.linalg.norm(e)).astype(np.float16).tolist(),
-        })
+        rows.append(
+            {
+                CLIP_ID: f"v{i % 3}-{i:04d}",
+                SOURCE_URI: f"/data/v{i % 3}.mp4",
+                STATUS: STATUS_OK,
+                MOTION: 0.1,
+                SHARPNESS: float(rng.uniform(50, 500)),
+                BRIGHTNESS: 0.4,
+                BLACK_FRACTION: 0.0,
+                IS_STATIC: False,
+                AESTHETIC: float(rng.uniform(2, 8)),
+                CLIP_EMBEDDING: (e / np.linalg.norm(e)).astype(np.float16).tolist(),
+            }
+        )
     return rows
 
 
@@ -88,7 +96,9 @@ def test_percentile_keeps_the_stated_share_of_clips_reaching_it(share):
     rows = _rows(90, seed=1)
     for r in rows[:10]:
         r[SHARPNESS] = 1.0  # dropped earlier by a cheap rule: not part of the percentile population
-    cfg = FilterConfig(rules=(Rule(SHARPNESS, ">=", 10.0), Rule(AESTHETIC, ">=", share=share)), near_dup_cosine=None)
+    cfg = FilterConfig(
+        rules=(Rule(SHARPNESS, ">=", 10.0), Rule(AESTHETIC, ">=", share=share)), near_dup_cosine=None
+    )
     out, funnel = _decide(rows, cfg)
     reached = out[10:]
     kept = [o for o in reached if o[KEPT]]
@@ -143,13 +153,16 @@ def test_exact_duplicate_keeps_lowest_uri():
     assert out[0][DROP_REASON] == f"{EXACT_DUP}: same content and span as /a/renamed.mp4"
 
 
-@pytest.mark.parametrize("rule", [
-    Rule("caption", ">=", 1.0),
-    Rule(AESTHETIC, ">=", 1.0, share=0.5),
-    Rule(AESTHETIC, ">="),
-    Rule(AESTHETIC, ">=", share=1.5),
-    Rule(AESTHETIC, ">", 1.0),  # type: ignore[arg-type]
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        Rule("caption", ">=", 1.0),
+        Rule(AESTHETIC, ">=", 1.0, share=0.5),
+        Rule(AESTHETIC, ">="),
+        Rule(AESTHETIC, ">=", share=1.5),
+        Rule(AESTHETIC, ">", 1.0),  # type: ignore[arg-type]
+    ],
+)
 def test_bad_rules_fail_with_the_rule_and_value(rule):
     with pytest.raises(UsageError, match="must"):
         apply_cascade(table_from_rows(_rows(1)), FilterConfig(rules=(rule,)))

@@ -63,9 +63,19 @@ def source_images() -> list[np.ndarray]:
 
 
 def clip_row(path: Path, frames: int, size: tuple[int, int], cid: str) -> dict:
-    return {CLIP_ID: cid, VIDEO_ID: cid, SOURCE_URI: str(path), START_FRAME: 0, END_FRAME: frames,
-            START_PTS: 0.0, END_PTS: frames / FPS_OUT, FPS: float(FPS_OUT), WIDTH: size[0], HEIGHT: size[1],
-            STATUS: STATUS_OK}
+    return {
+        CLIP_ID: cid,
+        VIDEO_ID: cid,
+        SOURCE_URI: str(path),
+        START_FRAME: 0,
+        END_FRAME: frames,
+        START_PTS: 0.0,
+        END_PTS: frames / FPS_OUT,
+        FPS: float(FPS_OUT),
+        WIDTH: size[0],
+        HEIGHT: size[1],
+        STATUS: STATUS_OK,
+    }
 
 
 def test_camera_motion_matrix(tmp_path):
@@ -103,8 +113,17 @@ def test_camera_static_with_moving_subject_and_complex():
     pts = np.arange(8) / FPS_OUT
     assert flow.camera_fit(frames, pts, flow.FlowConfig(), np.arange(8)).label == "static"
     h, w = 180, 320
-    rot = np.stack([cv2.warpAffine(cv2.resize(src, (w, h)), cv2.getRotationMatrix2D((w / 2, h / 2), 0.8 * i, 1.0),
-                                   (w, h), borderMode=cv2.BORDER_REFLECT) for i in range(8)])
+    rot = np.stack(
+        [
+            cv2.warpAffine(
+                cv2.resize(src, (w, h)),
+                cv2.getRotationMatrix2D((w / 2, h / 2), 0.8 * i, 1.0),
+                (w, h),
+                borderMode=cv2.BORDER_REFLECT,
+            )
+            for i in range(8)
+        ]
+    )
     assert flow.camera_fit(rot, pts, flow.FlowConfig(), np.arange(8)).label == "complex"
 
 
@@ -112,8 +131,12 @@ def test_text_area_and_reading_on_rendered_text(tmp_path):
     """Subtitles and watermarks of known box: the area error is small, and the real PP-OCRv4
     weights read the subtitle's text exactly (case and spaces aside)."""
     reader = ocr.reader(ocr.OcrConfig())
-    cases = [("Meet me at the harbour", 0.07, "bottom"), ("NEWS 24", 0.06, "corner"),
-             ("The quick brown fox jumps over", 0.09, "bottom"), ("Big title", 0.15, "bottom")]
+    cases = [
+        ("Meet me at the harbour", 0.07, "bottom"),
+        ("NEWS 24", 0.06, "corner"),
+        ("The quick brown fox jumps over", 0.09, "bottom"),
+        ("Big title", 0.15, "bottom"),
+    ]
     errors = []
     for seed in (0, 1):
         src = cv2.resize(textured_image(seed), (640, 360), interpolation=cv2.INTER_AREA)
@@ -126,17 +149,23 @@ def test_text_area_and_reading_on_rendered_text(tmp_path):
             assert got[TEXT_BOXES] >= 1
             assert 0.7 * truth <= got[TEXT_AREA] <= 2.5 * truth, (text, truth, got)
             if where == "bottom":
-                assert "".join(text.lower().split()) in ["".join(s.lower().split()) for s in got[OCR_TEXT]], got
+                assert "".join(text.lower().split()) in ["".join(s.lower().split()) for s in got[OCR_TEXT]], (
+                    got
+                )
         blank = reader.scores(cv2.resize(src, (398, 224))[None])
         assert blank[TEXT_AREA] == 0.0 and blank[OCR_TEXT] == []
-    print(f"text_area error: mean {np.mean(errors):+.4f}, max |err| {np.max(np.abs(errors)):.4f} (share of frame)")
+    print(
+        f"text_area error: mean {np.mean(errors):+.4f}, max |err| {np.max(np.abs(errors)):.4f} (share of frame)"
+    )
     assert np.max(np.abs(errors)) < 0.02
 
 
 def test_subtitled_clip_through_the_score_step(tmp_path):
     """A subtitled video: the CPU step records the text and the text-area rule drops it before CLIP."""
     src = cv2.resize(textured_image(3), (640, 360), interpolation=cv2.INTER_AREA)
-    frames = camera_clip(cv2.resize(src, (1280, 720)), "pan_right", 0.2, frames=48, fps=FPS_OUT, size=(640, 360))
+    frames = camera_clip(
+        cv2.resize(src, (1280, 720)), "pan_right", 0.2, frames=48, fps=FPS_OUT, size=(640, 360)
+    )
     sub = np.stack([draw_text(f, "Where are you going", 0.12, "bottom", boxed=True)[0] for f in frames])
     plain_path = write_video(tmp_path / "plain.mp4", frames, FPS_OUT)
     sub_path = write_video(tmp_path / "sub.mp4", sub, FPS_OUT)
@@ -154,8 +183,12 @@ def test_subtitled_clip_through_the_score_step(tmp_path):
 def test_nsfw_detector_runs_on_real_frames(real_videos):
     """The shipped NudeNet weights run on real frames and give scores in [0, 1]."""
     det = nsfw.detector(nsfw.NsfwConfig())
-    frames = np.concatenate([decode_clip(real_videos / name, 1.0, 2.0, offsets=[0, 12], size=(398, 224)).frames
-                             for name in ("bigbuckbunny.mp4", "friends-video-clip.mp4", "chaplin.mp4")])
+    frames = np.concatenate(
+        [
+            decode_clip(real_videos / name, 1.0, 2.0, offsets=[0, 12], size=(398, 224)).frames
+            for name in ("bigbuckbunny.mp4", "friends-video-clip.mp4", "chaplin.mp4")
+        ]
+    )
     per_frame = det.frame_scores(frames)
     assert per_frame.shape == (len(frames),)
     assert np.all((per_frame >= 0) & (per_frame <= 1))
@@ -194,7 +227,9 @@ def test_nsfw_rule_drops_and_ocr_never_runs_after_it(tmp_path, monkeypatch):
     r = out.to_pylist()[0]
     assert r[NSFW] == pytest.approx(0.93) and r[FRAMES] is None
     assert r[TEXT_AREA] is None and calls["ocr"] == 0
-    cascade = FilterConfig(rules=(Rule(NSFW, "<=", filters.NSFW_MAX),), exact_dedup=False, near_dup_cosine=None)
+    cascade = FilterConfig(
+        rules=(Rule(NSFW, "<=", filters.NSFW_MAX),), exact_dedup=False, near_dup_cosine=None
+    )
     decided, _ = apply_cascade(score_frames_conform(out), cascade)
     assert decided.column(KEPT).to_pylist() == [False]
     assert decided.column(DROP_REASON).to_pylist() == ["nsfw <= 0.6: nsfw=0.93"]

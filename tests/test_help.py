@@ -14,9 +14,18 @@ import pytest
 from jobs.bench import BENCHES
 
 JOBS = {
-    "jobs.split": "cli", "jobs.score": "cli", "jobs.filter": "cli", "jobs.caption": "cli", "jobs.encode": "cli",
-    "jobs.curate": "cli", "jobs.train": "cli", "jobs.sample": "cli", "jobs.check": "main", "jobs.demo": "main",
-    "jobs.status": "main", "jobs.report.build": "main",
+    "jobs.split": "cli",
+    "jobs.score": "cli",
+    "jobs.filter": "cli",
+    "jobs.caption": "cli",
+    "jobs.encode": "cli",
+    "jobs.curate": "cli",
+    "jobs.train": "cli",
+    "jobs.sample": "cli",
+    "jobs.check": "main",
+    "jobs.demo": "main",
+    "jobs.status": "main",
+    "jobs.report.build": "main",
 }
 ENTRIES = [(m, f, []) for m, f in JOBS.items()] + [("jobs.bench", "cli", [b]) for b in BENCHES]
 
@@ -44,14 +53,20 @@ def _parser_of(module: str, fn: str, argv: list[str], monkeypatch) -> argparse.A
 
 
 def _shows_default(p: argparse.ArgumentParser, a: argparse.Action) -> bool:
-    if a.required or a.default in (None, argparse.SUPPRESS) or isinstance(a, argparse._StoreTrueAction | argparse._StoreFalseAction):
+    if (
+        a.required
+        or a.default in (None, argparse.SUPPRESS)
+        or isinstance(a, argparse._StoreTrueAction | argparse._StoreFalseAction)
+    ):
         return True  # nothing to show: required, no default, or an on/off switch
     if "%(default)" in a.help or "default" in a.help.lower():
         return True
     return issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
 
 
-@pytest.mark.parametrize("module,fn,argv", ENTRIES, ids=[f"{m}{' ' + a[0] if a else ''}" for m, _, a in ENTRIES])
+@pytest.mark.parametrize(
+    "module,fn,argv", ENTRIES, ids=[f"{m}{' ' + a[0] if a else ''}" for m, _, a in ENTRIES]
+)
 def test_every_flag_has_help_and_its_default(module, fn, argv, monkeypatch):
     p = _parser_of(module, fn, argv, monkeypatch)
     bad = []

@@ -59,7 +59,9 @@ def _frame(t: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
-    path = write_video(tmp_path_factory.mktemp("hybrid") / "cases.mp4", (_frame(t) for t in range(300)), fps=24)
+    path = write_video(
+        tmp_path_factory.mktemp("hybrid") / "cases.mp4", (_frame(t) for t in range(300)), fps=24
+    )
     frames = [f for _, f in iter_small_yuv(Path(path), size=FRAME_SIZE)]
     return np.stack([f.yuv for f in frames]), np.array([f.pts for f in frames])  # (300, 27, 48, 3), (300,)
 
@@ -82,7 +84,9 @@ def test_only_the_clean_cut_is_confident(video: tuple[np.ndarray, np.ndarray]) -
     assert set(confident_cuts(d, hist, np.zeros_like(near_black), sharp, CFG)) == {CUT, *BLACK}
     assert set(confident_cuts(d, hist, near_black, sharp, replace(CFG, cut_flash_keep=0.0))) == {CUT, *FLASH}
     loose = replace(CFG, cut_ratio=0.0, cut_calm_ratio=0.0, cut_hist_frames=0)  # the dissolve's three guards
-    assert set(confident_cuts(d, hist, near_black, sharp, loose)) - {CUT} <= set(range(DISSOLVE[0], DISSOLVE[1] + 1))
+    assert set(confident_cuts(d, hist, near_black, sharp, loose)) - {CUT} <= set(
+        range(DISSOLVE[0], DISSOLVE[1] + 1)
+    )
     assert set(confident_cuts(d, hist, near_black, sharp, loose)) - {CUT}
 
 
@@ -105,7 +109,9 @@ def test_clean_cut_skips_the_model_the_rest_reach_it(video: tuple[np.ndarray, np
     assert det.scorer.windows_run < runs[False][1].scorer.windows_run
     # same transitions as the full model run; the cheap cut's score is the documented mapping
     assert CUT in full.cuts
-    assert (tr.cuts, tr.excluded) == (full.cuts, full.excluded) == (runs[False][0].cuts, runs[False][0].excluded)
+    assert (
+        (tr.cuts, tr.excluded) == (full.cuts, full.excluded) == (runs[False][0].cuts, runs[False][0].excluded)
+    )
     assert 0.5 < tr.frame_score[CUT] < 1.0
     assert tr.frame_score[CUT] == pytest.approx(cut_score(_ratio(yuv), CFG), abs=1e-6)
 
@@ -117,7 +123,9 @@ def _ratio(yuv: np.ndarray) -> float:
     return confident_cuts(d, hist, np.zeros(len(d), bool), sharp, CFG)[CUT]
 
 
-def test_frames_the_model_never_scored_get_a_null_boundary_score(video: tuple[np.ndarray, np.ndarray]) -> None:
+def test_frames_the_model_never_scored_get_a_null_boundary_score(
+    video: tuple[np.ndarray, np.ndarray],
+) -> None:
     from curate.shots.split import SplitConfig, clip_rows, clip_spans
 
     yuv, pts = video

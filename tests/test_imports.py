@@ -83,7 +83,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -101,8 +101,11 @@ def test_import_direction(pkg):
 
 
 def test_ray_only_in_jobs():
-    outside = [f for f in REPO.rglob("*.py")
-               if not {".venv", "jobs", "tests"} & set(f.relative_to(REPO).parts) and "ray" in _imports(f)]
+    outside = [
+        f
+        for f in REPO.rglob("*.py")
+        if not {".venv", "jobs", "tests"} & set(f.relative_to(REPO).parts) and "ray" in _imports(f)
+    ]
     assert not outside, f"only jobs/ imports ray (tests may start clusters); found it in {outside}"
 
 
@@ -120,7 +123,9 @@ def test_the_checker_sees_circles(tmp_path):
     (tmp_path / "pkg" / "sub").mkdir(parents=True)
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "pkg" / "sub" / "__init__.py").write_text("from pkg.sub.b import y\n")
-    (tmp_path / "pkg" / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import b\n")
+    (tmp_path / "pkg" / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import b\n"
+    )
     (tmp_path / "pkg" / "sub" / "b.py").write_text("def f():\n    import pkg.a\n")
     graph = import_graph(tmp_path, ("pkg",))
     assert graph["pkg.sub"] == {"pkg.sub.b"}  # a package importing its own submodule is fine
@@ -133,8 +138,23 @@ def test_the_checker_sees_circles(tmp_path):
 # the library that curate also calls): each is parse -> config -> main(cfg) over shared runtime and
 # library code, so none imports another; jobs.demo runs the pipeline the way a user
 # does (curate, then train, then sample) and the benchmarks drive the jobs they measure
-JOBS = {f"jobs.{j}" for j in ("split", "score", "filter", "caption", "encode", "curate", "train", "sample",
-                              "check", "status", "report.__main__", "demo")}
+JOBS = {
+    f"jobs.{j}"
+    for j in (
+        "split",
+        "score",
+        "filter",
+        "caption",
+        "encode",
+        "curate",
+        "train",
+        "sample",
+        "check",
+        "status",
+        "report.__main__",
+        "demo",
+    )
+}
 DEMO_RUNS = {"jobs.curate", "jobs.train", "jobs.sample"}
 
 
@@ -163,8 +183,13 @@ def _private_uses(path: Path, modules: set[str]) -> list[str]:
         elif isinstance(node, ast.Import):
             aliases |= {a.asname for a in node.names if a.asname and a.name in modules}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{node.value.id}.{node.attr}")
     return found
 
@@ -172,11 +197,21 @@ def _private_uses(path: Path, modules: set[str]) -> list[str]:
 def test_no_private_names_across_modules():
     """A name one module needs from another is public: `_x` is that module's own business."""
     modules = set(import_graph())
-    bad = {str(f.relative_to(REPO)): u for p in PACKAGES[:-1] for f in _files(p) if (u := _private_uses(f, modules))}
+    bad = {
+        str(f.relative_to(REPO)): u
+        for p in PACKAGES[:-1]
+        for f in _files(p)
+        if (u := _private_uses(f, modules))
+    }
     assert not bad
 
 
 def test_the_private_name_check_sees_them(tmp_path):
     f = tmp_path / "x.py"
-    f.write_text("from curate.decisions import filters\nfrom curate.scores.score import _hidden\nfilters._steps(1)\n")
-    assert sorted(_private_uses(f, {"curate.decisions.filters", "curate.scores.score"})) == ["curate.scores.score._hidden", "filters._steps"]
+    f.write_text(
+        "from curate.decisions import filters\nfrom curate.scores.score import _hidden\nfilters._steps(1)\n"
+    )
+    assert sorted(_private_uses(f, {"curate.decisions.filters", "curate.scores.score"})) == [
+        "curate.scores.score._hidden",
+        "filters._steps",
+    ]

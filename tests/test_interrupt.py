@@ -19,8 +19,13 @@ VIDEOS = os.environ.get("TUBELET_TEST_VIDEOS")
 def test_sigint_to_a_running_job_is_one_line_and_exit_130(tmp_path):
     out = tmp_path / "out"
     # a terminal's Ctrl-C goes to the whole process group: the job, and Ray's processes it started
-    p = subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", VIDEOS, "--output", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "jobs.split", "--input", VIDEOS, "--output", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 300 and not (out / "_done").exists() and p.poll() is None:

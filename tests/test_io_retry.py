@@ -21,8 +21,10 @@ from curate.io import uri as U
 from jobs.runtime import parts
 from jobs.runtime.flags import run_cli
 
-PYARROW_STALL = ("When reading information for key 'out/a' in bucket 'b': AWS Error NETWORK_CONNECTION during "
-                 "GetObject operation: curlCode: 28, Timeout was reached")
+PYARROW_STALL = (
+    "When reading information for key 'out/a' in bucket 'b': AWS Error NETWORK_CONNECTION during "
+    "GetObject operation: curlCode: 28, Timeout was reached"
+)
 
 
 @pytest.fixture
@@ -50,8 +52,10 @@ class Flaky:
 
 
 def _client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject",
+    )
 
 
 def _s3fs_style(exc: OSError, cause: BaseException) -> OSError:
@@ -59,29 +63,42 @@ def _s3fs_style(exc: OSError, cause: BaseException) -> OSError:
     return exc
 
 
-@pytest.mark.parametrize("exc, transient", [
-    (OSError(PYARROW_STALL), True),
-    (OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate."), True),
-    (OSError("AWS Error UNKNOWN (HTTP status 503) during GetObject operation"), True),
-    (OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."), False),
-    (OSError("AWS Error NO_SUCH_BUCKET during ListObjectsV2 operation: The specified bucket does not exist"), False),
-    (OSError("AWS Error UNKNOWN (HTTP status 404) during HeadObject operation"), False),
-    (TimeoutError("read timed out"), True),
-    (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
-    (TimeoutError("timed out"), True),
-    (OSError(errno.EBUSY, "SlowDown"), True),  # s3fs's translation of SlowDown / 503
-    (_s3fs_style(OSError(errno.EIO, "We encountered an internal error"), _client_error("InternalError", 500)), True),
-    (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), True),
-    (_client_error("SlowDown", 503), True),
-    (_client_error("ThrottlingException", 400), True),
-    (_client_error("AccessDenied", 403), False),
-    (_client_error("NoSuchKey", 404), False),
-    (FileNotFoundError("s3://b/k does not exist"), False),
-    (PermissionError(errno.EACCES, "Permission denied"), False),
-    (OSError(errno.ENOSPC, "No space left on device"), False),
-    (ValueError("bad argument"), False),
-    (pa.ArrowInvalid("Parquet magic bytes not found"), False),
-])
+@pytest.mark.parametrize(
+    "exc, transient",
+    [
+        (OSError(PYARROW_STALL), True),
+        (OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate."), True),
+        (OSError("AWS Error UNKNOWN (HTTP status 503) during GetObject operation"), True),
+        (OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."), False),
+        (
+            OSError(
+                "AWS Error NO_SUCH_BUCKET during ListObjectsV2 operation: The specified bucket does not exist"
+            ),
+            False,
+        ),
+        (OSError("AWS Error UNKNOWN (HTTP status 404) during HeadObject operation"), False),
+        (TimeoutError("read timed out"), True),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (TimeoutError("timed out"), True),
+        (OSError(errno.EBUSY, "SlowDown"), True),  # s3fs's translation of SlowDown / 503
+        (
+            _s3fs_style(
+                OSError(errno.EIO, "We encountered an internal error"), _client_error("InternalError", 500)
+            ),
+            True,
+        ),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), True),
+        (_client_error("SlowDown", 503), True),
+        (_client_error("ThrottlingException", 400), True),
+        (_client_error("AccessDenied", 403), False),
+        (_client_error("NoSuchKey", 404), False),
+        (FileNotFoundError("s3://b/k does not exist"), False),
+        (PermissionError(errno.EACCES, "Permission denied"), False),
+        (OSError(errno.ENOSPC, "No space left on device"), False),
+        (ValueError("bad argument"), False),
+        (pa.ArrowInvalid("Parquet magic bytes not found"), False),
+    ],
+)
 def test_transient_errors_are_told_from_permanent_ones(exc, transient):
     assert retry.is_transient(exc) is transient
 
@@ -99,8 +116,15 @@ def test_two_transient_failures_are_retried_with_growing_bounded_waits(waits):
     assert max(delays) <= retry.MAX_DELAY and delays[-1] >= retry.MAX_DELAY / 2  # capped, not still doubling
 
 
-@pytest.mark.parametrize("exc", [FileNotFoundError("s3://b/k does not exist"), PermissionError(errno.EACCES, "denied"),
-                                 OSError(errno.ENOSPC, "No space left on device"), ValueError("bad")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FileNotFoundError("s3://b/k does not exist"),
+        PermissionError(errno.EACCES, "denied"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        ValueError("bad"),
+    ],
+)
 def test_a_permanent_error_is_raised_at_once(waits, exc):
     fn = Flaky(exc)
     with pytest.raises(type(exc)) as got:
@@ -130,8 +154,13 @@ def test_the_env_vars_are_honoured_and_bad_values_named(waits, monkeypatch):
         retry.retrying(fn)
     assert fn.calls == 1
 
-    for name, bad in ((retry.ATTEMPTS_ENV, "0"), (retry.ATTEMPTS_ENV, "three"), (retry.BASE_DELAY_ENV, "-1"),
-                      (retry.BASE_DELAY_ENV, "nan"), (retry.BASE_DELAY_ENV, "soon")):
+    for name, bad in (
+        (retry.ATTEMPTS_ENV, "0"),
+        (retry.ATTEMPTS_ENV, "three"),
+        (retry.BASE_DELAY_ENV, "-1"),
+        (retry.BASE_DELAY_ENV, "nan"),
+        (retry.BASE_DELAY_ENV, "soon"),
+    ):
         monkeypatch.setenv(retry.ATTEMPTS_ENV, "5")
         monkeypatch.setenv(retry.BASE_DELAY_ENV, "0.5")
         monkeypatch.setenv(name, bad)
@@ -214,7 +243,9 @@ class Stalling(pafs.FileSystemHandler):
         return self.fs.open_append_stream(path, metadata=metadata)
 
 
-@pytest.mark.parametrize("method", ["open_input_stream", "open_input_file", "open_output_stream", "get_file_info"])
+@pytest.mark.parametrize(
+    "method", ["open_input_stream", "open_input_file", "open_output_stream", "get_file_info"]
+)
 def test_storage_calls_on_s3_survive_failing_requests(s3, waits, monkeypatch, method):
     bucket = s3.make_bucket(f"retry-{method.replace('_', '-')}")
     table = pa.table({"x": [1, 2, 3]})
@@ -260,7 +291,9 @@ def test_a_10_s_stall_of_the_server_is_survived(s3, caplog):
     assert got.equals(table) and st.read_json(f"{bucket}/out/m.json") == {"k": 1}
     assert waited >= stall - 0.5, waited  # the calls did meet the stall, and waited it out
     retried = [r.getMessage() for r in caplog.records if " failed (" in r.getMessage()]
-    print(f"stall of {stall:g} s: read + write took {waited:.1f} s, {len(retried)} retries by curate.io.retry")
+    print(
+        f"stall of {stall:g} s: read + write took {waited:.1f} s, {len(retried)} retries by curate.io.retry"
+    )
 
 
 def test_a_missing_object_is_not_retried(s3, waits):
@@ -285,7 +318,12 @@ def test_run_cli_ends_a_full_disk_in_one_line(capsys):
 
     assert run_cli(job) == 1
     line = _one_error_line(capsys)
-    assert line.startswith("error: disk full: ") and "No space left" in line and "rerun" in line and "resume" in line
+    assert (
+        line.startswith("error: disk full: ")
+        and "No space left" in line
+        and "rerun" in line
+        and "resume" in line
+    )
 
 
 def test_run_cli_ends_an_unreachable_endpoint_in_one_line(capsys, waits, monkeypatch):
@@ -300,12 +338,20 @@ def test_run_cli_ends_an_unreachable_endpoint_in_one_line(capsys, waits, monkeyp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-                 "AWS_EC2_METADATA_DISABLED": "true", retry.ATTEMPTS_ENV: "2"}.items():
+    for k, v in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        retry.ATTEMPTS_ENV: "2",
+    }.items():
         monkeypatch.setenv(k, v)
     assert run_cli(lambda: st.read_bytes("s3://dead-bucket/k.json")) == 1
     line = _one_error_line(capsys)
-    assert line.startswith("error: object storage unreachable after 2 attempts: ") and "NETWORK_CONNECTION" in line
+    assert (
+        line.startswith("error: object storage unreachable after 2 attempts: ")
+        and "NETWORK_CONNECTION" in line
+    )
     assert len(waits) == 1
 
 
@@ -318,7 +364,9 @@ def test_run_cli_keeps_other_errors_and_refuses_bad_env(capsys, monkeypatch):
     monkeypatch.setenv(retry.ATTEMPTS_ENV, "many")
     ran = []
     assert run_cli(lambda: ran.append(1)) == 2 and ran == []
-    assert _one_error_line(capsys).startswith(f"error: {retry.ATTEMPTS_ENV} must be an integer >= 1, got 'many'")
+    assert _one_error_line(capsys).startswith(
+        f"error: {retry.ATTEMPTS_ENV} must be an integer >= 1, got 'many'"
+    )
 
 
 def test_a_transient_input_failure_ends_split_and_writes_no_row(tmp_path, monkeypatch, waits):

@@ -29,8 +29,14 @@ def _env():
 
 def _clip_set(out: Path) -> list[tuple]:
     t = read_parts(out / "clips", S.CLIP_SCHEMA)
-    return sorted(zip(t.column(S.CLIP_ID).to_pylist(), t.column(S.SOURCE_URI).to_pylist(),
-                      t.column(S.START_FRAME).to_pylist(), t.column(S.END_FRAME).to_pylist()))
+    return sorted(
+        zip(
+            t.column(S.CLIP_ID).to_pylist(),
+            t.column(S.SOURCE_URI).to_pylist(),
+            t.column(S.START_FRAME).to_pylist(),
+            t.column(S.END_FRAME).to_pylist(),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,15 @@ def inputs(tmp_path_factory):
 
 
 def _run(inputs, out, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out)],
-                          capture_output=True, text=True, env=env or _env(), cwd=REPO, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=env or _env(),
+        cwd=REPO,
+        timeout=300,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +108,14 @@ def test_rerun_skips_everything(reference, inputs, tmp_path):
 
 def test_sigkill_then_resume_gives_the_same_clips(reference, inputs, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out),
-                          "--actors", "1"], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "jobs.split", "--input", str(inputs), "--output", str(out), "--actors", "1"],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     try:
         while time.time() < deadline and len(list((out / "_done" / "split").glob("*"))) < 3:
@@ -132,8 +150,15 @@ def test_summary_folds_the_clip_parts(tmp_path, monkeypatch):
     from curate.io import storage
     from jobs import split
 
-    rows = [{S.CLIP_ID: f"c{i}", S.STATUS: S.STATUS_ERROR if i % 5 == 0 else S.STATUS_OK,
-             S.START_PTS: 0.5 * i, S.END_PTS: 0.5 * i + 0.25 * (1 + i % 3)} for i in range(23)]
+    rows = [
+        {
+            S.CLIP_ID: f"c{i}",
+            S.STATUS: S.STATUS_ERROR if i % 5 == 0 else S.STATUS_OK,
+            S.START_PTS: 0.5 * i,
+            S.END_PTS: 0.5 * i + 0.25 * (1 + i % 3),
+        }
+        for i in range(23)
+    ]
     for j, (a, b) in enumerate(((0, 4), (4, 15), (15, 23))):
         storage.write_parquet_atomic(S.table_from_rows(rows[a:b]), tmp_path / "clips" / f"part-{j}.parquet")
     seen: list[tuple[int, list]] = []

@@ -48,9 +48,19 @@ def test_buckets_have_about_equal_area_and_distinct_aspects():
         assert abs(b.aspect / want - 1) < 0.05
 
 
-@pytest.mark.parametrize(("size", "want_aspect"), [((1920, 1080), 16 / 9), ((1280, 720), 16 / 9), ((640, 480), 4 / 3),
-                                                    ((512, 512), 1.0), ((480, 640), 3 / 4), ((1080, 1920), 9 / 16),
-                                                    ((3000, 1000), 16 / 9), ((720, 1000), 3 / 4)])
+@pytest.mark.parametrize(
+    ("size", "want_aspect"),
+    [
+        ((1920, 1080), 16 / 9),
+        ((1280, 720), 16 / 9),
+        ((640, 480), 4 / 3),
+        ((512, 512), 1.0),
+        ((480, 640), 3 / 4),
+        ((1080, 1920), 9 / 16),
+        ((3000, 1000), 16 / 9),
+        ((720, 1000), 3 / 4),
+    ],
+)
 def test_each_aspect_lands_in_its_bucket(size, want_aspect):
     buckets = make_buckets(256 * 256, (16 / 9, 4 / 3, 1.0, 3 / 4, 9 / 16), 16)
     b = nearest_bucket(*size, buckets)
@@ -86,13 +96,20 @@ def test_frame_plan_follows_the_vae_rule_and_target_fps(k):
 @pytest.fixture(scope="module")
 def smoke_vaes(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("vae")
-    return {kind: load_vae(VAEConfig(kind=kind, source=str(build_smoke_vae(d / kind, kind)), subfolder="",
-                                     tiling=False, smoke=True))
-            for kind in ("wan", "ltx")}
+    return {
+        kind: load_vae(
+            VAEConfig(
+                kind=kind, source=str(build_smoke_vae(d / kind, kind)), subfolder="", tiling=False, smoke=True
+            )
+        )
+        for kind in ("wan", "ltx")
+    }
 
 
-@pytest.mark.parametrize(("kind", "frames", "hw"), [("wan", 9, (48, 80)), ("wan", 17, (64, 64)), ("ltx", 9, (64, 96)),
-                                                    ("ltx", 17, (64, 64))])
+@pytest.mark.parametrize(
+    ("kind", "frames", "hw"),
+    [("wan", 9, (48, 80)), ("wan", 17, (64, 64)), ("ltx", 9, (64, 96)), ("ltx", 17, (64, 64))],
+)
 def test_latent_shape_follows_the_vae_rule(smoke_vaes, kind, frames, hw):
     vae = smoke_vaes[kind]
     info = vae.info
@@ -139,7 +156,7 @@ def test_text_encoder_contract(tmp_path):
     assert emb.shape == (3, 24, te.info.dim) and mask.shape == (3, 24) and mask.dtype == torch.bool
     n = mask.sum(1).tolist()
     assert n[0] < n[1] == 24 and n[2] >= 1  # truncation; even an empty caption keeps its end token
-    assert emb[0, n[0]:].abs().sum() == 0  # padding is exactly zero
+    assert emb[0, n[0] :].abs().sum() == 0  # padding is exactly zero
     trimmed = te.encode_trimmed(["a red car"])[0]
     padded, m = pad_embedding(trimmed, 24)
     assert trimmed.shape[0] == n[0] and torch.allclose(padded, emb[0]) and torch.equal(m, mask[0])

@@ -62,7 +62,9 @@ def test_bad_arguments_exit_2_with_the_rule(tmp_path, capsys):
 
     assert cli(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
     assert "no Parquet parts" in capsys.readouterr().err
-    write_parquet_atomic(captioned_rows(tmp_path, sizes=((96, 96),), clips_per_video=1), tmp_path / "caps" / "p.parquet")
+    write_parquet_atomic(
+        captioned_rows(tmp_path, sizes=((96, 96),), clips_per_video=1), tmp_path / "caps" / "p.parquet"
+    )
     assert cli(["--input", str(tmp_path / "caps"), "--output", str(tmp_path / "o"), "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
 
@@ -73,8 +75,10 @@ def _shard_rows(out: Path) -> dict[str, torch.Tensor]:
 
     df = pd.read_parquet(out)  # skips _index/ and _done/, as every folder reader does
     assert df[S.CLIP_ID].is_unique, df[S.CLIP_ID].tolist()
-    return {c: bytes_to_tensor(b, list(shape), dt)
-            for c, b, shape, dt in zip(df[S.CLIP_ID], df[S.LATENT], df[S.LATENT_SHAPE], df[S.LATENT_DTYPE])}
+    return {
+        c: bytes_to_tensor(b, list(shape), dt)
+        for c, b, shape, dt in zip(df[S.CLIP_ID], df[S.LATENT], df[S.LATENT_SHAPE], df[S.LATENT_DTYPE])
+    }
 
 
 def _assert_same_rows(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
@@ -104,8 +108,19 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys, monkeypatch):
     # "local": a fresh local instance, never a `ray start` cluster another process left on this machine
     address = [] if ray.is_initialized() else ["--address", "local"]
     # writer batches of 2 clips: 3 batches, each its own shard, index part and marker
-    args = ["--input", str(tmp_path / "captions"), "--output", str(out), "--batch-size", "2", "--preset", "smoke",
-            "--max-rows-per-shard", "2", *address]
+    args = [
+        "--input",
+        str(tmp_path / "captions"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+        "--preset",
+        "smoke",
+        "--max-rows-per-shard",
+        "2",
+        *address,
+    ]
     assert cli(args) == 0
     first = capsys.readouterr().out
     assert "6 encoded now" in first and "SMOKE" in first
@@ -116,7 +131,11 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys, monkeypatch):
     rows = _shard_rows(out)
     # a rerun with the same config encodes nothing, loads no model and leaves the shards as they are
     with monkeypatch.context() as mp:
-        mp.setattr(encode.models_info, "vae_and_text_info", lambda enc: pytest.fail("a rerun with nothing new loaded a model"))
+        mp.setattr(
+            encode.models_info,
+            "vae_and_text_info",
+            lambda enc: pytest.fail("a rerun with nothing new loaded a model"),
+        )
         assert cli(args) == 0
     assert "0 encoded now, 6 already done" in capsys.readouterr().out
     assert read_manifest(out) == m
@@ -131,10 +150,14 @@ def test_encode_job_writes_shards_and_resumes(tmp_path, capsys, monkeypatch):
     stale_index.write_bytes(next((out / "_index").iterdir()).read_bytes())
     assert cli(args) == 0
     assert "2 encoded now, 4 already done" in capsys.readouterr().out
-    assert json.loads(markers[0].read_text())["shards"][0]["file"] == lost["shards"][0]["file"]  # the same batch
+    assert (
+        json.loads(markers[0].read_text())["shards"][0]["file"] == lost["shards"][0]["file"]
+    )  # the same batch
     assert not orphan.exists() and not stale_index.exists()
     m2 = verify_shards(out, checksum=True)
-    assert m2["counts"]["rows"] == 6 and sorted(s["file"] for s in m2["shards"]) == sorted(s["file"] for s in m["shards"])
+    assert m2["counts"]["rows"] == 6 and sorted(s["file"] for s in m2["shards"]) == sorted(
+        s["file"] for s in m["shards"]
+    )
     _assert_same_rows(_shard_rows(out), rows)  # every clip once, the same latents
 
     # the three readers agree
@@ -163,14 +186,25 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
 
     table = _captions(tmp_path)
     out = tmp_path / "latents"
-    cfg = encode.EncodeJobConfig(input=str(tmp_path / "captions"), output=str(out), encode=SMOKE, batch_size=2,
-                                 max_rows_per_shard=4, address=None if ray.is_initialized() else "local")
+    cfg = encode.EncodeJobConfig(
+        input=str(tmp_path / "captions"),
+        output=str(out),
+        encode=SMOKE,
+        batch_size=2,
+        max_rows_per_shard=4,
+        address=None if ray.is_initialized() else "local",
+    )
 
     def driver_read(*a, **k):
         raise AssertionError("the driver read rows")
 
     with monkeypatch.context() as mp:
-        for owner, name in ((storage, "read_parts"), (storage, "read_table"), (encode, "read_parts"), (pq, "read_table")):
+        for owner, name in (
+            (storage, "read_parts"),
+            (storage, "read_table"),
+            (encode, "read_parts"),
+            (pq, "read_table"),
+        ):
             mp.setattr(owner, name, driver_read, raising=False)
         summary = encode.main(cfg)
     assert summary["encoded_this_run"] == summary["shard_rows"] == summary["eligible"] == 6
@@ -179,8 +213,13 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
     # the same rows as the encode stage run in one process on the eligible clips
     want = EncodeStage(SMOKE)(prepare_batch(table, SMOKE))
     want = want.filter(pa.array([v is not None for v in want.column(S.LATENT).to_pylist()]))
-    _assert_same_rows(_shard_rows(out), {r[S.CLIP_ID]: bytes_to_tensor(r[S.LATENT], r[S.LATENT_SHAPE], r[S.LATENT_DTYPE])
-                                         for r in want.to_pylist()})
+    _assert_same_rows(
+        _shard_rows(out),
+        {
+            r[S.CLIP_ID]: bytes_to_tensor(r[S.LATENT], r[S.LATENT_SHAPE], r[S.LATENT_DTYPE])
+            for r in want.to_pylist()
+        },
+    )
 
     # another encode config re-encodes every clip into new files; the old ones go with their markers
     old = {p.name for p in out.glob("shard-*.parquet")} | {p.name for p in (out / "_index").iterdir()}
@@ -189,20 +228,36 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
     assert again["encoded_this_run"] == 6 and again["skipped_already_done"] == 0 and again["shard_rows"] == 6
     assert again["config_hash"] != summary["config_hash"]
     now = {p.name for p in out.glob("shard-*.parquet")} | {p.name for p in (out / "_index").iterdir()}
-    assert not now & old and len(list((out.parent / "_done" / "encode").iterdir())) == len(list((out / "_index").iterdir()))
+    assert not now & old and len(list((out.parent / "_done" / "encode").iterdir())) == len(
+        list((out / "_index").iterdir())
+    )
     assert read_manifest(out)["encode"]["config_hash"] == again["config_hash"]
     assert sorted(_shard_rows(out)) == sorted(want.column(S.CLIP_ID).to_pylist())
 
 
-@pytest.mark.parametrize(("name", "portrait"), [("issue-134-rotate.mp4", True), ("issue-195-aspect-ratio.mp4", False)])
+@pytest.mark.parametrize(
+    ("name", "portrait"), [("issue-134-rotate.mp4", True), ("issue-195-aspect-ratio.mp4", False)]
+)
 def test_real_rotated_and_anamorphic_videos_keep_their_display_aspect(real_videos, tmp_path, name, portrait):
     from curate.video.probe import probe
 
     info = probe(real_videos / name)
     w, h = info[S.WIDTH], info[S.HEIGHT]  # display size: rotation and SAR applied
-    row = {S.CLIP_ID: "real", S.VIDEO_ID: "v", S.SOURCE_URI: str(real_videos / name), S.START_FRAME: 0,
-           S.END_FRAME: 48, S.START_PTS: 0.0, S.END_PTS: 2.0, S.FPS: 24.0, S.WIDTH: w, S.HEIGHT: h, S.KEPT: True,
-           S.CAPTION: "a real clip", S.STATUS: S.STATUS_OK}
+    row = {
+        S.CLIP_ID: "real",
+        S.VIDEO_ID: "v",
+        S.SOURCE_URI: str(real_videos / name),
+        S.START_FRAME: 0,
+        S.END_FRAME: 48,
+        S.START_PTS: 0.0,
+        S.END_PTS: 2.0,
+        S.FPS: 24.0,
+        S.WIDTH: w,
+        S.HEIGHT: h,
+        S.KEPT: True,
+        S.CAPTION: "a real clip",
+        S.STATUS: S.STATUS_OK,
+    }
     out = EncodeStage(SMOKE_LTX)(S.table_from_rows([row])).to_pylist()[0]
     assert out[S.STATUS] == S.STATUS_OK, out[S.ERROR]
     ph, pw = out[S.PIXEL_HEIGHT], out[S.PIXEL_WIDTH]

@@ -80,7 +80,9 @@ def test_manifest_records_how_to_read_the_latents(tmp_path, encoded):
     assert vae["vae_id"].startswith("smoke") and m["smoke"] is True
     assert m["text_encoder"]["max_length"] == SMOKE.text.max_length
     assert len(m["buckets"]) == 3 and sum(m["counts"]["by_latent_shape"].values()) == 6
-    psnr = [v for s in m["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])]
+    psnr = [
+        v for s in m["shards"] for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])
+    ]
     assert psnr and all(np.isfinite(psnr))
     verify_shards(tmp_path, checksum=True)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
@@ -175,7 +177,9 @@ def test_samples_follow_the_contract(tmp_path, encoded):
             assert s["latent"].dtype == want.dtype and torch.equal(s["latent"], want)
             # default: padded to the longest caption of the row group
             L = meta["text_encoder"]["max_length"] if kw else longest[str(row[S.LATENT_SHAPE])]
-            assert s["text_embedding"].shape == (L, meta["text_encoder"]["dim"]) and s["text_mask"].shape == (L,)
+            assert s["text_embedding"].shape == (L, meta["text_encoder"]["dim"]) and s["text_mask"].shape == (
+                L,
+            )
             assert s["text_embedding"].dtype == (torch.float32 if kw else DTYPES[row[S.TEXT_EMBEDDING_DTYPE]])
             n = row[S.TEXT_EMBEDDING_SHAPE][0]
             assert s["text_mask"].sum() == n and s["text_embedding"][n:].abs().sum() == 0
@@ -245,7 +249,9 @@ def test_resume_from_a_saved_position(many):
     resumed.load_state_dict(state)
     assert got + _ids(resumed) == full
     # with DataLoader workers the trainer passes the items its rank consumed
-    loader_full = _ids(torch.utils.data.DataLoader(LatentDataset(many, seed=2), batch_size=None, num_workers=2))
+    loader_full = _ids(
+        torch.utils.data.DataLoader(LatentDataset(many, seed=2), batch_size=None, num_workers=2)
+    )
     ds2 = LatentDataset(many, seed=2)
     ds2.load_state_dict({"epoch": 0, "consumed": 13, "seed": 2})
     rest = _ids(torch.utils.data.DataLoader(ds2, batch_size=None, num_workers=2))
@@ -264,13 +270,16 @@ def test_pandas_and_datasets_folder_readers_skip_the_manifest(many, tmp_path):
     hf = datasets.load_dataset("parquet", data_dir=str(many), split="train", cache_dir=str(tmp_path / "hf"))
     assert sorted(hf[S.CLIP_ID]) == sorted(df[S.CLIP_ID])
     i = hf[S.CLIP_ID].index(df[S.CLIP_ID].iloc[0])
-    assert hf[i][S.LATENT] == df[S.LATENT].iloc[0] and list(hf[i][S.LATENT_SHAPE]) == list(df[S.LATENT_SHAPE].iloc[0])
-
+    assert hf[i][S.LATENT] == df[S.LATENT].iloc[0] and list(hf[i][S.LATENT_SHAPE]) == list(
+        df[S.LATENT_SHAPE].iloc[0]
+    )
 
 
 def test_options_change_layout_not_content(many):
     ref = {}
-    for b in LatentDataset(many, batch_size=4, seed=3, prefetch=0, pad_text="max_length", latent_dtype="float32"):
+    for b in LatentDataset(
+        many, batch_size=4, seed=3, prefetch=0, pad_text="max_length", latent_dtype="float32"
+    ):
         for k, cid in enumerate(b["clip_id"]):
             ref[cid] = (b["latent"][k], b["text_embedding"][k], b["text_mask"][k])
     n = 0
@@ -289,8 +298,14 @@ def test_options_change_layout_not_content(many):
 def test_bf16_shards_read_exactly_as_float32_or_stored(tmp_path):
     from jobs.bench.shards import make_shards
 
-    make_shards(tmp_path, rows=70, latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)], text_tokens=4, text_dim=8,
-                rows_per_shard=40)
+    make_shards(
+        tmp_path,
+        rows=70,
+        latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)],
+        text_tokens=4,
+        text_dim=8,
+        rows_per_shard=40,
+    )
     f32 = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1, latent_dtype="float32")}
     stored = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=1)}
     assert len(f32) == 70 and all(v.dtype == torch.bfloat16 for v in stored.values())
@@ -318,8 +333,13 @@ def test_a_sampler_gets_the_vae_and_text_encoder_back_from_the_manifest(tmp_path
     m = read_manifest(tmp_path)
     vae = load_vae(vae_config_from_manifest(m, device="cpu"))
     assert vae.info.latents_std == m["vae"]["latents_std"]
-    batch = next(iter(LatentDataset(tmp_path, batch_size=2, shuffle=False, latent_dtype="float32",
-                                    pad_text="max_length")))
+    batch = next(
+        iter(
+            LatentDataset(
+                tmp_path, batch_size=2, shuffle=False, latent_dtype="float32", pad_text="max_length"
+            )
+        )
+    )
     pixels = vae.decode(batch["latent"])  # (B, 3, F, H, W) in [-1, 1]
     _, t, h, w = batch["latent"].shape[1:]
     assert pixels.shape == (len(batch["clip_id"]), 3, (t - 1) * 4 + 1, h * 8, w * 8)

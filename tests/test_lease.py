@@ -46,7 +46,9 @@ def test_a_held_lease_stops_a_second_claim_naming_the_holder(tmp_path):
         msg = str(e.value)
         assert f"host {socket.gethostname()} pid {os.getpid()} since {first.holder.started}" in msg, msg
         assert "jobs.split" in msg and "pass another --output" in msg and str(tmp_path / "_lease.json") in msg
-        assert json.loads((tmp_path / "_lease.json").read_text())["run_id"] == first.holder.run_id  # untouched
+        assert (
+            json.loads((tmp_path / "_lease.json").read_text())["run_id"] == first.holder.run_id
+        )  # untouched
     finally:
         first.release()
     assert not (tmp_path / "_lease.json").exists()
@@ -57,7 +59,10 @@ def test_an_old_heartbeat_is_taken_over(tmp_path, capsys):
     old = _write(tmp_path, host="another-node", pid=1, heartbeat_unix=time.time() - 10 * lease.STALE_S)
     got = lease.claim(str(tmp_path), "jobs.curate")
     try:
-        assert f"taking over {tmp_path / '_lease.json'} from jobs.curate on host another-node" in capsys.readouterr().err
+        assert (
+            f"taking over {tmp_path / '_lease.json'} from jobs.curate on host another-node"
+            in capsys.readouterr().err
+        )
         now = json.loads((tmp_path / "_lease.json").read_text())
         assert now["run_id"] == got.holder.run_id != old.run_id and now["pid"] == os.getpid()
     finally:
@@ -114,7 +119,10 @@ def test_a_stage_job_refuses_an_output_whose_run_root_is_held(tmp_path):
         with pytest.raises(UsageError, match=re.escape("held by jobs.curate")):
             lease.claim(str(tmp_path / "scored"), "jobs.score", watch=[str(tmp_path)])
         assert not (tmp_path / "scored").exists()
-    with lease.hold(str(tmp_path / "latents"), "jobs.encode"), pytest.raises(UsageError, match=re.escape("jobs.encode")):
+    with (
+        lease.hold(str(tmp_path / "latents"), "jobs.encode"),
+        pytest.raises(UsageError, match=re.escape("jobs.encode")),
+    ):
         lease.claim(str(tmp_path), "jobs.curate", watch=lease.stage_folders(str(tmp_path)))
 
 
@@ -132,7 +140,9 @@ def test_on_s3_the_claim_is_a_conditional_put(s3):
     out = f"{s3.make_bucket('tubelet-lease')}/out"
     with lease.hold(out, "jobs.curate") as got:
         assert lease.read_holder(out).run_id == got.holder.run_id
-        with pytest.raises(UsageError, match=re.escape(f"held by jobs.curate on host {socket.gethostname()}")):
+        with pytest.raises(
+            UsageError, match=re.escape(f"held by jobs.curate on host {socket.gethostname()}")
+        ):
             lease.claim(out, "jobs.split")
         # the PUT itself refuses an existing object (If-None-Match: *), not only the check before it
         assert not lease._create(lease.lease_path(out), b"{}")
@@ -144,24 +154,41 @@ def test_a_second_job_on_a_held_output_exits_2_and_writes_nothing(tmp_path):
     (tmp_path / "in" / "a.mp4").write_bytes(b"not read: the job stops before any input is opened")
     out = tmp_path / "out"
     with lease.hold(str(out), "jobs.curate"):
-        r = subprocess.run([sys.executable, "-m", "jobs.split", "--input", str(tmp_path / "in"), "--output", str(out)],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "jobs.split", "--input", str(tmp_path / "in"), "--output", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sorted(p.name for p in out.iterdir()) == ["_lease.json"]
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: --output must not be in use by another run, got "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --output must not be in use by another run, got "
+    ), r.stderr
     assert f"held by jobs.curate on host {socket.gethostname()} pid {os.getpid()} since " in lines[0]
     assert "wait for it to finish" in lines[0] and "Traceback" not in r.stderr
 
 
 def _split(inp: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", str(inp), "--output", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.split", "--input", str(inp), "--output", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _tree(out: Path) -> dict[str, bytes]:
     """Every data file of a split output (parts and markers; not the summaries' timings)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.parquet")) if "summary" not in p.parts}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*.parquet"))
+        if "summary" not in p.parts
+    }
 
 
 @pytest.mark.ray
@@ -175,7 +202,11 @@ def test_two_real_runs_on_one_output_the_second_exits_2_and_the_first_completes(
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each run starts its own local Ray
     first = _split(inp, tmp_path / "out", env)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "out" / lease.LEASE_FILE).exists() and first.poll() is None and time.monotonic() < deadline:
+    while (
+        not (tmp_path / "out" / lease.LEASE_FILE).exists()
+        and first.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     assert first.poll() is None, "the first run ended before the second could start"
     second = _split(inp, tmp_path / "out", env)

@@ -54,7 +54,9 @@ def _ref_smart_resize(h: int, w: int, factor: int, min_pixels: int, max_pixels: 
 
 def _ref_video_tokens(nframes: int, h: int, w: int) -> int:
     """Visual tokens qwen-vl-utils' fetch_video gives a (nframes, h, w) video (merge 2x2, 2 frames/patch)."""
-    max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(VIDEO_MIN_PIXELS * 1.05))
+    max_pixels = max(
+        min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(VIDEO_MIN_PIXELS * 1.05)
+    )
     rh, rw = _ref_smart_resize(h, w, 28, VIDEO_MIN_PIXELS, max_pixels)
     return (nframes // 2) * (rh // 28) * (rw // 28)
 
@@ -95,8 +97,10 @@ def test_llava_onevision_frames_are_never_resampled(tmp_path):
 
 def test_wan_prompt_clean_before_umt5(tmp_path):
     assert prompt_clean("  A  cat &amp;amp; dog\n\tsit ") == "A cat & dog sit"
-    assert prompt_clean("The Mona Lisa doesn\u00c3\u00a2\u00e2\u201a\u00ac\u00e2\u201e\u00a2t smile") \
-        == "The Mona Lisa doesn't smile"  # ftfy.fix_text: mojibake repaired
+    assert (
+        prompt_clean("The Mona Lisa doesn\u00c3\u00a2\u00e2\u201a\u00ac\u00e2\u201e\u00a2t smile")
+        == "The Mona Lisa doesn't smile"
+    )  # ftfy.fix_text: mojibake repaired
     enc = load_text_encoder(replace(TEXT_SMOKE, source=str(tmp_path / "umt5"), device="cpu"))
     dirty, clean = enc.encode(["a  dog &amp;amp; a\ncat "]), enc.encode(["a dog & a cat"])
     assert torch.equal(dirty[1], clean[1]) and torch.equal(dirty[0], clean[0])
@@ -109,7 +113,9 @@ def test_wan_vae_encodes_untiled_as_the_reference_pipeline(tmp_path):
     vae = load_vae(replace(WAN_DEFAULT, source=str(src), subfolder="", device="cpu"))  # the preset's tiling
     assert not vae.model.use_tiling
     x = torch.rand(1, 3, 5, 288, 288, generator=torch.Generator().manual_seed(0)) * 2 - 1  # > one 256-px tile
-    ref = AutoencoderKLWan.from_pretrained(src, torch_dtype=torch.float32).eval()  # as pipeline_wan.py loads it
+    ref = AutoencoderKLWan.from_pretrained(
+        src, torch_dtype=torch.float32
+    ).eval()  # as pipeline_wan.py loads it
     with torch.inference_mode():
         z = ref.encode(x).latent_dist.mode()
     assert torch.allclose(vae.encode(x), vae.normalize(z), atol=1e-5)

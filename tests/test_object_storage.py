@@ -49,10 +49,18 @@ def raw(s3env, tmp_path_factory):
 RAY_START_TIMEOUT = "timed out during startup"  # Ray's fixed 30 s raylet wait, hit on an overloaded machine
 
 
-def job(module: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def job(
+    module: str, *args: str, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     for _ in range(3):  # important: retried only when Ray itself failed to start, never on our errors
-        r = subprocess.run([sys.executable, "-m", module, *args], env=env or ray_env(), cwd=REPO,
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=env or ray_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         LOGS.extend([r.stdout, r.stderr])
         if RAY_START_TIMEOUT not in r.stderr:
             return r
@@ -79,14 +87,22 @@ def shard_rows(out: str) -> pd.DataFrame:
 
 def test_curate_on_s3_killed_half_way_resumes_to_the_same_outputs(reference):
     out = f"s3://{BUCKET}/killed"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.curate", *curate_args(out, "--batch-size", "1")],
-                         env=ray_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "jobs.curate", *curate_args(out, "--batch-size", "1")],
+        env=ray_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 900
     try:
         # a phase-1 (scored) part counts once its marker is written (a part without one is redone)
-        while time.time() < deadline and p.poll() is None and not storage.list_files(
-                storage.join(out, "_done", "curate-score")):
+        while (
+            time.time() < deadline
+            and p.poll() is None
+            and not storage.list_files(storage.join(out, "_done", "curate-score"))
+        ):
             time.sleep(0.1)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -123,8 +139,19 @@ def test_pandas_reads_the_shards_and_train_runs_5_steps_from_s3(reference):
     manifest = storage.read_json(storage.join(reference, "latents", ".manifest.json"))
     assert len(df) == manifest["counts"]["rows"] > 0
     run = f"s3://{BUCKET}/runs/five"
-    r = job("jobs.train", "--input", storage.join(reference, "latents"), "--output", run, "--steps", "5",
-            "--ckpt-every", "5", "--device", "cpu")
+    r = job(
+        "jobs.train",
+        "--input",
+        storage.join(reference, "latents"),
+        "--output",
+        run,
+        "--steps",
+        "5",
+        "--ckpt-every",
+        "5",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert storage.exists(storage.join(run, "checkpoints", "step-0000005", "state.json"))
     rows = storage.read_bytes(storage.join(run, "loss.csv")).decode().strip().splitlines()
@@ -141,15 +168,33 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
 def test_bad_bucket_and_credentials_are_one_line_errors(raw, s3env):
     msg = _one_line_error(job("jobs.curate", *curate_args("s3://no-such-bucket-x/out")))
     assert "NO_SUCH_BUCKET" in msg or "does not exist" in msg
-    msg = _one_line_error(job("jobs.curate", "--input", "s3://no-such-bucket-x/raw", "--output",
-                              f"s3://{BUCKET}/never", "--preset", "smoke"))
+    msg = _one_line_error(
+        job(
+            "jobs.curate",
+            "--input",
+            "s3://no-such-bucket-x/raw",
+            "--output",
+            f"s3://{BUCKET}/never",
+            "--preset",
+            "smoke",
+        )
+    )
     assert "bucket" in msg
     bad = dict(ray_env(), AWS_SECRET_ACCESS_KEY="wrong-secret-0123")
     msg = _one_line_error(job("jobs.curate", *curate_args(f"s3://{BUCKET}/never"), env=bad))
     assert "SIGNATURE" in msg or "credentials" in msg
     assert "wrong-secret-0123" not in msg and s3env.secret_key not in msg
-    msg = _one_line_error(job("jobs.train", "--input", f"s3://{BUCKET}/nothing", "--output",
-                              f"s3://{BUCKET}/runs/never", "--steps", "1"))
+    msg = _one_line_error(
+        job(
+            "jobs.train",
+            "--input",
+            f"s3://{BUCKET}/nothing",
+            "--output",
+            f"s3://{BUCKET}/runs/never",
+            "--steps",
+            "1",
+        )
+    )
     assert "--input" in msg and "s3://" in msg
 
 
@@ -177,7 +222,9 @@ def test_no_credential_string_in_any_output_or_log(s3env, reference):
         data = storage.read_bytes(uri)
         assert not any(s in data for s in secrets), uri
     assert LOGS and not any(s.decode() in log for log in LOGS for s in secrets)
-    ray_logs = [p for p in RAY_TMP[0].rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt")]
+    ray_logs = [
+        p for p in RAY_TMP[0].rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt")
+    ]
     assert ray_logs  # Ray's own session logs (driver, workers, raylet, GCS) of these jobs
     for p in ray_logs:
         data = p.read_bytes()

@@ -34,13 +34,29 @@ def test_probe_matches_manifest(real_videos, name, size, rot, vfr, audio, frames
 
 def _ffmpeg_frame(path, w, h, index):
     """Frame `index` as ffmpeg shows it (autorotate and SAR scaling on), (h, w, 3) RGB."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-vf",
-           f"select=eq(n\\,{index}),scale={w}:{h}:flags=area", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-vf",
+        f"select=eq(n\\,{index}),scale={w}:{h}:flags=area",
+        "-frames:v",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     raw = subprocess.run(cmd, capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(h, w, 3).astype(np.float32)
 
 
-@pytest.mark.parametrize("name,index", [("issue-134-rotate.mp4", 100), ("fire2.mp4", 12), ("friends-video-clip.mp4", 30)])
+@pytest.mark.parametrize(
+    "name,index", [("issue-134-rotate.mp4", 100), ("fire2.mp4", 12), ("friends-video-clip.mp4", 30)]
+)
 def test_display_orientation_matches_ffmpeg(real_videos, name, index):
     path = real_videos / name
     row = probe(path)

@@ -68,5 +68,8 @@ def test_drain_moves_the_line_by_the_counted_columns(monkeypatch):
 
 def test_durations_and_the_trainer_line():
     assert [duration(s) for s in (4.4, 275, 7380)] == ["4s", "4m35s", "2h03m"]
-    assert progress_line(120, 20, 1000, 0.41318, 50.0) == "[train] step 120/1000  loss 0.4132  2.00 steps/s  ETA 7m20s"
+    assert (
+        progress_line(120, 20, 1000, 0.41318, 50.0)
+        == "[train] step 120/1000  loss 0.4132  2.00 steps/s  ETA 7m20s"
+    )
     assert "ETA" not in progress_line(1000, 0, 1000, None, 10.0)

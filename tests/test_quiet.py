@@ -15,9 +15,10 @@ print(tl.is_progress_bar_enabled(), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS
 
 
 def _probe(verbose: bool) -> str:
-    env = {k: v for k, v in __import__("os").environ.items()
-           if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    p = subprocess.run([sys.executable, "-c", PROBE, "1" if verbose else "0"], capture_output=True, text=True, env=env)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    p = subprocess.run(
+        [sys.executable, "-c", PROBE, "1" if verbose else "0"], capture_output=True, text=True, env=env
+    )
     assert p.returncode == 0, p.stderr
     return p.stdout.strip()
 

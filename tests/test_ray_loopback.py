@@ -40,7 +40,11 @@ def is_loopback(ip: str) -> bool:
 
 def _is_ray(p: psutil.Process) -> bool:
     try:
-        return p.name().startswith("ray::") or p.name() in ("raylet", "gcs_server") or "/ray/" in " ".join(p.cmdline())
+        return (
+            p.name().startswith("ray::")
+            or p.name() in ("raylet", "gcs_server")
+            or "/ray/" in " ".join(p.cmdline())
+        )
     except psutil.Error:
         return False
 
@@ -86,8 +90,14 @@ class Watch:
 
 
 def run_watched(args: list[str], cwd: Path, limit_s: float = 300) -> tuple[Watch, int, str]:
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     w = Watch(proc)
     deadline = time.monotonic() + limit_s
     while proc.poll() is None and time.monotonic() < deadline:
@@ -119,24 +129,47 @@ def test_split_and_score_listen_on_loopback_only_and_leave_nothing(videos, tmp_p
     out = tmp_path / "out"
     _only_loopback("split", *run_watched(["jobs.split", "--input", str(videos), "--output", str(out)], REPO))
     # score: its model actors (the smoke CLIP) are Ray workers too
-    _only_loopback("score", *run_watched(["jobs.score", "--input", str(out / "clips"), "--output",
-                                          str(out / "scored"), "--preset", "smoke"], REPO))
+    _only_loopback(
+        "score",
+        *run_watched(
+            [
+                "jobs.score",
+                "--input",
+                str(out / "clips"),
+                "--output",
+                str(out / "scored"),
+                "--preset",
+                "smoke",
+            ],
+            REPO,
+        ),
+    )
 
 
 @pytest.mark.slow
 def test_curate_listens_on_loopback_only_and_leaves_nothing(videos, tmp_path):
     """Every stage in one job: split, score, caption and encode actors, the report."""
-    _only_loopback("curate", *run_watched(["jobs.curate", "--input", str(videos), "--output",
-                                           str(tmp_path / "out"), "--preset", "smoke"], REPO, limit_s=600))
+    _only_loopback(
+        "curate",
+        *run_watched(
+            ["jobs.curate", "--input", str(videos), "--output", str(tmp_path / "out"), "--preset", "smoke"],
+            REPO,
+            limit_s=600,
+        ),
+    )
 
 
 @pytest.mark.slow
 def test_agents_die_with_a_killed_driver(videos, tmp_path):
     """kill -9 of the driver mid-run: its GCS, raylet, workers and agents go too (Ray's own
     agents would linger a minute or more, listening)."""
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.split", "--input", str(videos), "--output",
-                             str(tmp_path / "out")], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.split", "--input", str(videos), "--output", str(tmp_path / "out")],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     w = Watch(proc)
     deadline = time.monotonic() + 120
     agents = 0

@@ -60,8 +60,11 @@ def _rss_peak_mb() -> float:
 def _lap(times: dict[str, float], step: str, t0: float) -> None:
     times[step] = time.perf_counter() - t0
     cpu = os.times()
-    print(f"[real-shapes] {step}: {times[step]:.1f} s wall, process CPU so far {cpu.user + cpu.system:.0f} s, "
-          f"peak RSS {_rss_peak_mb():.0f} MB", flush=True)
+    print(
+        f"[real-shapes] {step}: {times[step]:.1f} s wall, process CPU so far {cpu.user + cpu.system:.0f} s, "
+        f"peak RSS {_rss_peak_mb():.0f} MB",
+        flush=True,
+    )
 
 
 def _cut(src: Path, dst: Path, seconds: float) -> Path:
@@ -72,8 +75,9 @@ def _cut(src: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
-def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: dict, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_chain_with_real_shapes(
+    real_videos: Path, real_shape_models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     times: dict[str, float] = {}
     t = time.perf_counter()
     model_dirs = real_shape_models
@@ -160,8 +164,12 @@ def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: di
     # the writer task's batch (shards, index part, marker), then the driver's manifest merge
     encode_job.write_batch(encoded, str(out), config_hash(enc))
     meta = E.manifest_meta(enc, *vae_and_text_info(enc))
-    manifest = encode_job.merge_shards(str(out), encode_job.finished_batches(str(out), config_hash(enc)), meta,
-                                       {"input_rows": 1, "eligible": 1, "errors": 0})
+    manifest = encode_job.merge_shards(
+        str(out),
+        encode_job.finished_batches(str(out), config_hash(enc)),
+        meta,
+        {"input_rows": 1, "eligible": 1, "errors": 0},
+    )
     lat = encoded.to_pylist()[0]
     assert lat[S.STATUS] == S.STATUS_OK, lat[S.ERROR]
     latent_shape = [16, (frames - 1) // 4 + 1, 480 // 8, 848 // 8]
@@ -204,8 +212,15 @@ def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: di
         from latents.vae import vae_config_from_manifest
 
         fps = float(on_disk["encode"]["target_fps"])
-        monkeypatch.setattr(sample_job, "codec_configs", lambda rc, p: (
-            vae_config_from_manifest(rc["manifest"]), text_config_from_manifest(rc["manifest"]), fps))
+        monkeypatch.setattr(
+            sample_job,
+            "codec_configs",
+            lambda rc, p: (
+                vae_config_from_manifest(rc["manifest"]),
+                text_config_from_manifest(rc["manifest"]),
+                fps,
+            ),
+        )
     mp4 = tmp_path / "sample.mp4"
     result = sample_job.main(sample_job.SampleJob(run=str(run), prompt=cap[S.CAPTION], out=str(mp4), steps=2))
     assert result["latent_shape"] == latent_shape
@@ -215,5 +230,7 @@ def test_default_chain_with_real_shapes(real_videos: Path, real_shape_models: di
     decoded = decode_clip(mp4, 0.0, 60.0, offsets=np.arange(10 * frames))
     assert decoded.frames.shape == (frames, 480, 848, 3)
     _lap(times, "sample", t)
-    print(f"[real-shapes] seconds per step {json.dumps({k: round(v, 1) for k, v in times.items()})}, "
-          f"peak RSS {_rss_peak_mb():.0f} MB")
+    print(
+        f"[real-shapes] seconds per step {json.dumps({k: round(v, 1) for k, v in times.items()})}, "
+        f"peak RSS {_rss_peak_mb():.0f} MB"
+    )

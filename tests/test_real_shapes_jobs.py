@@ -43,15 +43,22 @@ SAMPLE_FRAMES = 9  # jobs.sample --frames: 3 latent frames at the default 848x48
 def _env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUBELET_WEIGHTS")}
     # an empty HF cache: the weights folder is the only place the weights can come from
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf"), TUBELET_CACHE=str(tmp / "cache"),
-               RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    env.update(
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp / "hf"),
+        TUBELET_CACHE=str(tmp / "cache"),
+        RAY_AUTH_MODE="disabled",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     print(f"[real-shapes jobs] {args[0]}: rc {r.returncode} in {time.perf_counter() - t:.1f} s", flush=True)
     return r
 
@@ -65,7 +72,9 @@ def _lacking_one(weights: Path, dst: Path, rel: str) -> Path:
     return dst
 
 
-def test_default_preset_through_the_job_clis(real_videos: Path, real_shape_models: dict, tmp_path: Path) -> None:
+def test_default_preset_through_the_job_clis(
+    real_videos: Path, real_shape_models: dict, tmp_path: Path
+) -> None:
     weights = real_shape_models["weights"]
     env = _env(tmp_path)
     wd = ["--weights-dir", str(weights)]
@@ -80,8 +89,22 @@ def test_default_preset_through_the_job_clis(real_videos: Path, real_shape_model
     inp.mkdir()
     _cut(real_videos / SOURCE, inp / "clip.mp4", CLIP_SECONDS)
     out = tmp_path / "out"
-    r = _run(["jobs.curate", "--input", str(inp), "--output", str(out), "--preset", "default", *wd,
-              "--device", "cpu"], env, timeout=1500)
+    r = _run(
+        [
+            "jobs.curate",
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--preset",
+            "default",
+            *wd,
+            "--device",
+            "cpu",
+        ],
+        env,
+        timeout=1500,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     scored = pd.read_parquet(out / "scored")
     assert len(scored) == 1 and scored[S.KEPT].all(), scored[[S.KEPT, S.DROP_REASON, S.AESTHETIC]]
@@ -91,7 +114,9 @@ def test_default_preset_through_the_job_clis(real_videos: Path, real_shape_model
     assert cap[S.STATUS] == S.STATUS_OK, cap[S.ERROR]
     assert cap[S.CAPTION].endswith(".") and len(cap[S.CAPTION].split()) == R.CHAIN_WORDS
     assert cap[S.CAPTION_MODEL] == DEFAULT.caption.model and cap[S.CAPTION_SHORT]
-    assert pd.notna(cap[S.CAPTION_CLIP_SCORE]) and -1.0 <= cap[S.CAPTION_CLIP_SCORE] <= 1.0  # null reads as NaN
+    assert (
+        pd.notna(cap[S.CAPTION_CLIP_SCORE]) and -1.0 <= cap[S.CAPTION_CLIP_SCORE] <= 1.0
+    )  # null reads as NaN
     manifest = json.loads((out / "latents" / ".manifest.json").read_text())
     vae_ref = json.loads(R.WAN_VAE.read_text())
     assert manifest["vae"]["vae_id"] == f"{DEFAULT.encode.vae.source}/vae" and not manifest["vae"]["smoke"]
@@ -113,9 +138,34 @@ def test_default_preset_through_the_job_clis(real_videos: Path, real_shape_model
     # the default's token budget scaled to this clip: rows of one sample, two micro-batches a step
     # (its 65,536-slot rows and 2^19-token steps take minutes a step on a CPU, even the tiny DiT)
     tokens = num_tokens((c, t, h, w), DEFAULT.train.patch)
-    r = _run(["jobs.train", "--input", str(out / "latents"), "--output", str(run), "--preset", "default",
-              "--model", "tiny", "--steps", "2", "--max-tokens", str(tokens), "--micro-tokens", str(tokens),
-              "--step-tokens", str(2 * tokens), "--warmup", "1", "--ckpt-every", "2", "--device", "cpu"], env)
+    r = _run(
+        [
+            "jobs.train",
+            "--input",
+            str(out / "latents"),
+            "--output",
+            str(run),
+            "--preset",
+            "default",
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--max-tokens",
+            str(tokens),
+            "--micro-tokens",
+            str(tokens),
+            "--step-tokens",
+            str(2 * tokens),
+            "--warmup",
+            "1",
+            "--ckpt-every",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        env,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     run_cfg = json.loads((run / "config.json").read_text())
     assert run_cfg["model"]["in_channels"] == 16 and run_cfg["model"]["text_dim"] == 4096
@@ -123,20 +173,53 @@ def test_default_preset_through_the_job_clis(real_videos: Path, real_shape_model
 
     # --- jobs.sample: an mp4 from the checkpoint, through the manifest's VAE and text encoder -------
     mp4 = tmp_path / "sample.mp4"
-    r = _run(["jobs.sample", "--input", str(run), "--output", str(mp4), "--prompt", cap[S.CAPTION], "--steps", "2",
-              "--frames", str(SAMPLE_FRAMES), "--height", "480", "--width", "848", *wd, "--device", "cpu"], env)
+    r = _run(
+        [
+            "jobs.sample",
+            "--input",
+            str(run),
+            "--output",
+            str(mp4),
+            "--prompt",
+            cap[S.CAPTION],
+            "--steps",
+            "2",
+            "--frames",
+            str(SAMPLE_FRAMES),
+            "--height",
+            "480",
+            "--width",
+            "848",
+            *wd,
+            "--device",
+            "cpu",
+        ],
+        env,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     back = probe(mp4)
     assert back[S.STATUS] == S.STATUS_OK and (back[S.WIDTH], back[S.HEIGHT]) == (848, 480)
-    assert decode_clip(mp4, 0.0, 60.0, offsets=np.arange(10 * SAMPLE_FRAMES)).frames.shape == (SAMPLE_FRAMES, 480, 848, 3)
+    assert decode_clip(mp4, 0.0, 60.0, offsets=np.arange(10 * SAMPLE_FRAMES)).frames.shape == (
+        SAMPLE_FRAMES,
+        480,
+        848,
+        3,
+    )
 
 
-@pytest.mark.parametrize(("rel", "named"), [
-    ("Qwen/Qwen2.5-VL-7B-Instruct/generation_config.json", "generation_config.json"),
-    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers/tokenizer/tokenizer.json", "tokenizer/tokenizer.json or tokenizer/spiece.model"),
-])
-def test_a_folder_lacking_one_file_stops_every_job_before_ray(real_shape_models: dict, tmp_path: Path,
-                                                              rel: str, named: str) -> None:
+@pytest.mark.parametrize(
+    ("rel", "named"),
+    [
+        ("Qwen/Qwen2.5-VL-7B-Instruct/generation_config.json", "generation_config.json"),
+        (
+            "Wan-AI/Wan2.1-T2V-1.3B-Diffusers/tokenizer/tokenizer.json",
+            "tokenizer/tokenizer.json or tokenizer/spiece.model",
+        ),
+    ],
+)
+def test_a_folder_lacking_one_file_stops_every_job_before_ray(
+    real_shape_models: dict, tmp_path: Path, rel: str, named: str
+) -> None:
     weights = _lacking_one(real_shape_models["weights"], tmp_path / "w", rel)
     env = _env(tmp_path)
     r = _run(["jobs.check", "--preset", "default", "--weights-dir", str(weights)], env)
@@ -145,8 +228,25 @@ def test_a_folder_lacking_one_file_stops_every_job_before_ray(real_shape_models:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "v.mp4").write_bytes(b"")  # never read: the weights check comes first
     out = tmp_path / "out"
-    r = _run(["jobs.curate", "--input", str(tmp_path / "in"), "--output", str(out), "--preset", "default",
-              "--weights-dir", str(weights)], env, timeout=300)
-    assert r.returncode == 2 and f"lacks {named}" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "Started a local Ray instance" not in r.stdout + r.stderr  # stopped before Ray, so before any actor
+    r = _run(
+        [
+            "jobs.curate",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(out),
+            "--preset",
+            "default",
+            "--weights-dir",
+            str(weights),
+        ],
+        env,
+        timeout=300,
+    )
+    assert r.returncode == 2 and f"lacks {named}" in r.stderr and "Traceback" not in r.stderr, r.stderr[
+        -3000:
+    ]
+    assert (
+        "Started a local Ray instance" not in r.stdout + r.stderr
+    )  # stopped before Ray, so before any actor
     assert not list(out.rglob("*.parquet"))

@@ -20,7 +20,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 N = 6  # clips; clip i has motion i, so a motion rule picks the kept set
 
 
-
 def _scored(tmp):
     spans = [(i * 16, i * 16 + 15) for i in range(N)]  # 15 frames: the smoke encode needs 5 at 8 fps
     _, rows = make_clips(tmp / "media", spans)
@@ -30,7 +29,9 @@ def _scored(tmp):
     write_parquet_atomic(t.slice(0, N // 2), tmp / "scored" / "part-0.parquet")
     write_parquet_atomic(t.slice(N // 2), tmp / "scored" / "part-1.parquet")
     # only the --rule below decides: no preset rule, no dedup (the rows carry no other scores)
-    (tmp / "rules.toml").write_text('replace = true\nrules = []\nnear_dup_cosine = false\nexact_dedup = false\n')
+    (tmp / "rules.toml").write_text(
+        "replace = true\nrules = []\nnear_dup_cosine = false\nexact_dedup = false\n"
+    )
     return [r[S.CLIP_ID] for r in rows]
 
 
@@ -38,12 +39,61 @@ def _round(tmp, rule, capsys):
     from jobs import caption, encode
     from jobs import filter as filter_job
 
-    assert filter_job.cli(["--input", str(tmp / "scored"), "--output", str(tmp / "filtered"), "--preset", "smoke",
-                           "--filters", str(tmp / "rules.toml"), "--rule", rule, "--address", "local"]) == 0
-    assert caption.cli(["--input", str(tmp / "filtered"), "--output", str(tmp / "captions"), "--preset", "smoke",
-                        "--batch-size", "2", "--address", "local"]) == 0
-    assert encode.cli(["--input", str(tmp / "captions"), "--output", str(tmp / "latents"), "--preset", "smoke",
-                       "--batch-size", "2", "--max-rows-per-shard", "2", "--address", "local"]) == 0
+    assert (
+        filter_job.cli(
+            [
+                "--input",
+                str(tmp / "scored"),
+                "--output",
+                str(tmp / "filtered"),
+                "--preset",
+                "smoke",
+                "--filters",
+                str(tmp / "rules.toml"),
+                "--rule",
+                rule,
+                "--address",
+                "local",
+            ]
+        )
+        == 0
+    )
+    assert (
+        caption.cli(
+            [
+                "--input",
+                str(tmp / "filtered"),
+                "--output",
+                str(tmp / "captions"),
+                "--preset",
+                "smoke",
+                "--batch-size",
+                "2",
+                "--address",
+                "local",
+            ]
+        )
+        == 0
+    )
+    assert (
+        encode.cli(
+            [
+                "--input",
+                str(tmp / "captions"),
+                "--output",
+                str(tmp / "latents"),
+                "--preset",
+                "smoke",
+                "--batch-size",
+                "2",
+                "--max-rows-per-shard",
+                "2",
+                "--address",
+                "local",
+            ]
+        )
+        == 0
+    )
     return capsys.readouterr().out
 
 
@@ -51,8 +101,11 @@ def _held(tmp):
     from latents.dataset import LatentDataset
 
     captions = sorted(read_parts(tmp / "captions", S.CLIP_SCHEMA).column(S.CLIP_ID).to_pylist())
-    shards = sorted(c for f in (tmp / "latents").glob("shard-*.parquet")
-                    for c in pq.read_table(f, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist())
+    shards = sorted(
+        c
+        for f in (tmp / "latents").glob("shard-*.parquet")
+        for c in pq.read_table(f, columns=[S.CLIP_ID]).column(S.CLIP_ID).to_pylist()
+    )
     manifest = read_manifest(tmp / "latents")
     dataset = sorted(s[S.CLIP_ID] for s in LatentDataset(tmp / "latents", shuffle=False))
     return captions, shards, manifest["counts"]["rows"], dataset

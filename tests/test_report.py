@@ -50,17 +50,29 @@ from jobs.runtime.split_parts import process_one
 from latents.shards import MANIFEST_FORMAT
 
 EVIL = "<script>alert('x')</script> a red & blue ball"
-FILTERS = FilterConfig(rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(SHARPNESS, ">=", 100.0),
-                              Rule(AESTHETIC, ">=", share=0.7)), near_dup_cosine=None)
+FILTERS = FilterConfig(
+    rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(SHARPNESS, ">=", 100.0), Rule(AESTHETIC, ">=", share=0.7)),
+    near_dup_cosine=None,
+)
 
 
 def _split_out(tmp_path: Path) -> Path:
     """OUT with videos/ and clips/ written by the split job's per-video function (no Ray)."""
     src = tmp_path / "in"
-    make_video(src / "cuts.mp4", [Segment("shot", 36, 0), Segment("shot", 36, 1), Segment("shot", 36, 3)],
-               fps=24, width=160, height=96)
-    make_video(src / "still_then_fast.mp4", [Segment("shot", 36, 2, speed=0.0), Segment("shot", 36, 3, speed=3.0)],
-               fps=24, width=160, height=96)
+    make_video(
+        src / "cuts.mp4",
+        [Segment("shot", 36, 0), Segment("shot", 36, 1), Segment("shot", 36, 3)],
+        fps=24,
+        width=160,
+        height=96,
+    )
+    make_video(
+        src / "still_then_fast.mp4",
+        [Segment("shot", 36, 2, speed=0.0), Segment("shot", 36, 3, speed=3.0)],
+        fps=24,
+        width=160,
+        height=96,
+    )
     (src / "broken.mp4").write_text("not a video\n")
     out = tmp_path / "out"
     cfg = SplitConfig(min_seconds=0.5, max_seconds=1.0)  # 1.5 s shots -> two windows each
@@ -85,7 +97,10 @@ def _score_out(out: Path) -> pa.Table:
     table, steps = apply_cascade(set_columns(clips, scores), FILTERS)
     write_parquet_atomic(table, out / "scored" / "part-00000.parquet")
     cfg = dataclasses.replace(score_config.SMOKE, filters=FILTERS)
-    write_json_atomic(funnel_report(steps, cfg, smoke=cfg.smoke, model=score.model_label(cfg)), out / "scored" / "_funnel.json")
+    write_json_atomic(
+        funnel_report(steps, cfg, smoke=cfg.smoke, model=score.model_label(cfg)),
+        out / "scored" / "_funnel.json",
+    )
     assert n >= 8 and sum(table.column(KEPT).to_pylist()) >= 2  # the fixture exercises both groups
     return table
 
@@ -93,9 +108,15 @@ def _score_out(out: Path) -> pa.Table:
 def _caption_out(out: Path, scored: pa.Table) -> pa.Table:
     kept = scored.filter(pa.array([bool(k) for k in scored.column(KEPT).to_pylist()]))
     n = kept.num_rows
-    caps = set_columns(kept, {CAPTION: [EVIL] + [f"caption {i}" for i in range(1, n)],
-                              CAPTION_SHORT: ["short"] * n, CAPTION_MODEL: ["smoke:qwen2_5_vl"] * n,
-                              PROMPT_VERSION: ["v1"] * n})
+    caps = set_columns(
+        kept,
+        {
+            CAPTION: [EVIL] + [f"caption {i}" for i in range(1, n)],
+            CAPTION_SHORT: ["short"] * n,
+            CAPTION_MODEL: ["smoke:qwen2_5_vl"] * n,
+            PROMPT_VERSION: ["v1"] * n,
+        },
+    )
     write_parquet_atomic(caps, out / "captions" / "part-abc.parquet")
     return caps
 
@@ -119,8 +140,13 @@ def full_run(tmp_path_factory) -> tuple[Path, pa.Table, pa.Table]:
 
 def test_report_of_a_smoke_run(full_run):
     out, scored, caps = full_run
-    index = report.write_report(out, run_config={"preset": "smoke", "note": "<b>bold</b>"},
-                                stage_timings={"split": 1.5, "score": 2.25}, preset_name="smoke", random_models=True)
+    index = report.write_report(
+        out,
+        run_config={"preset": "smoke", "note": "<b>bold</b>"},
+        stage_timings={"split": 1.5, "score": 2.25},
+        preset_name="smoke",
+        random_models=True,
+    )
     page = index.read_text()
     assert index == out / "report" / "index.html"
     assert RANDOM_MODELS_WARNING in page.splitlines()[0]
@@ -130,7 +156,9 @@ def test_report_of_a_smoke_run(full_run):
     # every picture or link is relative and exists on disk (the page opens from disk)
     links = _links(page)
     assert links and all(not re.match(r"^(/|[a-z]+:)", u) for u in links)
-    assert all((index.parent / u).is_file() for u in links), [u for u in links if not (index.parent / u).is_file()]
+    assert all((index.parent / u).is_file() for u in links), [
+        u for u in links if not (index.parent / u).is_file()
+    ]
 
     # previews: one animated GIF per ok clip shown (the still clip too), histograms as PNG
     gifs = [index.parent / u for u in links if u.endswith(".gif")]
@@ -140,7 +168,9 @@ def test_report_of_a_smoke_run(full_run):
         with Image.open(g) as im:
             assert im.format == "GIF" and im.n_frames > 1
     pngs = {Path(u).name for u in links if u.endswith(".png")}
-    assert pngs == {f"hist-{c}.png" for c in (AESTHETIC, MOTION, SHARPNESS, BRIGHTNESS, BLACK_FRACTION, IS_STATIC)}
+    assert pngs == {
+        f"hist-{c}.png" for c in (AESTHETIC, MOTION, SHARPNESS, BRIGHTNESS, BLACK_FRACTION, IS_STATIC)
+    }
 
     # the funnel equals the tables
     videos = read_parts(out / "videos", VIDEO_SCHEMA)
@@ -152,12 +182,16 @@ def test_report_of_a_smoke_run(full_run):
     assert _count(page, "key", "kept") == sum(kept)
     assert _count(page, "key", "dropped") == len(kept) - sum(kept)
     assert _count(page, "key", "captioned") == caps.num_rows
-    drops = Counter(report.reason_key(d) for d, k in zip(scored.column(DROP_REASON).to_pylist(), kept) if not k)
+    drops = Counter(
+        report.reason_key(d) for d, k in zip(scored.column(DROP_REASON).to_pylist(), kept) if not k
+    )
     assert {"black_fraction <= 0.5", "sharpness >= 100"} <= set(drops) and any("cutoff" in d for d in drops)
     for reason, n in drops.items():
         assert _count(page, "drop", reason) == n
     assert 'data-key="encoded">not run<' in page
-    assert re.search(r"id='not-run'>[^<]*encode", page) and "caption," not in page.split("id='not-run'>")[1][:80]
+    assert (
+        re.search(r"id='not-run'>[^<]*encode", page) and "caption," not in page.split("id='not-run'>")[1][:80]
+    )
 
     # data is escaped: the only markup is ours
     assert "<script" not in page and "<b>bold</b>" not in page
@@ -192,9 +226,16 @@ def test_report_after_split_only_says_what_has_not_run(tmp_path, capsys):
 
     # a later stage's output alone: counted, and its smoke flag alone puts the warning first
     # (a manifest of this format and schema: the report reads it through the validating reader)
-    write_json_atomic({"format": MANIFEST_FORMAT, "schema_version": SCHEMA_VERSION, "smoke": True,
-                       "counts": {"rows": 3, "shards": 1}, "shards": []},
-                      out / "latents" / ".manifest.json")
+    write_json_atomic(
+        {
+            "format": MANIFEST_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "smoke": True,
+            "counts": {"rows": 3, "shards": 1},
+            "shards": [],
+        },
+        out / "latents" / ".manifest.json",
+    )
     page = report.write_report(out, max_previews=2).read_text()
     assert RANDOM_MODELS_WARNING in page.splitlines()[0]
     assert _count(page, "key", "encoded") == 3 and _count(page, "key", "shards") == 1

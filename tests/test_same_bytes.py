@@ -14,7 +14,6 @@ from jobs.demo import make_samples
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-
 def _digests(folder: Path, pattern: str) -> list[str]:
     return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob(pattern))
 

@@ -7,10 +7,22 @@ from curate.ids import clip_id, video_id_of_file
 
 def _ok_row(**over):
     row = {
-        S.CLIP_ID: clip_id("v" * 32, 0, 48), S.VIDEO_ID: "v" * 32, S.SOURCE_URI: "/x.mp4",
-        S.START_FRAME: 0, S.END_FRAME: 48, S.START_PTS: 0.0, S.END_PTS: 2.0, S.FPS: 24.0,
-        S.WIDTH: 320, S.HEIGHT: 180, S.SHOT_INDEX: 0, S.SPLIT_METHOD: "content",
-        S.TRANSITION_BEFORE: "start", S.STATUS: S.STATUS_OK, S.CONFIG_HASH: "h", S.TUBELET_VERSION: "0",
+        S.CLIP_ID: clip_id("v" * 32, 0, 48),
+        S.VIDEO_ID: "v" * 32,
+        S.SOURCE_URI: "/x.mp4",
+        S.START_FRAME: 0,
+        S.END_FRAME: 48,
+        S.START_PTS: 0.0,
+        S.END_PTS: 2.0,
+        S.FPS: 24.0,
+        S.WIDTH: 320,
+        S.HEIGHT: 180,
+        S.SHOT_INDEX: 0,
+        S.SPLIT_METHOD: "content",
+        S.TRANSITION_BEFORE: "start",
+        S.STATUS: S.STATUS_OK,
+        S.CONFIG_HASH: "h",
+        S.TUBELET_VERSION: "0",
     }
     row.update(over)
     return row
@@ -42,8 +54,16 @@ def test_validate_reports_missing_wrong_type_and_nulls():
 
 
 def test_error_rows_need_a_reason_but_no_identity():
-    err = {S.CLIP_ID: "v-error-probe", S.VIDEO_ID: "v", S.SOURCE_URI: "/bad.mp4", S.STATUS: S.STATUS_ERROR,
-           S.FAILED_STAGE: "probe", S.ERROR: "empty file (0 bytes)", S.CONFIG_HASH: "h", S.TUBELET_VERSION: "0"}
+    err = {
+        S.CLIP_ID: "v-error-probe",
+        S.VIDEO_ID: "v",
+        S.SOURCE_URI: "/bad.mp4",
+        S.STATUS: S.STATUS_ERROR,
+        S.FAILED_STAGE: "probe",
+        S.ERROR: "empty file (0 bytes)",
+        S.CONFIG_HASH: "h",
+        S.TUBELET_VERSION: "0",
+    }
     S.validate(S.table_from_rows([err, _ok_row()]))
     with pytest.raises(S.SchemaError, match="failed_stage"):
         S.validate(S.table_from_rows([{**err, S.ERROR: None}]))

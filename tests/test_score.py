@@ -66,7 +66,9 @@ def test_missing_weights_name_them_and_how_to_get_them(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(score.UsageError, match=r"open_clip_config\.json"):
         clip_models.load_clip(str(tmp_path / "empty"))
-    with pytest.raises(score.UsageError, match=r"ViT-B-32/laion2b_s34b_b79k.*`hf download laion/CLIP-ViT-B-32-laion2B"):
+    with pytest.raises(
+        score.UsageError, match=r"ViT-B-32/laion2b_s34b_b79k.*`hf download laion/CLIP-ViT-B-32-laion2B"
+    ):
         clip_models.load_clip("ViT-B-32", "laion2b_s34b_b79k")
     with pytest.raises(score.UsageError, match=r"--local-dir .*/laion/CLIP-ViT-B-32-laion2B"):
         clip_models.load_clip("ViT-B-32", "laion2b_s34b_b79k", weights_dir=str(tmp_path))
@@ -101,7 +103,10 @@ def test_each_clip_decoded_once_and_cheap_dropped_clips_skip_the_model(real_vide
     assert emb[0] is None and scored.column(AESTHETIC)[0].as_py() is None
     assert all(np.linalg.norm(np.asarray(e, np.float32)) == pytest.approx(1, abs=2e-3) for e in emb[1:])
     decided, _ = apply_cascade(scored, cfg.filters)
-    validate(set_columns(decided, {CONFIG_HASH: ["h"] * len(rows), TUBELET_VERSION: ["0"] * len(rows)}), upto="filter")
+    validate(
+        set_columns(decided, {CONFIG_HASH: ["h"] * len(rows), TUBELET_VERSION: ["0"] * len(rows)}),
+        upto="filter",
+    )
     assert decided.column(KEPT)[0].as_py() is False
 
 
@@ -117,7 +122,10 @@ def test_renamed_duplicate_is_removed(real_videos, smoke_cfg, stage, tmp_path):
     keep, drop = sorted([0, 1], key=lambda i: rows[i][SOURCE_URI])
     kept = decided.column(KEPT).to_pylist()
     assert kept[keep] is True and kept[drop] is False and kept[2] is True
-    assert decided.column(DROP_REASON)[drop].as_py() == f"{EXACT_DUP}: same content and span as {rows[keep][SOURCE_URI]}"
+    assert (
+        decided.column(DROP_REASON)[drop].as_py()
+        == f"{EXACT_DUP}: same content and span as {rows[keep][SOURCE_URI]}"
+    )
     assert decided.column(DUPLICATE_OF)[drop].as_py() == rows[keep]["clip_id"]
     assert next(s for s in funnel if s["step"] == EXACT_DUP)["dropped"] == 1
 
@@ -136,7 +144,20 @@ def test_bench_reports_decode_once_ratio(tmp_path, capsys):
     from jobs.bench import score as bench_score
 
     out = tmp_path / "bench.json"
-    args = ["--videos", "1", "--seconds", "2", "--clip-seconds", "1", "--size", "160x96", "--repeats", "1", "--json", str(out)]
+    args = [
+        "--videos",
+        "1",
+        "--seconds",
+        "2",
+        "--clip-seconds",
+        "1",
+        "--size",
+        "160x96",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
     assert bench_score.main(args) == 0
     report = json.loads(out.read_text())
     assert report["decoder_opens_per_clip"] == {"stage": 1.0, "baseline": 7.0}  # 4 cheap + flow, NSFW, OCR
@@ -154,6 +175,11 @@ def test_vit_l_14_random_init_runs_on_gpu(tmp_path):
     from jobs.bench import score as bench_score
 
     out = tmp_path / "bench.json"
-    assert bench_score.main(["--model", "vit-l-14", "--videos", "1", "--seconds", "4", "--repeats", "1", "--json", str(out)]) == 0
+    assert (
+        bench_score.main(
+            ["--model", "vit-l-14", "--videos", "1", "--seconds", "4", "--repeats", "1", "--json", str(out)]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["device"].startswith("cuda") and report["model_images_per_s_per_gpu"] > 0

@@ -40,10 +40,22 @@ def _names(real_videos_dir):
 
 
 NAMES = [
-    "testvideo.mp4", "goldeneye-vfr-drop3.mp4", "issue-134-rotate.mp4", "issue-195-aspect-ratio.mp4",
-    "issue-236-split-copy.mkv", "big_buck_bunny_0_30.webm", "bigbuckbunny.mp4", "chaplin.mp4",
-    "traffic_camera.mp4", "flipping_a_pancake.mkv", "fire2.mp4", "carphone_pristine.mp4",
-    "carphone_distorted.mp4", "poppins.mp4", "friends-video-clip.mp4", "video_with_failing_audio.mp4",
+    "testvideo.mp4",
+    "goldeneye-vfr-drop3.mp4",
+    "issue-134-rotate.mp4",
+    "issue-195-aspect-ratio.mp4",
+    "issue-236-split-copy.mkv",
+    "big_buck_bunny_0_30.webm",
+    "bigbuckbunny.mp4",
+    "chaplin.mp4",
+    "traffic_camera.mp4",
+    "flipping_a_pancake.mkv",
+    "fire2.mp4",
+    "carphone_pristine.mp4",
+    "carphone_distorted.mp4",
+    "poppins.mp4",
+    "friends-video-clip.mp4",
+    "video_with_failing_audio.mp4",
 ]
 
 
@@ -101,10 +113,15 @@ def _coverage_bound(gt: dict, pts, min_seconds: float) -> tuple[list[tuple[int, 
 COVERAGE_XFAIL = {"big_buck_bunny_0_30.webm": "title fade-in/out over a shot excluded as dissolves"}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=COVERAGE_XFAIL[n], strict=True)) if n in COVERAGE_XFAIL else n
-    for n in NAMES
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=COVERAGE_XFAIL[n], strict=True))
+        if n in COVERAGE_XFAIL
+        else n
+        for n in NAMES
+    ],
+)
 def test_clips_cover_the_shots(real_videos, ground_truth, name):
     """Leaving frames out is safe only up to a point: the clips must cover the shots that can
     give a clip, but for a bounded loss at their gradual edges (bound from the ground truth)."""
@@ -142,7 +159,9 @@ def test_camera_tilt_is_not_a_cut(real_videos):
     _, rows, tr = _split(real_videos, "video_with_failing_audio.mp4")
     assert tr.cuts == []
     ok = [r for r in rows if r[S.STATUS] == S.STATUS_OK]
-    assert ok and ok[0][S.START_FRAME] == 0 and ok[0][S.END_FRAME] > 92  # the tilt 83-92 stays inside one clip
+    assert (
+        ok and ok[0][S.START_FRAME] == 0 and ok[0][S.END_FRAME] > 92
+    )  # the tilt 83-92 stays inside one clip
 
 
 def test_vfr_spans_use_timestamps(real_videos):

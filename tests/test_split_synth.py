@@ -13,8 +13,16 @@ from curate.synthetic.synth import Segment, make_video
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    segs = [Segment("shot", 60, 0), Segment("shot", 60, 1), Segment("fade_out", 18), Segment("black", 20),
-            Segment("fade_in", 18), Segment("shot", 72, 2, speed=0.1), Segment("dissolve", 24), Segment("shot", 72, 3, speed=0.1)]
+    segs = [
+        Segment("shot", 60, 0),
+        Segment("shot", 60, 1),
+        Segment("fade_out", 18),
+        Segment("black", 20),
+        Segment("fade_in", 18),
+        Segment("shot", 72, 2, speed=0.1),
+        Segment("dissolve", 24),
+        Segment("shot", 72, 3, speed=0.1),
+    ]
     # important: the content detector finds dissolves between low-motion shots (a blend test);
     # dissolves over strong motion need transnetv2/hybrid (README, "Shot detection").
     return make_video(tmp_path_factory.mktemp("synth") / "synth.mp4", segs, fps=24, width=192, height=108)
@@ -41,7 +49,10 @@ def test_long_shot_is_windowed_and_short_shot_dropped():
     assert too_short == 1  # frames 0-29 = 1.2 s
     # 1220 frames = 48.8 s -> ceil(48.8 / 20) = 3 equal windows
     assert [(s.start, s.end, s.transition_before) for s in spans] == [
-        (30, 437, "cut"), (437, 844, "window"), (844, 1250, "window")]
+        (30, 437, "cut"),
+        (437, 844, "window"),
+        (844, 1250, "window"),
+    ]
 
 
 def test_trim_removes_edges():
@@ -52,7 +63,10 @@ def test_trim_removes_edges():
 def test_excluded_frames_never_in_clips():
     tr = _tr(300, excluded=[(100, 130, "dissolve"), (200, 299, "black")])
     spans, _ = clip_spans(tr, SplitConfig())
-    assert [(s.start, s.end, s.transition_before) for s in spans] == [(0, 100, "start"), (131, 200, "dissolve")]
+    assert [(s.start, s.end, s.transition_before) for s in spans] == [
+        (0, 100, "start"),
+        (131, 200, "dissolve"),
+    ]
 
 
 def test_bad_policy_is_a_usage_error():

@@ -50,10 +50,12 @@ def test_check_stage_folder_and_output_file_on_s3(s3, capsys):
     # the jobs themselves: exit 2 with one line, before Ray starts
     from jobs import caption, encode, sample, score
 
-    for cli, argv in ((score.cli, ["--input", "s3://no-such-bucket-x/out/clips", "--output", f"s3://{BUCKET}/o/scored"]),
-                      (caption.cli, ["--input", f"s3://{BUCKET}/chk/empty", "--output", f"s3://{BUCKET}/o/captions"]),
-                      (encode.cli, ["--input", clips, "--output", "s3://no-such-bucket-x/latents"]),
-                      (sample.cli, ["--input", f"s3://{BUCKET}/no-run", "--prompt", "x", "--output", "/tmp/x.mp4"])):
+    for cli, argv in (
+        (score.cli, ["--input", "s3://no-such-bucket-x/out/clips", "--output", f"s3://{BUCKET}/o/scored"]),
+        (caption.cli, ["--input", f"s3://{BUCKET}/chk/empty", "--output", f"s3://{BUCKET}/o/captions"]),
+        (encode.cli, ["--input", clips, "--output", "s3://no-such-bucket-x/latents"]),
+        (sample.cli, ["--input", f"s3://{BUCKET}/no-run", "--prompt", "x", "--output", "/tmp/x.mp4"]),
+    ):
         capsys.readouterr()
         assert cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
@@ -78,10 +80,18 @@ def _chain(raw: str, out: str) -> None:
     from jobs import caption, encode, score, split
 
     smoke = ["--preset", "smoke"]  # split has no models, no preset
-    steps = [(split.cli, ["--input", raw, "--output", out]),
-             (score.cli, ["--input", storage.join(out, "clips"), "--output", storage.join(out, "scored"), *smoke]),
-             (caption.cli, ["--input", storage.join(out, "scored"), "--output", storage.join(out, "captions"), *smoke]),
-             (encode.cli, ["--input", storage.join(out, "captions"), "--output", storage.join(out, "latents"), *smoke])]
+    steps = [
+        (split.cli, ["--input", raw, "--output", out]),
+        (score.cli, ["--input", storage.join(out, "clips"), "--output", storage.join(out, "scored"), *smoke]),
+        (
+            caption.cli,
+            ["--input", storage.join(out, "scored"), "--output", storage.join(out, "captions"), *smoke],
+        ),
+        (
+            encode.cli,
+            ["--input", storage.join(out, "captions"), "--output", storage.join(out, "latents"), *smoke],
+        ),
+    ]
     for fn, argv in steps:
         assert fn(argv) == 0, argv
 
@@ -127,7 +137,9 @@ def test_stage_jobs_s3_round_trip_equals_local(s3, tmp_path, monkeypatch):
         assert len(sa) == len(sb) > 0
         for col in (S.CLIP_ID, S.START_FRAME, S.END_FRAME, S.LATENT_DTYPE):
             assert sa[col].tolist() == sb[col].tolist(), col
-        assert [storage.basename(u) for u in sa[S.SOURCE_URI]] == [storage.basename(u) for u in sb[S.SOURCE_URI]]
+        assert [storage.basename(u) for u in sa[S.SOURCE_URI]] == [
+            storage.basename(u) for u in sb[S.SOURCE_URI]
+        ]
         assert all(u.startswith(f"s3://{BUCKET}-e2e/raw/") for u in sb[S.SOURCE_URI])
         assert [list(x) for x in sa[S.LATENT_SHAPE]] == [list(x) for x in sb[S.LATENT_SHAPE]]
         summary = storage.read_json(storage.join(remote, "summary", "encode.json"))
@@ -136,20 +148,44 @@ def test_stage_jobs_s3_round_trip_equals_local(s3, tmp_path, monkeypatch):
         # a rerun on S3 resumes: every stage finds its markers, nothing is redone
         from jobs import encode
 
-        again = encode.main(encode.config_from_args(encode.build_parser().parse_args(
-            ["--input", storage.join(remote, "captions"), "--output", storage.join(remote, "latents")])))
+        again = encode.main(
+            encode.config_from_args(
+                encode.build_parser().parse_args(
+                    ["--input", storage.join(remote, "captions"), "--output", storage.join(remote, "latents")]
+                )
+            )
+        )
         assert again["encoded_this_run"] == 0 and again["shard_rows"] == len(sb)
 
         # train 2 steps on the S3 shards into an S3 run, then sample from it to an S3 mp4
         from jobs import sample, train
 
         run = f"s3://{BUCKET}-e2e/runs/two"
-        assert train.cli(["--input", storage.join(remote, "latents"), "--output", run, "--steps", "2",
-                          "--ckpt-every", "2", "--device", "cpu"]) == 0
+        assert (
+            train.cli(
+                [
+                    "--input",
+                    storage.join(remote, "latents"),
+                    "--output",
+                    run,
+                    "--steps",
+                    "2",
+                    "--ckpt-every",
+                    "2",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert storage.exists(storage.join(run, "checkpoints", "step-0000002", "state.json"))
         mp4 = f"s3://{BUCKET}-e2e/samples/cat.mp4"
-        assert sample.cli(["--input", run, "--prompt", "a cat", "--output", mp4, "--steps", "2",
-                           "--device", "cpu"]) == 0
+        assert (
+            sample.cli(
+                ["--input", run, "--prompt", "a cat", "--output", mp4, "--steps", "2", "--device", "cpu"]
+            )
+            == 0
+        )
         with storage.local_copy(mp4) as tmp, av.open(tmp) as c:
             assert sum(1 for _ in c.decode(video=0)) > 0
         assert os.listdir(cwd) == []

@@ -25,8 +25,12 @@ def test_join_keeps_local_local_and_uris_uris(tmp_path):
     assert st.join(tmp_path, "a") == str(tmp_path / "a")  # a Path is accepted
     assert st.join("s3://bkt/out/", "clips", "/part-1.parquet") == "s3://bkt/out/clips/part-1.parquet"
     assert st.join("s3://bkt/lists", "../raw/v.mp4") == "s3://bkt/raw/v.mp4"
-    assert st.is_remote("s3://bkt/x") and not st.is_remote(str(tmp_path)) and not st.is_remote("file:///tmp/x")
-    assert st.parent("s3://bkt/out/a.json") == "s3://bkt/out" and st.basename("s3://bkt/out/a.json") == "a.json"
+    assert (
+        st.is_remote("s3://bkt/x") and not st.is_remote(str(tmp_path)) and not st.is_remote("file:///tmp/x")
+    )
+    assert (
+        st.parent("s3://bkt/out/a.json") == "s3://bkt/out" and st.basename("s3://bkt/out/a.json") == "a.json"
+    )
     fs, path = st.filesystem(str(tmp_path / "x"))
     assert fs.type_name == "local" and path == str(tmp_path / "x")
 
@@ -53,8 +57,10 @@ def test_markers_parts_and_listing(tmp_path):
         st.write_parquet_atomic(pa.table({"x": [i]}), st.join(out, "clips", f"part-{i}.parquet"))
     (tmp_path / "clips" / ".part-9.parquet.abc.tmp").write_bytes(b"partial")
     (tmp_path / "clips" / "_funnel.json").write_text("{}")
-    assert [os.path.basename(p) for p in st.list_files(st.join(out, "clips"), ".parquet")] == \
-        ["part-0.parquet", "part-1.parquet"]
+    assert [os.path.basename(p) for p in st.list_files(st.join(out, "clips"), ".parquet")] == [
+        "part-0.parquet",
+        "part-1.parquet",
+    ]
     assert st.read_parts(st.join(out, "clips")).column("x").to_pylist() == [0, 1]
     assert st.list_files(st.join(out, "nothing-here")) == []
 
@@ -120,7 +126,9 @@ def test_an_upload_failing_mid_way_leaves_no_object_and_no_parts(s3, tmp_path):
     bucket = s3.make_bucket("abort-bucket")
     uri = st.join(bucket, "out", "latents", "shard-a-00000.parquet")
     started: list = []  # the multipart upload in flight when the failure comes
-    src = _FailsOnSecondRead(lambda: started.extend(c.list_multipart_uploads(Bucket="abort-bucket").get("Uploads", [])))
+    src = _FailsOnSecondRead(
+        lambda: started.extend(c.list_multipart_uploads(Bucket="abort-bucket").get("Uploads", []))
+    )
     with pytest.raises(OSError, match="injected"):
         st._upload_stream(src, uri)
     assert len(started) == 1  # the first 16 MiB part was sent
@@ -155,14 +163,22 @@ def test_latent_dataset_reads_shards_from_s3_like_local(s3, tmp_path):
     from latents.dataset import LatentDataset
     from latents.shards import MANIFEST_NAME
 
-    make_shards(tmp_path, rows=30, latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)], text_tokens=4, text_dim=8,
-                rows_per_shard=16)
+    make_shards(
+        tmp_path,
+        rows=30,
+        latent_shapes=[(2, 1, 3, 4), (2, 1, 4, 3)],
+        text_tokens=4,
+        text_dim=8,
+        rows_per_shard=16,
+    )
     s3.make_bucket("shards-bucket")
     uploaded = s3.upload_dir(tmp_path, "s3://shards-bucket/out/latents", "*.parquet")
     s3.upload_dir(tmp_path, "s3://shards-bucket/out/latents", MANIFEST_NAME)
     assert len(uploaded) == 2
     local = {s["clip_id"]: s["latent"] for s in LatentDataset(tmp_path, seed=4)}
-    remote = {s["clip_id"]: s["latent"] for s in LatentDataset("s3://shards-bucket/out/latents", seed=4,
-                                                                 verify="checksum")}
+    remote = {
+        s["clip_id"]: s["latent"]
+        for s in LatentDataset("s3://shards-bucket/out/latents", seed=4, verify="checksum")
+    }
     assert local.keys() == remote.keys() and len(local) == 30
     assert all(torch.equal(local[k], remote[k]) for k in local)

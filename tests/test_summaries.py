@@ -45,12 +45,17 @@ def test_rule_of_every_reason_shape():
 
 
 def test_stage_timings_parse_ray_data_stats_text():
-    stats = ("Operator 1 ReadRange->MapBatches(_split_task): 2 tasks executed, 2 blocks produced in 0.02s\n"
-             "* Remote wall time: 1.93ms min, 5.13ms max, 3.53ms mean, 7.06ms total\n"
-             "* Remote cpu time: 2.03ms min, 4.97ms max, 3.5ms mean, 7.0ms total\n"
-             "Operator 2 MapBatches(ClipScoreStage): 4 tasks executed, 4 blocks produced in 3.5s\n"
-             "* Remote wall time: 1.2s min, 2.07s max, 1.63s mean, 6.5s total\n"
-             "Operator 3 MapBatches(_write_scored): 1 tasks executed, 1 blocks produced in 0.4s\n")
-    assert _stage_timings(stats) == {"ReadRange->MapBatches(_split_task)": 0.007,
-                                     "MapBatches(ClipScoreStage)": 6.5, "MapBatches(_write_scored)": 0.4}
+    stats = (
+        "Operator 1 ReadRange->MapBatches(_split_task): 2 tasks executed, 2 blocks produced in 0.02s\n"
+        "* Remote wall time: 1.93ms min, 5.13ms max, 3.53ms mean, 7.06ms total\n"
+        "* Remote cpu time: 2.03ms min, 4.97ms max, 3.5ms mean, 7.0ms total\n"
+        "Operator 2 MapBatches(ClipScoreStage): 4 tasks executed, 4 blocks produced in 3.5s\n"
+        "* Remote wall time: 1.2s min, 2.07s max, 1.63s mean, 6.5s total\n"
+        "Operator 3 MapBatches(_write_scored): 1 tasks executed, 1 blocks produced in 0.4s\n"
+    )
+    assert _stage_timings(stats) == {
+        "ReadRange->MapBatches(_split_task)": 0.007,
+        "MapBatches(ClipScoreStage)": 6.5,
+        "MapBatches(_write_scored)": 0.4,
+    }
     assert _stage_timings("") == {}

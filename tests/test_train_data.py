@@ -40,7 +40,9 @@ def test_samples_equal_the_dataset_and_memory_is_flat_in_shards(tmp_path, verify
     for i in (0, 63, 64, 200, 255, -1):
         a, b = data[i], ref[i]
         assert a["clip_id"] == b["clip_id"] and torch.equal(a["latent"], b["latent"])
-        assert torch.equal(a["text_embedding"], b["text_embedding"]) and torch.equal(a["text_mask"], b["text_mask"])
+        assert torch.equal(a["text_embedding"], b["text_embedding"]) and torch.equal(
+            a["text_mask"], b["text_mask"]
+        )
     with pytest.raises(IndexError):
         data[256]
     peak1, units1 = _peak_resident(ShardSamples(small, cache_units=3, verify=verify), steps=24, batch=8)
@@ -65,7 +67,9 @@ def test_stream_order_is_seeded_seekable_and_windowed():
     a = StreamOrder(UNITS, ids, seed=3, window=2)
     epoch0 = _visits(a, 0, n)
     assert sorted(epoch0) == sorted((u, r) for u in ids for r in range(UNITS[u][0]))  # every row once
-    assert _visits(StreamOrder(UNITS, ids, seed=3, window=2), 0, n) == epoch0  # same (seed, epoch): same order
+    assert (
+        _visits(StreamOrder(UNITS, ids, seed=3, window=2), 0, n) == epoch0
+    )  # same (seed, epoch): same order
     assert _visits(a, n, 2 * n) != epoch0  # the next epoch is reshuffled
     assert _visits(StreamOrder(UNITS, ids, seed=4, window=2), 0, n) != epoch0
     resumed = StreamOrder(UNITS, ids, seed=3, window=2)  # a fresh reader seeking to position 17
@@ -84,7 +88,9 @@ def test_step_plan_respects_the_token_budget_and_partitions_ranks():
     while start < 300:
         end = step_end(lambda p: lengths[p], start, batch_size=8, step_tokens=1000)
         assert end > start and (end - start == 1 or sum(lengths[start:end]) <= 1000)
-        assert sum(lengths[start : end + 1]) > 1000  # a step takes samples until the next would pass the budget
+        assert (
+            sum(lengths[start : end + 1]) > 1000
+        )  # a step takes samples until the next would pass the budget
         steps.append((start, end))
         start = end
     assert step_end(lambda p: 5000, 0, batch_size=8, step_tokens=1000) == 1  # at least one sample

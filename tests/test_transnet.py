@@ -98,8 +98,11 @@ def _uncovered(tr, gt: dict) -> list[str]:
     covered = np.zeros(tr.num_frames, bool)
     for a, b, _ in tr.excluded:
         covered[a : b + 1] = True
-    return [f"{kind} [{a},{b}] frames {np.flatnonzero(~covered[a : b + 1])[:5] + a} in clips"
-            for a, b, kind in forbidden_frames(gt) if not covered[a : b + 1].all()]
+    return [
+        f"{kind} [{a},{b}] frames {np.flatnonzero(~covered[a : b + 1])[:5] + a} in clips"
+        for a, b, kind in forbidden_frames(gt)
+        if not covered[a : b + 1].all()
+    ]
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
@@ -115,20 +118,27 @@ def test_hard_cuts_frame_exact(detector: str, full_runs: dict, hybrid_runs: dict
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
-def test_gradual_and_black_frames_are_excluded(detector: str, full_runs: dict, hybrid_runs: dict,
-                                               ground_truth: dict) -> None:
-    bad = {n: u for n, tr in _results(detector, full_runs, hybrid_runs).items()
-           if (u := _uncovered(tr, ground_truth[n]))}
+def test_gradual_and_black_frames_are_excluded(
+    detector: str, full_runs: dict, hybrid_runs: dict, ground_truth: dict
+) -> None:
+    bad = {
+        n: u
+        for n, tr in _results(detector, full_runs, hybrid_runs).items()
+        if (u := _uncovered(tr, ground_truth[n]))
+    }
     assert not bad
     # the fades are found as fades (not only as black): the failing-audio fade-out is a
     # 4 s luma ramp TransNetV2 itself misses
-    kinds = {k for _, _, k in _results(detector, full_runs, hybrid_runs)["video_with_failing_audio.mp4"].excluded}
+    kinds = {
+        k for _, _, k in _results(detector, full_runs, hybrid_runs)["video_with_failing_audio.mp4"].excluded
+    }
     assert "fade_out" in kinds
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
-def test_single_shot_videos_lose_nothing(detector: str, full_runs: dict, hybrid_runs: dict,
-                                         ground_truth: dict) -> None:
+def test_single_shot_videos_lose_nothing(
+    detector: str, full_runs: dict, hybrid_runs: dict, ground_truth: dict
+) -> None:
     for name, tr in _results(detector, full_runs, hybrid_runs).items():
         gt = ground_truth[name]
         if not gt["cuts"] and not forbidden_frames(gt):
@@ -205,7 +215,9 @@ def test_batching_does_not_change_scores(decoded: dict, full_runs: dict) -> None
     yuv, _ = decoded["goldeneye-vfr-drop3.mp4"]
     scorer = TransNetScorer(TransNetConfig(batch_size=1))
     single, _ = scorer.score(yuv, [2, 1])  # any order, one window per forward
-    np.testing.assert_allclose(single[STEP : 3 * STEP], full_runs["goldeneye-vfr-drop3.mp4"][1][STEP : 3 * STEP], atol=1e-4)
+    np.testing.assert_allclose(
+        single[STEP : 3 * STEP], full_runs["goldeneye-vfr-drop3.mp4"][1][STEP : 3 * STEP], atol=1e-4
+    )
     assert not single[:STEP].any() and not single[3 * STEP :].any()  # windows 0 and 3 were not asked for
 
 
@@ -214,7 +226,9 @@ def test_bench_detectors_times_and_scores(tmp_path: Path) -> None:
     from curate.synthetic.synth import Segment, make_video
     from jobs.bench.detect import bench_detectors, format_rows
 
-    video = make_video(tmp_path / "two.mp4", [Segment("shot", 12, 1), Segment("shot", 12, 2)], width=96, height=54)
+    video = make_video(
+        tmp_path / "two.mp4", [Segment("shot", 12, 1), Segment("shot", 12, 2)], width=96, height=54
+    )
 
     class Oracle:  # says a cut at 12, one frame late on purpose
         name, frame_size, target_area = "late", FRAME_SIZE, 0
@@ -235,13 +249,24 @@ def test_dissolve_between_moving_shots(tmp_path: Path) -> None:
     """Generated: moving shots, a dissolve (frame differences hide it), a cut, a fade through black."""
     from curate.synthetic.synth import Segment, make_video
 
-    segs = [Segment("shot", 60, 1), Segment("dissolve", 20), Segment("shot", 60, 2), Segment("shot", 50, 3),
-            Segment("fade_out", 15), Segment("black", 10), Segment("fade_in", 15), Segment("shot", 60, 4)]
+    segs = [
+        Segment("shot", 60, 1),
+        Segment("dissolve", 20),
+        Segment("shot", 60, 2),
+        Segment("shot", 50, 3),
+        Segment("fade_out", 15),
+        Segment("black", 10),
+        Segment("fade_in", 15),
+        Segment("shot", 60, 4),
+    ]
     video = make_video(tmp_path / "syn.mp4", segs, width=192, height=108)
     frames = [f for _, f in iter_small_yuv(video.path, size=FRAME_SIZE)]
     yuv, pts = np.stack([f.yuv for f in frames]), np.array([f.pts for f in frames])
-    gt = {"cuts": video.cuts, "black_frames": video.black,
-          "gradual": [{"type": t, "range": [a, b]} for t, a, b in video.gradual]}
+    gt = {
+        "cuts": video.cuts,
+        "black_frames": video.black,
+        "gradual": [{"type": t, "range": [a, b]} for t, a, b in video.gradual],
+    }
     hybrid = HybridDetector(HybridConfig(transnet=CFG))
     for det in (TransNetDetector(CFG), hybrid):
         tr = det.detect_array(yuv, pts)
@@ -264,8 +289,9 @@ def test_gpu_matches_cpu(decoded: dict) -> None:
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
-def test_split_clips_avoid_transitions_and_cover_single_shots(detector: str, full_runs: dict, hybrid_runs: dict,
-                                                               ground_truth: dict) -> None:
+def test_split_clips_avoid_transitions_and_cover_single_shots(
+    detector: str, full_runs: dict, hybrid_runs: dict, ground_truth: dict
+) -> None:
     """Through split's clip policy (curate.shots.split.clip_spans), on the detectors' outputs."""
     from curate.shots.shot_metrics import clips_crossing_cuts, clips_touching
     from curate.shots.split import SplitConfig, clip_spans

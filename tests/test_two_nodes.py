@@ -20,7 +20,8 @@ from jobs.demo import SAMPLES, make_samples
 from tests.raycluster import REPO, ray_env
 
 pytestmark = [
-    pytest.mark.ray, pytest.mark.slow,
+    pytest.mark.ray,
+    pytest.mark.slow,
 ]
 
 BUCKET = "tubelet-nodes"
@@ -73,8 +74,14 @@ def run(module: str, *args: str, address: str | None = None) -> subprocess.Compl
         # driver hung in GcsClient start-up. This Ray switch makes the node IP the loopback one.
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     for _ in range(3):  # retried only when Ray itself failed to start (overloaded machine)
-        r = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=REPO, capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if "timed out during startup" not in r.stderr:
             break
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -88,18 +95,35 @@ def _actors(c, name: str) -> list[dict]:
 def test_model_stages_pinned_to_the_second_node_match_a_one_node_run(cluster):
     c, second, raw = cluster
     two, one = f"s3://{BUCKET}/two-nodes", f"s3://{BUCKET}/one-node"
-    run("jobs.curate", "--input", raw, "--output", two, "--preset", "smoke", "--no-report",
-        "--model-resource", RESOURCE, address=c.local_address)
+    run(
+        "jobs.curate",
+        "--input",
+        raw,
+        "--output",
+        two,
+        "--preset",
+        "smoke",
+        "--no-report",
+        "--model-resource",
+        RESOURCE,
+        address=c.local_address,
+    )
     stage_actors = _actors(c, "_StageActor")
     assert len(stage_actors) >= 3  # score, caption, encode pools
     assert {a["Address"]["NodeID"] for a in stage_actors} == {second.node_id}
     run("jobs.curate", "--input", raw, "--output", one, "--preset", "smoke", "--no-report")  # local Ray
     for sub in ("scored", "captions"):
-        a, b = (storage.read_parts(storage.join(o, sub), S.CLIP_SCHEMA).sort_by(S.CLIP_ID) for o in (two, one))
+        a, b = (
+            storage.read_parts(storage.join(o, sub), S.CLIP_SCHEMA).sort_by(S.CLIP_ID) for o in (two, one)
+        )
         cols = [S.CLIP_ID, S.SOURCE_URI, S.START_FRAME, S.END_FRAME, S.KEPT, S.DROP_REASON, S.CAPTION]
         assert a.num_rows == b.num_rows > 0 and a.select(cols).equals(b.select(cols)), sub
-    sa, sb = (pd.read_parquet(storage.join(o, "latents"), storage_options=storage.storage_options(o))
-              .sort_values(S.CLIP_ID).reset_index(drop=True) for o in (two, one))
+    sa, sb = (
+        pd.read_parquet(storage.join(o, "latents"), storage_options=storage.storage_options(o))
+        .sort_values(S.CLIP_ID)
+        .reset_index(drop=True)
+        for o in (two, one)
+    )
     assert len(sa) == len(sb) > 0 and sa[S.CLIP_ID].tolist() == sb[S.CLIP_ID].tolist()
     for x, y, dt in zip(sa[S.LATENT], sb[S.LATENT], sa[S.LATENT_DTYPE]):  # the same latents, clip by clip
         np.testing.assert_allclose(np.frombuffer(x, dt), np.frombuffer(y, dt), atol=1e-3)
@@ -111,7 +135,20 @@ def test_train_two_workers_on_two_nodes_resumes_from_object_storage(cluster):
     if not storage.exists(storage.join(one, "latents", ".manifest.json")):
         pytest.skip("needs the one-node run's shards")
     shards, runs = storage.join(one, "latents"), f"s3://{BUCKET}/runs/ddp"
-    args = ["--input", shards, "--output", runs, "--workers", "2", "--batch-size", "4", "--ckpt-every", "2", "--device", "cpu"]
+    args = [
+        "--input",
+        shards,
+        "--output",
+        runs,
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
+        "--ckpt-every",
+        "2",
+        "--device",
+        "cpu",
+    ]
     run("jobs.train", *args, "--steps", "2", address=c.local_address)
     workers = _actors(c, "RayTrainWorker")
     assert len({a["Address"]["NodeID"] for a in workers}) == 2  # one worker per node

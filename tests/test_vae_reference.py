@@ -23,14 +23,21 @@ def ltx_timestep_vae(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("ltx-t") / "vae"
     # diffusers' own tiny LTX test config, with the 0.9.1+ timestep-conditioned decoder
-    model = AutoencoderKLLTXVideo(block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                                  latent_channels=8, layers_per_block=(1, 1, 1, 1, 1),
-                                  decoder_layers_per_block=(1, 1, 1, 1, 1),
-                                  spatio_temporal_scaling=(True, True, False, False),
-                                  decoder_spatio_temporal_scaling=(True, True, False, False),
-                                  patch_size=1, timestep_conditioning=True)
+    model = AutoencoderKLLTXVideo(
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        latent_channels=8,
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        patch_size=1,
+        timestep_conditioning=True,
+    )
     model.save_pretrained(d)
-    return load_vae(VAEConfig(kind="ltx", source=str(d), subfolder="", tiling=False, slicing=False, device="cpu"))
+    return load_vae(
+        VAEConfig(kind="ltx", source=str(d), subfolder="", tiling=False, slicing=False, device="cpu")
+    )
 
 
 def test_ltx_decode_uses_the_pipeline_decode_timestep(ltx_timestep_vae):

@@ -146,7 +146,9 @@ def alive_count(state: pa.Table) -> int:
     return int(pc.sum(state.column(KEPT).cast(pa.int64())).as_py() or 0)
 
 
-def _set(state: pa.Table, drop_idx: np.ndarray, reasons: list[str], dup_of: list[str | None] | None = None) -> pa.Table:
+def _set(
+    state: pa.Table, drop_idx: np.ndarray, reasons: list[str], dup_of: list[str | None] | None = None
+) -> pa.Table:
     """Drop rows `drop_idx` (positions in the state) with their reasons (and keepers)."""
     if not len(drop_idx):
         return state
@@ -159,8 +161,12 @@ def _set(state: pa.Table, drop_idx: np.ndarray, reasons: list[str], dup_of: list
         if dup_of is not None:
             dups[i] = dup_of[j]
     state = state.set_column(state.schema.get_field_index(KEPT), KEPT, pa.array(kept))
-    state = state.set_column(state.schema.get_field_index(DROP_REASON), DROP_REASON, pa.array(drop, pa.string()))
-    return state.set_column(state.schema.get_field_index(DUPLICATE_OF), DUPLICATE_OF, pa.array(dups, pa.string()))
+    state = state.set_column(
+        state.schema.get_field_index(DROP_REASON), DROP_REASON, pa.array(drop, pa.string())
+    )
+    return state.set_column(
+        state.schema.get_field_index(DUPLICATE_OF), DUPLICATE_OF, pa.array(dups, pa.string())
+    )
 
 
 def _alive_idx(state: pa.Table) -> np.ndarray:
@@ -172,10 +178,13 @@ def _values(state: pa.Table, column: str) -> np.ndarray:
     col = state.column(column)
     if pa.types.is_boolean(col.type):
         col = col.cast(pa.int8())
-    return np.asarray(pc.fill_null(col.cast(pa.float64()), math.nan).to_numpy(zero_copy_only=False), np.float64)
+    return np.asarray(
+        pc.fill_null(col.cast(pa.float64()), math.nan).to_numpy(zero_copy_only=False), np.float64
+    )
 
 
 # --- absolute rules ------------------------------------------------------------------------
+
 
 def apply_absolute(state: pa.Table, rule: Rule) -> pa.Table:
     live = _alive_idx(state)
@@ -189,8 +198,11 @@ def apply_absolute(state: pa.Table, rule: Rule) -> pa.Table:
 
 # --- exact duplicates ----------------------------------------------------------------------
 
+
 def _bucket_of(ids: list[str], buckets: int) -> np.ndarray:
-    return np.fromiter((xxhash.xxh64_intdigest((c or "").encode()) % buckets for c in ids), np.int64, len(ids))
+    return np.fromiter(
+        (xxhash.xxh64_intdigest((c or "").encode()) % buckets for c in ids), np.int64, len(ids)
+    )
 
 
 def exact_keys(state: pa.Table, buckets: int) -> list[pa.Table]:
@@ -211,7 +223,9 @@ def exact_decide(tables: list[pa.Table], parts: int) -> list[pa.Table]:
         return [_dup_table([], [], [], []) for _ in range(parts)]
     uri = pc.fill_null(t.column(SOURCE_URI), "")
     t = t.set_column(t.schema.get_field_index(SOURCE_URI), SOURCE_URI, uri)
-    t = t.sort_by([(CLIP_ID, "ascending"), (SOURCE_URI, "ascending"), (PART, "ascending"), (ROW, "ascending")])
+    t = t.sort_by(
+        [(CLIP_ID, "ascending"), (SOURCE_URI, "ascending"), (PART, "ascending"), (ROW, "ascending")]
+    )
     ids = t.column(CLIP_ID).to_pylist()
     uris = t.column(SOURCE_URI).to_pylist()
     prt = t.column(PART).to_numpy()
@@ -231,11 +245,19 @@ def exact_decide(tables: list[pa.Table], parts: int) -> list[pa.Table]:
 
 
 def _dup_table(rows: list[int], keepers: list[str], uris: list[str], cos: list[float]) -> pa.Table:
-    return pa.table({ROW: pa.array(rows, pa.int32()), DUPLICATE_OF: pa.array(keepers, pa.string()),
-                     KEEPER_URI: pa.array(uris, pa.string()), COSINE: pa.array(cos, pa.float64())})
+    return pa.table(
+        {
+            ROW: pa.array(rows, pa.int32()),
+            DUPLICATE_OF: pa.array(keepers, pa.string()),
+            KEEPER_URI: pa.array(uris, pa.string()),
+            COSINE: pa.array(cos, pa.float64()),
+        }
+    )
 
 
-def apply_duplicates(state: pa.Table, dups: list[pa.Table], kind: str, threshold: float | None = None) -> pa.Table:
+def apply_duplicates(
+    state: pa.Table, dups: list[pa.Table], kind: str, threshold: float | None = None
+) -> pa.Table:
     """Drop the rows the reduce step found duplicate, with `filters`' reasons."""
     d = pa.concat_tables(dups) if dups else _dup_table([], [], [], [])
     if not d.num_rows:
@@ -257,11 +279,12 @@ def apply_duplicates(state: pa.Table, dups: list[pa.Table], kind: str, threshold
 
 # --- percentile rules: exact selection -----------------------------------------------------
 
+
 def _rank_primary(state: pa.Table, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
     """Alive positions and their primary rank key: sign x value, best first; missing last (+inf)."""
     live = _alive_idx(state)
     v = _values(state, rule.column)[live]
-    key = (-v if rule.op == ">=" else v)
+    key = -v if rule.op == ">=" else v
     return live, np.where(np.isnan(key), np.inf, key)
 
 
@@ -280,9 +303,16 @@ def bracket(state: pa.Table, rule: Rule, lo: float, hi: float) -> tuple[int, pa.
     inside = live[(key >= lo) & (key <= hi)]
     v = _values(state, rule.column)[inside]
     sel = state.take(pa.array(inside, pa.int64()))
-    return below, pa.table({"missing": pa.array(np.isnan(v)), "key": pa.array(key[(key >= lo) & (key <= hi)]),
-                            CLIP_ID: sel.column(CLIP_ID), PART: sel.column(PART), ROW: sel.column(ROW),
-                            "value": sel.column(rule.column)})
+    return below, pa.table(
+        {
+            "missing": pa.array(np.isnan(v)),
+            "key": pa.array(key[(key >= lo) & (key <= hi)]),
+            CLIP_ID: sel.column(CLIP_ID),
+            PART: sel.column(PART),
+            ROW: sel.column(ROW),
+            "value": sel.column(rule.column),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -320,8 +350,15 @@ def pick_cut(below: int, inside: pa.Table, k: int) -> Cut | None:
     j = k - 1 - below
     if j < 0 or j >= inside.num_rows:
         return None
-    t = inside.sort_by([("missing", "ascending"), ("key", "ascending"), (CLIP_ID, "ascending"),
-                        (PART, "ascending"), (ROW, "ascending")])
+    t = inside.sort_by(
+        [
+            ("missing", "ascending"),
+            ("key", "ascending"),
+            (CLIP_ID, "ascending"),
+            (PART, "ascending"),
+            (ROW, "ascending"),
+        ]
+    )
     r = t.slice(j, 1).to_pylist()[0]
     return Cut(r["missing"], r["key"], r[CLIP_ID] or "", r[PART], r[ROW], r["value"])
 
@@ -359,6 +396,7 @@ def share_k(share: float, n: int) -> int:
 
 # --- near duplicates: clustered greedy, then the border pass --------------------------------
 
+
 def alive_embeddings(path: str, state: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """The rows the near-duplicate step looks at (alive, with an embedding) and their
     unit-norm float32 embeddings (R, D), read from the part in one pass over the column."""
@@ -369,13 +407,18 @@ def alive_embeddings(path: str, state: pa.Table) -> tuple[np.ndarray, np.ndarray
     if not len(rows):
         return rows, np.zeros((0, 0), np.float32)
     sub = col.take(pa.array(rows, pa.int64()))
-    emb = np.asarray(sub.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(rows), -1)  # (R*D,) -> (R, D)
+    emb = np.asarray(sub.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(
+        len(rows), -1
+    )  # (R*D,) -> (R, D)
     return rows, emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
 def _row_hash(ids: list[str | None], uris: list[str | None], seed: int) -> np.ndarray:
-    return np.fromiter((xxhash.xxh64_intdigest(f"{c or ''}\0{u or ''}".encode(), seed) for c, u in zip(ids, uris)),
-                       np.uint64, len(ids))
+    return np.fromiter(
+        (xxhash.xxh64_intdigest(f"{c or ''}\0{u or ''}".encode(), seed) for c, u in zip(ids, uris)),
+        np.uint64,
+        len(ids),
+    )
 
 
 def sample_embeddings(path: str, state: pa.Table, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -408,8 +451,15 @@ def train_centroids(samples: list[tuple[np.ndarray, np.ndarray]], k: int, cfg: N
     h2 = np.fromiter((xxhash.xxh64_intdigest(r.tobytes()) for r in x), np.uint64, len(x))
     x = np.ascontiguousarray(x[np.lexsort((h2, h))], np.float32)
     k = min(k, len(x))
-    km = faiss.Kmeans(x.shape[1], k, niter=cfg.niter, seed=cfg.seed, spherical=True, verbose=False,
-                      max_points_per_centroid=max(256, len(x) // max(k, 1) + 1))
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=cfg.niter,
+        seed=cfg.seed,
+        spherical=True,
+        verbose=False,
+        max_points_per_centroid=max(256, len(x) // max(k, 1) + 1),
+    )
     km.train(x)
     return np.asarray(km.centroids, np.float32)
 
@@ -429,8 +479,9 @@ def assign(emb: np.ndarray, centroids: np.ndarray, top: int = 1) -> tuple[np.nda
     return nn.astype(np.int64), ip
 
 
-def border_clusters(nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, threshold: float,
-                    margin: float) -> np.ndarray:
+def border_clusters(
+    nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, threshold: float, margin: float
+) -> np.ndarray:
     """Each row's border cluster: its second-nearest centroid when the row is within `margin`
     x sqrt((1 - t)(1 - c1.c2)) of that border, else -1 (`nn`, `ip`: `assign`'s, top 2).
 
@@ -449,8 +500,14 @@ def border_clusters(nn: np.ndarray, ip: np.ndarray, centroids: np.ndarray, thres
     return np.where(near, c2, -1)
 
 
-def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, threshold: float,
-              border_margin: float | None) -> list[pa.Table]:
+def near_keys(
+    path: str,
+    state: pa.Table,
+    centroids: np.ndarray,
+    buckets: int,
+    threshold: float,
+    border_margin: float | None,
+) -> list[pa.Table]:
     """Map: candidate rows with cluster (nearest centroid), border cluster (`border_clusters`;
     -1 without the border pass), keeper keys and fp16 embedding, split into buckets by cluster."""
     cand, emb = alive_embeddings(path, state)  # (R,), (R, D)
@@ -460,14 +517,26 @@ def near_keys(path: str, state: pa.Table, centroids: np.ndarray, buckets: int, t
     else:
         nn, ip = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.float32)
     cl = nn[:, 0]
-    cl2 = border_clusters(nn, ip, centroids, threshold, border_margin) if border else np.full(len(cand), -1, np.int64)
+    cl2 = (
+        border_clusters(nn, ip, centroids, threshold, border_margin)
+        if border
+        else np.full(len(cand), -1, np.int64)
+    )
     sel = state.take(pa.array(cand, pa.int64()))
     d = emb.shape[1] if len(cand) else 1
     flat = pa.array(emb.astype(np.float16).reshape(-1))  # (R, D) -> (R*D,)
-    t = pa.table({PART: sel.column(PART), ROW: sel.column(ROW), CLIP_ID: sel.column(CLIP_ID),
-                  SOURCE_URI: sel.column(SOURCE_URI), AESTHETIC: sel.column(AESTHETIC).cast(pa.float64()),
-                  CLUSTER: pa.array(cl, pa.int64()), BORDER: pa.array(cl2, pa.int64()),
-                  EMB: pa.FixedSizeListArray.from_arrays(flat, d)})
+    t = pa.table(
+        {
+            PART: sel.column(PART),
+            ROW: sel.column(ROW),
+            CLIP_ID: sel.column(CLIP_ID),
+            SOURCE_URI: sel.column(SOURCE_URI),
+            AESTHETIC: sel.column(AESTHETIC).cast(pa.float64()),
+            CLUSTER: pa.array(cl, pa.int64()),
+            BORDER: pa.array(cl2, pa.int64()),
+            EMB: pa.FixedSizeListArray.from_arrays(flat, d),
+        }
+    )
     b = cl % buckets
     return [t.filter(pa.array(b == k)) for k in range(buckets)]
 
@@ -483,11 +552,14 @@ def _groups(t: pa.Table, group: np.ndarray) -> tuple[pa.Table, list[tuple[int, i
 
 def _embeddings(t: pa.Table, a: int, b: int) -> np.ndarray:
     d = t.schema.field(EMB).type.list_size
-    return np.asarray(t.column(EMB).slice(a, b - a).combine_chunks().flatten().to_numpy(), np.float32).reshape(b - a, d)  # (m, D)
+    return np.asarray(
+        t.column(EMB).slice(a, b - a).combine_chunks().flatten().to_numpy(), np.float32
+    ).reshape(b - a, d)  # (m, D)
 
 
-def near_decide(tables: list[pa.Table], parts: int, threshold: float,
-                border_buckets: int = 0) -> tuple[list[pa.Table], pa.Table, list[pa.Table]]:
+def near_decide(
+    tables: list[pa.Table], parts: int, threshold: float, border_buckets: int = 0
+) -> tuple[list[pa.Table], pa.Table, list[pa.Table]]:
     """Reduce, pass 1: the greedy keeper rule within each cluster of this bucket.
 
     Returns (one duplicates table per part, the rows kept here (for the border pass of this
@@ -536,7 +608,9 @@ def border_decide(home: pa.Table, guests: list[pa.Table], parts: int, threshold:
     if guests:
         t = pa.concat_tables([h for h in (home, *guests) if h.num_rows])
         cl, cl2 = t.column(CLUSTER).to_numpy(), t.column(BORDER).to_numpy()
-        group = np.r_[cl[:home.num_rows], cl2[home.num_rows:]]  # home rows by cluster, guests by border cluster
+        group = np.r_[
+            cl[: home.num_rows], cl2[home.num_rows :]
+        ]  # home rows by cluster, guests by border cluster
         t, groups = _groups(t, group)
         cl = t.column(CLUSTER).to_numpy()
         ids, uris = t.column(CLIP_ID).to_pylist(), t.column(SOURCE_URI).to_pylist()
@@ -562,10 +636,18 @@ def clusters_for(n: int, cfg: NearDupConfig) -> int:
 
 # --- output --------------------------------------------------------------------------------
 
+
 def decided(table: pa.Table, state: pa.Table) -> pa.Table:
     """The scored part with its decision columns replaced by the state's."""
     from curate.schema import DROP_RULE, set_columns
 
     rules = [rule_of(r) for r in state.column(DROP_REASON).to_pylist()]
-    return set_columns(table, {KEPT: state.column(KEPT), DROP_REASON: state.column(DROP_REASON),
-                               DROP_RULE: rules, DUPLICATE_OF: state.column(DUPLICATE_OF)})
+    return set_columns(
+        table,
+        {
+            KEPT: state.column(KEPT),
+            DROP_REASON: state.column(DROP_REASON),
+            DROP_RULE: rules,
+            DUPLICATE_OF: state.column(DUPLICATE_OF),
+        },
+    )

@@ -31,8 +31,11 @@ def exact_duplicates(clip_ids: Sequence[str], uris: Sequence[str]) -> list[Dupli
     return [Duplicate(i, first[c], 1.0) for i, c in enumerate(clip_ids) if first[c] != i]
 
 
-def keeper_order(clip_ids: Sequence[str], uris: Sequence[str], aesthetic: Sequence[float | None]) -> list[int]:
+def keeper_order(
+    clip_ids: Sequence[str], uris: Sequence[str], aesthetic: Sequence[float | None]
+) -> list[int]:
     """Row indices, best keeper first: higher aesthetic, then lower clip_id, then lower uri."""
+
     def key(i: int) -> tuple[float, str, str]:
         a = aesthetic[i]
         return (-(a if a is not None and np.isfinite(a) else -np.inf), clip_ids[i], uris[i] or "")

@@ -127,8 +127,13 @@ DEFAULT = FilterConfig(
 # Smoke: the same cascade shape; OCR and NSFW are real (real weights in every preset), the
 # aesthetic rule exercises the percentile path on random scores.
 SMOKE = FilterConfig(
-    rules=(Rule(BLACK_FRACTION, "<=", 0.5), Rule(IS_STATIC, "<=", 0.0), Rule(NSFW, "<=", NSFW_MAX),
-           Rule(TEXT_AREA, "<=", TEXT_AREA_MAX), Rule(AESTHETIC, ">=", share=0.7)),
+    rules=(
+        Rule(BLACK_FRACTION, "<=", 0.5),
+        Rule(IS_STATIC, "<=", 0.0),
+        Rule(NSFW, "<=", NSFW_MAX),
+        Rule(TEXT_AREA, "<=", TEXT_AREA_MAX),
+        Rule(AESTHETIC, ">=", share=0.7),
+    ),
     near_dup_cosine=0.999,  # a random tiny CLIP maps every frame close together
 )
 
@@ -138,14 +143,20 @@ def check_config(cfg: FilterConfig) -> None:
     known = CHEAP_COLUMNS + FRAME_COLUMNS + MODEL_COLUMNS
     for r in cfg.rules:
         if r.column not in known:
-            raise UsageError(f"filter column must be one of {list(known)}, got {r.column!r}; use a score column")
+            raise UsageError(
+                f"filter column must be one of {list(known)}, got {r.column!r}; use a score column"
+            )
         if r.op not in (">=", "<="):
             raise UsageError(f"filter op must be '>=' or '<=', got {r.op!r} in rule on {r.column}")
         if (r.threshold is None) == (r.share is None):
-            raise UsageError(f"rule on {r.column} must set exactly one of threshold= or share=, "
-                             f"got threshold={r.threshold}, share={r.share}")
+            raise UsageError(
+                f"rule on {r.column} must set exactly one of threshold= or share=, "
+                f"got threshold={r.threshold}, share={r.share}"
+            )
         if r.share is not None and not 0 < r.share <= 1:
-            raise UsageError(f"share must be in (0, 1], got {r.share} in rule on {r.column}; e.g. 0.7 keeps 70%")
+            raise UsageError(
+                f"share must be in (0, 1], got {r.share} in rule on {r.column}; e.g. 0.7 keeps 70%"
+            )
     if cfg.near_dup_cosine is not None and not -1 <= cfg.near_dup_cosine <= 1:
         raise UsageError(f"near_dup_cosine must be in [-1, 1], got {cfg.near_dup_cosine}; e.g. 0.95")
 
@@ -213,7 +224,9 @@ def cpu_gate(cfg: FilterConfig, scores: Mapping[str, Any]) -> str | None:
     return why
 
 
-def keep_share(values: Sequence[Any], ids: Sequence[str], share: float, top: bool) -> tuple[np.ndarray, float | None]:
+def keep_share(
+    values: Sequence[Any], ids: Sequence[str], share: float, top: bool
+) -> tuple[np.ndarray, float | None]:
     """Mask keeping ceil(share * n) of the values (highest if `top`), ties by lower id; and the cutoff value.
 
     Missing values rank last. Exactly ceil(share * n) are kept, so the stated share holds.
@@ -222,7 +235,10 @@ def keep_share(values: Sequence[Any], ids: Sequence[str], share: float, top: boo
     k = math.ceil(share * n - 1e-9)
     sign = -1.0 if top else 1.0
     vals = [float(v) if v is not None else math.nan for v in values]
-    order = sorted(range(n), key=lambda i: (math.isnan(vals[i]), sign * vals[i] if not math.isnan(vals[i]) else 0, ids[i]))
+    order = sorted(
+        range(n),
+        key=lambda i: (math.isnan(vals[i]), sign * vals[i] if not math.isnan(vals[i]) else 0, ids[i]),
+    )
     mask = np.zeros(n, bool)
     mask[order[:k]] = True
     return mask, (vals[order[k - 1]] if k else None)
@@ -232,7 +248,9 @@ def cascade_steps(cfg: FilterConfig) -> list[tuple[str, Rule | None]]:
     order = {c: i for i, c in enumerate(FRAME_COLUMNS)}  # frame rules in scorer cost order
     cheap_abs = [r for r in cfg.rules if r.cheap and r.threshold is not None]
     cheap_pct = [r for r in cfg.rules if r.cheap and r.share is not None]
-    frame_abs = sorted((r for r in cfg.rules if r.frame and r.threshold is not None), key=lambda r: order[r.column])
+    frame_abs = sorted(
+        (r for r in cfg.rules if r.frame and r.threshold is not None), key=lambda r: order[r.column]
+    )
     frame_pct = [r for r in cfg.rules if r.frame and r.share is not None]
     model = [r for r in cfg.rules if not (r.cheap or r.frame)]
     model_abs = [r for r in model if r.threshold is not None]
@@ -278,15 +296,21 @@ def apply_cascade(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, list[di
             live = np.array([i for i in live if emb_col[i].is_valid], np.int64)
             if len(live):
                 emb = np.stack([np.asarray(emb_col[i].as_py(), np.float32) for i in live])  # (L, D)
-                order = dedup.keeper_order([ids[i] for i in live], [uris[i] for i in live], [aes[i] for i in live])
+                order = dedup.keeper_order(
+                    [ids[i] for i in live], [uris[i] for i in live], [aes[i] for i in live]
+                )
                 for d in dedup.near_duplicates(emb, order, float(cfg.near_dup_cosine)):
                     i, keeper = live[d.index], live[d.keeper]
                     alive[i], dup_of[i] = False, ids[keeper]
-                    drop[i] = f"{NEAR_DUP}: cosine={d.cosine:.4f} >= {cfg.near_dup_cosine:g} with {ids[keeper]}"
+                    drop[i] = (
+                        f"{NEAR_DUP}: cosine={d.cosine:.4f} >= {cfg.near_dup_cosine:g} with {ids[keeper]}"
+                    )
         elif rule is not None:
             vals = table.column(rule.column).to_pylist()
             if rule.share is not None:
-                mask, cutoff = keep_share([vals[i] for i in live], [ids[i] for i in live], rule.share, rule.op == ">=")
+                mask, cutoff = keep_share(
+                    [vals[i] for i in live], [ids[i] for i in live], rule.share, rule.op == ">="
+                )
                 for j, i in enumerate(live):
                     if not mask[j]:
                         alive[i], drop[i] = False, reason(rule, vals[i], cutoff)
@@ -294,7 +318,16 @@ def apply_cascade(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, list[di
                 for i in live:
                     if not passes(rule, vals[i]):
                         alive[i], drop[i] = False, reason(rule, vals[i])
-        funnel.append({"step": name, "in": before, "dropped": before - int(alive.sum()), "out": int(alive.sum())})
-    out = set_columns(table, {KEPT: alive.tolist(), DROP_REASON: drop, DROP_RULE: [rule_of(d) for d in drop],
-                              DUPLICATE_OF: dup_of})
+        funnel.append(
+            {"step": name, "in": before, "dropped": before - int(alive.sum()), "out": int(alive.sum())}
+        )
+    out = set_columns(
+        table,
+        {
+            KEPT: alive.tolist(),
+            DROP_REASON: drop,
+            DROP_RULE: [rule_of(d) for d in drop],
+            DUPLICATE_OF: dup_of,
+        },
+    )
     return out, funnel

@@ -63,8 +63,12 @@ def _number(flag: str, value: str, text: str) -> float:
     except ValueError:
         v = math.nan
     if not math.isfinite(v):
-        raise _bad(flag, text, "write a finite number, e.g. --rule 'aesthetic>=5.0'",
-                   rule=f"{flag} value must be a finite number")
+        raise _bad(
+            flag,
+            text,
+            "write a finite number, e.g. --rule 'aesthetic>=5.0'",
+            rule=f"{flag} value must be a finite number",
+        )
     return v
 
 
@@ -75,13 +79,20 @@ def parse_rule(text: str, flag: str = "--rule") -> tuple[str, Any]:
         key, value = m.groups()
         if key == EXACT:
             if value not in _ON_OFF:
-                raise _bad(flag, text, "write exact_dedup=on or exact_dedup=off", rule=f"{flag} {EXACT} must be on or off")
+                raise _bad(
+                    flag,
+                    text,
+                    "write exact_dedup=on or exact_dedup=off",
+                    rule=f"{flag} {EXACT} must be on or off",
+                )
             return EXACT, _ON_OFF[value]
         if value in ("off", "false"):
             return NEAR, None
         v = _number(flag, value, text)
         if not -1 <= v <= 1:
-            raise _bad(flag, text, "e.g. near_dup_cosine=0.95 (or off)", rule=f"{flag} {NEAR} must be in [-1, 1]")
+            raise _bad(
+                flag, text, "e.g. near_dup_cosine=0.95 (or off)", rule=f"{flag} {NEAR} must be in [-1, 1]"
+            )
         return NEAR, v
     if m := _OFF.match(t):
         return "off", _column(flag, m.group(1), text)
@@ -92,10 +103,16 @@ def parse_rule(text: str, flag: str = "--rule") -> tuple[str, Any]:
         col, side, value = m.groups()
         pct = _number(flag, value, text)
         if not 0 < pct <= 100:
-            raise _bad(flag, text, "e.g. 'aesthetic top 80%' keeps the best 80%",
-                       rule=f"{flag} percentage must be in (0, 100]")
+            raise _bad(
+                flag,
+                text,
+                "e.g. 'aesthetic top 80%' keeps the best 80%",
+                rule=f"{flag} percentage must be in (0, 100]",
+            )
         return "rule", Rule(_column(flag, col, text), ">=" if side == "top" else "<=", share=pct / 100)
-    raise _bad(flag, text, "e.g. --rule 'aesthetic>=5.0' or --rule 'aesthetic top 80%' (quote it in the shell)")
+    raise _bad(
+        flag, text, "e.g. --rule 'aesthetic>=5.0' or --rule 'aesthetic top 80%' (quote it in the shell)"
+    )
 
 
 def _same_slot(a: Rule, b: Rule) -> bool:
@@ -133,8 +150,12 @@ def _table_rule(flag: str, entry: Mapping[str, Any]) -> str:
         if side in entry:
             share = float(entry[side])
             return f"{col} {side} {share * 100 if share <= 1 else share}%"
-    raise _bad(flag, dict(entry), "give threshold= (with op=) or top=/bottom= (a share, e.g. 0.8)",
-               rule=f"{flag} rule tables need column and threshold, top or bottom")
+    raise _bad(
+        flag,
+        dict(entry),
+        "give threshold= (with op=) or top=/bottom= (a share, e.g. 0.8)",
+        rule=f"{flag} rule tables need column and threshold, top or bottom",
+    )
 
 
 def load_file(path: str | Path, base: FilterConfig, flag: str = "--filters") -> FilterConfig:
@@ -143,18 +164,28 @@ def load_file(path: str | Path, base: FilterConfig, flag: str = "--filters") -> 
     try:
         doc = tomllib.loads(p.read_text())
     except FileNotFoundError as e:
-        raise _bad(flag, str(p), "pass the path of a .toml rules file", rule=f"{flag} must be an existing file") from e
+        raise _bad(
+            flag, str(p), "pass the path of a .toml rules file", rule=f"{flag} must be an existing file"
+        ) from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise _bad(flag, f"{p} ({e})", "fix the TOML syntax", rule=f"{flag} must be a TOML file") from e
     unknown = set(doc) - {"replace", "rules", NEAR, EXACT}
     if unknown:
-        raise _bad(flag, f"{p}: {sorted(unknown)}", f"use only replace, rules, {NEAR} and {EXACT}",
-                   rule=f"{flag} keys must be known")
+        raise _bad(
+            flag,
+            f"{p}: {sorted(unknown)}",
+            f"use only replace, rules, {NEAR} and {EXACT}",
+            rule=f"{flag} keys must be known",
+        )
     cfg = replace(base, rules=()) if doc.get("replace", False) else base
     entries = doc.get("rules", [])
     if not isinstance(entries, list):
-        raise _bad(flag, f"{p}: rules = {entries!r}", 'write rules = ["aesthetic>=5.0", ...]',
-                   rule=f"{flag} rules must be a list")
+        raise _bad(
+            flag,
+            f"{p}: rules = {entries!r}",
+            'write rules = ["aesthetic>=5.0", ...]',
+            rule=f"{flag} rules must be a list",
+        )
     texts = [e if isinstance(e, str) else _table_rule(flag, e) for e in entries]
     cfg = apply_rules(cfg, texts, flag)
     if NEAR in doc:

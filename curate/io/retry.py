@@ -43,10 +43,28 @@ _sleep = time.sleep  # tests replace it (monkeypatch) to run instantly
 
 # a cut or refused connection, a timeout, a busy or failing server, an NFS handle gone stale:
 # worth another try on a remote location (EIO / EREMOTEIO / EBUSY are s3fs's 5xx / SlowDown)
-TRANSIENT_ERRNOS = frozenset(getattr(errno, n) for n in (
-    "ETIMEDOUT", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE", "EHOSTUNREACH", "EHOSTDOWN",
-    "ENETUNREACH", "ENETDOWN", "ENETRESET", "EAGAIN", "EBUSY", "EIO", "EREMOTEIO", "ESTALE", "EINTR",
-) if hasattr(errno, n))
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in (
+        "ETIMEDOUT",
+        "ECONNRESET",
+        "ECONNREFUSED",
+        "ECONNABORTED",
+        "EPIPE",
+        "EHOSTUNREACH",
+        "EHOSTDOWN",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "ENETRESET",
+        "EAGAIN",
+        "EBUSY",
+        "EIO",
+        "EREMOTEIO",
+        "ESTALE",
+        "EINTR",
+    )
+    if hasattr(errno, n)
+)
 # never retried: the answer would be the same (and a full disk only gets fuller)
 DISK_FULL_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
 PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
@@ -55,15 +73,41 @@ PERMANENT_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADi
 # "AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 28, Timeout was reached",
 # "AWS Error UNKNOWN (HTTP status 503) during ..."
 _AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?")
-TRANSIENT_AWS = frozenset({"NETWORK_CONNECTION", "SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE",
-                           "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "REQUEST_TIME_TOO_SKEWED"})
+TRANSIENT_AWS = frozenset(
+    {
+        "NETWORK_CONNECTION",
+        "SLOW_DOWN",
+        "THROTTLING",
+        "SERVICE_UNAVAILABLE",
+        "INTERNAL_FAILURE",
+        "REQUEST_TIMEOUT",
+        "REQUEST_TIME_TOO_SKEWED",
+    }
+)
 # botocore's ClientError codes (s3fs and boto3 readers)
-TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestThrottled",
-                             "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
-                             "InternalError", "ServiceUnavailable", "503", "500", "502", "504"})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
 # the same failures when only the text says so (fsspec filesystems, curl)
-_TRANSIENT_TEXT = re.compile(r"timed? ?out|timeout was reached|connection (reset|refused|aborted|closed)|"
-                             r"could not connect|broken pipe|temporarily unavailable|slow ?down", re.I)
+_TRANSIENT_TEXT = re.compile(
+    r"timed? ?out|timeout was reached|connection (reset|refused|aborted|closed)|"
+    r"could not connect|broken pipe|temporarily unavailable|slow ?down",
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +119,7 @@ class Policy:
     def delays(self) -> Iterator[float]:
         """The waits between tries (attempts - 1 of them): delay doubles, jittered in [d/2, d], capped."""
         for i in range(self.attempts - 1):
-            d = min(self.max_delay, self.base_delay * 2.0 ** i)
+            d = min(self.max_delay, self.base_delay * 2.0**i)
             yield d * (0.5 + 0.5 * random.random())  # jitter: workers that failed together retry apart
 
 
@@ -88,16 +132,19 @@ def policy() -> Policy:
     except ValueError:
         attempts = 0
     if attempts < 1:
-        raise UsageError(f"{ATTEMPTS_ENV} must be an integer >= 1, got {raw!r}; "
-                         f"set it to {DEFAULT_ATTEMPTS} (or unset it)")
+        raise UsageError(
+            f"{ATTEMPTS_ENV} must be an integer >= 1, got {raw!r}; set it to {DEFAULT_ATTEMPTS} (or unset it)"
+        )
     raw = os.environ.get(BASE_DELAY_ENV, "").strip()
     try:
         base = float(raw) if raw else DEFAULT_BASE_DELAY
     except ValueError:
         base = -1.0
     if not (math.isfinite(base) and base >= 0):
-        raise UsageError(f"{BASE_DELAY_ENV} must be a number of seconds >= 0, got {raw!r}; "
-                         f"set it to {DEFAULT_BASE_DELAY:g} (or unset it)")
+        raise UsageError(
+            f"{BASE_DELAY_ENV} must be a number of seconds >= 0, got {raw!r}; "
+            f"set it to {DEFAULT_BASE_DELAY:g} (or unset it)"
+        )
     return Policy(attempts, base)
 
 
@@ -114,8 +161,16 @@ def _aws_code(e: BaseException) -> tuple[str | None, int | None]:
 def _transient_library_error(e: BaseException) -> bool:
     """botocore / aiohttp connection and timeout errors (looked up only when already imported)."""
     bexc = sys.modules.get("botocore.exceptions")
-    if bexc is not None and isinstance(e, (bexc.ConnectionError, bexc.HTTPClientError, bexc.ReadTimeoutError,
-                                           bexc.ConnectTimeoutError, bexc.ResponseStreamingError)):
+    if bexc is not None and isinstance(
+        e,
+        (
+            bexc.ConnectionError,
+            bexc.HTTPClientError,
+            bexc.ReadTimeoutError,
+            bexc.ConnectTimeoutError,
+            bexc.ResponseStreamingError,
+        ),
+    ):
         return True
     aio = sys.modules.get("aiohttp")
     return aio is not None and isinstance(e, (aio.ClientConnectionError, aio.ClientPayloadError))
@@ -194,8 +249,14 @@ def retrying(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) ->
                     e.tubelet_io_attempts = attempt  # type: ignore[attr-defined]  # run_cli's line names them
                 raise
             wait = next(delays)
-            log.warning("%s failed (%s), try %d of %d in %.1f s", what or getattr(fn, "__name__", "storage call"),
-                        io_line(e), attempt + 1, p.attempts, wait)
+            log.warning(
+                "%s failed (%s), try %d of %d in %.1f s",
+                what or getattr(fn, "__name__", "storage call"),
+                io_line(e),
+                attempt + 1,
+                p.attempts,
+                wait,
+            )
             _sleep(wait)
     raise AssertionError("unreachable")
 
@@ -203,8 +264,18 @@ def retrying(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) ->
 # --- infrastructure failures: what run_cli turns into one line ----------------------------------
 
 RERUN = "rerun the same command to resume (finished parts are kept)"
-_RAY_LOST = frozenset({"LocalRayletDiedError", "NodeDiedError", "RaySystemError", "RpcError", "ObjectLostError",
-                       "OwnerDiedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError"})
+_RAY_LOST = frozenset(
+    {
+        "LocalRayletDiedError",
+        "NodeDiedError",
+        "RaySystemError",
+        "RpcError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "ObjectReconstructionFailedError",
+        "ObjectFetchTimedOutError",
+    }
+)
 _RAY_WRAPPERS = frozenset({"RayTaskError", "UserCodeException", "RayDataUserCodeException"})
 
 

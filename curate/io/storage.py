@@ -65,15 +65,18 @@ DONE_DIR = layout.DONE
 # The resume rule (README "Output layout and resume"): a stage's resume key hashes what decides
 # its output (models, prompt, frame policy, thresholds, dtype), never how or where it runs.
 # These config fields are resources: changing one re-runs nothing.
-RESOURCE_KEYS = frozenset({
-    "device",  # where a model runs
-    "batch_size", "vae_batch",  # clips per model call
-    "slicing",  # one clip of a VAE batch at a time (memory only)
-    "threads",  # CPU threads of an ONNX scorer (NSFW, OCR)
-    "weights_dir",  # where weights are stored, not what they compute
-    "on_error",  # error policy: a recorded error row and a raised one are the same failure
-    "psnr_every",  # how often the round trip is measured: a report figure, not the latents
-})
+RESOURCE_KEYS = frozenset(
+    {
+        "device",  # where a model runs
+        "batch_size",
+        "vae_batch",  # clips per model call
+        "slicing",  # one clip of a VAE batch at a time (memory only)
+        "threads",  # CPU threads of an ONNX scorer (NSFW, OCR)
+        "weights_dir",  # where weights are stored, not what they compute
+        "on_error",  # error policy: a recorded error row and a raised one are the same failure
+        "psnr_every",  # how often the round trip is measured: a report figure, not the latents
+    }
+)
 
 
 def _drop_resources(data: Any) -> Any:
@@ -174,7 +177,7 @@ def download_tree(uri: PathLike, local_dir: str, *, hidden: bool = True) -> list
     base = str(uri).rstrip("/")
     got = []
     for src in list_files(base, recursive=True, hidden=hidden):
-        dest = os.path.join(local_dir, *src[len(base):].strip("/").split("/"))
+        dest = os.path.join(local_dir, *src[len(base) :].strip("/").split("/"))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         with local_copy(src) as tmp:
             shutil.copyfile(tmp, dest)
@@ -315,9 +318,11 @@ def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
             write_bytes_atomic(b"x", probe)
             delete(probe)
         except (OSError, ValueError) as e:
-            raise UsageError(f"output {out!r} must be writable (bucket exists, AWS_* credentials allow writing, "
-                             f"AWS_ENDPOINT_URL points at the server), got: {io_line(e)}; "
-                             "create the bucket, fix the credentials or pass another --output") from e
+            raise UsageError(
+                f"output {out!r} must be writable (bucket exists, AWS_* credentials allow writing, "
+                f"AWS_ENDPOINT_URL points at the server), got: {io_line(e)}; "
+                "create the bucket, fix the credentials or pass another --output"
+            ) from e
         return
     try:
         os.makedirs(out, exist_ok=True)
@@ -326,13 +331,16 @@ def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
             f.write(b"x")
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"output directory {out!r} must be writable, got {e.strerror}; "
-                         "pass a writable --output") from e
+        raise UsageError(
+            f"output directory {out!r} must be writable, got {e.strerror}; pass a writable --output"
+        ) from e
     st = os.statvfs(out)
     free = st.f_bavail * st.f_frsize
     if free < min_free_bytes:
-        raise UsageError(f"output disk must have at least {min_free_bytes >> 20} MiB free, got {free >> 20} MiB "
-                         f"at {out!r}; free space or pass another --output")
+        raise UsageError(
+            f"output disk must have at least {min_free_bytes >> 20} MiB free, got {free >> 20} MiB "
+            f"at {out!r}; free space or pass another --output"
+        )
 
 
 def check_readable(uri: PathLike, what: str = "--input") -> None:
@@ -341,14 +349,54 @@ def check_readable(uri: PathLike, what: str = "--input") -> None:
         fs, path = filesystem(uri)
         fs.get_file_info(path)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{what} {str(uri)!r} must be readable, got: {io_line(e)}; "
-                         "check the path, the bucket and the AWS_* credentials") from e
+        raise UsageError(
+            f"{what} {str(uri)!r} must be readable, got: {io_line(e)}; "
+            "check the path, the bucket and the AWS_* credentials"
+        ) from e
 
 
 __all__ = [
-    "DONE_DIR", "RESOURCE_KEYS", "PathLike", "atomic_output", "basename", "check_readable", "check_scheme", "check_writable", "config_hash",
-    "delete", "discard", "download_tree", "exists", "file_size", "filesystem", "is_dir", "is_done", "is_file", "is_remote",
-    "join", "list_files", "list_parts", "local_copy", "mark_done", "marker_path", "mtime_ns", "open_input", "parent", "publish", "publish_copy",
-    "read_bytes", "read_json", "read_parts", "read_table", "s3_filesystem", "scheme", "storage_options", "sweep_temporaries", "temp_output", "upload_tree", "write_bytes_atomic",
-    "write_json_atomic", "write_parquet_atomic",
+    "DONE_DIR",
+    "RESOURCE_KEYS",
+    "PathLike",
+    "atomic_output",
+    "basename",
+    "check_readable",
+    "check_scheme",
+    "check_writable",
+    "config_hash",
+    "delete",
+    "discard",
+    "download_tree",
+    "exists",
+    "file_size",
+    "filesystem",
+    "is_dir",
+    "is_done",
+    "is_file",
+    "is_remote",
+    "join",
+    "list_files",
+    "list_parts",
+    "local_copy",
+    "mark_done",
+    "marker_path",
+    "mtime_ns",
+    "open_input",
+    "parent",
+    "publish",
+    "publish_copy",
+    "read_bytes",
+    "read_json",
+    "read_parts",
+    "read_table",
+    "s3_filesystem",
+    "scheme",
+    "storage_options",
+    "sweep_temporaries",
+    "temp_output",
+    "upload_tree",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_parquet_atomic",
 ]

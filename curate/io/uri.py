@@ -56,7 +56,9 @@ def remote_io(uri_arg: int = 0) -> Callable[[Callable[..., T]], Callable[..., T]
             uri = args[uri_arg] if len(args) > uri_arg else kwargs.get("uri", kwargs.get("path"))
             if uri is None or not is_remote(uri):
                 return fn(*args, **kwargs)
-            return retrying(fn, *args, what=f"{getattr(fn, '__name__', 'storage call')}({str(uri)!r})", **kwargs)
+            return retrying(
+                fn, *args, what=f"{getattr(fn, '__name__', 'storage call')}({str(uri)!r})", **kwargs
+            )
 
         return call
 
@@ -78,17 +80,21 @@ def check_scheme(uri: PathLike, flag: str) -> None:
     try:
         fsspec.get_filesystem_class(sch)
     except ImportError as e:
-        raise UsageError(f"{flag} scheme {sch}:// needs its filesystem package, got {str(uri)!r} ({e}); "
-                         "install it, or use a local path or s3://") from None
+        raise UsageError(
+            f"{flag} scheme {sch}:// needs its filesystem package, got {str(uri)!r} ({e}); "
+            "install it, or use a local path or s3://"
+        ) from None
     except ValueError:
-        raise UsageError(f"{flag} scheme must be one pyarrow or fsspec reads (a local path, s3://, gs://, hdfs://, "
-                         f"an installed fsspec protocol), got {sch}:// in {str(uri)!r}; "
-                         "check the spelling or copy the data to a supported store") from None
+        raise UsageError(
+            f"{flag} scheme must be one pyarrow or fsspec reads (a local path, s3://, gs://, hdfs://, "
+            f"an installed fsspec protocol), got {sch}:// in {str(uri)!r}; "
+            "check the spelling or copy the data to a supported store"
+        ) from None
 
 
 def _local(uri: PathLike) -> str:
     s = str(uri)
-    return s[len("file://"):] if s.startswith("file://") else s
+    return s[len("file://") :] if s.startswith("file://") else s
 
 
 def join(base: PathLike, *parts: str) -> str:
@@ -160,14 +166,22 @@ def s3_filesystem(uri: PathLike):
     """(s3fs filesystem, bucket/key) for an s3:// URI: the writes pyarrow cannot do, an aborted
     multipart upload (storage._upload_stream) and a conditional PUT (jobs/runtime/lease.py)."""
     s = str(uri)
-    return (_s3fs(_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), _env("AWS_REGION", "AWS_DEFAULT_REGION"),
-                  _creds_id()), s[len(scheme(s)) + 3:])
+    return (
+        _s3fs(
+            _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            _env("AWS_REGION", "AWS_DEFAULT_REGION"),
+            _creds_id(),
+        ),
+        s[len(scheme(s)) + 3 :],
+    )
 
 
 def _creds_id() -> str:
     """A digest of the credential variables: a changed key gets a new client (the key is not kept)."""
-    blob = "\0".join(os.environ.get(n, "") for n in
-                      ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"))
+    blob = "\0".join(
+        os.environ.get(n, "")
+        for n in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    )
     return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
 
 
@@ -177,12 +191,15 @@ def filesystem(uri: PathLike) -> tuple[pafs.FileSystem, str]:
     sch = scheme(s)
     if sch == "file":
         return pafs.LocalFileSystem(), os.path.abspath(_local(s))
-    path = s[len(sch) + 3:]
+    path = s[len(sch) + 3 :]
     if sch in ("s3", "s3a"):
         # AWS_ENDPOINT_URL is the SDK-wide variable (S3-compatible servers, MinIO, moto);
         # pyarrow does not read it itself, so it is passed on here.
-        return _s3(_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), _env("AWS_REGION", "AWS_DEFAULT_REGION"),
-                   _creds_id()), path
+        return _s3(
+            _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            _env("AWS_REGION", "AWS_DEFAULT_REGION"),
+            _creds_id(),
+        ), path
     try:
         fs, p = pafs.FileSystem.from_uri(s)
         return fs, p
@@ -193,7 +210,7 @@ def filesystem(uri: PathLike) -> tuple[pafs.FileSystem, str]:
 def storage_options(uri: PathLike) -> dict:
     """fsspec `storage_options` for pandas/fsspec readers of `uri` (no credentials: botocore reads them).
 
-        pandas.read_parquet("s3://bucket/out/latents", storage_options=storage_options("s3://bucket"))
+    pandas.read_parquet("s3://bucket/out/latents", storage_options=storage_options("s3://bucket"))
     """
     if scheme(uri) not in ("s3", "s3a"):
         return {}
@@ -239,7 +256,9 @@ def is_dir(uri: PathLike) -> bool:
 
 
 @remote_io()
-def list_files(uri: PathLike, suffix: str = "", *, recursive: bool = False, hidden: bool = False) -> list[str]:
+def list_files(
+    uri: PathLike, suffix: str = "", *, recursive: bool = False, hidden: bool = False
+) -> list[str]:
     """Sorted files directly under `uri` (or all below it) whose name ends with `suffix`.
 
     Names starting with "." (temporary files of an atomic write) are skipped unless `hidden`;

@@ -99,8 +99,11 @@ def motion(
         rates.append(float(mag.mean()) / side / dt)
     if not rates:
         rule = "frame numbers 1 apart" if indices is not None else f"at most {max_gap_s:g} s apart"
-        raise StageError("score", f"motion needs two adjacent decoded frames ({rule}), got {len(frames)} frame(s) "
-                                  "and no such pair; the clip is too short or its frames could not be decoded")
+        raise StageError(
+            "score",
+            f"motion needs two adjacent decoded frames ({rule}), got {len(frames)} frame(s) "
+            "and no such pair; the clip is too short or its frames could not be decoded",
+        )
     return float(np.mean(rates))
 
 

@@ -38,8 +38,14 @@ def make_head(dims: tuple[int, ...]) -> Any:
         def __init__(self, d: tuple[int, ...]):
             super().__init__()
             self.layers = nn.Sequential(
-                nn.Linear(d[0], d[1]), nn.Dropout(0.2), nn.Linear(d[1], d[2]), nn.Dropout(0.2),
-                nn.Linear(d[2], d[3]), nn.Dropout(0.1), nn.Linear(d[3], d[4]), nn.Linear(d[4], d[5]),
+                nn.Linear(d[0], d[1]),
+                nn.Dropout(0.2),
+                nn.Linear(d[1], d[2]),
+                nn.Dropout(0.2),
+                nn.Linear(d[2], d[3]),
+                nn.Dropout(0.1),
+                nn.Linear(d[3], d[4]),
+                nn.Linear(d[4], d[5]),
             )
 
         def forward(self, x: Any) -> Any:
@@ -101,8 +107,10 @@ def load_aesthetic_head(source: str, weights_dir: str | None = None) -> Any:
     try:
         dims = (state["layers.0.weight"].shape[1], *(state[f"layers.{i}.weight"].shape[0] for i in idx))
     except KeyError as e:
-        raise UsageError(f"aesthetic head {str(path)!r} must hold layers.{{0,2,4,6,7}} weights "
-                         f"(improved-aesthetic-predictor layout), missing {e}; pass the right file") from e
+        raise UsageError(
+            f"aesthetic head {str(path)!r} must hold layers.{{0,2,4,6,7}} weights "
+            f"(improved-aesthetic-predictor layout), missing {e}; pass the right file"
+        ) from e
     head = make_head(dims)
     head.load_state_dict(state)
     return head.eval()
@@ -133,20 +141,26 @@ def clip_architecture(model: str, pretrained: str | None) -> ClipArchitecture:
     d = Path(model).expanduser()
     if d.is_dir():
         if not (d / OPEN_CLIP_CONFIG).is_file():
-            raise UsageError(f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
-                             "found neither; build one with curate.scores.clip_models.build_smoke_clip(dir)")
+            raise UsageError(
+                f"CLIP directory {str(d)!r} must contain {OPEN_CLIP_CONFIG} and weights, "
+                "found neither; build one with curate.scores.clip_models.build_smoke_clip(dir)"
+            )
         return ClipArchitecture(f"local-dir:{d}", None, False, {}, None)
     if model.startswith("hf-hub:") or not pretrained:
         return ClipArchitecture(model, None, False, {}, None)
     if model not in open_clip.list_models():
-        raise UsageError(f"clip_model must be an open_clip model name, hf-hub:org/repo or a directory, got "
-                         f"{model!r}; see open_clip.list_models()")
+        raise UsageError(
+            f"clip_model must be an open_clip model name, hf-hub:org/repo or a directory, got "
+            f"{model!r}; see open_clip.list_models()"
+        )
     pcfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not pcfg:
         if Path(expand(pretrained) or pretrained).is_file():
             return ClipArchitecture(model, None, False, {}, None)  # a weights file: the model config decides
-        raise UsageError(f"clip_pretrained must be an open_clip tag of {model} or a weights file, got "
-                         f"{pretrained!r}; tags: {open_clip.list_pretrained_tags_by_model(model)}")
+        raise UsageError(
+            f"clip_pretrained must be an open_clip tag of {model} or a weights file, got "
+            f"{pretrained!r}; tags: {open_clip.list_pretrained_tags_by_model(model)}"
+        )
     pre = {k: pcfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pcfg}
     # hf_hub is "org/name/" (default file name) or "org/name/file.bin"
     repo, _, fname = pcfg.get("hf_hub", "").rpartition("/")
@@ -173,20 +187,29 @@ def _clip_checkpoint(arch: ClipArchitecture, pretrained: str | None, weights_dir
         p = expand(pretrained) if pretrained else None
         return p if p and Path(p).is_file() and not arch.name.startswith(("local-dir:", "hf-hub:")) else None
     if arch.hub is None:
-        raise UsageError(f"CLIP tag {arch.name}/{arch.tag} has no hub weights open_clip can fetch; "
-                         "pass a weights file as clip_pretrained")
+        raise UsageError(
+            f"CLIP tag {arch.name}/{arch.tag} has no hub weights open_clip can fetch; "
+            "pass a weights file as clip_pretrained"
+        )
     w = clip_tag_weights(arch.name, arch.tag)[0]
     where = locate(w, weights_dir)
     if where is None:
-        raise UsageError(_missing_clip(arch.name, arch.tag, FileNotFoundError("not in the HF cache"), w, weights_dir))
+        raise UsageError(
+            _missing_clip(arch.name, arch.tag, FileNotFoundError("not in the HF cache"), w, weights_dir)
+        )
     for group in w.any_of:
         if (where / group[0]).is_file():
             return str(where / group[0])
     return None
 
 
-def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", weights_dir: str | None = None,
-              load_weights: bool = True) -> tuple[Any, dict[str, Any]]:
+def load_clip(
+    model: str,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    weights_dir: str | None = None,
+    load_weights: bool = True,
+) -> tuple[Any, dict[str, Any]]:
     """An open_clip model from an architecture + tag/file, "hf-hub:org/repo", or a local dir.
 
     The architecture (activation, preprocessing) follows the tag's pretrained config
@@ -202,8 +225,9 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", we
     if arch.preprocess:
         kwargs["force_preprocess_cfg"] = arch.preprocess
     try:
-        net = open_clip.create_model(arch.name, pretrained=ckpt if load_weights else None,
-                                     load_weights=load_weights, **kwargs)
+        net = open_clip.create_model(
+            arch.name, pretrained=ckpt if load_weights else None, load_weights=load_weights, **kwargs
+        )
     except (RuntimeError, OSError, ValueError) as e:
         raise UsageError(_missing_clip(model, pretrained, e, None, weights_dir)) from e
     pre = dict(open_clip.get_model_preprocess_cfg(net))
@@ -212,8 +236,9 @@ def load_clip(model: str, pretrained: str | None = None, device: str = "cpu", we
     return net.eval(), pre
 
 
-def _missing_clip(model: str, pretrained: str | None, e: BaseException, w: Weights | None,
-                  weights_dir: str | None) -> str:
+def _missing_clip(
+    model: str, pretrained: str | None, e: BaseException, w: Weights | None, weights_dir: str | None
+) -> str:
     if w is None and pretrained and not Path(expand(pretrained) or pretrained).exists():
         try:
             w = (clip_tag_weights(model, pretrained) or [None])[0]
@@ -256,9 +281,14 @@ def build_smoke_clip(directory: str | Path, seed: int = 0) -> Path:
         open_clip.add_model_config(cfg_file)
         net = open_clip.create_model("smoke-tiny-clip", pretrained=None)
         cfg_file.unlink()
-        (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(
-            {"model_cfg": SMOKE_CLIP_CFG, "preprocess_cfg": {}, "tubelet": "smoke: random weights"}))
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+        (tmp / OPEN_CLIP_CONFIG).write_text(
+            json.dumps(
+                {"model_cfg": SMOKE_CLIP_CFG, "preprocess_cfg": {}, "tubelet": "smoke: random weights"}
+            )
+        )
+        save_file(
+            {k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "open_clip_model.safetensors")
+        )
         head = make_head((SMOKE_CLIP_CFG["embed_dim"], 32, 16, 8, 4, 1))
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
         try:

@@ -69,7 +69,9 @@ def to_gray(frames: np.ndarray, width: int) -> np.ndarray:
     h, w = frames.shape[1:3]
     size = (width, max(8, round(h * width / w)))
     interp = cv2.INTER_AREA if width < w else cv2.INTER_LINEAR
-    return np.stack([cv2.cvtColor(cv2.resize(f, size, interpolation=interp), cv2.COLOR_RGB2GRAY) for f in frames])
+    return np.stack(
+        [cv2.cvtColor(cv2.resize(f, size, interpolation=interp), cv2.COLOR_RGB2GRAY) for f in frames]
+    )
 
 
 def fit_similarity(flow: np.ndarray, step: int = 4, border: float = 0.05) -> tuple[np.ndarray, float, float]:
@@ -87,8 +89,14 @@ def fit_similarity(flow: np.ndarray, step: int = 4, border: float = 0.05) -> tup
     y = ys.reshape(-1).astype(np.float64) - (h - 1) / 2
     p = np.stack([x, y], 1)
     thr = max(0.25, 0.1 * float(np.median(np.hypot(f[:, 0], f[:, 1]))))
-    _, inl = cv2.estimateAffinePartial2D(p.astype(np.float32), (p + f).astype(np.float32), method=cv2.RANSAC,
-                                         ransacReprojThreshold=thr, maxIters=500, confidence=0.995)
+    _, inl = cv2.estimateAffinePartial2D(
+        p.astype(np.float32),
+        (p + f).astype(np.float32),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=thr,
+        maxIters=500,
+        confidence=0.995,
+    )
     keep = inl.reshape(-1).astype(bool) if inl is not None and inl.sum() >= 8 else np.ones(len(x), bool)
     one, zero = np.ones_like(x), np.zeros_like(x)
     # rows: dx = a*x - b*y + tx ; dy = b*x + a*y + ty  -> (2N, 4) design over (a, b, tx, ty)
@@ -120,7 +128,9 @@ def classify(pan: float, tilt: float, zoom: float, rotation: float, residual: fl
     return "tilt_up" if tilt > 0 else "tilt_down"
 
 
-def camera_fit(frames: np.ndarray, pts: np.ndarray, cfg: FlowConfig, indices: np.ndarray | None = None) -> CameraFit:
+def camera_fit(
+    frames: np.ndarray, pts: np.ndarray, cfg: FlowConfig, indices: np.ndarray | None = None
+) -> CameraFit:
     """Flow and camera motion of a clip from its decoded frames (sorted by pts).
 
     With `indices` (decoded-frame numbers), a pair is two entries whose numbers differ by one;
@@ -148,7 +158,9 @@ def camera_fit(frames: np.ndarray, pts: np.ndarray, cfg: FlowConfig, indices: np
     return CameraFit(pan, tilt, zoom, rot, residual, magnitude, classify(pan, tilt, zoom, rot, residual, cfg))
 
 
-def flow_scores(frames: np.ndarray, pts: np.ndarray, cfg: FlowConfig, indices: np.ndarray | None = None) -> dict:
+def flow_scores(
+    frames: np.ndarray, pts: np.ndarray, cfg: FlowConfig, indices: np.ndarray | None = None
+) -> dict:
     """{flow_magnitude, camera_motion} of one clip."""
     fit = camera_fit(frames, pts, cfg, indices)
     return {FLOW_MAGNITUDE: fit.flow_magnitude, CAMERA_MOTION: fit.label}

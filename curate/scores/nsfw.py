@@ -32,13 +32,32 @@ from curate.scores.ocr import INSTALL_HINT
 MODEL = "320n.onnx"
 # NudeNet v3 class order (the model's 18 outputs after the 4 box coordinates)
 LABELS = (
-    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
-    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
-    "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED",
-    "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
 )
-EXPLICIT = ("BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "ANUS_EXPOSED",
-            "MALE_GENITALIA_EXPOSED")
+EXPLICIT = (
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "ANUS_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +74,10 @@ def model_path() -> Path:
         raise UsageError(f"the NSFW score needs nudenet, not installed ({e}); {INSTALL_HINT}") from e
     p = Path(nudenet.__file__).parent / MODEL
     if not p.is_file():
-        raise UsageError(f"NSFW weights {MODEL} must be inside the nudenet wheel at {p.parent}, not found; "
-                         "reinstall it: pip install --force-reinstall nudenet==3.4.2")
+        raise UsageError(
+            f"NSFW weights {MODEL} must be inside the nudenet wheel at {p.parent}, not found; "
+            "reinstall it: pip install --force-reinstall nudenet==3.4.2"
+        )
     return p
 
 
@@ -87,14 +108,18 @@ class NsfwDetector:
         opts.intra_op_num_threads = self.cfg.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path()), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         self.input = self.session.get_inputs()[0].name
 
     def frame_scores(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB -> (T,) highest explicit-class confidence per frame."""
         if self.session is None:
             self.load()
-        out = self.session.run(None, {self.input: preprocess(frames, self.cfg.input_size)})[0]  # (T, 4+18, anchors)
+        out = self.session.run(None, {self.input: preprocess(frames, self.cfg.input_size)})[
+            0
+        ]  # (T, 4+18, anchors)
         cls = out[:, 4:, :][:, self.explicit, :]  # (T, 18, A) -> (T, 5, A)
         return cls.max(axis=(1, 2)).astype(np.float32)  # (T, 5, A) -> (T,)
 

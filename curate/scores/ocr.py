@@ -33,7 +33,9 @@ from curate.schema import OCR_TEXT, TEXT_AREA, TEXT_BOXES
 
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
 REC_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
-INSTALL_HINT = "install the optional extra: pip install 'tubelet[filters]' (rapidocr-onnxruntime==1.4.4, nudenet==3.4.2)"
+INSTALL_HINT = (
+    "install the optional extra: pip install 'tubelet[filters]' (rapidocr-onnxruntime==1.4.4, nudenet==3.4.2)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ def models_dir() -> Path:
     d = Path(rapidocr_onnxruntime.__file__).parent / "models"
     missing = [f for f in (DET_MODEL, REC_MODEL) if not (d / f).is_file()]
     if missing:
-        raise UsageError(f"OCR weights {missing} must be inside the rapidocr-onnxruntime wheel at {d}, not found; "
-                         f"reinstall it: pip install --force-reinstall rapidocr-onnxruntime==1.4.4")
+        raise UsageError(
+            f"OCR weights {missing} must be inside the rapidocr-onnxruntime wheel at {d}, not found; "
+            f"reinstall it: pip install --force-reinstall rapidocr-onnxruntime==1.4.4"
+        )
     return d
 
 
@@ -100,13 +104,31 @@ class TextReader:
         from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
 
         d, c = models_dir(), self.cfg
-        common = {"intra_op_num_threads": c.threads, "inter_op_num_threads": 1, "use_cuda": False, "use_dml": False}
-        self.det = TextDetector({**common, "model_path": str(d / DET_MODEL), "limit_side_len": c.det_short_side,
-                                 "limit_type": "min", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                                 "thresh": c.det_thresh, "box_thresh": c.box_thresh, "max_candidates": 1000,
-                                 "unclip_ratio": c.unclip_ratio, "use_dilation": True, "score_mode": "fast"})
-        self.rec = TextRecognizer({**common, "model_path": str(d / REC_MODEL), "rec_img_shape": [3, 48, 320],
-                                   "rec_batch_num": 8})
+        common = {
+            "intra_op_num_threads": c.threads,
+            "inter_op_num_threads": 1,
+            "use_cuda": False,
+            "use_dml": False,
+        }
+        self.det = TextDetector(
+            {
+                **common,
+                "model_path": str(d / DET_MODEL),
+                "limit_side_len": c.det_short_side,
+                "limit_type": "min",
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+                "thresh": c.det_thresh,
+                "box_thresh": c.box_thresh,
+                "max_candidates": 1000,
+                "unclip_ratio": c.unclip_ratio,
+                "use_dilation": True,
+                "score_mode": "fast",
+            }
+        )
+        self.rec = TextRecognizer(
+            {**common, "model_path": str(d / REC_MODEL), "rec_img_shape": [3, 48, 320], "rec_batch_num": 8}
+        )
 
     def detect(self, frame: np.ndarray) -> list[np.ndarray]:
         """Text boxes of one (H, W, 3) uint8 RGB frame: (4, 2) float32 corners in frame pixels."""

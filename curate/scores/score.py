@@ -85,8 +85,11 @@ def check_weights(cfg: ScoreConfig) -> None:
         nsfw.model_path()
     if cfg.smoke:
         return
-    if cfg.aesthetic_head is None or Path(expand(cfg.aesthetic_head) or "").exists() \
-            or cfg.aesthetic_head.startswith("hf-hub:"):
+    if (
+        cfg.aesthetic_head is None
+        or Path(expand(cfg.aesthetic_head) or "").exists()
+        or cfg.aesthetic_head.startswith("hf-hub:")
+    ):
         resolve_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir)
     require(clip_weights(cfg), cfg.weights_dir)
 
@@ -123,10 +126,14 @@ class ClipScoreStage:
         self.device = resolve_device(cfg.device)
         self.model, self.pre = load_clip(cfg.clip_model, cfg.clip_pretrained, self.device, cfg.weights_dir)
         if self.pre["size"] != cfg.image_size:
-            raise UsageError(f"image_size must match the CLIP input size {self.pre['size']}, "
-                             f"got {cfg.image_size}; set image_size={self.pre['size']}")
+            raise UsageError(
+                f"image_size must match the CLIP input size {self.pre['size']}, "
+                f"got {cfg.image_size}; set image_size={self.pre['size']}"
+            )
         self.head = load_aesthetic_head(cfg.aesthetic_head or cfg.clip_model, cfg.weights_dir).to(self.device)
-        self.mean = torch.tensor(self.pre.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device)
+        self.mean = torch.tensor(
+            self.pre.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device
+        )
         self.std = torch.tensor(self.pre.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device)
 
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +161,9 @@ class ClipScoreStage:
         emb_col: list[list[float] | None] = [None] * batch.num_rows
         aes_col: list[float | None] = [None] * batch.num_rows
         if have:
-            arrays = [np.frombuffer(frames[i], np.uint8).reshape(shapes[i]) for i in have]  # (T, S, S, 3) each
+            arrays = [
+                np.frombuffer(frames[i], np.uint8).reshape(shapes[i]) for i in have
+            ]  # (T, S, S, 3) each
             counts = [len(a) for a in arrays]
             emb, aes = self.embed(np.concatenate(arrays))  # (sum T, D), (sum T,)
             start = 0

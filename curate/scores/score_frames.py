@@ -94,7 +94,9 @@ def decode_frames(row: dict[str, Any], cfg: ScoreConfig) -> tuple[ClipFrames, np
     return cf, np.isin(cf.indices, clip_off)
 
 
-def frame_model_scores(cf: ClipFrames, pick: np.ndarray, cfg: ScoreConfig, scores: dict[str, Any]) -> str | None:
+def frame_model_scores(
+    cf: ClipFrames, pick: np.ndarray, cfg: ScoreConfig, scores: dict[str, Any]
+) -> str | None:
     """Run the enabled frame models in cost order into `scores`; stop at the first failed rule (returned)."""
     run = {
         "flow": (cfg.flow.enabled, lambda: flow.flow_scores(cf.frames, cf.pts, cfg.flow, indices=cf.indices)),
@@ -154,6 +156,8 @@ def prepare_batch(batch: pa.Table, cfg: ScoreConfig) -> pa.Table:
         status.append(st)
         error.append(err)
         failed.append(fs)
-    out = set_columns(conform(batch, CLIP_SCHEMA), {**updates, STATUS: status, ERROR: error, FAILED_STAGE: failed})
+    out = set_columns(
+        conform(batch, CLIP_SCHEMA), {**updates, STATUS: status, ERROR: error, FAILED_STAGE: failed}
+    )
     out = out.append_column(TRANSIENT_FIELDS[0], pa.array(frames_col, pa.binary()))
     return out.append_column(TRANSIENT_FIELDS[1], pa.array(shapes_col, pa.list_(pa.int32())))

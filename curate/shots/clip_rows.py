@@ -47,16 +47,40 @@ def frame_pts(path: str | Path) -> tuple[np.ndarray, tuple[int, int]]:
     return np.asarray(pts), size
 
 
-def _row(path: str | Path, vid: str, k: int, span: tuple[int, int], times: tuple[float, float], fps: float,
-         size: tuple[int, int], method: str, transition: str) -> dict[str, Any]:
+def _row(
+    path: str | Path,
+    vid: str,
+    k: int,
+    span: tuple[int, int],
+    times: tuple[float, float],
+    fps: float,
+    size: tuple[int, int],
+    method: str,
+    transition: str,
+) -> dict[str, Any]:
     (a, b), (w, h) = span, size
     # important: source_uri is absolute, as the split stage stores it, so rows work from any cwd
-    return {CLIP_ID: ids.clip_id(vid, a, b), VIDEO_ID: vid, SOURCE_URI: str(Path(path).absolute()),
-            START_FRAME: a, END_FRAME: b, START_PTS: times[0], END_PTS: times[1], FPS: fps, WIDTH: w, HEIGHT: h,
-            SHOT_INDEX: k, SPLIT_METHOD: method, TRANSITION_BEFORE: transition, STATUS: STATUS_OK}
+    return {
+        CLIP_ID: ids.clip_id(vid, a, b),
+        VIDEO_ID: vid,
+        SOURCE_URI: str(Path(path).absolute()),
+        START_FRAME: a,
+        END_FRAME: b,
+        START_PTS: times[0],
+        END_PTS: times[1],
+        FPS: fps,
+        WIDTH: w,
+        HEIGHT: h,
+        SHOT_INDEX: k,
+        SPLIT_METHOD: method,
+        TRANSITION_BEFORE: transition,
+        STATUS: STATUS_OK,
+    }
 
 
-def clip_rows(path: str | Path, spans: Sequence[tuple[int, int]], method: str = "test") -> list[dict[str, Any]]:
+def clip_rows(
+    path: str | Path, spans: Sequence[tuple[int, int]], method: str = "test"
+) -> list[dict[str, Any]]:
     """One ok clip row per [start, end) frame span of `path`, with pts-derived times."""
     pts, size = frame_pts(path)
     step = float(np.median(np.diff(pts))) if len(pts) > 1 else 0.04
@@ -64,16 +88,32 @@ def clip_rows(path: str | Path, spans: Sequence[tuple[int, int]], method: str = 
     rows = []
     for k, (a, b) in enumerate(spans):
         end = float(pts[b]) if b < len(pts) else float(pts[-1]) + step
-        rows.append(_row(path, vid, k, (a, b), (float(pts[a]), end), (b - a) / (end - float(pts[a])), size,
-                         method, "start" if k == 0 else "cut"))
+        rows.append(
+            _row(
+                path,
+                vid,
+                k,
+                (a, b),
+                (float(pts[a]), end),
+                (b - a) / (end - float(pts[a])),
+                size,
+                method,
+                "start" if k == 0 else "cut",
+            )
+        )
     return rows
 
 
-def window_rows(path: str | Path, num_frames: int, fps: float, size: tuple[int, int], window: int) -> list[dict[str, Any]]:
+def window_rows(
+    path: str | Path, num_frames: int, fps: float, size: tuple[int, int], window: int
+) -> list[dict[str, Any]]:
     """Rows of consecutive `window`-frame clips of a constant-frame-rate file of `num_frames`
     frames (a trailing partial window is dropped); times are frame / fps, no demux."""
     vid = ids.video_id_of_file(path)
     starts = range(0, num_frames - window + 1, window)
-    return [_row(path, vid, k, (a, a + window), (a / fps, (a + window) / fps), float(fps), size, "window", "window")
-            for k, a in enumerate(starts)]
-
+    return [
+        _row(
+            path, vid, k, (a, a + window), (a / fps, (a + window) / fps), float(fps), size, "window", "window"
+        )
+        for k, a in enumerate(starts)
+    ]

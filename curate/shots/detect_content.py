@@ -49,7 +49,9 @@ class ContentConfig:
     dissolve_windows: tuple[int, ...] = (12, 20, 30, 45)  # window lengths tried (frames)
     dissolve_min_change: float = 12.0  # end frames of a dissolve differ at least this much
     dissolve_max_residual: float = 0.22  # blend residual / end-frame difference, at most
-    dissolve_edge_levels: float = 2.0  # a dissolve grows while the next frame holds this much of the other shot
+    dissolve_edge_levels: float = (
+        2.0  # a dissolve grows while the next frame holds this much of the other shot
+    )
     dissolve_stand_out: float = 1.5  # end-frame change / the least of the same change just before and after
     margin: int = 2  # frames added on each side of a gradual transition (safety) ...
     dissolve_grow: float = 0.15  # ... plus this share of a dissolve's detected length (`span_margin`)
@@ -58,7 +60,9 @@ class ContentConfig:
     flash_keep: float = 0.5  # a blend-like span whose outside frames are closer than this share of
     # its departure from them is a flash, not a dissolve
     pan_reach: tuple[int, int] = (6, 3)  # thumbnail shifts (dx, dy) tried: a span explained by one is a pan
-    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/shots/wipes.py); None: off
+    wipes: WipeConfig | None = field(
+        default_factory=WipeConfig
+    )  # spatial transitions (curate/shots/wipes.py); None: off
 
 
 @dataclass
@@ -157,8 +161,12 @@ def thumb_flash(thumbs: np.ndarray, i: int, reach: int, keep: float = 0.5) -> bo
         return float(np.abs(thumbs[x].astype(np.int16) - thumbs[y]).mean())
 
     change = keep * dist(i, i - 1)
-    return any(dist(x, y) < change for x in range(max(0, i - reach - 1), i)
-               for y in range(i, min(n, i + reach + 1)) if (x, y) != (i - 1, i))
+    return any(
+        dist(x, y) < change
+        for x in range(max(0, i - reach - 1), i)
+        for y in range(i, min(n, i + reach + 1))
+        if (x, y) != (i - 1, i)
+    )
 
 
 def span_margin(first: int, last: int, base: int, share: float) -> int:
@@ -232,10 +240,12 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
             continue
         a = np.arange(0, n - w, 2)
         # end-frame differences in chunks, so an hour of video never needs a big float copy
-        ends = np.concatenate([
-            np.abs(flat[a[k : k + 4096] + w].astype(np.int16) - flat[a[k : k + 4096]]).mean(axis=1)
-            for k in range(0, len(a), 4096)
-        ])  # (M,)
+        ends = np.concatenate(
+            [
+                np.abs(flat[a[k : k + 4096] + w].astype(np.int16) - flat[a[k : k + 4096]]).mean(axis=1)
+                for k in range(0, len(a), 4096)
+            ]
+        )  # (M,)
         # the same change over the windows just before and after (stride 2: w // 2 positions away);
         # a steady drift (a slow pan, a moving pattern) changes as much there, a dissolve does not
         half = w // 2
@@ -269,7 +279,9 @@ def find_dissolves(s: _Series, cfg: ContentConfig, cuts: list[int]) -> list[tupl
         if not _no_dissolve(flat, x, y, cfg):
             out.append((x, y))
         else:  # a flash or pan merged with a dissolve next to it: judge the window hits one by one
-            out += _merge([h for h in set(hits) if x <= h[0] and h[1] <= y and not _no_dissolve(flat, *h, cfg)])
+            out += _merge(
+                [h for h in set(hits) if x <= h[0] and h[1] <= y and not _no_dissolve(flat, *h, cfg)]
+            )
     return sorted(out)
 
 
@@ -299,7 +311,9 @@ def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) ->
     return moved < blend
 
 
-def grow_dissolve(flat: np.ndarray, first: int, last: int, levels: float, stop: np.ndarray) -> tuple[int, int]:
+def grow_dissolve(
+    flat: np.ndarray, first: int, last: int, levels: float, stop: np.ndarray
+) -> tuple[int, int]:
     """Grow a dissolve [first, last] of (N, 576) luma thumbnails `flat` frame by frame while the frame just outside it still holds
     the other shot: past its end, frame j is fitted as a mix of the frame before the dissolve
     and frame j + 2 (the incoming shot as it plays on) and holds at least `levels` (mean

@@ -85,9 +85,13 @@ class HybridConfig:
     cut_flash_frames: int = 10  # over this many frames after (before) the cut the histogram must stay away
     cut_flash_keep: float = 0.5  # from the old (new) shot's by >= this share of the cut's change (no flash)
     cut_black_gap: int = 3  # no black frame, luma fade or wipe within this many frames (cuts to/from black)
-    wipes: WipeConfig | None = field(default_factory=WipeConfig)  # spatial transitions (curate/shots/wipes.py)
+    wipes: WipeConfig | None = field(
+        default_factory=WipeConfig
+    )  # spatial transitions (curate/shots/wipes.py)
     wipe_margin: int = 2  # frames added on each side of a wipe (as the content detector's margin) ...
-    wipe_grow: float = 0.1  # ... plus this share of its detected length (curate/shots/detect_content.py `span_margin`)
+    wipe_grow: float = (
+        0.1  # ... plus this share of its detected length (curate/shots/detect_content.py `span_margin`)
+    )
     flash_keep: float = 0.5  # a cut whose old look returns within 2 frames (closer than this share
     # of the cut's change) is a flash, for the model's cuts as for the cheap ones
     dissolve_edge_levels: float = 2.0  # model dissolves grow while the next frame holds this much of
@@ -148,7 +152,9 @@ def _window_mean(x: np.ndarray, half: int) -> np.ndarray:
 
 def _window_median(x: np.ndarray, half: int) -> np.ndarray:
     padded = np.pad(x, half, mode="edge")
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)  # (N, 2h+1) -> (N,)
+    return np.median(
+        np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1
+    )  # (N, 2h+1) -> (N,)
 
 
 def _spike_base(d: np.ndarray, w: int, near: int) -> np.ndarray:
@@ -173,7 +179,9 @@ def proposals(
     if n < 2:
         return np.zeros(0, np.int64), []
     # adaptive ratio: the neighbourhood mean leaves out the frame and its two neighbours
-    sharp = (d >= cfg.diff_min) & (d >= cfg.diff_ratio * (_spike_base(d, cfg.neighbourhood, 1) + cfg.diff_floor))
+    sharp = (d >= cfg.diff_min) & (
+        d >= cfg.diff_ratio * (_spike_base(d, cfg.neighbourhood, 1) + cfg.diff_floor)
+    )
     # sustained change: dissolves and fades raise the difference for many frames
     smooth = _window_mean(d, cfg.sustained_frames // 2)
     level = _window_median(d, cfg.baseline_frames // 2)
@@ -360,12 +368,20 @@ class HybridDetector:
         scored = np.zeros(n, bool)  # frames the model saw: elsewhere the boundary score is unknown (null)
         for k in done:
             scored[k * STEP : (k + 1) * STEP] = True
-        tr = build_transitions(pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes, scored=scored)
-        tr.cuts = [c for c in tr.cuts if c in known or not (
-            is_flash(yuv, c, cfg.flash_keep) or in_motion_burst(d, c, cfg))]
+        tr = build_transitions(
+            pts, single, many, luma, spans, known_cuts=known, extra_spans=wipes, scored=scored
+        )
+        tr.cuts = [
+            c
+            for c in tr.cuts
+            if c in known or not (is_flash(yuv, c, cfg.flash_keep) or in_motion_burst(d, c, cfg))
+        ]
         # a short model span whose two sides look alike is a flash, not a transition: the shot goes on
-        tr.excluded = [(a, b, k) for a, b, k in tr.excluded if not (
-            k == "dissolve" and b - a < cfg.flash_span and no_shot_change(yuv, a, b, cfg.flash_keep))]
+        tr.excluded = [
+            (a, b, k)
+            for a, b, k in tr.excluded
+            if not (k == "dissolve" and b - a < cfg.flash_span and no_shot_change(yuv, a, b, cfg.flash_keep))
+        ]
         # the model's span of a dissolve next to a moving shot stops short: grow it frame by frame
         stop = near_black.copy()
         stop[[c for c in tr.cuts if c < n]] = True

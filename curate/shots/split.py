@@ -136,7 +136,9 @@ def clip_spans(tr: Transitions, cfg: SplitConfig) -> tuple[list[Span], int]:
     return spans, too_short
 
 
-def clip_rows(video: dict[str, Any], tr: Transitions, spans: list[Span], method: str, cfg_hash: str) -> list[dict]:
+def clip_rows(
+    video: dict[str, Any], tr: Transitions, spans: list[Span], method: str, cfg_hash: str
+) -> list[dict]:
     pts = tr.pts
     step = float(np.median(np.diff(pts))) if len(pts) > 1 else 1.0 / 25
     rows = []
@@ -202,7 +204,10 @@ class _Guarded:
 
 
 def split_video(
-    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None,
+    path: str | Path,
+    cfg: SplitConfig,
+    detector: Detector | None = None,
+    video_id: str | None = None,
     source_uri: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Probe and split one video. Returns (videos-table row, clip rows); never raises under
@@ -214,7 +219,10 @@ def split_video(
 
 
 def split_video_detailed(
-    path: str | Path, cfg: SplitConfig, detector: Detector | None = None, video_id: str | None = None,
+    path: str | Path,
+    cfg: SplitConfig,
+    detector: Detector | None = None,
+    video_id: str | None = None,
     source_uri: str | None = None,
 ) -> tuple[dict, list[dict], Transitions | None]:
     """`split_video`, also returning the detector's raw output (None when it did not run)."""
@@ -239,8 +247,10 @@ def split_video_detailed(
         if stream.error:
             video[S.ERROR] = f"truncated: kept the first {stream.count} frames; {stream.error}"
         elif declared and decoded < declared - max(1.0, 0.05 * declared):
-            video[S.ERROR] = (f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the container declares; "
-                              f"kept the first {stream.count} frames")
+            video[S.ERROR] = (
+                f"truncated: decoded {decoded:.2f} s of the {declared:.2f} s the container declares; "
+                f"kept the first {stream.count} frames"
+            )
         if not spans:
             dur = video.get(S.DURATION) or 0.0
             raise StageError(

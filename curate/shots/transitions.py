@@ -133,7 +133,9 @@ def model_transitions(
 _PRIORITY: dict[str, int] = {"dissolve": 1, "wipe": 1, "fade_in": 2, "fade_out": 2, "black": 3}
 
 
-def merge_excluded(n: int, ranges: list[tuple[int, int, TransitionKind]]) -> list[tuple[int, int, TransitionKind]]:
+def merge_excluded(
+    n: int, ranges: list[tuple[int, int, TransitionKind]]
+) -> list[tuple[int, int, TransitionKind]]:
     """Sorted, non-overlapping ranges; black wins over fades, fades over dissolves and wipes.
 
     A model span that overlaps a luma fade takes the fade's kind, so one fade is one range.
@@ -191,4 +193,6 @@ def build_transitions(
     score[1:] = single[:-1] if scored is None else np.where(scored[:-1], single[:-1], np.nan)
     for c, v in known.items():
         score[c] = v if np.isnan(score[c]) else max(score[c], v)
-    return Transitions(num_frames=n, pts=np.asarray(pts, np.float64), cuts=cuts, excluded=excluded, frame_score=score)
+    return Transitions(
+        num_frames=n, pts=np.asarray(pts, np.float64), cuts=cuts, excluded=excluded, frame_score=score
+    )

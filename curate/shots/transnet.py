@@ -32,7 +32,9 @@ SMOKE_WEIGHTS = "transnetv2.safetensors"
 
 @dataclass(frozen=True)
 class TransNetConfig:
-    weights: str = PACKAGE  # "package", a .pth/.safetensors state dict, or a dir holding transnetv2.safetensors
+    weights: str = (
+        PACKAGE  # "package", a .pth/.safetensors state dict, or a dir holding transnetv2.safetensors
+    )
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1" ...
     batch_size: int = 8  # windows per forward pass
     num_threads: int | None = None  # torch CPU threads; None leaves torch's setting
@@ -160,7 +162,9 @@ class TransNetScorer:
         return single, many
 
 
-def collect(frames: Iterator[SmallFrame], size: tuple[int, int] = FRAME_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def collect(
+    frames: Iterator[SmallFrame], size: tuple[int, int] = FRAME_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """Stack a stream of small frames: (N, h, w, 3) uint8 YUV at `size` and (N,) pts."""
     yuv, pts = [], []
     for f in frames:

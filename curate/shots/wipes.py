@@ -42,7 +42,9 @@ class WipeConfig:
     changed_share: float = 0.7  # ... and this share of cells must change between the window's ends
     stand_out: float = 1.5  # end-frame change / the same change in the windows before and after, at least
     sharp_cut: float = 3.0  # a found cut whose change is this many times its neighbours' is a hard cut
-    transitional: float = 0.2  # an inner frame this far from both ends (share of the end change) is mid-transition
+    transitional: float = (
+        0.2  # an inner frame this far from both ends (share of the end change) is mid-transition
+    )
     fit_ratio: float = 0.6  # best composite error / best of (frame a, frame b, blend), at most
     edge_ratio: float = 0.9  # the sweep's first/last frames: composite error / nearer end frame's, at most
     region_ratio: float = 0.5  # each region's error / its error under the other shot, at most
@@ -70,8 +72,20 @@ class _Bank:
     direction: np.ndarray  # (M,) int: sweep direction group
 
 
-_WIPE_FIELDS = ("right", "left", "down", "up", "down_right", "up_left", "down_left", "up_right",
-                "iris_out", "iris_in", "h_open", "v_open")
+_WIPE_FIELDS = (
+    "right",
+    "left",
+    "down",
+    "up",
+    "down_right",
+    "up_left",
+    "down_left",
+    "up_right",
+    "iris_out",
+    "iris_in",
+    "h_open",
+    "v_open",
+)
 _SLIDE_DIRS = ("right", "left", "down", "up")
 DIRECTIONS = _WIPE_FIELDS  # group names; slides and pushes share the linear wipes' groups
 
@@ -82,9 +96,18 @@ def _wipe_field(name: str, h: int, w: int) -> np.ndarray:
     x, y = (xx + 0.5) / w, (yy + 0.5) / h
     r = np.hypot(x - 0.5, (y - 0.5) * h / w)
     f = {
-        "right": x, "left": 1 - x, "down": y, "up": 1 - y,
-        "down_right": x + y, "up_left": -(x + y), "down_left": (1 - x) + y, "up_right": x - y,
-        "iris_out": r, "iris_in": -r, "h_open": np.abs(x - 0.5), "v_open": np.abs(y - 0.5),
+        "right": x,
+        "left": 1 - x,
+        "down": y,
+        "up": 1 - y,
+        "down_right": x + y,
+        "up_left": -(x + y),
+        "down_left": (1 - x) + y,
+        "up_right": x - y,
+        "iris_out": r,
+        "iris_in": -r,
+        "h_open": np.abs(x - 0.5),
+        "v_open": np.abs(y - 0.5),
     }[name]
     return (f - f.min()) / (f.max() - f.min())
 
@@ -132,8 +155,11 @@ def bank(h: int, w: int, levels: int = 24) -> _Bank:
 
 def thumbnails(luma: np.ndarray) -> np.ndarray:
     """(N, 18, 32) uint8 thumbnails of (N, h, w) uint8 luma frames."""
-    return np.stack([cv2.resize(y, THUMB, interpolation=cv2.INTER_AREA) for y in luma]) if len(luma) else (
-        np.zeros((0, THUMB[1], THUMB[0]), np.uint8))
+    return (
+        np.stack([cv2.resize(y, THUMB, interpolation=cv2.INTER_AREA) for y in luma])
+        if len(luma)
+        else (np.zeros((0, THUMB[1], THUMB[0]), np.uint8))
+    )
 
 
 @dataclass(frozen=True)
@@ -193,7 +219,9 @@ def shift_error(k: np.ndarray, ref: np.ndarray, reach: tuple[int, int]) -> float
 
 def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tuple[int, int, str] | None:
     """The span [first, last] and direction of a spatial transition between frames a and b, if any."""
-    cells = np.abs(thumbs[b].astype(np.float32) - thumbs[a]).reshape(6, 3, 8, 4).mean(axis=(1, 3))  # (18, 32) -> (6, 8)
+    cells = (
+        np.abs(thumbs[b].astype(np.float32) - thumbs[a]).reshape(6, 3, 8, 4).mean(axis=(1, 3))
+    )  # (18, 32) -> (6, 8)
     if (cells >= cfg.cell_change).mean() < cfg.changed_share:
         return None  # part of the frame stays: an object crossing or a local change, not a new shot
     fa, fb = thumbs[a].astype(np.float32).ravel(), thumbs[b].astype(np.float32).ravel()
@@ -217,7 +245,9 @@ def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tu
         return None
     # frames before the sweep look like a, after it like b
     first, last = trans[0][0], trans[-1][0]
-    if any(f.progress > 0.5 for i, f in fits if i < first) or any(f.progress < 0.5 for i, f in fits if i > last):
+    if any(f.progress > 0.5 for i, f in fits if i < first) or any(
+        f.progress < 0.5 for i, f in fits if i > last
+    ):
         return None
     # the sweep's first and last frames change a small part of the frame: fitted, but near an end
     by_frame = dict(fits)
@@ -225,7 +255,9 @@ def window_transition(thumbs: np.ndarray, a: int, b: int, cfg: WipeConfig) -> tu
         first -= 1
     while last + 1 in by_frame and by_frame[last + 1].partial:
         last += 1
-    prog = np.asarray([by_frame[i].progress for i in range(first, last + 1) if by_frame[i].explained or by_frame[i].partial])
+    prog = np.asarray(
+        [by_frame[i].progress for i in range(first, last + 1) if by_frame[i].explained or by_frame[i].partial]
+    )
     if prog.max() - prog.min() < cfg.min_progress_span or np.any(np.diff(prog) < -cfg.progress_slack):
         return None
     return first, last, DIRECTIONS[main]
@@ -257,7 +289,9 @@ def _cell_steps(flat: np.ndarray) -> np.ndarray:
     return out
 
 
-def grow_edges(steps: np.ndarray, first: int, last: int, taken: np.ndarray, cfg: WipeConfig) -> tuple[int, int]:
+def grow_edges(
+    steps: np.ndarray, first: int, last: int, taken: np.ndarray, cfg: WipeConfig
+) -> tuple[int, int]:
     """Grow a spatial transition [first, last] frame by frame while the frame just outside it
     still changes locally more than the shot on that side does (the sweep's first or last
     cells: a corner, a thin ring), by at most the span's length each way.
@@ -296,7 +330,11 @@ def find_wipes(
     step = np.zeros(n, np.float32)
     step[1:] = np.abs(flat[1:].astype(np.int16) - flat[:-1]).mean(axis=1)  # (N,) frame-to-frame change
     # a hard cut is one isolated step; inside a sweep every frame changes about as much
-    sharp = [c for c in cuts if 0 < c < n and step[c] >= cfg.sharp_cut * (max(step[c - 1], step[min(c + 1, n - 1)]) + 1)]
+    sharp = [
+        c
+        for c in cuts
+        if 0 < c < n and step[c] >= cfg.sharp_cut * (max(step[c - 1], step[min(c + 1, n - 1)]) + 1)
+    ]
     found: list[tuple[int, int, str]] = []
     taken = np.zeros(n, bool) if skip is None else skip.copy()
     for c in sharp:
@@ -306,10 +344,12 @@ def find_wipes(
         if n <= w:
             continue
         a = np.arange(0, n - w)
-        ends = np.concatenate([
-            np.abs(flat[a[k : k + 4096] + w].astype(np.int16) - flat[a[k : k + 4096]]).mean(axis=1)
-            for k in range(0, len(a), 4096)
-        ])  # (M,)
+        ends = np.concatenate(
+            [
+                np.abs(flat[a[k : k + 4096] + w].astype(np.int16) - flat[a[k : k + 4096]]).mean(axis=1)
+                for k in range(0, len(a), 4096)
+            ]
+        )  # (M,)
         # the same change over the windows just before and just after: each inside one shot
         before, after = np.full(len(ends), np.nan), np.full(len(ends), np.nan)
         if w < len(ends):

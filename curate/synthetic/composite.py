@@ -45,9 +45,16 @@ JUMP_CHANGE = 20.0  # mean |RGB difference| across a jump cut, at least (0-255)
 VISIBLE = (3, 0.0005)  # a frame changed by a transition: this share of pixels off by this many levels
 SYNTH_SHARE = 0.2  # share of shots drawn from generated patterns instead of real footage
 # old fixed names -> (shape, angle in degrees, image coordinates: 0 = rightwards, 90 = downwards)
-_NAMED = {"right": ("linear", 0.0), "down": ("linear", 90.0), "left": ("linear", 180.0), "up": ("linear", 270.0),
-          "down_right": ("linear", 45.0), "up_left": ("linear", 225.0), "iris_out": ("iris_out", 0.0),
-          "iris_in": ("iris_in", 0.0)}
+_NAMED = {
+    "right": ("linear", 0.0),
+    "down": ("linear", 90.0),
+    "left": ("linear", 180.0),
+    "up": ("linear", 270.0),
+    "down_right": ("linear", 45.0),
+    "up_left": ("linear", 225.0),
+    "iris_out": ("iris_out", 0.0),
+    "iris_in": ("iris_in", 0.0),
+}
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,13 @@ class Composite:
     cuts: list[int] = field(default_factory=list)  # first frame of each shot after a hard/jump cut
     # (kind, first, last) inclusive nominal spans; `label` names from Step.label() (black: "black")
     transitions: list[tuple[str, int, int]] = field(default_factory=list)
-    labelled: list[tuple[str, int, int]] = field(default_factory=list)  # (Step.label(), first, last) per transition
+    labelled: list[tuple[str, int, int]] = field(
+        default_factory=list
+    )  # (Step.label(), first, last) per transition
     flashes: list[tuple[int, int]] = field(default_factory=list)  # inclusive; part of their shot
-    negatives: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, first, last), part of their shot
+    negatives: list[tuple[str, int, int]] = field(
+        default_factory=list
+    )  # (kind, first, last), part of their shot
     sources: list[tuple[str, int, int]] = field(default_factory=list)  # (file, first, end) per shot
     steps: tuple[Step, ...] = ()
 
@@ -124,21 +135,50 @@ class Composite:
     def shots(self) -> list[tuple[int, int]]:
         """Inclusive [first, last] frames of each shot id."""
         ids = self.labels
-        return [(int(np.flatnonzero(ids == s)[0]), int(np.flatnonzero(ids == s)[-1])) for s in range(ids.max() + 1)]
+        return [
+            (int(np.flatnonzero(ids == s)[0]), int(np.flatnonzero(ids == s)[-1]))
+            for s in range(ids.max() + 1)
+        ]
 
 
 # A fixed programme: every transition family the detectors must handle, with flashes inside shots.
 DEFAULT_STEPS: tuple[Step, ...] = (
-    Step("cut"), Step("wipe", 12, "right"), Step("dissolve", 12), Step("wipe", 6, "down"),
-    Step("jump"), Step("slide", 12, "left"), Step("wipe", 24, "left"), Step("cut"),
-    Step("fade", 10), Step("wipe", 16, "up"), Step("push", 16, "right"), Step("dissolve", 24),
-    Step("wipe", 10, "down_right", 0.1), Step("wipe", 18, "iris_out"), Step("cut"), Step("dissolve", 6),
-    Step("push", 8, "up"), Step("wipe", 14, "up_left"), Step("slide", 20, "down"), Step("jump"),
-    Step("wipe", 12, "iris_in"), Step("cut"), Step("wipe", 8, "left", 0.05), Step("slide", 10, "up"),
+    Step("cut"),
+    Step("wipe", 12, "right"),
+    Step("dissolve", 12),
+    Step("wipe", 6, "down"),
+    Step("jump"),
+    Step("slide", 12, "left"),
+    Step("wipe", 24, "left"),
+    Step("cut"),
+    Step("fade", 10),
+    Step("wipe", 16, "up"),
+    Step("push", 16, "right"),
+    Step("dissolve", 24),
+    Step("wipe", 10, "down_right", 0.1),
+    Step("wipe", 18, "iris_out"),
+    Step("cut"),
+    Step("dissolve", 6),
+    Step("push", 8, "up"),
+    Step("wipe", 14, "up_left"),
+    Step("slide", 20, "down"),
+    Step("jump"),
+    Step("wipe", 12, "iris_in"),
+    Step("cut"),
+    Step("wipe", 8, "left", 0.05),
+    Step("slide", 10, "up"),
 )
 
 # how often each kind is drawn
-_KIND_WEIGHTS = {"cut": 2.0, "jump": 1.5, "dissolve": 2.5, "fade": 1.0, "wipe": 4.0, "slide": 0.8, "push": 0.8}
+_KIND_WEIGHTS = {
+    "cut": 2.0,
+    "jump": 1.5,
+    "dissolve": 2.5,
+    "fade": 1.0,
+    "wipe": 4.0,
+    "slide": 0.8,
+    "push": 0.8,
+}
 
 
 def draw_step(rng: np.random.Generator) -> Step:
@@ -153,14 +193,26 @@ def draw_step(rng: np.random.Generator) -> Step:
     if kind == "dissolve":
         return Step("dissolve", int(rng.integers(6, 41)), ease=ease)
     if kind == "fade":
-        return Step("fade", int(rng.integers(4, 31)), black=int(rng.integers(2, 13)),
-                    fade_in=int(rng.integers(4, 31)), ease=ease)
+        return Step(
+            "fade",
+            int(rng.integers(4, 31)),
+            black=int(rng.integers(2, 13)),
+            fade_in=int(rng.integers(4, 31)),
+            ease=ease,
+        )
     if kind in ("slide", "push"):
         return Step(kind, int(rng.integers(4, 41)), str(rng.choice(SLIDE_DIRS)), ease=ease)
     shape = str(rng.choice(WIPE_SHAPES, p=[0.4, 0.12, 0.12, 0.14, 0.11, 0.11]))
     soft = float(rng.uniform(0.03, 0.25)) if rng.random() < 0.4 else 0.0
-    return Step("wipe", int(rng.integers(4, 41)), shape, soft, float(rng.uniform(0, 360)), ease,
-                clockwise=bool(rng.random() < 0.5))
+    return Step(
+        "wipe",
+        int(rng.integers(4, 41)),
+        shape,
+        soft,
+        float(rng.uniform(0, 360)),
+        ease,
+        clockwise=bool(rng.random() < 0.5),
+    )
 
 
 def draw_steps(rng: np.random.Generator, n: int) -> tuple[Step, ...]:
@@ -179,8 +231,15 @@ def draw_negatives(rng: np.random.Generator, body: int) -> list[Negative]:
     r = rng.random()
     if r < 0.3 and body >= 40:
         k = int(rng.integers(10, min(31, body - 20)))
-        out.append(Negative("pan", int(rng.integers(8, body - k - 8)), k, float(rng.uniform(0, 360)),
-                            float(rng.uniform(0.5, 1.0))))
+        out.append(
+            Negative(
+                "pan",
+                int(rng.integers(8, body - k - 8)),
+                k,
+                float(rng.uniform(0, 360)),
+                float(rng.uniform(0.5, 1.0)),
+            )
+        )
     elif r < 0.5 and body >= 36:
         k = int(rng.integers(6, 17))
         out.append(Negative("shake", int(rng.integers(8, body - k - 8)), k))
@@ -308,11 +367,21 @@ def _wipe(a: np.ndarray, b: np.ndarray, p: float, st: Step) -> np.ndarray:
 
 def _orient(img: np.ndarray, d: str) -> np.ndarray:
     """Turn `img` so that direction `d` becomes "right" (and back with `_unorient`)."""
-    return {"right": img, "left": img[:, ::-1], "down": img.transpose(1, 0, 2), "up": img[::-1].transpose(1, 0, 2)}[d]
+    return {
+        "right": img,
+        "left": img[:, ::-1],
+        "down": img.transpose(1, 0, 2),
+        "up": img[::-1].transpose(1, 0, 2),
+    }[d]
 
 
 def _unorient(img: np.ndarray, d: str) -> np.ndarray:
-    return {"right": img, "left": img[:, ::-1], "down": img.transpose(1, 0, 2), "up": img.transpose(1, 0, 2)[::-1]}[d]
+    return {
+        "right": img,
+        "left": img[:, ::-1],
+        "down": img.transpose(1, 0, 2),
+        "up": img.transpose(1, 0, 2)[::-1],
+    }[d]
 
 
 def _slide(a: np.ndarray, b: np.ndarray, p: float, d: str, push: bool) -> np.ndarray:
@@ -396,8 +465,15 @@ def _pick_source(rng, order, synth, scene, plan, src_i, room, need, nxt, videos)
                 continue  # a moving pattern repeats itself: no jump to see
             return name, int(rng.integers(0, 1000)), src_i
         starts = first + rng.integers(0, end - first - room + 1, size=1 if nxt.kind != "jump" else 3)
-        start = next((int(x) for x in starts if nxt.kind != "jump" or _jump_change(
-            videos, name, int(x) + need - 1, int(x) + need + nxt.skip) >= JUMP_CHANGE), -1)
+        start = next(
+            (
+                int(x)
+                for x in starts
+                if nxt.kind != "jump"
+                or _jump_change(videos, name, int(x) + need - 1, int(x) + need + nxt.skip) >= JUMP_CHANGE
+            ),
+            -1,
+        )
         if start >= 0:
             return name, start, src_i
     return None
@@ -426,13 +502,18 @@ def make_composite(
         steps = draw_steps(rng, num_steps)
     gt = json.loads((videos / "shot_boundaries.json").read_text())
     pool = source_shots(gt, shot_frames[0])
-    synth = [(f"synth:{p}:{s}", 0, 100000) for p, s in ((int(rng.integers(0, 64)), float(rng.uniform(0.05, 0.6)))
-                                                         for _ in range(8))]
+    synth = [
+        (f"synth:{p}:{s}", 0, 100000)
+        for p, s in ((int(rng.integers(0, 64)), float(rng.uniform(0.05, 0.6))) for _ in range(8))
+    ]
     scene = same_scene(gt) | {n: n for n, _, _ in synth}
     order = [pool[i] for i in rng.permutation(len(pool))]
     comp = Composite(Path(path), FPS, np.zeros(0, np.int64), steps=tuple(steps))
-    flash_shots = set() if drawn or negatives else set(
-        rng.choice(len(steps) + 1, size=min(flashes, len(steps) + 1), replace=False).tolist())
+    flash_shots = (
+        set()
+        if drawn or negatives
+        else set(rng.choice(len(steps) + 1, size=min(flashes, len(steps) + 1), replace=False).tolist())
+    )
     # plan: (file, first frame, frames, head, tail) per shot; head/tail play under the transitions
     plan: list[tuple[str, int, int, int, int]] = []
     src_i = 0
@@ -441,7 +522,10 @@ def make_composite(
     for i in range(len(steps) + 1):  # the two shots of a jump cut share one source: keep them short
         if "jump" in (all_steps[i].kind, all_steps[i + 1].kind):
             lengths[i] = shot_frames[0]
-    needs = [int(n) + sum(s.frames for s in all_steps[i : i + 2] if s.kind in GRADUAL) for i, n in enumerate(lengths)]
+    needs = [
+        int(n) + sum(s.frames for s in all_steps[i : i + 2] if s.kind in GRADUAL)
+        for i, n in enumerate(lengths)
+    ]
     for shot in range(len(steps) + 1):
         st, nxt = all_steps[shot], all_steps[shot + 1]
         head = st.frames if st.kind in GRADUAL else 0
@@ -483,7 +567,9 @@ def make_composite(
             negs = [n for n in negs if n.kind == "flash"]
         for neg in negs:
             if neg.kind in ("pan", "shake"):  # the whole shot through the crop, its heads and tails included
-                clip = _through_crop(clip, Negative(neg.kind, neg.at + head, neg.frames, neg.angle, neg.travel), rng)
+                clip = _through_crop(
+                    clip, Negative(neg.kind, neg.at + head, neg.frames, neg.angle, neg.travel), rng
+                )
         body = clip[head : len(clip) - tail].copy()
         # the transition into this shot
         if st.kind in ("cut", "jump"):
@@ -499,9 +585,11 @@ def make_composite(
             for j in range(k_in):
                 frames.append((body[0] * _progress(st, j, k_in)).astype(np.uint8))
             labels += [-1] * (k_out + k_black + k_in)
-            comp.transitions += [("fade_out", first_t, first_t + k_out - 1),
-                                 ("black", first_t + k_out, first_t + k_out + k_black - 1),
-                                 ("fade_in", first_t + k_out + k_black, first_t + k_out + k_black + k_in - 1)]
+            comp.transitions += [
+                ("fade_out", first_t, first_t + k_out - 1),
+                ("black", first_t + k_out, first_t + k_out + k_black - 1),
+                ("fade_in", first_t + k_out + k_black, first_t + k_out + k_black + k_in - 1),
+            ]
             comp.labelled.append(("fade", first_t, len(frames) - 1))
         else:
             assert prev_tail is not None and len(prev_tail) == st.frames

@@ -86,7 +86,10 @@ def make_video(
             elif seg.kind == "fade_out":
                 frames.append((pattern_frame(prev_pat, tp, width, height) * (1 - a)).astype(np.uint8))
             elif seg.kind == "dissolve":
-                mix = pattern_frame(prev_pat, tp, width, height) * (1 - a) + pattern_frame(next_pat, tn, width, height) * a
+                mix = (
+                    pattern_frame(prev_pat, tp, width, height) * (1 - a)
+                    + pattern_frame(next_pat, tn, width, height) * a
+                )
                 frames.append(mix.astype(np.uint8))
             else:
                 raise ValueError(f"unknown segment kind {seg.kind!r}")

@@ -77,7 +77,9 @@ class Geometry:
         return (h, w) if self.quarter_turns % 2 else (w, h)
 
 
-def open_video(path: str | Path, threads: bool = True) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def open_video(
+    path: str | Path, threads: bool = True
+) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """Open a file and its first video stream; a clear StageError when there is none."""
     DECODE_STATS["opens"] += 1
     try:
@@ -137,7 +139,11 @@ def small_yuv(frame: av.VideoFrame, coded_wh: tuple[int, int]) -> np.ndarray:
         return np.stack(planes, axis=-1)  # (h, w) x3 -> (h, w, 3)
     # 10-bit, NV12, RGB, paletted ...: let swscale do it (slower, rare).
     w, h = coded_wh
-    return frame.reformat(width=w, height=h, format="yuv444p", interpolation="AREA").to_ndarray().transpose(1, 2, 0)
+    return (
+        frame.reformat(width=w, height=h, format="yuv444p", interpolation="AREA")
+        .to_ndarray()
+        .transpose(1, 2, 0)
+    )
 
 
 def rotate(img: np.ndarray, quarter_turns: int) -> np.ndarray:

@@ -46,8 +46,9 @@ def _fraction(x: Any) -> float | None:
     return float(x) if x is not None and x.denominator else None
 
 
-def probe(path: str | Path, count_frames: bool = False, video_id: str | None = None,
-          source_uri: str | None = None) -> dict[str, Any]:
+def probe(
+    path: str | Path, count_frames: bool = False, video_id: str | None = None, source_uri: str | None = None
+) -> dict[str, Any]:
     """One row of the videos table; unreadable inputs give a status=error row (never raise).
 
     `video_id`: the file's content id when the caller already hashed it (saves reading it twice).
@@ -68,7 +69,9 @@ def probe(path: str | Path, count_frames: bool = False, video_id: str | None = N
     try:
         vid = video_id or video_id_of_file(path)
     except OSError as e:
-        return error_row(uri, video_id_of_missing(uri), "probe", f"cannot read file: {e.strerror}", **{S.SIZE_BYTES: size})
+        return error_row(
+            uri, video_id_of_missing(uri), "probe", f"cannot read file: {e.strerror}", **{S.SIZE_BYTES: size}
+        )
     if size == 0:
         return error_row(uri, vid, "probe", "empty file (0 bytes)", **{S.SIZE_BYTES: size})
     try:

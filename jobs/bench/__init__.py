@@ -28,12 +28,19 @@ def cli(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__.strip())
-        print("\nbenchmarks:", ", ".join(BENCHES), "\n`python -m jobs.bench NAME --help` lists a benchmark's options")
+        print(
+            "\nbenchmarks:",
+            ", ".join(BENCHES),
+            "\n`python -m jobs.bench NAME --help` lists a benchmark's options",
+        )
         return 0
     if not argv or argv[0] not in BENCHES:
         seen = argv[0] if argv else "nothing"
-        print(f"error: the benchmark name must be one of {sorted(BENCHES)}, got {seen!r}; "
-              "e.g. python -m jobs.bench split", file=sys.stderr)
+        print(
+            f"error: the benchmark name must be one of {sorted(BENCHES)}, got {seen!r}; "
+            "e.g. python -m jobs.bench split",
+            file=sys.stderr,
+        )
         return 2
     if argv[0] == "split" and "--s3" in argv[1:]:  # object storage vs local disk: its own module
         argv = ["split_s3", *(a for a in argv[1:] if a != "--s3")]
@@ -43,4 +50,3 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: benchmark {argv[0]!r} is not available in this build ({e})", file=sys.stderr)
         return 2
     return module.main(argv[1:])
-

@@ -108,45 +108,72 @@ def bench_detectors(
     for i, (key, det) in enumerate(zip(keys, detectors)):
         n = sum(len(v) for v in decoded[key].values())
         dec, det_t = sum(decode_s[key].values()), sum(detect_s[i].values())
-        row = {"detector": det.name, "frames": n, "seconds": dec + det_t, "fps": n / max(dec + det_t, 1e-9),
-               "detect_fps": n / max(det_t, 1e-9), "x_decode_floor": (dec + det_t) / max(dec, 1e-9)}
+        row = {
+            "detector": det.name,
+            "frames": n,
+            "seconds": dec + det_t,
+            "fps": n / max(dec + det_t, 1e-9),
+            "detect_fps": n / max(det_t, 1e-9),
+            "x_decode_floor": (dec + det_t) / max(dec, 1e-9),
+        }
         scorer = getattr(det, "scorer", None)
         if scorer is not None and getattr(scorer, "model", None) is not None:
             row["model_windows"] = windows[i]
             row["device"] = str(next(scorer.model.parameters()).device)
         if ground_truth:
             exact, near, uncovered = scores[i]
-            row |= {"f1_exact": exact.f1, "f1_pm2": near.f1, "cut_tp_fp_fn": (exact.tp, exact.fp, exact.fn),
-                    "excluded_frames_in_shots": uncovered}
+            row |= {
+                "f1_exact": exact.f1,
+                "f1_pm2": near.f1,
+                "cut_tp_fp_fn": (exact.tp, exact.fp, exact.fn),
+                "excluded_frames_in_shots": uncovered,
+            }
         rows.append(row)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     base = next((r["fps"] for r in rows if r["detector"] == "transnetv2"), None)
-    lines = [f"{'detector':<16}{'frames':>7}{'fps':>9}{'detect fps':>11}{'x decode':>9}{'x tnv2':>8}"
-             f"{'windows':>8}{'F1 exact':>9}{'F1 +-2':>8}{'in shots':>9}"]
+    lines = [
+        f"{'detector':<16}{'frames':>7}{'fps':>9}{'detect fps':>11}{'x decode':>9}{'x tnv2':>8}"
+        f"{'windows':>8}{'F1 exact':>9}{'F1 +-2':>8}{'in shots':>9}"
+    ]
     for r in rows:
+
         def val(k: str, fmt: str, row: dict = r) -> str:
             return format(row[k], fmt) if k in row else "-"
+
         speedup = format(r["fps"] / base, ".2f") if base and "x_decode_floor" in r else "-"
-        lines.append(f"{r['detector']:<16}{r['frames']:>7}{val('fps', '.1f'):>9}{val('detect_fps', '.1f'):>11}"
-                     f"{val('x_decode_floor', '.2f'):>9}{speedup:>8}{val('model_windows', 'd'):>8}"
-                     f"{val('f1_exact', '.3f'):>9}{val('f1_pm2', '.3f'):>8}{val('excluded_frames_in_shots', 'd'):>9}")
+        lines.append(
+            f"{r['detector']:<16}{r['frames']:>7}{val('fps', '.1f'):>9}{val('detect_fps', '.1f'):>11}"
+            f"{val('x_decode_floor', '.2f'):>9}{speedup:>8}{val('model_windows', 'd'):>8}"
+            f"{val('f1_exact', '.3f'):>9}{val('f1_pm2', '.3f'):>8}{val('excluded_frames_in_shots', 'd'):>9}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jobs.bench detect", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "videos",
-                    help="folder of input videos")
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.bench detect",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.splitlines()[0],
+    )
+    ap.add_argument(
+        "--videos",
+        type=Path,
+        default=Path(__file__).resolve().parents[3] / "shared" / "data" / "videos",
+        help="folder of input videos",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=1, help="best of this many runs per file (noisy machines)")
     args = ap.parse_args(argv)
     if not args.videos.is_dir():
-        print(f"error: --videos must be a folder of videos; got {args.videos} (not a folder). "
-              "Pass the folder holding the test videos.", file=sys.stderr)
+        print(
+            f"error: --videos must be a folder of videos; got {args.videos} (not a folder). "
+            "Pass the folder holding the test videos.",
+            file=sys.stderr,
+        )
         return 2
     if args.threads:
         import torch

@@ -48,15 +48,36 @@ def score_folder(directory: Path) -> list[dict]:
             continue
         rows = [r for r in split_video(p, SplitConfig())[1] if r[STATUS] == STATUS_OK]
         scored = prepare_batch(table_from_rows(rows), cfg).to_pylist() if rows else []
-        out.append({"file": p.name, "clips": [{k: r[k] for k in (SOURCE_URI, STATUS, CAMERA_MOTION, FLOW_MAGNITUDE,
-                                                                   TEXT_AREA, TEXT_BOXES, NSFW, OCR_TEXT)}
-                                              for r in scored]})
+        out.append(
+            {
+                "file": p.name,
+                "clips": [
+                    {
+                        k: r[k]
+                        for k in (
+                            SOURCE_URI,
+                            STATUS,
+                            CAMERA_MOTION,
+                            FLOW_MAGNITUDE,
+                            TEXT_AREA,
+                            TEXT_BOXES,
+                            NSFW,
+                            OCR_TEXT,
+                        )
+                    }
+                    for r in scored
+                ],
+            }
+        )
     return out
 
 
 def markdown(videos: list[dict]) -> str:
-    lines = ["| file | clips | camera_motion | flow_magnitude (median) | text_area (max) | text_boxes (max) "
-             "| nsfw (max) | ocr_text |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| file | clips | camera_motion | flow_magnitude (median) | text_area (max) | text_boxes (max) "
+        "| nsfw (max) | ocr_text |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for v in videos:
         ok = [c for c in v["clips"] if c[STATUS] == STATUS_OK]
         if not ok:
@@ -65,9 +86,11 @@ def markdown(videos: list[dict]) -> str:
         cams = ", ".join(f"{k} x{n}" for k, n in Counter(c[CAMERA_MOTION] for c in ok).most_common())
         texts = sorted({t for c in ok for t in (c[OCR_TEXT] or [])})
         shown = "; ".join(texts[:4]).replace("|", "/") + (f" (+{len(texts) - 4})" if len(texts) > 4 else "")
-        lines.append(f"| {v['file']} | {len(ok)} | {cams} | {np.median([c[FLOW_MAGNITUDE] for c in ok]):.3f} "
-                     f"| {max(c[TEXT_AREA] for c in ok):.4f} | {max(c[TEXT_BOXES] for c in ok)} "
-                     f"| {max(c[NSFW] for c in ok):.3f} | {shown} |")
+        lines.append(
+            f"| {v['file']} | {len(ok)} | {cams} | {np.median([c[FLOW_MAGNITUDE] for c in ok]):.3f} "
+            f"| {max(c[TEXT_AREA] for c in ok):.4f} | {max(c[TEXT_BOXES] for c in ok)} "
+            f"| {max(c[NSFW] for c in ok):.3f} | {shown} |"
+        )
     return "\n".join(lines)
 
 
@@ -80,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not d.is_dir():
             raise UsageError(f"--input must be a folder of videos, got {a.input!r}; pass a folder")
-        score.check_weights(dataclasses.replace(score_config.DEFAULT, smoke=True))  # the frame models' weights only
+        score.check_weights(
+            dataclasses.replace(score_config.DEFAULT, smoke=True)
+        )  # the frame models' weights only
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

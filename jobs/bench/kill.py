@@ -36,9 +36,26 @@ def _env() -> dict[str, str]:
 
 
 def _curate(inp: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(inp), "--output", str(out),
-                             "--preset", "smoke", "--no-report"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.curate",
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--preset",
+            "smoke",
+            "--no-report",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def markers(out: Path) -> int:
@@ -47,8 +64,11 @@ def markers(out: Path) -> int:
 
 def digests(out: Path) -> dict[str, str]:
     """sha256 of every compared file, by its path under OUT."""
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in COMPARED for p in sorted((out / folder).glob("*.parquet"))}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in COMPARED
+        for p in sorted((out / folder).glob("*.parquet"))
+    }
 
 
 def _finish(p: subprocess.Popen) -> None:
@@ -73,9 +93,14 @@ def kill_at(inp: Path, out: Path, at: int, limit_s: float = 900) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jobs.bench kill", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--points", type=int, default=6, help="kill points (one interrupted run and a rerun each)")
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.bench kill",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument(
+        "--points", type=int, default=6, help="kill points (one interrupted run and a rerun each)"
+    )
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed)")
     ap.add_argument("--json", default=None, help="also write the result here")
     a = ap.parse_args(argv)
@@ -103,14 +128,26 @@ def main(argv: list[str] | None = None) -> int:
             _finish(_curate(inp, out))  # the rerun resumes
             got = digests(out)
             same = got == ref
-            rows.append({"point": i, "kill_at_markers": at, "markers_at_kill": seen, "identical": same,
-                         "differing": sorted(k for k in ref.keys() | got.keys() if ref.get(k) != got.get(k))})
-            print(f"point {i}: killed at {seen}/{total} markers (aimed {at}), rerun: "
-                  f"{'byte-identical' if same else 'DIFFERENT: ' + ', '.join(rows[-1]['differing'])}", flush=True)
+            rows.append(
+                {
+                    "point": i,
+                    "kill_at_markers": at,
+                    "markers_at_kill": seen,
+                    "identical": same,
+                    "differing": sorted(k for k in ref.keys() | got.keys() if ref.get(k) != got.get(k)),
+                }
+            )
+            print(
+                f"point {i}: killed at {seen}/{total} markers (aimed {at}), rerun: "
+                f"{'byte-identical' if same else 'DIFFERENT: ' + ', '.join(rows[-1]['differing'])}",
+                flush=True,
+            )
         ok = sum(r["identical"] for r in rows)
         print(f"byte-identical after kill -9 + rerun: {ok}/{len(rows)}")
         if a.json:
-            Path(a.json).write_text(json.dumps({"reference": ref, "markers": total, "points": rows}, indent=1))
+            Path(a.json).write_text(
+                json.dumps({"reference": ref, "markers": total, "points": rows}, indent=1)
+            )
     return 0 if ok == len(rows) else 1
 
 

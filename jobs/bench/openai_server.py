@@ -49,21 +49,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: str | Path, log: Path, key_env: str, key: str | None = None,
-                 wait_s: float = 180.0) -> LocalServer:
+def start_server(
+    model_dir: str | Path, log: Path, key_env: str, key: str | None = None, wait_s: float = 180.0
+) -> LocalServer:
     """Serve `model_dir` on a free 127.0.0.1 port; the key is $key_env (or `key`, put there for the child)."""
     import httpx
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
+    }
     if key is not None:
         env[key_env] = key
     if not env.get(key_env):
         raise ValueError(f"start_server needs a key in ${key_env}")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jobs.bench.openai_server", str(model_dir), str(port), key_env],
-                                cwd=_REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.bench.openai_server", str(model_dir), str(port), key_env],
+            cwd=_REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = LocalServer(proc, f"http://127.0.0.1:{port}/v1", log)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

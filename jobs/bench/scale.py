@@ -88,7 +88,9 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0, spread: bool = Fa
     status = np.where(rng.random(rows) < 0.01, S.STATUS_ERROR, S.STATUS_OK)
     flat = pa.array(emb.astype(np.float16).reshape(-1))  # (rows, D) -> (rows*D,)
     cols = {
-        S.CLIP_ID: ids, S.SOURCE_URI: uris, S.STATUS: status,
+        S.CLIP_ID: ids,
+        S.SOURCE_URI: uris,
+        S.STATUS: status,
         S.FAILED_STAGE: np.where(status == S.STATUS_OK, None, "score"),
         S.SHARPNESS: rng.lognormal(5.3, 0.6, rows).astype(np.float32),
         S.BLACK_FRACTION: rng.beta(0.5, 6, rows).astype(np.float32),
@@ -102,7 +104,9 @@ def synth_part(path: str, part: int, rows: int, seed: int = 0, spread: bool = Fa
     xrng = np.random.default_rng([seed, part, 2])
     cols[S.NSFW] = xrng.beta(0.4, 6, rows).astype(np.float32)
     cols[S.TEXT_AREA] = np.where(xrng.random(rows) < 0.1, xrng.uniform(0, 0.3, rows), 0.0).astype(np.float32)
-    table = S.conform(pa.table({k: pa.array(v) if not isinstance(v, pa.Array) else v for k, v in cols.items()}))
+    table = S.conform(
+        pa.table({k: pa.array(v) if not isinstance(v, pa.Array) else v for k, v in cols.items()})
+    )
     pq.write_table(table, path, compression="zstd", row_group_size=2048)
     return rows
 
@@ -114,7 +118,9 @@ def make_run(folder: Path, n: int, seed: int = 0, spread: bool = False) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     task = ray.remote(synth_part)
     sizes = [PART_ROWS] * (n // PART_ROWS) + ([n % PART_ROWS] if n % PART_ROWS else [])
-    ray.get([task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed, spread) for k, s in enumerate(sizes)])
+    ray.get(
+        [task.remote(str(folder / f"part-{k:05d}.parquet"), k, s, seed, spread) for k, s in enumerate(sizes)]
+    )
     return len(sizes)
 
 
@@ -153,8 +159,14 @@ def _decide(src: Path, dst: Path, cfg: filters.FilterConfig, near: D.NearDupConf
     with PeakRSS() as rss:
         funnel, parts = decide_dir(src, dst, cfg, near, marker_root=None)
     secs = time.perf_counter() - t
-    return {"seconds": secs, "driver_peak_rss_mb": rss.peak / 2**20, "driver_start_rss_mb": rss.start / 2**20,
-            "load_1min": load, "funnel": funnel, "parts": parts}
+    return {
+        "seconds": secs,
+        "driver_peak_rss_mb": rss.peak / 2**20,
+        "driver_start_rss_mb": rss.start / 2**20,
+        "load_1min": load,
+        "funnel": funnel,
+        "parts": parts,
+    }
 
 
 def _near_dropped(folder: Path) -> set[str]:
@@ -174,10 +186,16 @@ def recall_precision(src: Path, root: Path, near: D.NearDupConfig) -> dict:
     exact = _decide(src, root / "near-exact", cfg, D.NearDupConfig(cluster_rows=10**12))
     a, b = _near_dropped(root / "near-clustered"), _near_dropped(root / "near-exact")
     both = len(a & b)
-    return {"clustered_seconds": clustered["seconds"], "exact_seconds": exact["seconds"],
-            "exact_dropped": len(b), "clustered_dropped": len(a),
-            "recall": both / max(len(b), 1), "precision": both / max(len(a), 1), "cluster_rows": near.cluster_rows,
-            "border_margin": near.border_margin}
+    return {
+        "clustered_seconds": clustered["seconds"],
+        "exact_seconds": exact["seconds"],
+        "exact_dropped": len(b),
+        "clustered_dropped": len(a),
+        "recall": both / max(len(b), 1),
+        "precision": both / max(len(a), 1),
+        "cluster_rows": near.cluster_rows,
+        "border_margin": near.border_margin,
+    }
 
 
 def join_step(src: Path, root: Path) -> dict:
@@ -189,14 +207,20 @@ def join_step(src: Path, root: Path) -> dict:
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     n = sum(pq.read_metadata(p).num_rows for p in parts)
-    outputs = [str(dst / f"part-{k:05d}.parquet") for k in range(max(1, -(-n // 50_000)))]  # the job's part_rows
+    outputs = [
+        str(dst / f"part-{k:05d}.parquet") for k in range(max(1, -(-n // 50_000)))
+    ]  # the job's part_rows
     load = os.getloadavg()[0]
     t = time.perf_counter()
     with PeakRSS() as rss:  # the scored parts serve as both sides: clip rows and score rows
         rows = join_scores(parts, parts, SCORE_PART_COLUMNS, merge_scores, outputs)
-    return {"join_seconds": time.perf_counter() - t, "join_rows": rows,
-            "join_driver_peak_rss_mb": rss.peak / 2**20, "join_driver_start_rss_mb": rss.start / 2**20,
-            "join_load_1min": load}
+    return {
+        "join_seconds": time.perf_counter() - t,
+        "join_rows": rows,
+        "join_driver_peak_rss_mb": rss.peak / 2**20,
+        "join_driver_start_rss_mb": rss.start / 2**20,
+        "join_load_1min": load,
+    }
 
 
 def make_videos(folder: Path, n: int) -> None:
@@ -205,7 +229,9 @@ def make_videos(folder: Path, n: int) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        segs = [Segment("shot", 60, (i + k) % 6, speed=1.0 + 0.5 * k + 0.07 * i) for k in range(3)]  # all distinct
+        segs = [
+            Segment("shot", 60, (i + k) % 6, speed=1.0 + 0.5 * k + 0.07 * i) for k in range(3)
+        ]  # all distinct
         make_video(folder / f"gen-{i:03d}.mp4", segs, fps=24, width=160, height=96)
 
 
@@ -221,9 +247,23 @@ def curate_rss(root: Path, n: int) -> dict:
     make_videos(videos, n)
     load = os.getloadavg()[0]
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--input", str(videos), "--output", str(out),
-                             "--preset", "smoke", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.curate",
+            "--input",
+            str(videos),
+            "--output",
+            str(out),
+            "--preset",
+            "smoke",
+            "--no-report",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ps, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -235,9 +275,17 @@ def curate_rss(root: Path, n: int) -> dict:
     if proc.returncode:
         raise RuntimeError(f"jobs.curate failed on {n} videos:\n{err[-3000:]}")
     summary = json.loads((out / "summary" / "curate.json").read_text())
-    return {"videos": n, "clips": summary["clips"], "kept": summary["kept"], "captioned": summary["captioned"],
-            "encoded": summary["encoded"], "rows_phase2": summary["rows_phase2"], "seconds": time.perf_counter() - t,
-            "driver_peak_rss_mb": peak / 2**20, "load_1min": load}
+    return {
+        "videos": n,
+        "clips": summary["clips"],
+        "kept": summary["kept"],
+        "captioned": summary["captioned"],
+        "encoded": summary["encoded"],
+        "rows_phase2": summary["rows_phase2"],
+        "seconds": time.perf_counter() - t,
+        "driver_peak_rss_mb": peak / 2**20,
+        "load_1min": load,
+    }
 
 
 def _growth(results: list[dict], i: int, key: str) -> str:
@@ -249,23 +297,49 @@ def _growth(results: list[dict], i: int, key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench scale", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.bench scale",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--sizes", default="1e4,1e5,1e6", help="comma-separated clip counts")
-    p.add_argument("--recall-at", type=flags.finite_float, default=1e5, help="size at which to compare with the exact greedy "
-                   "(0: skip)")
-    p.add_argument("--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows, help="rows per near-dup cluster")
-    p.add_argument("--border-margin", type=flags.float_or_inf, default=D.NearDupConfig.border_margin,
-                   help="near-duplicate border pass: a kept row joins its second-nearest cluster within this "
-                   "multiple of the pair bound (inf: every kept row; 0: none, pass 1 alone)")
-    p.add_argument("--spread", action="store_true", help="harder near-duplicate data: groups lie between two "
-                   "topics and their members spread along that line, so some duplicate pairs straddle a "
-                   "k-means cluster border")
+    p.add_argument(
+        "--recall-at",
+        type=flags.finite_float,
+        default=1e5,
+        help="size at which to compare with the exact greedy (0: skip)",
+    )
+    p.add_argument(
+        "--cluster-rows", type=int, default=D.NearDupConfig.cluster_rows, help="rows per near-dup cluster"
+    )
+    p.add_argument(
+        "--border-margin",
+        type=flags.float_or_inf,
+        default=D.NearDupConfig.border_margin,
+        help="near-duplicate border pass: a kept row joins its second-nearest cluster within this "
+        "multiple of the pair bound (inf: every kept row; 0: none, pass 1 alone)",
+    )
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="harder near-duplicate data: groups lie between two "
+        "topics and their members spread along that line, so some duplicate pairs straddle a "
+        "k-means cluster border",
+    )
     p.add_argument("--out", default="bench-out/scale", help="scratch folder for the benchmark's outputs")
     p.add_argument("--keep", action="store_true", help="keep the generated parts")
-    p.add_argument("--join", action="store_true", help="also time the score job's clip/score join (a hash "
-                   "shuffle on clip_id in Ray tasks) at each size")
-    p.add_argument("--curate-videos", default="", help="also run jobs.curate on these numbers of generated "
-                   "videos (e.g. 8,32) and report its driver's peak RSS")
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="also time the score job's clip/score join (a hash "
+        "shuffle on clip_id in Ray tasks) at each size",
+    )
+    p.add_argument(
+        "--curate-videos",
+        default="",
+        help="also run jobs.curate on these numbers of generated "
+        "videos (e.g. 8,32) and report its driver's peak RSS",
+    )
     a = p.parse_args(argv)
     try:
         sizes = [int(float(s)) for s in a.sizes.split(",") if s and s != "0"]
@@ -276,11 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(a.out)
     if a.curate_videos:
         runs = [curate_rss(root, int(v)) for v in a.curate_videos.split(",") if v]
-        print("| videos | clips | kept | captioned | encoded | wall s | jobs.curate driver peak RSS MB | load |")
+        print(
+            "| videos | clips | kept | captioned | encoded | wall s | jobs.curate driver peak RSS MB | load |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for r in runs:
-            print(f"| {r['videos']} | {r['clips']} | {r['kept']} | {r['captioned']} | {r['encoded']} | "
-                  f"{r['seconds']:.0f} | {r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
+            print(
+                f"| {r['videos']} | {r['clips']} | {r['kept']} | {r['captioned']} | {r['encoded']} | "
+                f"{r['seconds']:.0f} | {r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |"
+            )
         root.mkdir(parents=True, exist_ok=True)
         (root / "bench_curate_rss.json").write_text(json.dumps(runs, indent=2))
         if not sizes:
@@ -296,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         parts = make_run(src, n, spread=a.spread)
         gen = time.perf_counter() - t
-        r = {"clips": n, "parts": parts, "generate_seconds": gen, **_decide(src, root / f"n{n}" / "filtered",
-                                                                           filters.DEFAULT, near)}
+        r = {
+            "clips": n,
+            "parts": parts,
+            "generate_seconds": gen,
+            **_decide(src, root / f"n{n}" / "filtered", filters.DEFAULT, near),
+        }
         r["seconds_per_1e5"] = r["seconds"] / n * 1e5
         if a.join:
             r.update(join_step(src, root / f"n{n}"))
@@ -308,29 +390,37 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in r.items() if k != "funnel"}, default=float), flush=True)
         if not a.keep:
             shutil.rmtree(root / f"n{n}", ignore_errors=True)
-    print(f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}, "
-          f"border margin {a.border_margin:g}, data {'spread' if a.spread else 'tight'}), "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"\nrun-level decisions (jobs.filter code, default filters, cluster_rows={a.cluster_rows}, "
+        f"border margin {a.border_margin:g}, data {'spread' if a.spread else 'tight'}), "
+        f"{os.cpu_count()} CPUs"
+    )
     print("| clips | parts | decide s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(results):
         g = _growth(results, i, "seconds")
-        print(f"| {r['clips']:,} | {r['parts']} | {r['seconds']:.1f} | {r['seconds_per_1e5']:.1f} | {g} | "
-              f"{r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |")
+        print(
+            f"| {r['clips']:,} | {r['parts']} | {r['seconds']:.1f} | {r['seconds_per_1e5']:.1f} | {g} | "
+            f"{r['driver_peak_rss_mb']:.0f} | {r['load_1min']:.1f} |"
+        )
     if a.join:
         print("\nscore job's join (clip rows + score rows by clip_id, Ray tasks)")
         print("| clips | join s | s per 1e5 | growth exponent | driver peak RSS MB | load (1 min) |")
         print("|---|---|---|---|---|---|")
         for i, r in enumerate(results):
             g = _growth(results, i, "join_seconds")
-            print(f"| {r['clips']:,} | {r['join_seconds']:.1f} | {r['join_seconds_per_1e5']:.1f} | {g} | "
-                  f"{r['join_driver_peak_rss_mb']:.0f} | {r['join_load_1min']:.1f} |")
+            print(
+                f"| {r['clips']:,} | {r['join_seconds']:.1f} | {r['join_seconds_per_1e5']:.1f} | {g} | "
+                f"{r['join_driver_peak_rss_mb']:.0f} | {r['join_load_1min']:.1f} |"
+            )
     for r in results:
         if "near_dup_vs_exact" in r:
             q = r["near_dup_vs_exact"]
-            print(f"\nnear-dup at {r['clips']:,}: recall {q['recall']:.4f}, precision {q['precision']:.4f} "
-                  f"(exact greedy dropped {q['exact_dropped']}, clustered {q['clustered_dropped']}; "
-                  f"{q['exact_seconds']:.1f} s exact vs {q['clustered_seconds']:.1f} s clustered)")
+            print(
+                f"\nnear-dup at {r['clips']:,}: recall {q['recall']:.4f}, precision {q['precision']:.4f} "
+                f"(exact greedy dropped {q['exact_dropped']}, clustered {q['clustered_dropped']}; "
+                f"{q['exact_seconds']:.1f} s exact vs {q['clustered_seconds']:.1f} s clustered)"
+            )
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench_scale.json").write_text(json.dumps(results, indent=2, default=float))
     return 0

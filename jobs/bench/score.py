@@ -55,7 +55,9 @@ from curate.synthetic.synth import Segment, make_video
 from curate.video.decode import DECODE_STATS, decode_clip
 
 
-def synth_clips(directory: Path, videos: int, seconds: int, clip_s: int, size: tuple[int, int], fps: int) -> pa.Table:
+def synth_clips(
+    directory: Path, videos: int, seconds: int, clip_s: int, size: tuple[int, int], fps: int
+) -> pa.Table:
     """Synthetic videos cut into fixed windows: clip rows with exact frame/pts spans (CFR)."""
     rows = []
     for v in range(videos):
@@ -65,14 +67,18 @@ def synth_clips(directory: Path, videos: int, seconds: int, clip_s: int, size: t
     return table_from_rows(rows)
 
 
-def run_stage(clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config.ScoreConfig, batch: int) -> float:
+def run_stage(
+    clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config.ScoreConfig, batch: int
+) -> float:
     t0 = time.perf_counter()
     for i in range(0, clips.num_rows, batch):
         stage(prepare_batch(clips.slice(i, batch), cfg))
     return time.perf_counter() - t0
 
 
-def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config.ScoreConfig, batch: int) -> float:
+def run_baseline(
+    clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config.ScoreConfig, batch: int
+) -> float:
     """Every scorer decodes for itself; same frames, sizes and model work as the stage."""
     t0 = time.perf_counter()
     rows = clips.to_pylist()
@@ -84,7 +90,9 @@ def run_baseline(clips: pa.Table, stage: score.ClipScoreStage, cfg: score_config
             pairs = cs.pair_offsets(n, cfg.motion_pairs, cfg.frame_margin)
             size = analysis_size(r[WIDTH], r[HEIGHT], max(cfg.analysis_short_side, cfg.image_size))
             span = (r[SOURCE_URI], r[START_PTS], r[END_PTS])
-            crops.append(center_crop_square(decode_clip(*span, offsets=clip_off, size=size).frames, cfg.image_size))
+            crops.append(
+                center_crop_square(decode_clip(*span, offsets=clip_off, size=size).frames, cfg.image_size)
+            )
             m = decode_clip(*span, offsets=pairs, size=size)
             cs.motion(m.frames, m.pts, cfg.cheap.motion_short_side, indices=m.indices)
             cs.sharpness(decode_clip(*span, offsets=np.union1d(clip_off, pairs), size=size).frames)
@@ -123,9 +131,13 @@ def scorer_costs(clips: pa.Table, cfg: score_config.ScoreConfig, repeats: int) -
         for k in totals:
             totals[k] += best[k]
     ms = {k: 1000 * v / clips.num_rows for k, v in totals.items()}
-    return {"ms_per_clip": ms, "ratio_to_decode": {k: ms[k] / ms["decode"] for k in steps},
-            "frames_per_clip": {"flow_pairs": cfg.motion_pairs, "ocr_nsfw": cfg.clip_frames},
-            "analysis_short_side": max(cfg.analysis_short_side, cfg.image_size), "onnx_threads": cfg.ocr.threads}
+    return {
+        "ms_per_clip": ms,
+        "ratio_to_decode": {k: ms[k] / ms["decode"] for k in steps},
+        "frames_per_clip": {"flow_pairs": cfg.motion_pairs, "ocr_nsfw": cfg.clip_frames},
+        "analysis_short_side": max(cfg.analysis_short_side, cfg.image_size),
+        "onnx_threads": cfg.ocr.threads,
+    }
 
 
 def real_clips(directory: Path, limit: int) -> pa.Table:
@@ -145,8 +157,14 @@ def vit_l_config(tmp: Path) -> score_config.ScoreConfig:
 
     head = clip_models.make_head((768, 1024, 128, 64, 16, 1))
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp / "random-head.safetensors"))
-    return dataclasses.replace(score_config.DEFAULT, clip_pretrained=None, aesthetic_head=str(tmp / "random-head.safetensors"),
-                               device="cuda", precision="fp16", filters=FilterConfig(near_dup_cosine=None))
+    return dataclasses.replace(
+        score_config.DEFAULT,
+        clip_pretrained=None,
+        aesthetic_head=str(tmp / "random-head.safetensors"),
+        device="cuda",
+        precision="fp16",
+        filters=FilterConfig(near_dup_cosine=None),
+    )
 
 
 def images_per_second(stage: score.ClipScoreStage, size: int, batch: int, iters: int) -> float:
@@ -163,15 +181,23 @@ def images_per_second(stage: score.ClipScoreStage, size: int, batch: int, iters:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench score", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["smoke", "vit-l-14"], default="smoke", help="CLIP model (smoke: random, offline)")
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.bench score",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "--model", choices=["smoke", "vit-l-14"], default="smoke", help="CLIP model (smoke: random, offline)"
+    )
     p.add_argument("--videos", type=int, default=3, help="number of synthetic videos")
     p.add_argument("--seconds", type=int, default=8, help="length of each synthetic video")
     p.add_argument("--clip-seconds", type=int, default=2, help="seconds per clip")
     p.add_argument("--size", default="640x360", help="synthetic video size WxH")
     p.add_argument("--batch", type=int, default=8, help="clips per batch")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each path (the best is kept)")
-    p.add_argument("--real-videos", help="time the frame models on clips split from the videos in this folder")
+    p.add_argument(
+        "--real-videos", help="time the frame models on clips split from the videos in this folder"
+    )
     p.add_argument("--cost-clips", type=int, default=24, help="clips timed for the per-scorer costs")
     p.add_argument("--json", help="also write the report here")
     a = p.parse_args(argv)
@@ -179,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp_s:
         tmp = Path(tmp_s)
         if a.model == "smoke":
-            cfg = dataclasses.replace(score_config.SMOKE, clip_model=str(clip_models.build_smoke_clip(tmp / "smoke")))
+            cfg = dataclasses.replace(
+                score_config.SMOKE, clip_model=str(clip_models.build_smoke_clip(tmp / "smoke"))
+            )
         else:
             cfg = vit_l_config(tmp)
         stage = score.ClipScoreStage(cfg)
@@ -195,27 +223,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_base = min(run_baseline(clips, stage, cfg, a.batch) for _ in range(a.repeats))
         opens_base = DECODE_STATS["opens"] / a.repeats
         report: dict[str, Any] = {
-            "model": score.model_label(cfg) if a.model == "smoke" else "open_clip ViT-L-14, RANDOM init (throughput only)",
-            "device": stage.device, "clips": clips.num_rows, "video_size": f"{w}x{h}",
-            "stage_clips_per_s": clips.num_rows / t_stage, "baseline_clips_per_s": clips.num_rows / t_base,
+            "model": score.model_label(cfg)
+            if a.model == "smoke"
+            else "open_clip ViT-L-14, RANDOM init (throughput only)",
+            "device": stage.device,
+            "clips": clips.num_rows,
+            "video_size": f"{w}x{h}",
+            "stage_clips_per_s": clips.num_rows / t_stage,
+            "baseline_clips_per_s": clips.num_rows / t_base,
             "speedup_vs_decode_per_scorer": t_base / t_stage,
-            "decoder_opens_per_clip": {"stage": opens_stage / clips.num_rows, "baseline": opens_base / clips.num_rows},
+            "decoder_opens_per_clip": {
+                "stage": opens_stage / clips.num_rows,
+                "baseline": opens_base / clips.num_rows,
+            },
             "cpu_threads": os.cpu_count(),
         }
         cost_clips = real_clips(Path(a.real_videos), a.cost_clips) if a.real_videos else clips
         cost_cfg = dataclasses.replace(score_config.DEFAULT, filters=FilterConfig(near_dup_cosine=None))
-        report["frame_model_costs"] = {"clips": cost_clips.num_rows,
-                                       "source": a.real_videos or f"synthetic {w}x{h}",
-                                       **scorer_costs(cost_clips, cost_cfg, a.repeats)}
+        report["frame_model_costs"] = {
+            "clips": cost_clips.num_rows,
+            "source": a.real_videos or f"synthetic {w}x{h}",
+            **scorer_costs(cost_clips, cost_cfg, a.repeats),
+        }
         if stage.device.startswith("cuda"):
             report["model_images_per_s_per_gpu"] = images_per_second(stage, cfg.image_size, 64, 10)
     print(json.dumps(report, indent=2))
-    print(f"score stage: {report['stage_clips_per_s']:.2f} clips/s, baseline {report['baseline_clips_per_s']:.2f} "
-          f"clips/s -> {report['speedup_vs_decode_per_scorer']:.2f}x (target >= 2x)")
+    print(
+        f"score stage: {report['stage_clips_per_s']:.2f} clips/s, baseline {report['baseline_clips_per_s']:.2f} "
+        f"clips/s -> {report['speedup_vs_decode_per_scorer']:.2f}x (target >= 2x)"
+    )
     fc = report["frame_model_costs"]
-    print(f"per clip ({fc['clips']} clips, {fc['source']}): decode {fc['ms_per_clip']['decode']:.1f} ms; "
-          + ", ".join(f"{k} {fc['ms_per_clip'][k]:.1f} ms ({fc['ratio_to_decode'][k]:.2f}x decode)"
-                      for k in fc["ratio_to_decode"]))
+    print(
+        f"per clip ({fc['clips']} clips, {fc['source']}): decode {fc['ms_per_clip']['decode']:.1f} ms; "
+        + ", ".join(
+            f"{k} {fc['ms_per_clip'][k]:.1f} ms ({fc['ratio_to_decode'][k]:.2f}x decode)"
+            for k in fc["ratio_to_decode"]
+        )
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

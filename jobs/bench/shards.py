@@ -27,13 +27,22 @@ from latents.dataset import LatentDataset
 from latents.shards import ShardWriter, tensor_to_bytes
 
 
-def make_shards(root: Path, rows: int, latent_shapes: list[tuple[int, ...]], text_tokens: int, text_dim: int,
-                rows_per_shard: int) -> dict:
+def make_shards(
+    root: Path,
+    rows: int,
+    latent_shapes: list[tuple[int, ...]],
+    text_tokens: int,
+    text_dim: int,
+    rows_per_shard: int,
+) -> dict:
     """Random rows of the real schema, several latent shapes, written by the real ShardWriter."""
     rng = np.random.default_rng(0)
-    meta = {"vae": {"vae_id": "bench-random", "frame_rule": "4k+1"},
-            "text_encoder": {"text_encoder_id": "bench-random", "max_length": 2 * text_tokens, "dim": text_dim},
-            "buckets": [], "smoke": True}
+    meta = {
+        "vae": {"vae_id": "bench-random", "frame_rule": "4k+1"},
+        "text_encoder": {"text_encoder_id": "bench-random", "max_length": 2 * text_tokens, "dim": text_dim},
+        "buckets": [],
+        "smoke": True,
+    }
     with ShardWriter(root, meta, max_rows=rows_per_shard, row_group_rows=64, run_id="bench") as w:
         for start in range(0, rows, 64):
             batch = []
@@ -41,19 +50,35 @@ def make_shards(root: Path, rows: int, latent_shapes: list[tuple[int, ...]], tex
                 shape = latent_shapes[(i // 64) % len(latent_shapes)]
                 lat = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(torch.bfloat16)
                 n = int(rng.integers(text_tokens // 2, text_tokens + 1))
-                emb = torch.from_numpy(rng.standard_normal((n, text_dim), dtype=np.float32)).to(torch.bfloat16)
+                emb = torch.from_numpy(rng.standard_normal((n, text_dim), dtype=np.float32)).to(
+                    torch.bfloat16
+                )
                 lb, ls, ld = tensor_to_bytes(lat)
                 tb, ts, td = tensor_to_bytes(emb)
-                batch.append({S.CLIP_ID: f"c{i:06d}", S.VIDEO_ID: "v", S.CAPTION: f"caption {i}", S.KEPT: True,
-                              S.STATUS: S.STATUS_OK, S.AESTHETIC: float(rng.random()), S.LATENT: lb, S.LATENT_SHAPE: ls,
-                              S.LATENT_DTYPE: ld, S.TEXT_EMBEDDING: tb, S.TEXT_EMBEDDING_SHAPE: ts,
-                              S.TEXT_EMBEDDING_DTYPE: td, S.VAE_ID: "bench-random"})
+                batch.append(
+                    {
+                        S.CLIP_ID: f"c{i:06d}",
+                        S.VIDEO_ID: "v",
+                        S.CAPTION: f"caption {i}",
+                        S.KEPT: True,
+                        S.STATUS: S.STATUS_OK,
+                        S.AESTHETIC: float(rng.random()),
+                        S.LATENT: lb,
+                        S.LATENT_SHAPE: ls,
+                        S.LATENT_DTYPE: ld,
+                        S.TEXT_EMBEDDING: tb,
+                        S.TEXT_EMBEDDING_SHAPE: ts,
+                        S.TEXT_EMBEDDING_DTYPE: td,
+                        S.VAE_ID: "bench-random",
+                    }
+                )
             w.write(S.table_from_rows(batch))
     return w.manifest()
 
 
-def bench_read(root: Path, batch_size: int | None, repeats: int, pad_text: str = "longest",
-               latent_dtype: str = "stored") -> dict:
+def bench_read(
+    root: Path, batch_size: int | None, repeats: int, pad_text: str = "longest", latent_dtype: str = "stored"
+) -> dict:
     """Per repeat, interleaved (same page cache and machine load): read_table of every shard, a
     new LatentDataset's first epoch (every row group checked on its first read), and its second
     epoch (checks already done: the steady state of multi-epoch training)."""
@@ -65,20 +90,36 @@ def bench_read(root: Path, batch_size: int | None, repeats: int, pad_text: str =
         t = time.perf_counter()
         n_rows = sum(pq.read_table(f).num_rows for f in files)
         base.append(time.perf_counter() - t)
-        ds = LatentDataset(root, batch_size=batch_size, shuffle=True, seed=0, verify="size", pad_text=pad_text,
-                           latent_dtype=latent_dtype)
+        ds = LatentDataset(
+            root,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=0,
+            verify="size",
+            pad_text=pad_text,
+            latent_dtype=latent_dtype,
+        )
         for epoch, times in ((0, first), (1, later)):
             ds.set_epoch(epoch)
             t = time.perf_counter()
             n_samples = sum(len(item["clip_id"]) if batch_size else 1 for item in ds)
             times.append(time.perf_counter() - t)
     b, f, d = (float(np.median(x)) for x in (base, first, later))
-    return {"files": len(files), "mb": round(nbytes / 1e6, 1), "rows": n_rows,
-            "read_table_mb_s": round(nbytes / 1e6 / b, 1), "read_table_rows_s": round(n_rows / b, 1),
-            "dataset_mb_s": round(nbytes / 1e6 / d, 1), "dataset_samples_s": round(n_samples / d, 1),
-            "ratio": round(b / d, 3), "first_epoch_mb_s": round(nbytes / 1e6 / f, 1),
-            "first_epoch_ratio": round(b / f, 3), "batch_size": batch_size, "pad_text": pad_text,
-            "latent_dtype": latent_dtype}
+    return {
+        "files": len(files),
+        "mb": round(nbytes / 1e6, 1),
+        "rows": n_rows,
+        "read_table_mb_s": round(nbytes / 1e6 / b, 1),
+        "read_table_rows_s": round(n_rows / b, 1),
+        "dataset_mb_s": round(nbytes / 1e6 / d, 1),
+        "dataset_samples_s": round(n_samples / d, 1),
+        "ratio": round(b / d, 3),
+        "first_epoch_mb_s": round(nbytes / 1e6 / f, 1),
+        "first_epoch_ratio": round(b / f, 3),
+        "batch_size": batch_size,
+        "pad_text": pad_text,
+        "latent_dtype": latent_dtype,
+    }
 
 
 def bench_encode_smoke(tmp: Path, clips: int) -> dict:
@@ -89,9 +130,23 @@ def bench_encode_smoke(tmp: Path, clips: int) -> dict:
     for i in range(clips):  # landscape, square, portrait sources in turn; 40 frames at 24 fps each
         w, h = ((160, 90), (96, 96), (90, 160))[i % 3]
         v = make_video(tmp / f"src{i}.mp4", [Segment("shot", 40, pattern=i)], fps=24, width=w, height=h)
-        rows.append({S.CLIP_ID: f"c{i}", S.VIDEO_ID: f"v{i}", S.SOURCE_URI: str(v.path), S.START_FRAME: 0,
-                     S.END_FRAME: 40, S.START_PTS: 0.0, S.END_PTS: 40 / 24, S.FPS: 24.0, S.WIDTH: w, S.HEIGHT: h,
-                     S.KEPT: True, S.CAPTION: f"moving pattern {i}", S.STATUS: S.STATUS_OK})
+        rows.append(
+            {
+                S.CLIP_ID: f"c{i}",
+                S.VIDEO_ID: f"v{i}",
+                S.SOURCE_URI: str(v.path),
+                S.START_FRAME: 0,
+                S.END_FRAME: 40,
+                S.START_PTS: 0.0,
+                S.END_PTS: 40 / 24,
+                S.FPS: 24.0,
+                S.WIDTH: w,
+                S.HEIGHT: h,
+                S.KEPT: True,
+                S.CAPTION: f"moving pattern {i}",
+                S.STATUS: S.STATUS_OK,
+            }
+        )
     table = S.table_from_rows(rows)
     stage = EncodeStage(SMOKE)
     stage.load()
@@ -120,12 +175,21 @@ def bench_encode_ltx_full(clips: int, frames: int, size: int) -> dict:
     for _ in range(clips):
         z = vae.encode(x)
     dt = time.perf_counter() - t
-    return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "clip": f"{frames}x{size}x{size}",
-            "latent": list(z.shape[1:]), "clips_s": round(clips / dt, 3), "seconds_per_clip": round(dt / clips, 2)}
+    return {
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        "clip": f"{frames}x{size}x{size}",
+        "latent": list(z.shape[1:]),
+        "clips_s": round(clips / dt, 3),
+        "seconds_per_clip": round(dt / clips, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench shards", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.bench shards",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--rows", type=int, default=512, help="synthetic latent rows")
     p.add_argument("--rows-per-shard", type=int, default=256, help="rows per shard")
     p.add_argument("--text-tokens", type=int, default=64, help="text embedding tokens per row")
@@ -145,11 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         make_shards(tmp / "latents", args.rows, shapes, args.text_tokens, args.text_dim, args.rows_per_shard)
         root = tmp / "latents"
         bench_read(root, args.batch_size, 1)  # warm-up: first allocations, imports
-        reads = {"read_batches": bench_read(root, args.batch_size, args.repeats),  # the defaults
-                 "read_samples": bench_read(root, None, args.repeats),
-                 "read_batches_float32": bench_read(root, args.batch_size, args.repeats, latent_dtype="float32"),
-                 "read_batches_float32_max_length": bench_read(root, args.batch_size, args.repeats, "max_length",
-                                                               "float32")}
+        reads = {
+            "read_batches": bench_read(root, args.batch_size, args.repeats),  # the defaults
+            "read_samples": bench_read(root, None, args.repeats),
+            "read_batches_float32": bench_read(root, args.batch_size, args.repeats, latent_dtype="float32"),
+            "read_batches_float32_max_length": bench_read(
+                root, args.batch_size, args.repeats, "max_length", "float32"
+            ),
+        }
         result.update(reads)
         if args.smoke_clips:
             result["encode_smoke"] = bench_encode_smoke(tmp, args.smoke_clips)
@@ -157,15 +224,21 @@ def main(argv: list[str] | None = None) -> int:
             result["encode_ltx_full_cpu"] = bench_encode_ltx_full(args.ltx_clips, 17, 256)
     for name in reads:
         r = result[name]
-        print(f"{name} (text padded to {r['pad_text']}, {r['latent_dtype']}): LatentDataset {r['dataset_mb_s']} MB/s "
-              f"{r['dataset_samples_s']} samples/s vs pyarrow read_table {r['read_table_mb_s']} MB/s -> ratio "
-              f"{r['ratio']} (target >= 0.8); first epoch (checks every row group) {r['first_epoch_mb_s']} MB/s, "
-              f"ratio {r['first_epoch_ratio']}")
+        print(
+            f"{name} (text padded to {r['pad_text']}, {r['latent_dtype']}): LatentDataset {r['dataset_mb_s']} MB/s "
+            f"{r['dataset_samples_s']} samples/s vs pyarrow read_table {r['read_table_mb_s']} MB/s -> ratio "
+            f"{r['ratio']} (target >= 0.8); first epoch (checks every row group) {r['first_epoch_mb_s']} MB/s, "
+            f"ratio {r['first_epoch_ratio']}"
+        )
     if "encode_smoke" in result:
-        print(f"encode smoke (decode+bucket+tiny Wan VAE+tiny text): {result['encode_smoke']['clips_s']} clips/s")
+        print(
+            f"encode smoke (decode+bucket+tiny Wan VAE+tiny text): {result['encode_smoke']['clips_s']} clips/s"
+        )
     if "encode_ltx_full_cpu" in result:
         r = result["encode_ltx_full_cpu"]
-        print(f"encode LTX-Video full config on CPU ({r['clip']}): {r['clips_s']} clips/s ({r['seconds_per_clip']} s/clip)")
+        print(
+            f"encode LTX-Video full config on CPU ({r['clip']}): {r['clips_s']} clips/s ({r['seconds_per_clip']} s/clip)"
+        )
     print(json.dumps(result))
     return 0
 

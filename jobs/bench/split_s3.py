@@ -40,13 +40,25 @@ def s3_endpoint() -> Iterator[None]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_REGION")}
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_REGION": "us-east-1"})
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+        }
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -90,10 +102,13 @@ def run(files: list[Path], cfg: SplitConfig, bucket: str, local_out: str) -> dic
         timed: dict[str, float] = {}
         results: dict[str, dict] = {}
         # alternate which side goes first, so page-cache and load drift favour neither
-        for side in (("local", "s3") if i % 2 == 0 else ("s3", "local")):
+        for side in ("local", "s3") if i % 2 == 0 else ("s3", "local"):
             t = time.perf_counter()
-            results[side] = (process_one(str(f), cfg, local_out) if side == "local"
-                             else process_one(uri, cfg, f"s3://{bucket}/out"))
+            results[side] = (
+                process_one(str(f), cfg, local_out)
+                if side == "local"
+                else process_one(uri, cfg, f"s3://{bucket}/out")
+            )
             timed[side] = time.perf_counter() - t
         t_local += timed["local"]
         t_s3 += timed["s3"]
@@ -102,9 +117,16 @@ def run(files: list[Path], cfg: SplitConfig, bucket: str, local_out: str) -> dic
             raise RuntimeError(f"{f.name}: local and S3 splits differ: {a} vs {b}")
         videos = storage.read_table(storage.join(local_out, "videos", f"part-{_key(str(f))}.parquet"))
         frames += int(videos.column(S.FRAME_COUNT)[0].as_py() or 0)
-    return {"files": len(files), "frames": frames, "bytes": sum(f.stat().st_size for f in files),
-            "local_seconds": t_local, "s3_seconds": t_s3, "local_fps": frames / t_local, "s3_fps": frames / t_s3,
-            "ratio_s3_to_local": t_local / t_s3}
+    return {
+        "files": len(files),
+        "frames": frames,
+        "bytes": sum(f.stat().st_size for f in files),
+        "local_seconds": t_local,
+        "s3_seconds": t_s3,
+        "local_fps": frames / t_local,
+        "s3_fps": frames / t_s3,
+        "ratio_s3_to_local": t_local / t_s3,
+    }
 
 
 def _key(uri: str) -> str:
@@ -114,12 +136,22 @@ def _key(uri: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench split --s3", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)), help="folder of input videos")
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.bench split --s3",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "--videos",
+        default=os.environ.get("TUBELET_TEST_VIDEOS", str(DEFAULT_VIDEOS)),
+        help="folder of input videos",
+    )
     p.add_argument("--detector", default="content", help="shot detector")
     p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
     args = p.parse_args(argv)
-    files = sorted(f for f in Path(args.videos).iterdir() if f.suffix.lower() in (".mp4", ".webm", ".mkv", ".mov"))
+    files = sorted(
+        f for f in Path(args.videos).iterdir() if f.suffix.lower() in (".mp4", ".webm", ".mkv", ".mov")
+    )
     if not files:
         print(f"error: --videos must hold videos, found none in {args.videos!r}", file=sys.stderr)
         return 2
@@ -131,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(local_out, ignore_errors=True)
     mb = r["bytes"] / 1e6
-    print(f"\njobs.split unit of work on {r['files']} videos ({mb:.1f} MB, {r['frames']} frames), detector "
-          f"{args.detector}, S3 server {os.environ.get('AWS_ENDPOINT_URL') or 'moto on 127.0.0.1'}\n")
+    print(
+        f"\njobs.split unit of work on {r['files']} videos ({mb:.1f} MB, {r['frames']} frames), detector "
+        f"{args.detector}, S3 server {os.environ.get('AWS_ENDPOINT_URL') or 'moto on 127.0.0.1'}\n"
+    )
     print("| source -> output | seconds | frames/s |")
     print("|---|---|---|")
     print(f"| local disk -> local disk | {r['local_seconds']:.2f} | {r['local_fps']:.0f} |")

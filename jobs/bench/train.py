@@ -93,7 +93,9 @@ class Trainer:
         idx = torch.randperm(len(self.data), generator=g)[: self.cfg.batch_size].tolist()
         batch = [{**self.data[i], "position": step * self.cfg.batch_size + k} for k, i in enumerate(idx)]
         if self.encoder is not None:  # the baseline: pixels -> VAE -> latents inside the step
-            z = self.encoder.encode(torch.stack([self.pixels[i] for i in idx]))  # (B, 3, F, H, W) -> (B, C, T, h, w)
+            z = self.encoder.encode(
+                torch.stack([self.pixels[i] for i in idx])
+            )  # (B, 3, F, H, W) -> (B, C, T, h, w)
             batch = [{**s, "latent": z[k]} for k, s in enumerate(batch)]
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, step)
@@ -125,8 +127,14 @@ def packing_efficiency(patch: tuple[int, int, int], max_tokens: int, n: int = 25
     lat = [torch.zeros(1, *s) for s in shapes]
     txt = [torch.zeros(1, 1)] * n
     packed = pack(lat, txt, [torch.ones(1, dtype=torch.bool)] * n, patch, max_tokens)
-    return {"samples": n, "patch": list(patch), "max_tokens": max_tokens, "rows": packed.tokens.shape[0],
-            "packed_efficiency": round(packed.efficiency, 4), "padded_efficiency": round(padding_efficiency(lengths), 4)}
+    return {
+        "samples": n,
+        "patch": list(patch),
+        "max_tokens": max_tokens,
+        "rows": packed.tokens.shape[0],
+        "packed_efficiency": round(packed.efficiency, 4),
+        "padded_efficiency": round(padding_efficiency(lengths), 4),
+    }
 
 
 def default_batch_shapes(batch: int, seed: int = 0, shrink: int = 1) -> list[tuple[int, int, int, int]]:
@@ -146,8 +154,9 @@ def default_batch_shapes(batch: int, seed: int = 0, shrink: int = 1) -> list[tup
     return out
 
 
-def attention_flops(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], max_tokens: int,
-                    width: int) -> dict:
+def attention_flops(
+    shapes: list[tuple[int, ...]], patch: tuple[int, int, int], max_tokens: int, width: int
+) -> dict:
     """Self-attention FLOPs of one layer for the batch: padded, packed + dense row mask, packed per sample."""
     from latents.dit.packing import plan_rows
 
@@ -158,15 +167,28 @@ def attention_flops(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], 
     padded = f * len(lengths) * max(lengths) ** 2
     dense = f * len(rows) * row_len**2
     varlen = f * sum(n * n for n in lengths)
-    return {"samples": len(lengths), "rows": len(rows), "row_tokens": row_len, "longest_sample": max(lengths),
-            "real_tokens": sum(lengths), "gflop_padded": round(padded / 1e9, 2),
-            "gflop_packed_dense_mask": round(dense / 1e9, 2), "gflop_packed_per_sample": round(varlen / 1e9, 2),
-            "ratio_packed_per_sample_to_padded": round(varlen / padded, 4),
-            "ratio_packed_dense_mask_to_padded": round(dense / padded, 4)}
+    return {
+        "samples": len(lengths),
+        "rows": len(rows),
+        "row_tokens": row_len,
+        "longest_sample": max(lengths),
+        "real_tokens": sum(lengths),
+        "gflop_padded": round(padded / 1e9, 2),
+        "gflop_packed_dense_mask": round(dense / 1e9, 2),
+        "gflop_packed_per_sample": round(varlen / 1e9, 2),
+        "ratio_packed_per_sample_to_padded": round(varlen / padded, 4),
+        "ratio_packed_dense_mask_to_padded": round(dense / padded, 4),
+    }
 
 
-def time_attention(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], max_tokens: int, width: int,
-                   heads: int, reps: int) -> dict:
+def time_attention(
+    shapes: list[tuple[int, ...]],
+    patch: tuple[int, int, int],
+    max_tokens: int,
+    width: int,
+    heads: int,
+    reps: int,
+) -> dict:
     """Median seconds of one self-attention layer (forward) on the batch: padded (dense, padding keys
     masked), packed with the dense row mask, packed per sample. Runs interleaved, in this process."""
     from latents.dit.attention import DocAttention
@@ -175,8 +197,11 @@ def time_attention(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], m
     lat = [torch.randn(1, *s[1:], generator=g) for s in shapes]  # only the token layout matters here
     txt, msk = [torch.zeros(1, 1)] * len(shapes), [torch.ones(1, dtype=torch.bool)] * len(shapes)
     runs = {}
-    for name, budget, backend in (("padded", None, "dense"), ("packed_dense_mask", max_tokens, "dense"),
-                                  ("packed_per_sample", max_tokens, "varlen")):
+    for name, budget, backend in (
+        ("padded", None, "dense"),
+        ("packed_dense_mask", max_tokens, "dense"),
+        ("packed_per_sample", max_tokens, "varlen"),
+    ):
         p = pack(lat, txt, msk, patch, budget)
         r, n = p.seg.shape
         qkv = torch.randn(3, r, heads, n, width // heads, generator=g)  # (3, R, h, N, hd)
@@ -190,9 +215,14 @@ def time_attention(shapes: list[tuple[int, ...]], patch: tuple[int, int, int], m
                 if k:  # the first round is a warm-up
                     times[name].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"width": width, "heads": heads, "reps": reps, **{f"s_{k}": round(v, 4) for k, v in med.items()},
-            "time_ratio_packed_per_sample_to_padded": round(med["packed_per_sample"] / med["padded"], 4),
-            "time_ratio_packed_dense_mask_to_padded": round(med["packed_dense_mask"] / med["padded"], 4)}
+    return {
+        "width": width,
+        "heads": heads,
+        "reps": reps,
+        **{f"s_{k}": round(v, 4) for k, v in med.items()},
+        "time_ratio_packed_per_sample_to_padded": round(med["packed_per_sample"] / med["padded"], 4),
+        "time_ratio_packed_dense_mask_to_padded": round(med["packed_dense_mask"] / med["padded"], 4),
+    }
 
 
 def attention_work(batch: int, shrink: int, width: int, heads: int, reps: int, seed: int = 0) -> dict:
@@ -209,11 +239,17 @@ def attention_work(batch: int, shrink: int, width: int, heads: int, reps: int, s
     longest = max(num_tokens(s, DEFAULT.patch) for s in full)
     small_budget = max(num_tokens(s, DEFAULT.patch) for s in small) * cfg.max_tokens // longest
     hidden = DEFAULT.model_config(16, 16).hidden
-    return {"batch_size": batch, "max_tokens": cfg.max_tokens, "model_width": hidden,
-            "full_size": attention_flops(full, DEFAULT.patch, cfg.max_tokens, hidden),
-            f"cpu_1_over_{shrink}_hw": {"max_tokens": small_budget,
-                                        **attention_flops(small, DEFAULT.patch, small_budget, width),
-                                        **time_attention(small, DEFAULT.patch, small_budget, width, heads, reps)}}
+    return {
+        "batch_size": batch,
+        "max_tokens": cfg.max_tokens,
+        "model_width": hidden,
+        "full_size": attention_flops(full, DEFAULT.patch, cfg.max_tokens, hidden),
+        f"cpu_1_over_{shrink}_hw": {
+            "max_tokens": small_budget,
+            **attention_flops(small, DEFAULT.patch, small_budget, width),
+            **time_attention(small, DEFAULT.patch, small_budget, width, heads, reps),
+        },
+    }
 
 
 def activation_memory(model_name: str = "B", tokens: int = 512, checkpointing: bool = False) -> dict:
@@ -235,15 +271,26 @@ def activation_memory(model_name: str = "B", tokens: int = 512, checkpointing: b
         seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
         return t
 
-    batch = [{"latent": latent, "text_embedding": torch.randn(32, 4096), "text_mask": torch.ones(32, dtype=torch.bool),
-              "position": 0}]
+    batch = [
+        {
+            "latent": latent,
+            "text_embedding": torch.randn(32, 4096),
+            "text_mask": torch.ones(32, dtype=torch.bool),
+            "position": 0,
+        }
+    ]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         micro_loss(model, batch, cfg, torch.device("cpu"), scale=1.0)
     saved = sum(v for k, v in seen.items() if k not in params)
     n = num_tokens(latent.shape, cfg.patch)
-    return {"model": model_name, "tokens": n, "checkpointing": checkpointing,
-            "params": sum(p.numel() for p in model.parameters()), "bytes_per_token_fp32": saved / n}
+    return {
+        "model": model_name,
+        "tokens": n,
+        "checkpointing": checkpointing,
+        "params": sum(p.numel() for p in model.parameters()),
+        "bytes_per_token_fp32": saved / n,
+    }
 
 
 def projected_peak(step_tokens_per_gpu: int, micro_tokens: int) -> dict:
@@ -256,38 +303,69 @@ def projected_peak(step_tokens_per_gpu: int, micro_tokens: int) -> dict:
     per_token_bf16 = kept["bytes_per_token_fp32"] / 2 + full["bytes_per_token_fp32"] / 2 / blocks
     states = 20 * full["params"]
     acts = per_token_bf16 * micro_tokens
-    return {"activation_bytes_per_token_bf16_no_checkpointing": round(full["bytes_per_token_fp32"] / 2),
-            "activation_bytes_per_token_bf16_checkpointing": round(per_token_bf16),
-            "params": full["params"], "micro_tokens": micro_tokens, "step_tokens_per_gpu": step_tokens_per_gpu,
-            "weights_optimizer_ema_gb": round(states / 1e9, 2), "activations_gb": round(acts / 1e9, 2),
-            "projected_peak_gb": round((states + acts) / 1e9, 2)}
+    return {
+        "activation_bytes_per_token_bf16_no_checkpointing": round(full["bytes_per_token_fp32"] / 2),
+        "activation_bytes_per_token_bf16_checkpointing": round(per_token_bf16),
+        "params": full["params"],
+        "micro_tokens": micro_tokens,
+        "step_tokens_per_gpu": step_tokens_per_gpu,
+        "weights_optimizer_ema_gb": round(states / 1e9, 2),
+        "activations_gb": round(acts / 1e9, 2),
+        "projected_peak_gb": round((states + acts) / 1e9, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__.split("\n")[0])
-    p.add_argument("--vae", choices=["smoke", "smoke-ltx", "ltx-full-random"], default="smoke", help="VAE that makes the latents")
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.bench train",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n")[0],
+    )
+    p.add_argument(
+        "--vae",
+        choices=["smoke", "smoke-ltx", "ltx-full-random"],
+        default="smoke",
+        help="VAE that makes the latents",
+    )
     p.add_argument("--clips", type=int, default=4, help="synthetic clips")
     p.add_argument("--steps", type=int, default=5, help="training steps per run")
     p.add_argument("--batch-size", type=int, default=4, help="clips per step")
     p.add_argument("--model", default="tiny", choices=["tiny", "S", "B", "L"], help="DiT size")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default="bench-out", help="scratch folder for the benchmark's outputs")
-    p.add_argument("--memory-only", action="store_true", help="only the default preset's projected GPU memory")
+    p.add_argument(
+        "--memory-only", action="store_true", help="only the default preset's projected GPU memory"
+    )
     p.add_argument("--attention-only", action="store_true", help="only the packed-vs-padded attention work")
-    p.add_argument("--attention-batch", type=int, default=None, help="samples per step (default: the default preset's)")
-    p.add_argument("--attention-shrink", type=int, default=6, help="divide latent H and W by this for CPU timing")
-    p.add_argument("--attention-width", type=int, default=64, help="attention width for CPU timing (heads of 16)")
+    p.add_argument(
+        "--attention-batch", type=int, default=None, help="samples per step (default: the default preset's)"
+    )
+    p.add_argument(
+        "--attention-shrink", type=int, default=6, help="divide latent H and W by this for CPU timing"
+    )
+    p.add_argument(
+        "--attention-width", type=int, default=64, help="attention width for CPU timing (heads of 16)"
+    )
     p.add_argument("--attention-reps", type=int, default=3, help="timed repeats of the attention figure")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     from latents.dit.train import DEFAULT
 
-    attention = attention_work(a.attention_batch or DEFAULT.batch_size, a.attention_shrink, a.attention_width,
-                               a.attention_width // 16, a.attention_reps)
+    attention = attention_work(
+        a.attention_batch or DEFAULT.batch_size,
+        a.attention_shrink,
+        a.attention_width,
+        a.attention_width // 16,
+        a.attention_reps,
+    )
     if a.memory_only:
-        print(json.dumps({"bench": "train", "memory": projected_peak(DEFAULT.step_tokens, DEFAULT.micro_tokens)},
-                         indent=2))
+        print(
+            json.dumps(
+                {"bench": "train", "memory": projected_peak(DEFAULT.step_tokens, DEFAULT.micro_tokens)},
+                indent=2,
+            )
+        )
         return 0
     if a.attention_only:
         print(json.dumps({"bench": "train", "attention": attention}, indent=2))
@@ -304,10 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(model=a.model, patch=patch, batch_size=a.batch_size, max_tokens=None, warmup=1)
     base, pre = compare(cfg, data, a.steps, encoder, pixels)
     result = {
-        "bench": "train", "vae": a.vae, "pixel_clip_fhw": list(fhw), "latent_shape": list(shape),
-        "model": a.model, "batch_size": a.batch_size, "steps": a.steps, "threads": torch.get_num_threads(),
-        "steps_per_s_vae_in_step": round(base, 3), "steps_per_s_precomputed": round(pre, 3),
-        "speedup": round(pre / base, 2), "one_off_encode_s_per_clip": round(encode_s / a.clips, 3),
+        "bench": "train",
+        "vae": a.vae,
+        "pixel_clip_fhw": list(fhw),
+        "latent_shape": list(shape),
+        "model": a.model,
+        "batch_size": a.batch_size,
+        "steps": a.steps,
+        "threads": torch.get_num_threads(),
+        "steps_per_s_vae_in_step": round(base, 3),
+        "steps_per_s_precomputed": round(pre, 3),
+        "speedup": round(pre / base, 2),
+        "one_off_encode_s_per_clip": round(encode_s / a.clips, 3),
         # row length = a few times the longest sample: with 4096 (1.2x the longest) big samples leave gaps
         "packing": [packing_efficiency((1, 2, 2), max_tokens=m) for m in (4096, 8192)],
         "attention": attention,

@@ -79,8 +79,9 @@ def _load_manifest(latents_dir: str, problems: list[str]) -> dict[str, Any] | No
         return None
 
 
-def load_outputs(out: str | Path, *, thresholds: Mapping[str, float] | None = None,
-                 max_previews: int = 24) -> RunOutputs:
+def load_outputs(
+    out: str | Path, *, thresholds: Mapping[str, float] | None = None, max_previews: int = 24
+) -> RunOutputs:
     """Fold OUT's stage outputs (a local folder or a URI), one Parquet part at a time: memory is
     O(one part + reasons + histogram bins + 2 x `max_previews` card rows), never O(clips).
     `thresholds` (as in `write_report`) widen the histogram bins so their lines show."""
@@ -91,9 +92,13 @@ def load_outputs(out: str | Path, *, thresholds: Mapping[str, float] | None = No
     r.videos = fold_videos(layout.folder(out, layout.VIDEOS), r.problems)
     sample = PreviewSample(max_previews, max_previews)
     # the lines known before any row is read (rules, `thresholds`): r.scored is still None here
-    r.scored = fold_scored(layout.folder(out, layout.SCORED), thresholds_of(r, thresholds), sample, r.problems)
+    r.scored = fold_scored(
+        layout.folder(out, layout.SCORED), thresholds_of(r, thresholds), sample, r.problems
+    )
     # nothing scored yet: the cards show split's clips
-    r.clips = fold_clips(layout.folder(out, layout.CLIPS), r.problems, sample=None if r.scored is not None else sample)
+    r.clips = fold_clips(
+        layout.folder(out, layout.CLIPS), r.problems, sample=None if r.scored is not None else sample
+    )
     r.shown_kept, r.shown_dropped = sample.picks()
     shown = {str(x[S.CLIP_ID]) for x in r.shown_kept + r.shown_dropped}
     r.captions = fold_captions(layout.folder(out, layout.CAPTIONS), shown, r.problems)
@@ -144,9 +149,15 @@ def thresholds_of(r: RunOutputs, extra: Mapping[str, float] | None = None) -> di
         if m and _float(m[3]) is not None:
             lines.setdefault(m[1], []).append(Line(m[0], float(m[3])))
     if r.scored is not None:
-        for reason in sorted(r.scored.drops):  # the reason keys keep the cutoff: "aesthetic top 70% (cutoff 4.31)"
+        for reason in sorted(
+            r.scored.drops
+        ):  # the reason keys keep the cutoff: "aesthetic top 70% (cutoff 4.31)"
             m = _PCT_RULE.match(reason)
-            if m and _float(m[3]) is not None and all(not ln.label.startswith(m[1]) for ln in lines.get(m[2], [])):
+            if (
+                m
+                and _float(m[3]) is not None
+                and all(not ln.label.startswith(m[1]) for ln in lines.get(m[2], []))
+            ):
                 lines.setdefault(m[2], []).append(Line(f"{m[1]} cutoff {m[3]}", float(m[3])))
     for col, value in (extra or {}).items():
         lines.setdefault(col, []).append(Line(f"threshold {float(value):g}", float(value)))
@@ -155,8 +166,12 @@ def thresholds_of(r: RunOutputs, extra: Mapping[str, float] | None = None) -> di
 
 def is_random(r: RunOutputs, preset_name: str | None) -> bool:
     """Whether any stage recorded random (smoke) models, so the page must say so."""
-    return bool((preset_name or "").startswith("smoke") or (r.funnel or {}).get("smoke")
-                or (r.manifest or {}).get("smoke") or (r.captions is not None and r.captions.smoke))
+    return bool(
+        (preset_name or "").startswith("smoke")
+        or (r.funnel or {}).get("smoke")
+        or (r.manifest or {}).get("smoke")
+        or (r.captions is not None and r.captions.smoke)
+    )
 
 
 def make_previews(rows: Sequence[dict], media: Path, workers: int) -> dict[str, str]:
@@ -167,12 +182,18 @@ def make_previews(rows: Sequence[dict], media: Path, workers: int) -> dict[str, 
         if (media / name).is_file():
             return x[S.CLIP_ID], name
         try:
-            clip_preview(x[S.SOURCE_URI], x[S.START_PTS], x[S.END_PTS], x[S.END_FRAME] - x[S.START_FRAME], media / name)
+            clip_preview(
+                x[S.SOURCE_URI], x[S.START_PTS], x[S.END_PTS], x[S.END_FRAME] - x[S.START_FRAME], media / name
+            )
             return x[S.CLIP_ID], name
         except Exception as e:  # a preview failure never fails the report
             return x[S.CLIP_ID], f"error: {one_line(e)}"
 
-    todo = [x for x in rows if x[S.STATUS] == S.STATUS_OK and x[S.START_PTS] is not None and x[S.END_PTS] is not None]
+    todo = [
+        x
+        for x in rows
+        if x[S.STATUS] == S.STATUS_OK and x[S.START_PTS] is not None and x[S.END_PTS] is not None
+    ]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return dict(pool.map(one, todo))
 
@@ -187,8 +208,16 @@ def make_histograms(scored: ScoredTally, lines: Mapping[str, list[Line]], media:
         if not h.with_value:
             continue
         name = f"hist-{col}.png"
-        score_histogram(col, h.edges, h.kept, h.dropped, lines.get(col, []), media / name,
-                        missing=h.rows - h.finite, boolean=is_boolean(col))
+        score_histogram(
+            col,
+            h.edges,
+            h.kept,
+            h.dropped,
+            lines.get(col, []),
+            media / name,
+            missing=h.rows - h.finite,
+            boolean=is_boolean(col),
+        )
         names.append(name)
     return names
 
@@ -199,7 +228,9 @@ def caption_histogram(r: RunOutputs, media: Path) -> list[str]:
     if h is None or not h.with_value:
         return []
     name = f"hist-{S.CAPTION_CLIP_SCORE}.png"
-    score_histogram(S.CAPTION_CLIP_SCORE, h.edges, h.kept, h.dropped, [], media / name, missing=h.with_value - h.finite)
+    score_histogram(
+        S.CAPTION_CLIP_SCORE, h.edges, h.kept, h.dropped, [], media / name, missing=h.with_value - h.finite
+    )
     return [name]
 
 
@@ -224,17 +255,21 @@ def write_report(
     """
     out = str(out_dir)
     if report_dir is None and storage.is_remote(out):
-        raise ValueError(f"write_report builds the page in a local folder, got OUT={out!r} and no report_dir; "
-                         "call write_report_to for a URI")
+        raise ValueError(
+            f"write_report builds the page in a local folder, got OUT={out!r} and no report_dir; "
+            "call write_report_to for a URI"
+        )
     report = Path(report_dir) if report_dir is not None else Path(out) / REPORT_DIR
     media = report / MEDIA_DIR
     media.mkdir(parents=True, exist_ok=True)
     stored = json.loads((report / RUN_FILE).read_text()) if (report / RUN_FILE).is_file() else {}
     rebuild = run_config is None and stage_timings is None and preset_name is None
-    run = {"run_config": run_config if run_config is not None else stored.get("run_config"),
-           "stage_timings": stage_timings if stage_timings is not None else stored.get("stage_timings"),
-           "preset_name": preset_name if preset_name is not None else stored.get("preset_name"),
-           "random_models": bool(random_models or (rebuild and stored.get("random_models")))}
+    run = {
+        "run_config": run_config if run_config is not None else stored.get("run_config"),
+        "stage_timings": stage_timings if stage_timings is not None else stored.get("stage_timings"),
+        "preset_name": preset_name if preset_name is not None else stored.get("preset_name"),
+        "random_models": bool(random_models or (rebuild and stored.get("random_models"))),
+    }
     r = load_outputs(out, thresholds=thresholds, max_previews=max_previews)
     run["random_models"] = run["random_models"] or is_random(r, run["preset_name"])
     write_json_atomic(run, report / RUN_FILE)
@@ -249,8 +284,15 @@ def write_report(
         if stale.is_file() and stale.name not in used:
             stale.unlink()
     page = report_html.render(
-        r, funnel, run, hists=hists, kept=r.shown_kept, dropped=r.shown_dropped, previews=previews,
-        captions=r.captions.by_clip if r.captions is not None else {}, score_columns=SCORE_COLUMNS,
+        r,
+        funnel,
+        run,
+        hists=hists,
+        kept=r.shown_kept,
+        dropped=r.shown_dropped,
+        previews=previews,
+        captions=r.captions.by_clip if r.captions is not None else {},
+        score_columns=SCORE_COLUMNS,
         media_dir=MEDIA_DIR,
     )
     return report_html.write_text_atomic(page, report / "index.html")
@@ -273,14 +315,22 @@ def write_report_to(out: str, **kwargs: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = flags.JobParser("python -m jobs.report", __doc__.split("\n\n")[0])
-    p.add_argument("--output", required=True, help="the run's output root OUT (the report goes to OUT/report/)")
-    p.add_argument("--random-models", action="store_true", help="say on the first line that models are random")
-    p.add_argument("--max-previews", type=int, default=24, help="animated previews per group (kept / dropped)")
+    p.add_argument(
+        "--output", required=True, help="the run's output root OUT (the report goes to OUT/report/)"
+    )
+    p.add_argument(
+        "--random-models", action="store_true", help="say on the first line that models are random"
+    )
+    p.add_argument(
+        "--max-previews", type=int, default=24, help="animated previews per group (kept / dropped)"
+    )
     a = p.parse_args(argv)
     try:
         out = flags.canonical(a.output)
         if not storage.is_dir(out):
-            raise UsageError(f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run")
+            raise UsageError(
+                f"--output must be an existing run folder, got {str(out)!r}; pass the OUT of a run"
+            )
         guards.check_run_folder(out)  # not OUT/scored (the page would land among its parts), not empty
         if a.max_previews < 0:
             raise UsageError(f"--max-previews must be >= 0, got {a.max_previews}; e.g. 24")

@@ -26,15 +26,40 @@ from jobs.report.media import Line, histogram_edges
 from jobs.report.outputs import CaptionTally, Histogram, ScoredTally, Tally
 
 # Score columns drawn as histograms and shown on each clip card: the numeric/bool ones of the group.
-SCORE_COLUMNS = tuple(f.name for f in S.SCORE.fields
-                      if pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))
+SCORE_COLUMNS = tuple(
+    f.name
+    for f in S.SCORE.fields
+    if pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)
+)
 # What a clip card and its preview show (jobs/report/html.py `_card`, build.make_previews).
-CARD_COLUMNS = (S.CLIP_ID, S.SOURCE_URI, S.START_FRAME, S.END_FRAME, S.START_PTS, S.END_PTS, S.STATUS,
-                S.FAILED_STAGE, S.ERROR, S.KEPT, S.DROP_REASON, S.CAMERA_MOTION, S.OCR_TEXT, *SCORE_COLUMNS)
+CARD_COLUMNS = (
+    S.CLIP_ID,
+    S.SOURCE_URI,
+    S.START_FRAME,
+    S.END_FRAME,
+    S.START_PTS,
+    S.END_PTS,
+    S.STATUS,
+    S.FAILED_STAGE,
+    S.ERROR,
+    S.KEPT,
+    S.DROP_REASON,
+    S.CAMERA_MOTION,
+    S.OCR_TEXT,
+    *SCORE_COLUMNS,
+)
 _STATUS_COLUMNS = (S.STATUS, S.FAILED_STAGE, S.ERROR)
 _CAPTION_COUNT_COLUMNS = (S.CLIP_ID, S.STATUS, S.CAPTION_MODEL, S.CAPTION_CLIP_SCORE)
-_CAPTION_CARD_COLUMNS = (S.CLIP_ID, S.STATUS, S.ERROR, S.CAPTION, S.CAPTION_SHORT, S.CAPTION_MODEL,
-                         S.CAPTION_QA, S.CAPTION_CLIP_SCORE)
+_CAPTION_CARD_COLUMNS = (
+    S.CLIP_ID,
+    S.STATUS,
+    S.ERROR,
+    S.CAPTION,
+    S.CAPTION_SHORT,
+    S.CAPTION_MODEL,
+    S.CAPTION_QA,
+    S.CAPTION_CLIP_SCORE,
+)
 
 
 def reason_key(drop_reason: str) -> str:
@@ -57,8 +82,10 @@ def _count(t: Tally, table: pa.Table, errors: bool = True) -> None:
     t.status.update({s: n for s, n in _value_counts(table.column(S.STATUS)) if s is not None})
     if errors:
         err = table.filter(pc.equal(table.column(S.STATUS), S.STATUS_ERROR))
-        t.errors.update(f"{s}: {error_key(e)}" for s, e in zip(err.column(S.FAILED_STAGE).to_pylist(),
-                                                                 err.column(S.ERROR).to_pylist()))
+        t.errors.update(
+            f"{s}: {error_key(e)}"
+            for s, e in zip(err.column(S.FAILED_STAGE).to_pylist(), err.column(S.ERROR).to_pylist())
+        )
 
 
 def _rank(clip_id: Any) -> bytes:
@@ -94,14 +121,17 @@ class PreviewSample:
             cap = self.max_kept if group is None else self._cap
             best = heapq.nsmallest(cap, ((_rank(ids[i]), str(ids[i]), i) for i in rows))
             new = zip(best, table.take([i for _, _, i in best]).to_pylist())
-            held[:] = heapq.nsmallest(cap, [*held, *((r, c, row) for (r, c, _), row in new)], key=lambda x: x[:2])
+            held[:] = heapq.nsmallest(
+                cap, [*held, *((r, c, row) for (r, c, _), row in new)], key=lambda x: x[:2]
+            )
 
     def picks(self) -> tuple[list[dict], list[dict]]:
         """(kept rows in clip_id order, dropped rows round-robin over the sorted reasons).
         Unscored: up to max_kept rows of all, as 'kept'."""
         if not self.scored:
-            pool = heapq.nsmallest(self.max_kept, (x for held in self._not_kept.values() for x in held),
-                                   key=lambda x: x[:2])
+            pool = heapq.nsmallest(
+                self.max_kept, (x for held in self._not_kept.values() for x in held), key=lambda x: x[:2]
+            )
             return sorted((x[2] for x in pool), key=lambda row: str(row[S.CLIP_ID])), []
         kept = sorted((x[2] for x in self._kept), key=lambda row: str(row[S.CLIP_ID]))
         queues = [deque(x[2] for x in self._not_kept[r]) for r in sorted(self._not_kept)]
@@ -130,7 +160,9 @@ def fold_clips(directory: str, problems: list[str], sample: PreviewSample | None
     if not found:
         return None
     t = Tally()
-    for _, table in parts.each(found, CARD_COLUMNS if sample is not None else (S.STATUS,), S.CLIP_SCHEMA, problems):
+    for _, table in parts.each(
+        found, CARD_COLUMNS if sample is not None else (S.STATUS,), S.CLIP_SCHEMA, problems
+    ):
         _count(t, table, errors=False)
         if sample is not None:
             sample.add(table)
@@ -144,8 +176,9 @@ def _fold_camera(t: ScoredTally, ok: pa.Table, kept: pa.ChunkedArray) -> None:
                 t.camera.setdefault(cls, {"kept": 0, "dropped": 0})[group] += n
 
 
-def fold_scored(directory: str, lines: Mapping[str, Sequence[Line]], sample: PreviewSample,
-                problems: list[str]) -> ScoredTally | None:
+def fold_scored(
+    directory: str, lines: Mapping[str, Sequence[Line]], sample: PreviewSample, problems: list[str]
+) -> ScoredTally | None:
     """OUT/scored: counts, drops by reason, camera classes, score histograms and the cards.
 
     The histogram edges are fixed before any row is read: each column's range from the parts'
@@ -159,8 +192,14 @@ def fold_scored(directory: str, lines: Mapping[str, Sequence[Line]], sample: Pre
     found, bounds = parts.scan(directory, bounded, S.CLIP_SCHEMA, problems)
     if not found:
         return None
-    t = ScoredTally(hists={c: Histogram(histogram_edges(bounds.get(c), [ln.value for ln in lines.get(c, [])],
-                                                        boolean=is_boolean(c))) for c in SCORE_COLUMNS})
+    t = ScoredTally(
+        hists={
+            c: Histogram(
+                histogram_edges(bounds.get(c), [ln.value for ln in lines.get(c, [])], boolean=is_boolean(c))
+            )
+            for c in SCORE_COLUMNS
+        }
+    )
     for _, table in parts.each(found, CARD_COLUMNS, S.CLIP_SCHEMA, problems):
         _count(t, table)
         kept = pc.fill_null(table.column(S.KEPT), False)

@@ -17,7 +17,9 @@ from curate import schema as S
 from curate.io import storage
 from jobs.report.outputs import RunOutputs
 
-RANDOM_MODELS_WARNING = "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."
+RANDOM_MODELS_WARNING = (
+    "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."
+)
 
 # (stage, key in compute_funnel()["counts"], label), in flow order
 FUNNEL_ROWS = (
@@ -73,7 +75,9 @@ def _fmt(v: Any) -> str:
 def _counts_table(title: str, counts: Mapping[str, int], attr: str, empty: str) -> list[str]:
     if not counts:
         return [f"<h3>{e(title)}</h3>", f"<p class='na'>{e(empty)}</p>"]
-    rows = "".join(f'<tr><td>{e(k)}</td><td class="n" data-{attr}="{e(k)}">{n}</td></tr>' for k, n in counts.items())
+    rows = "".join(
+        f'<tr><td>{e(k)}</td><td class="n" data-{attr}="{e(k)}">{n}</td></tr>' for k, n in counts.items()
+    )
     return [f"<h3>{e(title)}</h3>", f"<table><tr><th>reason</th><th>count</th></tr>{rows}</table>"]
 
 
@@ -81,44 +85,73 @@ def funnel_section(r: RunOutputs, funnel: Mapping[str, Any]) -> list[str]:
     counts = funnel["counts"]
     rows = []
     for stage, key, label in FUNNEL_ROWS:
-        cell = (f'<td class="n" data-key="{key}">{counts[key]}</td>' if key in counts
-                else f'<td class="na" data-key="{key}">not run</td>')
+        cell = (
+            f'<td class="n" data-key="{key}">{counts[key]}</td>'
+            if key in counts
+            else f'<td class="na" data-key="{key}">not run</td>'
+        )
         rows.append(f"<tr><td>{stage}</td><td>{e(label)}</td>{cell}</tr>")
-    out = ["<h2>Funnel</h2>", f"<table><tr><th>stage</th><th>what</th><th>count</th></tr>{''.join(rows)}</table>"]
+    out = [
+        "<h2>Funnel</h2>",
+        f"<table><tr><th>stage</th><th>what</th><th>count</th></tr>{''.join(rows)}</table>",
+    ]
     out += _counts_table("Videos with errors, by reason", funnel["video_errors"], "video-error", "none")
-    out += _counts_table("Clips dropped, by reason (first rule failed)", funnel["drops"], "drop",
-                         "no filter decisions yet" if r.scored is None else "none dropped")
+    out += _counts_table(
+        "Clips dropped, by reason (first rule failed)",
+        funnel["drops"],
+        "drop",
+        "no filter decisions yet" if r.scored is None else "none dropped",
+    )
     if funnel["clip_errors"]:
-        out += _counts_table("Clip rows with status=error, by reason", funnel["clip_errors"], "clip-error", "none")
+        out += _counts_table(
+            "Clip rows with status=error, by reason", funnel["clip_errors"], "clip-error", "none"
+        )
     steps = (r.funnel or {}).get("steps", [])
     if steps:
-        body = "".join(f"<tr><td>{e(s.get('step'))}</td><td class='n'>{e(s.get('in'))}</td>"
-                       f"<td class='n'>{e(s.get('dropped'))}</td><td class='n'>{e(s.get('out'))}</td></tr>" for s in steps)
-        out += ["<h3>Filter cascade (OUT/scored/_funnel.json, in the order rules ran)</h3>",
-                f"<table><tr><th>step</th><th>in</th><th>dropped</th><th>out</th></tr>{body}</table>"]
+        body = "".join(
+            f"<tr><td>{e(s.get('step'))}</td><td class='n'>{e(s.get('in'))}</td>"
+            f"<td class='n'>{e(s.get('dropped'))}</td><td class='n'>{e(s.get('out'))}</td></tr>"
+            for s in steps
+        )
+        out += [
+            "<h3>Filter cascade (OUT/scored/_funnel.json, in the order rules ran)</h3>",
+            f"<table><tr><th>step</th><th>in</th><th>dropped</th><th>out</th></tr>{body}</table>",
+        ]
         if (r.funnel or {}).get("model"):
             out.append(f"<p>score model: {e(r.funnel['model'])}</p>")
     return out
 
 
-def _card(x: Mapping[str, Any], group: str, preview: str | None, caption: Mapping[str, Any] | None,
-          score_columns: Sequence[str], media_dir: str) -> str:
+def _card(
+    x: Mapping[str, Any],
+    group: str,
+    preview: str | None,
+    caption: Mapping[str, Any] | None,
+    score_columns: Sequence[str],
+    media_dir: str,
+) -> str:
     if preview and not preview.startswith("error:"):
         img = f'<img src="{e(media_dir)}/{e(preview)}" alt="preview of clip {e(x[S.CLIP_ID])}">'
     else:
-        why = preview or (f"{x[S.FAILED_STAGE]}: {x[S.ERROR]}" if x[S.STATUS] == S.STATUS_ERROR else "no span")
+        why = preview or (
+            f"{x[S.FAILED_STAGE]}: {x[S.ERROR]}" if x[S.STATUS] == S.STATUS_ERROR else "no span"
+        )
         img = f'<div class="nopreview" title="{e(why)}">no preview</div>'
     span = ""
     if x[S.START_PTS] is not None and x[S.END_PTS] is not None:
         span = f" · {x[S.START_PTS]:.2f}–{x[S.END_PTS]:.2f} s"
-    parts = [f'<div class="card {group}" data-clip="{e(x[S.CLIP_ID])}">', img,
-             f'<div class="src" title="{e(x[S.SOURCE_URI])}">{e(Path(str(x[S.SOURCE_URI])).name)}{e(span)}</div>']
+    parts = [
+        f'<div class="card {group}" data-clip="{e(x[S.CLIP_ID])}">',
+        img,
+        f'<div class="src" title="{e(x[S.SOURCE_URI])}">{e(Path(str(x[S.SOURCE_URI])).name)}{e(span)}</div>',
+    ]
     if x[S.STATUS] == S.STATUS_ERROR:
         parts.append(f'<div class="reason">error ({e(x[S.FAILED_STAGE])}): {e(x[S.ERROR])}</div>')
     if x.get(S.DROP_REASON):
         parts.append(f'<div class="reason">{e(x[S.DROP_REASON])}</div>')
-    scores = "".join(f"<tr><th>{e(c)}</th><td>{e(_fmt(x.get(c)))}</td></tr>" for c in score_columns
-                     if x.get(c) is not None)
+    scores = "".join(
+        f"<tr><th>{e(c)}</th><td>{e(_fmt(x.get(c)))}</td></tr>" for c in score_columns if x.get(c) is not None
+    )
     if x.get(S.CAMERA_MOTION):
         scores += f"<tr><th>{e(S.CAMERA_MOTION)}</th><td>{e(x[S.CAMERA_MOTION])}</td></tr>"
     if x.get(S.OCR_TEXT):
@@ -129,10 +162,14 @@ def _card(x: Mapping[str, Any], group: str, preview: str | None, caption: Mappin
         if caption[S.STATUS] == S.STATUS_ERROR:
             parts.append(f'<div class="reason">caption error: {e(caption[S.ERROR])}</div>')
         else:
-            parts.append(f'<div class="caption"><b>{e(caption[S.CAPTION_SHORT])}</b>\n{e(caption[S.CAPTION])}</div>'
-                         f"<div class='na'>{e(caption[S.CAPTION_MODEL])}</div>")
+            parts.append(
+                f'<div class="caption"><b>{e(caption[S.CAPTION_SHORT])}</b>\n{e(caption[S.CAPTION])}</div>'
+                f"<div class='na'>{e(caption[S.CAPTION_MODEL])}</div>"
+            )
             if caption.get(S.CAPTION_CLIP_SCORE) is not None:
-                parts.append(f"<div>{e(S.CAPTION_CLIP_SCORE)}: {e(_fmt(caption[S.CAPTION_CLIP_SCORE]))}</div>")
+                parts.append(
+                    f"<div>{e(S.CAPTION_CLIP_SCORE)}: {e(_fmt(caption[S.CAPTION_CLIP_SCORE]))}</div>"
+                )
             flags = _grounding_flags(caption.get(S.CAPTION_QA))
             if flags:
                 parts.append(f'<div class="reason">caption QA: {e("; ".join(flags))}</div>')
@@ -152,19 +189,34 @@ def camera_section(camera: Mapping[str, Mapping[str, int]]) -> list[str]:
     """Counts of the camera-motion classes (optical flow), kept and dropped."""
     if not camera:
         return []
-    body = "".join(f'<tr><td>{e(c)}</td><td class="n" data-camera-kept="{e(c)}">{n["kept"]}</td>'
-                   f'<td class="n" data-camera-dropped="{e(c)}">{n["dropped"]}</td></tr>' for c, n in camera.items())
-    return ["<h3>Camera motion (optical flow), clips per class</h3>",
-            f"<table><tr><th>camera_motion</th><th>kept</th><th>dropped</th></tr>{body}</table>"]
+    body = "".join(
+        f'<tr><td>{e(c)}</td><td class="n" data-camera-kept="{e(c)}">{n["kept"]}</td>'
+        f'<td class="n" data-camera-dropped="{e(c)}">{n["dropped"]}</td></tr>'
+        for c, n in camera.items()
+    )
+    return [
+        "<h3>Camera motion (optical flow), clips per class</h3>",
+        f"<table><tr><th>camera_motion</th><th>kept</th><th>dropped</th></tr>{body}</table>",
+    ]
 
 
-def clips_section(title: str, group: str, rows: Sequence[Mapping[str, Any]], total: int, previews: Mapping[str, str],
-                  captions: Mapping[str, Mapping[str, Any]], score_columns: Sequence[str], media_dir: str) -> list[str]:
+def clips_section(
+    title: str,
+    group: str,
+    rows: Sequence[Mapping[str, Any]],
+    total: int,
+    previews: Mapping[str, str],
+    captions: Mapping[str, Mapping[str, Any]],
+    score_columns: Sequence[str],
+    media_dir: str,
+) -> list[str]:
     head = f"<h2>{e(title)} <small>({len(rows)} shown of {total})</small></h2>"
     if not rows:
         return [head, "<p class='na'>none</p>"]
-    cards = [_card(x, group, previews.get(x[S.CLIP_ID]), captions.get(x[S.CLIP_ID]), score_columns, media_dir)
-             for x in rows]
+    cards = [
+        _card(x, group, previews.get(x[S.CLIP_ID]), captions.get(x[S.CLIP_ID]), score_columns, media_dir)
+        for x in rows
+    ]
     return [head, f'<div class="grid">{"".join(cards)}</div>']
 
 
@@ -173,44 +225,72 @@ def run_section(run: Mapping[str, Any]) -> list[str]:
     timings = run.get("stage_timings") or {}
     if timings:
         total = sum(float(v) for v in timings.values()) or 1.0
-        body = "".join(f"<tr><td>{e(k)}</td><td class='n'>{float(v):.2f}</td><td class='n'>{100 * float(v) / total:.0f}%</td></tr>"
-                       for k, v in timings.items())
-        out += ["<h3>Time per stage (seconds)</h3>", f"<table><tr><th>stage</th><th>s</th><th>share</th></tr>{body}"
-                f"<tr><th>sum</th><th class='n'>{sum(float(v) for v in timings.values()):.2f}</th><th></th></tr></table>"]
+        body = "".join(
+            f"<tr><td>{e(k)}</td><td class='n'>{float(v):.2f}</td><td class='n'>{100 * float(v) / total:.0f}%</td></tr>"
+            for k, v in timings.items()
+        )
+        out += [
+            "<h3>Time per stage (seconds)</h3>",
+            f"<table><tr><th>stage</th><th>s</th><th>share</th></tr>{body}"
+            f"<tr><th>sum</th><th class='n'>{sum(float(v) for v in timings.values()):.2f}</th><th></th></tr></table>",
+        ]
     else:
         out.append("<p class='na'>no stage timings recorded</p>")
     cfg = run.get("run_config")
     out.append("<h3>Run config</h3>")
-    out.append(f"<pre>{e(json.dumps(cfg, indent=2, sort_keys=True, default=str))}</pre>" if cfg is not None
-               else "<p class='na'>no run config recorded</p>")
+    out.append(
+        f"<pre>{e(json.dumps(cfg, indent=2, sort_keys=True, default=str))}</pre>"
+        if cfg is not None
+        else "<p class='na'>no run config recorded</p>"
+    )
     return out
 
 
-def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, hists: Sequence[str],
-           kept: Sequence[Mapping[str, Any]], dropped: Sequence[Mapping[str, Any]], previews: Mapping[str, str],
-           captions: Mapping[str, Mapping[str, Any]], score_columns: Sequence[str], media_dir: str) -> str:
+def render(
+    r: RunOutputs,
+    funnel: Mapping[str, Any],
+    run: Mapping[str, Any],
+    *,
+    hists: Sequence[str],
+    kept: Sequence[Mapping[str, Any]],
+    dropped: Sequence[Mapping[str, Any]],
+    previews: Mapping[str, str],
+    captions: Mapping[str, Mapping[str, Any]],
+    score_columns: Sequence[str],
+    media_dir: str,
+) -> str:
     random = bool(run.get("random_models"))
     title = f"tubelet report: {storage.basename(r.out)}" + (" (SMOKE, random models)" if random else "")
     # important: with random models the warning is the file's first line and the page's first line
     lines = [f"<!-- {RANDOM_MODELS_WARNING} -->"] if random else []
-    lines += ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
-              f"<style>{CSS}</style></head><body>"]
+    lines += [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+    ]
     if random:
         lines.append(f'<div class="banner" id="random-models">{e(RANDOM_MODELS_WARNING)}</div>')
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines.append(f"<h1>{e(title)}</h1><p>output <span class='src'>{e(r.out)}</span> · preset "
-                 f"<b>{e(run.get('preset_name') or 'unknown')}</b> · built {stamp}</p>")
+    lines.append(
+        f"<h1>{e(title)}</h1><p>output <span class='src'>{e(r.out)}</span> · preset "
+        f"<b>{e(run.get('preset_name') or 'unknown')}</b> · built {stamp}</p>"
+    )
     stages = r.stages()
     missing = [s for s, ran in stages.items() if not ran]
     if missing:
-        lines.append(f"<div class='note' id='not-run'>Stages not run yet (no output found): {e(', '.join(missing))}</div>")
+        lines.append(
+            f"<div class='note' id='not-run'>Stages not run yet (no output found): {e(', '.join(missing))}</div>"
+        )
     for p in r.problems:
         lines.append(f"<div class='note'>{e(p)}</div>")
     lines += funnel_section(r, funnel)
     lines.append("<h2>Scores</h2>")
     if hists:
-        lines.append("<p>Stacked: kept (green) and dropped (grey) clips; red lines are filter thresholds "
-                     "and percentile cutoffs.</p><div class='hists'>")
+        lines.append(
+            "<p>Stacked: kept (green) and dropped (grey) clips; red lines are filter thresholds "
+            "and percentile cutoffs.</p><div class='hists'>"
+        )
         lines += [f'<img src="{e(media_dir)}/{e(h)}" alt="{e(h)}">' for h in hists]
         lines.append("</div>")
     else:
@@ -218,12 +298,23 @@ def render(r: RunOutputs, funnel: Mapping[str, Any], run: Mapping[str, Any], *, 
     lines += camera_section(funnel.get("camera_motion") or {})
     counts = funnel["counts"]
     if r.scored is not None:
-        lines += clips_section("Kept clips", "kept", kept, counts["kept"], previews, captions, score_columns, media_dir)
-        lines += clips_section("Dropped clips", "dropped", dropped, counts["dropped"], previews, captions,
-                               score_columns, media_dir)
+        lines += clips_section(
+            "Kept clips", "kept", kept, counts["kept"], previews, captions, score_columns, media_dir
+        )
+        lines += clips_section(
+            "Dropped clips",
+            "dropped",
+            dropped,
+            counts["dropped"],
+            previews,
+            captions,
+            score_columns,
+            media_dir,
+        )
     elif r.clips is not None:
-        lines += clips_section("Clips (not scored yet)", "kept", kept, r.clips.rows, previews, captions,
-                               score_columns, media_dir)
+        lines += clips_section(
+            "Clips (not scored yet)", "kept", kept, r.clips.rows, previews, captions, score_columns, media_dir
+        )
     lines += run_section(run)
     lines.append("</body></html>")
     return "\n".join(lines) + "\n"

@@ -41,8 +41,9 @@ def _atomic_save(dest: Path, save) -> Path:
 HIST_BINS = 30  # bins of a score histogram (a boolean score gets two)
 
 
-def histogram_edges(bounds: tuple[float, float] | None, lines: Sequence[float], boolean: bool = False,
-                    bins: int = HIST_BINS) -> np.ndarray:
+def histogram_edges(
+    bounds: tuple[float, float] | None, lines: Sequence[float], boolean: bool = False, bins: int = HIST_BINS
+) -> np.ndarray:
     """The bin edges of a score histogram, fixed before its values are counted: the finite range
     of the values (None: no finite value) widened to the threshold `lines`, so a threshold
     outside the data still shows. A `boolean` score gets the bins no (0) and yes (1)."""
@@ -78,11 +79,19 @@ def score_histogram(
     ax = fig.subplots()
     # one weighted sample at each bin's left edge: the bars ax.hist would draw from the raw values
     left = edges[:-1]
-    ax.hist([left, left], bins=edges, weights=[kept, dropped], stacked=True, rwidth=0.6 if boolean else None,
-            color=["#2f8f46", "#b0b0b0"], label=[f"kept ({int(kept.sum())})", f"dropped ({int(dropped.sum())})"])
+    ax.hist(
+        [left, left],
+        bins=edges,
+        weights=[kept, dropped],
+        stacked=True,
+        rwidth=0.6 if boolean else None,
+        color=["#2f8f46", "#b0b0b0"],
+        label=[f"kept ({int(kept.sum())})", f"dropped ({int(dropped.sum())})"],
+    )
     for i, ln in enumerate(lines):
-        ax.axvline(ln.value, color="#c0392b", linestyle="--" if i % 2 == 0 else ":", linewidth=1.4,
-                   label=ln.label)
+        ax.axvline(
+            ln.value, color="#c0392b", linestyle="--" if i % 2 == 0 else ":", linewidth=1.4, label=ln.label
+        )
     # e.g. no aesthetic: dropped by a cheap rule first
     ax.set_title(column + (f"  ({missing} clips without a value)" if missing else ""), fontsize=10)
     ax.set_ylabel("clips", fontsize=8)
@@ -123,15 +132,24 @@ def clip_preview(
     max_side: int = PREVIEW_SIDE,
 ) -> Path:
     """Decode `n` frames of the span once (small) and save them as a looping animated GIF."""
-    clip = decode_clip(path, start_pts, end_pts, offsets=sample_uniform(max(1, frames_in_span), n, margin=0.02),
-                       max_side=max_side)
+    clip = decode_clip(
+        path,
+        start_pts,
+        end_pts,
+        offsets=sample_uniform(max(1, frames_in_span), n, margin=0.02),
+        max_side=max_side,
+    )
     frames = list(clip.frames) * (2 if len(clip.frames) == 1 else 1)  # a one-frame span still animates
     t = len(frames)
     images = [Image.fromarray(_with_progress(f, i, t)) for i, f in enumerate(frames)]
     # play roughly at real speed, but never slower than 0.4 s or faster than 0.08 s a frame
     ms = int(min(400, max(80, 1000 * (end_pts - start_pts) / t)))
-    return _atomic_save(dest, lambda tmp: images[0].save(tmp, format="GIF", save_all=True,
-                                                         append_images=images[1:], duration=ms, loop=0))
+    return _atomic_save(
+        dest,
+        lambda tmp: images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0
+        ),
+    )
 
 
 def gif_frame_count(path: Path) -> int:

@@ -86,6 +86,9 @@ class RunOutputs:
 
     def stages(self) -> dict[str, bool]:
         """Stage -> whether its output exists."""
-        return {"split": self.videos is not None or self.clips is not None,
-                "score + filter": self.scored is not None, "caption": self.captions is not None,
-                "encode": self.manifest is not None}
+        return {
+            "split": self.videos is not None or self.clips is not None,
+            "score + filter": self.scored is not None,
+            "caption": self.captions is not None,
+            "encode": self.manifest is not None,
+        }

@@ -70,8 +70,9 @@ def _read_bounds(part: Part, column: str, schema: pa.Schema) -> Bounds | None:
     return (float(arr.min()), float(arr.max())) if arr.size else None
 
 
-def scan(directory: str, bounded: Sequence[str], schema: pa.Schema,
-         problems: list[str]) -> tuple[list[Part], dict[str, Bounds]]:
+def scan(
+    directory: str, bounded: Sequence[str], schema: pa.Schema, problems: list[str]
+) -> tuple[list[Part], dict[str, Bounds]]:
     """The readable parts of a folder, and the finite range of each `bounded` column over all of
     them (absent: no finite value). Cost: one footer read per part; a part without usable
     statistics for a column reads that column once more. An unreadable part is a problem, skipped."""
@@ -99,8 +100,9 @@ def read_part(part: Part, columns: Sequence[str], schema: pa.Schema = S.CLIP_SCH
     return S.conform(storage.read_table(part.uri, columns=[c for c in columns if c in part.columns]), want)
 
 
-def each(parts: Sequence[Part], columns: Sequence[str], schema: pa.Schema,
-         problems: list[str]) -> Iterator[tuple[Part, pa.Table]]:
+def each(
+    parts: Sequence[Part], columns: Sequence[str], schema: pa.Schema, problems: list[str]
+) -> Iterator[tuple[Part, pa.Table]]:
     """The parts' `columns`, one part at a time: the caller folds it and lets it go."""
     for part in parts:
         try:

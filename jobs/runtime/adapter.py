@@ -45,8 +45,9 @@ class Resources:
     resources: tuple[tuple[str, float], ...] = ()
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
-             need: Need | None = None) -> None:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True, need: Need | None = None
+) -> None:
     """Connect to `address` / RAY_ADDRESS / a `ray job submit` driver, or start a local instance;
     then fail at once (UsageError) when the cluster has fewer GPUs/CPUs than `need`.
 
@@ -60,7 +61,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         return
     quiet_logs(not quiet)  # before Ray starts too: its workers inherit the environment
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    runtime_env = {"env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}}
+    runtime_env = {
+        "env_vars": {"PYTHONPATH": _pythonpath(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    }
     source = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -129,9 +132,7 @@ def map_stage(ds: ray.data.Dataset, stage_cls: type, cfg: Any, res: Resources) -
     )
 
 
-def map_task(
-    ds: ray.data.Dataset, fn: Callable[[pa.Table], pa.Table], res: Resources
-) -> ray.data.Dataset:
+def map_task(ds: ray.data.Dataset, fn: Callable[[pa.Table], pa.Table], res: Resources) -> ray.data.Dataset:
     """Run a pure CPU step as Ray Data tasks."""
     kwargs: dict[str, Any] = {}
     if res.concurrency:  # `concurrency=` is deprecated in Ray Data: strategies say it
@@ -156,8 +157,9 @@ def run_tasks(fn: Callable[..., Any], items: list[Any], *args: Any, num_cpus: fl
     return ray.get([remote.remote(item, *args) for item in items])
 
 
-def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
-                       schema: pa.Schema | None = None) -> ray.data.Dataset:
+def read_parts_dataset(
+    paths: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None
+) -> ray.data.Dataset:
     """A Dataset over Parquet parts that the workers read (local or object storage).
 
     The driver passes file names only, never rows: its memory stays O(files). `schema`
@@ -171,8 +173,11 @@ def read_parts_dataset(paths: list[str], columns: list[str] | None = None,
     fs = storage.filesystem(paths[0])[0]
     # select_columns is pushed into the read (only these columns leave the files); a column
     # missing from an older part comes back null
-    return ray.data.read_parquet([storage.filesystem(p)[1] for p in paths], filesystem=fs,
-                                 schema=pa.schema([schema.field(c) for c in columns])).select_columns(columns)
+    return ray.data.read_parquet(
+        [storage.filesystem(p)[1] for p in paths],
+        filesystem=fs,
+        schema=pa.schema([schema.field(c) for c in columns]),
+    ).select_columns(columns)
 
 
 def _footer_rows(paths: list[str]) -> list[int]:
@@ -184,7 +189,9 @@ def _footer_rows(paths: list[str]) -> list[int]:
 def row_counts(paths: list[str], chunk: int = 256) -> list[int]:
     """Rows of each part from its footer, read by Ray tasks in chunks (on object storage a
     footer is a request: the driver would wait on them one by one)."""
-    got = run_tasks(_footer_rows, [list(paths[i:i + chunk]) for i in range(0, len(paths), chunk)], num_cpus=0.25)
+    got = run_tasks(
+        _footer_rows, [list(paths[i : i + chunk]) for i in range(0, len(paths), chunk)], num_cpus=0.25
+    )
     return [n for g in got for n in g]
 
 

@@ -188,7 +188,9 @@ def decide_parts(
     for name, rule in filters.cascade_steps(cfg):
         before = total if name == "status" else alive
         if name == EXACT_DUP and p:
-            keys = [_refs(_exact_keys.options(num_returns=buckets).remote(s, buckets), buckets) for s in states]
+            keys = [
+                _refs(_exact_keys.options(num_returns=buckets).remote(s, buckets), buckets) for s in states
+            ]
             dups = _shuffle(keys, buckets, p, _exact_decide)
             pairs = [_apply_dups.remote(s, EXACT_DUP, None, *dups[i]) for i, s in enumerate(states)]
         elif name == NEAR_DUP and p:
@@ -205,11 +207,15 @@ def decide_parts(
             alive = sum(ray.get([c for _, c in pairs]))
         funnel.append({"step": name, "in": before, "dropped": before - alive, "out": alive})
     markers = list(markers) if markers is not None else [None] * p
-    written = ray.get([_write.remote(src, s, dst, m) for src, s, dst, m in zip(inputs, states, outputs, markers)])
+    written = ray.get(
+        [_write.remote(src, s, dst, m) for src, s, dst, m in zip(inputs, states, outputs, markers)]
+    )
     return funnel, written
 
 
-def _near_dups(inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.NearDupConfig, buckets: int) -> list:
+def _near_dups(
+    inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.NearDupConfig, buckets: int
+) -> list:
     """Near-duplicates: k-means on a content-chosen sample, the greedy within clusters (pass 1),
     then the border pass over the kept rows near a border (pass 2); every shuffle is by cluster."""
     counts = ray.get([_alive.remote(s) for s in states])  # clips with an embedding are at most these
@@ -224,23 +230,46 @@ def _near_dups(inputs: Sequence[str], states: list, cfg: FilterConfig, near: D.N
         buckets = 1
     else:
         share = min(1.0, near.sample_rows / max(n, 1))
-        samples = [_sample_embeddings.remote(path, s, share, near.seed)
-                   for path, s, c in zip(inputs, states, counts) if c]
+        samples = [
+            _sample_embeddings.remote(path, s, share, near.seed)
+            for path, s, c in zip(inputs, states, counts)
+            if c
+        ]
         centroids = _train.remote(k, near, *samples)
         buckets = min(buckets, k)
     margin = near.border_margin if k > 1 else None
     border = margin is not None
-    keys = [_refs(_near_keys.options(num_returns=buckets).remote(path, s, centroids, buckets, threshold, margin),
-                  buckets) for path, s in zip(inputs, states)]
+    keys = [
+        _refs(
+            _near_keys.options(num_returns=buckets).remote(path, s, centroids, buckets, threshold, margin),
+            buckets,
+        )
+        for path, s in zip(inputs, states)
+    ]
     if not border:
         dups = _shuffle(keys, buckets, p, _near_decide, threshold, 0)
     else:
         # pass 1 in bucket b returns [p duplicate tables, kept rows, guests for each bucket]
-        first = [_refs(_near_decide.options(num_returns=p + 1 + buckets).remote(
-                     p, threshold, buckets, *[m[b] for m in keys]), p + 1 + buckets) for b in range(buckets)]
+        first = [
+            _refs(
+                _near_decide.options(num_returns=p + 1 + buckets).remote(
+                    p, threshold, buckets, *[m[b] for m in keys]
+                ),
+                p + 1 + buckets,
+            )
+            for b in range(buckets)
+        ]
         del keys  # important: the map outputs (every row's embedding) can go once pass 1 holds them
-        second = [_refs(_border_decide.options(num_returns=p).remote(
-                      p, threshold, first[b][p], *[first[a][p + 1 + b] for a in range(buckets)]), p)
-                  for b in range(buckets)]
-        dups = [[first[b][i] for b in range(buckets)] + [second[b][i] for b in range(buckets)] for i in range(p)]
+        second = [
+            _refs(
+                _border_decide.options(num_returns=p).remote(
+                    p, threshold, first[b][p], *[first[a][p + 1 + b] for a in range(buckets)]
+                ),
+                p,
+            )
+            for b in range(buckets)
+        ]
+        dups = [
+            [first[b][i] for b in range(buckets)] + [second[b][i] for b in range(buckets)] for i in range(p)
+        ]
     return [_apply_dups.remote(s, NEAR_DUP, cfg.near_dup_cosine, *dups[i]) for i, s in enumerate(states)]

@@ -23,8 +23,10 @@ def scored_parts(directory: str) -> list[str]:
     """The scored parts (part-*.parquet) of a folder or prefix, local or object storage."""
     parts = storage.list_parts(directory)
     if not parts:
-        raise UsageError(f"--input must hold scored parts (part-*.parquet), found none in {str(directory)!r}; "
-                         "run python -m jobs.score (or jobs.curate) first")
+        raise UsageError(
+            f"--input must hold scored parts (part-*.parquet), found none in {str(directory)!r}; "
+            "run python -m jobs.score (or jobs.curate) first"
+        )
     return parts
 
 
@@ -35,10 +37,14 @@ def part_name(part: str) -> str:
 def inputs_hash(parts: Sequence[str], cfg: filters.FilterConfig, near: D.NearDupConfig) -> str:
     """Decisions depend on the filters and on every input part (any changed part changes all)."""
     files = [(storage.basename(p), storage.file_size(p)) for p in parts]
-    return config_hash({"filters": dataclasses.asdict(cfg), "near": dataclasses.asdict(near), "inputs": files})
+    return config_hash(
+        {"filters": dataclasses.asdict(cfg), "near": dataclasses.asdict(near), "inputs": files}
+    )
 
 
-def funnel_report(funnel: list[dict[str, Any]], cfg: Any, smoke: bool, model: str | None = None) -> dict[str, Any]:
+def funnel_report(
+    funnel: list[dict[str, Any]], cfg: Any, smoke: bool, model: str | None = None
+) -> dict[str, Any]:
     """OUT/scored/_funnel.json: clips in and out of each decision step; `cfg` is what decided them
     (the filters, or the whole score config when the score job decided), hashed."""
     clips = funnel[0]["in"] if funnel else 0
@@ -53,13 +59,21 @@ def format_funnel(report: dict[str, Any]) -> str:
     lines = [f"{'step':<36}{'in':>8}{'dropped':>9}{'out':>8}"]
     for s in report["steps"]:
         lines.append(f"{s['step'][:35]:<36}{s['in']:>8}{s['dropped']:>9}{s['out']:>8}")
-    lines.append(f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
-                 + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else ""))
+    lines.append(
+        f"clips in {report['clips_in']}, kept {report['kept']}, dropped {report['dropped']}"
+        + ("  [SMOKE: random model, scores meaningless]" if report["smoke"] else "")
+    )
     return "\n".join(lines)
 
 
-def decide_dir(src: str, dst: str, cfg: filters.FilterConfig, near: D.NearDupConfig,
-               marker_root: str | None, stage: str = STAGE) -> tuple[list[dict[str, Any]], int]:
+def decide_dir(
+    src: str,
+    dst: str,
+    cfg: filters.FilterConfig,
+    near: D.NearDupConfig,
+    marker_root: str | None,
+    stage: str = STAGE,
+) -> tuple[list[dict[str, Any]], int]:
     """Decide every part of `src` into `dst` (may be the same folder); Ray must be initialised.
 
     Returns (funnel, parts written). With `marker_root`, each written part gets its marker.

@@ -51,7 +51,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         d = action.default
         # important: `is`, not `in`: 0.0 == False, and a GPU count of 0 is a default worth showing
-        if "%(default)" in text or not action.option_strings or d is None or d is False or d is argparse.SUPPRESS:
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or d is None
+            or d is False
+            or d is argparse.SUPPRESS
+        ):
             return text
         if d == []:  # a repeatable flag given no times
             return f"{text} (default: none)".strip()
@@ -64,7 +70,9 @@ class JobParser(argparse.ArgumentParser):
     def __init__(self, prog: str, description: str | None = None):
         # important: no prefix matching: `--out` must not silently mean `--output` (or a future
         # `--output-format`); every flag is spelled in full
-        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+        super().__init__(
+            prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False
+        )
 
     def error(self, message: str) -> None:  # type: ignore[override]
         # a type's own rule (finite_float): "argument --cpus: must be ..." reads "--cpus must be ..."
@@ -79,8 +87,9 @@ def finite_float(text: str) -> float:
     error row, `--cpus nan` a traceback once Ray started), so they are refused at parse time."""
     value = _number(text)
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}; pass e.g. 1 "
-                                         "(or leave the flag out for its default)")
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number, got {text!r}; pass e.g. 1 (or leave the flag out for its default)"
+        )
     return value
 
 
@@ -88,8 +97,10 @@ def float_or_inf(text: str) -> float:
     """argparse type of a float flag where inf means "no limit": a number or inf, never nan."""
     value = _number(text)
     if math.isnan(value):
-        raise argparse.ArgumentTypeError(f"must be a number or inf, got {text!r}; pass e.g. 1 or inf "
-                                         "(or leave the flag out for its default)")
+        raise argparse.ArgumentTypeError(
+            f"must be a number or inf, got {text!r}; pass e.g. 1 or inf "
+            "(or leave the flag out for its default)"
+        )
     return value
 
 
@@ -97,8 +108,9 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}; pass e.g. 1 "
-                                         "(or leave the flag out for its default)") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a number, got {text!r}; pass e.g. 1 (or leave the flag out for its default)"
+        ) from None
 
 
 def add_io(p: argparse.ArgumentParser, input_help: str, output_help: str) -> None:
@@ -106,14 +118,27 @@ def add_io(p: argparse.ArgumentParser, input_help: str, output_help: str) -> Non
     p.add_argument("--output", dest="output", required=True, help=output_help)
 
 
-def add_preset(p: argparse.ArgumentParser, choices: Sequence[str], default: str | None = PRESET_DEFAULT) -> None:
-    p.add_argument("--preset", choices=list(choices), default=default,
-                   help="smoke: tiny random models, offline; default: real pretrained weights")
+def add_preset(
+    p: argparse.ArgumentParser, choices: Sequence[str], default: str | None = PRESET_DEFAULT
+) -> None:
+    p.add_argument(
+        "--preset",
+        choices=list(choices),
+        default=default,
+        help="smoke: tiny random models, offline; default: real pretrained weights",
+    )
 
 
-def add_resources(p: argparse.ArgumentParser, stages: Sequence[str] = (), *, actors: int = 1,
-                  gpus: float | None = 0.0, cpus: float = 1.0, actors_help: str = "model actors",
-                  cpus_help: str = "CPUs per actor") -> None:
+def add_resources(
+    p: argparse.ArgumentParser,
+    stages: Sequence[str] = (),
+    *,
+    actors: int = 1,
+    gpus: float | None = 0.0,
+    cpus: float = 1.0,
+    actors_help: str = "model actors",
+    cpus_help: str = "CPUs per actor",
+) -> None:
     """--actors/--gpus (or --{stage}-actors/--{stage}-gpus for each stage) and --cpus;
     gpus=None: a CPU-only job (no --gpus flag)."""
     if not stages:
@@ -127,21 +152,29 @@ def add_resources(p: argparse.ArgumentParser, stages: Sequence[str] = (), *, act
 
 
 def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
-    p.add_argument("--device", default=default, help="where models run: auto | cpu | cuda | cuda:N "
-                   "(auto: cuda when the job has GPUs)")
+    p.add_argument(
+        "--device",
+        default=default,
+        help="where models run: auto | cpu | cuda | cuda:N (auto: cuda when the job has GPUs)",
+    )
 
 
 def add_ray(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)"
+    )
     add_verbose(p)
 
 
 def add_weights_dir(p: argparse.ArgumentParser) -> None:
     from curate.weights import default_weights_dir
 
-    p.add_argument("--weights-dir", default=default_weights_dir(),
-                   help="folder of downloaded weights, DIR/<hub repo id> (`hf download ID --local-dir DIR/ID`); "
-                        "default: $TUBELET_WEIGHTS, else the HF cache only")
+    p.add_argument(
+        "--weights-dir",
+        default=default_weights_dir(),
+        help="folder of downloaded weights, DIR/<hub repo id> (`hf download ID --local-dir DIR/ID`); "
+        "default: $TUBELET_WEIGHTS, else the HF cache only",
+    )
 
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
@@ -175,7 +208,9 @@ def check_device(device: str, gpus: float) -> None:
     if not DEVICE_RE.match(device):
         raise fail("--device must be auto, cpu, cuda or cuda:N", repr(device), "pass --device auto")
     if device.startswith("cuda") and gpus <= 0:
-        raise fail("--device cuda needs GPUs given to the actors", "--gpus 0", "add --gpus 1 (or drop --device)")
+        raise fail(
+            "--device cuda needs GPUs given to the actors", "--gpus 0", "add --gpus 1 (or drop --device)"
+        )
     if device == "cpu" and gpus > 0:
         raise fail("--device cpu runs models without GPUs", f"--gpus {gpus:g}", "drop --gpus or --device cpu")
 
@@ -191,17 +226,22 @@ def check_writable_file(flag: str, path: str) -> None:
             storage.write_bytes_atomic(b"x", probe)
             storage.delete(probe)
         except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
-            raise fail(f"{flag} must be in a writable bucket (it exists, the AWS_* credentials allow writing)",
-                       f"{path!r} ({io_line(e)})",
-                       f"create the bucket, fix AWS_ENDPOINT_URL / the credentials or pass another {flag}") from e
+            raise fail(
+                f"{flag} must be in a writable bucket (it exists, the AWS_* credentials allow writing)",
+                f"{path!r} ({io_line(e)})",
+                f"create the bucket, fix AWS_ENDPOINT_URL / the credentials or pass another {flag}",
+            ) from e
         return
     parent = Path(path).parent
     probe = parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise fail(f"{flag} must be in a writable folder", f"{path!r} ({probe} is not writable)",
-                   f"pass a {flag} under a folder you can write to")
+        raise fail(
+            f"{flag} must be in a writable folder",
+            f"{path!r} ({probe} is not writable)",
+            f"pass a {flag} under a folder you can write to",
+        )
 
 
 def check_stage_folder(flag: str, path: str, want: str, made_by: str) -> None:
@@ -215,12 +255,17 @@ def check_stage_folder(flag: str, path: str, want: str, made_by: str) -> None:
         sibling = storage.join(storage.parent(path), want)
         misplaced = bool(parts) and storage.basename(path) != want and storage.is_dir(sibling)
     except (OSError, ValueError) as e:  # missing bucket, bad credentials, unreachable endpoint
-        raise fail(f"{flag} must be a readable folder of Parquet parts written by {made_by} (OUT/{want})",
-                   f"{path!r} ({io_line(e)})",
-                   "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials") from e
+        raise fail(
+            f"{flag} must be a readable folder of Parquet parts written by {made_by} (OUT/{want})",
+            f"{path!r} ({io_line(e)})",
+            "check the path, the bucket name, AWS_ENDPOINT_URL and the AWS_* credentials",
+        ) from e
     if not parts:
-        raise fail(f"{flag} must be a folder of Parquet parts written by {made_by} (OUT/{want})",
-                   f"{path!r} (no Parquet parts)", f"run {made_by} first or pass OUT/{want}")
+        raise fail(
+            f"{flag} must be a folder of Parquet parts written by {made_by} (OUT/{want})",
+            f"{path!r} (no Parquet parts)",
+            f"run {made_by} first or pass OUT/{want}",
+        )
     if misplaced:
         raise fail(f"{flag} must be the {want} folder written by {made_by}", repr(path), f"pass {sibling}")
 
@@ -253,11 +298,16 @@ def local_capacity(count_gpus: bool = True) -> tuple[float, float]:
 def check_need(need: Need, capacity: tuple[float, float], where: str) -> None:
     gpus, cpus = capacity
     if need.gpus > gpus:
-        raise fail(f"{need.what} asks for {need.gpus:g} GPU(s) in all and {where} must have them",
-                   f"{gpus:g} GPU(s)", f"{need.fix}, ask for 0 GPUs to run on CPU, or run on GPU nodes")
+        raise fail(
+            f"{need.what} asks for {need.gpus:g} GPU(s) in all and {where} must have them",
+            f"{gpus:g} GPU(s)",
+            f"{need.fix}, ask for 0 GPUs to run on CPU, or run on GPU nodes",
+        )
     if need.max_cpus_one > cpus or need.cpus > cpus:
         ask = round(max(need.max_cpus_one, need.cpus), 2)
-        raise fail(f"{need.what} asks for {ask:g} CPU(s) and {where} must have them", f"{cpus:g} CPU(s)", need.fix)
+        raise fail(
+            f"{need.what} asks for {ask:g} CPU(s) and {where} must have them", f"{cpus:g} CPU(s)", need.fix
+        )
 
 
 def check_local(need: Need, address: str | None) -> None:
@@ -284,8 +334,11 @@ def quiet_logs(verbose: bool) -> None:
         return
     # HF's "Loading weights" / download bars and notices, also in libraries imported later.
     # not RAY_BACKEND_LOG_LEVEL: setting it makes every Ray process print a line saying so
-    for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("DIFFUSERS_VERBOSITY", "error")):
+    for var, value in (
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+    ):
         os.environ.setdefault(var, value)
     for lib in ("transformers", "diffusers"):  # already imported: their bars were read at import
         if lib in sys.modules:
@@ -344,23 +397,56 @@ def interrupted() -> int:
 
 def add_caption_engine(p: argparse.ArgumentParser, model_flag: bool = False) -> None:
     """--engine and the OpenAI-compatible server's flags (jobs.caption, jobs.curate, jobs.sample)."""
-    p.add_argument("--engine", choices=["transformers", "openai"], default=None,
-                   help="caption engine: transformers (generate in the actors; the preset's) or openai "
-                        "(any OpenAI-compatible chat-completions server: vLLM, SGLang, transformers serve, hosted)")
+    p.add_argument(
+        "--engine",
+        choices=["transformers", "openai"],
+        default=None,
+        help="caption engine: transformers (generate in the actors; the preset's) or openai "
+        "(any OpenAI-compatible chat-completions server: vLLM, SGLang, transformers serve, hosted)",
+    )
     if model_flag:
-        p.add_argument("--model", default=None, help="the VLM: with --engine openai the model's name on the server; "
-                       "else a hub id, local folder or smoke:<family> (default: the preset's)")
-    p.add_argument("--base-url", default=None, help="--engine openai: the server's API root, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--api-key-env", default=None, metavar="VAR",
-                   help="--engine openai: NAME of the environment variable that holds the API key (never the key)")
-    p.add_argument("--max-in-flight", type=int, default=None, help="--engine openai: requests open at once per actor "
-                   "(default 16)")
-    p.add_argument("--frames", choices=["auto", "video", "images"], default=None,
-                   help="--engine openai: video_url (one mp4) or image_url (one JPEG per frame); auto: video where "
-                        "the server takes it")
-    p.add_argument("--request-timeout", type=finite_float, default=None, help="--engine openai: seconds per request (300)")
-    p.add_argument("--request-retries", type=int, default=None, help="--engine openai: extra tries on 429/5xx/"
-                   "connection errors, with exponential backoff (4)")
+        p.add_argument(
+            "--model",
+            default=None,
+            help="the VLM: with --engine openai the model's name on the server; "
+            "else a hub id, local folder or smoke:<family> (default: the preset's)",
+        )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="--engine openai: the server's API root, e.g. http://127.0.0.1:8000/v1",
+    )
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="--engine openai: NAME of the environment variable that holds the API key (never the key)",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="--engine openai: requests open at once per actor (default 16)",
+    )
+    p.add_argument(
+        "--frames",
+        choices=["auto", "video", "images"],
+        default=None,
+        help="--engine openai: video_url (one mp4) or image_url (one JPEG per frame); auto: video where "
+        "the server takes it",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=finite_float,
+        default=None,
+        help="--engine openai: seconds per request (300)",
+    )
+    p.add_argument(
+        "--request-retries",
+        type=int,
+        default=None,
+        help="--engine openai: extra tries on 429/5xx/connection errors, with exponential backoff (4)",
+    )
 
 
 def caption_engine_config(a: argparse.Namespace, cap: Any) -> Any:
@@ -369,26 +455,44 @@ def caption_engine_config(a: argparse.Namespace, cap: Any) -> Any:
 
     if getattr(a, "model", None):
         cap = replace(cap, model=a.model)
-    server_flags = [f for f, v in (("--base-url", a.base_url), ("--api-key-env", a.api_key_env),
-                                   ("--max-in-flight", a.max_in_flight), ("--frames", a.frames),
-                                   ("--request-timeout", a.request_timeout), ("--request-retries", a.request_retries))
-                    if v is not None]
+    server_flags = [
+        f
+        for f, v in (
+            ("--base-url", a.base_url),
+            ("--api-key-env", a.api_key_env),
+            ("--max-in-flight", a.max_in_flight),
+            ("--frames", a.frames),
+            ("--request-timeout", a.request_timeout),
+            ("--request-retries", a.request_retries),
+        )
+        if v is not None
+    ]
     if a.engine:
         cap = replace(cap, engine=a.engine)
     if cap.engine != "openai":
         if server_flags:
-            raise fail(f"{server_flags[0]} needs --engine openai", f"--engine {cap.engine}", "add --engine openai")
+            raise fail(
+                f"{server_flags[0]} needs --engine openai", f"--engine {cap.engine}", "add --engine openai"
+            )
         return cap
     if not a.base_url:
         raise fail("--engine openai needs --base-url", "none", "pass --base-url http://HOST:PORT/v1")
     if not re.match(r"^https?://[^\s/]+", a.base_url):
-        raise fail("--base-url must be an http(s) URL", repr(a.base_url), "pass e.g. http://127.0.0.1:8000/v1")
+        raise fail(
+            "--base-url must be an http(s) URL", repr(a.base_url), "pass e.g. http://127.0.0.1:8000/v1"
+        )
     if "@" in a.base_url.split("//", 1)[1].split("/", 1)[0]:
-        raise fail("--base-url must not carry credentials", "a user:password@ URL",
-                   "put the key in an environment variable and pass --api-key-env VAR")
+        raise fail(
+            "--base-url must not carry credentials",
+            "a user:password@ URL",
+            "put the key in an environment variable and pass --api-key-env VAR",
+        )
     if a.api_key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", a.api_key_env):
-        raise fail("--api-key-env must be the NAME of an environment variable (letters, digits, _)",
-                   "something else (not shown: it may be the key)", "export VAR=<key> and pass --api-key-env VAR")
+        raise fail(
+            "--api-key-env must be the NAME of an environment variable (letters, digits, _)",
+            "something else (not shown: it may be the key)",
+            "export VAR=<key> and pass --api-key-env VAR",
+        )
     if a.max_in_flight is not None:
         check_int("--max-in-flight", a.max_in_flight, 1)
     if a.request_retries is not None:
@@ -396,11 +500,18 @@ def caption_engine_config(a: argparse.Namespace, cap: Any) -> Any:
     if a.request_timeout is not None:
         check_float("--request-timeout", a.request_timeout, 0, strict=True, fix="pass --request-timeout 300")
     server = replace(cap.openai, base_url=a.base_url, api_key_env=a.api_key_env)
-    for name, v in (("max_in_flight", a.max_in_flight), ("frames", a.frames), ("timeout_s", a.request_timeout),
-                    ("max_retries", a.request_retries)):
+    for name, v in (
+        ("max_in_flight", a.max_in_flight),
+        ("frames", a.frames),
+        ("timeout_s", a.request_timeout),
+        ("max_retries", a.request_retries),
+    ):
         if v is not None:
             server = replace(server, **{name: v})
     if getattr(a, "model", None) is None and cap.model.startswith("smoke:"):
-        raise fail("--engine openai needs --model, the model's name on the server", repr(cap.model),
-                   "pass --model NAME (GET BASE_URL/models lists them)")
+        raise fail(
+            "--engine openai needs --model, the model's name on the server",
+            repr(cap.model),
+            "pass --model NAME (GET BASE_URL/models lists them)",
+        )
     return replace(cap, openai=server)

@@ -12,8 +12,24 @@ from curate.errors import UsageError, io_line
 from curate.io import storage
 
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv",
-     ".3gp", ".ogv", ".mxf", ".y4m"}
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".mpg",
+        ".mpeg",
+        ".flv",
+        ".wmv",
+        ".3gp",
+        ".ogv",
+        ".mxf",
+        ".y4m",
+    }
 )
 LIST_EXTENSIONS = frozenset({".txt", ".list", ".lst"})
 
@@ -33,7 +49,11 @@ def list_inputs(spec: str, skipped: list[str] | None = None) -> list[str]:
         files = sorted(f for f in p.rglob("*") if not f.is_dir())
         found = [str(f) for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
         if skipped is not None:
-            skipped += [str(f) for f in files if f.suffix.lower() not in VIDEO_EXTENSIONS and not f.name.startswith(".")]
+            skipped += [
+                str(f)
+                for f in files
+                if f.suffix.lower() not in VIDEO_EXTENSIONS and not f.name.startswith(".")
+            ]
         if not found:
             raise UsageError(
                 f"--input directory must contain videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), "
@@ -49,7 +69,9 @@ def list_inputs(spec: str, skipped: list[str] | None = None) -> list[str]:
     if glob.has_magic(spec):
         found = sorted(f for f in glob.glob(spec, recursive=True) if Path(f).is_file())
         if not found:
-            raise UsageError(f"--input glob must match at least one file, matched none: {spec!r}; check the pattern")
+            raise UsageError(
+                f"--input glob must match at least one file, matched none: {spec!r}; check the pattern"
+            )
         return found
     raise UsageError(
         f"--input must be an existing directory, glob, list file or video, got {spec!r} (not found); check the path"
@@ -67,8 +89,10 @@ def _list_remote(spec: str, skipped: list[str] | None = None) -> list[str]:
     """An object prefix (searched recursively), a list file object, or one video object."""
     storage.check_scheme(spec, "--input")
     if glob.has_magic(spec):
-        raise UsageError(f"--input on object storage must be a prefix, a list file or one object, got the glob "
-                         f"{spec!r}; pass the prefix (s3://bucket/raw) or a list file")
+        raise UsageError(
+            f"--input on object storage must be a prefix, a list file or one object, got the glob "
+            f"{spec!r}; pass the prefix (s3://bucket/raw) or a list file"
+        )
     try:
         if storage.is_file(spec):
             if Path(spec).suffix.lower() in LIST_EXTENSIONS:
@@ -80,15 +104,21 @@ def _list_remote(spec: str, skipped: list[str] | None = None) -> list[str]:
         if skipped is not None:
             skipped += [u for u in listed if Path(u).suffix.lower() not in VIDEO_EXTENSIONS]
     except (OSError, ValueError) as e:
-        raise UsageError(f"--input {spec!r} must be listable, got: {io_line(e)}; check the bucket name, "
-                         "AWS_ENDPOINT_URL and the AWS_* credentials") from e
+        raise UsageError(
+            f"--input {spec!r} must be listable, got: {io_line(e)}; check the bucket name, "
+            "AWS_ENDPOINT_URL and the AWS_* credentials"
+        ) from e
     bucket = spec.split("://", 1)[1].split("/", 1)[0]
     if not found and not storage.exists(f"{storage.scheme(spec)}://{bucket}"):
-        raise UsageError(f"--input bucket must exist, {bucket!r} does not (in {spec!r}); check the bucket name "
-                         "and AWS_ENDPOINT_URL")
+        raise UsageError(
+            f"--input bucket must exist, {bucket!r} does not (in {spec!r}); check the bucket name "
+            "and AWS_ENDPOINT_URL"
+        )
     if not found:
-        raise UsageError(f"--input prefix must contain videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), found none "
-                         f"under {spec!r}; check the bucket and prefix")
+        raise UsageError(
+            f"--input prefix must contain videos ({', '.join(sorted(VIDEO_EXTENSIONS))}), found none "
+            f"under {spec!r}; check the bucket and prefix"
+        )
     return found
 
 

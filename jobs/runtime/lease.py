@@ -104,8 +104,16 @@ def _process_started(pid: int) -> float:
 def new_holder(job: str) -> Holder:
     iso, t = _now()
     pid = os.getpid()
-    return Holder(host=socket.gethostname(), pid=pid, pid_started=_process_started(pid),
-                  run_id=uuid.uuid4().hex[:12], job=job, started=iso, heartbeat=iso, heartbeat_unix=t)
+    return Holder(
+        host=socket.gethostname(),
+        pid=pid,
+        pid_started=_process_started(pid),
+        run_id=uuid.uuid4().hex[:12],
+        job=job,
+        started=iso,
+        heartbeat=iso,
+        heartbeat_unix=t,
+    )
 
 
 def _encode(h: Holder) -> bytes:
@@ -123,8 +131,16 @@ def read_holder(folder: str) -> Holder | None:
     except (OSError, ValueError, KeyError, TypeError):
         if not storage.exists(path):
             return None
-        return Holder(host="unknown", pid=0, pid_started=0.0, run_id="", job="an unreadable lease",
-                      started="unknown", heartbeat="unknown", heartbeat_unix=time.time())
+        return Holder(
+            host="unknown",
+            pid=0,
+            pid_started=0.0,
+            run_id="",
+            job="an unreadable lease",
+            started="unknown",
+            heartbeat="unknown",
+            heartbeat_unix=time.time(),
+        )
 
 
 def why_stale(h: Holder) -> str | None:
@@ -176,10 +192,12 @@ def _create(path: str, data: bytes) -> bool:
 
 def held_error(folder: str, h: Holder) -> UsageError:
     age = max(0.0, time.time() - h.heartbeat_unix)
-    return fail("--output must not be in use by another run", f"{folder} held by {h.describe()} "
-                f"(heartbeat {age:.0f} s ago)",
-                f"wait for it to finish, pass another --output, or remove {lease_path(folder)} "
-                "if you are sure no run holds it")
+    return fail(
+        "--output must not be in use by another run",
+        f"{folder} held by {h.describe()} (heartbeat {age:.0f} s ago)",
+        f"wait for it to finish, pass another --output, or remove {lease_path(folder)} "
+        "if you are sure no run holds it",
+    )
 
 
 class Lease:
@@ -197,8 +215,10 @@ class Lease:
                 now = read_holder(self.folder)
                 if now is None or now.run_id != self.holder.run_id:
                     taken = now.describe() if now else "nobody (it was removed)"
-                    sys.stderr.write(f"warning: the lease of {self.folder} is now held by {taken}: two runs may "
-                                     "be writing this output; stop one and rerun the other\n")
+                    sys.stderr.write(
+                        f"warning: the lease of {self.folder} is now held by {taken}: two runs may "
+                        "be writing this output; stop one and rerun the other\n"
+                    )
                     return
                 iso, t = _now()
                 self.holder = Holder(**{**asdict(self.holder), "heartbeat": iso, "heartbeat_unix": t})
@@ -237,8 +257,11 @@ def claim(folder: str, job: str, *, watch: Sequence[str] = ()) -> Lease:
         if again is not None and again.run_id == h.run_id:  # still the stale one, not a newer run's
             storage.delete(path)
     h = read_holder(folder)
-    raise held_error(folder, h) if h else fail("--output lease must be creatable", path,
-                                                "check that the folder is writable and rerun")
+    raise (
+        held_error(folder, h)
+        if h
+        else fail("--output lease must be creatable", path, "check that the folder is writable and rerun")
+    )
 
 
 @contextlib.contextmanager
@@ -253,4 +276,3 @@ def hold(folder: str, job: str, *, watch: Sequence[str] = ()) -> Iterator[Lease]
         yield lease
     finally:
         lease.release()
-

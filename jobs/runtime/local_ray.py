@@ -55,9 +55,14 @@ def start_reaper() -> None:
         return
     # important: the watchdog learns of the driver's death from its stdin (the pipe closes when
     # the driver's last descriptor goes, on any exit); pipes are not inherited by Ray's children
-    _REAPERS[me] = subprocess.Popen([sys.executable, "-m", "jobs.runtime.local_ray", "--reap", str(me)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True, close_fds=True)
+    _REAPERS[me] = subprocess.Popen(
+        [sys.executable, "-m", "jobs.runtime.local_ray", "--reap", str(me)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def _is_ray(p: psutil.Process) -> bool:
@@ -99,15 +104,19 @@ def check_reachable(address: str, source: str = "--address") -> None:
     a = a.removeprefix("ray://").split("/", 1)[0]
     host, sep, port = a.rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"{source} must be HOST:PORT (or ray://HOST:PORT, auto), got {address!r}; "
-                         "pass the head's address, e.g. 127.0.0.1:6379")
+        raise UsageError(
+            f"{source} must be HOST:PORT (or ray://HOST:PORT, auto), got {address!r}; "
+            "pass the head's address, e.g. 127.0.0.1:6379"
+        )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
             pass
     except OSError as e:
-        raise UsageError(f"{source} must be a reachable Ray cluster, got {address!r} "
-                         f"({e.strerror or type(e).__name__} within {REACH_TIMEOUT_S:g} s); start the head "
-                         "(ray start --head), check the host and port, or drop it to run locally") from e
+        raise UsageError(
+            f"{source} must be a reachable Ray cluster, got {address!r} "
+            f"({e.strerror or type(e).__name__} within {REACH_TIMEOUT_S:g} s); start the head "
+            "(ray start --head), check the host and port, or drop it to run locally"
+        ) from e
 
 
 if __name__ == "__main__":

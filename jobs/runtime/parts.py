@@ -44,8 +44,13 @@ class PartSpec:
 Beside = Callable[[pa.Table, str], dict[str, Any]]  # (sorted rows, key) -> marker fields
 
 
-def write_part(batch: pa.Table, spec: PartSpec, select: Callable[[pa.Table], pa.Table] | None = None,
-               beside: Beside | None = None, **info: Any) -> str:
+def write_part(
+    batch: pa.Table,
+    spec: PartSpec,
+    select: Callable[[pa.Table], pa.Table] | None = None,
+    beside: Beside | None = None,
+    **info: Any,
+) -> str:
     """Write `batch` as one part (sorted by clip id; `select` picks what the part stores), then
     `beside`'s objects, then the marker (with `info` and `beside`'s fields). Returns the key."""
     batch = batch.sort_by(S.CLIP_ID)  # important: the same clips give the same bytes on every path
@@ -59,8 +64,15 @@ def write_part(batch: pa.Table, spec: PartSpec, select: Callable[[pa.Table], pa.
     return key
 
 
-def write_shards(batch: pa.Table, latents: str, key: str, meta: dict[str, Any], max_rows: int,
-                 max_bytes: int = 1 << 30, row_group_rows: int = SHARD_ROW_GROUP_ROWS) -> list[dict[str, Any]]:
+def write_shards(
+    batch: pa.Table,
+    latents: str,
+    key: str,
+    meta: dict[str, Any],
+    max_rows: int,
+    max_bytes: int = 1 << 30,
+    row_group_rows: int = SHARD_ROW_GROUP_ROWS,
+) -> list[dict[str, Any]]:
     """The encoded rows of a sorted batch as latent shards `shard-<key>-NNNNN.parquet`; returns
     their manifest entries (the manifest itself is merged by the driver from every marker)."""
     from latents.encode import ROUNDTRIP_PSNR
@@ -68,11 +80,21 @@ def write_shards(batch: pa.Table, latents: str, key: str, meta: dict[str, Any], 
 
     ok = pc.and_(pc.equal(batch.column(S.STATUS), S.STATUS_OK), pc.is_valid(batch.column(S.LATENT)))
     enc = batch.filter(pc.fill_null(ok, False))
-    if S.CLIP_EMBEDDING in enc.column_names:  # a score, not training data: shards never carry it (both writers)
+    if (
+        S.CLIP_EMBEDDING in enc.column_names
+    ):  # a score, not training data: shards never carry it (both writers)
         i = enc.schema.get_field_index(S.CLIP_EMBEDDING)
         enc = enc.set_column(i, enc.schema.field(i), pa.nulls(enc.num_rows, enc.schema.field(i).type))
-    with ShardWriter(latents, meta, max_rows=max_rows, max_bytes=max_bytes, row_group_rows=row_group_rows,
-                     metric_columns=(ROUNDTRIP_PSNR,), run_id=key, write_manifest=False) as writer:
+    with ShardWriter(
+        latents,
+        meta,
+        max_rows=max_rows,
+        max_bytes=max_bytes,
+        row_group_rows=row_group_rows,
+        metric_columns=(ROUNDTRIP_PSNR,),
+        run_id=key,
+        write_manifest=False,
+    ) as writer:
         writer.write(enc)
     return writer.shards
 

@@ -64,5 +64,9 @@ def with_device(preset: Preset, device: str) -> Preset:
     if device == "auto":
         return preset
     enc = replace(preset.encode, vae=replace(preset.encode.vae, device=device))
-    return replace(preset, score=replace(preset.score, device=device),
-                   caption=replace(preset.caption, device=device), encode=enc)
+    return replace(
+        preset,
+        score=replace(preset.score, device=device),
+        caption=replace(preset.caption, device=device),
+        encode=enc,
+    )

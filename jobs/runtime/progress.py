@@ -36,8 +36,14 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts of one stage, shown as they arrive; `total` None: the count alone (no ETA)."""
 
-    def __init__(self, stage: str, total: int | None = None, unit: str = "clips", stream: TextIO | None = None,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        stage: str,
+        total: int | None = None,
+        unit: str = "clips",
+        stream: TextIO | None = None,
+        clock=time.monotonic,
+    ):
         self.stage, self.total, self.unit = stage, total, unit
         self.stream = stream if stream is not None else sys.stdout
         self.clock = clock

@@ -49,8 +49,14 @@ ORDER = "_order"  # position of a score part, oldest first: a newer score row wi
 
 def bucket_of(clip_ids: Sequence[str], buckets: int) -> np.ndarray:
     """A stable bucket per clip id (the same on every worker and every run)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8).digest(), "little") % buckets
-                        for c in clip_ids), dtype=np.int64, count=len(clip_ids))
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8).digest(), "little") % buckets
+            for c in clip_ids
+        ),
+        dtype=np.int64,
+        count=len(clip_ids),
+    )
 
 
 def split_by_bucket(table: pa.Table, buckets: int) -> list[pa.Table]:
@@ -105,7 +111,9 @@ def _map_scores(paths: list[str], orders: list[int], columns: list[str], buckets
 
 
 @ray.remote
-def _reduce(merge: Callable[[pa.Table, pa.Table], pa.Table], dst: str, n_clips: int, *tables: pa.Table) -> int:
+def _reduce(
+    merge: Callable[[pa.Table, pa.Table], pa.Table], dst: str, n_clips: int, *tables: pa.Table
+) -> int:
     from curate.io.storage import write_parquet_atomic
 
     clips = pa.concat_tables(tables[:n_clips])
@@ -119,9 +127,14 @@ def _reduce(merge: Callable[[pa.Table, pa.Table], pa.Table], dst: str, n_clips: 
     return merged.num_rows
 
 
-def join_scores(clip_parts: Sequence[str], score_parts: Sequence[str], score_columns: list[str],
-                merge: Callable[[pa.Table, pa.Table | None], pa.Table], outputs: Sequence[str],
-                clip_counts: Sequence[int] | None = None) -> int:
+def join_scores(
+    clip_parts: Sequence[str],
+    score_parts: Sequence[str],
+    score_columns: list[str],
+    merge: Callable[[pa.Table, pa.Table | None], pa.Table],
+    outputs: Sequence[str],
+    clip_counts: Sequence[int] | None = None,
+) -> int:
     """Write `outputs[b]` = merge(clip rows of bucket b, their score rows); returns rows written.
 
     `score_parts` are oldest first. `merge` runs in the reduce tasks (a module-level function).
@@ -133,16 +146,26 @@ def join_scores(clip_parts: Sequence[str], score_parts: Sequence[str], score_col
     per_map = max(MIN_MAP_ROWS, MIN_OBJECT_ROWS * buckets)
     skip = [c for c in score_columns if c not in (CLIP_ID, STATUS, ERROR, FAILED_STAGE)]
     counts = list(clip_counts) if clip_counts is not None else row_counts(clip_parts)
-    clips = [_map_clips.options(num_returns=buckets).remote([clip_parts[i] for i in g], skip, buckets)
-             for g in group_parts(clip_parts, counts, per_map)]
-    scores = [_map_scores.options(num_returns=buckets).remote([score_parts[i] for i in g], g, score_columns, buckets)
-              for g in group_parts(score_parts, row_counts(score_parts), per_map)]
+    clips = [
+        _map_clips.options(num_returns=buckets).remote([clip_parts[i] for i in g], skip, buckets)
+        for g in group_parts(clip_parts, counts, per_map)
+    ]
+    scores = [
+        _map_scores.options(num_returns=buckets).remote(
+            [score_parts[i] for i in g], g, score_columns, buckets
+        )
+        for g in group_parts(score_parts, row_counts(score_parts), per_map)
+    ]
 
     def nth(refs, b):
         return refs if buckets == 1 else refs[b]
 
-    done = [_reduce.remote(merge, outputs[b], len(clips), *[nth(r, b) for r in clips],
-                           *[nth(r, b) for r in scores]) for b in range(buckets)]
+    done = [
+        _reduce.remote(
+            merge, outputs[b], len(clips), *[nth(r, b) for r in clips], *[nth(r, b) for r in scores]
+        )
+        for b in range(buckets)
+    ]
     return sum(ray.get(done))
 
 
@@ -172,7 +195,9 @@ def merge_scores(clips: pa.Table, done: pa.Table | None) -> pa.Table:
 def scored_part(clips: pa.Table, done: pa.Table | None, cfg_hash: str) -> pa.Table:
     """Reduce step of the join: one output part, stamped and validated."""
     table = merge_scores(clips, done)
-    table = set_columns(table, {CONFIG_HASH: [cfg_hash] * table.num_rows,
-                                TUBELET_VERSION: [curate.__version__] * table.num_rows})
+    table = set_columns(
+        table,
+        {CONFIG_HASH: [cfg_hash] * table.num_rows, TUBELET_VERSION: [curate.__version__] * table.num_rows},
+    )
     validate(table, upto="score")
     return table

@@ -58,17 +58,29 @@ def process_one(uri: str, cfg: SplitConfig, out: str) -> dict:
         # skipped only when this source's row already names this content: a file replaced by
         # another video that was split before (under another name) must get its row rewritten
         if vid is not None and is_done(out, STAGE, vid, cfg_hash) and _names(video_part, vid):
-            return {"source_uri": uri, "video_id": vid, "status": S.STATUS_OK, "skipped": True, "num_clips": None,
-                    "seconds": time.perf_counter() - t0}
+            return {
+                "source_uri": uri,
+                "video_id": vid,
+                "status": S.STATUS_OK,
+                "skipped": True,
+                "num_clips": None,
+                "seconds": time.perf_counter() - t0,
+            }
         video, clips = split_video(local, cfg, video_id=vid, source_uri=uri)  # the file is hashed once
     write_parquet_atomic(S.table_from_rows(clips), clips_part(out, video[S.VIDEO_ID]))
     write_parquet_atomic(S.table_from_rows([video], S.VIDEO_SCHEMA), video_part)
     # important: the marker goes last; a kill before it just redoes this video.
     mark_done(out, STAGE, video[S.VIDEO_ID], cfg_hash, source_uri=uri, num_clips=video.get(S.NUM_CLIPS))
-    return {"source_uri": uri, "video_id": video[S.VIDEO_ID], "status": video[S.STATUS],
-            "failed_stage": video.get(S.FAILED_STAGE), "error": video.get(S.ERROR),
-            "num_clips": sum(1 for c in clips if c[S.STATUS] == S.STATUS_OK), "skipped": False,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "source_uri": uri,
+        "video_id": video[S.VIDEO_ID],
+        "status": video[S.STATUS],
+        "failed_stage": video.get(S.FAILED_STAGE),
+        "error": video.get(S.ERROR),
+        "num_clips": sum(1 for c in clips if c[S.STATUS] == S.STATUS_OK),
+        "skipped": False,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _names(video_part: str, video_id: str) -> bool:

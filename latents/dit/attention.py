@@ -47,8 +47,14 @@ class DocAttention:
     their packed rows (the same list for self-attention). A sample with no keys gets zeros.
     """
 
-    def __init__(self, backend: Backend, q_places: list[tuple[int, int, int]],
-                 kv_places: list[tuple[int, int, int]], q_seg: torch.Tensor, kv_seg: torch.Tensor):
+    def __init__(
+        self,
+        backend: Backend,
+        q_places: list[tuple[int, int, int]],
+        kv_places: list[tuple[int, int, int]],
+        q_seg: torch.Tensor,
+        kv_seg: torch.Tensor,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"attention backend must be one of {BACKENDS}: got {backend!r}")
         self.backend = backend
@@ -59,7 +65,7 @@ class DocAttention:
         elif backend == "dense":
             # padding queries attend to padding keys (never NaN; their outputs are discarded), and a
             # query with no key at all (a sample without text) is opened and zeroed by the caller.
-            allowed = (q_seg[:, :, None] == kv_seg[:, None, :])  # (R, N, M)
+            allowed = q_seg[:, :, None] == kv_seg[:, None, :]  # (R, N, M)
             self.mask = (allowed | ~allowed.any(-1, keepdim=True)).unsqueeze(1)  # -> (R, 1, N, M)
         else:
             from torch.nn.attention.flex_attention import create_block_mask
@@ -68,8 +74,9 @@ class DocAttention:
                 return q_seg[b, q] == kv_seg[b, kv]
 
             # _compile on CUDA: the eager builder evaluates the mask at every (q, kv) pair of every row
-            self.block_mask = create_block_mask(document, q_seg.shape[0], None, self.n, self.m, device=device,
-                                                _compile=device.type == "cuda")
+            self.block_mask = create_block_mask(
+                document, q_seg.shape[0], None, self.n, self.m, device=device, _compile=device.type == "cuda"
+            )
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (R, h, N, hd), k / v (R, h, M, hd) -> (R, h, N, hd)."""
@@ -88,7 +95,9 @@ class DocAttention:
             og = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.kv_mask)
             if out is None:  # SDPA's dtype (autocast may lower it)
                 out = og.new_zeros((r * n, h, hd))
-            out = out.index_copy(0, g.q_index.flatten(), og.transpose(1, 2).reshape(-1, h, hd))  # (G*k, h, hd)
+            out = out.index_copy(
+                0, g.q_index.flatten(), og.transpose(1, 2).reshape(-1, h, hd)
+            )  # (G*k, h, hd)
         if out is None:  # no sample has keys (e.g. every caption of the batch dropped)
             # important: keep q/k/v in the graph (zero gradient), as the dense mask does; DDP needs
             # every worker to produce a gradient for every parameter, or its all-reduce breaks.
@@ -96,8 +105,13 @@ class DocAttention:
         return out.view(r, n, h, hd).transpose(1, 2)  # (R*N, h, hd) -> (R, h, N, hd)
 
 
-def _groups(q_places: list[tuple[int, int, int]], kv_places: list[tuple[int, int, int]], n: int, m: int,
-            device: torch.device) -> list[_Group]:
+def _groups(
+    q_places: list[tuple[int, int, int]],
+    kv_places: list[tuple[int, int, int]],
+    n: int,
+    m: int,
+    device: torch.device,
+) -> list[_Group]:
     """Samples grouped by query length; keys padded to the group's longest (masked) where they differ."""
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, (_, _, k) in enumerate(q_places):
@@ -109,7 +123,9 @@ def _groups(q_places: list[tuple[int, int, int]], kv_places: list[tuple[int, int
         lens = [kv_places[i][2] for i in members]
         width = max(lens)
         ar = torch.arange(width)
-        kv_index = torch.stack([r * m + s + ar.clamp(max=ln - 1) for r, s, ln in (kv_places[i] for i in members)])
+        kv_index = torch.stack(
+            [r * m + s + ar.clamp(max=ln - 1) for r, s, ln in (kv_places[i] for i in members)]
+        )
         mask = None
         if min(lens) != width:
             mask = (ar[None] < torch.tensor(lens)[:, None])[:, None, None, :]  # (G, L) -> (G, 1, 1, L)

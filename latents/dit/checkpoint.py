@@ -58,14 +58,19 @@ def _optim_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run: Path, step: int, model: nn.Module, ema: nn.Module,
-                    opt: torch.optim.Optimizer, state: dict) -> Path:
+def save_checkpoint(
+    run: Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, state: dict
+) -> Path:
     final = Path(run) / CKPT_DIR / f"step-{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
+    )
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors"
+    )
     tensors, meta = _optim_to_flat(opt)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -80,7 +85,9 @@ def save_checkpoint(run: Path, step: int, model: nn.Module, ema: nn.Module,
 def latest_checkpoint(run: Path) -> Path | None:
     """The highest-step complete checkpoint of a run, or None."""
     root = Path(run) / CKPT_DIR
-    done = sorted(p for p in root.glob("step-???????") if (p / "state.json").is_file()) if root.is_dir() else []
+    done = (
+        sorted(p for p in root.glob("step-???????") if (p / "state.json").is_file()) if root.is_dir() else []
+    )
     return done[-1] if done else None
 
 
@@ -97,8 +104,9 @@ def prune_checkpoints(run: Path, keep_last: int) -> list[Path]:
     return gone
 
 
-def load_checkpoint(ckpt: Path, model: nn.Module, ema: nn.Module | None,
-                    opt: torch.optim.Optimizer | None) -> dict:
+def load_checkpoint(
+    ckpt: Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer | None
+) -> dict:
     """Restore weights, EMA, optimizer and torch RNG; returns state.json (step, data position ...)."""
     model.load_state_dict(load_file(ckpt / "model.safetensors"))
     if ema is not None:

@@ -43,6 +43,7 @@ DDPM_STEPS = 1000
 
 # ---- timestep shift --------------------------------------------------------------------------
 
+
 def auto_shift(tokens_per_frame: int, frames: int) -> float:
     """Open-Sora 2's rule: a line through (256 tokens per frame, 1) and (4096, 3), times sqrt(frames)."""
     return (1.0 + 2.0 * (tokens_per_frame - 256) / 3840) * math.sqrt(frames)
@@ -70,6 +71,7 @@ def unshift_time(t: float, shift: float) -> float:
 
 
 # ---- rectified flow -------------------------------------------------------------------------
+
 
 def rf_sample_t(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Logit-normal(0, 1) times in (0, 1): more weight on the middle of the path (SD3)."""
@@ -101,7 +103,10 @@ def rf_times(steps: int, start: float = 1.0, shift: float = 1.0) -> list[float]:
 
 # ---- DDPM (eps prediction) -------------------------------------------------------------------
 
-def ddpm_alphas_cumprod(n: int = DDPM_STEPS, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+
+def ddpm_alphas_cumprod(
+    n: int = DDPM_STEPS, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
     return torch.cumprod(1 - torch.linspace(beta_start, beta_end, n, dtype=torch.float64), 0).float()
 
 
@@ -137,6 +142,7 @@ def ddim_timesteps(steps: int, start: int = DDPM_STEPS - 1) -> list[int]:
 
 # ---- shared ----------------------------------------------------------------------------------
 
+
 def training_inputs(
     objective: Objective, x0: torch.Tensor, eps: torch.Tensor, u: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,15 +162,18 @@ def training_inputs(
     raise ValueError(f"objective must be 'rflow' or 'ddpm', got {objective!r}")
 
 
-def draw_u(objective: Objective, n: int, generator: torch.Generator | None = None,
-           shift: float = 1.0) -> torch.Tensor:
+def draw_u(
+    objective: Objective, n: int, generator: torch.Generator | None = None, shift: float = 1.0
+) -> torch.Tensor:
     """Per-sample time draw: logit-normal for rectified flow (then shifted), uniform for DDPM."""
     if objective == "rflow":
         return shift_time(rf_sample_t(n, generator), shift)
     return torch.rand(n, generator=generator)
 
 
-def drop_captions(text_mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_captions(
+    text_mask: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Drop whole captions with probability p (mask (S, L) -> all False for dropped rows)."""
     keep = torch.rand(text_mask.shape[0], generator=generator) >= p
     return text_mask & keep.to(text_mask.device)[:, None]

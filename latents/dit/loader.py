@@ -75,7 +75,9 @@ def assign_ranks(lengths: Sequence[int], world: int) -> list[list[int]]:
     return [sorted(x) for x in out]
 
 
-def micro_batches(lengths: Sequence[int], max_tokens: int | None, micro_tokens: int | None) -> list[list[int]]:
+def micro_batches(
+    lengths: Sequence[int], max_tokens: int | None, micro_tokens: int | None
+) -> list[list[int]]:
     """Indices per micro-batch: rows of `max_tokens` slots (None: one sample per row, padded to the
     longest), then consecutive rows while the micro-batch stays within `micro_tokens` slots
     (None: one micro-batch). Each list is in index order."""
@@ -93,9 +95,24 @@ class StepLoader:
     """Iterate this rank's steps `start_step`.. `end_step` - 1, the first one starting at global
     position `start_pos`, built in a background thread (`prefetch` steps ahead)."""
 
-    def __init__(self, source: Source, order: StreamOrder, patch: Patch, *, batch_size: int,
-                 step_tokens: int | None, max_tokens: int | None, micro_tokens: int | None, rank: int, world: int,
-                 start_step: int, start_pos: int, end_step: int, prefetch: int = 2, threads: int = 2):
+    def __init__(
+        self,
+        source: Source,
+        order: StreamOrder,
+        patch: Patch,
+        *,
+        batch_size: int,
+        step_tokens: int | None,
+        max_tokens: int | None,
+        micro_tokens: int | None,
+        rank: int,
+        world: int,
+        start_step: int,
+        start_pos: int,
+        end_step: int,
+        prefetch: int = 2,
+        threads: int = 2,
+    ):
         self.source, self.order, self.patch = source, order, patch
         self.batch_size, self.step_tokens = batch_size, step_tokens
         self.max_tokens, self.micro_tokens = max_tokens, micro_tokens
@@ -129,7 +146,9 @@ class StepLoader:
 
     def _ensure(self, pool: ThreadPoolExecutor, key: tuple[int, int]) -> None:
         if key not in self._windows:
-            self._windows[key] = {u: pool.submit(self.source.load_unit, u) for u in self.order.window_units(*key)}
+            self._windows[key] = {
+                u: pool.submit(self.source.load_unit, u) for u in self.order.window_units(*key)
+            }
 
     def _sample(self, pool: ThreadPoolExecutor, p: int) -> dict[str, Any]:
         key = self.order.window_of(p)
@@ -139,8 +158,13 @@ class StepLoader:
         u, r = self.order.locate(p)
         s = self._windows[key][u].result()[r]
         # a copy: a sample of a row group is a view of the whole row group's buffer
-        return {**s, "latent": s["latent"].clone(), "text_embedding": s["text_embedding"].clone(),
-                "text_mask": s["text_mask"].clone(), "position": p}
+        return {
+            **s,
+            "latent": s["latent"].clone(),
+            "text_embedding": s["text_embedding"].clone(),
+            "text_mask": s["text_mask"].clone(),
+            "position": p,
+        }
 
     def _produce(self) -> None:
         pool = ThreadPoolExecutor(max_workers=self.threads)

@@ -72,7 +72,9 @@ class DiTConfig:
             )
         bad = [a for a in self.ablate if a not in ABLATIONS]
         if bad:
-            raise ValueError(f"ablate must name parts of {ABLATIONS}: got {bad}; leave it empty outside tests")
+            raise ValueError(
+                f"ablate must name parts of {ABLATIONS}: got {bad}; leave it empty outside tests"
+            )
 
     @property
     def patch_dim(self) -> int:
@@ -84,7 +86,9 @@ class DiTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DiTConfig:
         # a run saved before the position embedding existed was trained without it: keep it off
-        return cls(**{"pos_embed": False, **d, "patch": tuple(d["patch"]), "ablate": tuple(d.get("ablate", ()))})
+        return cls(
+            **{"pos_embed": False, **d, "patch": tuple(d["patch"]), "ablate": tuple(d.get("ablate", ()))}
+        )
 
     def sized(self, in_channels: int, text_dim: int) -> DiTConfig:
         """The same architecture for a given latent channel count and text width."""
@@ -139,9 +143,13 @@ def fractional_pos_embedding(pos: torch.Tensor, grid: torch.Tensor, dim: int) ->
     """
     parts = []
     for axis, d in enumerate(rope_axes(dim)):
-        frac = (pos[..., axis].float() + 0.5) / grid[..., axis].float() * POS_SCALE  # (...,) in (0, POS_SCALE)
+        frac = (
+            (pos[..., axis].float() + 0.5) / grid[..., axis].float() * POS_SCALE
+        )  # (...,) in (0, POS_SCALE)
         # max_period 100: over positions in (0, 32) the slowest wave still turns ~0.3 rad
-        parts.append(timestep_embedding(frac.reshape(-1), d, 100.0).view(*frac.shape, d))  # (...,) -> (..., d)
+        parts.append(
+            timestep_embedding(frac.reshape(-1), d, 100.0).view(*frac.shape, d)
+        )  # (...,) -> (..., d)
     return torch.cat(parts, dim=-1)
 
 
@@ -162,8 +170,13 @@ class Attention(nn.Module):
         # qk-norm keeps attention logits bounded under bf16 (as in SD3 / Lumina).
         self.q_norm, self.k_norm = nn.RMSNorm(hd, eps=1e-6), nn.RMSNorm(hd, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, attend: DocAttention,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: torch.Tensor,
+        attend: DocAttention,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         r, n, d = x.shape
         h = self.heads
         q = self.q(x).view(r, n, h, d // h).transpose(1, 2)  # (R, N, D) -> (R, h, N, hd)
@@ -262,8 +275,12 @@ class DiT(nn.Module):
         for blk in self.blocks:
             # adaLN per sample: (S, D) -> (S, 6D), broadcast to the sample's tokens (R, N, 6D)
             if self.checkpointing and torch.is_grad_enabled():  # keeps x per block, recomputes the rest
-                x = checkpoint(lambda x, c, blk=blk: blk(x, ctx.per_token(blk.ada(c)), ctx), x, ctx.c,
-                               use_reentrant=False)
+                x = checkpoint(
+                    lambda x, c, blk=blk: blk(x, ctx.per_token(blk.ada(c)), ctx),
+                    x,
+                    ctx.c,
+                    use_reentrant=False,
+                )
             else:
                 x = blk(x, ctx.per_token(blk.ada(ctx.c)), ctx)
         shift, scale = ctx.per_token(self.final_ada(ctx.c)).chunk(2, dim=-1)  # (R, N, D) each
@@ -282,7 +299,9 @@ class DiT(nn.Module):
         if "text" in ablate:
             valid = torch.zeros_like(valid)
         owner = packed.text_seg.clamp(min=0)
-        counts = torch.zeros(s, device=t.device).index_add_(0, owner[valid], torch.ones_like(owner[valid], dtype=torch.float))
+        counts = torch.zeros(s, device=t.device).index_add_(
+            0, owner[valid], torch.ones_like(owner[valid], dtype=torch.float)
+        )
         if self.cfg.pooled_text:
             sums = torch.zeros(s, packed.text.shape[-1], device=t.device, dtype=packed.text.dtype)
             sums.index_add_(0, owner[valid], packed.text[valid])
@@ -291,13 +310,19 @@ class DiT(nn.Module):
         if "leak" in ablate:  # every real token of a row attends to the whole row and all its text
             leak = lambda ids: torch.where(ids >= 0, 0, -1)  # noqa: E731
             self_attend = DocAttention("dense", packed.places, packed.places, leak(seg), leak(seg))
-            cross_attend = DocAttention("dense", packed.places, packed.text_places, leak(seg), leak(packed.text_seg))
+            cross_attend = DocAttention(
+                "dense", packed.places, packed.text_places, leak(seg), leak(packed.text_seg)
+            )
         else:
             # attention never crosses samples: self over the sample's tokens, cross over its own text
             self_attend = DocAttention(self.attention, packed.places, packed.places, seg, seg)
-            cross_attend = DocAttention(self.attention, packed.places, packed.text_places, seg, packed.text_seg)
+            cross_attend = DocAttention(
+                self.attention, packed.places, packed.text_places, seg, packed.text_seg
+            )
         # important: a token of a sample without text (or padding) takes no cross-attention update.
-        has_text = (packed.gather_rows(counts > 0) & (seg >= 0)).unsqueeze(-1).to(c.dtype)  # (R, N) -> (R, N, 1)
+        has_text = (
+            (packed.gather_rows(counts > 0) & (seg >= 0)).unsqueeze(-1).to(c.dtype)
+        )  # (R, N) -> (R, N, 1)
         rope = rope_angles(packed.pos, self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta)
         x = self.x_embed(packed.tokens)
         if self.cfg.pos_embed and "pos_embed" not in ablate:
@@ -307,20 +332,30 @@ class DiT(nn.Module):
     def pos_features(self, packed: Packed) -> torch.Tensor:
         """Fixed fractional (t, y, x) sin-cos embedding of every packed token in its own sample's grid: (R, N, D)."""
         p = self.cfg.patch
-        grids = torch.tensor([[sh[1] // p[0], sh[2] // p[1], sh[3] // p[2]] for sh in packed.shapes],
-                             device=packed.pos.device)  # (S, 3) tubelet grid per sample
+        grids = torch.tensor(
+            [[sh[1] // p[0], sh[2] // p[1], sh[3] // p[2]] for sh in packed.shapes], device=packed.pos.device
+        )  # (S, 3) tubelet grid per sample
         return fractional_pos_embedding(packed.pos, packed.gather_rows(grids), self.cfg.hidden)
 
     def size_features(self, shapes: list[tuple[int, int, int, int]], device: torch.device) -> torch.Tensor:
         """Per sample latent [C, T, H, W] -> sinusoidal embeddings of its tubelet grid (gt, gh, gw): (S, 768)."""
         p = self.cfg.patch
-        grid = torch.tensor([[s[1] // p[0], s[2] // p[1], s[3] // p[2]] for s in shapes], device=device)  # (S, 3)
+        grid = torch.tensor(
+            [[s[1] // p[0], s[2] // p[1], s[3] // p[2]] for s in shapes], device=device
+        )  # (S, 3)
         # (S, 3) -> 3 x (S, 256) -> (S, 768); max_period 1000: grids are at most a few hundred wide
         return torch.cat([timestep_embedding(grid[:, i], 256, 1000.0) for i in range(3)], dim=-1).to(
-            self.x_embed.weight.dtype)
+            self.x_embed.weight.dtype
+        )
 
-    def forward_latents(self, latents: list[torch.Tensor] | torch.Tensor, t: torch.Tensor,
-                        text: torch.Tensor, text_mask: torch.Tensor, max_tokens: int | None = None) -> list[torch.Tensor]:
+    def forward_latents(
+        self,
+        latents: list[torch.Tensor] | torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        max_tokens: int | None = None,
+    ) -> list[torch.Tensor]:
         """Convenience: latents [C, T, H, W] each, t (S,), text (S, L, D), mask (S, L) -> predictions like latents."""
         p = self.cfg.patch
         packed = pack(list(latents), list(text), list(text_mask), p, max_tokens)

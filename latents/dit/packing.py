@@ -84,8 +84,14 @@ class Packed:
 
     def to(self, device: torch.device | str) -> Packed:
         return Packed(
-            self.tokens.to(device), self.pos.to(device), self.seg.to(device), self.text.to(device),
-            self.text_seg.to(device), self.places, self.shapes, self.text_places,
+            self.tokens.to(device),
+            self.pos.to(device),
+            self.seg.to(device),
+            self.text.to(device),
+            self.text_seg.to(device),
+            self.places,
+            self.shapes,
+            self.text_places,
         )
 
     def gather_rows(self, values: torch.Tensor) -> torch.Tensor:

@@ -34,18 +34,46 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the `models` extra installs it; training does not need it
-                print("[train] tensorboard is not installed: no event files (pip install tensorboard)", flush=True)
+                print(
+                    "[train] tensorboard is not installed: no event files (pip install tensorboard)",
+                    flush=True,
+                )
             else:
                 self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
 
-    def write(self, step: int, loss: float, lr: float, gnorm: float, tokens: int, efficiency: float,
-              tokens_per_s: float, elapsed: float, bucket_losses: list[float | None]) -> None:
+    def write(
+        self,
+        step: int,
+        loss: float,
+        lr: float,
+        gnorm: float,
+        tokens: int,
+        efficiency: float,
+        tokens_per_s: float,
+        elapsed: float,
+        bucket_losses: list[float | None],
+    ) -> None:
         with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([step, f"{loss:.6g}", f"{lr:.3g}", f"{gnorm:.4g}", tokens, f"{efficiency:.4f}",
-                                    f"{tokens_per_s:.1f}", f"{elapsed:.2f}"])
+            csv.writer(f).writerow(
+                [
+                    step,
+                    f"{loss:.6g}",
+                    f"{lr:.3g}",
+                    f"{gnorm:.4g}",
+                    tokens,
+                    f"{efficiency:.4f}",
+                    f"{tokens_per_s:.1f}",
+                    f"{elapsed:.2f}",
+                ]
+            )
         if self.tb is not None:
-            for name, v in (("loss", loss), ("lr", lr), ("grad_norm", gnorm), ("tokens_per_s", tokens_per_s),
-                            ("token_efficiency", efficiency)):
+            for name, v in (
+                ("loss", loss),
+                ("lr", lr),
+                ("grad_norm", gnorm),
+                ("tokens_per_s", tokens_per_s),
+                ("token_efficiency", efficiency),
+            ):
                 self.tb.add_scalar(f"train/{name}", v, step)
             for k, v in enumerate(bucket_losses):
                 if v is not None:

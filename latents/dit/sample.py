@@ -23,8 +23,16 @@ from latents.dit.model import DiT
 
 
 @torch.no_grad()
-def predict(model: DiT, x: torch.Tensor, t: float, text: torch.Tensor, text_mask: torch.Tensor,
-            cfg_scale: float, max_tokens: int | None = None, bf16: bool = True) -> torch.Tensor:
+def predict(
+    model: DiT,
+    x: torch.Tensor,
+    t: float,
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    cfg_scale: float,
+    max_tokens: int | None = None,
+    bf16: bool = True,
+) -> torch.Tensor:
     """Guided model output for x (B, C, T, H, W) at model time t in [0, 1000).
 
     Guided: samples are [cond_0, uncond_0, cond_1, uncond_1, ...], packed into rows of
@@ -100,7 +108,11 @@ def sample(
         ab = D.ddpm_alphas_cumprod().tolist()
         start = D.ddpm_strength_step(strength)  # the step with rectified-flow time s's SNR
         ts = D.ddim_timesteps(steps, start=start)
-        x = eps if init is None else D.ddpm_noise(init.to(device), eps, torch.tensor(ab[start], device=device))
+        x = (
+            eps
+            if init is None
+            else D.ddpm_noise(init.to(device), eps, torch.tensor(ab[start], device=device))
+        )
         for t, t_next in itertools.pairwise(ts):
             e = predict(model, x, float(t), text, text_mask, *step_args)
             x = D.ddim_step(x, e, ab[t], 1.0 if t_next < 0 else ab[t_next])

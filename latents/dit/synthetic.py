@@ -27,13 +27,15 @@ def synthetic_samples(
         length = 2 + i % (text_len - 1)  # captions of different token counts exercise the mask
         mask = torch.arange(text_len) < length
         emb = torch.randn(text_len, text_dim, generator=g) * mask[:, None]
-        out.append({
-            "clip_id": f"synthetic-{seed}-{i}",
-            "caption": f"synthetic caption {i} (random)",
-            "latent": torch.randn(channels, t, h, w, generator=g),
-            "text_embedding": emb,
-            "text_mask": mask,
-        })
+        out.append(
+            {
+                "clip_id": f"synthetic-{seed}-{i}",
+                "caption": f"synthetic caption {i} (random)",
+                "latent": torch.randn(channels, t, h, w, generator=g),
+                "text_embedding": emb,
+                "text_mask": mask,
+            }
+        )
     return out
 
 
@@ -46,7 +48,9 @@ def synthetic_samples(
 COLOURS = ("red", "green", "blue", "yellow")
 # each colour a sign pattern over the 4 channels (rows of a 4x4 Hadamard matrix: equal energy,
 # mutually orthogonal, so a colour is read back by the largest dot product)
-COLOUR_VECTORS = torch.tensor([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=torch.float32)
+COLOUR_VECTORS = torch.tensor(
+    [[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=torch.float32
+)
 # per track: the square's (row, column) token cell in frames 0, 1, 2 (along one edge of the frame)
 TRACKS: dict[str, tuple[tuple[int, int], ...]] = {
     "right": ((0, 0), (0, 1), (0, 2)),
@@ -65,7 +69,9 @@ def word_embeddings(dim: int = 16) -> dict[str, torch.Tensor]:
     return {w: torch.randn(dim, generator=g) for w in _WORDS}
 
 
-def square_caption(colour: str, track: str, text_len: int = 6, dim: int = 16) -> tuple[str, torch.Tensor, torch.Tensor]:
+def square_caption(
+    colour: str, track: str, text_len: int = 6, dim: int = 16
+) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(caption, text_embedding [L, D] zero past the caption, text_mask [L])."""
     words = ["a", colour, "square", "moving", track]
     emb = word_embeddings(dim)
@@ -74,13 +80,18 @@ def square_caption(colour: str, track: str, text_len: int = 6, dim: int = 16) ->
     return " ".join(words), text, torch.arange(text_len) < len(words)
 
 
-def square_latent(colour: str, track: str, amplitude: float = 1.5, noise: float = 0.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def square_latent(
+    colour: str,
+    track: str,
+    amplitude: float = 1.5,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """[4, 3, 6, 6]: zero background (plus optional noise), the square = amplitude * colour vector."""
     x = noise * torch.randn(SQUARE_SHAPE, generator=generator) if noise else torch.zeros(SQUARE_SHAPE)
     vec = amplitude * COLOUR_VECTORS[COLOURS.index(colour)]
     for f, (r, c) in enumerate(TRACKS[track]):
-        x[:, f, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] = vec[:, None, None]
+        x[:, f, r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL] = vec[:, None, None]
     return x
 
 
@@ -93,9 +104,15 @@ def square_samples(pairs: list[tuple[str, str]], per_pair: int, seed: int = 0) -
         caption, text, mask = square_caption(colour, track)
         for k in range(per_pair):
             amp = 1.2 + 0.6 * float(torch.rand((), generator=g))
-            out.append({"clip_id": f"square-{colour}-{track}-{k}", "caption": caption,
-                        "latent": square_latent(colour, track, amp, 0.05, g), "text_embedding": text,
-                        "text_mask": mask})
+            out.append(
+                {
+                    "clip_id": f"square-{colour}-{track}-{k}",
+                    "caption": caption,
+                    "latent": square_latent(colour, track, amp, 0.05, g),
+                    "text_embedding": text,
+                    "text_mask": mask,
+                }
+            )
     return out
 
 

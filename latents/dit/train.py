@@ -68,11 +68,17 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8  # global samples per step, when step_tokens is None
     step_tokens: int | None = None  # global token budget per step (all ranks); None: batch_size samples
-    max_tokens: int | None = 1024  # packed row length (>= the longest sample); None pads each sample to the longest
-    micro_tokens: int | None = None  # token slots per rank per forward (micro-batch); None: the rank's share at once
+    max_tokens: int | None = (
+        1024  # packed row length (>= the longest sample); None pads each sample to the longest
+    )
+    micro_tokens: int | None = (
+        None  # token slots per rank per forward (micro-batch); None: the rank's share at once
+    )
     checkpointing: bool = False  # recompute each block in backward: activations ~ 1 block + block inputs
     lr: float = 3e-4
-    lr_schedule: Schedule = "constant"  # after warmup: constant, or cosine / linear down to lr * min_lr_ratio at `steps`
+    lr_schedule: Schedule = (
+        "constant"  # after warmup: constant, or cosine / linear down to lr * min_lr_ratio at `steps`
+    )
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0  # on matrices only: never on norms, biases, embeddings
     warmup: int = 100
@@ -91,7 +97,9 @@ class TrainConfig:
     keep_last: int = 0  # checkpoints kept (the newest); 0 keeps all
     tensorboard: bool = True
     bf16: bool = True  # autocast to bf16 on CUDA (ignored on CPU)
-    size_cond: bool = False  # condition on each sample's latent grid (duration, resolution); DiTConfig.size_cond
+    size_cond: bool = (
+        False  # condition on each sample's latent grid (duration, resolution); DiTConfig.size_cond
+    )
     # timestep shift of the rectified-flow draws, a number or "auto" (per sample from its grid:
     # diffusion.resolve_shift); recorded in config.json, so jobs.sample / SDEdit use the same
     shift: D.Shift = 1.0
@@ -101,26 +109,56 @@ class TrainConfig:
         if self.model not in PRESETS:
             raise ValueError(f"model must be one of {sorted(PRESETS)}: got {self.model!r}")
         base = PRESETS[self.model]
-        return DiTConfig.from_dict({**base.to_dict(), "patch": tuple(self.patch), "size_cond": self.size_cond,
-                                    "ablate": tuple(self.ablate)}).sized(in_channels, text_dim)
+        return DiTConfig.from_dict(
+            {
+                **base.to_dict(),
+                "patch": tuple(self.patch),
+                "size_cond": self.size_cond,
+                "ablate": tuple(self.ablate),
+            }
+        ).sized(in_channels, text_dim)
 
 
-SMOKE = TrainConfig(model="tiny", steps=20, batch_size=4, max_tokens=256, warmup=5, log_every=5, ckpt_every=10)
+SMOKE = TrainConfig(
+    model="tiny", steps=20, batch_size=4, max_tokens=256, warmup=5, log_every=5, ckpt_every=10
+)
 # The default preset's step is a token budget. A 2 s clip of the default encode preset is 12,720
 # tokens, an 81-frame 480x848 one 33,390 (the longest: rows of 65,536 hold it). One step is
 # 2^19 tokens (~40 two-second clips); a rank runs micro-batches of one 65,536-token row with
 # per-block checkpointing: projected peak on one GPU at DiT-B in `python -m jobs.bench train`
 # (~21 GB, under 80 GB), and 8 micro-batches per step on 1 GPU, 1 on 8 GPUs.
-DEFAULT = TrainConfig(model="B", steps=100_000, batch_size=64, step_tokens=524_288, max_tokens=65_536,
-                      micro_tokens=65_536, checkpointing=True, lr=1e-4, lr_schedule="cosine", weight_decay=0.01,
-                      warmup=1000, window=16, val_rows=256, val_every=1000, preview_every=5000, ckpt_every=5000,
-                      keep_last=3, ema_decay=0.9999, size_cond=True, shift="auto")
+DEFAULT = TrainConfig(
+    model="B",
+    steps=100_000,
+    batch_size=64,
+    step_tokens=524_288,
+    max_tokens=65_536,
+    micro_tokens=65_536,
+    checkpointing=True,
+    lr=1e-4,
+    lr_schedule="cosine",
+    weight_decay=0.01,
+    warmup=1000,
+    window=16,
+    val_rows=256,
+    val_every=1000,
+    preview_every=5000,
+    ckpt_every=5000,
+    keep_last=3,
+    ema_decay=0.9999,
+    size_cond=True,
+    shift="auto",
+)
 
 
-def longest_sample(shapes: Sequence[Sequence[int]], patch: tuple[int, int, int]) -> tuple[int, tuple[int, ...]]:
+def longest_sample(
+    shapes: Sequence[Sequence[int]], patch: tuple[int, int, int]
+) -> tuple[int, tuple[int, ...]]:
     """(token count, latent shape [C, T, H, W]) of the sample with the most tokens."""
     if not shapes:
-        raise ValueError("no latent shapes to size the token budget from: the dataset is empty; check --input")
+        raise ValueError(
+            "no latent shapes to size the token budget from: the dataset is empty; check --input"
+        )
     best = max((num_tokens(tuple(s), patch), tuple(int(x) for x in s)) for s in shapes)
     return best
 
@@ -131,18 +169,26 @@ def check_budget(cfg: TrainConfig, shapes: Sequence[Sequence[int]], world: int =
     n, shape = longest_sample(shapes, cfg.patch)
     what = f"longest sample {n} tokens (latent {list(shape)}, patch {list(cfg.patch)})"
     if cfg.max_tokens is not None and cfg.max_tokens < n:
-        raise ValueError(f"max_tokens must be at least the longest training sample's token count: max_tokens="
-                         f"{cfg.max_tokens}, {what}; pass --max-tokens {n} or more, or leave it unset to derive it")
+        raise ValueError(
+            f"max_tokens must be at least the longest training sample's token count: max_tokens="
+            f"{cfg.max_tokens}, {what}; pass --max-tokens {n} or more, or leave it unset to derive it"
+        )
     row = cfg.max_tokens if cfg.max_tokens is not None else n
     if cfg.micro_tokens is not None and cfg.micro_tokens < row:
-        raise ValueError(f"micro_tokens must hold one packed row: micro_tokens={cfg.micro_tokens}, row length "
-                         f"{row} ({what}); pass --micro-tokens {row} or more")
+        raise ValueError(
+            f"micro_tokens must hold one packed row: micro_tokens={cfg.micro_tokens}, row length "
+            f"{row} ({what}); pass --micro-tokens {row} or more"
+        )
     if cfg.step_tokens is not None and cfg.step_tokens < world * n:
-        raise ValueError(f"step_tokens must give every worker at least one sample: step_tokens={cfg.step_tokens}, "
-                         f"{world} worker(s) x {what}; pass --step-tokens {world * n} or more")
+        raise ValueError(
+            f"step_tokens must give every worker at least one sample: step_tokens={cfg.step_tokens}, "
+            f"{world} worker(s) x {what}; pass --step-tokens {world * n} or more"
+        )
 
 
-def sample_generator(seed: int, position: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+def sample_generator(
+    seed: int, position: int, stream: int = 0, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """The generator of one sample's draws: stream 0 (time, caption dropout) on the CPU, stream 1
     (noise) on the training device; seeded by (seed, global position), nothing else."""
     return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + position) * 2 + stream) % 2**63)
@@ -184,9 +230,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def micro_loss(model: nn.Module, samples: list[dict], cfg: TrainConfig, device: torch.device, *,
-               scale: float, seed: int | None = None, dropout: float | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def micro_loss(
+    model: nn.Module,
+    samples: list[dict],
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    scale: float,
+    seed: int | None = None,
+    dropout: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """(scale * sum of per-sample losses, per-sample losses (S,), draws u (S,), info) of one
     micro-batch. A sample's loss is its mean squared error over its own tokens; its draws come
     from (seed, its "position"). The trainer passes scale = workers / samples in the step."""
@@ -264,8 +317,10 @@ def train(
     """
     rank, world = _world()
     if cfg.step_tokens is None and cfg.batch_size % world:
-        raise ValueError(f"batch_size must be a multiple of the worker count: batch_size={cfg.batch_size}, "
-                         f"workers={world}; change --batch-size or --workers")
+        raise ValueError(
+            f"batch_size must be a multiple of the worker count: batch_size={cfg.batch_size}, "
+            f"workers={world}; change --batch-size or --workers"
+        )
     source: Source = data if hasattr(data, "load_unit") else ListSource(data)  # type: ignore[arg-type]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out)
@@ -294,17 +349,34 @@ def train(
     start = step
     net = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     log = RunLog(out, step, cfg.tensorboard) if rank == 0 else None
     if rank == 0:
         budget = f"{cfg.step_tokens} tokens" if cfg.step_tokens else f"{cfg.batch_size} samples"
-        print(f"[train] {count_params(model) / 1e6:.2f} M params, {order.n} samples ({len(val_ids)} held-out row "
-              f"groups), step {budget}, start step {step}, workers {world}, device {device}", flush=True)
+        print(
+            f"[train] {count_params(model) / 1e6:.2f} M params, {order.n} samples ({len(val_ids)} held-out row "
+            f"groups), step {budget}, start step {step}, workers {world}, device {device}",
+            flush=True,
+        )
 
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    loader = StepLoader(source, order, cfg.patch, batch_size=cfg.batch_size, step_tokens=cfg.step_tokens,
-                        max_tokens=cfg.max_tokens, micro_tokens=cfg.micro_tokens, rank=rank, world=world,
-                        start_step=step, start_pos=position, end_step=end, prefetch=cfg.prefetch)
+    loader = StepLoader(
+        source,
+        order,
+        cfg.patch,
+        batch_size=cfg.batch_size,
+        step_tokens=cfg.step_tokens,
+        max_tokens=cfg.max_tokens,
+        micro_tokens=cfg.micro_tokens,
+        rank=rank,
+        world=world,
+        start_step=step,
+        start_pos=position,
+        end_step=end,
+        prefetch=cfg.prefetch,
+    )
     val_samples: list[dict] | None = None
     t0 = time.perf_counter()
     t_log, tokens_since, last = t0, 0, None
@@ -313,7 +385,9 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
-        stats = torch.zeros(3 + 2 * T_BUCKETS, dtype=torch.float64, device=device)  # sum l, tokens, slots, buckets
+        stats = torch.zeros(
+            3 + 2 * T_BUCKETS, dtype=torch.float64, device=device
+        )  # sum l, tokens, slots, buckets
         for j, mb in enumerate(st.micro):
             # important: DDP all-reduces on the last micro-batch's backward only
             sync = world == 1 or j == len(st.micro) - 1
@@ -336,10 +410,21 @@ def train(
         tokens_since += int(stats[1])
         if log is not None and (step % cfg.log_every == 0 or step == end):
             now = time.perf_counter()
-            buckets = [float(stats[3 + k] / stats[3 + T_BUCKETS + k]) if stats[3 + T_BUCKETS + k] else None
-                       for k in range(T_BUCKETS)]
-            log.write(step, last, lr_at(cfg, step - 1), float(gnorm), int(stats[1]), float(stats[1] / stats[2]),
-                      tokens_since / max(now - t_log, 1e-9), now - t0, buckets)
+            buckets = [
+                float(stats[3 + k] / stats[3 + T_BUCKETS + k]) if stats[3 + T_BUCKETS + k] else None
+                for k in range(T_BUCKETS)
+            ]
+            log.write(
+                step,
+                last,
+                lr_at(cfg, step - 1),
+                float(gnorm),
+                int(stats[1]),
+                float(stats[1] / stats[2]),
+                tokens_since / max(now - t_log, 1e-9),
+                now - t0,
+                buckets,
+            )
             t_log, tokens_since = now, 0
             if now - t_shown >= progress_every_s() or step == end:
                 print(progress_line(step, first_step, end, last, now - t0), flush=True)
@@ -350,13 +435,18 @@ def train(
             if val_samples is None:  # read on first use: start-up reads no latent rows
                 val_samples = _held_out(source, val_ids, cfg.val_rows)
             if do_val and log is not None:
-                log.write_val(step, validation_loss(model, val_samples, cfg, device),
-                              validation_loss(ema, val_samples, cfg, device))
+                log.write_val(
+                    step,
+                    validation_loss(model, val_samples, cfg, device),
+                    validation_loss(ema, val_samples, cfg, device),
+                )
             if do_preview:
                 preview(ema, step, val_samples[: cfg.preview_count])
         if step % cfg.ckpt_every == 0 or step == end:
             if rank == 0:
-                saved = save_checkpoint(out, step, model, ema, opt, {"samples_seen": st.end, "resumed_from": start})
+                saved = save_checkpoint(
+                    out, step, model, ema, opt, {"samples_seen": st.end, "resumed_from": start}
+                )
                 prune_checkpoints(out, cfg.keep_last)
                 if on_checkpoint is not None:
                     on_checkpoint(saved)
@@ -374,8 +464,15 @@ def _held_out(source: Source, ids: list[int], rows: int) -> list[dict]:
     for u in ids:
         for s in source.load_unit(u):
             if len(out) < rows:
-                out.append({**s, "latent": s["latent"].clone(), "text_embedding": s["text_embedding"].clone(),
-                            "text_mask": s["text_mask"].clone(), "position": len(out)})
+                out.append(
+                    {
+                        **s,
+                        "latent": s["latent"].clone(),
+                        "text_embedding": s["text_embedding"].clone(),
+                        "text_mask": s["text_mask"].clone(),
+                        "position": len(out),
+                    }
+                )
     return out
 
 
@@ -389,8 +486,9 @@ def validation_loss(model: nn.Module, samples: list[dict], cfg: TrainConfig, dev
     total = 0.0
     lengths = [num_tokens(tuple(s["latent"].shape), cfg.patch) for s in samples]
     for mb in micro_batches(lengths, cfg.max_tokens, cfg.micro_tokens):
-        _, per, _, _ = micro_loss(model, [samples[i] for i in mb], cfg, device, scale=1.0, seed=VAL_SEED + cfg.seed,
-                                  dropout=0.0)
+        _, per, _, _ = micro_loss(
+            model, [samples[i] for i in mb], cfg, device, scale=1.0, seed=VAL_SEED + cfg.seed, dropout=0.0
+        )
         total += float(per.sum())
     model.train(was)
     return total / max(1, len(samples))
@@ -404,9 +502,11 @@ def _check_same_step(step: int, world: int, device: torch.device) -> None:
     dist.all_gather(steps, mine)
     seen = [int(s.item()) for s in steps]
     if len(set(seen)) > 1:
-        raise RuntimeError(f"workers must resume from the same checkpoint step, got steps {seen} (by rank): the "
-                           "run folder must be storage every worker sees; pass --output on a shared filesystem or "
-                           "an object store URI (s3://bucket/runs/NAME)")
+        raise RuntimeError(
+            f"workers must resume from the same checkpoint step, got steps {seen} (by rank): the "
+            "run folder must be storage every worker sees; pass --output on a shared filesystem or "
+            "an object store URI (s3://bucket/runs/NAME)"
+        )
 
 
 def progress_every_s() -> float:
@@ -434,8 +534,19 @@ def progress_line(step: int, first: int, end: int, loss: float | None, elapsed: 
 # Settings a resumed run may change without changing what it computes (micro-batching and
 # checkpointing change only float summation order). `steps` extends a run: with a decaying LR
 # schedule the rest of the run follows the schedule of the new length.
-RESUMABLE_CHANGES = ("steps", "log_every", "ckpt_every", "keep_last", "val_every", "preview_every", "preview_count",
-                     "prefetch", "tensorboard", "micro_tokens", "checkpointing")
+RESUMABLE_CHANGES = (
+    "steps",
+    "log_every",
+    "ckpt_every",
+    "keep_last",
+    "val_every",
+    "preview_every",
+    "preview_count",
+    "prefetch",
+    "tensorboard",
+    "micro_tokens",
+    "checkpointing",
+)
 
 
 def _check_config(out: Path, config: dict, rank: int) -> None:
@@ -446,7 +557,9 @@ def _check_config(out: Path, config: dict, rank: int) -> None:
         strip = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
         if old["model"] != new["model"] or strip(old["train"]) != strip(new["train"]):
             diff = sorted(k for k in new["train"] if old["train"].get(k) != new["train"][k])
-            raise ValueError(f"run dir {out} holds a run with a different config (differs in: "
-                             f"{', '.join(diff) or 'model'}); resume needs the same config, or pass a new --out")
+            raise ValueError(
+                f"run dir {out} holds a run with a different config (differs in: "
+                f"{', '.join(diff) or 'model'}); resume needs the same config, or pass a new --out"
+            )
     if rank == 0:
         write_json(path, new)
