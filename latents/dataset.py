@@ -217,7 +217,7 @@ class LatentDataset(IterableDataset):
 
     def _read_checked(self, u: int) -> pa.Table:
         """Unit `u`'s columns; checked the first time this dataset reads it (see `verify`)."""
-        file, g, _, _ = self.units[u]
+        file, g, rows, _ = self.units[u]
         path = storage.join(self.root, file)
         digests = self.digests[u]
         if self.verify == "none" or u in self._verified:
@@ -238,6 +238,11 @@ class LatentDataset(IterableDataset):
                     )
             for name in _SMALL:
                 t = t.append_column(small.schema.field(name), small.column(name))
+        if t.num_rows != rows:  # the plan counts rows by the manifest: a mismatch would drop or misplace rows
+            raise ShardError(
+                f"{path} row group {g} holds {t.num_rows} rows, the manifest says {rows}; "
+                "re-run the encode job"
+            )
         self._verified.add(u)
         return t
 

@@ -387,14 +387,27 @@ def verify_shards(
                     f"file {digest[:16]}...): the file is corrupt; re-run the encode job"
                 )
         try:
-            rows = pq.read_metadata(storage.filesystem(path)[1], filesystem=fs).num_rows
+            footer = pq.read_metadata(storage.filesystem(path)[1], filesystem=fs)
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardError(f"shard {path} is not readable Parquet ({e}); re-run the encode job") from e
-        if rows != s["rows"]:
-            raise ShardError(
-                f"shard {path} has {rows} rows, the manifest says {s['rows']}; re-run the encode job"
-            )
+        _check_footer(path, footer, s)
     return manifest
+
+
+def _check_footer(path: str, footer: pq.FileMetaData, s: dict[str, Any]) -> None:
+    """The shard's Parquet footer against its manifest entry: total rows and every row group's
+    rows (readers plan by the manifest's row groups, so a lowered count would drop rows unseen)."""
+    if footer.num_rows != s["rows"]:
+        raise ShardError(
+            f"shard {path} has {footer.num_rows} rows, the manifest says {s['rows']}; re-run the encode job"
+        )
+    want = [int(rg["rows"]) for rg in s["row_groups"]]
+    got = [footer.row_group(g).num_rows for g in range(footer.num_row_groups)]
+    if got != want or sum(want) != s["rows"]:
+        raise ShardError(
+            f"shard {path}: its row groups hold {got} rows, the manifest's row_groups say {want} "
+            f"(total {s['rows']}); the manifest or the shard was altered, re-run the encode job"
+        )
 
 
 def shard_files(root: str | Path, manifest: dict[str, Any] | None = None) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,22 @@ def test_ema_warmup_forgets_the_initial_model(tmp_path):
         load_file(ckpt / "ema.safetensors")["final.weight"],
     )
     assert float(w_model.norm()) > 0 and float(w_ema.norm()) > 0.3 * float(w_model.norm())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoint_files_follow_the_umask(tmp_path, umask):
+    """safetensors creates its files 0600 whatever the umask; a checkpoint's files get the mode
+    any file created under the caller's umask gets (0644 under 022, so a team can read them)."""
+    from latents.dit.checkpoint import save_checkpoint
+
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    old = os.umask(umask)
+    try:
+        ckpt = save_checkpoint(tmp_path, 1, model, ema, opt, {})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in ckpt.iterdir()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask) and len(modes) == 4

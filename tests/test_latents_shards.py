@@ -347,3 +347,26 @@ def test_a_sampler_gets_the_vae_and_text_encoder_back_from_the_manifest(tmp_path
     emb, mask = te.encode(batch["caption"])
     assert torch.allclose(emb, batch["text_embedding"], atol=1e-2)  # stored fp16, same encoder
     assert torch.equal(mask, batch["text_mask"])
+
+
+@pytest.mark.parametrize("change", ["lower", "move"])
+def test_row_group_counts_are_checked_against_the_footers(tmp_path, encoded, change):
+    """A manifest row group whose `rows` was lowered (2 -> 1, the shard's total left as it was)
+    would make the reader plan one row fewer and drop a sample silently; moved between groups it
+    would misplace rows. Both are refused up front, naming the shard and both counts."""
+    table, meta = encoded
+    _write(tmp_path, table, meta)
+    assert len(LatentDataset(tmp_path)) == table.num_rows  # as written: accepted
+    m = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    s = m["shards"][0]
+    counts = [g["rows"] for g in s["row_groups"]]
+    assert len(counts) >= 2 and counts[0] >= 2, counts  # 3 shapes of 2 clips: groups of 2
+    s["row_groups"][0]["rows"] -= 1
+    if change == "move":
+        s["row_groups"][1]["rows"] += 1
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(m))
+    said = [counts[0] - 1, counts[1] + (change == "move"), *counts[2:]]
+    with pytest.raises(
+        ShardError, match=rf"row groups hold \[{counts[0]}, .*row_groups say \[{said[0]}, {said[1]}"
+    ):
+        LatentDataset(tmp_path)

@@ -77,6 +77,11 @@ def save_checkpoint(
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, tmp / "optim.safetensors")
     write_json(tmp / "state.json", {**state, "step": step, "optim": meta})
+    # safetensors' writer creates its files 0600 whatever the umask; give them the mode a file
+    # created here would get (mkdir applied the umask to the folder: rwx -> rw of its files)
+    mode = tmp.stat().st_mode & 0o666
+    for f in tmp.iterdir():
+        f.chmod(mode)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
