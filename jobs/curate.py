@@ -58,6 +58,7 @@ from jobs.runtime import flags, lease, parts
 from jobs.runtime.inputs import list_inputs, skipped_line, skipped_summary
 from jobs.runtime.presets import PRESETS, RANDOM_MODELS_WARNING, Preset, with_device
 from jobs.runtime.progress import Progress
+from jobs.runtime.split_parts import retract_replaced
 from latents.encode import WRITE_ROWS
 
 SCORED_STAGE = "curate-score"  # markers of phase-1 parts (OUT/scored)
@@ -253,6 +254,19 @@ def phase1(cfg: CurateConfig, preset: Preset, todo: list[str], out: str, h: str)
     }
 
 
+def _add_phase(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two phase-1 passes' figures as one."""
+    seconds = {
+        k: round(a["stage_seconds"].get(k, 0.0) + b["stage_seconds"].get(k, 0.0), 3)
+        for k in {**a["stage_seconds"], **b["stage_seconds"]}
+    }
+    return {
+        "rows_streamed": a["rows_streamed"] + b["rows_streamed"],
+        "phase1_seconds": round(a["phase1_seconds"] + b["phase1_seconds"], 2),
+        "stage_seconds": seconds,
+    }
+
+
 def decide(preset: Preset, out: str, h: str) -> dict[str, Any]:
     """Run-level decisions over the scored parts, in place; parts of other runs are removed first."""
     from jobs.runtime.filter_plan import decide_dir, funnel_report
@@ -445,6 +459,11 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
                 f"with ray start --resources '{{\"{cfg.model_resource}\": 1}}' or drop the flag"
             )
         p1 = phase1(cfg, preset, inputs, out, h)
+        redo: list[str] = []
+        scored_spec = parts.PartSpec(layout.folder(out, layout.SCORED), out, SCORED_STAGE, h)
+        retracted = retract_replaced(out, lambda gone: redo.extend(parts.drop_holding(scored_spec, gone)))
+        if redo:  # the other clips of the scored parts that held retracted ones: scored again
+            p1 = _add_phase(p1, phase1(cfg, preset, redo, out, h))
         t_decide = time.perf_counter()
         report = decide(preset, out, h)
         decide_seconds = round(time.perf_counter() - t_decide, 2)
@@ -476,6 +495,7 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
             "errors": errors_of(report),
             "scored": report["clips_in"],
             "kept": report["kept"],
+            "clip_sets_retracted": len(retracted),
             **finalize(out, h2, meta),
         }
         summary["wall_seconds"] = round(time.perf_counter() - t0, 2)

@@ -36,7 +36,7 @@ from jobs import guards, stage_flags
 from jobs.runtime import flags, lease
 from jobs.runtime.inputs import list_inputs, skipped_line, skipped_summary
 from jobs.runtime.progress import Progress
-from jobs.runtime.split_parts import process_one
+from jobs.runtime.split_parts import process_one, retract_replaced
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -133,7 +133,9 @@ def main(cfg: SplitJobConfig) -> dict:
             rows.extend(batch.to_pylist())
             progress.add(batch.num_rows)
         progress.close()
+        retracted = retract_replaced(cfg.output)  # after every input: another may name the same content
         summary = summarize(rows, cfg.output, time.perf_counter() - t0)
+        summary["clip_sets_retracted"] = len(retracted)
         summary["config"] = asdict(cfg.split)
         summary["config_hash"] = config_hash(cfg.split)
         summary.update(skipped_summary(skipped))
@@ -151,6 +153,8 @@ def print_summary(summary: dict) -> None:
         print(f"  error x{n}: {reason}")
     if line := skipped_line(summary):
         print(f"  {line}")
+    if n := summary.get("clip_sets_retracted"):
+        print(f"  {n} clip set(s) retracted: their sources now hold other content, and no source names them")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@
       summary/<job>.json                    each job's closing summary
       _stats/<stage>/actor-*.json           per-actor timings
       _done/<stage>/<key>                   completion markers, every stage's under this one root
+      _done/split-retract/<video_id>        a clip set a changed source stopped naming, until retracted
 
 A stage job is given its own folder (`--output OUT/captions`); `run_root` is the OUT it belongs
 to, where its markers live. Names starting with "_" or "." are skipped by folder readers

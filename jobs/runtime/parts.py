@@ -14,7 +14,7 @@ The task returns one row of counts; `drain` sums them on the driver, which never
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,23 @@ def finished(spec: PartSpec, remove_others: bool = False) -> list[str]:
         elif remove_others:
             storage.delete(part)
     return done
+
+
+def drop_holding(spec: PartSpec, video_ids: Iterable[str]) -> list[str]:
+    """Delete the parts of `spec.folder` that hold a row of `video_ids` (retracted content), each
+    before its marker; returns the source_uris of their other rows, whose work is to be redone.
+    Reads two columns of every part: for the rare run in which a source changed."""
+    wanted = set(video_ids)
+    redo: set[str] = set()
+    for part in storage.list_parts(spec.folder):
+        t = storage.read_table(part, columns=[S.VIDEO_ID, S.SOURCE_URI])
+        vids = t.column(S.VIDEO_ID).to_pylist()
+        if wanted.isdisjoint(vids):
+            continue
+        redo.update(u for v, u in zip(vids, t.column(S.SOURCE_URI).to_pylist()) if v not in wanted)
+        storage.delete(part)
+        storage.delete(layout.marker(spec.root, spec.stage, layout.key_of(part)))
+    return sorted(redo)
 
 
 @remote_io()  # one request on object storage: retried when it stalls
