@@ -97,10 +97,35 @@ def _s3fs_style(exc: OSError, cause: BaseException) -> OSError:
         (OSError(errno.ENOSPC, "No space left on device"), False),
         (ValueError("bad argument"), False),
         (pa.ArrowInvalid("Parquet magic bytes not found"), False),
+        # what pyarrow's GCS client raises for a bucket without credentials: UNAVAILABLE, yet final
+        (
+            OSError(
+                "google::cloud::Status(UNAVAILABLE: Retry policy exhausted, with a last message of "
+                "Could not create a OAuth2 access token to authenticate the request."
+            ),
+            False,
+        ),
+        (OSError("google::cloud::Status(UNAVAILABLE: Retry policy exhausted: connection reset)"), True),
     ],
 )
 def test_transient_errors_are_told_from_permanent_ones(exc, transient):
     assert retry.is_transient(exc) is transient
+
+
+def test_gcs_requests_retry_for_seconds_not_pyarrows_15_minutes(monkeypatch):
+    """pyarrow's GCS client retries one request for 15 minutes by default: a gs:// output without
+    credentials hung a job that long before its exit-2 message. The limit is ours, and settable."""
+    fs, path = U.filesystem("gs://bucket/out/part-1.parquet")
+    assert isinstance(fs, pafs.GcsFileSystem) and path == "bucket/out/part-1.parquet"
+    assert fs.__reduce__()[1][0]["retry_time_limit"].total_seconds() == U.GCS_RETRY_S < 60
+    monkeypatch.setenv("TUBELET_GCS_RETRY_S", "2")
+    assert U.filesystem("gs://bucket/k")[0].__reduce__()[1][0]["retry_time_limit"].total_seconds() == 2
+    for bad in ("nan", "0", "soon"):
+        monkeypatch.setenv("TUBELET_GCS_RETRY_S", bad)
+        with pytest.raises(
+            UsageError, match=f"TUBELET_GCS_RETRY_S must be a number of seconds > 0, got '{bad}'"
+        ):
+            U.filesystem("gs://bucket/k")
 
 
 def test_two_transient_failures_are_retried_with_growing_bounded_waits(waits):

@@ -176,9 +176,16 @@ def _transient_library_error(e: BaseException) -> bool:
     return aio is not None and isinstance(e, (aio.ClientConnectionError, aio.ClientPayloadError))
 
 
+# missing or refused credentials, whatever the transport calls them: waiting does not fix them
+# (Google's client reports a missing token as UNAVAILABLE, which reads as transient otherwise)
+_PERMANENT_TEXT = re.compile(r"OAuth2 access token|UNAUTHENTICATED|PERMISSION_DENIED", re.I)
+
+
 def _classify(e: BaseException) -> bool | None:
     """True: transient, False: permanent, None: this exception alone does not say."""
     if isinstance(e, PERMANENT_TYPES):
+        return False
+    if isinstance(e, OSError) and _PERMANENT_TEXT.search(str(e)):
         return False
     if disk_full(e):
         return False

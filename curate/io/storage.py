@@ -308,6 +308,14 @@ def read_parts(directory: PathLike, schema: pa.Schema | None = None) -> pa.Table
     return pa.concat_tables(tables)
 
 
+_CREDENTIALS = {  # what a writable bucket needs, by scheme
+    "s3": "bucket exists, AWS_* credentials allow writing, AWS_ENDPOINT_URL points at the server",
+    "gs": "bucket exists, GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login` "
+    "credentials allow writing",
+}
+_CREDENTIALS["gcs"] = _CREDENTIALS["gs"]
+
+
 def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
     """Fail fast on an unwritable output or a (nearly) full disk, before any work starts."""
     out = str(out)
@@ -319,9 +327,8 @@ def check_writable(out: PathLike, min_free_bytes: int = 64 << 20) -> None:
             delete(probe)
         except (OSError, ValueError) as e:
             raise UsageError(
-                f"output {out!r} must be writable (bucket exists, AWS_* credentials allow writing, "
-                f"AWS_ENDPOINT_URL points at the server), got: {io_line(e)}; "
-                "create the bucket, fix the credentials or pass another --output"
+                f"output {out!r} must be writable ({_CREDENTIALS.get(scheme(out), _CREDENTIALS['s3'])}), "
+                f"got: {io_line(e)}; create the bucket, fix the credentials or pass another --output"
             ) from e
         return
     try:

@@ -66,6 +66,7 @@ def remote_io(uri_arg: int = 0) -> Callable[[Callable[..., T]], Callable[..., T]
 
 
 # read through pyarrow's own filesystems; any other scheme needs an fsspec implementation
+GCS_RETRY_S = 5.0  # how long pyarrow's GCS client retries one request (TUBELET_GCS_RETRY_S)
 PYARROW_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
 
 
@@ -200,11 +201,32 @@ def filesystem(uri: PathLike) -> tuple[pafs.FileSystem, str]:
             _env("AWS_REGION", "AWS_DEFAULT_REGION"),
             _creds_id(),
         ), path
+    if sch in ("gs", "gcs"):
+        return _gcs(_env("TUBELET_GCS_RETRY_S") or str(GCS_RETRY_S)), path
     try:
         fs, p = pafs.FileSystem.from_uri(s)
         return fs, p
     except (ValueError, OSError):  # a scheme pyarrow does not know natively (ArrowInvalid is a ValueError)
         return _fsspec(sch), path
+
+
+@functools.lru_cache(maxsize=4)
+def _gcs(retry_s: str) -> pafs.FileSystem:
+    # important: pyarrow's GCS client retries for 15 minutes by default, so a bucket without
+    # credentials (no OAuth2 token) or out of reach hung a job that long; bounded, the error
+    # comes back in seconds and curate.io.retry decides what to do with it
+    import datetime
+    import math
+
+    try:
+        seconds = float(retry_s)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(
+            f"TUBELET_GCS_RETRY_S must be a number of seconds > 0, got {retry_s!r}; set it to {GCS_RETRY_S:g} (or unset it)"
+        )
+    return pafs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=seconds))
 
 
 def storage_options(uri: PathLike) -> dict:
