@@ -8,7 +8,8 @@ says which) and writes OUT/report/index.html plus its pictures under OUT/report/
   OUT/scored/*.parquet        scores, kept / drop_reason (+ OUT/scored/_funnel.json: the filter
                               cascade, its rule names give the thresholds drawn on the histograms)
   OUT/captions/*.parquet      captions of kept clips
-  OUT/latents/.manifest.json  rows and shards encoded
+  OUT/latents/.manifest.json  rows and shards encoded, rows per latent shape, the VAE and text
+                              encoder, the round-trip PSNR of the clips encode sampled
 
 The page opens from disk: relative links only, no script, no network. Every string that comes
 from data (paths, captions, errors) is HTML-escaped. The run config and stage timings given to
@@ -40,6 +41,7 @@ from jobs.report import html as report_html
 from jobs.report.fold import (
     SCORE_COLUMNS,
     PreviewSample,
+    find_rows,
     fold_captions,
     fold_clips,
     fold_scored,
@@ -47,7 +49,7 @@ from jobs.report.fold import (
     is_boolean,
 )
 from jobs.report.media import Line, clip_preview, preview_name, score_histogram
-from jobs.report.outputs import RunOutputs, ScoredTally
+from jobs.report.outputs import RunOutputs, ScoredTally, is_exact_copy, keeper_of
 from jobs.runtime import flags, lease
 
 REPORT_DIR = "report"
@@ -55,6 +57,8 @@ MEDIA_DIR = "media"
 RUN_FILE = "run.json"  # the run config / timings / preset given to write_report (reused by a rebuild)
 FUNNEL_FILE = "funnel.json"  # the page's funnel numbers, for machines
 _ABS_RULE = re.compile(r"^(\w+) (>=|<=) (\S+)$")  # filters.Rule.name of an absolute rule
+# a shard's metric in the manifest: latents.encode.ROUNDTRIP_PSNR without its "_" (that module imports torch)
+ROUNDTRIP_PSNR = "roundtrip_psnr"
 _PCT_RULE = re.compile(r"^((\w+) (?:top|bottom) \d+%) \(cutoff ([^)]+)\)")  # a percentile drop reason
 
 
@@ -83,7 +87,8 @@ def load_outputs(
     out: str | Path, *, thresholds: Mapping[str, float] | None = None, max_previews: int = 24
 ) -> RunOutputs:
     """Fold OUT's stage outputs (a local folder or a URI), one Parquet part at a time: memory is
-    O(one part + reasons + histogram bins + 2 x `max_previews` card rows), never O(clips).
+    O(one part + reasons + histogram bins + 3 x `max_previews` card rows: the sample and the
+    keepers of its duplicates), never O(clips).
     `thresholds` (as in `write_report`) widen the histogram bins so their lines show."""
     out = str(out)
     r = RunOutputs(out)
@@ -100,9 +105,52 @@ def load_outputs(
         layout.folder(out, layout.CLIPS), r.problems, sample=None if r.scored is not None else sample
     )
     r.shown_kept, r.shown_dropped = sample.picks()
+    if r.scored is not None:
+        add_keepers(r, layout.folder(out, layout.SCORED))
     shown = {str(x[S.CLIP_ID]) for x in r.shown_kept + r.shown_dropped}
     r.captions = fold_captions(layout.folder(out, layout.CAPTIONS), shown, r.problems)
     return r
+
+
+def add_keepers(r: RunOutputs, scored_dir: str) -> None:
+    """Show the keeper of every duplicate shown, so its reason can link to the keeper's card: at
+    most one more card per dropped card (memory stays O(cards)). A keeper not found stays unshown
+    and its reason names it in plain text."""
+    shown = {str(x[S.CLIP_ID]) for x in r.shown_kept + r.shown_dropped if not is_exact_copy(x)}
+    wanted = {k[0] for x in r.shown_dropped if (k := keeper_of(x)) is not None} - shown
+    if not wanted:
+        return
+    problems: list[str] = []
+    for _, row in sorted(find_rows(scored_dir, wanted, problems).items()):
+        (r.shown_kept if row[S.KEPT] else r.shown_dropped).append(row)
+    r.problems += [p for p in problems if p not in r.problems]  # fold_scored said so of a bad part
+    r.shown_kept.sort(key=lambda row: str(row[S.CLIP_ID]))  # as PreviewSample.picks orders them
+
+
+def latents_summary(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What the page says about the latent shards: counts, rows per latent shape, the codecs, and
+    the round-trip PSNR over the clips encode sampled (the mean as jobs.encode's summary reports it)."""
+    counts = manifest.get("counts", {})
+    psnr = [
+        float(v)
+        for s in manifest.get("shards", [])
+        for v in s.get("metrics", {}).get(ROUNDTRIP_PSNR, {}).get("values", [])
+    ]
+    return {
+        "rows": int(counts.get("rows", 0)),
+        "shards": int(counts.get("shards", len(manifest.get("shards", [])))),
+        "by_latent_shape": {str(k): int(n) for k, n in counts.get("by_latent_shape", {}).items()},
+        "vae_id": (manifest.get("vae") or {}).get("vae_id"),
+        "text_encoder_id": (manifest.get("text_encoder") or {}).get("text_encoder_id"),
+        "roundtrip_psnr": {
+            "mean": round(sum(psnr) / len(psnr), 2),
+            "min": min(psnr),
+            "max": max(psnr),
+            "clips": len(psnr),
+        }
+        if psnr
+        else None,
+    }
 
 
 def compute_funnel(r: RunOutputs) -> dict[str, Any]:
@@ -125,10 +173,10 @@ def compute_funnel(r: RunOutputs) -> dict[str, Any]:
     if r.captions is not None:
         counts["captioned"] = r.captions.status[S.STATUS_OK]
         counts["caption_error"] = r.captions.status[S.STATUS_ERROR]
-    if r.manifest is not None:
-        mc = r.manifest.get("counts", {})
-        counts["encoded"] = int(mc.get("rows", 0))
-        counts["shards"] = int(mc.get("shards", len(r.manifest.get("shards", []))))
+    f["latents"] = latents_summary(r.manifest) if r.manifest is not None else None
+    if f["latents"] is not None:
+        counts["encoded"] = f["latents"]["rows"]
+        counts["shards"] = f["latents"]["shards"]
     f["camera_motion"] = r.scored.camera if r.scored is not None else {}
     return f
 

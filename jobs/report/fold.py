@@ -23,7 +23,7 @@ from curate import schema as S
 from curate.errors import error_key
 from jobs.report import parts
 from jobs.report.media import Line, histogram_edges
-from jobs.report.outputs import CaptionTally, Histogram, ScoredTally, Tally
+from jobs.report.outputs import CaptionTally, Histogram, ScoredTally, Tally, is_exact_copy
 
 # Score columns drawn as histograms and shown on each clip card: the numeric/bool ones of the group.
 SCORE_COLUMNS = tuple(
@@ -44,6 +44,7 @@ CARD_COLUMNS = (
     S.ERROR,
     S.KEPT,
     S.DROP_REASON,
+    S.DUPLICATE_OF,  # the keeper a duplicate's reason links to (outputs.keeper_of)
     S.CAMERA_MOTION,
     S.OCR_TEXT,
     *SCORE_COLUMNS,
@@ -217,6 +218,27 @@ def fold_scored(
     order = {c: i for i, c in enumerate(CAMERA_CLASSES)}
     t.camera = dict(sorted(t.camera.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     return t
+
+
+def find_rows(directory: str, wanted: set[str], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """clip_id -> the card row (CARD_COLUMNS) of each `wanted` clip found in the folder, at most one
+    each and never an exact duplicate's copy (it shares the clip_id of the row it copies).
+
+    For the keepers of the duplicates shown, so `wanted` is bounded by the cards: the parts'
+    clip_id column is read, and a part's card columns only when it holds a wanted clip."""
+    found, _ = parts.scan(directory, (), S.CLIP_SCHEMA, problems)
+    rows: dict[str, dict[str, Any]] = {}
+    for part, table in parts.each(found, (S.CLIP_ID,), S.CLIP_SCHEMA, problems):
+        todo = pa.array(sorted(wanted - set(rows)), pa.string())
+        if not len(todo):
+            break
+        if not pc.any(pc.is_in(table.column(S.CLIP_ID), value_set=todo)).as_py():
+            continue
+        for _, full in parts.each([part], CARD_COLUMNS, S.CLIP_SCHEMA, problems):
+            for row in full.filter(pc.is_in(full.column(S.CLIP_ID), value_set=todo)).to_pylist():
+                if not is_exact_copy(row):
+                    rows.setdefault(str(row[S.CLIP_ID]), row)
+    return rows
 
 
 def fold_captions(directory: str, shown: set[str], problems: list[str]) -> CaptionTally | None:

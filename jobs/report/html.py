@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from curate import schema as S
 from curate.io import storage
-from jobs.report.outputs import RunOutputs
+from jobs.report.outputs import RunOutputs, is_exact_copy, keeper_of
 
 RANDOM_MODELS_WARNING = (
     "SMOKE RUN: the models are random, so every score and caption in this report is meaningless."
@@ -51,10 +52,13 @@ td.na{color:#999;font-style:italic}
 .card img{display:block;max-width:100%;margin:0 auto .3em}
 .card table{margin:.2em 0;width:100%}.card td,.card th{font-size:.95em;padding:.1em .3em}
 .src{font-family:monospace;word-break:break-all}
-.reason{color:#a33;margin:.2em 0}.caption{margin:.3em 0;white-space:pre-wrap}
+.reason{color:#a33;margin:.2em 0;overflow-wrap:anywhere}.caption{margin:.3em 0;white-space:pre-wrap}
 .nopreview{height:60px;display:flex;align-items:center;justify-content:center;background:#eee;color:#777}
-pre{background:#f4f4f4;padding:.8em;overflow:auto;font-size:.85em}
+.card:target{outline:3px solid #e67e22}
+table.cfg td:first-child{font-family:monospace;white-space:nowrap}
+table.cfg td.v{font-family:monospace;white-space:pre-wrap;word-break:break-all}
 """
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9-]")  # kept as they are in a card's id; the rest are escaped
 
 
 def e(value: Any) -> str:
@@ -122,6 +126,50 @@ def funnel_section(r: RunOutputs, funnel: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def anchor_id(clip_id: Any) -> str:
+    """The HTML id of a clip's card: "clip-" and the clip_id, any character but a letter, digit or
+    "-" written as _<hex>_ so that no two clip ids get the same id (ids may not hold spaces)."""
+    return "clip-" + _UNSAFE_ID.sub(lambda m: f"_{ord(m[0]):x}_", str(clip_id))
+
+
+def card_anchors(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """(each card's id, in order; clip_id -> the id a link to that clip points at).
+
+    An exact duplicate's copy has its keeper's clip_id, so links go to the card that is no copy,
+    and every other card of a clip_id gets the id with "_<n>" added: an odd number of "_", which
+    no `anchor_id` has, so the ids on a page are unique."""
+    targets: dict[str, str] = {}
+    for x in rows:
+        if not is_exact_copy(x):
+            targets.setdefault(str(x[S.CLIP_ID]), anchor_id(x[S.CLIP_ID]))
+    ids: list[str] = []
+    used: set[str] = set()
+    for x in rows:
+        base = anchor_id(x[S.CLIP_ID])
+        own, n = (base if not is_exact_copy(x) and base not in used else None), 1
+        while own is None or own in used:
+            n += 1
+            own = f"{base}_{n}"
+        used.add(own)
+        ids.append(own)
+    return ids, targets
+
+
+def reason_html(x: Mapping[str, Any], targets: Mapping[str, str]) -> str:
+    """A drop reason, escaped, with the keeper it names (a duplicate's) linked to the keeper's card
+    when that card is on the page; plain text otherwise, so no link dangles."""
+    reason = str(x[S.DROP_REASON])
+    keeper = keeper_of(x)
+    if keeper is None or not keeper[1] or keeper[1] not in reason:
+        return e(reason)
+    clip_id, named = keeper
+    head, _, tail = reason.rpartition(named)
+    ref = e(named)
+    if clip_id in targets:
+        ref = f'<a href="#{e(targets[clip_id])}" title="clip {e(clip_id)}">{ref}</a>'
+    return f"{e(head)}{ref}{e(tail)}"
+
+
 def _card(
     x: Mapping[str, Any],
     group: str,
@@ -129,6 +177,8 @@ def _card(
     caption: Mapping[str, Any] | None,
     score_columns: Sequence[str],
     media_dir: str,
+    anchor: str,
+    targets: Mapping[str, str],
 ) -> str:
     if preview and not preview.startswith("error:"):
         img = f'<img src="{e(media_dir)}/{e(preview)}" alt="preview of clip {e(x[S.CLIP_ID])}">'
@@ -141,14 +191,14 @@ def _card(
     if x[S.START_PTS] is not None and x[S.END_PTS] is not None:
         span = f" · {x[S.START_PTS]:.2f}–{x[S.END_PTS]:.2f} s"
     parts = [
-        f'<div class="card {group}" data-clip="{e(x[S.CLIP_ID])}">',
+        f'<div class="card {group}" id="{e(anchor)}" data-clip="{e(x[S.CLIP_ID])}">',
         img,
         f'<div class="src" title="{e(x[S.SOURCE_URI])}">{e(Path(str(x[S.SOURCE_URI])).name)}{e(span)}</div>',
     ]
     if x[S.STATUS] == S.STATUS_ERROR:
         parts.append(f'<div class="reason">error ({e(x[S.FAILED_STAGE])}): {e(x[S.ERROR])}</div>')
     if x.get(S.DROP_REASON):
-        parts.append(f'<div class="reason">{e(x[S.DROP_REASON])}</div>')
+        parts.append(f'<div class="reason">{reason_html(x, targets)}</div>')
     scores = "".join(
         f"<tr><th>{e(c)}</th><td>{e(_fmt(x.get(c)))}</td></tr>" for c in score_columns if x.get(c) is not None
     )
@@ -209,13 +259,25 @@ def clips_section(
     captions: Mapping[str, Mapping[str, Any]],
     score_columns: Sequence[str],
     media_dir: str,
+    anchors: Sequence[str],
+    targets: Mapping[str, str],
 ) -> list[str]:
+    """The cards of `rows`; `anchors` are their ids (card_anchors over every card of the page)."""
     head = f"<h2>{e(title)} <small>({len(rows)} shown of {total})</small></h2>"
     if not rows:
         return [head, "<p class='na'>none</p>"]
     cards = [
-        _card(x, group, previews.get(x[S.CLIP_ID]), captions.get(x[S.CLIP_ID]), score_columns, media_dir)
-        for x in rows
+        _card(
+            x,
+            group,
+            previews.get(x[S.CLIP_ID]),
+            captions.get(x[S.CLIP_ID]),
+            score_columns,
+            media_dir,
+            anchor,
+            targets,
+        )
+        for x, anchor in zip(rows, anchors, strict=True)
     ]
     return [head, f'<div class="grid">{"".join(cards)}</div>']
 
@@ -238,10 +300,77 @@ def run_section(run: Mapping[str, Any]) -> list[str]:
         out.append("<p class='na'>no stage timings recorded</p>")
     cfg = run.get("run_config")
     out.append("<h3>Run config</h3>")
+    if cfg is None:
+        return [*out, "<p class='na'>no run config recorded</p>"]
+    body = "".join(
+        f'<tr><td>{e(k)}</td><td class="v" data-config="{e(k)}">{e(v)}</td></tr>' for k, v in flat_config(cfg)
+    )
+    return [*out, f"<table class='cfg'><tr><th>key</th><th>value</th></tr>{body}</table>"]
+
+
+def flat_config(cfg: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, readable value) per leaf of a nested config, keys sorted as in run.json (so a
+    page built in the run and one rebuilt from run.json list them alike)."""
+    if isinstance(cfg, Mapping) and cfg:
+        return [
+            row
+            for k in sorted(cfg, key=str)
+            for row in flat_config(cfg[k], f"{prefix}.{k}" if prefix else str(k))
+        ]
+    return [(prefix or "(config)", config_value(cfg))]
+
+
+def config_value(v: Any) -> str:
+    """A leaf's value: a list of plain values joined with ", ", a list of dicts or lists one item
+    a line (a dict as k=v, ...), JSON's spelling for null, booleans, numbers and the empty string."""
+    if isinstance(v, list | tuple) and any(isinstance(x, Mapping | list | tuple) for x in v):
+        return "\n".join(_inline(x) for x in v)
+    if isinstance(v, list | tuple):
+        return ", ".join(_inline(x) for x in v) if v else "[]"
+    return _inline(v)
+
+
+def _inline(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}={_inline(x)}" for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))) or "{}"
+    if isinstance(v, list | tuple):
+        return f"[{', '.join(_inline(x) for x in v)}]"
+    return v if isinstance(v, str) and v else json.dumps(v, default=str)  # "" shows as ""
+
+
+def latents_section(latents: Mapping[str, Any] | None) -> list[str]:
+    """The latent shards (OUT/latents/.manifest.json, folded by build.latents_summary)."""
+    out = ["<h2 id='latents'>Latents</h2>"]
+    if latents is None:
+        return [*out, "<p class='na' id='latents-none'>not encoded yet (no OUT/latents/.manifest.json)</p>"]
+    psnr = latents.get("roundtrip_psnr")
+    rows: list[tuple[str, str, Any]] = [
+        ("clips in latent shards", "rows", latents["rows"]),
+        ("latent shards", "shards", latents["shards"]),
+        ("VAE", "vae", latents.get("vae_id") or "not recorded"),
+        ("text encoder", "text-encoder", latents.get("text_encoder_id") or "not recorded"),
+    ]
+    if psnr is not None:
+        rows += [
+            ("round-trip PSNR, mean (dB)", "psnr-mean", psnr["mean"]),
+            ("round-trip PSNR, min – max (dB)", "psnr-range", f"{psnr['min']} – {psnr['max']}"),
+            ("clips the PSNR was measured on", "psnr-clips", psnr["clips"]),
+        ]
+    else:
+        rows.append(("round-trip PSNR (dB)", "psnr-mean", "not measured"))
+    body = "".join(
+        f'<tr><td>{e(label)}</td><td data-latents="{key}">{e(v)}</td></tr>' for label, key, v in rows
+    )
+    shapes = "".join(
+        f'<tr><td>{e(k)}</td><td class="n" data-latent-shape="{e(k)}">{n}</td></tr>'
+        for k, n in latents["by_latent_shape"].items()
+    )
+    out.append(f"<table>{body}</table>")
+    out.append("<h3>Clips per latent shape (C×T×H×W)</h3>")
     out.append(
-        f"<pre>{e(json.dumps(cfg, indent=2, sort_keys=True, default=str))}</pre>"
-        if cfg is not None
-        else "<p class='na'>no run config recorded</p>"
+        f"<table><tr><th>latent_shape</th><th>clips</th></tr>{shapes}</table>"
+        if shapes
+        else "<p class='na'>no rows</p>"
     )
     return out
 
@@ -297,24 +426,18 @@ def render(
         lines.append("<p class='na'>no scores yet</p>")
     lines += camera_section(funnel.get("camera_motion") or {})
     counts = funnel["counts"]
+    anchors, targets = card_anchors([*kept, *dropped])
+    cards = (previews, captions, score_columns, media_dir)
     if r.scored is not None:
         lines += clips_section(
-            "Kept clips", "kept", kept, counts["kept"], previews, captions, score_columns, media_dir
+            "Kept clips", "kept", kept, counts["kept"], *cards, anchors[: len(kept)], targets
         )
         lines += clips_section(
-            "Dropped clips",
-            "dropped",
-            dropped,
-            counts["dropped"],
-            previews,
-            captions,
-            score_columns,
-            media_dir,
+            "Dropped clips", "dropped", dropped, counts["dropped"], *cards, anchors[len(kept) :], targets
         )
     elif r.clips is not None:
-        lines += clips_section(
-            "Clips (not scored yet)", "kept", kept, r.clips.rows, previews, captions, score_columns, media_dir
-        )
+        lines += clips_section("Clips (not scored yet)", "kept", kept, r.clips.rows, *cards, anchors, targets)
+    lines += latents_section(funnel.get("latents"))
     lines += run_section(run)
     lines.append("</body></html>")
     return "\n".join(lines) + "\n"

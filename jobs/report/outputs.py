@@ -7,13 +7,22 @@ number of clips: a run of 10^8 clips folds into the same few kilobytes as a run 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from curate import schema as S
+from curate.decisions.filters import EXACT_DUP, NEAR_DUP
+
+_NEAR_DUP_KEEPER = re.compile(r" with (\S+)$")  # "near_duplicate: cosine=0.99 >= 0.95 with <clip_id>"
+# as curate.decisions words it: "exact_duplicate: same content and span as <source_uri>"
+_EXACT_DUP_PREFIX = f"{EXACT_DUP}: same content and span as "
 
 
 @dataclass
@@ -92,3 +101,25 @@ class RunOutputs:
             "caption": self.captions is not None,
             "encode": self.manifest is not None,
         }
+
+
+def is_exact_copy(row: Mapping[str, Any]) -> bool:
+    """Whether a clip row was dropped as an exact duplicate: it shares its clip_id with its keeper."""
+    return str(row.get(S.DROP_REASON) or "").startswith(f"{EXACT_DUP}:")
+
+
+def keeper_of(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(the keeper's clip_id, the text of drop_reason that names the keeper) for a duplicate, else None.
+
+    A near duplicate's reason names the keeper's clip_id. An exact duplicate's names the keeper's
+    source_uri, as both rows have the same clip_id. `duplicate_of` holds the id for both kinds;
+    the reason's own text stands in for it on rows written without that column."""
+    reason = str(row.get(S.DROP_REASON) or "")
+    if reason.startswith(f"{NEAR_DUP}:"):
+        m = _NEAR_DUP_KEEPER.search(reason)
+        keeper = row.get(S.DUPLICATE_OF) or (m[1] if m else None)
+        return (str(keeper), str(keeper)) if keeper else None
+    if is_exact_copy(row):
+        named = reason.removeprefix(_EXACT_DUP_PREFIX) if reason.startswith(_EXACT_DUP_PREFIX) else ""
+        return str(row.get(S.DUPLICATE_OF) or row[S.CLIP_ID]), named
+    return None
