@@ -34,6 +34,7 @@ from curate import __version__
 from curate.errors import OnError, StageError, one_line
 from curate.io.storage import config_hash
 from curate.schema import (
+    AHEAD_PREFIX,
     CAMERA_MOTION,
     CAPTION,
     CAPTION_CLIP_SCORE,
@@ -64,7 +65,7 @@ from curate.schema import (
     set_columns,
 )
 from curate.scores import score_config
-from curate.video.decode import decode_clip, sample_uniform
+from curate.video.decode import ClipFrames, Selection, decode_clip, sample_uniform
 
 STAGE = "caption"
 
@@ -168,22 +169,34 @@ def planned_frames(start_frame: int, end_frame: int, cfg: CaptionConfig) -> int:
     return len(sample_uniform(end_frame - start_frame, cfg.num_frames, cfg.frame_margin))
 
 
-def _path(uri: str) -> str:
+def source_path(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
-def decode_row(row: dict[str, Any], cfg: CaptionConfig) -> tuple[np.ndarray, float]:
-    """Uniformly sampled frames of one clip: ((T, H, W, 3) uint8, sampled fps)."""
+def selection(row: dict[str, Any], cfg: CaptionConfig) -> Selection:
+    """The frames a caption sees: `num_frames` uniformly spaced offsets, longer side `max_side`."""
     span = int(row[END_FRAME]) - int(row[START_FRAME])
     offsets = sample_uniform(span, cfg.num_frames, cfg.frame_margin)
-    clip = decode_clip(
-        _path(row[SOURCE_URI]), row[START_PTS], row[END_PTS], offsets=offsets, max_side=cfg.max_side
-    )
+    return Selection(offsets=offsets, max_side=cfg.max_side)
+
+
+def frames_of(clip: ClipFrames, row: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """((T, H, W, 3) uint8 frames, their rate over the clip's duration) of a decoded selection."""
     duration = max(1e-3, float(row[END_PTS]) - float(row[START_PTS]))
     return clip.frames, len(clip.frames) / duration
 
 
-def _todo(table: pa.Table) -> list[int]:
+def decode_row(row: dict[str, Any], cfg: CaptionConfig) -> tuple[np.ndarray, float]:
+    """Uniformly sampled frames of one clip: ((T, H, W, 3) uint8, sampled fps)."""
+    sel = selection(row, cfg)
+    clip = decode_clip(
+        source_path(row[SOURCE_URI]), row[START_PTS], row[END_PTS], offsets=sel.offsets, max_side=sel.max_side
+    )
+    return frames_of(clip, row)
+
+
+def todo_rows(table: pa.Table) -> list[int]:
+    """Rows a caption is written for: kept, status ok (or not set yet)."""
     kept = table.column(KEPT).to_pylist()
     status = table.column(STATUS).to_pylist()
     return [i for i, (k, s) in enumerate(zip(kept, status)) if k and s in (None, STATUS_OK)]
@@ -191,23 +204,33 @@ def _todo(table: pa.Table) -> list[int]:
 
 def attach_frames(table: pa.Table, cfg: CaptionConfig) -> pa.Table:
     """CPU side (a Ray task ahead of the model actors): decode kept clips into transport columns."""
+    frames: dict[int, tuple[np.ndarray, float]] = {}
+    errors: dict[int, str] = {}
+    rows = table.to_pylist()
+    for i in todo_rows(table):
+        try:
+            frames[i] = decode_row(rows[i], cfg)
+        except Exception as e:  # a bad clip is data: recorded by the model actor
+            errors[i] = one_line(e)
+    return with_frames(table, frames, errors)
+
+
+def with_frames(
+    table: pa.Table, frames: dict[int, tuple[np.ndarray, float]], errors: dict[int, str]
+) -> pa.Table:
+    """`table` with the transport columns of rows' decoded (frames, fps) or decode errors."""
     n = table.num_rows
     blobs: list[bytes | None] = [None] * n
     shapes: list[list[int] | None] = [None] * n
     fps: list[float | None] = [None] * n
-    errors: list[str | None] = [None] * n
-    rows = table.to_pylist()
-    for i in _todo(table):
-        try:
-            frames, rate = decode_row(rows[i], cfg)
-            blobs[i], shapes[i], fps[i] = frames.tobytes(), list(frames.shape), rate
-        except Exception as e:  # a bad clip is data: recorded by the model actor
-            errors[i] = one_line(e)
+    errs: list[str | None] = [errors.get(i) for i in range(n)]
+    for i, (f, rate) in frames.items():
+        blobs[i], shapes[i], fps[i] = f.tobytes(), list(f.shape), rate
     for name, col, typ in (
         (FRAMES, blobs, pa.binary()),
         (FRAMES_SHAPE, shapes, pa.list_(pa.int32())),
         (FRAMES_FPS, fps, pa.float64()),
-        (FRAMES_ERROR, errors, pa.string()),
+        (FRAMES_ERROR, errs, pa.string()),
     ):
         if name in table.column_names:
             table = table.drop_columns([name])
@@ -277,7 +300,11 @@ class CaptionStage:
             self.stats["wait_s"] += t0 - self._last_end
         else:
             self.stats["first_start"] = time.time()  # wall clock: comparable across actors
-        out = self._caption(table)
+        # frames a later stage decoded ahead ride along untouched (and out of to_pylist)
+        ahead = [c for c in table.column_names if c.startswith(AHEAD_PREFIX)]
+        out = self._caption(table.drop_columns(ahead))
+        for c in ahead:
+            out = out.append_column(table.schema.field(c), table.column(c))
         self._last_end = time.perf_counter()
         self.stats["busy_s"] += self._last_end - t0
         self.stats["calls"] += 1
@@ -308,7 +335,7 @@ class CaptionStage:
             self.load()
         cfg = self.cfg
         rows = table.to_pylist()
-        todo = _todo(table)
+        todo = todo_rows(table)
         self.stats["clips"] += len(todo)
         errors: dict[int, str] = {}
         items: list[_Item] = []

@@ -54,6 +54,9 @@ DUPLICATE_OF = "duplicate_of"
 
 # --- decision ---------------------------------------------------------------------------
 KEPT = "kept"
+# transport columns a later stage's frames travel in when they were decoded ahead (jobs.curate
+# decodes a kept clip once for caption and encode): stages before it pass them through untouched
+AHEAD_PREFIX = "_ahead_"
 DROP_REASON = "drop_reason"
 DROP_RULE = (
     "drop_rule"  # the rule name alone (e.g. "aesthetic", "status", "near_duplicate"), for value_counts

@@ -11,9 +11,9 @@ thresholds, absolute rules), distributed over the scored parts by `jobs/runtime/
 
 Phase 2, a second streaming plan over the kept clips only (read by the workers):
 
-  scored parts ─▶ kept, not yet written ─▶ caption decode tasks ─▶ VLM actors
-     ─▶ encode decode tasks ─▶ VAE actors ─▶ writer tasks: OUT/captions part + latent shards,
-        each with a marker carrying its shard entries
+  scored parts ─▶ kept, not yet written ─▶ decode tasks (one decode per clip: the caption
+     frames and the encode frames) ─▶ VLM actors ─▶ VAE actors ─▶ writer tasks: OUT/captions
+     part + latent shards, each with a marker carrying its shard entries
 
 and the driver merges the shard entries into OUT/latents/.manifest.json (metadata only).
 No clip dropped by a rule is captioned or encoded, and the driver never holds clip rows:
@@ -293,8 +293,9 @@ def errors_of(report: dict[str, Any]) -> int:
 def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kept: int) -> dict[str, Any]:
     """Caption and encode the kept clips only; workers write captions parts and shards."""
 
-    from captioner.stage import CaptionStage, attach_frames, caption_hash
+    from captioner.stage import CaptionStage, caption_hash
     from jobs.runtime.adapter import Resources, clip_ids_ref, map_stage, map_task, read_parts_dataset
+    from jobs.runtime.clip_frames import attach_frames_once
     from latents.encode import EncodeStage
     from latents.encode import prepare_batch as encode_prepare
 
@@ -311,14 +312,22 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
     ds = map_task(
         ds, functools.partial(_kept_todo, done=done), Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0)
     )
-    ds = map_task(ds, functools.partial(attach_frames, cfg=preset.caption), task)
+    # one decode per clip for both models: caption frames + encode frames (carried past captioning)
+    ds = map_task(
+        ds, functools.partial(attach_frames_once, caption_cfg=preset.caption, encode_cfg=preset.encode), task
+    )
     ds = map_stage(
         ds,
         CaptionStage,
         preset.caption,
         _actors(cfg, cfg.caption_actors, cfg.caption_gpus, cfg.actor_cpus * 1.01),
     )
-    ds = map_task(ds, functools.partial(encode_prepare, cfg=preset.encode), task)
+    # no decode left here: pixel columns from the frames decoded ahead, for the captioned clips
+    ds = map_task(
+        ds,
+        functools.partial(encode_prepare, cfg=preset.encode),
+        Resources(num_cpus=cfg.task_cpus * 0.5, concurrency=0, batch_size=cfg.batch_size),
+    )
     ds = map_stage(
         ds,
         EncodeStage,

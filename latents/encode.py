@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -25,8 +26,16 @@ import torch
 from curate import schema as S
 from curate.errors import OnError, StageError, one_line
 from curate.io.storage import config_hash
-from curate.video.decode import decode_clip
-from latents.buckets import Bucket, decode_size, make_buckets, nearest_bucket, plan_frames, resize_to_bucket
+from curate.video.decode import ClipFrames, Selection, decode_clip
+from latents.buckets import (
+    Bucket,
+    FramePlan,
+    decode_size,
+    make_buckets,
+    nearest_bucket,
+    plan_frames,
+    resize_to_bucket,
+)
 from latents.shards import tensor_to_bytes
 from latents.text import TEXT_DEFAULT, TEXT_SMOKE, TextConfig, load_text_encoder
 from latents.vae import LTX_DEFAULT, LTX_SMOKE, WAN_DEFAULT, WAN_SMOKE, VAEConfig, load_vae
@@ -34,6 +43,11 @@ from latents.vae import LTX_DEFAULT, LTX_SMOKE, WAN_DEFAULT, WAN_SMOKE, VAEConfi
 STAGE = "encode"
 # Intermediate columns (between prepare tasks and VAE actors; never written to shards).
 PIXELS = "_encode_pixels"  # (F, H, W, 3) uint8 raw bytes; shape in pixel_frames/height/width
+# the same frames decoded ahead, before captioning (`with_ahead`): carried past the caption stage
+AHEAD_PIXELS = S.AHEAD_PREFIX + "encode_pixels"  # (F, H, W, 3) uint8 raw bytes
+AHEAD_SHAPE = S.AHEAD_PREFIX + "encode_shape"  # list<int32> [F, H, W, 3]
+AHEAD_FPS = S.AHEAD_PREFIX + "encode_fps"  # f64: the sample fps
+AHEAD_ERROR = S.AHEAD_PREFIX + "encode_error"  # str: why preparing the clip failed (then no pixels)
 # important: clips per writer batch at most. A writer task holds its whole batch: at the default
 # preset's shapes one 81-frame 848x480 clip is a 16x21x60x106 bf16 latent, ~4.3 MB, so 256 clips
 # are ~1.1 GB (2048 would be ~8.7 GB); it is also what a kill redoes per writer in flight.
@@ -98,8 +112,16 @@ def eligible_mask(table: pa.Table) -> list[bool]:
     return [s == S.STATUS_OK and bool(k) and c is not None for s, k, c in zip(status, kept, cap)]
 
 
-def prepare_clip(row: dict[str, Any], cfg: EncodeConfig) -> tuple[np.ndarray, float]:
-    """One clip -> ((F, H, W, 3) uint8 frames in its bucket, sample fps). Decodes the span once."""
+@dataclass(frozen=True)
+class ClipPlan:
+    """What encode takes of one clip: its frame times, its bucket, and the decode selection."""
+
+    frames: FramePlan
+    bucket: Bucket
+    selection: Selection
+
+
+def plan_clip(row: dict[str, Any], cfg: EncodeConfig) -> ClipPlan:
     plan = plan_frames(
         row[S.START_PTS],
         row[S.END_PTS],
@@ -110,13 +132,21 @@ def prepare_clip(row: dict[str, Any], cfg: EncodeConfig) -> tuple[np.ndarray, fl
         cfg.min_frames,
     )
     bucket = nearest_bucket(row[S.WIDTH], row[S.HEIGHT], cfg.buckets)
-    clip = decode_clip(
-        row[S.SOURCE_URI],
-        row[S.START_PTS],
-        row[S.END_PTS],
-        times=plan.times,
-        size=decode_size(row[S.WIDTH], row[S.HEIGHT], bucket),
-    )
+    size = decode_size(row[S.WIDTH], row[S.HEIGHT], bucket)
+    return ClipPlan(plan, bucket, Selection(times=plan.times, size=size))
+
+
+def prepare_clip(row: dict[str, Any], cfg: EncodeConfig) -> tuple[np.ndarray, float]:
+    """One clip -> ((F, H, W, 3) uint8 frames in its bucket, sample fps). Decodes the span once."""
+    cp = plan_clip(row, cfg)
+    sel = cp.selection
+    clip = decode_clip(row[S.SOURCE_URI], row[S.START_PTS], row[S.END_PTS], times=sel.times, size=sel.size)
+    return finish_clip(clip, cp, cfg)
+
+
+def finish_clip(clip: ClipFrames, cp: ClipPlan, cfg: EncodeConfig) -> tuple[np.ndarray, float]:
+    """A decoded selection -> ((F, H, W, 3) uint8 frames in the bucket, sample fps)."""
+    plan, bucket = cp.frames, cp.bucket
     n = clip.frames.shape[0]
     if n != plan.num_frames:
         # the container ended early (span end past the last frame): keep what the rule allows
@@ -145,10 +175,67 @@ def _with_column(table: pa.Table, name: str, values: list, typ: pa.DataType) -> 
     return table.set_column(i, name, arr) if i >= 0 else table.append_column(name, arr)
 
 
+def pixels_column(frames: list[np.ndarray | None]) -> pa.Array:
+    """uint8 frame arrays (None: null) as one large_binary column, copied once (no bytes objects
+    in between: at real shapes a clip is ~100 MB)."""
+    sizes = np.array([0 if f is None else f.nbytes for f in frames], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    data = np.empty(int(offsets[-1]), np.uint8)
+    for f, a in zip(frames, offsets[:-1]):
+        if f is not None:
+            data[a : a + f.nbytes] = f.reshape(-1)
+    valid = np.array([f is not None for f in frames])
+    mask = pa.array(valid).buffers()[1] if not valid.all() else None
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(frames), [mask, pa.py_buffer(offsets), pa.py_buffer(data)], int((~valid).sum())
+    )
+
+
+def with_ahead(
+    table: pa.Table, frames: dict[int, tuple[np.ndarray, float]], errors: dict[int, str]
+) -> pa.Table:
+    """`table` with encode's frames decoded ahead (jobs.curate: in the caption's decode of the
+    clip): (F, H, W, 3) uint8 bytes, their shape and fps, or why preparing failed."""
+    n = table.num_rows
+    got = [frames.get(i) for i in range(n)]
+    cols = {
+        AHEAD_PIXELS: pixels_column([g[0] if g else None for g in got]),
+        AHEAD_SHAPE: pa.array([list(g[0].shape) if g else None for g in got], pa.list_(pa.int32())),
+        AHEAD_FPS: pa.array([g[1] if g else None for g in got], pa.float64()),
+        AHEAD_ERROR: pa.array([errors.get(i) for i in range(n)], pa.string()),
+    }
+    for name, col in cols.items():
+        table = table.append_column(name, col)
+    return table
+
+
+def _ahead_of(table: pa.Table) -> Callable[[int], tuple[np.ndarray, float]] | None:
+    """Row i's frames decoded ahead (`with_ahead`) as a view of the column's buffer, or None
+    when the table has none."""
+    if AHEAD_PIXELS not in table.column_names:
+        return None
+    px = table.column(AHEAD_PIXELS).combine_chunks()
+    shape, fps, err = (table.column(c).to_pylist() for c in (AHEAD_SHAPE, AHEAD_FPS, AHEAD_ERROR))
+    offsets = np.frombuffer(px.buffers()[1], np.int64, len(px) + 1, px.offset * 8)
+    data = np.frombuffer(px.buffers()[2], np.uint8) if px.buffers()[2] is not None else np.empty(0, np.uint8)
+
+    def get(i: int) -> tuple[np.ndarray, float]:
+        if err[i] is not None:
+            raise StageError(STAGE, err[i])
+        if not px[i].is_valid:
+            raise StageError(STAGE, "no frames were decoded ahead for this clip")
+        frames = data[offsets[i] : offsets[i + 1]].reshape(shape[i])  # bytes -> (F, H, W, 3), no copy
+        return frames, fps[i]
+
+    return get
+
+
 def prepare_batch(table: pa.Table, cfg: EncodeConfig) -> pa.Table:
-    """CPU step: decode + bucket the eligible clips; adds PIXELS, fills pixel_* and sample_fps."""
+    """CPU step: decode + bucket the eligible clips (or take the frames decoded ahead); adds
+    PIXELS, fills pixel_* and sample_fps."""
+    ahead = _ahead_of(table)
     table = S.conform(table.select([n for n in table.column_names if n in S.CLIP_SCHEMA.names]))
-    pixels: list[bytes | None] = [None] * table.num_rows
+    pixels: list[np.ndarray | None] = [None] * table.num_rows
     frames_, heights, widths, fps_ = ([None] * table.num_rows for _ in range(4))
     errors: dict[int, str] = {}
     rows = table.to_pylist()
@@ -156,13 +243,13 @@ def prepare_batch(table: pa.Table, cfg: EncodeConfig) -> pa.Table:
         if not ok:
             continue
         try:
-            px, fps = prepare_clip(rows[i], cfg)
+            px, fps = ahead(i) if ahead is not None else prepare_clip(rows[i], cfg)
         except Exception as e:
             if cfg.on_error == "raise":
                 raise
             errors[i] = one_line(e)
             continue
-        pixels[i] = px.tobytes()
+        pixels[i] = px
         frames_[i], heights[i], widths[i] = px.shape[:3]
         fps_[i] = fps
     table = S.set_columns(
@@ -175,7 +262,7 @@ def prepare_batch(table: pa.Table, cfg: EncodeConfig) -> pa.Table:
             **_error_cols(table, errors),
         },
     )
-    return table.append_column(PIXELS, pa.array(pixels, type=pa.large_binary()))
+    return table.append_column(PIXELS, pixels_column(pixels))
 
 
 def psnr(decoded: torch.Tensor, source: torch.Tensor) -> float:

@@ -219,6 +219,63 @@ def sample_uniform(num_frames_in_span: int, n: int, margin: float = 0.0) -> np.n
     return np.unique(np.round(np.linspace(lo, hi, n)).astype(np.int64))
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which frames of a span to convert, and at what size (see `decode_clip`)."""
+
+    offsets: Sequence[int] | np.ndarray | None = None
+    times: Sequence[float] | np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.offsets is None) == (self.times is None):
+            raise ValueError("pass exactly one of offsets= or times=")
+
+
+class _Picker:
+    """One selection's frames, picked as the span's frames go by (each converted at its size)."""
+
+    def __init__(self, sel: Selection):
+        self.sel = sel
+        self.want_off = set(int(o) for o in sel.offsets) if sel.offsets is not None else None
+        self.want_t = np.sort(np.asarray(sel.times, np.float64)) if sel.times is not None else None
+        self.ti = 0
+        self.frames: list[np.ndarray] = []
+        self.pts: list[float] = []
+        self.idx: list[int] = []
+        self.geom: Geometry | None = None
+        self.coded_wh = (0, 0)
+
+    def start(self, geom: Geometry) -> None:
+        self.geom = geom
+        self.coded_wh = geom.coded_target(self.sel.size or geom.fit(max_side=self.sel.max_side))
+
+    def _take(self, fr: av.VideoFrame, pts: float, k: int) -> None:
+        w, h = self.coded_wh
+        rgb = fr.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        self.frames.append(rotate(rgb, self.geom.quarter_turns))
+        self.pts.append(pts)
+        self.idx.append(k)
+
+    def see(self, frame: av.VideoFrame, pts: float, k: int, prev: tuple | None, eps: float) -> None:
+        if self.want_off is not None:
+            if k in self.want_off:
+                self._take(frame, pts, k)
+            return
+        # each target time passed before this frame takes the latest earlier frame
+        # (or this one, for targets before the span's first frame)
+        while self.ti < len(self.want_t) and self.want_t[self.ti] < pts - eps:
+            self._take(*(prev if prev is not None else (frame, pts, k)))
+            self.ti += 1
+
+    def end(self, prev: tuple | None, end_pts: float, eps: float) -> None:
+        if self.want_t is not None and prev is not None:
+            while self.ti < len(self.want_t) and self.want_t[self.ti] < end_pts - eps:
+                self._take(*prev)
+                self.ti += 1
+
+
 def decode_clip(
     path: str | Path,
     start_pts: float,
@@ -236,30 +293,32 @@ def decode_clip(
     fps). `size` is the display (width, height); else `max_side` bounds the longer side;
     else the display size.
     """
-    if (offsets is None) == (times is None):
-        raise ValueError("pass exactly one of offsets= or times=")
+    clip = decode_clips(path, start_pts, end_pts, [Selection(offsets, times, size, max_side)])[0]
+    if clip is None:
+        raise StageError("decode", no_frames(start_pts, end_pts))
+    return clip
+
+
+def no_frames(start_pts: float, end_pts: float) -> str:
+    return f"no frames decoded in span {start_pts:.3f}-{end_pts:.3f}s"
+
+
+def decode_clips(
+    path: str | Path, start_pts: float, end_pts: float, selections: Sequence[Selection]
+) -> list[ClipFrames | None]:
+    """`decode_clip` for several selections in one decode of the span (the caption frames and the
+    encode frames of a clip: one seek and one pass instead of two). Each result is what
+    `decode_clip` with that selection alone returns, or None where it would raise `no_frames`."""
     container, stream = open_video(path)
     tb = stream.time_base
     eps = 1e-4
-    want_off = set(int(o) for o in offsets) if offsets is not None else None
-    want_t = np.sort(np.asarray(times, np.float64)) if times is not None else None
-    out_frames: list[np.ndarray] = []
-    out_pts: list[float] = []
-    out_idx: list[int] = []
+    pickers = [_Picker(s) for s in selections]
     geom: Geometry | None = None
-    coded_wh = (0, 0)
-
-    def convert(fr: av.VideoFrame) -> np.ndarray:
-        w, h = coded_wh
-        rgb = fr.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-        return rotate(rgb, geom.quarter_turns)
-
     try:
         if start_pts > 0 and tb is not None:
             # backward=True lands on the keyframe at or before start; frames before start are skipped.
             container.seek(max(0, int((start_pts - 1.0) / tb)), stream=stream, backward=True)
         k = 0  # offset within the span
-        ti = 0
         prev: tuple[av.VideoFrame, float, int] | None = None
         for frame in container.decode(stream):
             DECODE_STATS["frames"] += 1
@@ -270,34 +329,21 @@ def decode_clip(
                 break
             if geom is None:
                 geom = geometry_of(stream, frame)
-                disp = size or geom.fit(max_side=max_side)
-                coded_wh = geom.coded_target(disp)
-            if want_off is not None:
-                if k in want_off:
-                    out_frames.append(convert(frame))
-                    out_pts.append(pts)
-                    out_idx.append(k)
-            else:
-                # each target time passed before this frame takes the latest earlier frame
-                # (or this one, for targets before the span's first frame)
-                while ti < len(want_t) and want_t[ti] < pts - eps:
-                    src_frame, src_pts, src_k = prev if prev is not None else (frame, pts, k)
-                    out_frames.append(convert(src_frame))
-                    out_pts.append(src_pts)
-                    out_idx.append(src_k)
-                    ti += 1
-                prev = (frame, pts, k)
+                for pk in pickers:
+                    pk.start(geom)
+            for pk in pickers:
+                pk.see(frame, pts, k, prev, eps)
+            prev = (frame, pts, k)
             k += 1
-        if want_t is not None and prev is not None:
-            while ti < len(want_t) and want_t[ti] < end_pts - eps:
-                out_frames.append(convert(prev[0]))
-                out_pts.append(prev[1])
-                out_idx.append(prev[2])
-                ti += 1
+        for pk in pickers:
+            pk.end(prev, end_pts, eps)
     except av.FFmpegError as e:
         raise StageError("decode", f"decoding span {start_pts:.3f}-{end_pts:.3f}s failed: {e}") from e
     finally:
         container.close()
-    if not out_frames:
-        raise StageError("decode", f"no frames decoded in span {start_pts:.3f}-{end_pts:.3f}s")
-    return ClipFrames(np.stack(out_frames), np.asarray(out_pts), np.asarray(out_idx, np.int64))
+    return [
+        ClipFrames(np.stack(pk.frames), np.asarray(pk.pts), np.asarray(pk.idx, np.int64))
+        if pk.frames
+        else None
+        for pk in pickers
+    ]
