@@ -223,6 +223,24 @@ def join_step(src: Path, root: Path) -> dict:
     }
 
 
+def rewrite_cost(src: Path, root: Path) -> dict:
+    """What recording decisions costs: every scored part rewritten whole (what the decide step
+    does: embeddings included) against the decision columns alone written beside them (a sidecar
+    set), one part after the other in this process. Same parts, same writer."""
+    from curate.io.storage import write_parquet_atomic
+
+    cols = [S.CLIP_ID, S.KEPT, S.DROP_REASON, S.DROP_RULE, S.DUPLICATE_OF]
+    seconds = {}
+    for name, columns in (("rewrite_seconds", None), ("sidecar_seconds", cols)):
+        out = root / name
+        t = time.perf_counter()
+        for part in sorted(src.glob("part-*.parquet")):
+            write_parquet_atomic(pq.read_table(part, columns=columns), out / part.name)
+        seconds[name] = time.perf_counter() - t
+        shutil.rmtree(out, ignore_errors=True)
+    return {**seconds, "scored_mb": sum(f.stat().st_size for f in src.glob("part-*.parquet")) / 2**20}
+
+
 def make_videos(folder: Path, n: int) -> None:
     """n small generated videos (three shots, hard cuts), each with its own patterns."""
     from curate.synthetic.synth import Segment, make_video
@@ -335,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         "shuffle on clip_id in Ray tasks) at each size",
     )
     p.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="also time recording the decisions by rewriting every scored part whole (what the "
+        "decide step does) against writing the decision columns alone beside them",
+    )
+    p.add_argument(
         "--curate-videos",
         default="",
         help="also run jobs.curate on these numbers of generated "
@@ -384,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.join:
             r.update(join_step(src, root / f"n{n}"))
             r["join_seconds_per_1e5"] = r["join_seconds"] / n * 1e5
+        if a.rewrite:
+            r.update(rewrite_cost(src, root / f"n{n}"))
         if a.recall_at and n == int(a.recall_at):
             r["near_dup_vs_exact"] = recall_precision(src, root / f"n{n}", near)
         results.append(r)
@@ -412,6 +438,16 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {r['clips']:,} | {r['join_seconds']:.1f} | {r['join_seconds_per_1e5']:.1f} | {g} | "
                 f"{r['join_driver_peak_rss_mb']:.0f} | {r['join_load_1min']:.1f} |"
+            )
+    if a.rewrite:
+        print("\nrecording decisions: scored parts rewritten whole vs the decision columns beside them")
+        print("| clips | scored MB | rewrite s | decision columns s | ratio | decide s |")
+        print("|---|---|---|---|---|---|")
+        for r in results:
+            print(
+                f"| {r['clips']:,} | {r['scored_mb']:.0f} | {r['rewrite_seconds']:.1f} | "
+                f"{r['sidecar_seconds']:.2f} | {r['rewrite_seconds'] / max(r['sidecar_seconds'], 1e-9):.0f}x | "
+                f"{r['seconds']:.1f} |"
             )
     for r in results:
         if "near_dup_vs_exact" in r:
