@@ -31,10 +31,11 @@ def sentences(text: str, max_sentences: int = 12) -> list[str]:
 
 
 class CaptionClipScorer:
-    """`CaptionClipScorer(model, pretrained, device, smoke, weights_dir)`, `load()`, `scores(captions, image_embeddings)`.
+    """`CaptionClipScorer(model, pretrained, device, smoke, weights_dir)`, `load()`,
+    `scores(captions, image_embeddings)`.
 
-    `model`/`pretrained`/`weights_dir` as in `curate.scores.clip_models.load_clip` (the score stage's CLIP: same
-    loader, same weights folder: the check on the driver looked there too);
+    `model`/`pretrained`/`weights_dir` as in `curate.scores.clip_models.load_clip` (the score stage's CLIP:
+    same loader, same weights folder: the check on the driver looked there too);
     `smoke`: the smoke preset's tiny random CLIP directory, built offline when missing.
     """
 

@@ -47,11 +47,13 @@ _SYSTEM_V1 = (
 
 _DENSE_V1 = (
     "Write one dense paragraph (80 to 200 words) describing this video clip in chronological order. Cover:\n"
-    "1. the main subjects and their appearance (kind, number, clothing, colours, size, distinctive features);\n"
+    "1. the main subjects and their appearance (kind, number, clothing, colours, size, "
+    "distinctive features);\n"
     "2. their actions and motion, in the order they happen, with direction and speed;\n"
     "3. the setting and background (place, objects, weather, time of day);\n"
     "4. camera framing and movement (close-up, medium, wide; static, pan, tilt, zoom, tracking, handheld);\n"
-    "5. lighting, colour palette and visual style (natural, studio, animation, screen recording, film grain);\n"
+    "5. lighting, colour palette and visual style (natural, studio, animation, screen recording, "
+    "film grain);\n"
     "6. any on-screen text, quoted exactly.\n"
     "Rules: start directly with the subject or scene (never with 'The video shows', 'This clip', "
     "'In this video' or similar); state only what is visible, no guesses about intent, sound or "

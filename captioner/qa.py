@@ -31,7 +31,8 @@ _OPENING = re.compile(
     r"(?: (?:clip|sequence))?\s+(?:shows|showcases|depicts|features|captures|presents|displays|"
     r"portrays|begins with|opens with|starts with|is of)\s*(?:that\s+)?"
     r"|in (?:this|the) (?:video|clip|footage|scene|sequence)(?: clip)?,?\s*(?:we (?:see|can see),?\s*)?"
-    r"|(?:we (?:see|can see)|you can see|there is|there are)\s+(?=\w)(?=(?:a|an|the|two|three|several|many)\b)"
+    r"|(?:we (?:see|can see)|you can see|there is|there are)\s+(?=\w)"
+    r"(?=(?:a|an|the|two|three|several|many)\b)"
     r")",
     re.IGNORECASE,
 )
@@ -190,7 +191,8 @@ def first_sentence(text: str, max_words: int) -> str:
 
 # --- grounding: the caption against the measured facts (camera motion, OCR) ----------------
 _SAYS_STATIC = re.compile(
-    r"\b(?:static|stationary|fixed|locked[- ]off|unmoving|motionless)\s+(?:[a-z-]+\s+){0,2}(?:camera|shot|frame|view|angle)\b"
+    r"\b(?:static|stationary|fixed|locked[- ]off|unmoving|motionless)\s+(?:[a-z-]+\s+){0,2}"
+    r"(?:camera|shot|frame|view|angle)\b"
     r"|\b(?:still|steady)\s+(?:camera|shot|frame)\b"
     r"|\bcamera\s+(?:is\s+|remains\s+|stays\s+|holds\s+)?(?:static|stationary|still|fixed|motionless|locked)\b"
     r"|\b(?:no|without(?: any)?)\s+camera\s+(?:movement|motion)\b",

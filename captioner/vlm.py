@@ -423,8 +423,10 @@ def load_vlm(
         config = AutoConfig.from_pretrained(path)
     except OSError as e:
         raise UsageError(
-            f"VLM weights {source!r} not found locally (HF cache: {os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
-            f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); get them on a machine with network with "
+            f"VLM weights {source!r} not found locally "
+            f"(HF cache: {os.environ.get('HF_HOME', '~/.cache/huggingface')}, "
+            f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}); "
+            "get them on a machine with network with "
             f"`{fetch}` (then copy the cache or set HF_HOME to it), "
             f"or pass a local folder (--weights-dir), or use 'smoke:qwen2_5_vl' for a tiny random model"
         ) from e

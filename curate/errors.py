@@ -1,4 +1,5 @@
-"""The error policy (README, "One command line for every job"): a bad input is data, a bad argument stops the job."""
+"""The error policy (README, "One command line for every job"): a bad input is data, a bad argument
+stops the job."""
 
 from __future__ import annotations
 

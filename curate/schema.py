@@ -366,7 +366,8 @@ def validate(table: pa.Table, upto: Stage = "split", schema: pa.Schema = CLIP_SC
             if missing:
                 raise SchemaError(
                     f"column {name!r} ({group.name} group, written by {group.written_by}) is null on "
-                    f"{len(missing)} ok row(s), first at row {missing[0]}; run the {group.written_by} stage first"
+                    f"{len(missing)} ok row(s), first at row {missing[0]}; "
+                    f"run the {group.written_by} stage first"
                 )
     err = [i for i, s in enumerate(status) if s == STATUS_ERROR]
     for i in err:

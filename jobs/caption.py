@@ -177,7 +177,8 @@ def main(cfg: CaptionJobConfig) -> dict[str, Any]:
         inputs = storage.list_parts(cfg.input)
         if not inputs:
             raise UsageError(
-                f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; run jobs.score first"
+                f"--input must hold part-*.parquet scored parts, got none in {cfg.input}; "
+                "run jobs.score first"
             )
         h = caption_hash(cfg.caption)
         finished = finished_parts(out, h)
@@ -442,7 +443,8 @@ def cli(argv: list[str] | None = None) -> int:
             )
         print(
             f"caption: {summary['captioned']} captioned, {summary['errors']} errors, "
-            f"{summary['skipped_done']} already done, {summary['kept']} kept of {summary['input_clips']} clips; "
+            f"{summary['skipped_done']} already done, "
+            f"{summary['kept']} kept of {summary['input_clips']} clips; "
             f"{summary['clips_per_s']:.2f} clips/s; model waited "
             f"{100 * summary.get('model_wait_share', 0.0):.1f}% of its time for frames -> {cfg.output}"
         )

@@ -449,7 +449,8 @@ def main(cfg: CurateConfig) -> dict[str, Any]:
         filters.check_config(preset.score.filters)
         from curate.weights import require
 
-        # every model of the run, on the driver before Ray: a missing one is this exit-2 message, not an actor traceback
+        # every model of the run, on the driver before Ray: a missing one is this exit-2 message,
+        # not an actor traceback
         require(
             stage_weights(score=preset.score, caption=preset.caption, encode=preset.encode), cfg.weights_dir
         )

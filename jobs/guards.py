@@ -96,7 +96,8 @@ def holds(folder: str) -> Holds | None:
     return Holds(parts=len(parts), rows=rows, filled=filled, only_errors=statuses == {S.STATUS_ERROR})
 
 
-# what each stage's input must hold: (columns of which one must have a value, what they are, made by, typical folder)
+# what each stage's input must hold:
+# (columns of which one must have a value, what they are, made by, typical folder)
 NEEDS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
     "score": ((S.CLIP_ID,), "clip rows", "jobs.split", "OUT/clips"),
     "filter": (SCORE_VALUES, "score columns (motion, sharpness, aesthetic, ...)", "jobs.score", "OUT/scored"),

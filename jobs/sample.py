@@ -99,7 +99,8 @@ def check_codecs(manifest: dict, vae_info, text_info) -> None:
             diffs.append(f"text encoder {key}: manifest {want_text.get(key)}, loaded {got_text[key]}")
     if diffs:
         raise UsageError(
-            f"the VAE / text encoder loaded for sampling ({got_vae['vae_id']}, {got_text['text_encoder_id']}) must "
+            "the VAE / text encoder loaded for sampling "
+            f"({got_vae['vae_id']}, {got_text['text_encoder_id']}) must "
             f"match the ones the run's shards were encoded with ({want_vae.get('vae_id')}, "
             f"{want_text.get('text_encoder_id')}), got: {'; '.join(diffs)}; load the recorded revision "
             "(or re-encode the shards with this VAE)"
@@ -287,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--strength",
         type=flags.finite_float,
         default=1.0,
-        help="SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective",
+        help=(
+            "SDEdit noise level in (0, 1]: the SNR of rectified-flow time s, ((1-s)/s)^2, for every objective"
+        ),
     )
     for name in ("frames", "height", "width"):
         p.add_argument(
@@ -386,7 +389,8 @@ def job_from_args(a: argparse.Namespace) -> SampleJob:
 
 
 def upsample_config(a: argparse.Namespace) -> Any:
-    """The --upsample-* flags -> an UpsampleConfig (None: the preset), checked as jobs.caption checks its own."""
+    """The --upsample-* flags -> an UpsampleConfig (None: the preset), checked as jobs.caption checks
+    its own."""
     named = [
         f"--upsample-{n}"
         for n in ("engine", "model", "base-url", "api-key-env")

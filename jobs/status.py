@@ -130,7 +130,8 @@ def run_status(out: str) -> dict[str, Any]:
 
 
 def _leases(out: str) -> list[str]:
-    """Who holds OUT or one of its stage folders now (a run in progress, or a stale lease a rerun takes over)."""
+    """Who holds OUT or one of its stage folders now (a run in progress, or a stale lease a rerun
+    takes over)."""
     from jobs.runtime import lease
 
     held = []

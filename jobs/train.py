@@ -211,7 +211,8 @@ def previewer(shards: str) -> Previewer | None:
 def _train_into(
     cfg: TrainConfig, data: Source, out: str, *, rank: int = 0, preview: Previewer | None = None, **kwargs
 ) -> dict:
-    """train() into `out`; a remote `out` is trained in a local staging copy, rank 0 pushing each checkpoint."""
+    """train() into `out`; a remote `out` is trained in a local staging copy, rank 0 pushing each
+    checkpoint."""
     with run_sync.staged_run(out) as local:
         push = None
         if run_sync.is_remote(out) and rank == 0:
@@ -323,7 +324,8 @@ def main(
                 "workers": workers,
             }
     print(
-        f"[train] done: {summary}; log {storage.join(out, 'loss.csv')}, curve {storage.join(out, 'loss.png')}",
+        f"[train] done: {summary}; log {storage.join(out, 'loss.csv')}, "
+        f"curve {storage.join(out, 'loss.png')}",
         flush=True,
     )
     return summary

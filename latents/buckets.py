@@ -33,7 +33,8 @@ class Bucket:
 
 
 def make_buckets(area: int, aspects: tuple[float, ...], multiple: int) -> tuple[Bucket, ...]:
-    """One bucket per aspect ratio (width / height), each of about `area` pixels, sides multiples of `multiple`.
+    """One bucket per aspect ratio (width / height), each of about `area` pixels, sides multiples of
+    `multiple`.
 
     Buckets that round to the same size are merged; the result is sorted by aspect.
     """
@@ -55,7 +56,8 @@ def make_buckets(area: int, aspects: tuple[float, ...], multiple: int) -> tuple[
 
 
 def nearest_bucket(width: int, height: int, buckets: tuple[Bucket, ...]) -> Bucket:
-    """The bucket whose aspect is closest to the clip's, on a log scale (2:1 and 1:2 are equally far from 1:1)."""
+    """The bucket whose aspect is closest to the clip's, on a log scale (2:1 and 1:2 are equally far
+    from 1:1)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"clip size must be positive, got {width}x{height}")
     la = math.log(width / height)

@@ -38,7 +38,8 @@ def latest_remote_checkpoint(run: str) -> str | None:
 
 
 def pull(run: str, local: str | Path) -> str | None:
-    """Copy the run's config, loss log and newest complete checkpoint into `local`; returns the checkpoint name."""
+    """Copy the run's config, loss log and newest complete checkpoint into `local`; returns the
+    checkpoint name."""
     local = Path(local)
     local.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:

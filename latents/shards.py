@@ -160,7 +160,8 @@ class ShardWriter:
     ):
         if max_rows < 1 or max_bytes < 1 or row_group_rows < 1:
             raise ValueError(
-                f"max_rows, max_bytes, row_group_rows must be >= 1, got {max_rows}, {max_bytes}, {row_group_rows}"
+                "max_rows, max_bytes, row_group_rows must be >= 1, "
+                f"got {max_rows}, {max_bytes}, {row_group_rows}"
             )
         self.root = str(root)  # a local path or a URI (s3://...): see curate.io.storage
         self.meta = meta

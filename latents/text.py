@@ -194,7 +194,8 @@ def load_text_encoder(cfg: TextConfig) -> TextEncoder:
             include=tuple(f"{s}/*" for s in (cfg.model_subfolder, cfg.tokenizer_subfolder) if s),
         )
         raise UsageError(
-            f"text encoder weights {cfg.source!r} (subfolders {cfg.model_subfolder!r}, {cfg.tokenizer_subfolder!r}) "
+            f"text encoder weights {cfg.source!r} "
+            f"(subfolders {cfg.model_subfolder!r}, {cfg.tokenizer_subfolder!r}) "
             f"must be available locally, got: {str(e).splitlines()[0][:200]}; fetch them with "
             f"`{fetch.download_line(cfg.weights_dir)}` "
             "(or set HF_HOME to a cache that has them), or pass a local directory with --weights-dir"

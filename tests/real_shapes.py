@@ -43,10 +43,10 @@ UMT5 = CONFIGS / "umt5_xxl" / "config.json"
 # the real LAION head: Linear sizes after the CLIP embedding (see curate.scores.clip_models.make_head)
 AESTHETIC_HIDDEN = (1024, 128, 64, 16, 1)
 VERSION = 2  # bump when a builder changes, so kept folders ($TUBELET_REAL_SHAPES_MODELS) are rebuilt
-DIT_KEY = "B-real-shapes"
+DIT_KEY = "B-real-shapes"  # model.PRESETS key the test registers: DiT-B widths, reduced depth
 CHAIN_WORDS = 30  # words of the VLM's fixed caption (the default QA needs 25-300)
 VAE_BASE_DIM, VAE_RES_BLOCKS = 16, 1  # the VAE's inner width and depth (real: 96, 2), see build_wan
-SHARD = "1GB"  # safetensors shard size: the big models are saved as index + shards, as on the hub  # model.PRESETS key the test registers: DiT-B widths, reduced depth
+SHARD = "1GB"  # safetensors shard size: the big models are saved as index + shards, as on the hub
 # Qwen2's added tokens, in id order from 151643 (= the size of its regular byte-level BPE vocabulary)
 QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -69,14 +69,19 @@ QWEN_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: "
     "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 

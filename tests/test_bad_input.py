@@ -103,7 +103,8 @@ def test_full_disk_fails_fast(tmp_path):
 
 
 def test_a_truncated_file_keeps_its_decodable_head_flagged(tmp_path):
-    """The README's rule: clips of the decodable head are ok, the videos row is ok with a `truncated:` warning."""
+    """The README's rule: clips of the decodable head are ok, the videos row is ok with a `truncated:`
+    warning."""
     from tests.media import truncated_copy
 
     good = two_shot_video(

@@ -129,7 +129,8 @@ def test_motion_pairs_adjacent_frames_at_low_fps_and_never_across_the_clip():
 
 
 def test_a_clip_without_a_frame_pair_is_an_error_row_not_static(real_videos):
-    """Motion unknown is not motion 0.0: a 1-frame clip must not be flagged static and kept/dropped as such."""
+    """Motion unknown is not motion 0.0: a 1-frame clip must not be flagged static and kept/dropped as
+    such."""
     rows = clip_rows(real_videos / "carphone_pristine.mp4", [(10, 11), (20, 60)])
     out = prepare_batch(table_from_rows(rows), SMOKE).to_pylist()
     assert (

@@ -1,4 +1,5 @@
-"""jobs.train sizes the packed-row token budget from the shards: derived when unset, an error when too small."""
+"""jobs.train sizes the packed-row token budget from the shards: derived when unset, an error when
+too small."""
 
 from __future__ import annotations
 

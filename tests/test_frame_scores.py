@@ -155,7 +155,8 @@ def test_text_area_and_reading_on_rendered_text(tmp_path):
         blank = reader.scores(cv2.resize(src, (398, 224))[None])
         assert blank[TEXT_AREA] == 0.0 and blank[OCR_TEXT] == []
     print(
-        f"text_area error: mean {np.mean(errors):+.4f}, max |err| {np.max(np.abs(errors)):.4f} (share of frame)"
+        f"text_area error: mean {np.mean(errors):+.4f}, max |err| {np.max(np.abs(errors)):.4f} "
+        "(share of frame)"
     )
     assert np.max(np.abs(errors)) < 0.02
 

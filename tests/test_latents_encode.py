@@ -223,7 +223,8 @@ def test_encode_job_driver_holds_no_rows_and_a_new_config_reencodes(tmp_path, mo
 
     # another encode config re-encodes every clip into new files; the old ones go with their markers
     old = {p.name for p in out.glob("shard-*.parquet")} | {p.name for p in (out / "_index").iterdir()}
-    # (a changed frame policy; a resource such as the device or psnr_every re-encodes nothing: test_resume_rule.py)
+    # (a changed frame policy; a resource such as the device or psnr_every re-encodes nothing:
+    # test_resume_rule.py)
     again = encode.main(replace(cfg, encode=replace(SMOKE, max_frames=5)))
     assert again["encoded_this_run"] == 6 and again["skipped_already_done"] == 0 and again["shard_rows"] == 6
     assert again["config_hash"] != summary["config_hash"]

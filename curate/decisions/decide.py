@@ -34,9 +34,10 @@ order. The steps:
   found in both of its groups keeps its most similar keeper, as the greedy does.
   Why a margin and not every kept row (`border_margin=inf`, also supported): on the scale
   benchmark's data at 10^5 the bound admits 49-65% of the kept rows and pass 2 costs
-  0.3-0.5x pass 1 (every kept row: 0.9-1.4x), for the same recall and precision. Why not each row in its top-2 clusters
-  from the start (some SemDeDup variants): doubled clusters cost ~4x the pass-1 compute,
-  and a row would be decided in two clusters at once with no rule to reconcile them.
+  0.3-0.5x pass 1 (every kept row: 0.9-1.4x), for the same recall and precision. Why not each
+  row in its top-2 clusters from the start (some SemDeDup variants): doubled clusters cost ~4x
+  the pass-1 compute, and a row would be decided in two clusters at once with no rule to
+  reconcile them.
   Residual error against the exact greedy (measured by `python -m jobs.bench scale
   [--spread]`): (1) a pair is missed when the closer row's second-nearest centroid is not
   the other row's (a third cluster is closer) and the other row is outside the margin or

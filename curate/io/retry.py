@@ -304,7 +304,10 @@ def infrastructure_failure(exc: BaseException) -> str | None:
     for x in chain:
         tries = getattr(x, "tubelet_io_attempts", None)
         if tries is not None:
-            return f"object storage unreachable after {tries} attempts: {io_line(x)}; when it answers again, {RERUN}"
+            return (
+                f"object storage unreachable after {tries} attempts: {io_line(x)}; "
+                f"when it answers again, {RERUN}"
+            )
     for x in chain:
         if is_transient(x):  # not through `retrying` (a reader of another library): the same outage
             return f"storage or network unreachable: {io_line(x)}; when it answers again, {RERUN}"

@@ -224,7 +224,8 @@ def _gcs(retry_s: str) -> pafs.FileSystem:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
         raise UsageError(
-            f"TUBELET_GCS_RETRY_S must be a number of seconds > 0, got {retry_s!r}; set it to {GCS_RETRY_S:g} (or unset it)"
+            f"TUBELET_GCS_RETRY_S must be a number of seconds > 0, got {retry_s!r}; "
+            f"set it to {GCS_RETRY_S:g} (or unset it)"
         )
     return pafs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=seconds))
 

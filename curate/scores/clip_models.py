@@ -79,15 +79,18 @@ def resolve_head(source: str, weights_dir: str | None = None) -> Path:
 
 
 def head_weights(name: str = DEFAULT_HEAD) -> Weights:
-    """The aesthetic head as a bare file (not on the hub): --weights-dir, $TUBELET_WEIGHTS, ~/.cache/tubelet/weights."""
+    """The aesthetic head as a bare file (not on the hub): --weights-dir, $TUBELET_WEIGHTS,
+    ~/.cache/tubelet/weights."""
     return Weights("aesthetic head", name, files=(name,), url=HEAD_URL)
 
 
 def _missing_head(source: str, why: str) -> str:
     return (
         f"aesthetic head weights {source!r} must be available locally ({why}); get them with "
-        f"`mkdir -p ~/.cache/tubelet/weights && curl -L -o ~/.cache/tubelet/weights/{DEFAULT_HEAD} {HEAD_URL}` "
-        "(or put the file in --weights-dir / $TUBELET_WEIGHTS, or pass --aesthetic-head PATH), or use --preset smoke"
+        "`mkdir -p ~/.cache/tubelet/weights && "
+        f"curl -L -o ~/.cache/tubelet/weights/{DEFAULT_HEAD} {HEAD_URL}` "
+        "(or put the file in --weights-dir / $TUBELET_WEIGHTS, or pass --aesthetic-head PATH), "
+        "or use --preset smoke"
     )
 
 

@@ -4,8 +4,9 @@ Dense optical flow (OpenCV DIS) between the adjacent frame pairs the score stage
 decodes, at `width` pixels wide. For each pair a similarity motion model
     dx = a*x - b*y + tx,   dy = b*x + a*y + ty     (x, y centred on the frame)
 is fitted to a grid of flow vectors robustly (RANSAC, then least squares on the inliers),
-so moving subjects do not pull it: the model describes the camera, not the content. Per second and per frame size (so clips of any size and frame
-rate compare), with s = the frame's short side:
+so moving subjects do not pull it: the model describes the camera, not the content. Per
+second and per frame size (so clips of any size and frame rate compare), with s = the
+frame's short side:
 - pan/tilt speed: (tx, ty) / s / dt;
 - zoom speed: a (relative scale change) times the half-diagonal / s / dt, i.e. how fast
   the frame corners move, on the same scale as the pan speed;

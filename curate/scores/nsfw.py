@@ -2,8 +2,9 @@
 
 `nsfw` is a frame's highest confidence, over the detector's anchors, of any explicit class
 (exposed genitalia, female breast, buttocks, anus), taken at the clip's second-highest frame
-(two frames must agree, see `clip_score`); 0 when the detector sees none. Faces, feet, covered parts and exposed male chests are not counted. A cascade
-rule drops clips above a threshold.
+(two frames must agree, see `clip_score`); 0 when the detector sees none. Faces, feet,
+covered parts and exposed male chests are not counted. A cascade rule drops clips above a
+threshold.
 
 Weights: NudeNet v3's YOLOv8n detector at 320x320 (`320n.onnx`), which the `nudenet`
 wheel carries (`pip install 'tubelet[filters]'`); run with onnxruntime on CPU from the

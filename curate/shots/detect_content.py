@@ -314,11 +314,12 @@ def _no_dissolve(flat: np.ndarray, first: int, last: int, cfg: ContentConfig) ->
 def grow_dissolve(
     flat: np.ndarray, first: int, last: int, levels: float, stop: np.ndarray
 ) -> tuple[int, int]:
-    """Grow a dissolve [first, last] of (N, 576) luma thumbnails `flat` frame by frame while the frame just outside it still holds
-    the other shot: past its end, frame j is fitted as a mix of the frame before the dissolve
-    and frame j + 2 (the incoming shot as it plays on) and holds at least `levels` (mean
-    luma, 0-255) of the outgoing one; before its start, the same mirrored. At most
-    the span's length each way; `stop`: (N,) bool, frames no dissolve grows into (cuts, other spans).
+    """Grow a dissolve [first, last] of (N, 576) luma thumbnails `flat` frame by frame while the
+    frame just outside it still holds the other shot: past its end, frame j is fitted as a mix of
+    the frame before the dissolve and frame j + 2 (the incoming shot as it plays on) and holds at
+    least `levels` (mean luma, 0-255) of the outgoing one; before its start, the same mirrored. At
+    most the span's length each way; `stop`: (N,) bool, frames no dissolve grows into (cuts, other
+    spans).
 
     The blend test sees a dissolve where both shots are steady over its window; a moving
     shot on one side hides the faint start or end of the mix from it, but not from this

@@ -307,7 +307,8 @@ def grow_edges(
     before = cfg.edge_ratio_stat * level(first - 2 * span - k, first - 2 * span) + cfg.edge_floor
     after = cfg.edge_ratio_stat * level(last + 2 * span + 1, last + 2 * span + 1 + k) + cfg.edge_floor
     lo, hi = first, last
-    # steps[i] is the change into frame i: frame lo - 1 changes when steps[lo - 1] does (it differs from lo - 2)
+    # steps[i] is the change into frame i: frame lo - 1 changes when steps[lo - 1] does
+    # (it differs from lo - 2)
     while lo - 1 > 0 and first - lo < span and not taken[lo - 1] and steps[lo - 1] > before:
         lo -= 1
     while hi + 1 < n and hi - last < span and not taken[hi + 1] and steps[hi + 1] > after:

@@ -210,7 +210,8 @@ class ClipFrames:
 
 
 def sample_uniform(num_frames_in_span: int, n: int, margin: float = 0.0) -> np.ndarray:
-    """`n` offsets spread over a span of `num_frames_in_span` frames, avoiding `margin` (share) at each end."""
+    """`n` offsets spread over a span of `num_frames_in_span` frames, avoiding `margin` (share) at
+    each end."""
     if num_frames_in_span <= 0:
         return np.zeros(0, np.int64)
     n = min(n, num_frames_in_span)

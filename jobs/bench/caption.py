@@ -181,9 +181,14 @@ def openai_main(a: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             "num_frames": cfg.num_frames,
             "max_side": cfg.max_side,
             "max_new_tokens": a.max_new_tokens,
-            "server": "transformers serve (jobs/bench/openai_server.py) on 127.0.0.1, same CPUs as this process",
-            "note": "a clip costs 2-3 requests (caption, QA retry, short caption) and the random model's text "
-            "differs between engines, so requests/s and completion tokens/s are the like-for-like ratios",
+            "server": (
+                "transformers serve (jobs/bench/openai_server.py) on 127.0.0.1, same CPUs as this process"
+            ),
+            "note": (
+                "a clip costs 2-3 requests (caption, QA retry, short caption) and the random model's "
+                "text differs between engines, so requests/s and completion tokens/s are the "
+                "like-for-like ratios"
+            ),
         }
         report["in_actor"] = {"batch_size": a.batch_size, **_round(_engine_run(cfg, table))}
         # the key exists only in this process's environment and the server's; never printed

@@ -116,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         "floor_over_streaming": floor / stream,
     }
     print(
-        f"\ncurate on {len(files)} videos ({summary['clips']} clips, {summary['encoded']} encoded), smoke preset"
+        f"\ncurate on {len(files)} videos ({summary['clips']} clips, {summary['encoded']} encoded), "
+        "smoke preset"
     )
     print("| path | wall s | ratio |")
     print("|---|---|---|")
     print(f"| jobs.curate (one streaming plan) | {stream:.1f} | 1.00 |")
     print(
-        f"| stage-by-stage jobs ({' + '.join(f'{k} {v:.1f}' for k, v in per_stage.items())}) | {staged:.1f} | "
+        f"| stage-by-stage jobs ({' + '.join(f'{k} {v:.1f}' for k, v in per_stage.items())}) "
+        f"| {staged:.1f} | "
         f"{staged / stream:.2f} x streaming |"
     )
     print(f"| ffmpeg -f null decode floor | {floor:.2f} | {floor / stream:.3f} of streaming |")

@@ -7,7 +7,8 @@ parts by Ray tasks, never built on the driver. For each size the decision step (
 reports: seconds, seconds per 10^5 clips, the growth exponent between sizes
 (log t2/t1 / log N2/N1) and the driver's peak RSS during the step (psutil, sampled every
 20 ms). With `--join` it also times the score job's join of clip rows and score rows
-(the hash shuffle of `jobs/runtime/score_merge.py`) with the same measures. At `--recall-at` (10^5) it also runs the near-duplicate step alone twice, clustered
+(the hash shuffle of `jobs/runtime/score_merge.py`) with the same measures. At `--recall-at`
+(10^5) it also runs the near-duplicate step alone twice, clustered
 (default `--cluster-rows` and `--border-margin`; 0: no border pass) and as one cluster
 (the exact greedy over the whole run), and reports the clustered run's recall and precision
 of dropped near-duplicates against the exact one. `--spread` makes that harder: groups lie

@@ -249,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["model_images_per_s_per_gpu"] = images_per_second(stage, cfg.image_size, 64, 10)
     print(json.dumps(report, indent=2))
     print(
-        f"score stage: {report['stage_clips_per_s']:.2f} clips/s, baseline {report['baseline_clips_per_s']:.2f} "
-        f"clips/s -> {report['speedup_vs_decode_per_scorer']:.2f}x (target >= 2x)"
+        f"score stage: {report['stage_clips_per_s']:.2f} clips/s, "
+        f"baseline {report['baseline_clips_per_s']:.2f} clips/s "
+        f"-> {report['speedup_vs_decode_per_scorer']:.2f}x (target >= 2x)"
     )
     fc = report["frame_model_costs"]
     print(

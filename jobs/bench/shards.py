@@ -225,19 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     for name in reads:
         r = result[name]
         print(
-            f"{name} (text padded to {r['pad_text']}, {r['latent_dtype']}): LatentDataset {r['dataset_mb_s']} MB/s "
+            f"{name} (text padded to {r['pad_text']}, {r['latent_dtype']}): "
+            f"LatentDataset {r['dataset_mb_s']} MB/s "
             f"{r['dataset_samples_s']} samples/s vs pyarrow read_table {r['read_table_mb_s']} MB/s -> ratio "
-            f"{r['ratio']} (target >= 0.8); first epoch (checks every row group) {r['first_epoch_mb_s']} MB/s, "
-            f"ratio {r['first_epoch_ratio']}"
+            f"{r['ratio']} (target >= 0.8); first epoch (checks every row group) "
+            f"{r['first_epoch_mb_s']} MB/s, ratio {r['first_epoch_ratio']}"
         )
     if "encode_smoke" in result:
         print(
-            f"encode smoke (decode+bucket+tiny Wan VAE+tiny text): {result['encode_smoke']['clips_s']} clips/s"
+            "encode smoke (decode+bucket+tiny Wan VAE+tiny text): "
+            f"{result['encode_smoke']['clips_s']} clips/s"
         )
     if "encode_ltx_full_cpu" in result:
         r = result["encode_ltx_full_cpu"]
         print(
-            f"encode LTX-Video full config on CPU ({r['clip']}): {r['clips_s']} clips/s ({r['seconds_per_clip']} s/clip)"
+            f"encode LTX-Video full config on CPU ({r['clip']}): {r['clips_s']} clips/s "
+            f"({r['seconds_per_clip']} s/clip)"
         )
     print(json.dumps(result))
     return 0

@@ -5,8 +5,9 @@
 Same process, same clips, same model, same batches: the baseline runs the VAE encoder on the
 batch's pixels in every step (as facebookresearch/DiT's train.py does); the precomputed run
 trains on the latents encoded once beforehand (what jobs.train does with the shards). Reports
-median steps/s of both (their steps interleaved) and their ratio, the one-off encoding cost, and the token efficiency of
-Patch n' Pack against padding every sample to the longest, on mixed bucket shapes.
+median steps/s of both (their steps interleaved) and their ratio, the one-off encoding cost,
+and the token efficiency of Patch n' Pack against padding every sample to the longest, on
+mixed bucket shapes.
 Text embeddings are precomputed in both runs (they are not what is measured).
 
 Attention work (`attention` in the output): one per-step batch of the default preset

@@ -156,7 +156,8 @@ def run(seeds: list[int], detectors: list[str], videos: Path, out: Path, verbose
                 )
             if verbose:
                 print(
-                    f"seed {seed} {det.name}: {s.clips} clips, {s.clips_with_transition_frames} with transition "
+                    f"seed {seed} {det.name}: {s.clips} clips, "
+                    f"{s.clips_with_transition_frames} with transition "
                     f"frames {bad_tr}, coverage {s.coverage:.3f}, cut starts {s.cut_starts:.2f} {missed}, "
                     f"split {r['bad_shots']}",
                     file=sys.stderr,
@@ -172,13 +173,14 @@ def format_table(res: dict) -> str:
         f"{len(res['seeds'])} composites, seeds {res['seeds'][0]}-{res['seeds'][-1]}; "
         f"negatives inside shots: {dict(res['negatives'])}",
         "",
-        "| detector | clips | clips with transition frames | clips mixing shots | coverage | exact hard-cut starts "
-        "| wrongly split shots | seconds |",
+        "| detector | clips | clips with transition frames | clips mixing shots | coverage "
+        "| exact hard-cut starts | wrongly split shots | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, t in dets.items():
         lines.append(
-            f"| {name} | {t['clips']} | {t['with_tr']} | {t['mixing']} | {t['covered'] / max(1, t['shot_frames']):.3f} "
+            f"| {name} | {t['clips']} | {t['with_tr']} | {t['mixing']} "
+            f"| {t['covered'] / max(1, t['shot_frames']):.3f} "
             f"| {t['cut_starts']}/{t['cuts']} = {t['cut_starts'] / max(1, t['cuts']):.3f} | {t['split']} "
             f"{dict(t['negatives_split']) or ''} | {t['seconds']:.0f} |"
         )
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [d for d in names if d not in ("content", "transnetv2", "hybrid")]
     if bad:
         print(
-            f"error: --detectors must be from content,transnetv2,hybrid, got {bad[0]!r}; pass e.g. content,hybrid",
+            f"error: --detectors must be from content,transnetv2,hybrid, got {bad[0]!r}; "
+            "pass e.g. content,hybrid",
             file=sys.stderr,
         )
         return 2

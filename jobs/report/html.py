@@ -38,7 +38,8 @@ FUNNEL_ROWS = (
 )
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2em 2em;color:#222;max-width:1400px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2em 2em;\
+color:#222;max-width:1400px}
 .banner{background:#c0392b;color:#fff;font-weight:bold;padding:.7em 1em;font-size:1.1em;border-radius:4px}
 .note{background:#fff6d9;border:1px solid #e6c96b;padding:.5em .8em;border-radius:4px;margin:.6em 0}
 table{border-collapse:collapse;margin:.4em 0 1em}
@@ -288,13 +289,15 @@ def run_section(run: Mapping[str, Any]) -> list[str]:
     if timings:
         total = sum(float(v) for v in timings.values()) or 1.0
         body = "".join(
-            f"<tr><td>{e(k)}</td><td class='n'>{float(v):.2f}</td><td class='n'>{100 * float(v) / total:.0f}%</td></tr>"
+            f"<tr><td>{e(k)}</td><td class='n'>{float(v):.2f}</td>"
+            f"<td class='n'>{100 * float(v) / total:.0f}%</td></tr>"
             for k, v in timings.items()
         )
         out += [
             "<h3>Time per stage (seconds)</h3>",
             f"<table><tr><th>stage</th><th>s</th><th>share</th></tr>{body}"
-            f"<tr><th>sum</th><th class='n'>{sum(float(v) for v in timings.values()):.2f}</th><th></th></tr></table>",
+            f"<tr><th>sum</th><th class='n'>{sum(float(v) for v in timings.values()):.2f}</th>"
+            "<th></th></tr></table>",
         ]
     else:
         out.append("<p class='na'>no stage timings recorded</p>")
@@ -409,7 +412,8 @@ def render(
     missing = [s for s, ran in stages.items() if not ran]
     if missing:
         lines.append(
-            f"<div class='note' id='not-run'>Stages not run yet (no output found): {e(', '.join(missing))}</div>"
+            "<div class='note' id='not-run'>Stages not run yet (no output found): "
+            f"{e(', '.join(missing))}</div>"
         )
     for p in r.problems:
         lines.append(f"<div class='note'>{e(p)}</div>")

@@ -74,7 +74,8 @@ def list_inputs(spec: str, skipped: list[str] | None = None) -> list[str]:
             )
         return found
     raise UsageError(
-        f"--input must be an existing directory, glob, list file or video, got {spec!r} (not found); check the path"
+        f"--input must be an existing directory, glob, list file or video, got {spec!r} (not found); "
+        "check the path"
     )
 
 

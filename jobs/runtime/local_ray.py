@@ -75,7 +75,8 @@ def _is_ray(p: psutil.Process) -> bool:
 
 
 def reap(driver: int, tick_s: float = 0.5) -> None:
-    """Watch `driver`'s Ray descendants until stdin closes (the driver is gone), then kill those still alive."""
+    """Watch `driver`'s Ray descendants until stdin closes (the driver is gone), then kill those
+    still alive."""
     seen: dict[int, float] = {}  # pid -> create time (a reused pid is not ours)
     while True:
         ready, _, _ = select.select([sys.stdin], [], [], tick_s)

@@ -269,7 +269,8 @@ class DiT(nn.Module):
             nn.init.zeros_(self.size_embed[-1].weight)
 
     def forward(self, packed: Packed, t: torch.Tensor) -> torch.Tensor:
-        """Packed tokens and per-sample timesteps t (S,) in [0, 1000) -> per-token prediction (R, N, patch_dim)."""
+        """Packed tokens and per-sample timesteps t (S,) in [0, 1000) -> per-token prediction
+        (R, N, patch_dim)."""
         ctx = self.context(packed, t)
         x = ctx.x
         for blk in self.blocks:
@@ -330,7 +331,8 @@ class DiT(nn.Module):
         return Context(x, c, packed.text.to(x.dtype), has_text, self_attend, cross_attend, rope, packed)
 
     def pos_features(self, packed: Packed) -> torch.Tensor:
-        """Fixed fractional (t, y, x) sin-cos embedding of every packed token in its own sample's grid: (R, N, D)."""
+        """Fixed fractional (t, y, x) sin-cos embedding of every packed token in its own sample's grid:
+        (R, N, D)."""
         p = self.cfg.patch
         grids = torch.tensor(
             [[sh[1] // p[0], sh[2] // p[1], sh[3] // p[2]] for sh in packed.shapes], device=packed.pos.device
@@ -338,7 +340,8 @@ class DiT(nn.Module):
         return fractional_pos_embedding(packed.pos, packed.gather_rows(grids), self.cfg.hidden)
 
     def size_features(self, shapes: list[tuple[int, int, int, int]], device: torch.device) -> torch.Tensor:
-        """Per sample latent [C, T, H, W] -> sinusoidal embeddings of its tubelet grid (gt, gh, gw): (S, 768)."""
+        """Per sample latent [C, T, H, W] -> sinusoidal embeddings of its tubelet grid (gt, gh, gw):
+        (S, 768)."""
         p = self.cfg.patch
         grid = torch.tensor(
             [[s[1] // p[0], s[2] // p[1], s[3] // p[2]] for s in shapes], device=device
@@ -356,7 +359,8 @@ class DiT(nn.Module):
         text_mask: torch.Tensor,
         max_tokens: int | None = None,
     ) -> list[torch.Tensor]:
-        """Convenience: latents [C, T, H, W] each, t (S,), text (S, L, D), mask (S, L) -> predictions like latents."""
+        """Convenience: latents [C, T, H, W] each, t (S,), text (S, L, D), mask (S, L) -> predictions
+        like latents."""
         p = self.cfg.patch
         packed = pack(list(latents), list(text), list(text_mask), p, max_tokens)
         return unpack(packed, self(packed, t), p)

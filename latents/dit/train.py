@@ -356,8 +356,9 @@ def train(
     if rank == 0:
         budget = f"{cfg.step_tokens} tokens" if cfg.step_tokens else f"{cfg.batch_size} samples"
         print(
-            f"[train] {count_params(model) / 1e6:.2f} M params, {order.n} samples ({len(val_ids)} held-out row "
-            f"groups), step {budget}, start step {step}, workers {world}, device {device}",
+            f"[train] {count_params(model) / 1e6:.2f} M params, {order.n} samples "
+            f"({len(val_ids)} held-out row groups), step {budget}, start step {step}, "
+            f"workers {world}, device {device}",
             flush=True,
         )
 
