@@ -19,7 +19,8 @@ BENCHES = {
     "scale": "jobs.bench.scale",
     "split_s3": "jobs.bench.split_s3",  # also `split --s3`
     "frames": "jobs.bench.frames",  # a table of the frame-model scores per video, no baseline
-    "loader": "jobs.bench.loader",  # the trainer's streaming loader: RSS vs dataset size, rows/s vs read_table
+    # the trainer's streaming loader: RSS vs dataset size, rows/s vs read_table
+    "loader": "jobs.bench.loader",
     "kill": "jobs.bench.kill",  # kill -9 of curate at N points + rerun: byte-identical captions and shards
     "decode_once": "jobs.bench.decode_once",  # phase 2 CPU step: one decode per clip vs the stage jobs' two
 }

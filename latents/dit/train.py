@@ -560,7 +560,7 @@ def _check_config(out: Path, config: dict, rank: int) -> None:
             diff = sorted(k for k in new["train"] if old["train"].get(k) != new["train"][k])
             raise ValueError(
                 f"run dir {out} holds a run with a different config (differs in: "
-                f"{', '.join(diff) or 'model'}); resume needs the same config, or pass a new --out"
+                f"{', '.join(diff) or 'model'}); resume needs the same config, or pass a new --output"
             )
     if rank == 0:
         write_json(path, new)
