@@ -38,7 +38,8 @@ from latents.dit.packing import Packed, pack, unpack
 # Test-only switches that remove one mechanism, to show the learning test fails without it
 # (tests/test_dit_learning.py): "pos_embed" (no absolute position embedding), "leak" (attention
 # across the samples packed into a row), "timestep" (the model sees t = 0), "text" (no text at all).
-# All but "timestep" make it fail: on its zero background the input shows its own noise level.
+# Each makes it fail: "timestep" on its timestep-use check (sampling alone still composes: on its zero
+# background the input shows its own noise level).
 Ablation = Literal["pos_embed", "leak", "timestep", "text"]
 ABLATIONS: tuple[str, ...] = ("pos_embed", "leak", "timestep", "text")
 # fractional positions in [0, 1) are scaled to this reference grid before the sin-cos embedding
