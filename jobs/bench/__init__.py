@@ -21,6 +21,7 @@ BENCHES = {
     "frames": "jobs.bench.frames",  # a table of the frame-model scores per video, no baseline
     "loader": "jobs.bench.loader",  # the trainer's streaming loader: RSS vs dataset size, rows/s vs read_table
     "kill": "jobs.bench.kill",  # kill -9 of curate at N points + rerun: byte-identical captions and shards
+    "readme": "jobs.bench.readme",  # every README command on a fresh clone: exit codes, wall times, demo output
 }
 
 
