@@ -503,7 +503,7 @@ def check_plan(num: str, cmd: Command, p: Plan, run_one, tally: Tally) -> None:
         tally.table.append([*shown, _cell(run.label, 80), exit_cell, want, f"{res.wall:.1f}"])
 
 
-def print_table(tally: Tally, commands: int) -> None:
+def print_table(tally: Tally, commands: int, wall: float) -> None:
     print()
     print("| # | command (as in README) | run as | exit | expected | wall s |")
     print("|---|---|---|---|---|---|")
@@ -512,7 +512,10 @@ def print_table(tally: Tally, commands: int) -> None:
     print()
     for line in tally.problems:
         print(line)
-    print(f"ran {tally.ran}, as expected {tally.ok}, not run {tally.skipped} (of {commands} README commands)")
+    print(
+        f"ran {tally.ran}, as expected {tally.ok}, not run {tally.skipped} "
+        f"(of {commands} README commands), {wall:.0f} s in all"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,8 +540,15 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.demo import make_samples
     from jobs.runtime.flags import local_capacity
 
+    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         work = Path(a.keep).resolve() if a.keep else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if (work / "clone").exists():  # its outputs would be resumed, not made: not a fresh run
+            print(
+                f"error: --keep must be a folder without a clone, got {str(work)!r}; pass a new one",
+                file=sys.stderr,
+            )
+            return 2
         work.mkdir(parents=True, exist_ok=True)
         clone, head = clone_here(work)
         videos = work / "videos"
@@ -588,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                 if demo
                 else "readme: demo output matches the README"
             )
-        print_table(tally, len(commands))
+        print_table(tally, len(commands), time.perf_counter() - t0)
     return 0 if tally.ok == tally.ran and not tally.problems else 1
 
 
