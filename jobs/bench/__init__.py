@@ -23,6 +23,8 @@ BENCHES = {
     "loader": "jobs.bench.loader",
     "kill": "jobs.bench.kill",  # kill -9 of curate at N points + rerun: byte-identical captions and shards
     "decode_once": "jobs.bench.decode_once",  # phase 2 CPU step: one decode per clip vs the stage jobs' two
+    # every README command on a fresh clone: exit codes, wall times, demo output
+    "readme": "jobs.bench.readme",
 }
 
 
