@@ -155,8 +155,12 @@ def _lacking(w: Weights, find) -> list[str]:
     if w.any_of:
         per_group = [[g for f in grp for g in gaps(f)] for grp in w.any_of]
         if all(per_group):
-            # the group the download started on (fewest gaps; ties: the first, the preferred format)
-            out += min(per_group, key=len)
+            if all(g == list(grp) and len(grp) == 1 for g, grp in zip(per_group, w.any_of)):
+                # one file each way and none of them here: name every way (any one serves)
+                out.append(" or ".join(grp[0] for grp in w.any_of))
+            else:
+                # the group the download started on (fewest gaps; ties: the first, the preferred format)
+                out += min(per_group, key=len)
     return out
 
 

@@ -287,3 +287,14 @@ def test_vlm_check_names_every_file_the_loader_opens(tmp_path):
         with pytest.raises(UsageError, match=f"lacks {named}"):
             require([w], str(tmp_path))
         (repo / f"{rel}.part").rename(repo / rel)
+
+
+def test_clip_check_names_both_files_either_of_which_serves(tmp_path):
+    """open_clip loads the safetensors twin or the .bin; with neither there the message names both
+    (it named only the one the fetch line does not get)."""
+    from curate.scores.clip_models import clip_tag_weights
+
+    [w] = clip_tag_weights("ViT-L-14", "openai")
+    assert missing_files(w, str(tmp_path)) == ["open_clip_model.safetensors or open_clip_pytorch_model.bin"]
+    _touch(tmp_path / w.repo, "open_clip_pytorch_model.bin")
+    assert missing_files(w, str(tmp_path)) == []
