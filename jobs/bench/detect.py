@@ -1,6 +1,6 @@
 """Shot-boundary detector bench: frames/s per detector on the same files, and accuracy.
 
-    python -m jobs.bench detect --videos ../shared/data/videos [--device cpu|cuda] [--threads 2] [--repeats 3]
+    python -m jobs.bench detect --videos DIR [--device cpu|cuda] [--threads 2] [--repeats 3]
 
 Each file is decoded once per frame size a detector asks for (timed: the decode floor); each
 detector then runs on the decoded frames (timed). End-to-end frames/s = frames / (decode +
