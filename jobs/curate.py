@@ -361,7 +361,7 @@ def phase2(cfg: CurateConfig, preset: Preset, out: str, h2: str, meta: dict, kep
 def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
     """Merge the shard entries of every finished phase-2 part into the manifest (metadata only)."""
     from latents.encode import ROUNDTRIP_PSNR
-    from latents.shards import merge_manifest
+    from latents.shards import merge_manifest, metric_summary
 
     captions = layout.folder(out, layout.CAPTIONS)
     finished = finished_parts(captions, out, WRITE_STAGE, h2)
@@ -375,16 +375,12 @@ def finalize(out: str, h2: str, meta: dict) -> dict[str, Any]:
         shards += info["shards"]
         captioned += info["captioned"]
     manifest = merge_manifest(layout.folder(out, layout.LATENTS), meta, shards)
-    psnr = [
-        v
-        for sh in manifest["shards"]
-        for v in sh["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])
-    ]
+    psnr = metric_summary(manifest, ROUNDTRIP_PSNR.lstrip("_"))
     return {
         "captioned": captioned,
         "encoded": manifest["counts"]["rows"],
         "shards": manifest["counts"]["shards"],
-        "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
+        "roundtrip_psnr_mean": psnr["mean"] if psnr else None,
     }  # as jobs.encode's summary
 
 

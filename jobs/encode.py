@@ -66,7 +66,7 @@ from latents.encode import (
     manifest_meta,
 )
 from latents.encode import STAGE as ENCODE_STAGE
-from latents.shards import ShardError, merge_manifest, read_manifest
+from latents.shards import ShardError, merge_manifest, metric_summary, read_manifest
 from latents.weights import stage_weights, with_weights_dir
 
 # the two named presets plus the LTX-Video variants (fast on CPU)
@@ -303,11 +303,7 @@ def main(cfg: EncodeJobConfig) -> dict:
             "errors": int(sum(errors.values())),
         }
         manifest = merge_shards(out, finished, _meta(cfg.encode, out, cfg_hash, reuse=new_rows == 0), counts)
-        psnr = [
-            v
-            for s in manifest["shards"]
-            for v in s["metrics"].get(ROUNDTRIP_PSNR.lstrip("_"), {}).get("values", [])
-        ]
+        psnr = metric_summary(manifest, ROUNDTRIP_PSNR.lstrip("_"))
         summary = {
             "input_rows": seen["input_rows"],
             "eligible": seen["eligible"],
@@ -317,7 +313,7 @@ def main(cfg: EncodeJobConfig) -> dict:
             "shards": manifest["counts"]["shards"],
             "errors": counts["errors"],
             "errors_by_reason": dict(errors.most_common(10)),
-            "roundtrip_psnr_mean": round(sum(psnr) / len(psnr), 2) if psnr else None,
+            "roundtrip_psnr_mean": psnr["mean"] if psnr else None,
             "vae": manifest["vae"]["vae_id"],
             "smoke": manifest["smoke"],
             "manifest": layout.manifest_path(out),

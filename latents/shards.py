@@ -337,6 +337,25 @@ def merge_manifest(
 # --- reader ---------------------------------------------------------------------------------
 
 
+def metric_summary(manifest: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """A metric the shard writer recorded (a `metric_columns` name without its "_", e.g.
+    "roundtrip_psnr") over every shard of `manifest`: mean (2 places), min, max and the clips it
+    was measured on; None where no clip was."""
+    values = [
+        float(v)
+        for s in manifest.get("shards", [])
+        for v in (s.get("metrics") or {}).get(metric, {}).get("values", [])
+    ]
+    if not values:
+        return None
+    return {
+        "mean": round(sum(values) / len(values), 2),
+        "min": min(values),
+        "max": max(values),
+        "clips": len(values),
+    }
+
+
 def read_manifest(root: str | Path) -> dict[str, Any]:
     """The one validating manifest reader (train, sample, report and the dataset use it):
     present, JSON, this format, a schema major version this tubelet reads; else ShardError."""

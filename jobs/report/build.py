@@ -130,26 +130,16 @@ def add_keepers(r: RunOutputs, scored_dir: str) -> None:
 def latents_summary(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """What the page says about the latent shards: counts, rows per latent shape, the codecs, and
     the round-trip PSNR over the clips encode sampled (the mean as jobs.encode's summary reports it)."""
+    from latents.shards import metric_summary  # as _load_manifest: only once a manifest was read
+
     counts = manifest.get("counts", {})
-    psnr = [
-        float(v)
-        for s in manifest.get("shards", [])
-        for v in s.get("metrics", {}).get(ROUNDTRIP_PSNR, {}).get("values", [])
-    ]
     return {
         "rows": int(counts.get("rows", 0)),
         "shards": int(counts.get("shards", len(manifest.get("shards", [])))),
         "by_latent_shape": {str(k): int(n) for k, n in counts.get("by_latent_shape", {}).items()},
         "vae_id": (manifest.get("vae") or {}).get("vae_id"),
         "text_encoder_id": (manifest.get("text_encoder") or {}).get("text_encoder_id"),
-        "roundtrip_psnr": {
-            "mean": round(sum(psnr) / len(psnr), 2),
-            "min": min(psnr),
-            "max": max(psnr),
-            "clips": len(psnr),
-        }
-        if psnr
-        else None,
+        "roundtrip_psnr": metric_summary(dict(manifest), ROUNDTRIP_PSNR),
     }
 
 

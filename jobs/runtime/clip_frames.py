@@ -17,7 +17,7 @@ import pyarrow as pa
 from captioner import stage as caption
 from captioner.stage import CaptionConfig
 from curate import schema as S
-from curate.errors import StageError, one_line
+from curate.errors import one_line
 from curate.video.decode import decode_clips, no_frames
 from latents import encode
 from latents.encode import EncodeConfig
@@ -46,7 +46,7 @@ def attach_frames_once(table: pa.Table, caption_cfg: CaptionConfig, encode_cfg: 
             cap_errors[i] = one_line(e)
             enc_errors.setdefault(i, cap_errors[i])
             continue
-        gone = one_line(StageError("decode", no_frames(row[S.START_PTS], row[S.END_PTS])))
+        gone = no_frames(row[S.START_PTS], row[S.END_PTS])  # decode_clip's StageError reason
         if clips[0] is None:
             cap_errors[i] = gone
         else:
